@@ -1,0 +1,506 @@
+"""Page layouts for a rendered story: panels placed on printable pages with captions and speech bubbles.
+
+Three layouts: ``grid RxC`` (equal cells), ``strip`` (four panels a page: a column on portrait pages, a row on
+landscape ones) and ``comic`` (rows of one to three panels with varied sizes, chosen from the story seed so the
+same story always gives the same pages). Pages are sized in millimetres and drawn at the story's DPI.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import random
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from PIL import Image, ImageDraw, ImageFont
+
+if TYPE_CHECKING:
+    from core.story.format import Panel, Story
+
+FONT_DIR = Path(__file__).resolve().parents[2] / "assets" / "fonts"
+MM_PER_INCH = 25.4
+PAGE_SIZES_MM = {
+    "A3": (297.0, 420.0),
+    "A4": (210.0, 297.0),
+    "A5": (148.0, 210.0),
+    "Letter": (215.9, 279.4),
+    "Legal": (215.9, 355.6),
+}
+_UNITS_MM = {"mm": 1.0, "cm": 10.0, "in": MM_PER_INCH, "pt": MM_PER_INCH / 72}
+
+INK = (20, 20, 20)
+PAPER = (255, 255, 255)
+CAPTION_FILL = (255, 249, 225)
+MISSING_FILL = (226, 226, 226)
+PRESET_HEADROOM = 0.3  # fraction of a preset region above the character's head, where bubbles may go
+
+
+# --- specs ---------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class PageSpec:
+    """A page size in millimetres; `spec` is the canonical text (``A4 portrait``, ``200x300mm``)."""
+
+    width_mm: float
+    height_mm: float
+    spec: str
+
+    @property
+    def landscape(self) -> bool:
+        return self.width_mm > self.height_mm
+
+
+def parse_length_mm(text: str) -> float:
+    """A length such as ``10mm``, ``1cm``, ``0.5in`` or ``12pt`` in millimetres; a bare number is millimetres."""
+    match = re.fullmatch(r"\s*(\d+(?:\.\d*)?|\.\d+)\s*(mm|cm|in|pt)?\s*", text.lower())
+    if not match:
+        raise ValueError(f"bad length '{text}': expected a number with mm, cm, in or pt, e.g. 10mm")
+    return float(match.group(1)) * _UNITS_MM[match.group(2) or "mm"]
+
+
+def parse_page_spec(text: str) -> PageSpec:
+    """``A4``, ``letter landscape``, ``210x297mm`` or ``8.5x11in`` (optionally ``portrait``/``landscape``)."""
+    words = text.split()
+    orientation = None
+    if words and words[-1].lower() in ("portrait", "landscape"):
+        orientation = words.pop().lower()
+    name = " ".join(words)
+    named = {k.lower(): k for k in PAGE_SIZES_MM}
+    if name.lower() in named:
+        key = named[name.lower()]
+        width, height = PAGE_SIZES_MM[key]
+        label = key
+    else:
+        match = re.fullmatch(r"(\d+(?:\.\d+)?)\s*[xX×]\s*(\d+(?:\.\d+)?)\s*(mm|cm|in)", name.strip().lower())
+        if not match:
+            raise ValueError(f"bad page '{text}': expected A3, A4, A5, Letter, Legal or WxH with mm, cm or in "
+                             f"(e.g. 210x297mm), optionally followed by portrait or landscape")
+        unit = _UNITS_MM[match.group(3)]
+        width, height = float(match.group(1)) * unit, float(match.group(2)) * unit
+        label = f"{match.group(1)}x{match.group(2)}{match.group(3)}"
+        if orientation is None:
+            orientation = "landscape" if width > height else "portrait"
+    if not (50 <= min(width, height) and max(width, height) <= 2000):
+        raise ValueError(f"bad page '{text}': sides must be 50..2000 mm")
+    if orientation is None:
+        orientation = "portrait"
+    if (orientation == "landscape") != (width > height):
+        width, height = height, width
+    return PageSpec(width, height, f"{label} {orientation}")
+
+
+def parse_layout_spec(text: str) -> str:
+    """``comic``, ``strip`` or ``grid RxC`` (rows x columns), returned in canonical form."""
+    value = text.strip().lower()
+    if value in ("comic", "strip"):
+        return value
+    match = re.fullmatch(r"grid[\s:]*(\d+)\s*[x×]\s*(\d+)", value)
+    if match:
+        rows, cols = int(match.group(1)), int(match.group(2))
+        if 1 <= rows <= 8 and 1 <= cols <= 8:
+            return f"grid {rows}x{cols}"
+    raise ValueError(f"bad layout '{text}': expected comic, strip or grid RxC (e.g. grid 2x3, at most 8x8)")
+
+
+# --- planning --------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Cell:
+    """Where one panel goes on a page, in pixels."""
+
+    panel_index: int
+    x: int
+    y: int
+    w: int
+    h: int
+
+
+@dataclass(frozen=True)
+class PageLayout:
+    """One page: its size in pixels, its cells, and the title drawn at its top (first page only)."""
+
+    number: int
+    width: int
+    height: int
+    cells: tuple[Cell, ...]
+    title: str = ""
+    title_height: int = 0
+
+
+# A page plan is a list of rows: (height weight, [width weight or None for an empty slot]).
+_Row = tuple[float, list[float | None]]
+
+
+def _rng(seed: int, salt: str) -> random.Random:
+    digest = hashlib.sha256(f"instantcharacter-layout:{salt}:{int(seed)}".encode()).digest()
+    return random.Random(int.from_bytes(digest[:8], "big"))
+
+
+def _grid_plans(count: int, rows: int, cols: int) -> list[list[_Row]]:
+    plans = []
+    for start in range(0, count, rows * cols):
+        left = min(rows * cols, count - start)
+        plan = []
+        for r in range(rows):
+            filled = max(0, min(cols, left - r * cols))
+            plan.append((1.0, [1.0] * filled + [None] * (cols - filled)))
+        plans.append(plan)
+    return plans
+
+
+_COMIC_WIDTHS = {
+    1: [[1.0]],
+    2: [[1.0, 1.0], [1.0, 1.6], [1.6, 1.0], [1.0, 1.25], [1.25, 1.0]],
+    3: [[1.0, 1.0, 1.0], [1.0, 1.5, 1.0], [1.4, 1.0, 1.0], [1.0, 1.0, 1.4]],
+}
+_COMIC_HEIGHTS = {
+    2: [[1.0, 1.0], [1.25, 1.0], [1.0, 1.25]],
+    3: [[1.0, 1.0, 1.0], [1.3, 1.0, 1.0], [1.0, 1.3, 1.0], [1.0, 1.0, 1.3], [1.15, 0.85, 1.15]],
+}
+
+
+def _comic_plans(count: int, seed: int, landscape: bool) -> list[list[_Row]]:
+    rng = _rng(seed, "comic")
+    plans = []
+    left = count
+    n_rows = 2 if landscape else 3
+    while left > 0:
+        heights = rng.choice(_COMIC_HEIGHTS[n_rows])
+        counts = [rng.choices([1, 2, 3], weights=[2, 5, 3])[0] for _ in range(n_rows)]
+        if counts.count(1) == n_rows:  # a page of three full-width panels reads like a strip, not a comic page
+            counts[rng.randrange(n_rows)] = 2
+        plan = []
+        for height, k in zip(heights, counts):
+            k = min(k, left)
+            widths = rng.choice(_COMIC_WIDTHS[k]) if k else []
+            plan.append((height, list(widths) if k else [None]))
+            left -= k
+        plans.append(plan)
+    return plans
+
+
+def plan_pages(story: Story, panel_count: int | None = None) -> list[PageLayout]:
+    """Place `panel_count` panels (default: all of the story's) on pages; deterministic for a story."""
+    count = len(story.panels) if panel_count is None else panel_count
+    page = parse_page_spec(story.page)
+    px = story.dpi / MM_PER_INCH
+    width, height = round(page.width_mm * px), round(page.height_mm * px)
+    margin, gutter = round(story.margin_mm * px), round(story.gutter_mm * px)
+
+    if story.layout == "comic":
+        plans = _comic_plans(count, story.seed, page.landscape)
+    elif story.layout == "strip":
+        plans = _grid_plans(count, 1, 4) if page.landscape else _grid_plans(count, 4, 1)
+    else:
+        rows, cols = (int(v) for v in story.layout.split()[1].split("x"))
+        plans = _grid_plans(count, rows, cols)
+
+    title_height = 0
+    if story.title:
+        title_height = round(_title_font_px(story.dpi) * 1.8)
+    pages = []
+    index = 0
+    for number, plan in enumerate(plans, start=1):
+        top = margin + (title_height if number == 1 else 0)
+        area_h = height - top - margin
+        area_w = width - 2 * margin
+        cells = []
+        total_h = sum(h for h, _ in plan)
+        usable_h = area_h - gutter * (len(plan) - 1)
+        y = float(top)
+        for row_h, slots in plan:
+            cell_h = usable_h * row_h / total_h
+            total_w = sum(w if w is not None else 1.0 for w in slots)
+            usable_w = area_w - gutter * (len(slots) - 1)
+            x = float(margin)
+            for slot in slots:
+                cell_w = usable_w * (slot if slot is not None else 1.0) / total_w
+                if slot is not None:
+                    cells.append(Cell(index, round(x), round(y), round(x + cell_w) - round(x),
+                                      round(y + cell_h) - round(y)))
+                    index += 1
+                x += cell_w + gutter
+            y += cell_h + gutter
+        pages.append(PageLayout(number, width, height, tuple(cells),
+                                title=story.title if number == 1 else "",
+                                title_height=title_height if number == 1 else 0))
+    return pages
+
+
+# --- drawing ---------------------------------------------------------------------------------------------------
+@functools.lru_cache(maxsize=64)
+def load_font(size_px: int, bold: bool = False) -> ImageFont.FreeTypeFont | ImageFont.ImageFont:
+    """The shipped DejaVu Sans at `size_px`; Pillow's built-in font when the assets are not installed."""
+    path = FONT_DIR / ("DejaVuSans-Bold.ttf" if bold else "DejaVuSans.ttf")
+    try:
+        return ImageFont.truetype(str(path), size_px)
+    except OSError:
+        return ImageFont.load_default(size_px)
+
+
+def _pt_to_px(points: float, dpi: int) -> int:
+    return max(8, round(points / 72 * dpi))
+
+
+def _title_font_px(dpi: int) -> int:
+    return _pt_to_px(20, dpi)
+
+
+def wrap_text(text: str, font, max_width: float) -> list[str]:
+    """Greedy word wrap to `max_width` pixels; words longer than a line are cut."""
+    lines: list[str] = []
+    for paragraph in text.split("\n"):
+        line = ""
+        for word in paragraph.split():
+            candidate = f"{line} {word}".strip()
+            if font.getlength(candidate) <= max_width or not line:
+                line = candidate
+            else:
+                lines.append(line)
+                line = word
+            while font.getlength(line) > max_width and len(line) > 1:
+                cut = max(1, int(len(line) * max_width / font.getlength(line)) - 1)
+                lines.append(line[:cut])
+                line = line[cut:]
+        lines.append(line)
+    return lines
+
+
+def _line_height(font) -> int:
+    ascent, descent = font.getmetrics() if hasattr(font, "getmetrics") else (font.size, 0)
+    return round((ascent + descent) * 1.15)
+
+
+def _fit_lines(lines: list[str], font, max_width: float, max_lines: int) -> list[str]:
+    if len(lines) <= max_lines:
+        return lines
+    kept = lines[:max(1, max_lines)]
+    last = kept[-1]
+    while last and font.getlength(last + "…") > max_width:
+        last = last[:-1]
+    kept[-1] = last.rstrip() + "…"
+    return kept
+
+
+def compose_pages(story: Story, images: Mapping[int, Image.Image | None]) -> list[Image.Image]:
+    """Draw every page. `images` maps panel index to its rendered image; missing ones get a grey placeholder."""
+    pages = plan_pages(story)
+    return [compose_page(story, page, images, total_pages=len(pages)) for page in pages]
+
+
+def compose_page(story: Story, page: PageLayout, images: Mapping[int, Image.Image | None],
+                 total_pages: int | None = None) -> Image.Image:
+    """Draw one page of `plan_pages` (RGB, `page.width` x `page.height`), numbered "n / total_pages"."""
+    canvas = Image.new("RGB", (page.width, page.height), PAPER)
+    draw = ImageDraw.Draw(canvas)
+    margin = round(story.margin_mm * story.dpi / MM_PER_INCH)
+    if page.title:
+        font = load_font(_title_font_px(story.dpi), bold=True)
+        title = _fit_lines(wrap_text(page.title, font, page.width - 2 * margin), font, page.width - 2 * margin, 1)[0]
+        draw.text((page.width / 2, margin + page.title_height / 2), title, font=font, fill=INK, anchor="mm")
+    footer = load_font(_pt_to_px(7, story.dpi))
+    if margin >= _line_height(footer):
+        total = total_pages if total_pages is not None else len(plan_pages(story))
+        draw.text((page.width / 2, page.height - margin / 2), f"{page.number} / {total}", font=footer,
+                  fill=(110, 110, 110), anchor="mm")
+    for cell in page.cells:
+        panel = story.panels[cell.panel_index] if cell.panel_index < len(story.panels) else None
+        _draw_cell(canvas, story, cell, panel, images.get(cell.panel_index))
+    return canvas
+
+
+def _draw_cell(canvas: Image.Image, story: Story, cell: Cell, panel: Panel | None,
+               image: Image.Image | None) -> None:
+    draw = ImageDraw.Draw(canvas)
+    line_w = max(2, round(story.dpi / 75))
+    pad = max(4, round(story.dpi / 30))
+    caption_h = 0
+    if panel is not None and panel.caption:
+        font = load_font(_pt_to_px(9, story.dpi))
+        lh = _line_height(font)
+        max_lines = max(1, int((cell.h * 0.35 - 2 * pad) // lh))
+        lines = _fit_lines(wrap_text(panel.caption, font, cell.w - 2 * pad), font, cell.w - 2 * pad, max_lines)
+        caption_h = len(lines) * lh + 2 * pad
+        top = cell.y + cell.h - caption_h
+        draw.rectangle((cell.x, top, cell.x + cell.w - 1, cell.y + cell.h - 1), fill=CAPTION_FILL)
+        for k, text in enumerate(lines):
+            draw.text((cell.x + pad, top + pad + k * lh), text, font=font, fill=INK)
+        draw.line((cell.x, top, cell.x + cell.w - 1, top), fill=INK, width=line_w)
+
+    area = (cell.x, cell.y, cell.w, cell.h - caption_h)
+    boxes: dict[str, tuple[float, float, float, float]] = {}
+    if panel is not None:
+        boxes = _panel_boxes(panel)
+    if image is not None:
+        boxes_px = _paste_cover(canvas, image, area, boxes)
+    else:
+        boxes_px = {name: _box_to_area(box, area, 1.0, area[2], area[3], 0, 0) for name, box in boxes.items()}
+        draw.rectangle((area[0], area[1], area[0] + area[2] - 1, area[1] + area[3] - 1), fill=MISSING_FILL)
+        if panel is not None:
+            font = load_font(_pt_to_px(10, story.dpi))
+            draw.text((area[0] + area[2] / 2, area[1] + area[3] / 2), f"Panel {panel.number}\nnot rendered",
+                      font=font, fill=(120, 120, 120), anchor="mm", align="center")
+    if panel is not None and panel.dialogue:
+        _draw_bubbles(canvas, story, panel, area, boxes_px)
+    draw.rectangle((cell.x, cell.y, cell.x + cell.w - 1, cell.y + cell.h - 1), outline=INK, width=line_w)
+
+
+def _panel_boxes(panel: Panel) -> dict[str, tuple[float, float, float, float]]:
+    """Where each character's figure is, as normalized boxes. A drawn box is taken as tight around the figure;
+    a preset (``left``, ``grid:...``) spans its whole band, so the figure is assumed to leave headroom above it
+    for speech bubbles."""
+    from core.story.format import region_box
+
+    boxes = {}
+    for name, spec in panel.regions.items():
+        x0, y0, x1, y1 = region_box(spec)
+        if not spec.startswith("box:"):
+            y0 += (y1 - y0) * PRESET_HEADROOM
+        boxes[name] = (x0, y0, x1, y1)
+    return boxes
+
+
+def _box_to_area(box, area, scale, sw, sh, ox, oy) -> tuple[float, float, float, float]:
+    """A normalized image box in page pixels, after scaling the image to (sw, sh) and cropping at (ox, oy)."""
+    ax, ay, aw, ah = area
+    x0 = min(max(box[0] * sw - ox, 0), aw)
+    x1 = min(max(box[2] * sw - ox, 0), aw)
+    y0 = min(max(box[1] * sh - oy, 0), ah)
+    y1 = min(max(box[3] * sh - oy, 0), ah)
+    return (ax + x0, ay + y0, ax + x1, ay + y1)
+
+
+def _paste_cover(canvas: Image.Image, image: Image.Image, area, boxes) -> dict[str, tuple[float, ...]]:
+    """Scale `image` to cover `area` and crop it, keeping the characters' boxes in view; returns them in pixels."""
+    ax, ay, aw, ah = area
+    if aw <= 0 or ah <= 0:
+        return {}
+    iw, ih = image.size
+    scale = max(aw / iw, ah / ih)
+    sw, sh = max(aw, round(iw * scale)), max(ah, round(ih * scale))
+    if boxes:
+        fx = (min(b[0] for b in boxes.values()) + max(b[2] for b in boxes.values())) / 2
+        fy = (min(b[1] for b in boxes.values()) + max(b[3] for b in boxes.values())) / 2
+    else:
+        fx = fy = 0.5
+    ox = int(min(max(fx * sw - aw / 2, 0), sw - aw))
+    oy = int(min(max(fy * sh - ah / 2, 0), sh - ah))
+    scaled = image.convert("RGB").resize((sw, sh), Image.Resampling.LANCZOS)
+    canvas.paste(scaled.crop((ox, oy, ox + aw, oy + ah)), (ax, ay))
+    return {name: _box_to_area(box, area, scale, sw, sh, ox, oy) for name, box in boxes.items()}
+
+
+def _overlap(a, b) -> float:
+    w = min(a[2], b[2]) - max(a[0], b[0])
+    h = min(a[3], b[3]) - max(a[1], b[1])
+    return max(0.0, w) * max(0.0, h)
+
+
+def _speaker_anchor(panel: Panel, speaker: str, area, boxes_px) -> tuple[float, float] | None:
+    """The point a bubble's tail aims at: near the top of the speaker's box (their head), or None off-panel."""
+    ax, ay, aw, ah = area
+    if speaker not in panel.characters:
+        return None
+    if speaker in boxes_px:
+        x0, y0, x1, y1 = boxes_px[speaker]
+    else:  # no region given: assume characters stand left to right in the order the prompt names them
+        k, n = panel.characters.index(speaker), len(panel.characters)
+        x0, x1, y0, y1 = ax + aw * k / n, ax + aw * (k + 1) / n, ay + ah * PRESET_HEADROOM, ay + ah
+    return ((x0 + x1) / 2, y0 + (y1 - y0) * 0.08)
+
+
+def plan_bubble(size: tuple[float, float], area, anchor, speaker_box, other_boxes, placed) -> tuple[float, ...]:
+    """Choose where a bubble of `size` goes inside `area` (x, y, w, h): away from the characters' boxes and the
+    bubbles already `placed`, near the top, close above its speaker's `anchor`. Returns (x0, y0, x1, y1)."""
+    ax, ay, aw, ah = area
+    bw, bh = size
+    inset = min(aw, ah) * 0.03
+    steps_x, steps_y = 9, 7
+    best, best_score = None, float("inf")
+    for i in range(steps_x):
+        x = ax + inset + (aw - bw - 2 * inset) * i / (steps_x - 1)
+        for j in range(steps_y):
+            y = ay + inset + (ah - bh - 2 * inset) * j / (steps_y - 1)
+            rect = (x, y, x + bw, y + bh)
+            area_b = bw * bh
+            score = 0.0
+            if speaker_box is not None:
+                score += 10.0 * _overlap(rect, speaker_box) / area_b
+            score += sum(4.0 * _overlap(rect, box) / area_b for box in other_boxes)
+            score += sum(50.0 * _overlap(rect, box) / area_b for box in placed)
+            # Reading order: a later bubble should not sit left of an earlier one on the same band.
+            score += sum(0.8 for box in placed if x + bw / 2 < (box[0] + box[2]) / 2 and y < box[3])
+            score += 1.0 * (y - ay) / ah
+            if anchor is not None:
+                score += 1.5 * abs(x + bw / 2 - anchor[0]) / aw
+                if y + bh > anchor[1]:
+                    score += 0.5
+            if score < best_score - 1e-9:
+                best, best_score = rect, score
+    return best
+
+
+def _draw_bubbles(canvas: Image.Image, story: Story, panel: Panel, area, boxes_px) -> None:
+    draw = ImageDraw.Draw(canvas)
+    ax, ay, aw, ah = area
+    line_w = max(2, round(story.dpi / 100))
+    placed: list[tuple[float, ...]] = []
+    for dialogue in panel.dialogue:
+        anchor = _speaker_anchor(panel, dialogue.speaker, area, boxes_px)
+        text = dialogue.text if anchor is not None else f"{dialogue.speaker}: {dialogue.text}"
+        for points in (9, 8, 7, 6):  # shrink long speeches until they fit in half the panel
+            font = load_font(_pt_to_px(points, story.dpi))
+            pad = max(4, round(font.size * 0.6))
+            lines = wrap_text(text, font, aw * 0.42 - 2 * pad)
+            lh = _line_height(font)
+            if len(lines) * lh + 2 * pad <= ah * 0.45:
+                break
+        lines = _fit_lines(lines, font, aw * 0.42 - 2 * pad, max(1, int((ah * 0.45 - 2 * pad) // lh)))
+        bw = max(font.getlength(t) for t in lines) + 2 * pad
+        bh = len(lines) * lh + 2 * pad
+        bw, bh = min(bw, aw * 0.9), min(bh, ah * 0.9)
+        speaker_box = boxes_px.get(dialogue.speaker)
+        others = [b for name, b in boxes_px.items() if name != dialogue.speaker]
+        rect = plan_bubble((bw, bh), area, anchor, speaker_box, others, placed)
+        placed.append(rect)
+        x0, y0, x1, y1 = rect
+        radius = min(bh / 2, pad * 1.6)
+        tail = _tail(rect, anchor, min(aw, ah), radius) if anchor is not None else None
+        draw.rounded_rectangle(rect, radius=radius, fill=PAPER, outline=INK, width=line_w)
+        if tail is not None:
+            base_a, base_b, tip = tail
+            draw.polygon([base_a, base_b, tip], fill=PAPER)
+            draw.line([base_a, tip], fill=INK, width=line_w)
+            draw.line([base_b, tip], fill=INK, width=line_w)
+        for k, t in enumerate(lines):
+            draw.text(((x0 + x1) / 2, y0 + pad + k * lh), t, font=font, fill=INK, anchor="ma")
+
+
+def _tail(rect, anchor, panel_side: float, radius: float):
+    """The tail triangle (two base points on the bubble's edge, inside its outline, and the tip)."""
+    x0, y0, x1, y1 = rect
+    tx, ty = anchor
+    half = max(5.0, min((x1 - x0) * 0.18, (y1 - y0) * 0.3))
+    inset = 3.0
+    if ty > y1:
+        bx = min(max(tx, x0 + radius + half), x1 - radius - half)
+        base_a, base_b, base = (bx - half, y1 - inset), (bx + half, y1 - inset), (bx, y1)
+    elif ty < y0:
+        bx = min(max(tx, x0 + radius + half), x1 - radius - half)
+        base_a, base_b, base = (bx - half, y0 + inset), (bx + half, y0 + inset), (bx, y0)
+    elif tx < x0 or tx > x1:
+        edge = x0 if tx < x0 else x1
+        by = min(max(ty, y0 + radius + half), y1 - radius - half)
+        side = inset if tx < x0 else -inset
+        base_a, base_b, base = (edge + side, by - half), (edge + side, by + half), (edge, by)
+    else:
+        return None  # the speaker's head is under the bubble: no tail
+    dx, dy = tx - base[0], ty - base[1]
+    length = (dx * dx + dy * dy) ** 0.5
+    longest = max(12.0, panel_side * 0.22)
+    if length > longest:  # a long tail still points at the speaker but stops short of them
+        dx, dy = dx * longest / length, dy * longest / length
+    return base_a, base_b, (base[0] + dx, base[1] + dy)
+

@@ -1,0 +1,200 @@
+"""The render manifest: which panels of a story are rendered, with which settings, into which file.
+
+Layout of a render folder::
+
+    OUT/manifest.json            the story (as JSON) and one record per finished panel
+    OUT/manifest.part-RANK.json  records of one process of a multi-process render, merged into manifest.json
+    OUT/panels/panel-001.png     panel images, 1-based numbers
+
+Every file is written to a temporary name in the same folder and moved into place with `os.replace`, so a
+reader (or a resumed render after `kill -9`) sees either the old file or the new one, never half of one. A panel
+counts as done only when the manifest says so, its settings hash matches and its file has the recorded digest.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import tempfile
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from PIL import Image, PngImagePlugin
+
+    from core.story.format import Story
+
+MANIFEST_NAME = "manifest.json"
+PANELS_DIR = "panels"
+DONE, FAILED = "done", "failed"
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary path next to `path`; on success it replaces `path` in one step, on error it goes."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        with open(tmp, "rb+") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+def write_json_atomic(data: Any, path: str | os.PathLike) -> Path:
+    """Write `data` as indented JSON to `path` atomically."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    return Path(path)
+
+
+def write_png_atomic(image: Image.Image, path: str | os.PathLike,
+                     pnginfo: PngImagePlugin.PngInfo | None = None) -> Path:
+    """Save `image` as PNG at `path` atomically (with optional text chunks `pnginfo`)."""
+    with atomic_path(path) as tmp:
+        image.save(tmp, format="PNG", pnginfo=pnginfo)
+    return Path(path)
+
+
+def sha256_file(path: str | os.PathLike) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def panel_filename(index: int) -> str:
+    """The panel file of 0-based `index`, relative to the render folder (``panels/panel-001.png``)."""
+    return f"{PANELS_DIR}/panel-{index + 1:03d}.png"
+
+
+@dataclass(frozen=True)
+class PanelRecord:
+    """One panel's outcome. `file` is relative to the render folder; `error` is set when `status` is failed."""
+
+    index: int
+    settings_hash: str
+    seed: int
+    status: str
+    file: str | None = None
+    file_sha256: str | None = None
+    error: str | None = None
+
+
+@dataclass
+class RenderManifest:
+    """The story (its JSON form) and the panel records, keyed by 0-based panel index."""
+
+    story: dict[str, Any] = field(default_factory=dict)
+    panels: dict[int, PanelRecord] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "format": "instantcharacter-story-manifest",
+            "version": 1,
+            "story": self.story,
+            "panels": [asdict(self.panels[i]) for i in sorted(self.panels)],
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> RenderManifest:
+        records = {int(r["index"]): PanelRecord(**r) for r in data.get("panels", [])}
+        return cls(story=data.get("story", {}), panels=records)
+
+    def record(self, record: PanelRecord) -> None:
+        self.panels[record.index] = record
+
+    def done(self) -> dict[int, PanelRecord]:
+        return {i: r for i, r in self.panels.items() if r.status == DONE}
+
+    def failed(self) -> dict[int, PanelRecord]:
+        return {i: r for i, r in self.panels.items() if r.status == FAILED}
+
+
+def part_path(out_dir: str | os.PathLike, rank: int) -> Path:
+    """The manifest part written by process `rank` of a multi-process render."""
+    return Path(out_dir) / f"manifest.part-{rank}.json"
+
+
+def _part_files(out_dir: Path) -> list[Path]:
+    return sorted(out_dir.glob("manifest.part-*.json"))
+
+
+def _read(path: Path) -> RenderManifest | None:
+    try:
+        return RenderManifest.from_dict(json.loads(path.read_text(encoding="utf-8")))
+    except (OSError, ValueError, TypeError, KeyError):
+        return None  # written atomically, so unreadable means foreign or damaged: render again rather than trust it
+
+
+def load_manifest(out_dir: str | os.PathLike) -> RenderManifest:
+    """The manifest of `out_dir` with any part files of an interrupted multi-process render folded in.
+
+    Part records are newer than the main file's (parts are merged and deleted when a render ends); between parts,
+    a done record wins over a failed one. An absent folder or manifest gives an empty manifest.
+    """
+    out_dir = Path(out_dir)
+    manifest = _read(out_dir / MANIFEST_NAME) or RenderManifest()
+    from_parts: dict[int, PanelRecord] = {}
+    for path in _part_files(out_dir):
+        part = _read(path)
+        if part is None:
+            continue
+        if not manifest.story and part.story:
+            manifest.story = part.story
+        for index, rec in part.panels.items():
+            if index not in from_parts or rec.status == DONE:
+                from_parts[index] = rec
+    manifest.panels.update(from_parts)
+    return manifest
+
+
+def save_manifest(manifest: RenderManifest, out_dir: str | os.PathLike) -> Path:
+    return write_json_atomic(manifest.to_dict(), Path(out_dir) / MANIFEST_NAME)
+
+
+def remove_parts(out_dir: str | os.PathLike) -> None:
+    for path in _part_files(Path(out_dir)):
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+
+
+def merge_parts(out_dir: str | os.PathLike) -> RenderManifest:
+    """Fold the part files into manifest.json and delete them (rank 0, after every process finished)."""
+    manifest = load_manifest(out_dir)
+    save_manifest(manifest, out_dir)
+    remove_parts(out_dir)
+    return manifest
+
+
+def is_panel_done(record: PanelRecord | None, settings_hash: str, out_dir: str | os.PathLike) -> bool:
+    """True when `record` is a finished render of these settings whose file is present and intact."""
+    if record is None or record.status != DONE or record.settings_hash != settings_hash or not record.file:
+        return False
+    path = Path(out_dir) / record.file
+    if not path.is_file():
+        return False
+    return record.file_sha256 is None or sha256_file(path) == record.file_sha256
+
+
+def panels_to_render(story: Story, manifest: RenderManifest, out_dir: str | os.PathLike,
+                     options: dict[str, Any] | None = None) -> list[int]:
+    """Indices of the panels that still need rendering: never rendered, failed, changed, or file missing."""
+    from core.story.format import panel_settings_hash
+
+    return [
+        panel.index
+        for panel in story.panels
+        if not is_panel_done(manifest.panels.get(panel.index), panel_settings_hash(story, panel, options), out_dir)
+    ]
