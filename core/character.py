@@ -1,0 +1,82 @@
+"""A character to put into an image: its reference image, name, strength and region."""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass, field
+
+from PIL import Image
+
+from .encoders import image_key
+from .images import load_image
+from .masks import RoutingMask
+
+MAX_CHARACTERS = 8  # each character adds one attention per layer and step; past 8 regions get too small to hold one
+MAX_SCALE = 2.0
+_NAME = re.compile(r"^[^\[\]\n]{1,40}$")
+
+
+class CharacterError(ValueError):
+    """A character that cannot be used; the message says why in one line."""
+
+
+@dataclass
+class Character:
+    """One character.
+
+    Args:
+        image: the reference image (PIL image, path or bytes). Any size; it is stretched to a square internally.
+        name: how prompts refer to it as ``[name]``; optional for a single character.
+        scale: strength of the character in the image (0 to 2; the released default is 0.9).
+        mask: where it may appear: an image, a normalized box ``(x0, y0, x1, y1)``, a layout preset such as
+            ``"left"`` (see :mod:`core.masks`), or ``None`` for the whole image.
+        description: words that replace ``[name]`` for the text encoders (defaults to the name).
+    """
+
+    image: Image.Image | str | os.PathLike | bytes
+    name: str | None = None
+    scale: float = 0.9
+    mask: object = None
+    description: str | None = None
+    key: str = field(init=False, repr=False)
+
+    def __post_init__(self):
+        label = f"character {self.name!r}" if self.name else "character image"
+        source = self.image
+        self.image = load_image(source, name=str(source) if isinstance(source, (str, os.PathLike)) else label)
+        self.key = image_key(self.image)
+        if self.name is not None:
+            self.name = self.name.strip()
+            if not _NAME.match(self.name):
+                raise CharacterError(f"character name {self.name!r} must be 1-40 characters without brackets")
+        try:
+            self.scale = float(self.scale)
+        except (TypeError, ValueError):
+            raise CharacterError(f"{label}: scale must be a number, got {self.scale!r}") from None
+        if not 0.0 <= self.scale <= MAX_SCALE:
+            raise CharacterError(f"{label}: scale {self.scale:g} is outside 0 to {MAX_SCALE:g}")
+        self.mask = RoutingMask.from_spec(self.mask)
+
+    @property
+    def words(self) -> str:
+        """The text that stands for this character in the prompt."""
+        return self.description or self.name or "the character"
+
+
+def check_characters(characters: list[Character]) -> None:
+    """Raises :class:`CharacterError` for too many characters or duplicate names."""
+    if len(characters) > MAX_CHARACTERS:
+        raise CharacterError(
+            f"{len(characters)} characters given: at most {MAX_CHARACTERS} fit in one image "
+            "(each needs a region of its own)"
+        )
+    seen = {}
+    for c in characters:
+        if not isinstance(c, Character):
+            raise CharacterError(f"characters must be Character objects, got {type(c).__name__}")
+        if c.name:
+            low = c.name.lower()
+            if low in seen:
+                raise CharacterError(f"two characters are named {c.name!r}: names must be unique")
+            seen[low] = c

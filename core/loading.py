@@ -1,0 +1,62 @@
+"""Loading every component of :class:`~core.pipeline.InstantCharacterPipeline` from its sources."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import torch
+
+from .checkpoint import build_adapter, check_compatible, read_adapter
+from .sources import BASE_PATTERNS, ModelSourceError, ModelSources, resolve_file, resolve_folder
+
+log = logging.getLogger(__name__)
+
+
+def _from_pretrained(load, path: str, what: str, **kwargs):
+    try:
+        return load(path, **kwargs)
+    except (OSError, ValueError, KeyError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ModelSourceError(f"cannot load {what} from {path}: {first}") from None
+
+
+def load_components(base=None, *, siglip=None, dinov2=None, adapter=None, dtype=torch.bfloat16,
+                    progress: bool = True, **flux_kwargs) -> dict:
+    """Resolves the four sources, loads each model and returns the pipeline's constructor arguments.
+
+    A ``base`` that is a models directory (with ``flux/``, ``siglip/``, ``dinov2/`` and an adapter file)
+    supplies the other sources unless they are given explicitly.
+    """
+    from diffusers import FluxPipeline
+    from transformers import AutoImageProcessor, AutoModel, SiglipImageProcessor, SiglipVisionModel
+
+    if isinstance(base, ModelSources):
+        sources = base
+    elif base in (None, "default", "tiny") or (Path(base).is_dir() and (Path(base) / "flux").is_dir()):
+        sources = ModelSources.parse(None if base is None else str(base))
+    else:
+        sources = ModelSources(base=str(base))
+    sources = sources.override(siglip=siglip, dinov2=dinov2, adapter=adapter)
+
+    log.info("loading FLUX from %s", sources.base)
+    base_path = resolve_folder(sources.base, "FLUX base model", BASE_PATTERNS)
+    flux = _from_pretrained(FluxPipeline.from_pretrained, base_path, "the FLUX base model", dtype=dtype,
+                            **flux_kwargs)
+    if not progress:
+        flux.set_progress_bar_config(disable=True)
+    siglip_path = resolve_folder(sources.siglip, "SigLIP")
+    dinov2_path = resolve_folder(sources.dinov2, "DINOv2")
+    siglip_model = _from_pretrained(SiglipVisionModel.from_pretrained, siglip_path, "SigLIP", dtype=dtype)
+    siglip_processor = _from_pretrained(SiglipImageProcessor.from_pretrained, siglip_path, "the SigLIP processor")
+    dinov2_model = _from_pretrained(AutoModel.from_pretrained, dinov2_path, "DINOv2", dtype=dtype)
+    dinov2_processor = _from_pretrained(AutoImageProcessor.from_pretrained, dinov2_path, "the DINOv2 processor")
+
+    weights = read_adapter(resolve_file(sources.adapter))
+    encoder_width = siglip_model.config.hidden_size + dinov2_model.config.hidden_size
+    check_compatible(weights.config, flux.transformer, encoder_width, weights.source)
+    image_proj, layers = build_adapter(weights, dtype)
+    components = dict(flux.components)
+    components.update(siglip=siglip_model.eval(), siglip_processor=siglip_processor, dinov2=dinov2_model.eval(),
+                      dinov2_processor=dinov2_processor, image_proj=image_proj, character_layers=layers)
+    return components

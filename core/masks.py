@@ -1,0 +1,158 @@
+"""Routing masks: where each character may appear (paper Eq. 3).
+
+A mask is given as
+
+* an image of any size (L, or the alpha of RGBA/LA; soft values are kept),
+* a box ``(x0, y0, x1, y1)`` in normalized coordinates (0-1, origin top-left),
+* a layout preset: ``whole``, ``left``, ``right``, ``top``, ``bottom``, ``left-third``, ``center-third``,
+  ``right-third``, ``grid:RxC:N`` (cell N, 1-based, row-major, of an R-row C-column grid) or ``box:x0,y0,x1,y1``.
+
+:meth:`RoutingMask.weights` resizes it to the latent token grid with area averaging.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import re
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from PIL import Image
+
+PRESETS = {
+    "whole": (0.0, 0.0, 1.0, 1.0),
+    "left": (0.0, 0.0, 0.5, 1.0),
+    "right": (0.5, 0.0, 1.0, 1.0),
+    "top": (0.0, 0.0, 1.0, 0.5),
+    "bottom": (0.0, 0.5, 1.0, 1.0),
+    "left-third": (0.0, 0.0, 1 / 3, 1.0),
+    "center-third": (1 / 3, 0.0, 2 / 3, 1.0),
+    "right-third": (2 / 3, 0.0, 1.0, 1.0),
+}
+_GRID = re.compile(r"^grid:(\d+)x(\d+):(\d+)$")
+
+
+class MaskError(ValueError):
+    """A mask that cannot be used; the message says why in one line."""
+
+
+def _parse_box(values) -> tuple[float, float, float, float]:
+    try:
+        x0, y0, x1, y1 = (float(v) for v in values)
+    except (TypeError, ValueError):
+        raise MaskError(f"a box needs four numbers x0,y0,x1,y1, got {values!r}") from None
+    if not all(0.0 <= v <= 1.0 for v in (x0, y0, x1, y1)):
+        raise MaskError(f"box {x0:g},{y0:g},{x1:g},{y1:g} is outside [0, 1]: use fractions of the image size")
+    if x1 <= x0 or y1 <= y0:
+        raise MaskError(f"box {x0:g},{y0:g},{x1:g},{y1:g} is empty: x1 must exceed x0 and y1 exceed y0")
+    return x0, y0, x1, y1
+
+
+def parse_layout(spec: str) -> tuple[float, float, float, float]:
+    """The normalized box of a layout preset string (see module docstring)."""
+    spec = spec.strip().lower()
+    if spec in PRESETS:
+        return PRESETS[spec]
+    if spec.startswith("box:"):
+        return _parse_box(spec[4:].split(","))
+    if m := _GRID.match(spec):
+        rows, cols, n = (int(g) for g in m.groups())
+        if rows < 1 or cols < 1 or not 1 <= n <= rows * cols:
+            raise MaskError(f"grid cell {spec!r} does not exist: N must be between 1 and {rows * cols}")
+        r, c = divmod(n - 1, cols)
+        return c / cols, r / rows, (c + 1) / cols, (r + 1) / rows
+    raise MaskError(
+        f"unknown layout {spec!r}: use one of {', '.join(PRESETS)}, grid:RxC:N or box:x0,y0,x1,y1"
+    )
+
+
+@dataclass
+class RoutingMask:
+    """A character's region: either ``box`` (normalized) or ``image`` (float array in [0, 1], H x W)."""
+
+    box: tuple[float, float, float, float] | None = None
+    image: np.ndarray | None = None
+    label: str | None = None  # the preset name or "box:..." it came from, for metadata
+
+    @classmethod
+    def from_spec(cls, spec) -> "RoutingMask":
+        """Builds a mask from a preset string, a box tuple, a PIL image or an array; ``None`` stays ``None``."""
+        if spec is None or isinstance(spec, RoutingMask):
+            return spec
+        if isinstance(spec, str):
+            return cls(box=parse_layout(spec), label=spec.strip().lower())
+        if isinstance(spec, Image.Image):
+            return cls(image=_image_weights(spec))
+        if isinstance(spec, np.ndarray | torch.Tensor):
+            array = np.asarray(spec, dtype=np.float32)
+            if array.ndim != 2:
+                raise MaskError(f"a mask array must be 2-D (H x W), got shape {array.shape}")
+            if array.max(initial=0) > 1.0:
+                array = array / 255.0
+            return cls(image=np.clip(array, 0.0, 1.0))
+        if isinstance(spec, list | tuple):
+            box = _parse_box(spec)
+            return cls(box=box, label="box:" + ",".join(f"{v:g}" for v in box))
+        raise MaskError(f"unsupported mask type {type(spec).__name__}: use an image, a box or a layout name")
+
+    def weights(self, rows: int, cols: int) -> torch.Tensor:
+        """Area-averaged weights on a ``rows`` x ``cols`` token grid, flattened row-major to (rows*cols,)."""
+        if self.image is not None:
+            image = Image.fromarray(self.image.astype(np.float32), mode="F")
+            small = np.asarray(image.resize((cols, rows), Image.Resampling.BOX), dtype=np.float32)
+            return _snap(small)
+        x0, y0, x1, y1 = self.box
+        # exact coverage of each cell by the box, so a box is the area average of its own pixel mask
+        xs = np.clip(np.minimum((np.arange(cols) + 1) / cols, x1) - np.maximum(np.arange(cols) / cols, x0), 0, None)
+        ys = np.clip(np.minimum((np.arange(rows) + 1) / rows, y1) - np.maximum(np.arange(rows) / rows, y0), 0, None)
+        return _snap(np.outer(ys * rows, xs * cols))
+
+    def is_empty(self, rows: int, cols: int) -> bool:
+        return bool(self.weights(rows, cols).max() <= 0)
+
+    def to_json(self):
+        """A JSON-able description: the preset/box label, or the mask as a base64 PNG."""
+        if self.box is not None:
+            return self.label or "box:" + ",".join(f"{v:g}" for v in self.box)
+        buffer = io.BytesIO()
+        Image.fromarray(np.round(self.image * 255).astype(np.uint8), "L").save(buffer, format="PNG")
+        return "png:" + base64.b64encode(buffer.getvalue()).decode()
+
+    @classmethod
+    def from_json(cls, value) -> "RoutingMask | None":
+        if value is None:
+            return None
+        if isinstance(value, str) and value.startswith("png:"):
+            return cls(image=_image_weights(Image.open(io.BytesIO(base64.b64decode(value[4:])))))
+        return cls.from_spec(value)
+
+
+def _snap(weights: np.ndarray) -> torch.Tensor:
+    """Clips to [0, 1] and snaps rounding noise to exact 0 and 1, so full cover is exactly "no mask"."""
+    w = np.clip(np.asarray(weights, dtype=np.float64), 0.0, 1.0)
+    w[np.abs(w - 1.0) < 1e-5] = 1.0
+    w[w < 1e-5] = 0.0
+    return torch.from_numpy(w.astype(np.float32)).flatten()
+
+
+def _image_weights(image: Image.Image) -> np.ndarray:
+    """Mask weights in [0, 1] from an image: the alpha channel if it has one, else its greyscale."""
+    if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
+        channel = image.convert("RGBA").getchannel("A")
+    else:
+        channel = image.convert("L")
+    return np.asarray(channel, dtype=np.float32) / 255.0
+
+
+def auto_layout(count: int) -> list[RoutingMask]:
+    """Equal vertical stripes, left to right, for ``count`` characters without masks."""
+    return [RoutingMask(box=(i / count, 0.0, (i + 1) / count, 1.0), label=f"grid:1x{count}:{i + 1}")
+            for i in range(count)]
+
+
+def normalize_overlaps(weights: list[torch.Tensor]) -> list[torch.Tensor]:
+    """Scales overlapping mask weights so that, per token, they sum to at most 1."""
+    total = torch.stack(weights).sum(0).clamp(min=1.0)
+    return [w / total for w in weights]

@@ -1,0 +1,552 @@
+"""Memory presets and the planner that estimates a preset's peak GPU memory and system RAM.
+
+Units: every ``*_bytes`` value is bytes. Tables print GiB (2**30 bytes). The published FLUX.1-dev figures this
+planner is checked against (diffusers' quantization-backends benchmark, H100, 1024x1024) are labelled "GB" but are
+GiB: their bf16 "memory after loading", 31.447, is exactly the bf16 weights of the four FLUX components counted
+here (33.74e9 bytes = 31.42 GiB), i.e. ``torch.cuda.max_memory_allocated() / 2**30``. GPU makers' "GB" is GiB in
+practice too (a "24 GB" RTX 4090 reports 24564 MiB), so ``--vram 24`` means 24 GiB.
+
+The estimate is a peak of ``torch.cuda.max_memory_allocated`` (the allocator's view): weights resident at the
+peak plus the live activations of the phase that peaks. The CUDA context and allocator fragmentation are not in
+it; ``choose_preset`` keeps a reserve for them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gc
+import math
+from dataclasses import dataclass, field, replace
+from typing import Iterator, Mapping
+
+import torch
+
+from core.model_sizes import ComponentSize, all_sizes
+
+GiB = 2**30
+
+QUANTIZATIONS = ("bnb-nf4", "bnb-int8", "quanto-int8", "quanto-fp8")
+OFFLOAD_MODES = ("none", "model", "group")
+
+# bitsandbytes nf4 (diffusers/transformers defaults: blocksize 64, no double quantization): two weights per
+# byte plus one float32 absmax per 64 weights.
+NF4_BLOCKSIZE = 64
+# Quanto stores one scale per output row in the compute dtype; LLM.int8 one float32 row statistic (SCB).
+BNB_INT8_ROW_BYTES = 4
+
+TEXT_TOKENS = 512  # FluxPipeline's max_sequence_length: T5 tokens joined to the image tokens
+# Live activations at the peak of one transformer call, in hidden-size-wide (inner_dim) tensors per token.
+# Calibrated on the published bf16 + model-offload run (peak 23.271 GiB = 22.168 GiB transformer weights +
+# 1.10 GiB at 4096 + 512 tokens of width 3072): a single-stream block holds the residual, norm, q/k/v, the 4x
+# MLP before and after GELU, their 5x concatenation and the output at once.
+DIT_LIVE_WIDTHS = 42
+# The adapter's extra per-layer attention (its K/V over the character tokens and the added output): an
+# assumption, there is no published measurement to calibrate it on.
+ADAPTER_LIVE_WIDTHS = 4
+# VAE decode: live tensors of the decoder's widest full-resolution activation (block_out_channels[1] channels at
+# H x W in the compute dtype: the last upsampler's float32 round trip, GroupNorm, conv in/out, cuDNN workspace).
+# Calibrated on the published bf16 run: its peak 36.166 GiB is 31.424 GiB of weights plus 4.74 GiB of decode.
+VAE_LIVE_TENSORS = 9.5
+VAE_TILE_PX = 512  # tile size apply_preset sets; FLUX's VAE would otherwise only tile above 1024 px
+# Image encoders see the character at low resolution plus high-resolution crops; 5 images per encoder.
+IMAGE_CROPS = 5
+ENCODER_LIVE_WIDTHS = 6  # live intermediate-wide tensors per token in a ViT/T5 layer
+RAM_BASELINE_BYTES = 3 * GiB  # Python, torch, CUDA libraries, the UI
+# Kept for the CUDA context (not in the allocator's statistics) plus a share for fragmentation.
+CUDA_CONTEXT_BYTES = int(0.75 * GiB)
+FRAGMENTATION_SHARE = 0.05
+
+
+@dataclass(frozen=True)
+class MemoryPreset:
+    """How the pipeline is held in memory: quantization per component, offloading and VAE tiling.
+
+    Attributes:
+        name: ``full``, ``balanced``, ``low`` or ``minimal``.
+        description: one line for the UI and ``plan``.
+        transformer_quantization: one of ``QUANTIZATIONS`` or None (compute dtype) for the FLUX transformer.
+        text_encoder_quantization: the same for T5 (``text_encoder_2``); CLIP and the VAE stay unquantized.
+        adapter_quantization: ``quanto-int8`` or None for the projector and the processors' K/V projections.
+        offload: ``none`` (all on the GPU), ``model`` (accelerate moves one whole model at a time) or ``group``
+            (diffusers group offloading moves blocks/leaves, prefetching on a CUDA stream where there is one).
+        vae_tiling: decode in ``VAE_TILE_PX`` tiles.
+        dtype: compute dtype name.
+    """
+
+    name: str
+    description: str
+    transformer_quantization: str | None = None
+    text_encoder_quantization: str | None = None
+    adapter_quantization: str | None = None
+    offload: str = "none"
+    vae_tiling: bool = False
+    dtype: str = "bfloat16"
+
+    def __post_init__(self) -> None:
+        for q in (self.transformer_quantization, self.text_encoder_quantization, self.adapter_quantization):
+            if q is not None and q not in QUANTIZATIONS:
+                raise ValueError(f"quantization {q!r} unknown; expected one of {QUANTIZATIONS} or None")
+        if self.adapter_quantization not in (None, "quanto-int8", "quanto-fp8"):
+            raise ValueError(f"adapter_quantization {self.adapter_quantization!r}: the adapter is quantized "
+                             "after loading, so only quanto-int8, quanto-fp8 or None")
+        if self.offload not in OFFLOAD_MODES:
+            raise ValueError(f"offload {self.offload!r} unknown; expected one of {OFFLOAD_MODES}")
+
+    @property
+    def needs_bitsandbytes(self) -> bool:
+        """True when the transformer or T5 is quantized with bitsandbytes (CUDA only)."""
+        return any(q is not None and q.startswith("bnb-")
+                   for q in (self.transformer_quantization, self.text_encoder_quantization))
+
+    def with_quantization(self, quantization: str | None) -> "MemoryPreset":
+        """The same preset with the transformer and T5 quantized by ``quantization`` (e.g. the quanto alternative)."""
+        if not (self.transformer_quantization or self.text_encoder_quantization):
+            return self
+        return replace(self, transformer_quantization=quantization, text_encoder_quantization=quantization)
+
+
+PRESETS: dict[str, MemoryPreset] = {
+    p.name: p
+    for p in (
+        MemoryPreset("full", "bf16, everything on the GPU: fastest"),
+        MemoryPreset("balanced", "bf16, one model on the GPU at a time (model CPU offload), VAE tiling",
+                     offload="model", vae_tiling=True),
+        MemoryPreset("low", "transformer and T5 in nf4 (bitsandbytes), adapter int8 (quanto), model CPU offload",
+                     transformer_quantization="bnb-nf4", text_encoder_quantization="bnb-nf4",
+                     adapter_quantization="quanto-int8", offload="model"),
+        MemoryPreset("minimal", "low plus group offloading (streamed block by block) and VAE tiling: 8 GB cards",
+                     transformer_quantization="bnb-nf4", text_encoder_quantization="bnb-nf4",
+                     adapter_quantization="quanto-int8", offload="group", vae_tiling=True),
+    )
+}
+# Fastest first: auto takes the first one that fits, and out-of-memory advice walks down this list.
+PRESET_ORDER = ("full", "balanced", "low", "minimal")
+QUANTO_ALTERNATIVE = "quanto-int8"
+
+
+def get_preset(name: str, quantization: str | None = None) -> MemoryPreset:
+    """The preset called ``name``; ``quantization`` replaces its transformer/T5 quantization (e.g. ``quanto-int8``)."""
+    if name not in PRESETS:
+        raise ValueError(f"preset {name!r} unknown; expected one of {PRESET_ORDER} or 'auto'")
+    preset = PRESETS[name]
+    return preset.with_quantization(quantization) if quantization else preset
+
+
+# ----------------------------------------------------------------------------------------------------------- bytes
+def _dtype_bytes(dtype: str) -> int:
+    return torch.empty((), dtype=getattr(torch, dtype)).element_size()
+
+
+def weight_bytes(size: ComponentSize, quantization: str | None, dtype: str = "bfloat16",
+                 kept_dtype: str | None = None) -> int:
+    """Bytes of one component's weights held in ``quantization`` (None: all in ``dtype``).
+
+    Quantizers convert ``nn.Linear`` weights only; biases, norms, embeddings, convolutions and the modules a
+    model class keeps (T5's ``wo``) stay in ``dtype``. Per converted weight: nf4 0.5 byte + a float32 absmax per
+    64 (0.5625 byte); LLM.int8 1 byte + a float32 statistic per row; quanto int8/fp8 1 byte + a ``dtype`` scale
+    per row. ``kept_dtype`` (default ``dtype``) is the dtype of the kept modules: transformers 5 keeps them in
+    the compute dtype; the 4.x bitsandbytes loaders (the published benchmark) upcast them to float32.
+    """
+    b = _dtype_bytes(dtype)
+    if quantization is None:
+        return size.params * b
+    q, rows = size.quantizable_params, size.quantizable_rows
+    if quantization == "bnb-nf4":
+        quantized = q / 2 + math.ceil(q / NF4_BLOCKSIZE) * 4
+    elif quantization == "bnb-int8":
+        quantized = q + rows * BNB_INT8_ROW_BYTES
+    elif quantization in ("quanto-int8", "quanto-fp8"):
+        quantized = q + rows * b
+    else:
+        raise ValueError(f"quantization {quantization!r} unknown; expected one of {QUANTIZATIONS}")
+    kept_b = _dtype_bytes(kept_dtype) if kept_dtype else b
+    return int(quantized + (size.other_params - size.kept_params) * b + size.kept_params * kept_b)
+
+
+def _quantization_of(preset: MemoryPreset, component: str) -> str | None:
+    if component == "transformer":
+        return preset.transformer_quantization
+    if component == "text_encoder_2":
+        return preset.text_encoder_quantization
+    if component in ("projector", "adapter_processors"):
+        return preset.adapter_quantization
+    return None
+
+
+# ----------------------------------------------------------------------------------------------------- activations
+def _encoder_activation_bytes(cfg: Mapping, tokens: int, images: int, b: int) -> int:
+    hidden = cfg.get("hidden_size") or cfg["d_model"]
+    inner = cfg.get("intermediate_size") or cfg.get("d_ff") or hidden * cfg.get("mlp_ratio", 4)
+    heads = cfg.get("num_attention_heads") or cfg["num_heads"]
+    widths = ENCODER_LIVE_WIDTHS * inner + 4 * hidden
+    scores = heads * tokens * 4  # one float32 attention row per token per head (eager softmax)
+    return images * tokens * (widths * b + scores)
+
+
+def phase_activation_bytes(sizes: Mapping[str, ComponentSize], width: int, height: int, vae_tiling: bool,
+                           dtype: str = "bfloat16") -> dict[str, int]:
+    """Live activation bytes at the peak of each phase for one ``width`` x ``height`` image (batch 1).
+
+    Phases: ``text_encoder`` (CLIP, 77 tokens), ``text_encoder_2`` (T5, 512 tokens), ``siglip`` / ``dinov2`` (the
+    character image and its crops), ``denoise`` (one transformer call on (H/16)(W/16) + 512 tokens; with the
+    adapter, its attention and the projector) and ``vae`` (decode, tiled in ``VAE_TILE_PX`` tiles when asked).
+    """
+    b = _dtype_bytes(dtype)
+    out: dict[str, int] = {}
+    out["text_encoder"] = _encoder_activation_bytes(sizes["text_encoder"].config, 77, 1, b)
+    out["text_encoder_2"] = _encoder_activation_bytes(sizes["text_encoder_2"].config, TEXT_TOKENS, 1, b)
+    for name in ("siglip", "dinov2"):
+        if name in sizes:
+            cfg = sizes[name].config
+            tokens = (cfg["image_size"] // cfg["patch_size"]) ** 2 + 1
+            out[name] = _encoder_activation_bytes(cfg, tokens, IMAGE_CROPS, b)
+    tcfg = sizes["transformer"].config
+    inner = tcfg["num_attention_heads"] * tcfg["attention_head_dim"]
+    tokens = (height // 16) * (width // 16) + TEXT_TOKENS
+    widths = DIT_LIVE_WIDTHS + (ADAPTER_LIVE_WIDTHS if "adapter_processors" in sizes else 0)
+    denoise = tokens * inner * widths * b
+    if "projector" in sizes and "dinov2" in sizes:
+        # The projector's widest activation: its feed-forward over the encoders' tokens (all crops).
+        ff = max(s[0] for k, s in _projector_linear_shapes().items())
+        enc_tokens = IMAGE_CROPS * sum((sizes[n].config["image_size"] // sizes[n].config["patch_size"]) ** 2 + 1
+                                       for n in ("siglip", "dinov2"))
+        denoise = max(denoise, 3 * enc_tokens * ff * b)
+    out["denoise"] = denoise
+    vcfg = sizes["vae"].config
+    full_res_channels = vcfg["block_out_channels"][min(1, len(vcfg["block_out_channels"]) - 1)]
+    tile_h, tile_w = (min(height, VAE_TILE_PX), min(width, VAE_TILE_PX)) if vae_tiling else (height, width)
+    vae = VAE_LIVE_TENSORS * tile_h * tile_w * full_res_channels * b
+    if vae_tiling and (tile_h, tile_w) != (height, width):
+        vae += 2 * 3 * height * width * 4  # decoded tiles and the blended float32 image
+    out["vae"] = int(vae)
+    return out
+
+
+def _projector_linear_shapes() -> dict[str, list[int]]:
+    import json
+
+    from core.model_sizes import ADAPTER_LAYOUT
+
+    layout = json.loads(ADAPTER_LAYOUT.read_text())["image_proj"]
+    return {k: v for k, v in layout.items() if k.endswith(".weight") and len(v) == 2}
+
+
+# ------------------------------------------------------------------------------------------------------- estimate
+# Which components are on the GPU together while each phase runs (model offload moves whole models).
+PHASE_COMPONENTS = {
+    "text_encoder": ("text_encoder",),
+    "text_encoder_2": ("text_encoder_2",),
+    "siglip": ("siglip",),
+    "dinov2": ("dinov2",),
+    "denoise": ("transformer", "adapter_processors", "projector"),
+    "vae": ("vae",),
+}
+# Under group offloading, components this small are simply kept on the GPU.
+GROUP_OFFLOAD_MIN_BYTES = 1 * GiB
+
+
+@dataclass(frozen=True)
+class MemoryEstimate:
+    """Expected peaks of one preset at one image size.
+
+    Attributes:
+        preset: the preset's name.
+        width, height: image size in pixels.
+        gpu_peak_bytes: peak GPU memory allocated by torch (bytes).
+        ram_peak_bytes: peak process RAM (bytes): baseline + the weights held on the CPU (while loading or
+            offloaded, whichever is larger).
+        peak_phase: the phase at which the GPU peaks.
+        weight_bytes: per component, bytes of its weights as held (quantized or not).
+        activation_bytes: per phase, live activation bytes.
+    """
+
+    preset: str
+    width: int
+    height: int
+    gpu_peak_bytes: int
+    ram_peak_bytes: int
+    peak_phase: str
+    weight_bytes: dict[str, int] = field(default_factory=dict)
+    activation_bytes: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def gpu_peak_gib(self) -> float:
+        return self.gpu_peak_bytes / GiB
+
+    @property
+    def ram_peak_gib(self) -> float:
+        return self.ram_peak_bytes / GiB
+
+
+def _group_resident_bytes(size: ComponentSize, stored_bytes: int, use_stream: bool) -> int:
+    """GPU bytes of a group-offloaded component while it runs.
+
+    ``apply_preset`` offloads the transformer block by block (its ungrouped embedders and final layers stay
+    while it runs) and every other large component leaf by leaf; with a stream the next group is prefetched,
+    so two groups are on the GPU.
+    """
+    per_param = stored_bytes / max(size.params, 1)
+    groups = 2 if use_stream else 1
+    if size.name == "transformer":
+        return int(per_param * (size.ungrouped_params + groups * size.largest_block_params))
+    return int(per_param * groups * size.largest_leaf_params)
+
+
+def estimate(preset: MemoryPreset | str, width: int = 1024, height: int = 1024, *,
+             sizes: Mapping[str, ComponentSize] | None = None, adapter: bool = True,
+             use_stream: bool = True, bnb_keeps_float32: bool = False) -> MemoryEstimate:
+    """Estimate the GPU and RAM peaks of ``preset`` for one ``width`` x ``height`` image (pixels, batch 1).
+
+    Args:
+        preset: a ``MemoryPreset`` or its name.
+        sizes: component counts (``core.model_sizes.all_sizes``); default: full-size FLUX.1-dev with the
+            released adapter and its two image encoders (or plain FLUX.1-dev when ``adapter`` is False).
+        adapter: include SigLIP, DINOv2, the projector and the 57 processors.
+        use_stream: group offloading prefetches the next group on a CUDA stream (two groups resident).
+        bnb_keeps_float32: model transformers 4.x, whose bitsandbytes loaders kept T5's ``wo`` (1.0 B
+            parameters) in float32 (+1.9 GiB): how the published figures were measured. transformers 5 keeps it
+            in the compute dtype.
+
+    GPU peak, by offload mode: ``none``: all weights + the largest phase activation; ``model``: the largest over
+    phases of (that phase's models + its activations); ``group``: small components (< 1 GiB) resident + the
+    largest over phases of (the running component's ungrouped params and one or two groups + activations).
+    """
+    if isinstance(preset, str):
+        preset = get_preset(preset)
+    sizes = dict(sizes) if sizes is not None else all_sizes(adapter=adapter)
+    stored = {}
+    for name, s in sizes.items():
+        quant = _quantization_of(preset, name)
+        kept = "float32" if bnb_keeps_float32 and (quant or "").startswith("bnb-") else None
+        stored[name] = weight_bytes(s, quant, preset.dtype, kept)
+    acts = phase_activation_bytes(sizes, width, height, preset.vae_tiling, preset.dtype)
+    phases = {p: [c for c in comps if c in sizes] for p, comps in PHASE_COMPONENTS.items() if p in acts}
+
+    if preset.offload == "none":
+        peak_phase = max(acts, key=acts.get)
+        gpu = sum(stored.values()) + acts[peak_phase]
+    elif preset.offload == "model":
+        per_phase = {p: sum(stored[c] for c in comps) + acts[p] for p, comps in phases.items()}
+        peak_phase = max(per_phase, key=per_phase.get)
+        gpu = per_phase[peak_phase]
+    else:
+        small = {c for c, n in stored.items() if n < GROUP_OFFLOAD_MIN_BYTES}
+        resident = sum(stored[c] for c in small)
+        per_phase = {p: resident + acts[p] + sum(_group_resident_bytes(sizes[c], stored[c], use_stream)
+                                                 for c in comps if c not in small)
+                     for p, comps in phases.items()}
+        peak_phase = max(per_phase, key=per_phase.get)
+        gpu = per_phase[peak_phase]
+
+    # RAM: diffusers loads every component on the CPU before moving it, except that bitsandbytes quantizes
+    # while loading (so a bnb component costs its quantized size); quanto quantizes after loading (bf16 first).
+    b = _dtype_bytes(preset.dtype)
+    loading = sum(stored[c] if (_quantization_of(preset, c) or "").startswith("bnb-") else sizes[c].params * b
+                  for c in sizes)
+    offloaded = 0 if preset.offload == "none" else sum(stored.values())
+    ram = RAM_BASELINE_BYTES + max(loading, offloaded)
+    return MemoryEstimate(preset.name, width, height, int(gpu), int(ram), peak_phase, stored, acts)
+
+
+# ------------------------------------------------------------------------------------------------------ detection
+@dataclass(frozen=True)
+class DetectedMemory:
+    """What this machine has, in bytes; ``vram_*`` None without a CUDA GPU."""
+
+    vram_total_bytes: int | None
+    vram_free_bytes: int | None
+    ram_total_bytes: int | None
+    ram_available_bytes: int | None
+    gpu_name: str | None = None
+
+
+def _meminfo() -> tuple[int | None, int | None]:
+    try:
+        import psutil
+
+        vm = psutil.virtual_memory()
+        return int(vm.total), int(vm.available)
+    except ImportError:
+        pass
+    values: dict[str, int] = {}
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                key, rest = line.split(":", 1)
+                values[key] = int(rest.split()[0]) * 1024  # reported in kB (KiB)
+    except OSError:
+        return None, None
+    return values.get("MemTotal"), values.get("MemAvailable")
+
+
+def detect_memory() -> DetectedMemory:
+    """GPU memory (``torch.cuda.mem_get_info`` of the current device) and system RAM (psutil or /proc/meminfo)."""
+    ram_total, ram_available = _meminfo()
+    if not torch.cuda.is_available():
+        return DetectedMemory(None, None, ram_total, ram_available)
+    free, total = torch.cuda.mem_get_info()
+    return DetectedMemory(int(total), int(free), ram_total, ram_available, torch.cuda.get_device_name())
+
+
+def bitsandbytes_usable() -> bool:
+    """True when bitsandbytes is installed and a CUDA GPU is present (its 4/8-bit kernels need CUDA)."""
+    import importlib.util
+
+    return torch.cuda.is_available() and importlib.util.find_spec("bitsandbytes") is not None
+
+
+# ------------------------------------------------------------------------------------------------------- choosing
+def usable_vram_bytes(vram_bytes: int) -> int:
+    """GPU bytes a preset may plan to allocate: the card minus the CUDA context and a 5% fragmentation share."""
+    return int(vram_bytes * (1 - FRAGMENTATION_SHARE)) - CUDA_CONTEXT_BYTES
+
+
+def choose_preset(vram_bytes: int | None, ram_bytes: int | None, width: int = 1024, height: int = 1024, *,
+                  bitsandbytes_ok: bool = True, sizes: Mapping[str, ComponentSize] | None = None,
+                  ) -> tuple[MemoryPreset, MemoryEstimate, str]:
+    """The fastest preset whose estimate fits: ``(preset, estimate, reason)``. Pure: no detection here.
+
+    Args:
+        vram_bytes: the GPU's total memory in bytes, or None without a GPU.
+        ram_bytes: system RAM in bytes, or None when unknown (then RAM is not checked).
+        width, height: image size in pixels.
+        bitsandbytes_ok: False swaps nf4 for ``quanto-int8`` (no bitsandbytes, or not on CUDA).
+
+    Presets are tried fastest first (full, balanced, low, minimal). One fits when its GPU peak is at most
+    ``usable_vram_bytes(vram_bytes)`` and its RAM peak at most ``ram_bytes``. With the released adapter at
+    1024x1024 the bf16 weights alone are ~39.5 GiB, so a 48 or 80 GB card runs ``full``; ``balanced`` still holds
+    the bf16 transformer and adapter together (~28.6 GiB), which a 24 GB card cannot, so 24, 16 and 12 GB run
+    ``low`` (nf4, ~10 GiB); 8 GB runs ``minimal`` (groups of blocks streamed, ~4 GiB). When nothing fits the
+    smallest preset is returned and the reason says by how much it misses. Without a GPU, memory on the GPU is
+    no constraint: the choice is by RAM only and the reason says that no GPU was found.
+    """
+    candidates = [get_preset(n) for n in PRESET_ORDER]
+    if not bitsandbytes_ok or vram_bytes is None:
+        candidates = [p.with_quantization(QUANTO_ALTERNATIVE) if p.needs_bitsandbytes else p for p in candidates]
+    estimates = [estimate(p, width, height, sizes=sizes) for p in candidates]
+    size = f"{width}x{height}"
+
+    def ram_ok(e: MemoryEstimate) -> bool:
+        return ram_bytes is None or e.ram_peak_bytes <= ram_bytes
+
+    if vram_bytes is None:
+        for p, e in zip(candidates, estimates):
+            if ram_ok(e):
+                return p, e, (f"no CUDA GPU found: runs on the CPU, so GPU memory is no constraint; '{p.name}' is the "
+                              f"fastest preset whose RAM peak ({e.ram_peak_gib:.1f} GiB) fits the system RAM")
+        p, e = candidates[-1], estimates[-1]
+        return p, e, (f"no CUDA GPU found, and even '{p.name}' needs {e.ram_peak_gib:.1f} GiB of RAM "
+                      f"(have {ram_bytes / GiB:.1f} GiB)")
+
+    usable = usable_vram_bytes(vram_bytes)
+    for p, e in zip(candidates, estimates):
+        if e.gpu_peak_bytes <= usable and ram_ok(e):
+            faster = [q.name for q in candidates[: candidates.index(p)]]
+            why_not = f" ({', '.join(faster)} would not fit)" if faster else ""
+            return p, e, (f"'{p.name}' is the fastest preset that fits at {size}: GPU peak {e.gpu_peak_gib:.1f} GiB "
+                          f"of {usable / GiB:.1f} GiB usable on a {vram_bytes / GiB:.0f} GiB card{why_not}")
+    p, e = candidates[-1], estimates[-1]
+    short = "GPU memory" if e.gpu_peak_bytes > usable else "system RAM"
+    return p, e, (f"nothing fits at {size}: even '{p.name}' needs {e.gpu_peak_gib:.1f} GiB GPU / "
+                  f"{e.ram_peak_gib:.1f} GiB RAM; short of {short}. Try a smaller image")
+
+
+def format_plan(vram_gb: float | None = None, ram_gb: float | None = None, width: int = 1024, height: int = 1024,
+                *, detect: bool = True) -> str:
+    """The ``plan`` command's table: each preset's GPU and RAM peaks (GiB), and what ``auto`` picks and why.
+
+    Args:
+        vram_gb, ram_gb: GPU memory and RAM in GiB (GPU makers' "GB"); None: detected (when ``detect``).
+        width, height: image size in pixels.
+    """
+    detected = detect_memory() if detect and (vram_gb is None or ram_gb is None) else None
+    vram = vram_gb * GiB if vram_gb is not None else (detected.vram_total_bytes if detected else None)
+    ram = ram_gb * GiB if ram_gb is not None else (detected.ram_total_bytes if detected else None)
+    bnb_ok = bitsandbytes_usable() if vram_gb is None else True
+    chosen, _, reason = choose_preset(vram, ram, width, height, bitsandbytes_ok=bnb_ok)
+    where = (f"GPU {vram / GiB:.1f} GiB" if vram is not None else "no GPU") + \
+            (f", RAM {ram / GiB:.1f} GiB" if ram is not None else ", RAM unknown")
+    lines = [f"Memory plan for {width}x{height}, FLUX.1-dev + InstantCharacter ({where})", ""]
+    lines.append(f"  {'preset':<9} {'GPU peak':>9} {'RAM peak':>9}  description")
+    for name in PRESET_ORDER:
+        p = get_preset(name)
+        if name == chosen.name:
+            p = chosen  # shows the quanto alternative when auto swapped it in
+        e = estimate(p, width, height)
+        mark = "*" if name == chosen.name else " "
+        swapped = p.transformer_quantization != get_preset(name).transformer_quantization
+        quant = f" [with {p.transformer_quantization}]" if swapped else ""
+        lines.append(f"{mark} {name:<9} {e.gpu_peak_gib:>5.1f} GiB {e.ram_peak_gib:>5.1f} GiB  {p.description}{quant}")
+    lines += ["", f"auto -> {chosen.name}: {reason}"]
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------------------------- out of memory
+class MemoryAdviceError(RuntimeError):
+    """The GPU ran out of memory; the message (one line) names the preset to try next.
+
+    Attributes:
+        preset: the preset that ran out; next_preset: the suggestion, or None when none is smaller.
+    """
+
+    def __init__(self, message: str, preset: str, next_preset: str | None):
+        super().__init__(message)
+        self.preset = preset
+        self.next_preset = next_preset
+
+
+def next_preset(preset: MemoryPreset | str, vram_bytes: int | None = None, width: int = 1024,
+                height: int = 1024) -> MemoryPreset | None:
+    """The next smaller preset after ``preset``; with ``vram_bytes``, the first smaller one estimated to fit.
+
+    Returns None after ``minimal``. When no smaller preset is estimated to fit, the smallest one is returned.
+    """
+    name = preset.name if isinstance(preset, MemoryPreset) else preset
+    quant = preset.transformer_quantization if isinstance(preset, MemoryPreset) else None
+    smaller = PRESET_ORDER[PRESET_ORDER.index(name) + 1:]
+    if not smaller:
+        return None
+
+    def build(n: str) -> MemoryPreset:
+        p = get_preset(n)
+        # keep the user's quantization backend (quanto stays quanto)
+        return p.with_quantization(quant) if quant and p.transformer_quantization else p
+
+    if vram_bytes is not None:
+        for n in smaller:
+            p = build(n)
+            if estimate(p, width, height).gpu_peak_bytes <= usable_vram_bytes(vram_bytes):
+                return p
+        return build(smaller[-1])
+    return build(smaller[0])
+
+
+def free_memory() -> None:
+    """Drop unreachable tensors and return cached CUDA blocks to the driver (no-op without CUDA)."""
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+@contextlib.contextmanager
+def out_of_memory_advice(preset: MemoryPreset | str, vram_bytes: int | None = None, width: int = 1024,
+                         height: int = 1024) -> Iterator[None]:
+    """Turn ``torch.OutOfMemoryError`` raised inside into a ``MemoryAdviceError`` naming the next preset.
+
+    Memory is freed (``free_memory``) before raising, so the app can keep serving requests.
+    """
+    name = preset.name if isinstance(preset, MemoryPreset) else preset
+    try:
+        yield
+    except torch.OutOfMemoryError as error:
+        del error  # the traceback holds the frames (and their tensors) alive; let them go before freeing
+        free_memory()
+        nxt = next_preset(preset, vram_bytes, width, height)
+        if nxt is None:
+            message = (f"Out of GPU memory with preset '{name}', the smallest one: try a smaller image "
+                       f"than {width}x{height}.")
+        else:
+            message = (f"Out of GPU memory with preset '{name}' at {width}x{height}: free memory was released; "
+                       f"choose preset '{nxt.name}' and try again.")
+        raise MemoryAdviceError(message, name, nxt.name if nxt else None) from None
+

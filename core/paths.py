@@ -1,0 +1,62 @@
+"""User folders (platformdirs) and atomic file writes.
+
+``INSTANTCHARACTER_HOME`` overrides the base folder of both the cache and the user data (tests use it).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from pathlib import Path
+
+import platformdirs
+
+APP_NAME = "instantcharacter-studio"
+
+
+def _home() -> Path | None:
+    home = os.environ.get("INSTANTCHARACTER_HOME")
+    return Path(home) if home else None
+
+
+def cache_dir(*parts: str) -> Path:
+    """A folder in the user cache (derived files that can be rebuilt), created on demand."""
+    base = (_home() / "cache") if _home() else Path(platformdirs.user_cache_dir(APP_NAME))
+    path = base.joinpath(*parts)
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def data_dir(*parts: str) -> Path:
+    """A folder in the user data (library, history, outputs), created on demand."""
+    base = (_home() / "data") if _home() else Path(platformdirs.user_data_dir(APP_NAME))
+    path = base.joinpath(*parts)
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike):
+    """Yields a temporary path next to ``path``; on success it replaces ``path`` in one step.
+
+    Readers never see a half-written file: either the old content or the complete new one.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> Path:
+    """Writes ``data`` to ``path`` atomically."""
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)
+    return Path(path)

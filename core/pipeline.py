@@ -1,0 +1,333 @@
+"""FLUX.1 with InstantCharacter: put your characters into new images.
+
+:class:`InstantCharacterPipeline` is a diffusers ``FluxPipeline`` with the character encoders, projector and
+attention processors added. With no characters it is plain FLUX. Per-character work (encoder features and the
+timestep-independent projector context) is cached by image content and reused across steps and calls; only the
+time resampler (once per step, before the loop) and the character attention run per step.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import OrderedDict
+from dataclasses import dataclass, field
+
+import numpy as np
+import PIL.Image
+import torch
+from diffusers import FluxPipeline
+from diffusers.pipelines.flux.pipeline_flux import calculate_shift, retrieve_timesteps
+from diffusers.utils import BaseOutput
+
+from .attention import CharacterAttentionLayers, CharacterCondition
+from .character import Character, check_characters
+from .encoders import CharacterEncoder, CharacterFeatures
+from .masks import auto_layout
+from .projector import CharacterProjector
+from .prompt import ResolvedPrompt, resolve_prompt
+
+MAX_SIDE = 4096
+
+
+class GenerationInputError(ValueError):
+    """Invalid generation settings; the message names the argument and the bad value."""
+
+
+@dataclass
+class InstantCharacterPipelineOutput(BaseOutput):
+    """Output of :class:`InstantCharacterPipeline`.
+
+    Attributes:
+        images: PIL images, a numpy array (B, H, W, 3) in [0, 1], or packed latents (B, N, C).
+        prompt: the prompt the text encoders saw (tags replaced).
+        notes: messages for the user (automatic layout, characters never named, ...).
+    """
+
+    images: list[PIL.Image.Image] | np.ndarray | torch.Tensor
+    prompt: str = ""
+    notes: list[str] = field(default_factory=list)
+
+
+class _LRU(OrderedDict):
+    def __init__(self, size: int):
+        super().__init__()
+        self.size = size
+
+    def get_or_make(self, key, make):
+        if key in self:
+            self.move_to_end(key)
+            return self[key]
+        value = self[key] = make()
+        while len(self) > self.size:
+            self.popitem(last=False)
+        return value
+
+
+class InstantCharacterPipeline(FluxPipeline):
+    r"""FLUX.1 text-to-image with InstantCharacter characters.
+
+    Args (beyond ``FluxPipeline``'s):
+        siglip (`SiglipVisionModel`), siglip_processor (`SiglipImageProcessor`): the SigLIP image encoder.
+        dinov2 (`Dinov2Model`), dinov2_processor: the DINOv2 image encoder.
+        image_proj (`CharacterProjector`): the projector of the adapter checkpoint.
+        character_layers (`CharacterAttentionLayers`): the attention processors of the adapter checkpoint;
+            they are installed on ``transformer``.
+    """
+
+    model_cpu_offload_seq = "text_encoder->text_encoder_2->siglip->dinov2->image_proj->transformer->vae"
+    _optional_components = ["image_encoder", "feature_extractor", "siglip", "siglip_processor", "dinov2",
+                            "dinov2_processor", "image_proj"]
+
+    def __init__(self, scheduler, vae, text_encoder, tokenizer, text_encoder_2, tokenizer_2, transformer,
+                 siglip=None, siglip_processor=None, dinov2=None, dinov2_processor=None,
+                 image_proj: CharacterProjector | None = None,
+                 character_layers: CharacterAttentionLayers | None = None,
+                 image_encoder=None, feature_extractor=None):
+        super().__init__(scheduler, vae, text_encoder, tokenizer, text_encoder_2, tokenizer_2, transformer,
+                         image_encoder, feature_extractor)
+        self.register_modules(siglip=siglip, siglip_processor=siglip_processor, dinov2=dinov2,
+                              dinov2_processor=dinov2_processor, image_proj=image_proj)
+        self.character_layers = character_layers
+        if character_layers is not None:
+            character_layers.install(transformer)
+        self.character_encoder = (CharacterEncoder(siglip, siglip_processor, dinov2, dinov2_processor)
+                                  if siglip is not None and dinov2 is not None else None)
+        self._feature_cache = _LRU(32)
+        self._context_cache = _LRU(32)
+        self._prompt_cache = _LRU(16)
+
+    # ------------------------------------------------------------------ loading
+    @classmethod
+    def from_pretrained(cls, base: str | os.PathLike = None, *, siglip=None, dinov2=None, adapter=None,
+                        dtype: torch.dtype = torch.bfloat16, progress: bool = True, **kwargs):
+        """Loads FLUX, the image encoders and the adapter from hub ids or local paths.
+
+        Args:
+            base: FLUX.1 in diffusers layout (hub id or folder); default ``black-forest-labs/FLUX.1-dev``.
+                A "models directory" (``flux/``, ``siglip/``, ``dinov2/``, one adapter file) is also accepted,
+                and then supplies the defaults for the other three.
+            siglip: SigLIP vision model; default ``google/siglip-so400m-patch14-384``.
+            dinov2: DINOv2 model; default ``facebook/dinov2-giant``.
+            adapter: the adapter checkpoint (``.bin`` or ``.safetensors``, local path or ``repo_id/filename``);
+                default ``tencent/InstantCharacter/instantcharacter_ip-adapter.bin``.
+            dtype: weight dtype of every component.
+            kwargs: passed to ``FluxPipeline.from_pretrained`` (e.g. ``quantization_config``).
+        """
+        from .loading import load_components  # local import: loading imports this module
+
+        return cls(**load_components(base, siglip=siglip, dinov2=dinov2, adapter=adapter, dtype=dtype,
+                                     progress=progress, **kwargs))
+
+    # ------------------------------------------------------------------ characters
+    def clear_caches(self) -> None:
+        """Forgets cached character features, projector contexts and prompt embeddings."""
+        self._feature_cache.clear()
+        self._context_cache.clear()
+        self._prompt_cache.clear()
+
+    def encode_character(self, character: Character) -> CharacterFeatures:
+        """Encoder features of a character image, cached by image content."""
+        if self.character_encoder is None or self.image_proj is None:
+            raise GenerationInputError("this pipeline was loaded without the character adapter: characters unavailable")
+        return self._feature_cache.get_or_make(character.key, lambda: self.character_encoder.encode(character.image))
+
+    @torch.inference_mode()
+    def character_context(self, character: Character) -> torch.Tensor:
+        """The timestep-independent projector tokens of a character (1, 2N, inner_dim), cached."""
+        proj_dtype = self.image_proj.dtype
+
+        def make():
+            f = self.encode_character(character).to(self._execution_device, proj_dtype)
+            return self.image_proj(f.low_res_deep, f.low_res_shallow, f.high_res_deep)
+
+        return self._context_cache.get_or_make((character.key, id(self.image_proj), proj_dtype), make)
+
+    def _character_tokens(self, characters, timesteps, dtype, device, batch):
+        """Per step, per character: (B, Q, D) resampler tokens (computed once per step, before the loop)."""
+        per_step = []
+        contexts = [self.character_context(c) for c in characters]
+        with torch.inference_mode():
+            for t in timesteps:
+                # the released code conditions the resampler on the timestep in the latents' dtype
+                step_t = t.expand(1).to(dtype)
+                per_step.append([self.image_proj(context=ctx, timestep=step_t).to(device).expand(batch, -1, -1)
+                                 for ctx in contexts])
+        return per_step
+
+    def _routing(self, characters, height, width, device, notes):
+        rows, cols = height // (self.vae_scale_factor * 2), width // (self.vae_scale_factor * 2)
+        masks = [c.mask for c in characters]
+        if len(characters) > 1 and all(m is None for m in masks):
+            masks = auto_layout(len(characters))
+            notes.append("no masks given: characters placed left to right in the order the prompt names them")
+        weights = []
+        for c, m in zip(characters, masks):
+            if m is None:
+                weights.append(None)
+                continue
+            w = m.weights(rows, cols).to(device)
+            if float(w.max()) <= 0:
+                label = f"[{c.name}]" if c.name else "a character"
+                notes.append(f"the mask of {label} is empty: that character will not appear")
+            weights.append(w[None])
+        return weights
+
+    # ------------------------------------------------------------------ prompts
+    def cached_prompt_embeds(self, prompt: str, device, max_sequence_length: int):
+        """``encode_prompt`` for one prompt, cached by text so repeated prompts are encoded once."""
+        def make():
+            embeds, pooled, text_ids = self.encode_prompt(prompt=prompt, prompt_2=None, device=device,
+                                                          num_images_per_prompt=1,
+                                                          max_sequence_length=max_sequence_length)
+            return embeds, pooled, text_ids
+        return self._prompt_cache.get_or_make((prompt, max_sequence_length, str(device)), make)
+
+    def check_generation_inputs(self, prompt, characters, height, width, num_inference_steps, guidance_scale,
+                                true_cfg_scale, num_images_per_prompt, max_sequence_length, output_type):
+        """Raises :class:`GenerationInputError` naming the first bad argument."""
+        if not isinstance(prompt, str) or not prompt.strip():
+            raise GenerationInputError("prompt is empty: describe the image to make")
+        multiple = self.vae_scale_factor * 2
+        for name, value in (("height", height), ("width", width)):
+            if not isinstance(value, int) or value < 16 or value % 16 or value % multiple or value > MAX_SIDE:
+                raise GenerationInputError(f"{name}={value!r}: must be a multiple of 16 between 16 and {MAX_SIDE}")
+        if not isinstance(num_inference_steps, int) or num_inference_steps < 1:
+            raise GenerationInputError(f"num_inference_steps={num_inference_steps!r}: must be at least 1")
+        if guidance_scale < 0:
+            raise GenerationInputError(f"guidance_scale={guidance_scale!r}: must not be negative")
+        if true_cfg_scale < 1:
+            raise GenerationInputError(f"true_cfg_scale={true_cfg_scale!r}: must be at least 1 (1 turns it off)")
+        if not isinstance(num_images_per_prompt, int) or not 1 <= num_images_per_prompt <= 16:
+            raise GenerationInputError(f"num_images_per_prompt={num_images_per_prompt!r}: must be 1 to 16")
+        if not 1 <= max_sequence_length <= 512:
+            raise GenerationInputError(f"max_sequence_length={max_sequence_length!r}: must be 1 to 512")
+        if output_type not in ("pil", "np", "latent"):
+            raise GenerationInputError(f"output_type={output_type!r}: use 'pil', 'np' or 'latent'")
+        check_characters(characters)
+
+    # ------------------------------------------------------------------ generation
+    @torch.no_grad()
+    def __call__(
+        self,
+        prompt: str,
+        characters: list[Character] | None = None,
+        negative_prompt: str | None = None,
+        true_cfg_scale: float = 1.0,
+        num_inference_steps: int = 28,
+        guidance_scale: float = 3.5,
+        height: int = 1024,
+        width: int = 1024,
+        num_images_per_prompt: int = 1,
+        generator: torch.Generator | list[torch.Generator] | None = None,
+        latents: torch.Tensor | None = None,
+        max_sequence_length: int = 512,
+        output_type: str = "pil",
+        return_dict: bool = True,
+        callback_on_step_end=None,
+    ):
+        r"""Generates images with the given characters.
+
+        Args:
+            prompt: what to draw; characters may be named with ``[Name]`` tags.
+            characters: the characters (see :class:`~core.character.Character`); ``None`` or empty: plain FLUX.
+            negative_prompt: what to avoid; used only when ``true_cfg_scale > 1``.
+            true_cfg_scale: classifier-free guidance with the negative prompt (1 turns it off).
+            num_inference_steps: denoising steps.
+            guidance_scale: FLUX.1-dev's distilled guidance.
+            height, width: image size in pixels, multiples of 16.
+            num_images_per_prompt: images to make in one batch.
+            generator: a ``torch.Generator`` for reproducible results.
+            latents: optional packed starting noise.
+            max_sequence_length: T5 tokens (up to 512).
+            output_type: ``"pil"``, ``"np"`` or ``"latent"``.
+            return_dict: return an :class:`InstantCharacterPipelineOutput` rather than a tuple.
+            callback_on_step_end: ``fn(pipe, step, timestep, {"latents": ...}) -> dict`` after each step; return
+                ``{"latents": ...}`` to replace them; set ``pipe._interrupt = True`` to stop early.
+        """
+        characters = list(characters or [])
+        self.check_generation_inputs(prompt, characters, height, width, num_inference_steps, guidance_scale,
+                                     true_cfg_scale, num_images_per_prompt, max_sequence_length, output_type)
+        resolved: ResolvedPrompt = resolve_prompt(prompt, characters)
+        notes = list(resolved.notes)
+        if len(characters) > 1 and all(c.mask is None for c in characters) and resolved.order:
+            # the automatic layout follows the order the prompt names the characters in
+            order = resolved.order + [i for i in range(len(characters)) if i not in resolved.order]
+            characters = [characters[i] for i in order]
+        self._guidance_scale = guidance_scale
+        self._joint_attention_kwargs = {}
+        self._current_timestep = None
+        self._interrupt = False
+        device = self._execution_device
+        batch = num_images_per_prompt
+
+        embeds, pooled, text_ids = self.cached_prompt_embeds(resolved.text, device, max_sequence_length)
+        prompt_embeds, pooled_prompt_embeds = embeds.repeat(batch, 1, 1), pooled.repeat(batch, 1)
+        do_true_cfg = true_cfg_scale > 1 and negative_prompt is not None
+        if do_true_cfg:
+            n_embeds, n_pooled, negative_text_ids = self.cached_prompt_embeds(negative_prompt, device,
+                                                                              max_sequence_length)
+            negative_prompt_embeds, negative_pooled = n_embeds.repeat(batch, 1, 1), n_pooled.repeat(batch, 1)
+
+        num_channels_latents = self.transformer.config.in_channels // 4
+        latents, latent_image_ids = self.prepare_latents(batch, num_channels_latents, height, width,
+                                                         prompt_embeds.dtype, device, generator, latents)
+        sigmas = np.linspace(1.0, 1 / num_inference_steps, num_inference_steps)
+        mu = calculate_shift(latents.shape[1], self.scheduler.config.get("base_image_seq_len", 256),
+                             self.scheduler.config.get("max_image_seq_len", 4096),
+                             self.scheduler.config.get("base_shift", 0.5), self.scheduler.config.get("max_shift", 1.15))
+        timesteps, num_inference_steps = retrieve_timesteps(self.scheduler, num_inference_steps, device,
+                                                            sigmas=sigmas, mu=mu)
+        self._num_timesteps = len(timesteps)
+        guidance = None
+        if self.transformer.config.guidance_embeds:
+            guidance = torch.full([1], guidance_scale, device=device, dtype=torch.float32).expand(batch)
+
+        step_tokens = None
+        if characters:
+            routing = self._routing(characters, height, width, device, notes)
+            step_tokens = self._character_tokens(characters, timesteps, latents.dtype, device, batch)
+
+        self.scheduler.set_begin_index(0)
+        with self.progress_bar(total=num_inference_steps) as progress_bar:
+            for i, t in enumerate(timesteps):
+                if self.interrupt:
+                    break
+                self._current_timestep = t
+                timestep = t.expand(batch).to(latents.dtype)
+                if step_tokens is not None:
+                    conditions = [CharacterCondition(tok, c.scale, w)
+                                  for tok, c, w in zip(step_tokens[i], characters, routing)]
+                    self._joint_attention_kwargs = {"character_conditions": conditions}
+                noise_pred = self._predict(latents, timestep, guidance, pooled_prompt_embeds, prompt_embeds,
+                                           text_ids, latent_image_ids)
+                if do_true_cfg:
+                    neg_noise_pred = self._predict(latents, timestep, guidance, negative_pooled,
+                                                   negative_prompt_embeds, negative_text_ids, latent_image_ids)
+                    noise_pred = neg_noise_pred + true_cfg_scale * (noise_pred - neg_noise_pred)
+                latents = self.scheduler.step(noise_pred, t, latents, return_dict=False)[0]
+                if callback_on_step_end is not None:
+                    out = callback_on_step_end(self, i, t, {"latents": latents}) or {}
+                    latents = out.pop("latents", latents)
+                progress_bar.update()
+        self._current_timestep = None
+        self._joint_attention_kwargs = {}
+
+        if output_type == "latent":
+            image = latents
+        else:
+            latents = self._unpack_latents(latents, height, width, self.vae_scale_factor)
+            latents = (latents / self.vae.config.scaling_factor) + self.vae.config.shift_factor
+            image = self.vae.decode(latents.to(self.vae.dtype), return_dict=False)[0]
+            image = self.image_processor.postprocess(image, output_type=output_type)
+        self.maybe_free_model_hooks()
+        if not return_dict:
+            return (image,)
+        return InstantCharacterPipelineOutput(images=image, prompt=resolved.text, notes=notes)
+
+    def _predict(self, latents, timestep, guidance, pooled, embeds, text_ids, image_ids):
+        kwargs = dict(self._joint_attention_kwargs)
+        if kwargs:
+            kwargs["text_seq_len"] = embeds.shape[1]
+        return self.transformer(hidden_states=latents, timestep=timestep / 1000, guidance=guidance,
+                                pooled_projections=pooled, encoder_hidden_states=embeds, txt_ids=text_ids,
+                                img_ids=image_ids, joint_attention_kwargs=kwargs or None, return_dict=False)[0]

@@ -1,0 +1,159 @@
+"""Tiny random-weight models for trying the studio and for tests: no download, seconds on a CPU.
+
+:func:`build_tiny_bundle` writes a models directory laid out like the real one (``flux/``, ``siglip/``,
+``dinov2/``, ``adapter.safetensors``), which then loads through the same ``from_pretrained`` path as real models.
+Shapes follow FLUX.1-dev and the released adapter, shrunk; the images it makes are noise-like by nature.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+
+from .paths import cache_dir
+
+TINY_VERSION = "1"
+_MARKER = "tiny-bundle.json"
+
+T5_WIDTH = 32
+CLIP_WIDTH = 32
+
+
+def _byte_symbols() -> list[str]:
+    """The 256 printable stand-ins byte-level BPE uses for raw bytes (GPT-2's table)."""
+    keep = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    extra = 0
+    table = {}
+    for b in range(256):
+        if b in keep:
+            table[b] = chr(b)
+        else:
+            table[b] = chr(256 + extra)
+            extra += 1
+    return [table[b] for b in range(256)]
+
+
+def build_clip_tokenizer():
+    """A CLIP tokenizer over single bytes (empty merge list): every word splits into byte tokens."""
+    from transformers import CLIPTokenizer
+
+    symbols = _byte_symbols()
+    vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1}
+    for s in symbols + [s + "</w>" for s in symbols]:
+        vocab.setdefault(s, len(vocab))
+    return CLIPTokenizer(vocab=vocab, merges=[], model_max_length=77)
+
+
+def build_t5_tokenizer():
+    """A unigram T5 tokenizer over letters, digits and punctuation, with word-start variants."""
+    from transformers import T5TokenizerFast
+
+    pieces = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0), ("\u2581", -2.0)]
+    for ch in "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789.,!?'\"-:;()":
+        pieces += [(ch, -5.0), ("\u2581" + ch, -4.0)]
+    return T5TokenizerFast(vocab=pieces, extra_ids=0, model_max_length=512)
+
+
+def build_tiny_flux(folder: Path) -> None:
+    from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
+    from transformers import CLIPTextConfig, CLIPTextModel, T5Config, T5EncoderModel
+
+    transformer = FluxTransformer2DModel(
+        patch_size=1, in_channels=4, num_layers=1, num_single_layers=1, attention_head_dim=16,
+        num_attention_heads=2, joint_attention_dim=T5_WIDTH, pooled_projection_dim=CLIP_WIDTH,
+        guidance_embeds=True, axes_dims_rope=(4, 6, 6),
+    )
+    vae = AutoencoderKL(
+        in_channels=3, out_channels=3, down_block_types=["DownEncoderBlock2D"], up_block_types=["UpDecoderBlock2D"],
+        block_out_channels=[4], layers_per_block=1, latent_channels=1, norm_num_groups=1, sample_size=32,
+        use_quant_conv=False, use_post_quant_conv=False, shift_factor=0.1159, scaling_factor=0.3611,
+    )
+    clip_tokenizer = build_clip_tokenizer()
+    text_encoder = CLIPTextModel(CLIPTextConfig(
+        vocab_size=len(clip_tokenizer), hidden_size=CLIP_WIDTH, intermediate_size=37, num_hidden_layers=2,
+        num_attention_heads=4, max_position_embeddings=77, projection_dim=CLIP_WIDTH, bos_token_id=0,
+        eos_token_id=1, pad_token_id=1,
+    )).eval()
+    t5_tokenizer = build_t5_tokenizer()
+    text_encoder_2 = T5EncoderModel(T5Config(
+        vocab_size=len(t5_tokenizer), d_model=T5_WIDTH, d_ff=37, d_kv=8, num_layers=2, num_heads=4,
+        relative_attention_num_buckets=8, feed_forward_proj="gated-gelu", dropout_rate=0.0,
+    )).eval()
+    scheduler = FlowMatchEulerDiscreteScheduler(shift=3.0, use_dynamic_shifting=True, base_image_seq_len=256,
+                                                max_image_seq_len=4096, base_shift=0.5, max_shift=1.15)
+    FluxPipeline(scheduler=scheduler, vae=vae, text_encoder=text_encoder, tokenizer=clip_tokenizer,
+                 text_encoder_2=text_encoder_2, tokenizer_2=t5_tokenizer, transformer=transformer).save_pretrained(folder)
+
+
+def build_tiny_encoders(folder: Path) -> None:
+    from transformers import (
+        BitImageProcessor,
+        Dinov2Config,
+        Dinov2Model,
+        SiglipImageProcessor,
+        SiglipVisionConfig,
+        SiglipVisionModel,
+    )
+
+    # layer counts are the real ones' (27 and 40 would do; 30 is enough for DINOv2's shallow layer 29)
+    siglip = SiglipVisionModel(SiglipVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=27,
+                                                  num_attention_heads=2, image_size=384, patch_size=14)).eval()
+    siglip.save_pretrained(folder / "siglip")
+    SiglipImageProcessor(size={"height": 384, "width": 384}, resample=3, image_mean=[0.5] * 3,
+                         image_std=[0.5] * 3).save_pretrained(folder / "siglip")
+    dinov2 = Dinov2Model(Dinov2Config(hidden_size=32, num_hidden_layers=30, num_attention_heads=2, mlp_ratio=2,
+                                      patch_size=14, image_size=518)).eval()
+    dinov2.save_pretrained(folder / "dinov2")
+    BitImageProcessor(size={"shortest_edge": 256}, crop_size={"height": 224, "width": 224}, do_center_crop=True,
+                      resample=3, image_mean=[0.485, 0.456, 0.406], image_std=[0.229, 0.224, 0.225],
+                      do_convert_rgb=True).save_pretrained(folder / "dinov2")
+
+
+def build_tiny_adapter(path: Path, token_dim: int = T5_WIDTH, layers: int = 2, width: int = 32, head_dim: int = 16,
+                       inner_dim: int = 64) -> None:
+    """A random adapter of the released layout for the tiny models."""
+    from .attention import CharacterAttentionLayers
+    from .checkpoint import save_adapter
+    from .projector import CharacterProjector, ProjectorConfig
+
+    projector = CharacterProjector(ProjectorConfig(inner_dim=inner_dim, num_layers=1, resampler_dim=64,
+                                                   resampler_depth=1, num_queries=8, output_dim=token_dim))
+    attention = CharacterAttentionLayers(layers, width, token_dim, head_dim)
+    save_adapter(path, projector.state_dict(), attention.state_dict(), {"source": "random tiny adapter"})
+
+
+def build_tiny_bundle(folder: str | Path, seed: int = 0) -> Path:
+    """Writes a complete tiny models directory to ``folder`` and returns it."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        build_tiny_flux(folder / "flux")
+        build_tiny_encoders(folder)
+        build_tiny_adapter(folder / "adapter.safetensors")
+    (folder / _MARKER).write_text(json.dumps({"version": TINY_VERSION, "seed": seed}))
+    return folder
+
+
+def ensure_tiny_bundle(folder: str | Path | None = None) -> Path:
+    """The tiny models directory in the user cache, built on first use (a few seconds)."""
+    folder = Path(folder) if folder else cache_dir("tiny-models") / f"v{TINY_VERSION}"
+    if (folder / _MARKER).is_file():
+        return folder
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".tiny-", dir=folder.parent))
+    try:
+        build_tiny_bundle(staging)
+        if (folder / _MARKER).is_file():  # another process finished first
+            return folder
+        if folder.exists():
+            shutil.rmtree(folder)
+        staging.rename(folder)
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging, ignore_errors=True)
+    return folder
