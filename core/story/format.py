@@ -112,7 +112,7 @@ class Panel:
 
     `regions` maps a character name to a region spec: a preset name (``left``), ``box:x0,y0,x1,y1`` with
     normalized coordinates, or ``grid:R,C,i``. `seed` is always set: given (`seed_pinned`) or derived.
-    `line` is the source line (0 for JSON stories); it is not part of the settings hash.
+    `line` is the source line in the story text (0 when unknown); it is not part of the settings hash.
     """
 
     index: int
@@ -197,6 +197,7 @@ class Story:
                     "dialogue": [{"speaker": d.speaker, "text": d.text} for d in p.dialogue],
                     "seed": p.seed,
                     "seed_pinned": p.seed_pinned,
+                    "line": p.line,
                 }
                 for p in self.panels
             ],
@@ -736,7 +737,7 @@ def story_from_dict(data: dict[str, Any], base_dir: str | os.PathLike = ".",
         if len(problems.items) == before:
             panels.append(Panel(index=index, prompt=str(entry.get("prompt", "")), characters=tuple(names),
                                 regions=regions, caption=str(entry.get("caption", "")), dialogue=tuple(dialogue),
-                                seed=seed, seed_pinned=pinned, line=0))
+                                seed=seed, seed_pinned=pinned, line=int(entry.get("line", 0) or 0)))
     if problems.items:
         raise StoryError(problems.items, source=str(source) if source else None)
     return Story(**fields, characters=characters, panels=tuple(panels), source=Path(source) if source else None)
