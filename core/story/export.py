@@ -96,7 +96,7 @@ def export_story(story: Story, out_dir: str | os.PathLike, manifest: RenderManif
     """Write page PNGs, the PDF and the ZIP for the panels rendered in `out_dir`.
 
     The ZIP holds the panels, pages, PDF, the manifest, the story as JSON (and its source text when it came from
-    a file) and the character images under ``characters/``.
+    a file) and the character images, laid out so that the unpacked folder loads as a story.
     """
     out_dir = Path(out_dir)
     manifest = manifest if manifest is not None else load_manifest(out_dir)
@@ -120,14 +120,19 @@ def export_story(story: Story, out_dir: str | os.PathLike, manifest: RenderManif
     files += [out_dir / r.file for r in manifest.panels.values()
               if r.status == DONE and r.file and (out_dir / r.file).is_file()]
 
-    # The story and its character images go in as a self-contained folder that loads on its own.
-    char_dir = out_dir / "characters"
+    # The story and its character images go in as a folder that loads on its own: images keep their path
+    # relative to the story file when it stays inside that folder, so the story text loads unchanged too.
+    source_dir = Path(story.source).resolve().parent if story.source is not None else None
     portable: dict[str, Path] = {}
     for name, character in story.characters.items():
-        # Keep the file name, so a story text that says characters/<file> still loads from the unpacked ZIP.
-        target = char_dir / character.image.name
-        if target in portable.values():
-            target = char_dir / f"{name}-{character.image.name}"
+        relative = Path("characters") / character.image.name
+        if source_dir is not None:
+            candidate = Path(os.path.relpath(character.image, source_dir))
+            if not candidate.as_posix().startswith("../") and not candidate.is_absolute():
+                relative = candidate
+        target = out_dir / relative
+        if target in portable.values() or relative.parts[0] in (PAGES_DIR, "panels") or target in files:
+            target = out_dir / "characters" / f"{name}-{character.image.name}"
         if not target.is_file() or target.read_bytes() != character.image.read_bytes():
             with atomic_path(target) as tmp:
                 tmp.write_bytes(character.image.read_bytes())
