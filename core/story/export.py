@@ -18,6 +18,7 @@ from pathlib import Path
 from PIL import Image
 
 from core.story.format import Story
+from core.story.layout import compose_pages
 from core.story.manifest import (
     DONE,
     MANIFEST_NAME,
@@ -27,7 +28,6 @@ from core.story.manifest import (
     write_json_atomic,
     write_png_atomic,
 )
-from core.story.layout import compose_pages
 
 PAGES_DIR = "pages"
 PDF_NAME = "story.pdf"

@@ -172,7 +172,7 @@ def _comic_plans(count: int, seed: int, landscape: bool) -> list[list[_Row]]:
         if counts.count(1) == n_rows:  # a page of three full-width panels reads like a strip, not a comic page
             counts[rng.randrange(n_rows)] = 2
         plan = []
-        for height, k in zip(heights, counts):
+        for height, k in zip(heights, counts, strict=True):
             k = min(k, left)
             widths = rng.choice(_COMIC_WIDTHS[k]) if k else []
             plan.append((height, list(widths) if k else [None]))

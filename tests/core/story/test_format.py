@@ -174,7 +174,7 @@ def test_json_round_trip(story_dir, tmp_path):
     assert data["characters"][0]["image"] == "../chars/ann.png"
     loaded = load_story(path)
     assert dataclasses.replace(loaded, source=None) == dataclasses.replace(story, source=None)
-    for a, b in zip(story.panels, loaded.panels):
+    for a, b in zip(story.panels, loaded.panels, strict=True):
         assert panel_settings_hash(story, a) == panel_settings_hash(loaded, b)
 
 
