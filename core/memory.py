@@ -91,6 +91,11 @@ class MemoryPreset:
                              "after loading, so only quanto-int8, quanto-fp8 or None")
         if self.offload not in OFFLOAD_MODES:
             raise ValueError(f"offload {self.offload!r} unknown; expected one of {OFFLOAD_MODES}")
+        if self.offload == "group" and any(q and q.startswith("quanto-") for q in
+                                           (self.transformer_quantization, self.text_encoder_quantization,
+                                            self.adapter_quantization)):
+            raise ValueError("group offloading cannot move quanto tensors (diffusers issue #12610): "
+                             "use bitsandbytes or bf16 with offload='group'")
 
     @property
     def needs_bitsandbytes(self) -> bool:
@@ -99,9 +104,17 @@ class MemoryPreset:
                    for q in (self.transformer_quantization, self.text_encoder_quantization))
 
     def with_quantization(self, quantization: str | None) -> "MemoryPreset":
-        """The same preset with the transformer and T5 quantized by ``quantization`` (e.g. the quanto alternative)."""
+        """The same preset with the transformer and T5 quantized by ``quantization`` (e.g. the quanto alternative).
+
+        A group-offloaded preset cannot hold quanto tensors (diffusers' group offloading moves ``param.data`` and
+        leaves quanto's inner tensors behind, diffusers issue #12610), so its quanto alternative stays in the
+        compute dtype, adapter included: more RAM, the same small GPU peak.
+        """
         if not (self.transformer_quantization or self.text_encoder_quantization):
             return self
+        if self.offload == "group" and quantization and quantization.startswith("quanto-"):
+            return replace(self, description=f"{self.dtype}, group offloading (streamed block by block), VAE tiling",
+                           transformer_quantization=None, text_encoder_quantization=None, adapter_quantization=None)
         return replace(self, transformer_quantization=quantization, text_encoder_quantization=quantization)
 
 
@@ -114,9 +127,10 @@ PRESETS: dict[str, MemoryPreset] = {
         MemoryPreset("low", "transformer and T5 in nf4 (bitsandbytes), adapter int8 (quanto), model CPU offload",
                      transformer_quantization="bnb-nf4", text_encoder_quantization="bnb-nf4",
                      adapter_quantization="quanto-int8", offload="model"),
-        MemoryPreset("minimal", "low plus group offloading (streamed block by block) and VAE tiling: 8 GB cards",
+        # The adapter stays bf16 here: group offloading cannot move quanto tensors (diffusers issue #12610).
+        MemoryPreset("minimal", "nf4 with group offloading (streamed block by block), VAE tiling: 8 GB cards",
                      transformer_quantization="bnb-nf4", text_encoder_quantization="bnb-nf4",
-                     adapter_quantization="quanto-int8", offload="group", vae_tiling=True),
+                     offload="group", vae_tiling=True),
     )
 }
 # Fastest first: auto takes the first one that fits, and out-of-memory advice walks down this list.
@@ -475,7 +489,7 @@ def format_plan(vram_gb: float | None = None, ram_gb: float | None = None, width
         e = estimate(p, width, height)
         mark = "*" if name == chosen.name else " "
         swapped = p.transformer_quantization != get_preset(name).transformer_quantization
-        quant = f" [with {p.transformer_quantization}]" if swapped else ""
+        quant = f" [as {p.transformer_quantization or p.dtype}: no bitsandbytes]" if swapped else ""
         lines.append(f"{mark} {name:<9} {e.gpu_peak_gib:>5.1f} GiB {e.ram_peak_gib:>5.1f} GiB  {p.description}{quant}")
     lines += ["", f"auto -> {chosen.name}: {reason}"]
     return "\n".join(lines)
@@ -496,13 +510,19 @@ class MemoryAdviceError(RuntimeError):
 
 
 def next_preset(preset: MemoryPreset | str, vram_bytes: int | None = None, width: int = 1024,
-                height: int = 1024) -> MemoryPreset | None:
+                height: int = 1024, *, bitsandbytes_ok: bool | None = None) -> MemoryPreset | None:
     """The next smaller preset after ``preset``; with ``vram_bytes``, the first smaller one estimated to fit.
 
-    Returns None after ``minimal``. When no smaller preset is estimated to fit, the smallest one is returned.
+    A quanto ``preset`` keeps quanto; ``bitsandbytes_ok`` False (default: ``bitsandbytes_usable()``) swaps
+    bitsandbytes for ``quanto-int8``. Returns None after ``minimal``; when no smaller preset is estimated to
+    fit, the smallest one.
     """
     name = preset.name if isinstance(preset, MemoryPreset) else preset
     quant = preset.transformer_quantization if isinstance(preset, MemoryPreset) else None
+    if bitsandbytes_ok is None:
+        bitsandbytes_ok = bitsandbytes_usable()
+    if quant is None and not bitsandbytes_ok:
+        quant = QUANTO_ALTERNATIVE
     smaller = PRESET_ORDER[PRESET_ORDER.index(name) + 1:]
     if not smaller:
         return None
@@ -530,7 +550,7 @@ def free_memory() -> None:
 
 @contextlib.contextmanager
 def out_of_memory_advice(preset: MemoryPreset | str, vram_bytes: int | None = None, width: int = 1024,
-                         height: int = 1024) -> Iterator[None]:
+                         height: int = 1024, *, bitsandbytes_ok: bool | None = None) -> Iterator[None]:
     """Turn ``torch.OutOfMemoryError`` raised inside into a ``MemoryAdviceError`` naming the next preset.
 
     Memory is freed (``free_memory``) before raising, so the app can keep serving requests.
@@ -541,7 +561,7 @@ def out_of_memory_advice(preset: MemoryPreset | str, vram_bytes: int | None = No
     except torch.OutOfMemoryError as error:
         del error  # the traceback holds the frames (and their tensors) alive; let them go before freeing
         free_memory()
-        nxt = next_preset(preset, vram_bytes, width, height)
+        nxt = next_preset(preset, vram_bytes, width, height, bitsandbytes_ok=bitsandbytes_ok)
         if nxt is None:
             message = (f"Out of GPU memory with preset '{name}', the smallest one: try a smaller image "
                        f"than {width}x{height}.")

@@ -1,0 +1,204 @@
+"""Apply a ``MemoryPreset`` to a pipeline with the libraries' own APIs.
+
+bitsandbytes quantizes while loading: pass ``quantization_config_for(preset)`` as ``quantization_config`` to
+``from_pretrained``. Everything else happens after loading, in ``apply_preset``: optimum-quanto ``quantize`` /
+``freeze`` for the quanto modes and the adapter, diffusers/accelerate offloading (``enable_model_cpu_offload``,
+``apply_group_offloading`` with a CUDA stream when there is one) and VAE tiling.
+
+The pipeline is any diffusers pipeline with FLUX's component names (``transformer``, ``text_encoder``,
+``text_encoder_2``, ``vae``); the adapter is found as the transformer's attention processors that are
+``nn.Module``s plus any component named in ``ADAPTER_COMPONENTS``.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+
+import torch
+
+from core.memory import (GROUP_OFFLOAD_MIN_BYTES, QUANTO_ALTERNATIVE, VAE_TILE_PX, MemoryPreset, get_preset)
+from core.model_sizes import kept_module_names
+
+logger = logging.getLogger(__name__)
+
+ADAPTER_COMPONENTS = ("projector", "image_proj", "character_projector")
+_QUANTO_TYPES = {"quanto-int8": "qint8", "quanto-fp8": "qfloat8"}
+
+
+class PresetUnavailableError(RuntimeError):
+    """The preset needs something this machine lacks; the message names the alternative to use."""
+
+
+def check_preset_supported(preset: MemoryPreset, device: str | torch.device | None = None) -> None:
+    """Raise ``PresetUnavailableError`` when ``preset`` uses bitsandbytes and it cannot run here.
+
+    bitsandbytes needs the package and a CUDA device; the alternative is the same preset with
+    ``quanto-int8`` (``get_preset(name, quantization="quanto-int8")``), which also runs on CPU and MPS.
+    """
+    if not preset.needs_bitsandbytes:
+        return
+    device_type = torch.device(device).type if device is not None else ("cuda" if torch.cuda.is_available() else "cpu")
+    if importlib.util.find_spec("bitsandbytes") is None:
+        why = "bitsandbytes is not installed"
+    elif device_type != "cuda" or not torch.cuda.is_available():
+        why = f"bitsandbytes needs a CUDA GPU and the device is {device_type}"
+    else:
+        return
+    raise PresetUnavailableError(
+        f"preset '{preset.name}' quantizes with {preset.transformer_quantization} but {why}; use the quanto "
+        f"alternative: preset '{preset.name}' with quantization '{QUANTO_ALTERNATIVE}' (runs on CPU, MPS and CUDA)")
+
+
+def quantization_config_for(preset: MemoryPreset | str, device: str | torch.device | None = None):
+    """The ``quantization_config`` to load a pipeline with for ``preset``, or None when nothing quantizes at load.
+
+    Returns a diffusers ``PipelineQuantizationConfig`` mapping ``transformer`` (diffusers' BitsAndBytesConfig) and
+    ``text_encoder_2`` (transformers' BitsAndBytesConfig) for bitsandbytes presets; quanto presets quantize after
+    loading (``apply_preset``), so they return None. Raises ``PresetUnavailableError`` when bitsandbytes can't run.
+    """
+    if isinstance(preset, str):
+        preset = get_preset(preset)
+    check_preset_supported(preset, device)
+    from diffusers import BitsAndBytesConfig as DiffusersBnbConfig
+    from diffusers import PipelineQuantizationConfig
+    from transformers import BitsAndBytesConfig as TransformersBnbConfig
+
+    dtype = getattr(torch, preset.dtype)
+    mapping = {}
+    for component, quant in (("transformer", preset.transformer_quantization),
+                             ("text_encoder_2", preset.text_encoder_quantization)):
+        if quant is None or not quant.startswith("bnb-"):
+            continue
+        config_cls = DiffusersBnbConfig if component == "transformer" else TransformersBnbConfig
+        if quant == "bnb-nf4":
+            mapping[component] = config_cls(load_in_4bit=True, bnb_4bit_quant_type="nf4",
+                                            bnb_4bit_compute_dtype=dtype)
+        else:
+            mapping[component] = config_cls(load_in_8bit=True)
+    return PipelineQuantizationConfig(quant_mapping=mapping) if mapping else None
+
+
+def _is_bnb_quantized(module: torch.nn.Module) -> bool:
+    return bool(getattr(module, "is_loaded_in_4bit", False) or getattr(module, "is_loaded_in_8bit", False)
+                or getattr(getattr(module, "hf_quantizer", None), "quantization_config", None) is not None)
+
+
+def _adapter_patterns(transformer: torch.nn.Module) -> list[str]:
+    """quanto include-patterns of the adapter's processors inside the transformer (``*.processor`` submodules)."""
+    return sorted({f"{name}.*" for name, m in transformer.named_modules()
+                   if name.endswith(".processor") and any(isinstance(c, torch.nn.Linear) for c in m.modules())})
+
+
+def quantize_with_quanto(module: torch.nn.Module, quantization: str, include: list[str] | None = None,
+                         exclude: list[str] | None = None) -> None:
+    """Quantize ``module``'s Linear weights in place with optimum-quanto (``quanto-int8`` / ``quanto-fp8``), frozen.
+
+    ``include`` / ``exclude`` are fnmatch patterns of module names. The modules the class keeps unconverted in
+    transformers (``_keep_in_fp32_modules``, T5's ``wo``) are excluded, as the transformers quantizers do.
+    """
+    from optimum import quanto
+
+    qtype = getattr(quanto, _QUANTO_TYPES[quantization])
+    excluded = list(exclude or []) + [p for k in kept_module_names(module) for p in (k, f"*.{k}")]
+    quanto.quantize(module, weights=qtype, include=include, exclude=excluded or None)
+    quanto.freeze(module)
+
+
+def _module_bytes(module: torch.nn.Module) -> int:
+    return sum(p.numel() * p.element_size() for p in module.parameters())
+
+
+def apply_offload(pipe, mode: str, device: str | torch.device, use_stream: bool | None = None,
+                  group_min_bytes: int = GROUP_OFFLOAD_MIN_BYTES) -> list[str]:
+    """Offload ``pipe``'s models: ``none`` (move all to ``device``), ``model`` or ``group``.
+
+    ``model``: accelerate hooks via ``pipe.enable_model_cpu_offload`` (one whole model on the device at a time).
+    ``group``: ``diffusers.hooks.apply_group_offloading``: the transformer block by block, other models over
+    ``group_min_bytes`` (1 GiB) leaf by leaf, smaller ones moved to ``device``; ``use_stream`` (default: when
+    ``device`` is CUDA) prefetches the next group on a CUDA stream. Returns the steps taken, one line each.
+    """
+    device = torch.device(device)
+    if mode == "none":
+        pipe.to(device)
+        return [f"all models on {device}"]
+    if mode == "model":
+        pipe.enable_model_cpu_offload(device=device)
+        return [f"model CPU offload to {device}"]
+    if mode != "group":
+        raise ValueError(f"offload mode {mode!r} unknown; expected none, model or group")
+    from diffusers.hooks import apply_group_offloading
+
+    stream = device.type == "cuda" if use_stream is None else use_stream
+    steps = []
+    for name, component in pipe.components.items():
+        if not isinstance(component, torch.nn.Module):
+            continue
+        if _module_bytes(component) < group_min_bytes:
+            component.to(device)
+            steps.append(f"{name} on {device}")
+            continue
+        kind = "block_level" if name == "transformer" else "leaf_level"
+        apply_group_offloading(component, onload_device=device, offload_device=torch.device("cpu"),
+                               offload_type=kind, num_blocks_per_group=1 if kind == "block_level" else None,
+                               use_stream=stream)
+        steps.append(f"{name} group offload ({kind}{', stream' if stream else ''})")
+    return steps
+
+
+def enable_vae_tiling(vae, tile_px: int = VAE_TILE_PX) -> None:
+    """Decode in ``tile_px`` tiles. FLUX's VAE (sample_size 1024) would otherwise only tile above 1024 px."""
+    vae.enable_tiling()
+    if vae.tile_sample_min_size > tile_px:
+        vae.tile_sample_min_size = tile_px
+        vae.tile_latent_min_size = tile_px // 2 ** (len(vae.config.block_out_channels) - 1)
+
+
+def apply_preset(pipe, preset: MemoryPreset | str, device: str | torch.device) -> list[str]:
+    """Apply ``preset`` to a loaded pipeline for ``device``; returns the steps taken, one line each.
+
+    bitsandbytes presets must have been loaded with ``quantization_config_for(preset)`` (checked). Quanto
+    quantization of the transformer/T5 and the adapter is applied here. On a CPU device nothing is offloaded
+    (there is nowhere to offload to).
+    """
+    if isinstance(preset, str):
+        preset = get_preset(preset)
+    device = torch.device(device)
+    check_preset_supported(preset, device)
+    steps: list[str] = []
+    transformer = getattr(pipe, "transformer", None)
+    adapter_in_transformer = _adapter_patterns(transformer) if transformer is not None else []
+
+    for name, quant in (("transformer", preset.transformer_quantization),
+                        ("text_encoder_2", preset.text_encoder_quantization)):
+        module = getattr(pipe, name, None)
+        if module is None or quant is None:
+            continue
+        if quant.startswith("bnb-"):
+            if not _is_bnb_quantized(module):
+                raise ValueError(f"preset '{preset.name}' needs {name} loaded in {quant}: load the pipeline with "
+                                 "quantization_config=quantization_config_for(preset)")
+            steps.append(f"{name} in {quant} (loaded)")
+            continue
+        exclude = adapter_in_transformer if name == "transformer" else None
+        quantize_with_quanto(module, quant, exclude=exclude)
+        steps.append(f"{name} quantized to {quant}")
+
+    if preset.adapter_quantization:
+        if transformer is not None and adapter_in_transformer:
+            quantize_with_quanto(transformer, preset.adapter_quantization, include=adapter_in_transformer)
+            steps.append(f"adapter processors quantized to {preset.adapter_quantization}")
+        for name in ADAPTER_COMPONENTS:
+            module = getattr(pipe, name, None)
+            if isinstance(module, torch.nn.Module):
+                quantize_with_quanto(module, preset.adapter_quantization)
+                steps.append(f"{name} quantized to {preset.adapter_quantization}")
+
+    steps += apply_offload(pipe, "none" if device.type == "cpu" else preset.offload, device)
+
+    if preset.vae_tiling and getattr(pipe, "vae", None) is not None:
+        enable_vae_tiling(pipe.vae)
+        steps.append(f"VAE tiling ({VAE_TILE_PX} px tiles)")
+    logger.info("preset %s: %s", preset.name, "; ".join(steps))
+    return steps
+
