@@ -34,6 +34,7 @@ import torch
 from PIL import Image, UnidentifiedImageError
 
 from core.segmentation import as_segmenter, isolate
+from core.sources import is_local
 
 __all__ = [
     "DEFAULT_CLIP_MODEL",
@@ -163,12 +164,6 @@ class CaseScores:
         return {name: getattr(self, name) for name in METRICS}
 
 
-def _looks_like_local_path(source: str) -> bool:
-    if os.path.exists(source):
-        return True
-    return os.path.isabs(source) or source.startswith((".", "~")) or source.count("/") != 1 or "\\" in source
-
-
 class _Encoder:
     """A lazily loaded model and its processor."""
 
@@ -183,7 +178,7 @@ class _Encoder:
         if self.model is not None:
             return
         source = self.source
-        if _looks_like_local_path(source):
+        if is_local(source):  # the engine's rule: an existing path, or one starting with '.', '/' or '~'
             source = os.path.expanduser(source)
             if not os.path.isdir(source):
                 raise MetricsError(f"{self.label} model folder not found: {source}")

@@ -69,6 +69,10 @@ def _plain(value: float | None, digits: int = 4) -> str:
     return "-" if value is None else f"{value:.{digits}f}"
 
 
+def _p_value(value: float | None) -> str:
+    return "-" if value is None else ("<0.001" if value < 0.001 else f"{value:.3f}")
+
+
 def compare_runs(run_a: str | os.PathLike, run_b: str | os.PathLike, html_path: str | os.PathLike | None = None) -> str:
     """Compare run B against run A, case by case; returns a text table (and writes an HTML page if asked).
 
@@ -91,7 +95,7 @@ def compare_runs(run_a: str | os.PathLike, run_b: str | os.PathLike, html_path: 
         interval = f"[{_signed(test['ci95_low'])}, {_signed(test['ci95_high'])}]" if test["ci95_low"] is not None else "-"
         t_value = "-" if test["t"] is None else ("inf" if math.isinf(test["t"]) else f"{test['t']:.2f}")
         lines.append(f"{name:<14}{test['n']:>4}{_plain(test['mean_a']):>9}{_plain(test['mean_b']):>9}"
-                     f"{_signed(test['delta']):>10}   {interval:<21}{t_value:>8}{_plain(test['p'], 3):>8}")
+                     f"{_signed(test['delta']):>10}   {interval:<21}{t_value:>8}{_p_value(test['p']):>8}")
     if not tests:
         lines.append("(no metric scored in both runs)")
     text = "\n".join(lines)

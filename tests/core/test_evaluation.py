@@ -269,3 +269,22 @@ def test_interval_and_paired_test():
 
 
 import math  # noqa: E402  (used by test_interval_and_paired_test)
+
+
+@pytest.mark.slow
+def test_runner_with_the_tiny_engine(tmp_path, tiny_scorer):
+    """The real pipeline on the tiny random bundle: two cases (one with two characters and layout masks)."""
+    import torch
+
+    from core.pipeline import InstantCharacterPipeline
+
+    bench = tmp_path / "bench"
+    shutil.copytree(EXAMPLE, bench)
+    lines = (bench / "cases.jsonl").read_text().splitlines()
+    (bench / "cases.jsonl").write_text("\n".join(lines[1:2] + lines[-1:]) + "\n")
+    pipe = InstantCharacterPipeline.from_pretrained("tiny", dtype=torch.float32, progress=False)
+    settings = RenderSettings(steps=2, width=32, height=32)
+    first = run_benchmark(bench, pipe, tiny_scorer, tmp_path / "run", settings=settings)
+    assert first.rendered == 2 and first.failed == 0 and first.summary["clip_i"]["n"] == 2
+    again = run_benchmark(bench, pipe, tiny_scorer, tmp_path / "run", settings=settings)
+    assert again.rendered == 0 and again.reused == 2
