@@ -11,7 +11,7 @@ from core.memory import (GiB, MemoryAdviceError, MemoryPreset, choose_preset, es
                          next_preset, out_of_memory_advice, weight_bytes)
 from core.memory_setup import (PresetUnavailableError, apply_offload, apply_preset, check_preset_supported,
                                quantization_config_for)
-from core.model_sizes import adapter_sizes, model_size
+from core.model_sizes import CONFIG_DIR, adapter_sizes, model_size
 
 BUNDLE_FLUX = "/work/shared/golden/bundle/flux"
 
@@ -39,8 +39,7 @@ def test_parameter_counts_come_from_the_full_size_configs():
 
 
 def test_a_local_config_json_wins_over_the_bundled_one(tmp_path):
-    cfg = json.loads((memory.all_sizes.__globals__["model_size"].__globals__["CONFIG_DIR"]
-                      / "flux1-dev-transformer.json").read_text())
+    cfg = json.loads((CONFIG_DIR / "flux1-dev-transformer.json").read_text())
     cfg.update(num_layers=1, num_single_layers=1)
     (tmp_path / "transformer").mkdir()
     (tmp_path / "transformer" / "config.json").write_text(json.dumps(cfg))
