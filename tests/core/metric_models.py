@@ -60,6 +60,15 @@ def build_tiny_dino(folder: Path) -> Path:
     return folder
 
 
+@pytest.fixture(autouse=True, scope="module")
+def single_torch_thread():
+    """Tiny models run fastest on one thread (thread start-up and contention cost more than the maths)."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
 @pytest.fixture(scope="session")
 def tiny_metric_models(tmp_path_factory) -> dict[str, Path]:
     """Folders holding a tiny CLIP (model, tokenizer, image processor) and a tiny DINO ViT."""

@@ -23,7 +23,7 @@ from core.evaluation import (
     run_benchmark,
 )
 from core.evaluation.stats import mean_interval, paired_t_test, student_t_cdf, student_t_ppf
-from tests.core.metric_models import tiny_metric_models, tiny_scorer  # noqa: F401 (fixtures)
+from tests.core.metric_models import single_torch_thread, tiny_metric_models, tiny_scorer  # noqa: F401 (fixtures)
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "assets" / "benchmarks" / "example"
 SETTINGS = RenderSettings(steps=2, guidance=3.5, width=64, height=64, scale=0.9)

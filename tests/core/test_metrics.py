@@ -8,7 +8,7 @@ from PIL import Image, ImageDraw
 
 from core.metrics import METRIC_RANGES, CharacterScorer, MetricsError, ScoreCase, image_reward_available
 from core.segmentation import BackgroundThresholdSegmenter, as_segmenter, isolate
-from tests.core.metric_models import tiny_metric_models, tiny_scorer  # noqa: F401 (fixtures)
+from tests.core.metric_models import single_torch_thread, tiny_metric_models, tiny_scorer  # noqa: F401 (fixtures)
 
 
 def shape_image(colour, background=(240, 240, 240), size=(64, 64), box=(16, 20, 44, 52), kind="ellipse"):
