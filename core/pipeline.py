@@ -33,6 +33,28 @@ class GenerationInputError(ValueError):
     """Invalid generation settings; the message names the argument and the bad value."""
 
 
+def check_settings(prompt, height=1024, width=1024, num_inference_steps=28, guidance_scale=3.5, true_cfg_scale=1.0,
+                   num_images_per_prompt=1, max_sequence_length=512, output_type="pil", multiple=16) -> None:
+    """Checks generation settings without any model; raises :class:`GenerationInputError` naming the argument."""
+    if not isinstance(prompt, str) or not prompt.strip():
+        raise GenerationInputError("prompt is empty: describe the image to make")
+    for name, value in (("height", height), ("width", width)):
+        if not isinstance(value, int) or value < 16 or value % 16 or value % multiple or value > MAX_SIDE:
+            raise GenerationInputError(f"{name}={value!r}: must be a multiple of 16 between 16 and {MAX_SIDE}")
+    if not isinstance(num_inference_steps, int) or num_inference_steps < 1:
+        raise GenerationInputError(f"num_inference_steps={num_inference_steps!r}: must be at least 1")
+    if guidance_scale < 0:
+        raise GenerationInputError(f"guidance_scale={guidance_scale!r}: must not be negative")
+    if true_cfg_scale < 1:
+        raise GenerationInputError(f"true_cfg_scale={true_cfg_scale!r}: must be at least 1 (1 turns it off)")
+    if not isinstance(num_images_per_prompt, int) or not 1 <= num_images_per_prompt <= 16:
+        raise GenerationInputError(f"num_images_per_prompt={num_images_per_prompt!r}: must be 1 to 16")
+    if not 1 <= max_sequence_length <= 512:
+        raise GenerationInputError(f"max_sequence_length={max_sequence_length!r}: must be 1 to 512")
+    if output_type not in ("pil", "np", "latent"):
+        raise GenerationInputError(f"output_type={output_type!r}: use 'pil', 'np' or 'latent'")
+
+
 @dataclass
 class InstantCharacterPipelineOutput(BaseOutput):
     """Output of :class:`InstantCharacterPipeline`.
@@ -185,24 +207,8 @@ class InstantCharacterPipeline(FluxPipeline):
     def check_generation_inputs(self, prompt, characters, height, width, num_inference_steps, guidance_scale,
                                 true_cfg_scale, num_images_per_prompt, max_sequence_length, output_type):
         """Raises :class:`GenerationInputError` naming the first bad argument."""
-        if not isinstance(prompt, str) or not prompt.strip():
-            raise GenerationInputError("prompt is empty: describe the image to make")
-        multiple = self.vae_scale_factor * 2
-        for name, value in (("height", height), ("width", width)):
-            if not isinstance(value, int) or value < 16 or value % 16 or value % multiple or value > MAX_SIDE:
-                raise GenerationInputError(f"{name}={value!r}: must be a multiple of 16 between 16 and {MAX_SIDE}")
-        if not isinstance(num_inference_steps, int) or num_inference_steps < 1:
-            raise GenerationInputError(f"num_inference_steps={num_inference_steps!r}: must be at least 1")
-        if guidance_scale < 0:
-            raise GenerationInputError(f"guidance_scale={guidance_scale!r}: must not be negative")
-        if true_cfg_scale < 1:
-            raise GenerationInputError(f"true_cfg_scale={true_cfg_scale!r}: must be at least 1 (1 turns it off)")
-        if not isinstance(num_images_per_prompt, int) or not 1 <= num_images_per_prompt <= 16:
-            raise GenerationInputError(f"num_images_per_prompt={num_images_per_prompt!r}: must be 1 to 16")
-        if not 1 <= max_sequence_length <= 512:
-            raise GenerationInputError(f"max_sequence_length={max_sequence_length!r}: must be 1 to 512")
-        if output_type not in ("pil", "np", "latent"):
-            raise GenerationInputError(f"output_type={output_type!r}: use 'pil', 'np' or 'latent'")
+        check_settings(prompt, height, width, num_inference_steps, guidance_scale, true_cfg_scale,
+                       num_images_per_prompt, max_sequence_length, output_type, multiple=self.vae_scale_factor * 2)
         check_characters(characters)
 
     # ------------------------------------------------------------------ generation
