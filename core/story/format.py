@@ -35,9 +35,11 @@ from core.story.layout import parse_layout_spec, parse_length_mm, parse_page_spe
 
 FORMAT_VERSION = 1
 
-# Where a character stands in a panel: the preset names the engine's masks understand, as normalized boxes
-# (x0, y0, x1, y1). Bubble placement uses the boxes; the engine receives the preset string itself.
+# Where a character stands in a panel: the presets of `core.masks` (kept equal by a test; that module imports
+# torch, too heavy for a parser), as normalized boxes (x0, y0, x1, y1). Bubble placement uses the boxes; the
+# engine receives the preset string itself.
 REGION_PRESETS: dict[str, tuple[float, float, float, float]] = {
+    "whole": (0.0, 0.0, 1.0, 1.0),
     "left": (0.0, 0.0, 0.5, 1.0),
     "right": (0.5, 0.0, 1.0, 1.0),
     "top": (0.0, 0.0, 1.0, 0.5),
@@ -55,6 +57,7 @@ _TAG_RE = re.compile(r"\[([^\[\]@]*?)(?:@([^\[\]]*))?\]")
 _HEADER_RE = re.compile(r"^([A-Za-z_][A-Za-z0-9_ ]*?)\s*:\s*(.*)$")
 _CHARACTER_RE = re.compile(r"^character\s+(\S+?)\s*:\s*(.*)$")
 _PANEL_OPTION_RE = re.compile(r"^(seed|caption)\s*:\s*(.*)$")
+_GRID_RE = re.compile(r"^grid:(\d+)x(\d+):(\d+)$")
 _SIZE_RE = re.compile(r"^(\d+)\s*[xX×]\s*(\d+)$")
 
 HEADER_KEYS = (
@@ -111,7 +114,8 @@ class Panel:
     """One panel. `prompt` is as written (tags included, caption removed); `characters` in order of appearance.
 
     `regions` maps a character name to a region spec: a preset name (``left``), ``box:x0,y0,x1,y1`` with
-    normalized coordinates, or ``grid:R,C,i``. `seed` is always set: given (`seed_pinned`) or derived.
+    normalized coordinates, or ``grid:RxC:N`` (cell N, 1-based, row-major). `seed` is always set: given
+    (`seed_pinned`) or derived.
     `line` is the source line in the story text (0 when unknown); it is not part of the settings hash.
     """
 
@@ -236,7 +240,7 @@ def derive_panel_seed(story_seed: int, index: int) -> int:
 
 def region_box(spec: str) -> tuple[float, float, float, float]:
     """The normalized box (x0, y0, x1, y1) of a region spec; raises ValueError with a readable reason."""
-    spec = spec.strip()
+    spec = spec.strip().lower()
     if spec in REGION_PRESETS:
         return REGION_PRESETS[spec]
     if spec.startswith("box:"):
@@ -252,27 +256,26 @@ def region_box(spec: str) -> tuple[float, float, float, float]:
         if x0 >= x1 or y0 >= y1:
             raise ValueError(f"bad box '{spec}': needs x0 < x1 and y0 < y1")
         return (x0, y0, x1, y1)
-    if spec.startswith("grid:"):
-        try:
-            rows, cols, i = (int(v) for v in spec[5:].split(","))
-        except ValueError:
-            raise ValueError(f"bad grid region '{spec}': expected grid:ROWS,COLS,INDEX") from None
-        if rows < 1 or cols < 1 or not 0 <= i < rows * cols:
-            raise ValueError(f"bad grid region '{spec}': INDEX must be in 0..ROWS*COLS-1")
-        r, c = divmod(i, cols)
+    match = _GRID_RE.match(spec)
+    if match:
+        rows, cols, n = (int(v) for v in match.groups())
+        if rows < 1 or cols < 1 or not 1 <= n <= rows * cols:
+            raise ValueError(f"bad grid region '{spec}': N must be between 1 and ROWS*COLS")
+        r, c = divmod(n - 1, cols)
         return (c / cols, r / rows, (c + 1) / cols, (r + 1) / rows)
     presets = ", ".join(REGION_PRESETS)
-    raise ValueError(f"bad layout '{spec}': expected one of {presets}, box:x0,y0,x1,y1 or grid:R,C,i")
+    raise ValueError(f"bad layout '{spec}': expected one of {presets}, box:x0,y0,x1,y1 or grid:RxC:N")
 
 
 def canonical_region(spec: str) -> str:
     """Validate a region spec and write it one way (so equal regions hash equal)."""
-    spec = re.sub(r"\s+", "", spec)
+    spec = re.sub(r"\s+", "", spec).lower()
     box = region_box(spec)
     if spec.startswith("box:"):
         return "box:" + ",".join(_fmt_number(v) for v in box)
-    if spec.startswith("grid:"):
-        return "grid:" + ",".join(str(int(v)) for v in spec[5:].split(","))
+    match = _GRID_RE.match(spec)
+    if match:
+        return "grid:{}x{}:{}".format(*(int(v) for v in match.groups()))
     return spec
 
 

@@ -127,12 +127,22 @@ def test_every_problem_is_reported_in_line_order(story_dir):
 
 def test_region_specs():
     assert region_box("left") == REGION_PRESETS["left"]
-    assert region_box("grid:2,2,3") == (0.5, 0.5, 1.0, 1.0)
+    assert region_box("grid:2x2:4") == (0.5, 0.5, 1.0, 1.0) and region_box("Left") == (0.0, 0.0, 0.5, 1.0)
+    assert canonical_region("grid:02x2:1") == "grid:2x2:1"
     assert canonical_region(" box: 0.10, 0, 0.5 ,1 ") == "box:0.1,0,0.5,1"
     assert engine_mask("box:0.1,0,0.5,1") == (0.1, 0.0, 0.5, 1.0)
     assert engine_mask("left-third") == "left-third" and engine_mask(None) is None
-    with pytest.raises(ValueError, match="grid:R,C,i|INDEX"):
+    with pytest.raises(ValueError, match="N must be between 1 and ROWS"):
+        region_box("grid:2x2:5")
+    with pytest.raises(ValueError, match="grid:RxC:N"):
         region_box("grid:2,2,4")
+
+
+def test_region_presets_match_the_engine():
+    masks = pytest.importorskip("core.masks")
+    assert REGION_PRESETS == masks.PRESETS
+    for spec in [*REGION_PRESETS, "grid:2x3:5", "box:0.1,0.2,0.6,0.9"]:
+        assert region_box(spec) == pytest.approx(masks.parse_layout(spec))
 
 
 def test_seed_derivation_is_deterministic_and_distinct():
