@@ -1,0 +1,175 @@
+"""Command line of the trainer: ``instantcharacter-studio train ...`` and ``python -m trainer ...``.
+
+    train CONFIG [--resume] [--max-steps N]    run a training job (also under torchrun / accelerate launch)
+    train validate DATASET [--kind paired]     list every bad row of a dataset
+    train init-config OUT [--preset 24gb]      write a starting config for a card size
+    train export CHECKPOINT_DIR OUT [--bin]    export the adapter of a checkpoint
+    train pairs OUT --models tiny ...          build a multi-character paired dataset (paper 3.3)
+    train stop|save-now OUTPUT_DIR             ask a running job to stop / save a checkpoint now
+
+Known failures print one line (or the list of bad rows) and exit with status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+COMMANDS = ("validate", "init-config", "export", "pairs", "stop", "save-now")
+
+
+def _train_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="instantcharacter-studio train",
+                                description="Train the InstantCharacter adapter from a TOML config. Other commands: "
+                                            + ", ".join(COMMANDS))
+    p.add_argument("config", help="training config (TOML)")
+    p.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in output_dir")
+    p.add_argument("--max-steps", type=int, default=None,
+                   help="stop (with a checkpoint) after this many optimizer steps in this call")
+    p.add_argument("--debug", action="store_true", help="show full tracebacks")
+    return p
+
+
+def _command_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="instantcharacter-studio train")
+    p.add_argument("--debug", action="store_true")
+    sub = p.add_subparsers(dest="command", required=True)
+    v = sub.add_parser("validate", help="check a dataset and list every bad row")
+    v.add_argument("dataset", help="folder with .txt captions or a JSONL file")
+    v.add_argument("--kind", choices=("paired", "unpaired"), default=None)
+    v.add_argument("--no-decode", action="store_true", help="check files exist without decoding images")
+    i = sub.add_parser("init-config", help="write a starting config")
+    i.add_argument("out")
+    i.add_argument("--preset", default="24gb", help="24gb, 48gb or 80gb")
+    i.add_argument("--output-dir", default="runs/instantcharacter")
+    i.add_argument("--unpaired", default="data/unpaired")
+    i.add_argument("--paired", default="data/paired.jsonl")
+    e = sub.add_parser("export", help="export the adapter of a checkpoint")
+    e.add_argument("checkpoint", help="a checkpoint folder, or an output_dir (its latest checkpoint)")
+    e.add_argument("out", help="output path without suffix, e.g. my-adapter")
+    e.add_argument("--config", required=True, help="the run's config (to rebuild the trainable modules)")
+    e.add_argument("--bin", action="store_true", help="also write the released .bin layout")
+    pr = sub.add_parser("pairs", help="build a multi-character paired dataset (paper section 3.3)")
+    pr.add_argument("out", help="output folder (dataset.jsonl and images)")
+    pr.add_argument("--models", default="default", help="'default', 'tiny' or a models directory")
+    pr.add_argument("--names", nargs="+", default=["A", "B"], help="character names")
+    pr.add_argument("--descriptions", nargs="+", default=None, help="words for each character")
+    pr.add_argument("--count", type=int, default=4, help="multi-character images to make")
+    pr.add_argument("--views", type=int, default=2, help="new-scene images per character")
+    pr.add_argument("--resolution", type=int, default=512)
+    pr.add_argument("--steps", type=int, default=28)
+    pr.add_argument("--segmenter", default="threshold", help="'threshold' or 'birefnet'")
+    pr.add_argument("--trust-remote-code", action="store_true", help="allow BiRefNet's hub code to run")
+    for name in ("stop", "save-now"):
+        c = sub.add_parser(name, help=f"ask a running job to {name.replace('-', ' ')}")
+        c.add_argument("output_dir")
+    return p
+
+
+def _validate(args) -> int:
+    from .data import validate
+
+    report = validate(args.dataset, args.kind, check_images=not args.no_decode)
+    print(report.summary())
+    return 0 if report.ok else 1
+
+
+def _init_config(args) -> int:
+    from .config import preset_config
+
+    config = preset_config(args.preset, args.output_dir, args.unpaired, args.paired)
+    config.save(args.out)
+    print(f"wrote {args.out} ({args.preset} preset, {config.total_steps} steps in {len(config.stages)} stages)")
+    return 0
+
+
+def _export(args) -> int:
+    import torch
+
+    from .checkpoints import export_adapter, latest_checkpoint, load_trainable
+    from .config import load_config
+    from .loop import _load_pipeline
+    from .objective import build_training_model
+
+    config = load_config(args.config)
+    folder = Path(args.checkpoint)
+    if not (folder / "state.json").is_file():
+        found = latest_checkpoint(folder)
+        if found is None:
+            raise FileNotFoundError(f"no checkpoint in {folder}")
+        folder = found
+    pipe = _load_pipeline(config, torch.float32, "cpu")
+    model = build_training_model(pipe, config.trainable, config.objective, config.models.init == "fresh", config.seed)
+    load_trainable(folder, model)
+    for path in export_adapter(args.out, model, {"source": str(folder)}, args.bin):
+        print(path)
+    return 0
+
+
+def _pairs(args) -> int:
+    from .pairs import MultiCharacterPairBuilder, make_segmenter
+
+    segmenter = make_segmenter(args.segmenter, trust_remote_code=args.trust_remote_code)
+    builder = MultiCharacterPairBuilder.from_models(args.models, segmenter, resolution=args.resolution,
+                                                   steps=args.steps)
+    path = builder.build(args.out, args.names, args.descriptions, count=args.count, views=args.views)
+    print(f"wrote {path}")
+    return 0
+
+
+def _control(args) -> int:
+    from .events import request
+
+    print(f"requested: {request(args.output_dir, args.command)}")
+    return 0
+
+
+def _train(args) -> int:
+    from diffusers.utils import logging as diffusers_logging
+
+    from .config import load_config
+
+    diffusers_logging.set_verbosity_error()  # per-caption truncation notes would drown the progress
+    from .loop import Trainer
+
+    try:
+        from accelerate import PartialState
+
+        processes = PartialState().num_processes
+    except Exception:  # noqa: BLE001 - a check only; the trainer re-checks with its accelerator
+        processes = 1
+    config = load_config(args.config, processes)
+    result = Trainer(config, resume=args.resume).run(args.max_steps)
+    if result.state and PartialState().is_main_process:
+        what = "stopped" if result.stopped else "finished"
+        print(f"{what} at step {result.state.global_step}; " + (
+            f"adapter: {result.exported[0]}" if result.exported else f"checkpoints in {config.output_path}"))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point; ``argv`` is what follows ``train`` on the studio's command line."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in COMMANDS:
+        args = _command_parser().parse_args(argv)
+        handler = {"validate": _validate, "init-config": _init_config, "export": _export, "pairs": _pairs,
+                   "stop": _control, "save-now": _control}[args.command]
+    else:
+        args = _train_parser().parse_args(argv)
+        handler = _train
+    try:
+        return handler(args) or 0
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except (ValueError, RuntimeError, FileNotFoundError, PermissionError, OSError) as exc:
+        if args.debug:
+            raise
+        text = str(exc).strip() or type(exc).__name__
+        print(f"error: {text}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,104 @@
+"""How a training process reports to the outside world, and how it is asked to stop or save: files only.
+
+The trainer appends JSON lines to ``output_dir/events.jsonl`` (one object per line, each with ``"event"`` and
+``"time"``): ``start``, ``step`` (step, stage, loss, lr, it_s, eta_s), ``sample`` (step, images), ``checkpoint``,
+``export``, ``stopped``, ``done`` and ``error``. The studio (or anyone) reads the file; the trainer knows nothing
+of them. Requests go the other way as empty files in ``output_dir/control/``: ``stop`` and ``save-now``, honoured
+between optimizer steps.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+
+EVENTS_FILE = "events.jsonl"
+CONTROL_DIR = "control"
+STOP, SAVE_NOW = "stop", "save-now"
+
+
+class EventLog:
+    """Appends events to ``folder/events.jsonl``; each line is flushed so readers see it at once."""
+
+    def __init__(self, folder: str | Path, enabled: bool = True):
+        self.path = Path(folder) / EVENTS_FILE
+        self.enabled = enabled
+        if enabled:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+
+    def emit(self, event: str, **fields) -> dict:
+        record = {"event": event, "time": round(time.time(), 3), **fields}
+        if self.enabled:
+            with open(self.path, "a", encoding="utf-8") as f:
+                f.write(json.dumps(record, default=str) + "\n")
+                f.flush()
+        return record
+
+
+def read_events(folder: str | Path, since: int = 0) -> list[dict]:
+    """The events after the first ``since`` lines; a half-written last line is left for the next read."""
+    path = Path(folder) / EVENTS_FILE
+    if not path.is_file():
+        return []
+    out = []
+    with open(path, encoding="utf-8") as f:
+        for number, line in enumerate(f):
+            if number < since or not line.endswith("\n"):
+                continue
+            try:
+                out.append(json.loads(line))
+            except json.JSONDecodeError:
+                out.append({"event": "unreadable", "line": number + 1})
+    return out
+
+
+def _control(folder: str | Path, name: str) -> Path:
+    return Path(folder) / CONTROL_DIR / name
+
+
+def request(folder: str | Path, name: str) -> Path:
+    """Asks the trainer writing to ``folder`` to ``stop`` or ``save-now`` after its current step."""
+    if name not in (STOP, SAVE_NOW):
+        raise ValueError(f"unknown request {name!r} (use {STOP!r} or {SAVE_NOW!r})")
+    path = _control(folder, name)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.touch()
+    return path
+
+
+def take_request(folder: str | Path, name: str) -> bool:
+    """True (and the request is consumed) if ``name`` was requested."""
+    path = _control(folder, name)
+    try:
+        os.unlink(path)
+        return True
+    except FileNotFoundError:
+        return False
+
+
+def clear_requests(folder: str | Path) -> None:
+    for name in (STOP, SAVE_NOW):
+        take_request(folder, name)
+
+
+class Throughput:
+    """Optimizer steps per second over a sliding window and the time left, for the ``step`` events."""
+
+    def __init__(self, window: int = 20):
+        self.window = window
+        self.times: list[float] = []
+
+    def tick(self) -> None:
+        self.times.append(time.monotonic())
+        self.times = self.times[-(self.window + 1):]
+
+    def rate(self) -> float | None:
+        if len(self.times) < 2:
+            return None
+        return (len(self.times) - 1) / max(self.times[-1] - self.times[0], 1e-9)
+
+    def eta(self, remaining_steps: int) -> float | None:
+        rate = self.rate()
+        return None if rate is None else remaining_steps / rate

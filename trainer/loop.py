@@ -1,0 +1,328 @@
+"""The training loop: the config's stages, one after another, through accelerate.
+
+accelerate provides mixed precision, gradient accumulation and the process group (DDP over NCCL or gloo; FSDP or
+DeepSpeed through ``accelerate config``). The same function runs in one process or under ``torchrun`` /
+``accelerate launch``. Each optimizer step takes the stage's global batch from
+:class:`trainer.data.StageSchedule`; process ``r`` in accumulation pass ``a`` takes slice ``a * processes + r`` of
+it, and every row's noise and timestep come from its own seeded generator, so one process and N processes with
+the same global batch compute the same update (up to float summation order).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from .checkpoints import (
+    TrainingState,
+    export_adapter,
+    latest_checkpoint,
+    list_checkpoints,
+    load_checkpoint,
+    save_checkpoint,
+)
+from .config import TrainConfig
+from .data import Example, load_dataset
+from .events import SAVE_NOW, STOP, EventLog, Throughput, clear_requests, take_request
+from .objective import BatchEncoder, EncodingCache, build_training_model
+
+log = logging.getLogger(__name__)
+RECENT_LOSSES = 2000  # kept in checkpoints for the studio's loss plot
+
+
+class TrainingRefused(ValueError):
+    """Training cannot start (bad dataset, existing run without ``--resume``); the message says why."""
+
+
+@dataclass
+class TrainResult:
+    """What a run ended with."""
+
+    state: TrainingState
+    stopped: bool  # True when a stop request ended it early
+    exported: list[Path]
+    losses: list[float]
+
+
+def config_digest(config: TrainConfig) -> str:
+    return hashlib.sha256(json.dumps(config.to_dict(), sort_keys=True).encode()).hexdigest()[:16]
+
+
+def load_datasets(config: TrainConfig) -> dict[str, list[Example]]:
+    """The datasets the stages use, each validated; raises ``DatasetError`` listing every bad row."""
+    needed = set()
+    for stage in config.stages:
+        needed.update(("unpaired", "paired") if stage.data == "both" else (stage.data,))
+    out = {"unpaired": [], "paired": []}
+    for kind in sorted(needed):
+        out[kind] = load_dataset(config.resolve(getattr(config.data, kind)), kind)
+    return out
+
+
+def _weight_dtype(mixed_precision: str) -> torch.dtype:
+    return {"bf16": torch.bfloat16, "fp16": torch.float16}.get(mixed_precision, torch.float32)
+
+
+def _make_optimizer(config: TrainConfig, params, lr: float, events: EventLog):
+    o = config.optimizer
+    kwargs = dict(lr=lr, betas=(o.adam_beta1, o.adam_beta2), weight_decay=o.weight_decay, eps=o.epsilon)
+    if o.use_8bit_adam:
+        if torch.cuda.is_available():
+            import bitsandbytes as bnb
+
+            return bnb.optim.AdamW8bit(params, **kwargs)
+        events.emit("warning", message="use_8bit_adam needs CUDA: using torch AdamW")
+    return torch.optim.AdamW(params, **kwargs)
+
+
+def _warmup(steps: int):
+    return lambda step: 1.0 if steps <= 0 else min(1.0, (step + 1) / steps)
+
+
+def _load_pipeline(config: TrainConfig, dtype: torch.dtype, device):
+    from core.pipeline import InstantCharacterPipeline
+    from core.sources import ModelSources
+
+    m = config.models
+    source = m.source
+    if source not in ("default", "tiny") and not Path(source).is_absolute():
+        source = str(config.resolve(source))
+    sources = ModelSources.parse(source).override(base=m.base, siglip=m.siglip, dinov2=m.dinov2, adapter=m.adapter)
+    pipe = InstantCharacterPipeline.from_pretrained(sources, dtype=dtype, progress=False)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe.to(device)
+
+
+class Trainer:
+    """One training job. Build it, then :meth:`run`; all processes of a launch run the same code."""
+
+    def __init__(self, config: TrainConfig, resume: bool = False, accelerator=None):
+        from accelerate import Accelerator
+
+        self.config = config
+        self.resume = resume
+        run = config.run
+        self.accelerator = accelerator or Accelerator(
+            mixed_precision=run.mixed_precision if torch.cuda.is_available() or run.mixed_precision != "fp16" else "no",
+            gradient_accumulation_steps=run.gradient_accumulation_steps,
+            cpu=not torch.cuda.is_available(),
+        )
+        acc = self.accelerator
+        config.check(acc.num_processes)
+        self.out = config.output_path
+        self.events = EventLog(self.out, enabled=acc.is_main_process)
+        self.losses: list[float] = []
+
+    # ------------------------------------------------------------------ setup
+    def _prepare(self):
+        acc, config = self.accelerator, self.config
+        try:
+            self.datasets = load_datasets(config)
+        except ValueError as exc:
+            self.events.emit("error", message="dataset has bad rows", details=str(exc))
+            raise TrainingRefused(f"training refused: the dataset has bad rows\n{exc}") from None
+        existing = list_checkpoints(self.out)
+        if existing and not self.resume:
+            raise TrainingRefused(f"{self.out} already holds checkpoints (latest {existing[-1].name}): "
+                                  "pass --resume to continue, or choose another output_dir")
+        self.checkpoint = latest_checkpoint(self.out) if self.resume else None
+        if acc.is_main_process:
+            clear_requests(self.out)
+        from accelerate.utils import set_seed
+
+        set_seed(config.seed)
+        self.weight_dtype = _weight_dtype(acc.mixed_precision)
+        self.pipe = _load_pipeline(config, self.weight_dtype, acc.device)
+        model = build_training_model(self.pipe, config.trainable, config.objective, config.models.init == "fresh",
+                                     config.seed)
+        if config.run.gradient_checkpointing:
+            self.pipe.transformer.enable_gradient_checkpointing()
+        cache_dir = config.resolve(config.data.cache_dir) if config.data.cache_dir else self.out / "cache"
+        kinds = tuple(k for k, on in (("latents", config.data.cache_latents),
+                                      ("text", config.data.cache_text_embeddings),
+                                      ("features", config.data.cache_character_features)) if on)
+        self.encoder = BatchEncoder(self.pipe, config.objective, config.data.max_sequence_length,
+                                    EncodingCache(cache_dir, kinds), config.seed)
+        self.model = acc.prepare(model)
+        self.digest = config_digest(config)
+
+    # ------------------------------------------------------------------ pieces
+    def _requests(self) -> tuple[bool, bool]:
+        """(stop, save_now) as seen by the main process, shared with every process."""
+        flags = [False, False]
+        if self.accelerator.is_main_process:
+            flags = [take_request(self.out, STOP), take_request(self.out, SAVE_NOW)]
+        if self.accelerator.num_processes > 1:
+            from accelerate.utils import broadcast_object_list
+
+            flags = broadcast_object_list(flags)
+        return bool(flags[0]), bool(flags[1])
+
+    def _save(self, state, optimizer, scheduler, reason: str) -> Path:
+        state.losses = self.losses[-RECENT_LOSSES:]
+        path = save_checkpoint(self.accelerator, self.out, state, self.model, optimizer, scheduler,
+                               self.config.run.keep_checkpoints)
+        self.events.emit("checkpoint", step=state.global_step, path=str(path), reason=reason)
+        return path
+
+    def _sample_reference(self):
+        s = self.config.sampling
+        if s.reference:
+            return self.config.resolve(s.reference)
+        rows = self.datasets["paired"] or self.datasets["unpaired"]
+        first = rows[0]
+        return first.references[0].image if first.references else first.target
+
+    def _sample(self, step: int) -> None:
+        """Sample images with the current adapter, fixed prompts and seeds (main process only)."""
+        acc, s = self.accelerator, self.config.sampling
+        if acc.is_main_process:
+            from core.character import Character
+
+            folder = self.out / "samples"
+            folder.mkdir(parents=True, exist_ok=True)
+            character = Character(self._sample_reference())
+            paths = []
+            self.pipe.clear_caches()
+            with torch.random.fork_rng(), torch.no_grad(), acc.autocast():
+                for i, prompt in enumerate(s.prompts):
+                    for seed in s.seeds:
+                        image = self.pipe(prompt, characters=[character], height=s.resolution, width=s.resolution,
+                                          num_inference_steps=s.steps, guidance_scale=s.guidance_scale,
+                                          generator=torch.Generator().manual_seed(seed),
+                                          max_sequence_length=self.config.data.max_sequence_length).images[0]
+                        path = folder / f"step-{step:08d}-p{i}-s{seed}.png"
+                        image.save(path)
+                        paths.append(str(path))
+            self.pipe.clear_caches()
+            self.events.emit("sample", step=step, images=paths, prompts=s.prompts, seeds=s.seeds)
+        acc.wait_for_everyone()
+
+    # ------------------------------------------------------------------ the loop
+    def run(self, max_steps: int | None = None) -> TrainResult:
+        """Trains all stages (or stops after ``max_steps`` optimizer steps in this call)."""
+        try:
+            return self._run(max_steps)
+        except TrainingRefused:
+            raise
+        except BaseException as exc:
+            self.events.emit("error", message=f"{type(exc).__name__}: {exc}")
+            raise
+
+    def _run(self, max_steps):
+        from .data import StageSchedule
+
+        self._prepare()
+        acc, config = self.accelerator, self.config
+        state = TrainingState(config_digest=self.digest)
+        if self.checkpoint is not None:
+            state = TrainingState.read(self.checkpoint)
+            self.losses = list(state.losses)
+            if state.config_digest and state.config_digest != self.digest:
+                self.events.emit("warning", message="the config changed since this checkpoint was written")
+        total = config.total_steps
+        self.events.emit("start", total_steps=total, processes=acc.num_processes, resumed_from=(
+            str(self.checkpoint) if self.checkpoint else None), global_step=state.global_step,
+            stages=[dataclasses.asdict(s) for s in config.stages], output_dir=str(self.out))
+        speed = Throughput()
+        done_now = 0
+        stopped = False
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        for stage_index, stage in enumerate(config.stages):
+            if stage_index < state.stage_index:
+                continue
+            optimizer = acc.prepare_optimizer(_make_optimizer(config, params, stage.learning_rate, self.events))
+            # stepped by hand once per optimizer step: accelerate's wrapper would step it once per process
+            scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer.optimizer, _warmup(stage.warmup_steps))
+            if self.checkpoint is not None and state.stage_index == stage_index and state.stage_step > 0:
+                state = load_checkpoint(acc, self.checkpoint, self.model, optimizer, scheduler)
+                self.losses = list(state.losses)
+            elif state.stage_index != stage_index:
+                state.stage_index, state.stage_step = stage_index, 0
+            schedule = StageSchedule(self.datasets["unpaired"], self.datasets["paired"], stage.data,
+                                     stage.batch_size, config.seed, stage_index, stage.paired_fraction)
+            micro = config.micro_batch(stage, acc.num_processes)
+            accumulation = config.run.gradient_accumulation_steps
+            self.events.emit("stage", stage=stage_index, name=stage.name, steps=stage.steps,
+                             start_step=state.stage_step, micro_batch=micro)
+            while state.stage_step < stage.steps:
+                step = state.stage_step
+                rows = schedule.global_batch(step)
+                losses = []
+                for a in range(accumulation):
+                    with acc.accumulate(self.model):
+                        offset = (a * acc.num_processes + acc.process_index) * micro
+                        keys = [(stage_index, step, offset + i) for i in range(micro)]
+                        inputs = self.encoder.encode(rows[offset:offset + micro], stage.resolution, keys)
+                        loss = self.model(inputs.to(acc.device, self.weight_dtype))
+                        acc.backward(loss)
+                        if acc.sync_gradients and config.optimizer.max_grad_norm > 0:
+                            acc.clip_grad_norm_(params, config.optimizer.max_grad_norm)
+                        optimizer.step()
+                        optimizer.zero_grad(set_to_none=True)
+                        losses.append(loss.detach().float())
+                scheduler.step()
+                mean_loss = float(acc.reduce(torch.stack(losses).mean(), reduction="mean"))
+                self.losses.append(mean_loss)
+                state.stage_step += 1
+                state.global_step += 1
+                done_now += 1
+                speed.tick()
+                if state.global_step % config.run.log_every == 0 or state.stage_step == stage.steps:
+                    rate = speed.rate()
+                    eta = speed.eta(total - state.global_step)
+                    self.events.emit("step", step=state.global_step, total_steps=total, stage=stage_index,
+                                     stage_step=state.stage_step, loss=mean_loss,
+                                     lr=optimizer.param_groups[0]["lr"],
+                                     it_s=None if rate is None else round(rate, 4),
+                                     eta_s=None if eta is None else round(eta, 1),
+                                     loss_finite=math.isfinite(mean_loss))
+                stop, save_now = self._requests()
+                limit = max_steps is not None and done_now >= max_steps
+                every = config.run.checkpoint_every
+                if save_now or stop or limit or (every and state.global_step % every == 0):
+                    self._save(state, optimizer, scheduler,
+                               "stop" if stop else "save-now" if save_now else "limit" if limit else "interval")
+                if config.sampling.every and state.global_step % config.sampling.every == 0:
+                    self._sample(state.global_step)
+                if stop or limit:
+                    stopped = True
+                    break
+            if stopped:
+                break
+            state.stage_index, state.stage_step = stage_index + 1, 0
+            self.checkpoint = None  # later stages start from the in-memory state
+        exported = []
+        if stopped:
+            self.events.emit("stopped", step=state.global_step)
+        else:
+            if config.run.checkpoint_every and state.global_step % config.run.checkpoint_every:
+                self._save(state, optimizer, scheduler, "end")
+            exported = self.export()
+            self.events.emit("done", step=state.global_step, exported=[str(p) for p in exported])
+        return TrainResult(state, stopped, exported, list(self.losses))
+
+    def export(self) -> list[Path]:
+        """Writes ``output_dir/adapter.safetensors`` + ``adapter.json`` (and ``.bin`` if configured)."""
+        acc = self.accelerator
+        written = []
+        if acc.is_main_process:
+            meta = {"source": "instantcharacter-studio trainer", "config_digest": self.digest,
+                    "stages": ",".join(s.name for s in self.config.stages)}
+            written = export_adapter(self.out / "adapter", acc.unwrap_model(self.model), meta,
+                                     self.config.export.released_bin)
+            self.events.emit("export", paths=[str(p) for p in written])
+        acc.wait_for_everyone()
+        return written
+
+
+def train(config: TrainConfig, resume: bool = False, max_steps: int | None = None) -> TrainResult:
+    """Runs a training job (see :class:`Trainer`)."""
+    return Trainer(config, resume).run(max_steps)

@@ -1,0 +1,412 @@
+"""The training objective: flow matching (paper Eq. 5) on packed FLUX latents, conditioned on the adapter.
+
+For a target image with latent ``x0`` (packed FLUX tokens, (B, N, C)), noise ``eps`` and ``sigma`` in (0, 1)::
+
+    z_sigma = (1 - sigma) * x0 + sigma * eps
+    loss    = w(sigma) * || v_theta(z_sigma, sigma, text, c) - (eps - x0) ||^2
+
+``c`` is the reference image through the frozen SigLIP + DINOv2 encoders, the trainable projector and the
+trainable character attention (K/V) layers. FLUX, its text encoders and VAE stay frozen. ``sigma`` is drawn with
+``diffusers.training_utils.compute_density_for_timestep_sampling`` (optionally with FLUX's resolution-dependent
+shift), and ``w`` is ``compute_loss_weighting_for_sd3``.
+
+Randomness is per sample: the noise and sigma of a row depend only on (seed, stage, step, slot in the global
+batch), so the result does not depend on how a global batch is split over processes or accumulation steps, and
+resuming at a step draws what an uninterrupted run would.
+
+Which modules train is pluggable: :data:`TRAINABLE_PARTS` maps a config name to a factory of
+:class:`TrainablePart` modules. The image adapter is built in; the text adapter registers itself when it exists.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from collections import OrderedDict
+from dataclasses import dataclass
+from types import SimpleNamespace
+from typing import Callable
+
+import numpy as np
+import torch
+from diffusers.pipelines.flux.pipeline_flux import calculate_shift
+from diffusers.training_utils import compute_density_for_timestep_sampling, compute_loss_weighting_for_sd3
+from PIL import Image
+from torch import nn
+
+from core.attention import CharacterCondition
+from core.masks import RoutingMask
+from core.prompt import resolve_prompt
+
+from .config import ObjectiveConfig
+from .data import Example, load_target
+
+
+# ---------------------------------------------------------------------- inputs
+@dataclass
+class CharacterSlot:
+    """Slot ``j`` of a batch: the j-th reference of every row (rows with fewer references get a zero mask).
+
+    Feature shapes as :class:`core.encoders.CharacterFeatures`, with the batch in front.
+    """
+
+    low_res_deep: torch.Tensor
+    low_res_shallow: torch.Tensor
+    high_res_deep: torch.Tensor
+    mask: torch.Tensor | None  # (B, N) routing weights over the image tokens; None: whole image for every row
+
+
+@dataclass
+class TrainingInputs:
+    """One micro-batch, ready for the transformer. ``N`` image tokens, ``L`` text tokens."""
+
+    latents: torch.Tensor  # x0, packed (B, N, C)
+    noise: torch.Tensor  # eps, (B, N, C)
+    sigmas: torch.Tensor  # (B,) in (0, 1)
+    image_ids: torch.Tensor  # (N, 3)
+    prompt_embeds: torch.Tensor  # (B, L, D)
+    pooled: torch.Tensor  # (B, P)
+    text_ids: torch.Tensor  # (L, 3)
+    characters: list[CharacterSlot]
+    captions: list[str]  # as the text encoders saw them (tags replaced)
+    spans: list[dict]  # per row: character index -> [(start, end)] character offsets in the caption
+
+    def to(self, device, dtype) -> "TrainingInputs":
+        def mv(t, keep_float=False):
+            if t is None:
+                return None
+            return t.to(device=device, dtype=dtype if t.is_floating_point() and not keep_float else t.dtype)
+
+        slots = [CharacterSlot(mv(s.low_res_deep), mv(s.low_res_shallow), mv(s.high_res_deep), mv(s.mask))
+                 for s in self.characters]
+        return TrainingInputs(mv(self.latents, True), mv(self.noise, True), mv(self.sigmas, True), mv(self.image_ids),
+                              mv(self.prompt_embeds), mv(self.pooled), mv(self.text_ids), slots, self.captions,
+                              self.spans)
+
+
+# ---------------------------------------------------------------------- trainable parts
+class TrainablePart(nn.Module):
+    """A set of trainable modules that conditions the frozen transformer.
+
+    Subclasses register their modules as attributes whose names are the exported state dict groups, and return
+    the ``joint_attention_kwargs`` they contribute for a micro-batch.
+    """
+
+    name = "part"
+
+    def attention_kwargs(self, inputs: TrainingInputs, timesteps: torch.Tensor) -> dict:
+        raise NotImplementedError
+
+    def export_groups(self) -> dict[str, dict[str, torch.Tensor]]:
+        """``{group: state_dict}`` as written to the adapter file (e.g. ``image_proj``, ``ip_adapter``)."""
+        return {name: module.state_dict() for name, module in self.named_children()}
+
+    def install(self, pipe) -> None:
+        """Puts these modules back into ``pipe`` (for sampling, and after loading a checkpoint)."""
+
+
+class ImageAdapterPart(TrainablePart):
+    """The image adapter: projector (``image_proj``) and character attention K/V layers (``ip_adapter``)."""
+
+    name = "image_adapter"
+
+    def __init__(self, image_proj: nn.Module, ip_adapter: nn.Module):
+        super().__init__()
+        self.image_proj = image_proj
+        self.ip_adapter = ip_adapter
+
+    def attention_kwargs(self, inputs: TrainingInputs, timesteps: torch.Tensor) -> dict:
+        conditions = []
+        for slot in inputs.characters:
+            context = self.image_proj(slot.low_res_deep, slot.low_res_shallow, slot.high_res_deep)
+            tokens = self.image_proj(context=context, timestep=timesteps.to(context.dtype))
+            conditions.append(CharacterCondition(tokens, 1.0, slot.mask))
+        return {"character_conditions": conditions}
+
+    def install(self, pipe) -> None:
+        pipe.image_proj = self.image_proj
+        pipe.character_layers = self.ip_adapter
+        self.ip_adapter.install(pipe.transformer)
+
+
+def _image_adapter(pipe, fresh: bool, seed: int) -> ImageAdapterPart:
+    if fresh:
+        from core.attention import CharacterAttentionLayers
+        from core.projector import CharacterProjector
+
+        proj_config = pipe.image_proj.config
+        layers = pipe.character_layers
+        first = layers[0]
+        with torch.random.fork_rng():
+            torch.manual_seed(seed)
+            image_proj = CharacterProjector(proj_config)
+            ip_adapter = CharacterAttentionLayers(len(layers), first.to_k_ip.out_features, first.to_k_ip.in_features,
+                                                  first.norm_ip_q.scale.shape[0])
+    else:
+        image_proj, ip_adapter = pipe.image_proj, pipe.character_layers
+    part = ImageAdapterPart(image_proj, ip_adapter)
+    part.install(pipe)
+    return part
+
+
+# name -> factory(pipe, fresh: bool, seed: int) -> TrainablePart; the text adapter adds itself here
+TRAINABLE_PARTS: dict[str, Callable] = {"image_adapter": _image_adapter}
+
+
+def register_trainable(name: str, factory: Callable) -> None:
+    """Makes ``name`` usable in a config's ``trainable`` list; ``factory(pipe, fresh, seed) -> TrainablePart``."""
+    TRAINABLE_PARTS[name] = factory
+
+
+# ---------------------------------------------------------------------- encoding (frozen)
+class _LRU(OrderedDict):
+    def __init__(self, size: int):
+        super().__init__()
+        self.size = size
+
+    def get_or_make(self, key, make):
+        if key in self:
+            self.move_to_end(key)
+            return self[key]
+        value = self[key] = make()
+        while len(self) > self.size:
+            self.popitem(last=False)
+        return value
+
+
+def _file_digest(path) -> str:
+    return hashlib.sha256(open(path, "rb").read()).hexdigest()[:32]
+
+
+class EncodingCache:
+    """Frozen-model outputs by content key: in memory (bounded), and on disk for the kinds asked for.
+
+    Disk entries are safetensors files under ``folder/<kind>/<key>.safetensors``, written atomically.
+    """
+
+    def __init__(self, folder=None, disk_kinds: tuple[str, ...] = (), memory: dict | None = None):
+        from pathlib import Path
+
+        self.folder = Path(folder) if folder else None
+        self.disk_kinds = set(disk_kinds)
+        sizes = memory or {"latents": 4096, "text": 4096, "features": 64}
+        self.memory = {kind: _LRU(size) for kind, size in sizes.items()}
+        self.disk_hits = 0
+
+    def get(self, kind: str, key: str, make: Callable[[], dict]) -> dict:
+        def load_or_make():
+            if self.folder is not None and kind in self.disk_kinds:
+                from safetensors.torch import load_file, save_file
+
+                from core.paths import atomic_path
+
+                path = self.folder / kind / f"{key}.safetensors"
+                if path.is_file():
+                    self.disk_hits += 1
+                    return load_file(str(path))
+                value = {k: v.contiguous() for k, v in make().items()}
+                with atomic_path(path) as tmp:
+                    save_file(value, str(tmp))
+                return value
+            return make()
+
+        return self.memory.setdefault(kind, _LRU(64)).get_or_make(key, load_or_make)
+
+
+class BatchEncoder:
+    """Turns dataset rows into :class:`TrainingInputs` with the frozen VAE, text encoders and image encoders."""
+
+    def __init__(self, pipe, objective: ObjectiveConfig, max_sequence_length: int, cache: EncodingCache, seed: int):
+        self.pipe = pipe
+        self.objective = objective
+        self.max_sequence_length = max_sequence_length
+        self.cache = cache
+        self.seed = seed
+        self.device = pipe.transformer.device
+
+    # per-row pieces ----------------------------------------------------------
+    @torch.no_grad()
+    def latents(self, path, resolution: int) -> torch.Tensor:
+        """Packed, scaled and shifted VAE latents of the cropped target, (1, N, C) float32."""
+        def make():
+            image = load_target(path, resolution)
+            pixels = torch.from_numpy(np.asarray(image, dtype=np.float32) / 127.5 - 1.0).permute(2, 0, 1)[None]
+            vae = self.pipe.vae
+            latents = vae.encode(pixels.to(vae.device, vae.dtype)).latent_dist.mode()
+            latents = (latents - vae.config.shift_factor) * vae.config.scaling_factor
+            b, c, h, w = latents.shape
+            return {"latents": self.pipe._pack_latents(latents, b, c, h, w).float().cpu()}
+
+        key = f"{_file_digest(path)}-{resolution}"
+        return self.cache.get("latents", key, make)["latents"]
+
+    @torch.no_grad()
+    def text(self, caption: str) -> tuple[torch.Tensor, torch.Tensor]:
+        def make():
+            embeds, pooled, _ = self.pipe.encode_prompt(prompt=caption, prompt_2=None, device=self.device,
+                                                        num_images_per_prompt=1,
+                                                        max_sequence_length=self.max_sequence_length)
+            return {"embeds": embeds.float().cpu(), "pooled": pooled.float().cpu()}
+
+        key = hashlib.sha256(f"{caption}\0{self.max_sequence_length}".encode()).hexdigest()[:32]
+        value = self.cache.get("text", key, make)
+        return value["embeds"], value["pooled"]
+
+    def features(self, path) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        def make():
+            from core.images import load_image
+
+            f = self.pipe.character_encoder.encode(load_image(path))
+            # clone: inference-mode tensors cannot be saved for the projector's backward pass
+            return {"low_res_deep": f.low_res_deep.float().cpu().clone(),
+                    "low_res_shallow": f.low_res_shallow.float().cpu().clone(),
+                    "high_res_deep": f.high_res_deep.float().cpu().clone()}
+
+        value = self.cache.get("features", _file_digest(path), make)
+        return value["low_res_deep"], value["low_res_shallow"], value["high_res_deep"]
+
+    def routing(self, reference, example: Example, resolution: int, rows: int, cols: int) -> torch.Tensor | None:
+        """The reference's mask or box, cropped like the target, as (N,) weights; ``None`` if it has neither."""
+        if reference.mask is None and reference.box is None:
+            return None
+        if reference.mask is not None:
+            mask_image = Image.open(reference.mask).convert("L")
+        else:
+            with Image.open(example.target) as target:
+                size = target.size
+            mask_image = Image.new("L", size, 0)
+            x0, y0, x1, y1 = reference.box
+            mask_image.paste(255, (round(x0 * size[0]), round(y0 * size[1]), round(x1 * size[0]),
+                                   round(y1 * size[1])))
+        cropped = _crop_like_target(mask_image, resolution)
+        return RoutingMask.from_spec(np.asarray(cropped, dtype=np.float32) / 255.0).weights(rows, cols)
+
+    # per-row randomness ----------------------------------------------------
+    def draw(self, slot_key: tuple, shape, seq_len: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Noise (shape) and sigma (scalar) of one row, from a generator seeded by ``slot_key`` alone."""
+        digest = hashlib.sha256(repr((self.seed,) + tuple(slot_key)).encode()).digest()
+        g = torch.Generator().manual_seed(int.from_bytes(digest[:8], "little") & (2**63 - 1))
+        o = self.objective
+        u = compute_density_for_timestep_sampling(
+            "none" if o.timestep_sampling == "uniform" else o.timestep_sampling, 1, logit_mean=o.logit_mean,
+            logit_std=o.logit_std, mode_scale=o.mode_scale, generator=g)
+        sigma = float(u.clamp(1e-3, 1 - 1e-3))
+        if o.shift_timesteps:
+            cfg = self.pipe.scheduler.config
+            mu = calculate_shift(seq_len, cfg.get("base_image_seq_len", 256), cfg.get("max_image_seq_len", 4096),
+                                 cfg.get("base_shift", 0.5), cfg.get("max_shift", 1.15))
+            sigma = math.exp(mu) / (math.exp(mu) + (1 / sigma - 1))  # FLUX's time shift of the sampling schedule
+        noise = torch.randn(shape, generator=g)
+        return noise, torch.tensor(sigma, dtype=torch.float32)
+
+    # a micro-batch ----------------------------------------------------------
+    def encode(self, rows: list[Example], resolution: int, slot_keys: list[tuple]) -> TrainingInputs:
+        """Encodes ``rows`` at ``resolution``; ``slot_keys[i]`` identifies row i's place in training (its RNG)."""
+        latents = torch.cat([self.latents(r.target, resolution) for r in rows])
+        b, n, c = latents.shape
+        drawn = [self.draw(key, (n, c), n) for key in slot_keys]
+        noise = torch.stack([d[0] for d in drawn])
+        sigmas = torch.stack([d[1] for d in drawn]).float()
+
+        captions, spans, refs_per_row = [], [], []
+        for r in rows:
+            refs = list(r.references) or [SimpleNamespace(image=r.target, name=None, mask=None, box=None)]
+            named = [SimpleNamespace(name=x.name, words=x.name or "the character") for x in refs]
+            resolved = resolve_prompt(r.caption, named)
+            captions.append(resolved.text)
+            spans.append(resolved.spans)
+            refs_per_row.append(refs)
+        texts = [self.text(c) for c in captions]
+        prompt_embeds = torch.cat([t[0] for t in texts])
+        pooled = torch.cat([t[1] for t in texts])
+
+        lat_h = resolution // self.pipe.vae_scale_factor
+        rows_n, cols_n = lat_h // 2, lat_h // 2
+        slots = []
+        for j in range(max(len(x) for x in refs_per_row)):
+            feats, masks, any_mask = [], [], False
+            for r, refs in zip(rows, refs_per_row):
+                if j < len(refs):
+                    feats.append(self.features(refs[j].image))
+                    m = self.routing(refs[j], r, resolution, rows_n, cols_n)
+                    any_mask |= m is not None
+                    masks.append(torch.ones(n) if m is None else m.float())
+                else:  # this row has fewer characters: any features, routed nowhere
+                    feats.append(self.features(refs[0].image))
+                    masks.append(torch.zeros(n))
+                    any_mask = True
+            slots.append(CharacterSlot(*(torch.cat([f[k] for f in feats]) for k in range(3)),
+                                       torch.stack(masks) if any_mask else None))
+        image_ids = self.pipe._prepare_latent_image_ids(b, lat_h // 2, lat_h // 2, "cpu", torch.float32)
+        text_ids = torch.zeros(prompt_embeds.shape[1], 3)
+        return TrainingInputs(latents, noise, sigmas, image_ids, prompt_embeds, pooled, text_ids, slots, captions,
+                              spans)
+
+
+def _crop_like_target(image: Image.Image, resolution: int) -> Image.Image:
+    w, h = image.size
+    scale = resolution / min(w, h)
+    image = image.resize((max(resolution, round(w * scale)), max(resolution, round(h * scale))),
+                         Image.Resampling.BILINEAR)
+    w, h = image.size
+    left, top = (w - resolution) // 2, (h - resolution) // 2
+    return image.crop((left, top, left + resolution, top + resolution))
+
+
+# ---------------------------------------------------------------------- the model
+class AdapterTrainingModel(nn.Module):
+    """The trainable parts around a frozen FLUX transformer; ``forward(inputs)`` returns the mean loss.
+
+    Only the parts are submodules (what DDP wraps and syncs); the frozen transformer is held outside the module tree.
+    """
+
+    def __init__(self, parts: dict[str, TrainablePart], transformer, objective: ObjectiveConfig):
+        super().__init__()
+        self.parts = nn.ModuleDict(parts)
+        self._frozen = SimpleNamespace(transformer=transformer)
+        self.objective = objective
+
+    @property
+    def transformer(self):
+        return self._frozen.transformer
+
+    def per_sample_loss(self, inputs: TrainingInputs) -> torch.Tensor:
+        t = self.transformer
+        dtype = next(t.parameters()).dtype
+        x0, noise = inputs.latents, inputs.noise
+        s = inputs.sigmas[:, None, None]
+        noisy = (1 - s) * x0 + s * noise
+        kwargs = {"text_seq_len": inputs.prompt_embeds.shape[1]}
+        for part in self.parts.values():
+            kwargs.update(part.attention_kwargs(inputs, inputs.sigmas * 1000))
+        guidance = None
+        if t.config.guidance_embeds:
+            guidance = torch.full_like(inputs.sigmas, self.objective.guidance)
+        prediction = t(hidden_states=noisy.to(dtype), timestep=inputs.sigmas.to(dtype), guidance=guidance,
+                       pooled_projections=inputs.pooled.to(dtype), encoder_hidden_states=inputs.prompt_embeds.to(dtype),
+                       txt_ids=inputs.text_ids, img_ids=inputs.image_ids, joint_attention_kwargs=kwargs,
+                       return_dict=False)[0]
+        target = noise - x0  # Eq. 5: the velocity of the straight path from data to noise
+        error = (prediction.float() - target.float()).pow(2).mean(dim=(1, 2))
+        weighting = compute_loss_weighting_for_sd3(self.objective.loss_weighting, sigmas=inputs.sigmas.float())
+        return error * weighting
+
+    def forward(self, inputs: TrainingInputs) -> torch.Tensor:
+        return self.per_sample_loss(inputs).mean()
+
+
+def build_training_model(pipe, trainable: list[str], objective: ObjectiveConfig, fresh: bool, seed: int):
+    """Freezes ``pipe`` and returns an :class:`AdapterTrainingModel` with the named parts (float32, trainable)."""
+    for name in ("transformer", "vae", "text_encoder", "text_encoder_2", "siglip", "dinov2"):
+        module = getattr(pipe, name, None)
+        if module is not None:
+            module.requires_grad_(False).eval()
+    parts = {}
+    for name in trainable:
+        if name not in TRAINABLE_PARTS:
+            raise ValueError(f"trainable module {name!r} is not available in this version "
+                             f"(available: {', '.join(TRAINABLE_PARTS)})")
+        parts[name] = TRAINABLE_PARTS[name](pipe, fresh, seed)
+    model = AdapterTrainingModel(parts, pipe.transformer, objective)
+    model.float().requires_grad_(True).train()
+    return model
