@@ -49,6 +49,7 @@ __all__ = [
     "load_image",
     "image_digest",
     "image_reward_available",
+    "case_from_characters",
 ]
 
 DEFAULT_CLIP_MODEL = "openai/clip-vit-large-patch14"
@@ -484,6 +485,35 @@ class CharacterScorer:
             for number, value in zip(with_prompt, rewards):
                 results[number].image_reward = value
         return results
+
+
+def _routing_region(mask) -> Region | None:
+    """The scoring region of an engine ``RoutingMask`` (box, or soft image thresholded at one half)."""
+    if mask is None:
+        return None
+    if getattr(mask, "box", None) is not None:
+        return tuple(mask.box)
+    array = getattr(mask, "image", None)
+    if array is None:
+        return None
+    return Image.fromarray(((array > 0.5) * 255).astype("uint8"), mode="L")
+
+
+def case_from_characters(image: ImageLike, prompt: str | None, characters: Sequence) -> ScoreCase:
+    """A :class:`ScoreCase` for an image the engine made from ``characters`` (``core.character.Character``):
+    their reference images, their masks as regions, and the prompt with ``[Name]`` tags replaced by their words
+    (as the engine's text encoders read it). This is what the studio's "score this image" shows."""
+    text = None
+    if prompt is not None:
+        from core.prompt import resolve_prompt
+
+        text = resolve_prompt(prompt, list(characters)).text
+    return ScoreCase(
+        image=image,
+        prompt=text,
+        references=[character.image for character in characters],
+        regions=[_routing_region(character.mask) for character in characters],
+    )
 
 
 def _per_character(values, count: int, name: str, case_number: int) -> list:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
+import math
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -249,8 +250,6 @@ def test_student_t_against_known_values():
     assert student_t_ppf(0.025, 30) == pytest.approx(-2.042272, abs=1e-6)
     assert 2 * (1 - student_t_cdf(2.0, 10)) == pytest.approx(0.0733880, abs=1e-6)
     # closed form for 3 degrees of freedom
-    import math
-
     t = -1.5
     exact = 0.5 + (t / math.sqrt(3) / (1 + t * t / 3) + math.atan(t / math.sqrt(3))) / math.pi
     assert student_t_cdf(t, 3) == pytest.approx(exact, abs=1e-10)
@@ -267,8 +266,6 @@ def test_interval_and_paired_test():
     assert shifted.p == 0.0 and shifted.delta == 1.0
     assert paired_t_test([1, None, 3], [1, 5, 3]).n == 2
 
-
-import math  # noqa: E402  (used by test_interval_and_paired_test)
 
 
 @pytest.mark.slow

@@ -167,3 +167,23 @@ def test_image_reward_is_skipped_with_a_message(tiny_metric_models):
         result = scorer.score([ScoreCase(image=shape_image((1, 2, 3)), prompt="a dot")])[0]
     assert result.image_reward is None and result.clip_t is not None
     assert "image_reward" not in scorer.metrics
+
+
+def test_scoring_an_engine_generation(tiny_scorer):
+    """The studio's path: score an image against the engine's Character objects and tagged prompt."""
+    pytest.importorskip("core.character")
+    from core.character import Character
+    from core.metrics import case_from_characters
+
+    ruby = shape_image((220, 30, 30))
+    sky = shape_image((30, 60, 220), kind="rectangle")
+    generated = Image.new("RGB", (128, 64), (240, 240, 240))
+    generated.paste(ruby, (0, 0))
+    generated.paste(sky, (64, 0))
+    characters = [Character(ruby, name="Ruby", mask="left", description="a red ball"),
+                  Character(sky, name="Sky", mask="right")]
+    case = case_from_characters(generated, "[Ruby] meets [Sky]", characters)
+    assert case.prompt == "a red ball meets Sky" and case.regions == [(0.0, 0.0, 0.5, 1.0), (0.5, 0.0, 1.0, 1.0)]
+    result = tiny_scorer.score([case])[0]
+    assert [c["clip_i"] for c in result.per_character] == pytest.approx([1.0, 1.0], abs=1e-5)
+    assert result.dino_i == pytest.approx(1.0, abs=1e-5) and -1 <= result.clip_t <= 1
