@@ -1,0 +1,217 @@
+"""The studio's state, passed to every tab: settings, the lazily loaded pipeline, the library, the history.
+
+Nothing here is module-level: ``build_studio`` makes one :class:`StudioContext` and hands it to each tab's
+``build(ctx)``, and tests make their own.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from core.paths import data_dir
+from core.sources import ModelSources
+
+from .character_library import CharacterLibrary
+from .generation_history import GenerationHistory
+from .loras import LoadedLoras
+from .spaces import on_spaces, on_zero_gpu
+
+log = logging.getLogger(__name__)
+
+# The engine takes 8; the studio's editor has one layer per character, and past four the regions of a 1024 px
+# image get too small to hold a recognisable character.
+MAX_STUDIO_CHARACTERS = 4
+PRESET_CHOICES = ("auto", "full", "balanced", "low", "minimal")
+NO_GPU_NOTICE = ("No CUDA GPU found: with the real FLUX.1 models one image would take hours on the CPU. "
+                 "To try the interface, start the studio with `--models tiny` (small random models, noise images).")
+
+
+@dataclass
+class StudioSettings:
+    """What the user chose: model sources, memory preset, output folder.
+
+    Attributes:
+        models: ``default`` (hub models), ``tiny`` (random test models) or a models directory.
+        base, siglip, dinov2, adapter: optional overrides of single sources (hub ids or local paths).
+        preset: a memory preset name or ``auto``.
+        output_dir: where generated PNGs go (default: ``outputs`` in the user data folder).
+    """
+
+    models: str = "default"
+    preset: str = "auto"
+    output_dir: Path | None = None
+    base: str | None = None
+    siglip: str | None = None
+    dinov2: str | None = None
+    adapter: str | None = None
+
+    def __post_init__(self):
+        self.output_dir = Path(self.output_dir) if self.output_dir else data_dir("outputs")
+
+    def sources(self) -> ModelSources:
+        return ModelSources.parse(self.models).override(base=self.base or None, siglip=self.siglip or None,
+                                                        dinov2=self.dinov2 or None, adapter=self.adapter or None)
+
+    def key(self) -> tuple:
+        return (self.models, self.base, self.siglip, self.dinov2, self.adapter, self.preset)
+
+    @property
+    def is_tiny(self) -> bool:
+        return self.models == "tiny"
+
+
+class JobControl:
+    """Cancel requests per browser session: Cancel sets the session's event, the step callback reads it."""
+
+    def __init__(self):
+        self._events: dict[str, threading.Event] = {}
+        self._lock = threading.Lock()
+
+    def start(self, session: str) -> threading.Event:
+        with self._lock:
+            event = self._events[session] = threading.Event()
+            return event
+
+    def cancel(self, session: str) -> bool:
+        with self._lock:
+            event = self._events.get(session)
+        if event is None:
+            return False
+        event.set()
+        return True
+
+    def finish(self, session: str, event: threading.Event) -> None:
+        with self._lock:
+            if self._events.get(session) is event:
+                del self._events[session]
+
+
+@dataclass
+class LoadedPipeline:
+    pipe: object
+    preset: str
+    dtype: str
+    steps: list[str] = field(default_factory=list)
+
+
+class StudioContext:
+    """Everything the tabs share. One GPU job at a time: :attr:`gpu_lock` (the queue's shared concurrency id
+    already serializes GPU events; the lock also covers direct callers such as tests and other tabs)."""
+
+    def __init__(self, settings: StudioSettings | None = None, *, library: CharacterLibrary | None = None,
+                 history: GenerationHistory | None = None):
+        self.settings = settings or StudioSettings()
+        self.library = library or CharacterLibrary(data_dir("library"))
+        self.history = history or GenerationHistory(data_dir() / "history.jsonl")
+        self.jobs = JobControl()
+        self.loras = LoadedLoras()
+        self.gpu_lock = threading.RLock()
+        self._pipe_lock = threading.RLock()
+        self._loaded: LoadedPipeline | None = None
+        self._loaded_key: tuple | None = None
+
+    # ------------------------------------------------------------------ machine
+    @property
+    def on_spaces(self) -> bool:
+        return on_spaces()
+
+    @property
+    def zero_gpu(self) -> bool:
+        return on_zero_gpu()
+
+    @property
+    def device(self) -> torch.device:
+        return torch.device("cuda" if torch.cuda.is_available() or self.zero_gpu else "cpu")
+
+    @property
+    def has_cuda(self) -> bool:
+        return torch.cuda.is_available() or self.zero_gpu
+
+    def resolve_preset(self, width: int = 1024, height: int = 1024):
+        """``(MemoryPreset, reason)`` for the chosen preset name (``auto`` asks the planner)."""
+        from core.memory import QUANTO_ALTERNATIVE, bitsandbytes_usable, choose_preset, detect_memory, get_preset
+
+        if self.zero_gpu:
+            return get_preset("full"), "ZeroGPU: a large GPU is attached for each request"
+        if self.settings.is_tiny:
+            return get_preset("full"), "tiny test models: a few megabytes, no memory saving needed"
+        bnb_ok = bitsandbytes_usable()
+        if self.settings.preset == "auto":
+            mem = detect_memory()
+            preset, _, reason = choose_preset(mem.vram_total_bytes, mem.ram_total_bytes, width, height,
+                                              bitsandbytes_ok=bnb_ok)
+            return preset, reason
+        preset = get_preset(self.settings.preset)
+        if preset.needs_bitsandbytes and not bnb_ok:
+            return preset.with_quantization(QUANTO_ALTERNATIVE), "bitsandbytes needs a CUDA GPU: using quanto int8"
+        return preset, "chosen in Settings"
+
+    def dtype(self, preset) -> torch.dtype:
+        # bfloat16 matmuls are very slow on most CPUs; float32 there
+        return getattr(torch, preset.dtype) if self.has_cuda else torch.float32
+
+    # ------------------------------------------------------------------ pipeline
+    @property
+    def loaded(self) -> LoadedPipeline | None:
+        return self._loaded
+
+    def pipeline(self, report=None):
+        """The pipeline for the current settings, loading it first if needed.
+
+        ``report(fraction, message)`` is told about each loading stage. Raises ``ModelSourceError``,
+        ``PresetUnavailableError`` or ``MemoryAdviceError`` with one-line messages.
+        """
+        from core.memory import out_of_memory_advice
+        from core.memory_setup import apply_preset, quantization_config_for
+        from core.pipeline import InstantCharacterPipeline
+
+        report = report or (lambda fraction, message: None)
+        with self._pipe_lock:
+            key = self.settings.key()
+            if self._loaded is not None and self._loaded_key == key:
+                return self._loaded.pipe
+            self.unload()
+            report(0.0, "Finding the models")
+            sources = self.settings.sources()
+            preset, reason = self.resolve_preset()
+            kwargs = {}
+            config = quantization_config_for(preset, self.device)
+            if config is not None:
+                kwargs["quantization_config"] = config
+            report(0.1, f"Loading the models (preset {preset.name})")
+            with out_of_memory_advice(preset):
+                pipe = InstantCharacterPipeline.from_pretrained(sources, dtype=self.dtype(preset), progress=False,
+                                                                **kwargs)
+                report(0.8, f"Placing the models (preset {preset.name})")
+                steps = apply_preset(pipe, preset, self.device)
+            pipe.set_progress_bar_config(disable=True)
+            log.info("models loaded: %s; preset %s (%s): %s", sources, preset.name, reason, "; ".join(steps))
+            dtype = str(self.dtype(preset)).removeprefix("torch.")
+            self._loaded = LoadedPipeline(pipe, preset.name, dtype, steps)
+            self._loaded_key = key
+            report(1.0, "Models loaded")
+            return pipe
+
+    def unload(self) -> bool:
+        """Drops the pipeline and frees its memory; False when none was loaded."""
+        from core.memory import free_memory
+
+        with self._pipe_lock:
+            if self._loaded is None:
+                return False
+            self._loaded = None
+            self._loaded_key = None
+            self.loras = LoadedLoras()
+            free_memory()
+            return True
+
+    def status_line(self) -> str:
+        loaded = self._loaded
+        if loaded is None:
+            return f"Models not loaded (they load on the first Generate). Sources: `{self.settings.models}`."
+        return f"Models loaded from `{self.settings.models}` with preset **{loaded.preset}** on {self.device}."

@@ -1,0 +1,59 @@
+"""Turning failures into one-line messages on the page: known user errors as they are, anything else briefly.
+
+Every event handler of the studio is wrapped with :func:`shown_to_user`, so no traceback ever reaches the page;
+unexpected errors are logged in full to the terminal.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+
+import gradio as gr
+
+from core.character import CharacterError
+from core.images import ImageInputError
+from core.masks import MaskError
+from core.memory import MemoryAdviceError
+from core.memory_setup import PresetUnavailableError
+from core.metadata import MetadataError
+from core.pipeline import GenerationInputError
+from core.prompt import PromptError
+from core.sources import ModelSourceError
+
+log = logging.getLogger(__name__)
+
+
+class StudioInputError(ValueError):
+    """A bad value in the studio's own fields (size, seed, LoRA row, library name); one line."""
+
+
+USER_ERRORS: tuple[type[BaseException], ...] = (
+    StudioInputError, CharacterError, ImageInputError, MaskError, PromptError, GenerationInputError, MetadataError,
+    ModelSourceError, MemoryAdviceError, PresetUnavailableError,
+)
+
+
+def one_line(exc: BaseException) -> str:
+    """The first line of an exception's message (its type name when empty)."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def shown_to_user(fn):
+    """Wraps an event handler: known errors become ``gr.Error(one line)``; others are logged, then summarized."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except gr.Error:
+            raise
+        except USER_ERRORS as exc:
+            raise gr.Error(one_line(exc), print_exception=False) from None
+        except Exception as exc:  # noqa: BLE001 - the page gets one line, the terminal the traceback
+            log.exception("unexpected error in %s", fn.__name__)
+            raise gr.Error(f"Unexpected error ({type(exc).__name__}: {one_line(exc)}); details are in the terminal",
+                           print_exception=False) from None
+
+    return wrapper

@@ -1,0 +1,258 @@
+"""One studio generation, as plain functions of values: check the inputs, run the pipeline, save the PNGs.
+
+The Generate tab's handler gathers the page's values into :class:`CharacterSlot` and :class:`GenerationSettings`
+and calls :func:`generate`; tests call it directly. Every bad input raises one of the errors in
+:data:`app.errors.USER_ERRORS` with a one-line message, before any model is loaded where possible.
+"""
+
+from __future__ import annotations
+
+import random
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from PIL import Image
+
+from core.character import Character
+from core.images import MAX_PIXELS, ImageInputError, load_image
+from core.metadata import CharacterRecord, GenerationRecord, save_png
+from core.pipeline import MAX_SIDE
+from core.prompt import PromptError, resolve_prompt
+from core.segmentation import BackgroundThresholdSegmenter, isolate
+
+from .context import MAX_STUDIO_CHARACTERS, StudioContext
+from .errors import StudioInputError
+from .generation_history import HistoryEntry
+from .loras import StyleLora, with_triggers
+from .mask_canvas import slot_masks
+
+MAX_SEED = 2**32 - 1
+MAX_IMAGES_PER_RUN = 4
+
+
+@dataclass
+class CharacterSlot:
+    """One character row of the Generate tab: ``image`` is a path, bytes, PIL image or None (empty slot)."""
+
+    image: object = None
+    name: str | None = None
+    scale: float = 0.9
+    remove_background: bool = False
+
+
+@dataclass
+class GenerationSettings:
+    """The prompt and sampling settings of the Generate tab."""
+
+    prompt: str
+    negative_prompt: str | None = None
+    true_cfg_scale: float = 1.0
+    steps: int = 28
+    guidance: float = 3.5
+    width: int = 1024
+    height: int = 1024
+    seed: int | None = None
+    randomize_seed: bool = True
+    images: int = 1
+    loras: list[StyleLora] = field(default_factory=list)
+
+
+@dataclass
+class GenerationResult:
+    """What a run produced: saved PNG paths (one per image), their seeds, notes for the user, and whether the
+    user cancelled it (the images finished before the cancel are kept)."""
+
+    paths: list[str]
+    seeds: list[int]
+    notes: list[str]
+    cancelled: bool = False
+
+
+def check_size(width, height) -> tuple[int, int]:
+    """Integer width and height, multiples of 16 within the engine's limits; one-line errors otherwise."""
+    sizes = []
+    for label, value in (("Width", width), ("Height", height)):
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            raise StudioInputError(f"{label} must be a number of pixels, got {value!r}") from None
+        if number != int(number) or not 16 <= number <= MAX_SIDE:
+            raise StudioInputError(f"{label} {value:g} is outside 16 to {MAX_SIDE} whole pixels")
+        number = int(number)
+        if number % 16:
+            low, high = number // 16 * 16, number // 16 * 16 + 16
+            raise StudioInputError(f"{label} {number} is not a multiple of 16: use {max(low, 16)} or {high}")
+        sizes.append(number)
+    if sizes[0] * sizes[1] > MAX_PIXELS:
+        raise StudioInputError(f"{sizes[0]}x{sizes[1]} is over {MAX_PIXELS / 1e6:.0f} megapixels: choose a smaller size")
+    return sizes[0], sizes[1]
+
+
+def choose_seed(seed, randomize: bool) -> int:
+    if randomize or seed is None or seed == "":
+        return random.randint(0, MAX_SEED)
+    try:
+        number = float(seed)
+    except (TypeError, ValueError):
+        raise StudioInputError(f"seed must be a whole number, got {seed!r}") from None
+    if number != int(number) or not 0 <= number <= MAX_SEED:
+        raise StudioInputError(f"seed {seed!r} must be a whole number from 0 to {MAX_SEED}")
+    return int(number)
+
+
+def slot_label(index: int, name: str | None) -> str:
+    return f"Character {index + 1}" + (f" [{name.strip()}]" if name and name.strip() else "")
+
+
+def conversion_note(source, label: str) -> str | None:
+    """What reading an accepted image changes (first frame of an animation, CMYK, 16-bit, transparency)."""
+    try:
+        image = source if isinstance(source, Image.Image) else Image.open(source)
+    except (OSError, ValueError, TypeError):
+        return None  # unreadable files are reported by load_image
+    changes = []
+    if getattr(image, "n_frames", 1) > 1:
+        changes.append("animated: its first frame is used")
+    if image.mode == "CMYK":
+        changes.append("CMYK: converted to RGB")
+    if image.mode.startswith("I") or image.mode == "F":
+        changes.append("16-bit: converted to 8-bit")
+    if image.mode in ("RGBA", "LA", "PA") or "transparency" in image.info:
+        changes.append("transparent areas are filled with white")
+    return f"{label}: {', '.join(changes)}" if changes else None
+
+
+def remove_background(image: Image.Image) -> Image.Image:
+    """The character on white, background found by colour distance from the border (plain backgrounds only)."""
+    return isolate(image, BackgroundThresholdSegmenter()(image), crop=False)
+
+
+def build_characters(slots: list[CharacterSlot], canvas) -> tuple[list[Character], list[str]]:
+    """Characters from the filled slots with their masks from the canvas; ``(characters, notes)``."""
+    if len(slots) > MAX_STUDIO_CHARACTERS:
+        raise StudioInputError(f"at most {MAX_STUDIO_CHARACTERS} characters fit in the studio")
+    used, labels, notes = [], {}, []
+    for i, slot in enumerate(slots):
+        labels[i] = slot_label(i, slot.name)
+        if slot.image is None:
+            if slot.name and slot.name.strip():
+                raise StudioInputError(f"{labels[i]} has a name but no image: add an image or remove the character")
+            continue
+        used.append(i)
+    masks, mask_notes = slot_masks(canvas, used, labels)
+    notes += mask_notes
+    characters = []
+    for i in used:
+        slot = slots[i]
+        try:
+            scale = float(slot.scale)
+        except (TypeError, ValueError):
+            raise StudioInputError(f"{labels[i]}: scale must be a number, got {slot.scale!r}") from None
+        if not 0 <= scale <= 1.5:
+            raise StudioInputError(f"{labels[i]}: scale {scale:g} is outside 0 to 1.5")
+        note = conversion_note(slot.image, labels[i])
+        if note:
+            notes.append(note)
+        characters.append(_character(slot, labels[i], scale, masks[i]))
+    return characters, notes
+
+
+def _character(slot: CharacterSlot, label: str, scale: float, mask) -> Character:
+    source = slot.image
+    if isinstance(source, (str, Path)) and not Path(source).is_file():
+        raise ImageInputError(f"{label}: the uploaded file is gone; upload it again")
+    image = load_image(source, name=label)
+    if slot.remove_background:
+        image = remove_background(image)
+    return Character(image, name=(slot.name or "").strip() or None, scale=scale, mask=mask)
+
+
+def check_settings(settings: GenerationSettings) -> tuple[int, int]:
+    """Checks everything that needs no model; returns the size."""
+    if not isinstance(settings.prompt, str) or not settings.prompt.strip():
+        raise PromptError("write a prompt first: describe the image to make")
+    width, height = check_size(settings.width, settings.height)
+    steps, images = settings.steps, settings.images
+    if steps is None or int(steps) != steps or not 1 <= steps <= 100:
+        raise StudioInputError(f"steps must be a whole number from 1 to 100, got {steps!r}")
+    if images is None or int(images) != images or not 1 <= images <= MAX_IMAGES_PER_RUN:
+        raise StudioInputError(f"images per run must be 1 to {MAX_IMAGES_PER_RUN}, got {images!r}")
+    if settings.true_cfg_scale is None or settings.true_cfg_scale < 1:
+        raise StudioInputError(f"true CFG scale must be at least 1 (1 turns it off), got {settings.true_cfg_scale!r}")
+    if settings.guidance is None or settings.guidance < 0:
+        raise StudioInputError(f"guidance must not be negative, got {settings.guidance!r}")
+    return width, height
+
+
+def generate(ctx: StudioContext, slots: list[CharacterSlot], canvas, settings: GenerationSettings,
+             report=None, cancel: threading.Event | None = None) -> GenerationResult:
+    """Runs one generation and saves each image as a PNG with full metadata in the output folder.
+
+    ``report(fraction, message)`` hears about loading and each denoising step; setting ``cancel`` stops after the
+    current step. Image ``k`` of a run uses seed ``seed + k``, so every PNG reproduces on its own.
+    """
+    report = report or (lambda fraction, message: None)
+    width, height = check_settings(settings)
+    characters, notes = build_characters(slots, canvas)
+    prompt = with_triggers(settings.prompt, settings.loras)
+    resolve_prompt(prompt, characters)  # unknown [tags]: fail before loading anything
+    seed = choose_seed(settings.seed, settings.randomize_seed)
+    steps, count = int(settings.steps), int(settings.images)
+    negative = (settings.negative_prompt or "").strip() or None
+    paths, seeds, cancelled = [], [], False
+    from core.memory import out_of_memory_advice
+
+    with ctx.gpu_lock:
+        pipe = ctx.pipeline(report=lambda f, message: report(0.0, message))
+        ctx.loras.apply(pipe, settings.loras)
+        preset = ctx.loaded.preset
+        for k in range(count):
+            image_seed = (seed + k) % (MAX_SEED + 1)
+
+            def on_step(pipe, i, t, tensors, k=k):
+                report((k * steps + i + 1) / (count * steps), f"Image {k + 1}/{count}: step {i + 1}/{steps}")
+                if cancel is not None and cancel.is_set():
+                    pipe._interrupt = True
+                return {}
+
+            with out_of_memory_advice(preset, width=width, height=height):
+                result = pipe(prompt, characters=characters, negative_prompt=negative,
+                              true_cfg_scale=float(settings.true_cfg_scale), num_inference_steps=steps,
+                              guidance_scale=float(settings.guidance), height=height, width=width,
+                              generator=torch.Generator("cpu").manual_seed(image_seed), callback_on_step_end=on_step)
+            if cancel is not None and cancel.is_set():
+                cancelled = True
+                break
+            notes += [n for n in result.notes if n not in notes]
+            record = _record(ctx, settings, characters, image_seed, width, height, steps, negative, preset)
+            paths.append(str(_save(ctx, result.images[0], record)))
+            seeds.append(image_seed)
+            ctx.history.add(HistoryEntry(paths[-1], settings.prompt, image_seed, width, height,
+                                         [c.name or f"character {j + 1}" for j, c in enumerate(characters)]))
+    if cancelled:
+        notes.append(f"cancelled: {len(paths)} of {count} images finished")
+    return GenerationResult(paths, seeds, notes, cancelled)
+
+
+def _record(ctx, settings, characters, seed, width, height, steps, negative, preset) -> GenerationRecord:
+    sources = ctx.settings.sources()
+    return GenerationRecord(
+        prompt=settings.prompt, seed=seed, width=width, height=height, num_inference_steps=steps,
+        guidance_scale=float(settings.guidance), negative_prompt=negative,
+        true_cfg_scale=float(settings.true_cfg_scale),
+        characters=[CharacterRecord.from_character(c) for c in characters],
+        loras=[lora.record() for lora in settings.loras],
+        models={"base": sources.base, "siglip": sources.siglip, "dinov2": sources.dinov2,
+                "adapter": sources.adapter, "spec": ctx.settings.models},
+        dtype=ctx.loaded.dtype, preset=preset,
+    )
+
+
+def _save(ctx: StudioContext, image: Image.Image, record: GenerationRecord) -> Path:
+    folder = Path(ctx.settings.output_dir)
+    name = f"{time.strftime('%Y%m%d-%H%M%S')}-{record.seed}-{uuid.uuid4().hex[:6]}.png"
+    return save_png(image, folder / name, record)

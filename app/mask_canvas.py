@@ -1,0 +1,166 @@
+"""The routing-mask canvas: one named, colour-coded layer per character slot in ``gr.ImageEditor``.
+
+Values are the editor's ``{"background", "layers", "composite"}`` dicts with PIL images. Layer ``i`` is the mask of
+character slot ``i``: whatever is painted on it (its alpha) is where that character may appear. The canvas has the
+output's aspect ratio at a preview size; masks are resized to the latent grid by the engine, so only the shape
+matters.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+from core.masks import MaskError, RoutingMask
+
+from .context import MAX_STUDIO_CHARACTERS
+
+COLOURS = [(220, 50, 47), (38, 139, 210), (133, 153, 0), (203, 75, 22)]
+COLOUR_NAMES = ["red", "blue", "green", "orange"]
+LAYER_NAMES = [f"Character {i + 1} ({COLOUR_NAMES[i]})" for i in range(MAX_STUDIO_CHARACTERS)]
+PREVIEW_SIDE = 512
+PAINTED = 0.1  # alpha above which a pixel counts as painted: brush edges are soft, the intent is not
+
+LAYOUTS = {
+    "Whole image": lambda n: ["whole"] * n,
+    "Left / right": lambda n: ["left", "right"] if n == 2 else [f"grid:1x{n}:{i + 1}" for i in range(n)],
+    "Side by side": lambda n: [f"grid:1x{n}:{i + 1}" for i in range(n)],
+    "Thirds": lambda n: ["left-third", "center-third", "right-third", "whole"][:n] if n <= 3 else
+    [f"grid:1x{n}:{i + 1}" for i in range(n)],
+    "Top / bottom": lambda n: ["top", "bottom"] if n == 2 else [f"grid:{n}x1:{i + 1}" for i in range(n)],
+    "Grid 2x2": lambda n: [f"grid:2x2:{i + 1}" for i in range(n)],
+}
+
+
+def preview_size(width: int, height: int) -> tuple[int, int]:
+    """The canvas size for an output of ``width`` x ``height``: same aspect ratio, longer side ``PREVIEW_SIDE``."""
+    scale = PREVIEW_SIDE / max(width, height)
+    return max(1, round(width * scale)), max(1, round(height * scale))
+
+
+def _layer(size: tuple[int, int], mask: np.ndarray | None, index: int) -> Image.Image:
+    layer = Image.new("RGBA", size, COLOURS[index] + (0,))
+    if mask is not None:
+        alpha = Image.fromarray(np.round(np.clip(mask, 0, 1) * 255).astype(np.uint8), "L")
+        layer.putalpha(alpha.resize(size, Image.Resampling.BILINEAR))
+    return layer
+
+
+def _editor_value(size: tuple[int, int], masks: list[np.ndarray | None]) -> dict:
+    background = Image.new("RGBA", size, (255, 255, 255, 255))
+    layers = [_layer(size, masks[i] if i < len(masks) else None, i) for i in range(MAX_STUDIO_CHARACTERS)]
+    composite = background.copy()
+    for layer in layers:
+        # half-transparent in the composite so overlapping regions stay visible
+        faded = layer.copy()
+        faded.putalpha(layer.getchannel("A").point(lambda a: a // 2))
+        composite = Image.alpha_composite(composite, faded)
+    return {"background": background, "layers": layers, "composite": composite}
+
+
+def _mask_array(mask: RoutingMask, size: tuple[int, int]) -> np.ndarray:
+    w, h = size
+    if mask.image is not None:
+        image = Image.fromarray(mask.image.astype(np.float32), mode="F").resize(size, Image.Resampling.BILINEAR)
+        return np.asarray(image, dtype=np.float32)
+    x0, y0, x1, y1 = mask.box
+    canvas = Image.new("L", size, 0)
+    ImageDraw.Draw(canvas).rectangle([round(x0 * w), round(y0 * h), round(x1 * w) - 1, round(y1 * h) - 1], fill=255)
+    return np.asarray(canvas, dtype=np.float32) / 255.0
+
+
+def blank_canvas(width: int, height: int) -> dict:
+    """An empty canvas for an output of ``width`` x ``height`` (no masks: whole image / automatic layout)."""
+    return _editor_value(preview_size(width, height), [])
+
+
+def layout_canvas(layout: str, count: int, width: int, height: int) -> dict:
+    """A canvas with a one-click layout painted on the first ``count`` layers."""
+    if layout not in LAYOUTS:
+        raise MaskError(f"unknown layout {layout!r}: choose one of {', '.join(LAYOUTS)}")
+    count = max(1, min(count, MAX_STUDIO_CHARACTERS))
+    size = preview_size(width, height)
+    specs = LAYOUTS[layout](count)
+    return _editor_value(size, [_mask_array(RoutingMask.from_spec(spec), size) for spec in specs])
+
+
+def canvas_from_masks(masks: list[RoutingMask | None], width: int, height: int) -> dict:
+    """A canvas showing the given masks (as recalled from metadata), one per slot."""
+    size = preview_size(width, height)
+    return _editor_value(size, [None if m is None else _mask_array(m, size) for m in masks])
+
+
+def _layers(value) -> list[Image.Image | None]:
+    if not value or not isinstance(value, dict):
+        return []
+    layers = value.get("layers") or []
+    return [layer if isinstance(layer, Image.Image) else (Image.open(layer) if layer else None) for layer in layers]
+
+
+def layer_masks(value) -> list[np.ndarray | None]:
+    """Per layer: a binary float mask (H, W) of what is painted on it, or None for an empty layer."""
+    found = []
+    for layer in _layers(value):
+        if layer is None:
+            found.append(None)
+            continue
+        alpha = np.asarray(layer.convert("RGBA").getchannel("A"), dtype=np.float32) / 255.0
+        painted = (alpha > PAINTED).astype(np.float32)
+        found.append(painted if painted.any() else None)
+    return found
+
+
+def resize_canvas(value, width: int, height: int) -> dict:
+    """The canvas re-made for a new output size, each layer's painting stretched to the new aspect ratio."""
+    masks = layer_masks(value)
+    size = preview_size(width, height)
+    resized = []
+    for mask in masks:
+        if mask is None:
+            resized.append(None)
+            continue
+        image = Image.fromarray(mask.astype(np.float32), mode="F").resize(size, Image.Resampling.BILINEAR)
+        resized.append(np.asarray(image, dtype=np.float32))
+    return _editor_value(size, resized)
+
+
+def slot_masks(value, used_slots: list[int], labels: dict[int, str]) -> tuple[dict[int, RoutingMask | None], list[str]]:
+    """Masks for the character slots in use, from the canvas.
+
+    Nothing painted anywhere: no masks (one character covers the image; several are laid out automatically).
+    Otherwise every slot in use needs paint on its layer; paint on a layer whose slot is empty is ignored (noted).
+
+    Returns ``({slot: mask or None}, notes)``; raises :class:`MaskError` for a character with an empty mask.
+    """
+    masks = layer_masks(value)
+    masks += [None] * (MAX_STUDIO_CHARACTERS - len(masks))
+    notes = []
+    if not any(masks[i] is not None for i in used_slots):
+        stray = [LAYER_NAMES[i] for i, m in enumerate(masks) if m is not None]
+        if stray:
+            notes.append(f"paint on {', '.join(stray)} ignored: no character in that slot")
+        return {i: None for i in used_slots}, notes
+    result = {}
+    for i in used_slots:
+        if masks[i] is None:
+            raise MaskError(f"{labels[i]} has an empty mask: paint on layer '{LAYER_NAMES[i]}', pick a layout, "
+                            "or clear the canvas to place characters automatically")
+        result[i] = RoutingMask.from_spec(masks[i])
+    for i, m in enumerate(masks):
+        if m is not None and i not in used_slots:
+            notes.append(f"paint on {LAYER_NAMES[i]} ignored: no character in that slot")
+    return result, notes
+
+
+def permute_canvas(value, order: list[int | None], width: int, height: int) -> dict:
+    """The canvas with its layers re-ordered: new layer ``j`` is old layer ``order[j]`` (None: empty)."""
+    masks = layer_masks(value)
+    masks += [None] * (MAX_STUDIO_CHARACTERS - len(masks))
+    size = preview_size(width, height)
+    moved = []
+    for source in order:
+        mask = masks[source] if source is not None else None
+        if mask is not None and mask.shape != (size[1], size[0]):
+            mask = np.asarray(Image.fromarray(mask, mode="F").resize(size, Image.Resampling.BILINEAR))
+        moved.append(mask)
+    return _editor_value(size, moved)

@@ -1,0 +1,163 @@
+"""The studio: builds the Gradio page from the tab modules and launches it.
+
+``instantcharacter-studio`` with no command calls :func:`launch` (``app.cli`` adds :func:`add_launch_arguments`).
+The Story and Trainer tabs plug in as ``app/tabs/story.py`` and ``app/tabs/train.py`` exposing ``build(ctx)``;
+the Trainer tab is left out on ZeroGPU, where training cannot run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import importlib.util
+import ipaddress
+import logging
+import sys
+from pathlib import Path
+
+import gradio as gr
+
+from .context import NO_GPU_NOTICE, PRESET_CHOICES, StudioContext, StudioSettings
+from .tabs import generate, history, library, settings
+
+log = logging.getLogger(__name__)
+
+ASSETS = Path(__file__).resolve().parents[1] / "assets"
+MAX_UPLOAD = "50mb"  # the largest character image core.images accepts
+QUEUE_SIZE = 64
+TITLE = "InstantCharacter Studio"
+# Optional tabs written as their own modules: (module under app.tabs, tab label, shown on ZeroGPU)
+PLUGIN_TABS = (("story", "Story", True), ("train", "Trainer", False))
+
+
+def _plugin(name: str):
+    """``app.tabs.<name>`` when that module exists (its import errors are real errors, not hidden)."""
+    if importlib.util.find_spec(f"{__package__}.tabs.{name}") is None:
+        return None
+    return importlib.import_module(f"{__package__}.tabs.{name}")
+
+
+def build_studio(ctx: StudioContext) -> gr.Blocks:
+    """The whole page for ``ctx``; the tabs' components are reachable as ``demo.studio_tabs[name]``."""
+    with gr.Blocks(title=TITLE, fill_width=True) as demo:
+        gr.Markdown(f"# {TITLE}\nPut your characters into new images with FLUX.1 and InstantCharacter.")
+        if not ctx.has_cuda and not ctx.settings.is_tiny:
+            gr.Markdown(f"> **{NO_GPU_NOTICE}**", elem_id="no-gpu-notice")
+        elif ctx.settings.is_tiny:
+            gr.Markdown("> Running on **tiny test models**: the interface works end to end, the images are noise.")
+        tabs: dict = {}
+        with gr.Tabs() as demo.studio_tab_bar:
+            with gr.Tab("Generate", id="generate"):
+                tabs["generate"] = generate.build(ctx)
+            for name, label, on_zero_gpu in PLUGIN_TABS:
+                module = _plugin(name)
+                if module is None or (ctx.zero_gpu and not on_zero_gpu):
+                    continue
+                with gr.Tab(label, id=name):
+                    tabs[name] = module.build(ctx)
+            with gr.Tab("Library", id="library") as library_tab:
+                tabs["library"] = library.build(ctx)
+            with gr.Tab("History", id="history") as history_tab:
+                tabs["history"] = history.build(ctx)
+            with gr.Tab("Settings", id="settings"):
+                tabs["settings"] = settings.build(ctx)
+        _link_tabs(demo, tabs, library_tab, history_tab)
+    demo.studio_tabs = tabs
+    demo.queue(default_concurrency_limit=4, max_size=QUEUE_SIZE)
+    return demo
+
+
+def _link_tabs(demo, tabs, library_tab, history_tab) -> None:
+    gen, hist, lib = tabs["generate"], tabs["history"], tabs["library"]
+    library_tab.select(lib.refresh, None, lib.gallery, api_visibility="private")
+    history_tab.select(hist.events.gallery, None, hist.gallery, api_visibility="private")
+    hist.recall.click(gen.recall_event_handler, hist.selected, generate.recall_outputs(gen),
+                      api_visibility="private").success(lambda: gr.Tabs(selected="generate"), None,
+                                                        demo.studio_tab_bar, api_visibility="private")
+
+
+# ---------------------------------------------------------------------------------------------------- launching
+def add_launch_arguments(parser: argparse.ArgumentParser) -> None:
+    """The studio's options (the command's defaults when no subcommand is given)."""
+    parser.add_argument("--host", default="127.0.0.1",
+                        help="address to listen on (default: this computer only; 0.0.0.0 opens it to the network)")
+    parser.add_argument("--port", type=int, default=7860, help="port (default 7860)")
+    parser.add_argument("--share", action="store_true", help="also make a public gradio.live link (warns)")
+    parser.add_argument("--auth", default=None, metavar="USER:PASS", help="require this login")
+    parser.add_argument("--models", default="default",
+                        help="default (Hugging Face Hub), tiny (small random models to try the interface) or a "
+                             "models folder (flux/, siglip/, dinov2/, adapter file)")
+    parser.add_argument("--preset", default="auto", choices=PRESET_CHOICES, help="memory preset (default: auto)")
+    parser.add_argument("--output-dir", default=None,
+                        help="where generated PNGs go (default: outputs/ in the user data folder)")
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def parse_auth(value: str | None) -> tuple[str, str] | None:
+    if value is None:
+        return None
+    user, sep, password = value.partition(":")
+    if not sep or not user or not password:
+        raise ValueError("--auth must be USER:PASS with both parts non-empty")
+    return user, password
+
+
+def exposure_warnings(host: str, share: bool, auth) -> list[str]:
+    """Warnings for settings that let other people reach the studio."""
+    warnings = []
+    if share:
+        warnings.append("--share makes the studio reachable by anyone with the gradio.live link"
+                        + ("" if auth else "; consider --auth USER:PASS"))
+    if not is_loopback(host):
+        warnings.append(f"--host {host} opens the studio to the network"
+                        + ("" if auth else " without a login; consider --auth USER:PASS"))
+    return warnings
+
+
+def launch_kwargs(ctx: StudioContext, args: argparse.Namespace) -> dict:
+    """The ``Blocks.launch`` arguments: host, port, login, upload limit and the only folders served."""
+    return dict(server_name=args.host, server_port=args.port, share=args.share, auth=parse_auth(args.auth),
+                max_file_size=MAX_UPLOAD, allowed_paths=[str(ctx.settings.output_dir), str(ASSETS)],
+                show_error=False, theme=gr.themes.Soft())
+
+
+def launch(args: argparse.Namespace, *, block: bool = True):
+    """Starts the studio; returns 0 when it stops (``block=False``: returns ``(demo, url)`` at once, for tests)."""
+    ctx = StudioContext(StudioSettings(models=args.models, preset=args.preset, output_dir=args.output_dir))
+    kwargs = launch_kwargs(ctx, args)
+    for warning in exposure_warnings(args.host, args.share, kwargs["auth"]):
+        print(f"warning: {warning}", file=sys.stderr)
+    if not ctx.has_cuda and not ctx.settings.is_tiny:
+        print(f"note: {NO_GPU_NOTICE}", file=sys.stderr)
+    demo = build_studio(ctx)
+    if not block:
+        _, url, _ = demo.launch(prevent_thread_lock=True, quiet=True, **kwargs)
+        return demo, url
+    demo.launch(**kwargs)
+    return 0
+
+
+def build_space() -> tuple[gr.Blocks, dict]:
+    """The studio as a Hugging Face Space: ``(demo, launch kwargs)``.
+
+    Models come from ``INSTANTCHARACTER_MODELS`` (default: the hub models; ``tiny`` for a CPU demo Space). On
+    ZeroGPU the models are loaded at start-up, outside the GPU functions, as ZeroGPU expects.
+    """
+    import os
+
+    ctx = StudioContext(StudioSettings(models=os.environ.get("INSTANTCHARACTER_MODELS", "default"),
+                                       preset=os.environ.get("INSTANTCHARACTER_PRESET", "auto")))
+    if ctx.zero_gpu and os.environ.get("INSTANTCHARACTER_PRELOAD", "1") != "0":
+        ctx.pipeline()
+    demo = build_studio(ctx)
+    # Spaces sets the host and port through GRADIO_SERVER_NAME / GRADIO_SERVER_PORT
+    return demo, dict(max_file_size=MAX_UPLOAD, allowed_paths=[str(ctx.settings.output_dir), str(ASSETS)],
+                      show_error=False, theme=gr.themes.Soft())

@@ -1,0 +1,186 @@
+"""The Generate tab: characters, routing-mask canvas, prompt and settings, Generate/Cancel, gallery and Recall."""
+
+from types import SimpleNamespace
+
+import gradio as gr
+
+from ..components import CharacterImage
+from ..context import MAX_STUDIO_CHARACTERS, StudioContext
+from ..errors import shown_to_user
+from ..generation import MAX_IMAGES_PER_RUN, MAX_SEED
+from ..loras import MAX_LORAS, MAX_WEIGHT
+from ..mask_canvas import COLOURS, LAYER_NAMES, LAYOUTS, blank_canvas, preview_size
+from . import generate_events as ev
+
+GPU = dict(concurrency_limit=1, concurrency_id="gpu")  # one GPU job at a time across all tabs
+
+
+def _character_rows(ctx: StudioContext, defaults: dict) -> SimpleNamespace:
+    rows = SimpleNamespace(groups=[], images=[], names=[], scales=[], backgrounds=[], library=[], save=[], remove=[],
+                           up=[])
+    for i in range(MAX_STUDIO_CHARACTERS):
+        with gr.Group(visible=i == 0) as group:
+            with gr.Row(equal_height=False):
+                image = CharacterImage(label=f"Character {i + 1} ({LAYER_NAMES[i].split('(')[1]}", type="filepath",
+                                       image_mode=None, format="png", sources=["upload", "clipboard"], height=180,
+                                       elem_id=f"character-image-{i + 1}")
+                with gr.Column(min_width=220):
+                    name = gr.Textbox(label="Name (prompt tag)", placeholder="e.g. Mia", max_lines=1,
+                                      elem_id=f"character-name-{i + 1}")
+                    scale = gr.Slider(0.0, 1.5, value=defaults["scale"], step=0.05, label="Scale")
+                    background = gr.Checkbox(label="Remove plain background", value=False)
+                    library = gr.Dropdown(choices=ctx.library.names(), value=None, label="From library",
+                                          allow_custom_value=False)
+                    with gr.Row():
+                        save = gr.Button("Save to library", size="sm")
+                        up = gr.Button("Move up", size="sm", visible=i > 0)
+                        remove = gr.Button("Remove", size="sm")
+        for attr, value in zip(("groups", "images", "names", "scales", "backgrounds", "library", "save", "up", "remove"),
+                               (group, image, name, scale, background, library, save, up, remove)):
+            getattr(rows, attr).append(value)
+    return rows
+
+
+def build(ctx: StudioContext) -> SimpleNamespace:
+    """Creates the tab's components inside the current Blocks/Tab and wires their events; returns them."""
+    defaults = ev.defaults_for(ctx)
+    events = ev.GenerateEvents(ctx)
+    ui = SimpleNamespace()
+    ui.count = gr.State(1)
+    ui.session_paths = gr.State([])
+    with gr.Row(equal_height=False):
+        with gr.Column(scale=5):
+            gr.Markdown(f"### Characters (up to {MAX_STUDIO_CHARACTERS})")
+            ui.rows = _character_rows(ctx, defaults)
+            ui.add = gr.Button("Add character", size="sm")
+            gr.Markdown("### Where each character goes\nPaint on a character's layer (its colour), or pick a layout. "
+                        "Leave the canvas empty to place characters automatically.")
+            ui.canvas = gr.ImageEditor(
+                value=blank_canvas(defaults["width"], defaults["height"]), type="pil", label="Routing masks",
+                layers=gr.LayerOptions(layers=list(LAYER_NAMES), allow_additional_layers=False),
+                brush=gr.Brush(colors=[f"rgb{c}" for c in COLOURS], color_mode="fixed"),
+                canvas_size=preview_size(defaults["width"], defaults["height"]), sources=(), transforms=(),
+                format="png", height=460, elem_id="mask-canvas")
+            with gr.Row():
+                ui.layout = gr.Dropdown(list(LAYOUTS), value="Left / right", label="Layout", scale=2)
+                ui.apply_layout = gr.Button("Apply layout", size="sm")
+                ui.whole = gr.Button("Whole image", size="sm")
+                ui.clear = gr.Button("Clear masks", size="sm")
+        with gr.Column(scale=6):
+            ui.prompt = gr.Textbox(label="Prompt", lines=3, elem_id="prompt",
+                                   placeholder="[Mia] reading in a sunny café, watercolour")
+            with gr.Row():
+                ui.tags = [gr.Button(f"[Character {i + 1}]", size="sm", min_width=80)
+                           for i in range(MAX_STUDIO_CHARACTERS)]
+            with gr.Row():
+                ui.generate = gr.Button("Generate", variant="primary", elem_id="generate")
+                ui.cancel = gr.Button("Cancel", variant="stop")
+            ui.gallery = gr.Gallery(label="Results", columns=2, height=420, format="png", type="filepath",
+                                    elem_id="gallery")
+            ui.notes = gr.Markdown()
+            with gr.Accordion("Settings", open=True):
+                ui.negative_prompt = gr.Textbox(label="Negative prompt (used when true CFG > 1)", lines=1)
+                with gr.Row():
+                    ui.true_cfg_scale = gr.Slider(1.0, 10.0, value=defaults["true_cfg_scale"], step=0.5,
+                                                  label="True CFG scale (1 = off, 2x slower above)")
+                    ui.guidance = gr.Slider(0.0, 10.0, value=defaults["guidance"], step=0.1, label="Guidance")
+                    ui.steps = gr.Slider(1, 100, value=defaults["steps"], step=1, label="Steps")
+                with gr.Row():
+                    ui.size_preset = gr.Dropdown(list(ev.SIZE_PRESETS), label="Size",
+                                                 value=ev.size_preset_for(defaults["width"], defaults["height"]))
+                    ui.width = gr.Number(value=defaults["width"], label="Width", precision=0, step=16, minimum=16)
+                    ui.height = gr.Number(value=defaults["height"], label="Height", precision=0, step=16, minimum=16)
+                with gr.Row():
+                    ui.seed = gr.Number(value=defaults["seed"], label="Seed", precision=0, minimum=0, maximum=MAX_SEED)
+                    ui.randomize_seed = gr.Checkbox(value=True, label="Randomize seed")
+                    ui.images = gr.Slider(1, MAX_IMAGES_PER_RUN, value=1, step=1, label="Images per run")
+            with gr.Accordion("Style LoRAs", open=False):
+                gr.Markdown("A `.safetensors` file, `owner/repo` or `owner/repo/file.safetensors`; trigger words "
+                            "are added to the prompt.")
+                ui.loras = []
+                for j in range(MAX_LORAS):
+                    with gr.Row():
+                        ui.loras += [gr.Textbox(label=f"LoRA {j + 1}", scale=3, max_lines=1),
+                                     gr.Slider(-MAX_WEIGHT, MAX_WEIGHT, value=1.0, step=0.05, label="Weight", scale=2),
+                                     gr.Textbox(label="Trigger words", scale=2, max_lines=1)]
+            with gr.Accordion("Recall", open=False):
+                ui.recall_file = gr.File(label="A PNG made by the studio (or click a gallery image)",
+                                         file_types=[".png"], type="filepath")
+                ui.recall = gr.Button("Recall settings")
+    _wire(ctx, ui, events)
+    return ui
+
+
+def _slot_components(ui) -> list:
+    r = ui.rows
+    return [c for i in range(MAX_STUDIO_CHARACTERS)
+            for c in (r.images[i], r.names[i], r.scales[i], r.backgrounds[i])]
+
+
+def generate_inputs(ui) -> list:
+    """The Generate event's inputs, in :data:`generate_events.GENERATE_FIELDS` order."""
+    return _slot_components(ui) + [ui.canvas, ui.prompt, ui.negative_prompt, ui.true_cfg_scale, ui.steps,
+                                   ui.guidance, ui.width, ui.height, ui.seed, ui.randomize_seed, ui.images] + ui.loras
+
+
+def recall_outputs(ui) -> list:
+    """The Recall event's outputs, in :data:`generate_events.RECALL_FIELDS` order."""
+    return (_slot_components(ui) + ui.rows.groups + [ui.count, ui.canvas, ui.prompt, ui.negative_prompt,
+                                                     ui.true_cfg_scale, ui.steps, ui.guidance, ui.width, ui.height,
+                                                     ui.seed, ui.randomize_seed, ui.size_preset] + ui.loras)
+
+
+def _wire(ctx: StudioContext, ui, events: ev.GenerateEvents) -> None:
+    rows = ui.rows
+    slot_values = _slot_components(ui)
+    reorder_outputs = slot_values + rows.groups + [ui.count, ui.canvas]
+    ui.add.click(ev.add_slot, ui.count, rows.groups + [ui.count], api_visibility="private")
+    for i in range(MAX_STUDIO_CHARACTERS):
+        remove, move_up = ev.slot_handlers(i)
+        head = [ui.count, ui.canvas, ui.width, ui.height]
+        rows.remove[i].click(remove, head + slot_values, reorder_outputs, api_visibility="private")
+        rows.up[i].click(move_up, head + slot_values, reorder_outputs, api_visibility="private")
+        rows.names[i].change(ev.tag_label, [rows.names[i], gr.State(i + 1)], ui.tags[i], api_visibility="private")
+        ui.tags[i].click(ev.insert_tag, [ui.prompt, rows.names[i], gr.State(i + 1)], ui.prompt,
+                         api_visibility="private")
+        rows.save[i].click(shown_to_user(lambda image, name, scale: _save_to_library(ctx, image, name, scale)),
+                           [rows.images[i], rows.names[i], rows.scales[i]], rows.library[i], api_visibility="private")
+        rows.library[i].focus(lambda: gr.update(choices=ctx.library.names()), None, rows.library[i],
+                              api_visibility="private")
+        rows.library[i].input(shown_to_user(lambda name: _from_library(ctx, name)), rows.library[i],
+                              [rows.images[i], rows.names[i], rows.scales[i]], api_visibility="private")
+    ui.apply_layout.click(ev.apply_layout, [ui.layout, ui.count, ui.width, ui.height], ui.canvas,
+                          api_visibility="private")
+    ui.whole.click(ev.apply_layout, [gr.State("Whole image"), ui.count, ui.width, ui.height], ui.canvas,
+                   api_visibility="private")
+    ui.clear.click(ev.clear_canvas, [ui.width, ui.height], ui.canvas, api_visibility="private")
+    ui.size_preset.input(ev.pick_size, [ui.size_preset, ui.width, ui.height], [ui.width, ui.height],
+                         api_visibility="private").then(ev.follow_size, [ui.canvas, ui.width, ui.height], ui.canvas,
+                                                        api_visibility="private")
+    for box in (ui.width, ui.height):
+        for trigger in (box.blur, box.submit):
+            trigger(ev.follow_size, [ui.canvas, ui.width, ui.height], ui.canvas, api_visibility="private")
+    run = ui.generate.click(events.generate, generate_inputs(ui) + [ui.session_paths],
+                            [ui.gallery, ui.session_paths, ui.notes, ui.seed], api_name="generate", **GPU)
+    ui.cancel.click(events.cancel, None, None, queue=False, api_name="cancel")
+    ui.generate_event = run
+    ui.gallery.select(_selected_path, ui.session_paths, ui.recall_file, api_visibility="private")
+    ui.recall.click(events.recall, ui.recall_file, recall_outputs(ui), api_name="recall")
+    ui.recall_event_handler = events.recall
+
+
+def _selected_path(paths, evt: gr.SelectData):
+    return paths[evt.index] if paths and evt.index is not None and evt.index < len(paths) else None
+
+
+def _save_to_library(ctx: StudioContext, image, name, scale):
+    entry = ctx.library.save(image, name, scale)
+    gr.Info(f"Saved [{entry.name}] to the library")
+    return gr.update(choices=ctx.library.names(), value=None)
+
+
+def _from_library(ctx: StudioContext, name):
+    if not name:
+        return gr.update(), gr.update(), gr.update()
+    entry = ctx.library.get(name)
+    return str(entry.image_path), entry.name, entry.scale

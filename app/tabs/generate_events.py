@@ -1,0 +1,256 @@
+"""The Generate tab's event handlers: plain functions of the page's values, testable without a browser.
+
+The page's inputs travel as flat lists in the orders :data:`GENERATE_FIELDS` and :data:`RECALL_FIELDS`;
+:func:`form_values` builds such a list from keyword arguments (tests and scripted ``gradio_client`` calls use it).
+No ``from __future__ import annotations`` here: Gradio reads the ``gr.Request`` annotations at runtime.
+"""
+
+import random
+
+import gradio as gr
+
+from core.masks import RoutingMask
+from core.metadata import image_from_b64, read_record
+
+from ..context import MAX_STUDIO_CHARACTERS, StudioContext
+from ..errors import StudioInputError, shown_to_user
+from ..generation import CharacterSlot, GenerationSettings, MAX_SEED, generate
+from ..loras import MAX_LORAS, StyleLora, parse_rows
+from ..mask_canvas import blank_canvas, canvas_from_masks, layout_canvas, permute_canvas, resize_canvas
+from ..spaces import estimate_duration, gpu_function
+
+SLOT_FIELDS = ("image", "name", "scale", "remove_background")
+LORA_FIELDS = ("source", "weight", "trigger")
+SETTING_FIELDS = ("prompt", "negative_prompt", "true_cfg_scale", "steps", "guidance", "width", "height", "seed",
+                  "randomize_seed", "images")
+SLOT_KEYS = [f"{field}{i + 1}" for i in range(MAX_STUDIO_CHARACTERS) for field in SLOT_FIELDS]
+LORA_KEYS = [f"lora{j + 1}_{field}" for j in range(MAX_LORAS) for field in LORA_FIELDS]
+GENERATE_FIELDS = SLOT_KEYS + ["canvas", *SETTING_FIELDS] + LORA_KEYS
+RECALL_FIELDS = (SLOT_KEYS + [f"visible{i + 1}" for i in range(MAX_STUDIO_CHARACTERS)] + ["count", "canvas"]
+                 + [f for f in SETTING_FIELDS if f != "images"] + ["size_preset"] + LORA_KEYS)
+
+SIZE_PRESETS = {
+    "Square 1024x1024": (1024, 1024), "Portrait 3:4 896x1152": (896, 1152), "Landscape 4:3 1152x896": (1152, 896),
+    "Wide 16:9 1344x768": (1344, 768), "Tall 9:16 768x1344": (768, 1344), "Small 512x512": (512, 512),
+    "Tiny test 128x128": (128, 128), "Custom": None,
+}
+DEFAULTS = {"scale": 0.9, "remove_background": False, "true_cfg_scale": 1.0, "steps": 28, "guidance": 3.5,
+            "width": 1024, "height": 1024, "seed": 0, "randomize_seed": True, "images": 1, "weight": 1.0}
+
+
+def defaults_for(ctx: StudioContext) -> dict:
+    """Starting values: tiny models get a small size and few steps, so trying the studio on a CPU is quick."""
+    values = dict(DEFAULTS)
+    if ctx.settings.is_tiny:
+        values.update(width=128, height=128, steps=4)
+    return values
+
+
+def size_preset_for(width, height) -> str:
+    return next((label for label, size in SIZE_PRESETS.items() if size == (width, height)), "Custom")
+
+
+def form_values(**given) -> list:
+    """A list in :data:`GENERATE_FIELDS` order from keyword values (unknown keys raise ``KeyError``)."""
+    unknown = set(given) - set(GENERATE_FIELDS)
+    if unknown:
+        raise KeyError(f"unknown fields: {sorted(unknown)}")
+    values = []
+    for key in GENERATE_FIELDS:
+        field = key.rstrip("0123456789") if key[-1].isdigit() else key.split("_", 1)[-1] if key.startswith("lora") else key
+        values.append(given.get(key, DEFAULTS.get(field)))
+    return values
+
+
+def parse_form(values) -> tuple[list[CharacterSlot], object, GenerationSettings]:
+    """``(slots, canvas, settings)`` from a list in :data:`GENERATE_FIELDS` order."""
+    data = dict(zip(GENERATE_FIELDS, values, strict=True))
+    slots = [CharacterSlot(*(data[f"{field}{i + 1}"] for field in SLOT_FIELDS)) for i in range(MAX_STUDIO_CHARACTERS)]
+    loras = parse_rows([[data[f"lora{j + 1}_{field}"] for field in LORA_FIELDS] for j in range(MAX_LORAS)])
+    settings = GenerationSettings(**{field: data[field] for field in SETTING_FIELDS}, loras=loras)
+    return slots, data["canvas"], settings
+
+
+def _gpu_duration(slots, canvas, settings) -> int:
+    used = sum(slot.image is not None for slot in slots)
+    return estimate_duration(int(settings.width or 1024), int(settings.height or 1024), int(settings.steps or 28),
+                             int(settings.images or 1), (settings.true_cfg_scale or 1) > 1, used)
+
+
+class GenerateEvents:
+    """The handlers, bound to one :class:`StudioContext`."""
+
+    def __init__(self, ctx: StudioContext):
+        self.ctx = ctx
+        # On ZeroGPU the GPU is attached only inside this function; per-step progress and Cancel are local-only
+        self._zero_gpu_run = gpu_function(lambda slots, canvas, settings: generate(ctx, slots, canvas, settings),
+                                          duration=_gpu_duration)
+        self.generate = shown_to_user(self._generate)
+        self.cancel = shown_to_user(self._cancel)
+        self.recall = shown_to_user(self._recall)
+
+    # ------------------------------------------------------------------ generation
+    def _generate(self, request: gr.Request, progress=gr.Progress(), *values):
+        """Returns ``(gallery paths, session paths, notes markdown, seed)``; ``values`` in GENERATE_FIELDS order."""
+        values = list(values)
+        session_paths = list(values.pop() or [])
+        slots, canvas, settings = parse_form(values)
+        if self.ctx.zero_gpu:
+            result = self._zero_gpu_run(slots, canvas, settings)
+        else:
+            session = getattr(request, "session_hash", None) or "local"
+            cancel = self.ctx.jobs.start(session)
+            try:
+                result = generate(self.ctx, slots, canvas, settings,
+                                  report=lambda fraction, message: progress(fraction, desc=message), cancel=cancel)
+            finally:
+                self.ctx.jobs.finish(session, cancel)
+        notes = list(result.notes)
+        if result.paths:
+            where = self.ctx.settings.output_dir
+            notes.insert(0, f"Saved {len(result.paths)} image(s) to `{where}` (seed {', '.join(map(str, result.seeds))}).")
+        paths = result.paths + session_paths
+        seed = result.seeds[0] if result.seeds else settings.seed
+        return paths, paths, "\n".join(f"- {n}" for n in notes), seed
+
+    def _cancel(self, request: gr.Request):
+        session = getattr(request, "session_hash", None) or "local"
+        if self.ctx.jobs.cancel(session):
+            gr.Info("Cancelling after the current step")
+        else:
+            gr.Info("Nothing is running in this tab")
+
+    # ------------------------------------------------------------------ recall
+    def _recall(self, source):
+        """Every setting of a PNG made by the studio, as a list in :data:`RECALL_FIELDS` order."""
+        if source is None:
+            raise StudioInputError("pick a gallery image or drop in a PNG made by the studio first")
+        path = getattr(source, "name", source)
+        record = read_record(path)
+        if len(record.characters) > MAX_STUDIO_CHARACTERS:
+            raise StudioInputError(f"this image has {len(record.characters)} characters; the studio holds "
+                                   f"{MAX_STUDIO_CHARACTERS} (recall it with the command line instead)")
+        values = {}
+        masks = []
+        for i in range(MAX_STUDIO_CHARACTERS):
+            c = record.characters[i] if i < len(record.characters) else None
+            values[f"image{i + 1}"] = image_from_b64(c.image) if c else None
+            values[f"name{i + 1}"] = (c.name or "") if c else ""
+            values[f"scale{i + 1}"] = c.scale if c else DEFAULTS["scale"]
+            values[f"remove_background{i + 1}"] = False  # the recorded image is already the processed one
+            values[f"visible{i + 1}"] = gr.update(visible=i < max(1, len(record.characters)))
+            masks.append(RoutingMask.from_json(c.mask) if c else None)
+        values["count"] = max(1, len(record.characters))
+        values["canvas"] = canvas_from_masks(masks, record.width, record.height)
+        values.update(prompt=record.prompt, negative_prompt=record.negative_prompt or "",
+                      true_cfg_scale=record.true_cfg_scale, steps=record.num_inference_steps,
+                      guidance=record.guidance_scale, width=record.width, height=record.height, seed=record.seed,
+                      randomize_seed=False, size_preset=size_preset_for(record.width, record.height))
+        loras = [StyleLora.from_record(d) for d in record.loras][:MAX_LORAS]
+        for j in range(MAX_LORAS):
+            lora = loras[j] if j < len(loras) else None
+            values[f"lora{j + 1}_source"] = lora.source if lora else ""
+            values[f"lora{j + 1}_weight"] = lora.weight if lora else DEFAULTS["weight"]
+            values[f"lora{j + 1}_trigger"] = lora.trigger if lora else ""
+        gr.Info(f"Recalled the settings of seed {record.seed}")
+        return [values[key] for key in RECALL_FIELDS]
+
+
+# ---------------------------------------------------------------------- characters and canvas
+def _slot_rows(values) -> list[list]:
+    size = len(SLOT_FIELDS)
+    return [list(values[i * size:(i + 1) * size]) for i in range(MAX_STUDIO_CHARACTERS)]
+
+
+def _empty_row() -> list:
+    return [None, "", DEFAULTS["scale"], False]
+
+
+def _slot_outputs(rows, count, canvas) -> list:
+    flat = [v for row in rows for v in row]
+    return flat + [gr.update(visible=i < count) for i in range(MAX_STUDIO_CHARACTERS)] + [count, canvas]
+
+
+@shown_to_user
+def add_slot(count):
+    """One more character row (``count`` visible rows)."""
+    count = int(count or 1)
+    if count >= MAX_STUDIO_CHARACTERS:
+        gr.Warning(f"At most {MAX_STUDIO_CHARACTERS} characters fit in one image")
+        return [gr.update(visible=i < count) for i in range(MAX_STUDIO_CHARACTERS)] + [count]
+    count += 1
+    return [gr.update(visible=i < count) for i in range(MAX_STUDIO_CHARACTERS)] + [count]
+
+
+def _reorder(index: int, move: str, count, canvas, width, height, values) -> list:
+    rows, count = _slot_rows(values), int(count or 1)
+    order: list = list(range(MAX_STUDIO_CHARACTERS))
+    if move == "remove":
+        rows = rows[:index] + rows[index + 1:] + [_empty_row()]
+        order = order[:index] + order[index + 1:] + [None]
+        count = max(1, count - 1)
+    elif index > 0:
+        rows[index - 1], rows[index] = rows[index], rows[index - 1]
+        order[index - 1], order[index] = order[index], order[index - 1]
+    return _slot_outputs(rows, count, permute_canvas(canvas, order, int(width), int(height)))
+
+
+def slot_handlers(index: int):
+    """``(remove, move_up)`` handlers for row ``index``: ``fn(count, canvas, width, height, *slot values)``."""
+
+    @shown_to_user
+    def remove(count, canvas, width, height, *values):
+        return _reorder(index, "remove", count, canvas, width, height, values)
+
+    @shown_to_user
+    def move_up(count, canvas, width, height, *values):
+        return _reorder(index, "up", count, canvas, width, height, values)
+
+    return remove, move_up
+
+
+@shown_to_user
+def apply_layout(layout, count, width, height):
+    return layout_canvas(layout, int(count or 1), int(width), int(height))
+
+
+@shown_to_user
+def clear_canvas(width, height):
+    return blank_canvas(int(width), int(height))
+
+
+@shown_to_user
+def follow_size(canvas, width, height):
+    """The canvas at the aspect ratio of the new output size (ignored while the size is not valid yet)."""
+    try:
+        w, h = int(width), int(height)
+    except (TypeError, ValueError):
+        return gr.update()
+    if not (16 <= w <= 4096 and 16 <= h <= 4096):
+        return gr.update()
+    return resize_canvas(canvas, w, h)
+
+
+@shown_to_user
+def pick_size(preset, width, height):
+    size = SIZE_PRESETS.get(preset)
+    return (width, height) if size is None else size
+
+
+@shown_to_user
+def insert_tag(prompt, name, index):
+    name = (name or "").strip()
+    if not name:
+        raise StudioInputError(f"give Character {index} a name first: the prompt refers to it as [Name]")
+    prompt = prompt or ""
+    return f"{prompt.rstrip()} [{name}]".lstrip()
+
+
+def tag_label(name, index) -> dict:
+    name = (name or "").strip()
+    return gr.update(value=f"[{name}]" if name else f"[Character {index}]")
+
+
+@shown_to_user
+def random_seed():
+    return random.randint(0, MAX_SEED)

@@ -1,0 +1,59 @@
+"""The Library tab: the saved characters (image, name, default scale), shared by every tab."""
+
+from types import SimpleNamespace
+
+import gradio as gr
+
+from ..components import CharacterImage
+from ..context import StudioContext
+from ..errors import StudioInputError, shown_to_user
+
+
+class LibraryEvents:
+    def __init__(self, ctx: StudioContext):
+        self.ctx = ctx
+        self.save = shown_to_user(self._save)
+        self.delete = shown_to_user(self._delete)
+        self.select = shown_to_user(self._select)
+
+    def gallery(self) -> list[tuple[str, str]]:
+        return [(str(c.image_path), f"{c.name} · scale {c.scale:g}") for c in self.ctx.library.entries()]
+
+    def _save(self, image, name, scale):
+        entry = self.ctx.library.save(image, name, scale)
+        gr.Info(f"Saved [{entry.name}] to the library")
+        return self.gallery()
+
+    def _delete(self, name):
+        if not name:
+            raise StudioInputError("select a character in the library first")
+        self.ctx.library.delete(name)
+        gr.Info(f"Deleted [{name}] from the library")
+        return self.gallery(), None
+
+    def _select(self, evt: gr.SelectData):
+        entries = self.ctx.library.entries()
+        return entries[evt.index].name if evt.index is not None and evt.index < len(entries) else None
+
+
+def build(ctx: StudioContext) -> SimpleNamespace:
+    events = LibraryEvents(ctx)
+    ui = SimpleNamespace()
+    gr.Markdown("Saved characters can be picked in the Generate tab (\"From library\") and by the other tabs.")
+    with gr.Row(equal_height=False):
+        with gr.Column(scale=3):
+            ui.gallery = gr.Gallery(value=events.gallery, label="Library", columns=4, height=420, allow_preview=False)
+            with gr.Row():
+                ui.selected = gr.Textbox(label="Selected", interactive=False)
+                ui.delete = gr.Button("Delete selected", variant="stop", size="sm")
+        with gr.Column(scale=2):
+            ui.image = CharacterImage(label="New character", type="filepath", image_mode=None, format="png",
+                                      sources=["upload", "clipboard"], height=240)
+            ui.name = gr.Textbox(label="Name", max_lines=1)
+            ui.scale = gr.Slider(0.0, 1.5, value=0.9, step=0.05, label="Default scale")
+            ui.save = gr.Button("Save to library", variant="primary")
+    ui.save.click(events.save, [ui.image, ui.name, ui.scale], ui.gallery, api_visibility="private")
+    ui.gallery.select(events.select, None, ui.selected, api_visibility="private")
+    ui.delete.click(events.delete, ui.selected, [ui.gallery, ui.selected], api_visibility="private")
+    ui.refresh = lambda: events.gallery()
+    return ui

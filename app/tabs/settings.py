@@ -1,0 +1,114 @@
+"""The Settings tab: model sources, memory preset with the detected GPU and the planner's estimate, output folder,
+load/unload with progress."""
+
+import os
+from pathlib import Path
+from types import SimpleNamespace
+
+import gradio as gr
+
+from ..context import NO_GPU_NOTICE, PRESET_CHOICES, StudioContext
+from ..errors import StudioInputError, shown_to_user
+from .generate import GPU
+
+
+def machine_text(ctx: StudioContext) -> str:
+    """The detected GPU and RAM, or the no-GPU notice."""
+    from core.memory import GiB, detect_memory
+
+    if ctx.zero_gpu:
+        return "Running on **ZeroGPU**: a GPU is attached for each generation."
+    mem = detect_memory()
+    ram = f"{mem.ram_total_bytes / GiB:.0f} GiB RAM" if mem.ram_total_bytes else "RAM unknown"
+    if mem.vram_total_bytes is None:
+        return f"**{NO_GPU_NOTICE}** ({ram})"
+    return f"GPU: **{mem.gpu_name}**, {mem.vram_total_bytes / GiB:.1f} GiB ({ram})"
+
+
+def estimate_text(ctx: StudioContext, preset_name: str, width: int = 1024, height: int = 1024) -> str:
+    """The planner's estimate for the chosen preset (``auto``: what it picks and why)."""
+    from core.memory import estimate
+
+    if ctx.settings.is_tiny:
+        return "Tiny test models: a few megabytes; memory presets make no difference."
+    old = ctx.settings.preset
+    ctx.settings.preset = preset_name
+    try:
+        preset, reason = ctx.resolve_preset(width, height)
+    finally:
+        ctx.settings.preset = old
+    e = estimate(preset, width, height)
+    return (f"Preset **{preset.name}** ({preset.description}) at {width}x{height}: GPU peak about "
+            f"**{e.gpu_peak_gib:.1f} GiB**, RAM peak about **{e.ram_peak_gib:.1f} GiB**.  \n{reason}")
+
+
+class SettingsEvents:
+    def __init__(self, ctx: StudioContext):
+        self.ctx = ctx
+        self.apply = shown_to_user(self._apply)
+        self.load = shown_to_user(self._load)
+        self.unload = shown_to_user(self._unload)
+        self.estimate = shown_to_user(lambda preset: estimate_text(ctx, preset))
+
+    def _apply(self, models, base, siglip, dinov2, adapter, preset, output_dir):
+        """Checks and stores the settings; a change of models or preset unloads the current pipeline."""
+        models = (models or "").strip()
+        if not models:
+            raise StudioInputError("model sources are empty: use default, tiny or a models folder")
+        if models not in ("default", "tiny") and not Path(models).expanduser().is_dir():
+            raise StudioInputError(f"models folder not found: {models} (use default, tiny or an existing folder)")
+        if preset not in PRESET_CHOICES:
+            raise StudioInputError(f"unknown memory preset {preset!r}: choose one of {', '.join(PRESET_CHOICES)}")
+        folder = Path(os.path.expanduser((output_dir or "").strip() or str(self.ctx.settings.output_dir)))
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StudioInputError(f"output folder {folder} cannot be created: {exc.strerror}") from None
+        if not os.access(folder, os.W_OK):
+            raise StudioInputError(f"output folder {folder} is not writable")
+        s = self.ctx.settings
+        old_key = s.key()
+        s.models, s.preset, s.output_dir = models, preset, folder
+        s.base, s.siglip, s.dinov2, s.adapter = ((v or "").strip() or None for v in (base, siglip, dinov2, adapter))
+        if s.key() != old_key and self.ctx.unload():
+            gr.Info("Settings changed: models unloaded (they load again on the next Generate)")
+        else:
+            gr.Info("Settings saved")
+        return self.ctx.status_line(), estimate_text(self.ctx, preset)
+
+    def _load(self, progress=gr.Progress(track_tqdm=True)):
+        self.ctx.pipeline(report=lambda fraction, message: progress(fraction, desc=message))
+        return self.ctx.status_line()
+
+    def _unload(self):
+        gr.Info("Models unloaded" if self.ctx.unload() else "No models were loaded")
+        return self.ctx.status_line()
+
+
+def build(ctx: StudioContext) -> SimpleNamespace:
+    events = SettingsEvents(ctx)
+    s = ctx.settings
+    editable = not ctx.on_spaces  # a Space's visitors share one process: its owner sets the models
+    ui = SimpleNamespace()
+    gr.Markdown(machine_text(ctx))
+    ui.status = gr.Markdown(ctx.status_line())
+    with gr.Row():
+        ui.load = gr.Button("Load models", variant="primary")
+        ui.unload = gr.Button("Unload models")
+    ui.models = gr.Textbox(s.models, label="Models: default (Hugging Face Hub), tiny (test models) or a models folder",
+                           interactive=editable, max_lines=1)
+    with gr.Accordion("Single sources (hub ids, local folders or files; empty = from the models above)", open=False):
+        ui.base = gr.Textbox(s.base or "", label="FLUX.1 base", interactive=editable, max_lines=1)
+        ui.siglip = gr.Textbox(s.siglip or "", label="SigLIP", interactive=editable, max_lines=1)
+        ui.dinov2 = gr.Textbox(s.dinov2 or "", label="DINOv2", interactive=editable, max_lines=1)
+        ui.adapter = gr.Textbox(s.adapter or "", label="Adapter file", interactive=editable, max_lines=1)
+    ui.preset = gr.Dropdown(list(PRESET_CHOICES), value=s.preset, label="Memory preset", interactive=editable)
+    ui.estimate = gr.Markdown(estimate_text(ctx, s.preset))
+    ui.output_dir = gr.Textbox(str(s.output_dir), label="Output folder", interactive=editable, max_lines=1)
+    ui.apply = gr.Button("Apply settings", interactive=editable)
+    ui.preset.input(events.estimate, ui.preset, ui.estimate, api_visibility="private")
+    ui.apply.click(events.apply, [ui.models, ui.base, ui.siglip, ui.dinov2, ui.adapter, ui.preset, ui.output_dir],
+                   [ui.status, ui.estimate], api_visibility="private", **GPU)
+    ui.load.click(events.load, None, ui.status, api_name="load_models", **GPU)
+    ui.unload.click(events.unload, None, ui.status, api_visibility="private", **GPU)
+    return ui

@@ -1,0 +1,255 @@
+"""Every bad input of the studio gives a one-line message on the page (gr.Error), tested through the handlers."""
+
+from __future__ import annotations
+
+import io
+
+import gradio as gr
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from app.context import MAX_STUDIO_CHARACTERS, StudioContext, StudioSettings
+from app.mask_canvas import LAYER_NAMES, blank_canvas, layout_canvas
+from app.tabs import generate_events as ev
+
+
+class NoProgress:
+    def __call__(self, *args, **kwargs):
+        pass
+
+
+@pytest.fixture
+def ctx(tmp_path):
+    return StudioContext(StudioSettings(models="tiny", output_dir=tmp_path / "out"))
+
+
+def run(ctx, **fields):
+    """The Generate handler as the page calls it; returns its outputs or raises gr.Error."""
+    fields.setdefault("prompt", "a portrait")
+    fields.setdefault("width", 64)
+    fields.setdefault("height", 64)
+    fields.setdefault("steps", 2)
+    return ev.GenerateEvents(ctx).generate(None, NoProgress(), *ev.form_values(**fields), [])
+
+
+def error_of(fn, *args, **kwargs) -> str:
+    with pytest.raises(gr.Error) as info:
+        fn(*args, **kwargs)
+    message = info.value.message
+    assert "\n" not in message and "Traceback" not in message
+    return message
+
+
+@pytest.fixture
+def no_models(ctx, monkeypatch):
+    """Fails the test if a handler tries to load models (bad input must be caught first)."""
+    def refuse(*args, **kwargs):
+        raise AssertionError("models were loaded for a bad input")
+    monkeypatch.setattr(ctx, "pipeline", refuse)
+
+
+# ---------------------------------------------------------------------- images
+def test_not_an_image(ctx, no_models, tmp_path):
+    path = tmp_path / "notes.png"
+    path.write_text("hello")
+    assert "Character 1 is not an image file" in error_of(run, ctx, image1=str(path))
+
+
+def test_truncated_image(ctx, no_models, tmp_path):
+    buffer = io.BytesIO()
+    Image.new("RGB", (256, 256), (10, 200, 30)).save(buffer, format="JPEG")
+    path = tmp_path / "cut.jpg"
+    path.write_bytes(buffer.getvalue()[: len(buffer.getvalue()) // 2])
+    assert "truncated or corrupt" in error_of(run, ctx, image1=str(path))
+
+
+def test_one_pixel_image(ctx, no_models, tmp_path):
+    path = tmp_path / "dot.png"
+    Image.new("RGB", (1, 1)).save(path)
+    assert "is 1x1 pixels: at least 16x16 is needed" in error_of(run, ctx, image1=str(path))
+
+
+def test_fifty_megapixel_image(ctx, no_models, tmp_path):
+    path = tmp_path / "huge.png"
+    Image.new("L", (10000, 5000)).save(path)  # 50 MP; refused from the header, before decoding
+    assert "is 10000x5000 (50.0 megapixels): the limit is 40 megapixels" in error_of(run, ctx, image1=str(path))
+
+
+def _accepted_note(ctx, path) -> str:
+    from app.generation import build_characters
+    from app.generation import CharacterSlot
+
+    characters, notes = build_characters([CharacterSlot(str(path), "Mia")], None)
+    assert characters[0].image.mode == "RGB"
+    return " ".join(notes)
+
+
+def test_animated_gif_uses_first_frame(ctx, tmp_path):
+    path = tmp_path / "anim.gif"
+    frames = [Image.new("RGB", (32, 32), c) for c in ((255, 0, 0), (0, 255, 0))]
+    frames[0].save(path, save_all=True, append_images=frames[1:])
+    assert "animated: its first frame is used" in _accepted_note(ctx, path)
+
+
+def test_cmyk_is_converted(ctx, tmp_path):
+    path = tmp_path / "cmyk.jpg"
+    Image.new("CMYK", (32, 32), (0, 128, 128, 0)).save(path)
+    assert "CMYK: converted to RGB" in _accepted_note(ctx, path)
+
+
+def test_16_bit_is_converted(ctx, tmp_path):
+    path = tmp_path / "deep.png"
+    Image.fromarray(np.full((32, 32), 40000, dtype=np.uint16)).save(path)
+    assert "16-bit: converted to 8-bit" in _accepted_note(ctx, path)
+
+
+def test_alpha_is_filled_white(ctx, tmp_path):
+    path = tmp_path / "alpha.png"
+    Image.new("RGBA", (32, 32), (255, 0, 0, 0)).save(path)
+    assert "transparent areas are filled with white" in _accepted_note(ctx, path)
+
+
+# ---------------------------------------------------------------------- prompt, masks, sizes
+def test_no_prompt(ctx, no_models):
+    assert error_of(run, ctx, prompt="   ") == "write a prompt first: describe the image to make"
+
+
+def test_tag_naming_no_character(ctx, no_models, character_files):
+    message = error_of(run, ctx, image1=str(character_files[0]), name1="Mia", prompt="[Bob] waves")
+    assert message == "the prompt names [Bob], but no character has that name; characters: [Mia]"
+
+
+def test_character_with_empty_mask(ctx, no_models, character_files):
+    canvas = layout_canvas("Whole image", 1, 64, 64)  # only layer 1 painted
+    message = error_of(run, ctx, image1=str(character_files[0]), name1="Mia", image2=str(character_files[1]),
+                       name2="Bob", canvas=canvas, prompt="[Mia] and [Bob]")
+    assert message.startswith(f"Character 2 [Bob] has an empty mask: paint on layer '{LAYER_NAMES[1]}'")
+
+
+@pytest.mark.parametrize("width,message", [
+    (1000, "Width 1000 is not a multiple of 16: use 992 or 1008"),
+    (8, "Width 8 is outside 16 to 4096 whole pixels"),
+    ("wide", "Width must be a number of pixels, got 'wide'"),
+])
+def test_bad_size(ctx, no_models, width, message):
+    assert error_of(run, ctx, width=width) == message
+
+
+def test_name_without_image(ctx, no_models):
+    assert "Character 1 [Mia] has a name but no image" in error_of(run, ctx, name1="Mia")
+
+
+def test_bad_seed(ctx, no_models):
+    assert "seed -3 must be a whole number" in error_of(run, ctx, seed=-3, randomize_seed=False)
+
+
+def test_bad_lora_file(ctx, no_models, tmp_path):
+    assert error_of(run, ctx, lora1_source=str(tmp_path / "missing.safetensors")).startswith("LoRA file not found")
+
+
+# ---------------------------------------------------------------------- models failing to load
+def test_models_missing(tmp_path):
+    ctx = StudioContext(StudioSettings(models=str(tmp_path / "nowhere"), output_dir=tmp_path))
+    assert error_of(run, ctx).startswith("models directory not found:")
+
+
+def test_models_gated(tmp_path, monkeypatch):
+    import httpx
+    from huggingface_hub.errors import GatedRepoError
+
+    def gated(*args, **kwargs):
+        raise GatedRepoError("403 gated", response=httpx.Response(403, request=httpx.Request("GET", "https://hf.co")))
+
+    monkeypatch.setattr("huggingface_hub.snapshot_download", gated)
+    ctx = StudioContext(StudioSettings(models="default", preset="full", output_dir=tmp_path))
+    message = error_of(run, ctx)
+    assert message.startswith("black-forest-labs/FLUX.1-dev is gated: accept its licence")
+
+
+def test_models_out_of_memory(tmp_path, monkeypatch):
+    from core.pipeline import InstantCharacterPipeline
+
+    def oom(*args, **kwargs):
+        raise torch.OutOfMemoryError("CUDA out of memory")
+
+    monkeypatch.setattr(InstantCharacterPipeline, "from_pretrained", oom)
+    ctx = StudioContext(StudioSettings(models="default", preset="full", output_dir=tmp_path))
+    assert error_of(run, ctx).startswith("Out of GPU memory with preset 'full'")
+
+
+def test_unexpected_error_is_one_line(ctx, monkeypatch):
+    def broken(*args, **kwargs):
+        raise KeyError("boom")
+
+    monkeypatch.setattr(ctx, "pipeline", broken)
+    message = error_of(run, ctx)
+    assert message.startswith("Unexpected error (KeyError: 'boom')")
+
+
+# ---------------------------------------------------------------------- recall, library, slots
+def test_recall_of_foreign_png(ctx, tmp_path):
+    path = tmp_path / "plain.png"
+    Image.new("RGB", (32, 32)).save(path)
+    assert "carries no InstantCharacter Studio settings" in error_of(ev.GenerateEvents(ctx).recall, str(path))
+    assert "pick a gallery image" in error_of(ev.GenerateEvents(ctx).recall, None)
+
+
+def test_library_needs_name_and_image(ctx, character_files):
+    from app.tabs.library import LibraryEvents
+
+    events = LibraryEvents(ctx)
+    assert error_of(events.save, None, "Mia", 0.9) == "add a character image before saving it to the library"
+    assert error_of(events.save, str(character_files[0]), " ", 0.9) == \
+        "give the character a name before saving it to the library"
+    assert error_of(events.delete, "") == "select a character in the library first"
+
+
+def test_insert_tag_needs_a_name():
+    assert ev.insert_tag("a cat", "Mia", 1) == "a cat [Mia]"
+    assert error_of(ev.insert_tag, "a cat", "", 2).startswith("give Character 2 a name first")
+
+
+def test_slots_limit_and_reorder(character_files):
+    updates = ev.add_slot(MAX_STUDIO_CHARACTERS)
+    assert updates[-1] == MAX_STUDIO_CHARACTERS
+    values = [str(character_files[0]), "Mia", 0.5, False, str(character_files[1]), "Bob", 1.2, True] + \
+        [None, "", 0.9, False] * 2
+    canvas = layout_canvas("Left / right", 2, 64, 64)
+    remove, move_up = ev.slot_handlers(1)
+    moved = move_up(2, canvas, 64, 64, *values)
+    assert moved[:8] == values[4:8] + values[:4]
+    left = np.asarray(moved[-1]["layers"][1].getchannel("A"))  # Mia's left half moved to layer 2
+    assert left[:, :10].min() == 255 and left[:, -10:].max() == 0
+    removed = remove(2, canvas, 64, 64, *values)
+    assert removed[:4] == values[:4] and removed[4] is None and removed[-2] == 1
+
+
+def test_layout_and_size_follow(ctx):
+    canvas = ev.apply_layout("Thirds", 3, 1344, 768)
+    assert canvas["background"].size == (512, 293)
+    assert [np.asarray(layer.getchannel("A")).mean() > 0 for layer in canvas["layers"]] == [True, True, True, False]
+    resized = ev.follow_size(canvas, 768, 1344)
+    assert resized["background"].size == (293, 512)
+    assert ev.follow_size(canvas, 1, 64) == gr.update()  # half-typed sizes leave the canvas alone
+    assert error_of(ev.apply_layout, "Spiral", 2, 64, 64).startswith("unknown layout 'Spiral'")
+
+
+def test_settings_messages(ctx, tmp_path):
+    from app.tabs.settings import SettingsEvents
+
+    events = SettingsEvents(ctx)
+    assert error_of(events.apply, "", "", "", "", "", "auto", "").startswith("model sources are empty")
+    assert error_of(events.apply, str(tmp_path / "x"), "", "", "", "", "auto", "").startswith("models folder not found")
+    assert error_of(events.apply, "tiny", "", "", "", "", "huge", "").startswith("unknown memory preset 'huge'")
+    status, _ = events.apply("tiny", "", "", "", "", "full", str(tmp_path / "new-out"))
+    assert ctx.settings.output_dir == tmp_path / "new-out" and "not loaded" in status
+
+
+def test_blank_canvas_means_no_masks(ctx, character_files):
+    from app.generation import CharacterSlot, build_characters
+
+    slots = [CharacterSlot(str(character_files[0]), "Mia"), CharacterSlot(str(character_files[1]), "Bob")]
+    characters, notes = build_characters(slots, blank_canvas(64, 64))
+    assert [c.mask for c in characters] == [None, None] and notes == []
