@@ -410,3 +410,14 @@ def build_training_model(pipe, trainable: list[str], objective: ObjectiveConfig,
     model = AdapterTrainingModel(parts, pipe.transformer, objective)
     model.float().requires_grad_(True).train()
     return model
+
+
+@torch.no_grad()
+def fixed_loss(model: AdapterTrainingModel, encoder: BatchEncoder, rows: list[Example], resolution: int,
+               repeats: int = 4) -> float:
+    """Mean loss over ``rows`` with noise and sigmas fixed by seed: comparable between adapters and runs."""
+    total = 0.0
+    for r in range(repeats):
+        inputs = encoder.encode(rows, resolution, [("fixed", r, i) for i in range(len(rows))])
+        total += float(model.per_sample_loss(inputs).mean())
+    return total / repeats

@@ -1,0 +1,252 @@
+"""The Train tab: build or pick a config, validate the data, run the trainer as a separate process and watch it.
+
+The trainer knows nothing of the studio: the tab writes a TOML config, starts ``python -m trainer CONFIG`` in its
+own process (the page stays responsive and survives a trainer crash), and reads ``events.jsonl`` and the sample
+images from the run's folder. Stop and save-now are request files the trainer honours between steps. The only
+thing taken from the studio's context is the model sources setting.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import threading
+from pathlib import Path
+from types import SimpleNamespace
+
+import gradio as gr
+from PIL import Image, ImageDraw
+
+from trainer.config import PRESETS, ConfigError, load_config, preset_config
+from trainer.events import SAVE_NOW, STOP, read_events, request
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+class TrainingProcesses:
+    """The trainer processes started from this studio, by output folder (one at a time per folder)."""
+
+    def __init__(self):
+        self._procs: dict[str, subprocess.Popen] = {}
+        self._lock = threading.Lock()
+
+    def start(self, config_path: str | Path, resume: bool = False) -> tuple[Path, subprocess.Popen]:
+        config = load_config(config_path)  # refuse a bad config here, with its problems, not in the log
+        out = config.output_path
+        with self._lock:
+            running = self._procs.get(str(out))
+            if running is not None and running.poll() is None:
+                raise gr.Error(f"a training job is already running in {out}")
+            out.mkdir(parents=True, exist_ok=True)
+            command = [sys.executable, "-m", "trainer", str(Path(config_path).resolve())] + (["--resume"] if resume else [])
+            with open(out / "trainer.log", "ab") as log:
+                proc = subprocess.Popen(command, cwd=REPO, stdout=log, stderr=subprocess.STDOUT,
+                                        start_new_session=True)
+            self._procs[str(out)] = proc
+        return out, proc
+
+    def returncode(self, out: str | Path) -> int | None:
+        """``None`` while running (or never started here), else the exit status."""
+        proc = self._procs.get(str(Path(out)))
+        return None if proc is None else proc.poll()
+
+    def running(self, out: str | Path) -> bool:
+        proc = self._procs.get(str(Path(out)))
+        return proc is not None and proc.poll() is None
+
+
+# ---------------------------------------------------------------------- plain functions (tested without a browser)
+def build_config_text(preset: str, models: str, output_dir: str, unpaired: str, paired: str, steps_scale: float,
+                      sample_every: int) -> str:
+    """A config for ``preset`` with the paper's stages, as TOML text (stages without data are dropped)."""
+    config = preset_config(preset, output_dir or "runs/instantcharacter", unpaired or None, paired or None,
+                           float(steps_scale))
+    config.models.source = models or "default"
+    config.stages = [s for s in config.stages
+                     if (s.data != "paired" or paired) and (s.data != "unpaired" or unpaired)
+                     and (s.data != "both" or (paired and unpaired))]
+    config.sampling.every = int(sample_every)
+    return config.to_toml()
+
+
+def save_config_text(text: str, path: str) -> str:
+    """Writes the edited TOML to ``path`` after checking it; returns a status line."""
+    if not path:
+        raise gr.Error("give a file name for the config")
+    target = Path(path).expanduser()
+    target.parent.mkdir(parents=True, exist_ok=True)
+    previous = target.read_text() if target.is_file() else None
+    target.write_text(text)
+    try:
+        config = load_config(target)
+    except ConfigError as exc:
+        if previous is not None:
+            target.write_text(previous)
+        else:
+            target.unlink()
+        raise gr.Error("; ".join(exc.problems[:5])) from None
+    return f"saved {target}: {len(config.stages)} stage(s), {config.total_steps} steps, output {config.output_path}"
+
+
+def validate_text(dataset: str, kind: str) -> str:
+    from trainer.data import validate
+
+    if not dataset:
+        raise gr.Error("give a dataset folder or JSONL file")
+    report = validate(dataset, None if kind == "any" else kind)
+    return ("OK: " if report.ok else "Problems found: ") + report.summary()
+
+
+def loss_plot(losses: list[float], width: int = 480, height: int = 200) -> Image.Image | None:
+    """The loss curve (and its moving average) as an image."""
+    if not losses:
+        return None
+    image = Image.new("RGB", (width, height), "white")
+    d = ImageDraw.Draw(image)
+    lo, hi = min(losses), max(losses)
+    span = (hi - lo) or 1.0
+    pad = 24
+
+    def point(i, v):
+        x = pad + (width - 2 * pad) * (i / max(1, len(losses) - 1))
+        return x, height - pad - (height - 2 * pad) * (v - lo) / span
+
+    d.line([point(i, v) for i, v in enumerate(losses)] if len(losses) > 1 else [point(0, losses[0])] * 2,
+           fill=(170, 190, 230), width=1)
+    window = max(1, len(losses) // 20)
+    smooth = [sum(losses[max(0, i - window + 1):i + 1]) / len(losses[max(0, i - window + 1):i + 1])
+              for i in range(len(losses))]
+    if len(smooth) > 1:
+        d.line([point(i, v) for i, v in enumerate(smooth)], fill=(30, 70, 180), width=2)
+    d.text((4, 4), f"loss {hi:.4f}", fill="black")
+    d.text((4, height - 14), f"{lo:.4f}   steps 1-{len(losses)}", fill="black")
+    return image
+
+
+def progress(output_dir: str | Path, returncode: int | None = None):
+    """(status markdown, loss plot, sample image paths) from a run folder's events."""
+    out = Path(output_dir)
+    events = read_events(out)
+    if not events:
+        return "No events yet.", None, []
+    losses, samples, last_step, status = [], [], None, "running"
+    for e in events:
+        if e["event"] == "start":
+            losses = losses[:e.get("global_step") or 0]  # a resume replays from its checkpoint
+        elif e["event"] == "step":
+            losses.append(e["loss"])
+            last_step = e
+        elif e["event"] == "sample":
+            samples += e.get("images", [])
+        elif e["event"] in ("done", "stopped", "error"):
+            status = e["event"]
+        elif e["event"] == "start":
+            status = "running"
+    if events[-1]["event"] == "start":
+        status = "starting"
+    if returncode not in (None, 0) and status in ("running", "starting"):
+        status = f"crashed (exit {returncode}; see trainer.log)"
+    line = f"**{status}**"
+    if last_step:
+        eta = last_step.get("eta_s")
+        line += (f" — step {last_step['step']}/{last_step['total_steps']} (stage {last_step['stage'] + 1}), "
+                 f"loss {last_step['loss']:.4f}, lr {last_step['lr']:.2e}")
+        if last_step.get("it_s"):
+            line += f", {last_step['it_s']:.2f} it/s"
+        if eta is not None:
+            line += f", ETA {int(eta // 3600)}h{int(eta % 3600 // 60):02d}m{int(eta % 60):02d}s"
+    errors = [e for e in events if e["event"] == "error"]
+    if errors and status == "error":
+        line += f"\n\n```\n{errors[-1].get('details') or errors[-1].get('message')}\n```"
+    return line, loss_plot(losses), [p for p in samples if Path(p).is_file()][-12:]
+
+
+class TrainEvents:
+    def __init__(self, ctx, processes: TrainingProcesses | None = None):
+        self.ctx = ctx
+        self.processes = processes or TrainingProcesses()
+
+    def models(self) -> str:
+        settings = getattr(self.ctx, "settings", None)
+        return getattr(settings, "models", "default") or "default"
+
+    def start(self, config_path: str, resume: bool = False):
+        if not config_path:
+            raise gr.Error("save or pick a config first")
+        try:
+            out, _ = self.processes.start(config_path, resume)
+        except ConfigError as exc:
+            raise gr.Error("; ".join(exc.problems[:5])) from None
+        return str(out), f"started training in {out}" + (" (resuming)" if resume else "")
+
+    def request(self, output_dir: str, name: str) -> str:
+        if not output_dir:
+            raise gr.Error("no run folder: start a training first or type its output folder")
+        request(output_dir, name)
+        return f"{name} requested: the trainer acts after its current step"
+
+    def refresh(self, output_dir: str):
+        if not output_dir:
+            return "Not started.", None, []
+        return progress(output_dir, self.processes.returncode(output_dir))
+
+
+def build(ctx) -> SimpleNamespace:
+    events = TrainEvents(ctx)
+    ui = SimpleNamespace(events=events)
+    gr.Markdown("Fine-tune the character adapter on your own images (paper section 3.2: unpaired reconstruction, "
+                "then paired, then high resolution). Training runs in a separate process; this page only watches "
+                "its folder.")
+    with gr.Accordion("1. Config", open=True):
+        with gr.Row():
+            ui.preset = gr.Dropdown(list(PRESETS), value="24gb", label="GPU memory preset")
+            ui.output_dir_new = gr.Textbox("runs/my-character", label="Run folder (output_dir)", max_lines=1)
+            ui.steps_scale = gr.Number(0.01, label="Steps as a fraction of the paper's (200K/50K/50K)")
+            ui.sample_every = gr.Number(500, label="Sample every N steps (0: off)", precision=0)
+        with gr.Row():
+            ui.unpaired = gr.Textbox("", label="Unpaired data (folder with .txt captions, or JSONL)", max_lines=1)
+            ui.paired = gr.Textbox("", label="Paired data (JSONL)", max_lines=1)
+        ui.build_config = gr.Button("Build config")
+        ui.config_text = gr.Code("", language=None, label="Config (TOML, editable)", lines=18)
+        with gr.Row():
+            ui.config_path = gr.Textbox("runs/my-character.toml", label="Config file", max_lines=1)
+            ui.load_config = gr.Button("Load")
+            ui.save_config = gr.Button("Save")
+        ui.config_status = gr.Markdown()
+    with gr.Accordion("2. Validate a dataset", open=False):
+        with gr.Row():
+            ui.dataset = gr.Textbox("", label="Dataset", max_lines=1)
+            ui.kind = gr.Radio(["any", "unpaired", "paired"], value="any", label="Layout")
+            ui.validate = gr.Button("Validate")
+        ui.validation = gr.Textbox(label="Report", lines=8, interactive=False)
+    with gr.Accordion("3. Run", open=True):
+        with gr.Row():
+            ui.start = gr.Button("Start", variant="primary")
+            ui.resume = gr.Button("Resume")
+            ui.save_now = gr.Button("Save now")
+            ui.stop = gr.Button("Stop", variant="stop")
+        ui.run_dir = gr.Textbox("", label="Watching run folder", max_lines=1)
+        ui.run_status = gr.Markdown("Not started.")
+        with gr.Row():
+            ui.plot = gr.Image(label="Loss", type="pil", interactive=False)
+            ui.samples = gr.Gallery(label="Samples (fixed prompts and seeds)", columns=4, height=240)
+        ui.timer = gr.Timer(2.0)
+
+    ui.build_config.click(lambda *a: build_config_text(a[0], events.models(), *a[1:]),
+                          [ui.preset, ui.output_dir_new, ui.unpaired, ui.paired, ui.steps_scale, ui.sample_every],
+                          ui.config_text, api_visibility="private")
+    ui.load_config.click(lambda p: Path(p).expanduser().read_text() if p and Path(p).expanduser().is_file()
+                         else gr.Warning(f"config not found: {p}") or "", ui.config_path, ui.config_text,
+                         api_visibility="private")
+    ui.save_config.click(save_config_text, [ui.config_text, ui.config_path], ui.config_status,
+                         api_visibility="private")
+    ui.validate.click(validate_text, [ui.dataset, ui.kind], ui.validation, api_visibility="private")
+    ui.start.click(lambda p: events.start(p, False), ui.config_path, [ui.run_dir, ui.config_status],
+                   api_visibility="private")
+    ui.resume.click(lambda p: events.start(p, True), ui.config_path, [ui.run_dir, ui.config_status],
+                    api_visibility="private")
+    ui.stop.click(lambda d: events.request(d, STOP), ui.run_dir, ui.config_status, api_visibility="private")
+    ui.save_now.click(lambda d: events.request(d, SAVE_NOW), ui.run_dir, ui.config_status, api_visibility="private")
+    ui.timer.tick(events.refresh, ui.run_dir, [ui.run_status, ui.plot, ui.samples], api_visibility="private",
+                  show_progress="hidden")
+    return ui

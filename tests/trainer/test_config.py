@@ -1,0 +1,64 @@
+"""Training config: TOML round trip, presets, and every problem named by its key."""
+
+from __future__ import annotations
+
+import pytest
+
+from trainer.config import PRESETS, ConfigError, TrainConfig, config_from_dict, load_config, preset_config
+
+
+def test_presets_are_valid_and_round_trip(tmp_path):
+    for name in PRESETS:
+        config = preset_config(name)
+        assert len(config.stages) == 3 and [s.resolution for s in config.stages] == [512, 512, 1024]
+        assert all(s.learning_rate == 2e-5 for s in config.stages)
+        path = config.save(tmp_path / f"{name}.toml")
+        again = load_config(path)
+        assert again.to_dict() == config.to_dict()
+
+
+def test_every_problem_is_listed_with_its_key(tmp_path):
+    path = tmp_path / "bad.toml"
+    path.write_text("""
+seed = -1
+trainable = ["image_adapter", "lora"]
+[run]
+mixed_precision = "fp8"
+gradient_accumulation_steps = 2
+colour = "blue"
+[[stages]]
+data = "paired"
+resolution = 500
+batch_size = 3
+steps = 0
+learning_rate = 2.0
+""")
+    with pytest.raises(ConfigError) as err:
+        load_config(path)
+    # unknown keys are reported before the values are checked
+    assert any(p.startswith("run.colour: unknown key") for p in err.value.problems)
+    path.write_text(path.read_text().replace('colour = "blue"\n', ""))
+    with pytest.raises(ConfigError) as err:
+        load_config(path)
+    text = "\n".join(err.value.problems)
+    for key in ("seed", "trainable", "run.mixed_precision", "stages[0].resolution", "stages[0].batch_size",
+                "stages[0].steps", "stages[0].learning_rate", "data.paired"):
+        assert f"{key}:" in text, key
+
+
+def test_batch_must_split_over_processes():
+    config = config_from_dict({"data": {"unpaired": "x"}, "stages": [{"batch_size": 6, "steps": 1}]})
+    config.check(num_processes=2)
+    with pytest.raises(ConfigError, match="not divisible"):
+        config.check(num_processes=4)
+    assert config.micro_batch(config.stages[0], 2) == 3
+
+
+def test_type_errors_and_not_toml(tmp_path):
+    with pytest.raises(ConfigError, match="run.gradient_checkpointing: must be true or false"):
+        config_from_dict({"run": {"gradient_checkpointing": "yes"}})
+    bad = tmp_path / "x.toml"
+    bad.write_text("this is = = not toml")
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        load_config(bad)
+    assert TrainConfig().to_toml().startswith("output_dir")

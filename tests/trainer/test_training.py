@@ -1,0 +1,178 @@
+"""Training on tiny models: it learns, exports an adapter the engine loads, resumes exactly, and splits over
+processes without changing the result."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from trainer.config import load_config
+from trainer.events import read_events
+
+from .conftest import tiny_config_text
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _write_config(folder: Path, text: str) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "config.toml"
+    path.write_text(text)
+    return path
+
+
+def _env():
+    env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1")
+    return env
+
+
+def _same_weights(a: Path, b: Path, atol: float = 0.0) -> float:
+    wa, wb = load_file(str(a)), load_file(str(b))
+    assert wa.keys() == wb.keys()
+    return max(float((wa[k] - wb[k]).abs().max()) for k in wa)
+
+
+def test_short_stage1_run_lowers_loss_and_exports_for_the_engine(trainer_home, unpaired_data, encoder_cache,
+                                                                 tmp_path):
+    from core.character import Character
+    from core.pipeline import InstantCharacterPipeline
+    from core.sources import ModelSources
+    from trainer.data import load_dataset
+    from trainer.loop import train
+    from trainer.objective import BatchEncoder, EncodingCache, build_training_model, fixed_loss
+
+    config = load_config(_write_config(tmp_path, tiny_config_text(tmp_path / "out", unpaired_data, encoder_cache,
+                                                                  steps=24, batch=2, lr=1e-3)))
+    result = train(config)
+    assert not result.stopped and result.state.global_step == 24
+    steps = [e for e in read_events(config.output_path) if e["event"] == "step"]
+    assert [e["step"] for e in steps] == list(range(1, 25)) and steps[-1]["eta_s"] == 0.0
+    adapter = config.output_path / "adapter.safetensors"
+    assert adapter.is_file() and (config.output_path / "adapter.json").is_file()
+
+    rows = load_dataset(unpaired_data)
+    losses = {}
+    for label, path in (("untrained", None), ("trained", str(adapter))):
+        pipe = InstantCharacterPipeline.from_pretrained(ModelSources.parse("tiny"), adapter=path,
+                                                        dtype=torch.float32, progress=False)
+        model = build_training_model(pipe, ["image_adapter"], config.objective, fresh=False, seed=0)
+        encoder = BatchEncoder(pipe, config.objective, 16, EncodingCache(encoder_cache, ("features",)), 0)
+        losses[label] = fixed_loss(model, encoder, rows, 32, repeats=4)
+    print(f"fixed-noise flow-matching loss: untrained {losses['untrained']:.4f} -> trained {losses['trained']:.4f}")
+    assert losses["trained"] < losses["untrained"] * 0.97
+
+    # the engine generates with the exported adapter
+    image = pipe("a circle character", characters=[Character(rows[0].target)], height=32, width=32,
+                 num_inference_steps=2, generator=torch.Generator().manual_seed(0), max_sequence_length=16).images[0]
+    assert image.size == (32, 32)
+
+
+def test_stop_and_save_now_requests(trainer_home, unpaired_data, encoder_cache, tmp_path):
+    from trainer.events import SAVE_NOW, STOP, request
+    from trainer.loop import Trainer
+
+    config = load_config(_write_config(tmp_path, tiny_config_text(tmp_path / "out", unpaired_data, encoder_cache,
+                                                                  steps=50, batch=1)))
+    request(config.output_path, SAVE_NOW)  # a stale request from before the start is dropped
+    trainer = Trainer(config)
+    original = trainer._requests
+
+    def requests():
+        step = len(trainer.losses)
+        if step == 2:
+            request(config.output_path, SAVE_NOW)
+        if step == 4:
+            request(config.output_path, STOP)
+        return original()
+
+    trainer._requests = requests
+    result = trainer.run()
+    assert result.stopped and result.state.global_step == 4 and not result.exported
+    events = read_events(config.output_path)
+    assert [e["reason"] for e in events if e["event"] == "checkpoint"] == ["save-now", "stop"]
+    assert events[-1]["event"] == "stopped"
+
+
+def _run_until_killed(config_path: Path, out: Path, kill_after_step: int, log: Path) -> None:
+    with open(log, "w") as f:
+        proc = subprocess.Popen([sys.executable, "-m", "trainer", str(config_path)], cwd=REPO, env=_env(),
+                                stdout=f, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.time() + 240
+        while time.time() < deadline:
+            steps = [e["step"] for e in read_events(out) if e["event"] == "step"]
+            if steps and steps[-1] >= kill_after_step:
+                break
+            assert proc.poll() is None, log.read_text()[-2000:]
+            time.sleep(0.02)
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+
+
+@pytest.mark.slow
+def test_kill_9_and_resume_matches_an_uninterrupted_run(trainer_home, unpaired_data, encoder_cache, tmp_path):
+    def config(name):
+        return _write_config(tmp_path / name, tiny_config_text(tmp_path / name / "out", unpaired_data, encoder_cache,
+                                                               steps=12, batch=2, checkpoint_every=2, keep=2))
+
+    straight = config("straight")
+    done = subprocess.run([sys.executable, "-m", "trainer", str(straight)], cwd=REPO, env=_env(),
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+
+    killed = config("killed")
+    out = tmp_path / "killed" / "out"
+    _run_until_killed(killed, out, kill_after_step=7, log=tmp_path / "killed.log")
+    events = read_events(out)
+    assert events[-1]["event"] != "done", "the run finished before it could be killed"
+    last = max(e["step"] for e in events if e["event"] == "step")
+    assert 7 <= last < 12
+    assert len([p for p in (out / "checkpoints").iterdir() if p.name.startswith("step-")]) <= 2  # keep = 2
+    refused = subprocess.run([sys.executable, "-m", "trainer", str(killed)], cwd=REPO, env=_env(),
+                             capture_output=True, text=True, timeout=300)
+    assert refused.returncode == 2 and "--resume" in refused.stderr
+    resumed = subprocess.run([sys.executable, "-m", "trainer", str(killed), "--resume"], cwd=REPO, env=_env(),
+                             capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    start = [e for e in read_events(out) if e["event"] == "start"][-1]
+    assert start["resumed_from"] and start["global_step"] % 2 == 0 and start["global_step"] < 12
+    diff = _same_weights(tmp_path / "straight" / "out" / "adapter.safetensors", out / "adapter.safetensors")
+    print(f"resume: max |difference| of the final weights = {diff}")
+    assert diff == 0.0
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(shutil.which("torchrun") is None and not (Path(sys.executable).parent / "torchrun").exists(),
+                    reason="torchrun not installed")
+def test_two_processes_match_one(trainer_home, unpaired_data, encoder_cache, tmp_path):
+    def config(name, accumulation=1):
+        return _write_config(tmp_path / name, tiny_config_text(tmp_path / name / "out", unpaired_data, encoder_cache,
+                                                               steps=4, batch=4, accumulation=accumulation))
+
+    one = subprocess.run([sys.executable, "-m", "trainer", str(config("one"))], cwd=REPO, env=_env(),
+                         capture_output=True, text=True, timeout=300)
+    assert one.returncode == 0, one.stderr[-2000:]
+    torchrun = str(Path(sys.executable).parent / "torchrun")
+    two = subprocess.run([torchrun, "--nproc_per_node", "2", "--master_port", "29517", "-m", "trainer",
+                          str(config("two"))], cwd=REPO, env=_env(), capture_output=True, text=True, timeout=400)
+    assert two.returncode == 0, two.stderr[-3000:]
+    start = [e for e in read_events(tmp_path / "two" / "out") if e["event"] == "start"][0]
+    assert start["processes"] == 2
+    diff = _same_weights(tmp_path / "one" / "out" / "adapter.safetensors",
+                         tmp_path / "two" / "out" / "adapter.safetensors")
+    print(f"1 process vs 2 processes: max |difference| of the final weights = {diff:.3g}")
+    assert diff < 1e-4
+    losses = [[e["loss"] for e in read_events(tmp_path / n / "out") if e["event"] == "step"] for n in ("one", "two")]
+    assert max(abs(a - b) for a, b in zip(*losses)) < 1e-4
