@@ -10,7 +10,7 @@ import argparse
 import logging
 import sys
 
-from . import generate
+from . import eval_commands, generate
 
 USER_ERRORS: tuple[type[BaseException], ...] = (ValueError, RuntimeError, FileNotFoundError, PermissionError)
 
@@ -27,6 +27,10 @@ def build_parser() -> argparse.ArgumentParser:
     gen = commands.add_parser("generate", help="make one image from the command line")
     generate.add_arguments(gen)
     gen.set_defaults(handler=generate.run)
+
+    evaluate = commands.add_parser("eval", help="score a benchmark (CLIP-I, DINO-I, CLIP-T) or compare two runs")
+    eval_commands.add_arguments(evaluate)
+    evaluate.set_defaults(handler=eval_commands.run)
     return parser
 
 

@@ -93,7 +93,7 @@ def run(args: argparse.Namespace) -> int:
     sources = ModelSources.parse(args.models)
     dtype_name = args.dtype or default_dtype()
     seed = args.seed if args.seed is not None else int(torch.randint(0, 2**31 - 1, (1,)).item())
-    pipe = InstantCharacterPipeline.from_pretrained(sources, dtype=DTYPES[dtype_name])
+    pipe = InstantCharacterPipeline.from_pretrained(sources, dtype=DTYPES[dtype_name], text_adapter=args.text_adapter)
     if torch.cuda.is_available():
         pipe.to("cuda")
     generator = torch.Generator("cpu").manual_seed(seed)

@@ -31,11 +31,15 @@ class CharacterCondition:
         tokens: character tokens (B, Q, D) from the projector's resampler.
         scale: strength of the character (the released default is 0.9).
         mask: optional routing weights over the packed image tokens, (B or 1, N_image); ``None`` covers the image.
+        text_tokens: the text adapter's tokens for this step (B, Q_T, D_T), or ``None`` without a text adapter.
+        text_mask: weights over the text tokens, 1 on the tokens that came from the character's tag (B or 1, L).
     """
 
     tokens: torch.Tensor
     scale: float = 1.0
     mask: torch.Tensor | None = None
+    text_tokens: torch.Tensor | None = None
+    text_mask: torch.Tensor | None = None
 
 
 class RMSNorm(nn.Module):
@@ -62,6 +66,7 @@ class CharacterAttnProcessor(nn.Module):
 
     _attention_backend = None
     _parallel_config = None
+    text_injection = None  # set by core.text_adapter.TextAdapter.install on double-stream layers
 
     def __init__(self, hidden_size: int, token_dim: int, head_dim: int = 128):
         super().__init__()
@@ -86,6 +91,15 @@ class CharacterAttnProcessor(nn.Module):
                 out = out * cond.mask[..., None].to(out.dtype)
             total = out if total is None else total + out
         return total
+
+    def inject_text(self, raw_text_query, text_out, conditions):
+        """Adds each character's text-adapter output to the text tokens of its tag (paper Eq. 4)."""
+        for cond in conditions:
+            if cond.text_tokens is None or cond.text_mask is None:
+                continue
+            update = self.text_injection(raw_text_query, cond.text_tokens, backend=self._attention_backend)
+            text_out = text_out + update * cond.text_mask[..., None].to(update.dtype)
+        return text_out
 
     def __call__(
         self,
@@ -113,6 +127,7 @@ class CharacterAttnProcessor(nn.Module):
 
         query = attn.norm_q(query)
         key = attn.norm_k(key)
+        raw_text_query = None if single_stream else encoder_query.unflatten(-1, (-1, attn.head_dim))
         if attn.added_kv_proj_dim is not None:
             encoder_query = attn.norm_added_q(encoder_query.unflatten(-1, (-1, attn.head_dim)))
             encoder_key = attn.norm_added_k(encoder_key.unflatten(-1, (-1, attn.head_dim)))
@@ -142,6 +157,8 @@ class CharacterAttnProcessor(nn.Module):
         encoder_hidden_states, hidden_states = hidden_states[:, :text_len], hidden_states[:, text_len:]
         if extra is not None:
             hidden_states = hidden_states + extra
+        if self.text_injection is not None and character_conditions:
+            encoder_hidden_states = self.inject_text(raw_text_query, encoder_hidden_states, character_conditions)
         hidden_states = attn.to_out[1](attn.to_out[0](hidden_states.contiguous()))
         encoder_hidden_states = attn.to_add_out(encoder_hidden_states.contiguous())
         return hidden_states, encoder_hidden_states

@@ -24,7 +24,8 @@ from .character import Character, check_characters
 from .encoders import CharacterEncoder, CharacterFeatures
 from .masks import auto_layout
 from .projector import CharacterProjector
-from .prompt import ResolvedPrompt, resolve_prompt
+from .prompt import ResolvedPrompt, resolve_prompt, token_indices
+from .text_adapter import TextAdapter, TextAdapterError
 
 MAX_SIDE = 4096
 
@@ -98,20 +99,25 @@ class InstantCharacterPipeline(FluxPipeline):
 
     model_cpu_offload_seq = "text_encoder->text_encoder_2->siglip->dinov2->image_proj->transformer->vae"
     _optional_components = ["image_encoder", "feature_extractor", "siglip", "siglip_processor", "dinov2",
-                            "dinov2_processor", "image_proj"]
+                            "dinov2_processor", "image_proj", "text_adapter"]
+    # the text adapter's layers run inside the transformer's forward: keep it beside the transformer
+    _exclude_from_cpu_offload = ["text_adapter"]
 
     def __init__(self, scheduler, vae, text_encoder, tokenizer, text_encoder_2, tokenizer_2, transformer,
                  siglip=None, siglip_processor=None, dinov2=None, dinov2_processor=None,
                  image_proj: CharacterProjector | None = None,
                  character_layers: CharacterAttentionLayers | None = None,
+                 text_adapter: TextAdapter | None = None,
                  image_encoder=None, feature_extractor=None):
         super().__init__(scheduler, vae, text_encoder, tokenizer, text_encoder_2, tokenizer_2, transformer,
                          image_encoder, feature_extractor)
         self.register_modules(siglip=siglip, siglip_processor=siglip_processor, dinov2=dinov2,
-                              dinov2_processor=dinov2_processor, image_proj=image_proj)
+                              dinov2_processor=dinov2_processor, image_proj=image_proj, text_adapter=None)
         self.character_layers = character_layers
         if character_layers is not None:
             character_layers.install(transformer)
+        if text_adapter is not None:
+            self.load_text_adapter(text_adapter)
         self.character_encoder = (CharacterEncoder(siglip, siglip_processor, dinov2, dinov2_processor)
                                   if siglip is not None and dinov2 is not None else None)
         self._feature_cache = _LRU(32)
@@ -121,7 +127,7 @@ class InstantCharacterPipeline(FluxPipeline):
     # ------------------------------------------------------------------ loading
     @classmethod
     def from_pretrained(cls, base: str | os.PathLike = None, *, siglip=None, dinov2=None, adapter=None,
-                        dtype: torch.dtype = torch.bfloat16, progress: bool = True, **kwargs):
+                        text_adapter=None, dtype: torch.dtype = torch.bfloat16, progress: bool = True, **kwargs):
         """Loads FLUX, the image encoders and the adapter from hub ids or local paths.
 
         Args:
@@ -132,13 +138,37 @@ class InstantCharacterPipeline(FluxPipeline):
             dinov2: DINOv2 model; default ``facebook/dinov2-giant``.
             adapter: the adapter checkpoint (``.bin`` or ``.safetensors``, local path or ``repo_id/filename``);
                 default ``tencent/InstantCharacter/instantcharacter_ip-adapter.bin``.
+            text_adapter: an optional trained text adapter (``.safetensors`` written by the trainer).
             dtype: weight dtype of every component.
             kwargs: passed to ``FluxPipeline.from_pretrained`` (e.g. ``quantization_config``).
         """
         from .loading import load_components  # local import: loading imports this module
 
-        return cls(**load_components(base, siglip=siglip, dinov2=dinov2, adapter=adapter, dtype=dtype,
+        pipe = cls(**load_components(base, siglip=siglip, dinov2=dinov2, adapter=adapter, dtype=dtype,
                                      progress=progress, **kwargs))
+        if text_adapter is not None:
+            pipe.load_text_adapter(text_adapter)
+        return pipe
+
+    def load_text_adapter(self, adapter: "TextAdapter | str | os.PathLike") -> None:
+        """Adds a text adapter (a :class:`TextAdapter` or a path to one) to the double-stream blocks."""
+        if not isinstance(adapter, TextAdapter):
+            adapter = TextAdapter.load(adapter)
+        cfg, tcfg = adapter.config, self.transformer.config
+        if self.siglip is not None and cfg.siglip_dim != self.siglip.config.hidden_size:
+            raise TextAdapterError(f"the text adapter expects {cfg.siglip_dim}-wide SigLIP features, "
+                                   f"the SigLIP model gives {self.siglip.config.hidden_size}")
+        if cfg.attention_width != tcfg.num_attention_heads * tcfg.attention_head_dim:
+            raise TextAdapterError(f"the text adapter is for attention width {cfg.attention_width}, the base model "
+                                   f"has {tcfg.num_attention_heads * tcfg.attention_head_dim}")
+        adapter.to(device=self.transformer.device, dtype=self.transformer.dtype)
+        adapter.install(self.transformer)
+        self.register_modules(text_adapter=adapter)
+
+    def unload_text_adapter(self) -> None:
+        """Removes the text adapter; generation is then exactly as without one."""
+        TextAdapter.uninstall(self.transformer)
+        self.register_modules(text_adapter=None)
 
     # ------------------------------------------------------------------ characters
     def clear_caches(self) -> None:
@@ -164,17 +194,38 @@ class InstantCharacterPipeline(FluxPipeline):
 
         return self._context_cache.get_or_make((character.key, id(self.image_proj), proj_dtype), make)
 
-    def _character_tokens(self, characters, timesteps, dtype, device, batch):
-        """Per step, per character: (B, Q, D) resampler tokens (computed once per step, before the loop)."""
+    def _character_tokens(self, characters, timesteps, dtype, device, batch, with_text: list[bool]):
+        """Per step, per character: image tokens (B, Q, D) and text-adapter tokens or ``None``.
+
+        Computed once per step, before the loop, from the cached per-character work.
+        """
         per_step = []
         contexts = [self.character_context(c) for c in characters]
+        siglip_width = self.siglip.config.hidden_size
+        siglip_feats = [self.encode_character(c).low_res_deep[..., :siglip_width].to(device, self.text_adapter.dtype)
+                        if use else None for c, use in zip(characters, with_text)]
         with torch.inference_mode():
             for t in timesteps:
                 # the released code conditions the resampler on the timestep in the latents' dtype
                 step_t = t.expand(1).to(dtype)
-                per_step.append([self.image_proj(context=ctx, timestep=step_t).to(device).expand(batch, -1, -1)
-                                 for ctx in contexts])
+                image = [self.image_proj(context=ctx, timestep=step_t).to(device).expand(batch, -1, -1)
+                         for ctx in contexts]
+                text = [self.text_adapter(f, step_t).expand(batch, -1, -1) if f is not None else None
+                        for f in siglip_feats]
+                per_step.append(list(zip(image, text)))
         return per_step
+
+    def _text_masks(self, resolved: ResolvedPrompt, count: int, length: int, device) -> list:
+        """Per character, weights over the T5 tokens that came from its tag (``None`` if never named)."""
+        masks = []
+        for i in range(count):
+            if self.text_adapter is None or i not in resolved.spans:
+                masks.append(None)
+                continue
+            mask = torch.zeros(1, length, device=device)
+            mask[0, token_indices(self.tokenizer_2, resolved.text, resolved.spans[i], length)] = 1.0
+            masks.append(mask)
+        return masks
 
     def _routing(self, characters, height, width, device, notes):
         rows, cols = height // (self.vae_scale_factor * 2), width // (self.vae_scale_factor * 2)
@@ -255,12 +306,11 @@ class InstantCharacterPipeline(FluxPipeline):
                                      true_cfg_scale, num_images_per_prompt, max_sequence_length, output_type)
         resolved: ResolvedPrompt = resolve_prompt(prompt, characters)
         notes = list(resolved.notes)
+        order = list(range(len(characters)))
         if len(characters) > 1 and all(c.mask is None for c in characters) and resolved.order:
             # the automatic layout follows the order the prompt names the characters in
             order = resolved.order + [i for i in range(len(characters)) if i not in resolved.order]
-            characters = [characters[i] for i in order]
         self._guidance_scale = guidance_scale
-        self._joint_attention_kwargs = {}
         self._current_timestep = None
         self._interrupt = False
         device = self._execution_device
@@ -290,8 +340,12 @@ class InstantCharacterPipeline(FluxPipeline):
 
         step_tokens = None
         if characters:
+            text_masks = self._text_masks(resolved, len(characters), prompt_embeds.shape[1], device)
+            characters = [characters[i] for i in order]
+            text_masks = [text_masks[i] for i in order]
             routing = self._routing(characters, height, width, device, notes)
-            step_tokens = self._character_tokens(characters, timesteps, latents.dtype, device, batch)
+            step_tokens = self._character_tokens(characters, timesteps, latents.dtype, device, batch,
+                                                 [m is not None for m in text_masks])
 
         self.scheduler.set_begin_index(0)
         with self.progress_bar(total=num_inference_steps) as progress_bar:
@@ -300,15 +354,19 @@ class InstantCharacterPipeline(FluxPipeline):
                     break
                 self._current_timestep = t
                 timestep = t.expand(batch).to(latents.dtype)
+                conditions = negative_conditions = None
                 if step_tokens is not None:
-                    conditions = [CharacterCondition(tok, c.scale, w)
-                                  for tok, c, w in zip(step_tokens[i], characters, routing)]
-                    self._joint_attention_kwargs = {"character_conditions": conditions}
+                    conditions = [CharacterCondition(tok, c.scale, w, text_tok, text_mask)
+                                  for (tok, text_tok), c, w, text_mask
+                                  in zip(step_tokens[i], characters, routing, text_masks)]
+                    # the negative prompt has no tags: it gets the image tokens only, as in the released code
+                    negative_conditions = [CharacterCondition(c.tokens, c.scale, c.mask) for c in conditions]
                 noise_pred = self._predict(latents, timestep, guidance, pooled_prompt_embeds, prompt_embeds,
-                                           text_ids, latent_image_ids)
+                                           text_ids, latent_image_ids, conditions)
                 if do_true_cfg:
                     neg_noise_pred = self._predict(latents, timestep, guidance, negative_pooled,
-                                                   negative_prompt_embeds, negative_text_ids, latent_image_ids)
+                                                   negative_prompt_embeds, negative_text_ids, latent_image_ids,
+                                                   negative_conditions)
                     noise_pred = neg_noise_pred + true_cfg_scale * (noise_pred - neg_noise_pred)
                 latents = self.scheduler.step(noise_pred, t, latents, return_dict=False)[0]
                 if callback_on_step_end is not None:
@@ -316,7 +374,6 @@ class InstantCharacterPipeline(FluxPipeline):
                     latents = out.pop("latents", latents)
                 progress_bar.update()
         self._current_timestep = None
-        self._joint_attention_kwargs = {}
 
         if output_type == "latent":
             image = latents
@@ -330,10 +387,10 @@ class InstantCharacterPipeline(FluxPipeline):
             return (image,)
         return InstantCharacterPipelineOutput(images=image, prompt=resolved.text, notes=notes)
 
-    def _predict(self, latents, timestep, guidance, pooled, embeds, text_ids, image_ids):
-        kwargs = dict(self._joint_attention_kwargs)
-        if kwargs:
-            kwargs["text_seq_len"] = embeds.shape[1]
+    def _predict(self, latents, timestep, guidance, pooled, embeds, text_ids, image_ids, conditions=None):
+        kwargs = None
+        if conditions:
+            kwargs = {"character_conditions": conditions, "text_seq_len": embeds.shape[1]}
         return self.transformer(hidden_states=latents, timestep=timestep / 1000, guidance=guidance,
                                 pooled_projections=pooled, encoder_hidden_states=embeds, txt_ids=text_ids,
-                                img_ids=image_ids, joint_attention_kwargs=kwargs or None, return_dict=False)[0]
+                                img_ids=image_ids, joint_attention_kwargs=kwargs, return_dict=False)[0]
