@@ -6,65 +6,11 @@ session however many runs use it.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
-from PIL import Image, ImageDraw
 
-COLOURS = [(220, 40, 40), (40, 160, 60), (40, 80, 220), (230, 180, 30)]
-SHAPES = ["circle", "square", "triangle", "diamond"]
-BACKGROUND = (245, 245, 240)
-
-
-def draw_character(shape: str, colour, size: int = 48, offset=(0, 0), canvas: Image.Image | None = None):
-    """One flat-coloured shape; drawn on ``canvas`` (at ``offset``) or on a new plain ``size`` square."""
-    image = canvas or Image.new("RGB", (size, size), BACKGROUND)
-    d = ImageDraw.Draw(image)
-    ox, oy = offset
-    s = size / 48
-    box = lambda *xy: [v * s + (ox if i % 2 == 0 else oy) for i, v in enumerate(xy)]  # noqa: E731
-    if shape == "circle":
-        d.ellipse(box(10, 8, 38, 40), fill=colour)
-    elif shape == "square":
-        d.rectangle(box(12, 10, 36, 38), fill=colour)
-    elif shape == "triangle":
-        d.polygon(list(zip(*[iter(box(24, 6, 40, 40, 8, 40))] * 2)), fill=colour)
-    else:
-        d.polygon(list(zip(*[iter(box(24, 6, 40, 24, 24, 42, 8, 24))] * 2)), fill=colour)
-    return image
-
-
-def make_unpaired(folder: Path, count: int = 4) -> Path:
-    folder.mkdir(parents=True, exist_ok=True)
-    for i in range(count):
-        shape, colour = SHAPES[i % 4], COLOURS[(i * 3) % 4]
-        draw_character(shape, colour).save(folder / f"char{i}.png")
-        (folder / f"char{i}.txt").write_text(f"a {shape} character")
-    return folder
-
-
-def make_paired(folder: Path) -> Path:
-    """Two single-reference rows and one two-character row with boxes."""
-    folder.mkdir(parents=True, exist_ok=True)
-    rows = []
-    for i in range(2):
-        shape, colour = SHAPES[i], COLOURS[i]
-        draw_character(shape, colour).save(folder / f"ref{i}.png")
-        target = Image.new("RGB", (64, 48), (200, 220, 250))
-        draw_character(shape, colour, canvas=target, offset=(12, 0))
-        target.save(folder / f"target{i}.png")
-        rows.append({"reference": f"ref{i}.png", "target": f"target{i}.png", "caption": f"a {shape} at the beach"})
-    both = Image.new("RGB", (96, 48), BACKGROUND)
-    draw_character("circle", COLOURS[0], canvas=both)
-    draw_character("square", COLOURS[1], canvas=both, offset=(48, 0))
-    both.save(folder / "both.png")
-    rows.append({"references": [{"name": "Ann", "image": "ref0.png", "box": [0, 0, 0.5, 1]},
-                                {"name": "Bob", "image": "ref1.png", "box": [0.5, 0, 1, 1]}],
-                 "target": "both.png", "caption": "[Ann] next to [Bob]"})
-    path = folder / "paired.jsonl"
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return path
+from trainer.synthetic import BACKGROUND, COLOURS, SHAPES, draw_character, make_paired, make_unpaired  # noqa: F401
 
 
 def tiny_config_text(output_dir: Path, unpaired: Path, cache: Path, *, steps=8, batch=2, lr=1e-3,
