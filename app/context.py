@@ -126,11 +126,12 @@ class StudioContext:
 
     @property
     def device(self) -> torch.device:
-        return torch.device("cuda" if torch.cuda.is_available() or self.zero_gpu else "cpu")
+        # on ZeroGPU the spaces package makes torch.cuda.is_available() true from start-up
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
     @property
     def has_cuda(self) -> bool:
-        return torch.cuda.is_available() or self.zero_gpu
+        return torch.cuda.is_available()
 
     def resolve_preset(self, width: int = 1024, height: int = 1024):
         """``(MemoryPreset, reason)`` for the chosen preset name (``auto`` asks the planner)."""
