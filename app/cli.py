@@ -10,7 +10,7 @@ import argparse
 import logging
 import sys
 
-from . import eval_commands, generate
+from . import bench_commands, eval_commands, generate, story_commands
 
 USER_ERRORS: tuple[type[BaseException], ...] = (ValueError, RuntimeError, FileNotFoundError, PermissionError)
 
@@ -22,6 +22,10 @@ def build_parser() -> argparse.ArgumentParser:
                     "With no command, opens the studio in your browser.",
     )
     parser.add_argument("--debug", action="store_true", help="show full tracebacks")
+    from .studio import add_launch_arguments, launch
+
+    add_launch_arguments(parser)
+    parser.set_defaults(handler=launch)
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     gen = commands.add_parser("generate", help="make one image from the command line")
@@ -31,17 +35,40 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate = commands.add_parser("eval", help="score a benchmark (CLIP-I, DINO-I, CLIP-T) or compare two runs")
     eval_commands.add_arguments(evaluate)
     evaluate.set_defaults(handler=eval_commands.run)
+
+    story = commands.add_parser("story", help="render, check or convert a story (comics, storyboards)")
+    story_commands.add_story_arguments(story)
+    story.set_defaults(handler=story_commands.story_main)
+
+    plan = commands.add_parser("plan", help="estimated GPU and RAM peaks of each memory preset, and auto's pick")
+    bench_commands.add_plan_arguments(plan)
+    plan.set_defaults(handler=bench_commands.plan_main)
+
+    bench = commands.add_parser("bench", help="measure load time, speed and peak memory")
+    bench_commands.add_bench_arguments(bench)
+    bench.set_defaults(handler=bench_commands.bench_main)
+
+    train = commands.add_parser("train", help="fine-tune the adapters (train CONFIG [--resume], train validate ...)",
+                                add_help=False)
+    train.add_argument("train_args", nargs=argparse.REMAINDER)
+    train.set_defaults(handler=_train)
     return parser
 
 
+def _train(args: argparse.Namespace) -> int:
+    from trainer.cli import main as train_main
+
+    return train_main(args.train_args)
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["train"]:  # the trainer parses its own options (argparse's REMAINDER drops a leading --help)
+        return _train(argparse.Namespace(train_args=argv[1:]))
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.debug else logging.WARNING, format="%(message)s")
-    handler = getattr(args, "handler", None)
-    if handler is None:
-        parser.print_help()
-        return 0
+    handler = args.handler
     try:
         return handler(args) or 0
     except KeyboardInterrupt:
