@@ -170,6 +170,19 @@ def remove_parts(out_dir: str | os.PathLike) -> None:
             path.unlink()
 
 
+def remove_temporaries(out_dir: str | os.PathLike) -> list[Path]:
+    """Delete the temporary files `atomic_path` leaves when a process is killed mid-write (``.NAME.*.tmp`` in the
+    render folder and its panel folder); returns what was removed. Call only when no render is writing there."""
+    out_dir = Path(out_dir)
+    removed = []
+    for folder in (out_dir, out_dir / PANELS_DIR):
+        for path in folder.glob(".*.tmp"):
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+                removed.append(path)
+    return removed
+
+
 def merge_parts(out_dir: str | os.PathLike) -> RenderManifest:
     """Fold the part files into manifest.json and delete them (rank 0, after every process finished)."""
     manifest = load_manifest(out_dir)

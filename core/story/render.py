@@ -6,6 +6,11 @@ a resumed render, on any rank, in any order. Character images are read once per 
 `Character` objects holding the same image objects, so the pipeline's content-keyed feature cache computes each
 character's features once.
 
+Each panel PNG carries the studio's own metadata (`core.metadata.GenerationRecord`: the ``parameters`` and
+``instantcharacter`` chunks), so dropping a panel into the studio's Recall brings back its prompt, seed, size,
+steps and characters with their regions. What only a story knows (title, panel number, caption, settings hash)
+goes in one more chunk, ``instantcharacter-story``.
+
 With several processes (``torchrun``/``accelerate launch``) every rank computes the same to-do list, takes its
 share with `split_between_processes`, and writes its records to its own manifest part; rank 0 merges the parts
 when all are finished. Panel files and the merged manifest are the same as a single process would write.
@@ -15,7 +20,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -34,6 +39,7 @@ from core.story.manifest import (
     panels_to_render,
     part_path,
     remove_parts,
+    remove_temporaries,
     save_manifest,
     sha256_file,
     write_json_atomic,
@@ -41,6 +47,8 @@ from core.story.manifest import (
 )
 
 PNG_METADATA_KEY = "instantcharacter-story"
+# Pipeline options that GenerationRecord stores as fields of its own (the rest only reach the settings hash).
+_RECORD_OPTIONS = ("max_sequence_length",)
 
 
 @dataclass(frozen=True)
@@ -104,11 +112,14 @@ class CharacterLibrary:
         self.make_character = make_character or _default_character_factory()
         self.images: dict[str, Image.Image] = {}
         self._characters: dict[tuple[str, str | None], Any] = {}
+        self._records: dict[tuple[str, str | None], Any] = {}
 
     def image(self, name: str) -> Image.Image:
         if name not in self.images:
-            with Image.open(self.story.characters[name].image) as img:
-                self.images[name] = img.convert("RGB")
+            from core.images import load_image
+
+            # the engine's loader: EXIF orientation applied, alpha composited on white, as for a Character
+            self.images[name] = load_image(self.story.characters[name].image, name=f"character [{name}]")
         return self.images[name]
 
     def for_panel(self, panel: Panel) -> list[Any]:
@@ -125,22 +136,54 @@ class CharacterLibrary:
             characters.append(self._characters[key])
         return characters
 
+    def records_for_panel(self, panel: Panel) -> list[Any]:
+        """`core.metadata.CharacterRecord`s of the panel's characters (image as sent, name, scale, region)."""
+        from core.masks import RoutingMask
+        from core.metadata import CharacterRecord, image_to_b64
 
-def panel_pnginfo(story: Story, panel: Panel, settings_hash: str) -> PngImagePlugin.PngInfo:
-    """Text chunks recording how a panel was made (story, panel, prompt, seed, characters, settings hash)."""
-    info = PngImagePlugin.PngInfo()
+        records = []
+        for name in panel.characters:
+            region = panel.regions.get(name)
+            key = (name, region)
+            if key not in self._records:
+                mask = RoutingMask.from_spec(engine_mask(region))
+                # the story's description is a note for people, not words for the text encoders: not recorded
+                self._records[key] = CharacterRecord(
+                    image=image_to_b64(self.image(name)), name=name, scale=self.story.characters[name].scale,
+                    mask=mask.to_json() if mask is not None else None)
+            records.append(self._records[key])
+        return records
+
+
+def generation_record(story: Story, panel: Panel, characters: list[Any], options: dict[str, Any] | None = None,
+                      record_fields: Mapping[str, Any] | None = None) -> Any:
+    """The `core.metadata.GenerationRecord` of a panel: what Recall needs to make the same image again.
+
+    `characters` are `CharacterRecord`s (`CharacterLibrary.records_for_panel`); `record_fields` adds the fields a
+    story does not know (``models``, ``dtype``, ``preset``).
+    """
+    from core.metadata import GenerationRecord
+
+    fields = {k: v for k, v in (options or {}).items() if k in _RECORD_OPTIONS}
+    fields.update(record_fields or {})
+    return GenerationRecord(
+        prompt=story.engine_prompt(panel), seed=panel.seed, width=story.width, height=story.height,
+        num_inference_steps=story.steps, guidance_scale=story.guidance, negative_prompt=story.negative or None,
+        true_cfg_scale=story.true_cfg, characters=list(characters), **fields)
+
+
+def panel_pnginfo(story: Story, panel: Panel, settings_hash: str, record: Any = None) -> PngImagePlugin.PngInfo:
+    """The text chunks of a panel PNG: `record`'s (``parameters`` and ``instantcharacter``, see `core.metadata`)
+    when given, plus ``instantcharacter-story`` (title, panel number, caption, seed, regions, settings hash)."""
+    info = record.pnginfo() if record is not None else PngImagePlugin.PngInfo()
     info.add_text(PNG_METADATA_KEY, json.dumps({
         "title": story.title,
         "panel": panel.number,
-        "prompt": story.engine_prompt(panel),
-        "negative_prompt": story.negative,
+        "caption": panel.caption,
         "seed": panel.seed,
-        "size": [story.width, story.height],
-        "steps": story.steps,
-        "guidance": story.guidance,
-        "true_cfg": story.true_cfg,
-        "characters": {n: {"scale": story.characters[n].scale, "region": panel.regions.get(n),
-                           "image_sha256": story.characters[n].image_sha256} for n in panel.characters},
+        "seed_pinned": panel.seed_pinned,
+        "story_seed": story.seed,
+        "regions": dict(panel.regions),
         "settings_hash": settings_hash,
     }, ensure_ascii=False))
     return info
@@ -192,6 +235,7 @@ def render_story(
     options: dict[str, Any] | None = None,
     only: Iterable[int] | None = None,
     make_character: Callable[..., Any] | None = None,
+    record_fields: Mapping[str, Any] | None = None,
 ) -> RenderResult:
     """Render the panels of `story` into `out_dir` and record them in its manifest.
 
@@ -208,6 +252,9 @@ def render_story(
             one panel after `Story.with_panel_seed`).
         make_character: builds a character as `make_character(image, name=, scale=, mask=)`;
             default `core.character.Character`.
+        record_fields: `core.metadata.GenerationRecord` fields for every panel's PNG metadata that the story does
+            not hold, e.g. ``{"models": {...}, "dtype": "float32", "preset": "full"}``. They are not part of the
+            settings hash: they say how the engine was loaded, not what it was asked for.
 
     A panel that raises (out of memory, a bad mask...) is recorded as failed with its error and the others go on.
     """
@@ -231,6 +278,7 @@ def render_story(
     if rank == 0:
         save_manifest(manifest, out_dir)
         remove_parts(out_dir)
+        remove_temporaries(out_dir)  # left by a killed render; never taken as panels, but clutter the folder
     state.wait_for_everyone()
 
     mine = _split(state, todo)
@@ -253,7 +301,8 @@ def render_story(
         try:
             image = render_panel(story, panel, pipe, library.for_panel(panel), options)
             file = panel_filename(index)
-            write_png_atomic(image, out_dir / file, pnginfo=panel_pnginfo(story, panel, settings_hash))
+            metadata = generation_record(story, panel, library.records_for_panel(panel), options, record_fields)
+            write_png_atomic(image, out_dir / file, pnginfo=panel_pnginfo(story, panel, settings_hash, metadata))
         except Exception as exc:  # noqa: BLE001 - any engine failure marks this panel, the story goes on
             error = f"{type(exc).__name__}: {exc}"
             record(PanelRecord(index, settings_hash, panel.seed, FAILED, error=error))

@@ -45,6 +45,28 @@ def test_render_calls_engine_with_panel_settings(story_dir, tmp_path, fake_pipe)
     assert meta["seed"] == story.panels[0].seed and meta["panel"] == 1
 
 
+def test_panel_png_carries_the_studio_metadata_for_recall(story_dir, tmp_path, fake_pipe):
+    from core.metadata import image_from_b64, read_record
+
+    story = parse_story(small_story_text(3).replace("[Ann@left]", "[Ann@box:0.1,0.2,0.5,1]"), base_dir=story_dir)
+    fields = {"models": {"spec": "tiny"}, "dtype": "float32", "preset": "full"}
+    render(story, fake_pipe, tmp_path / "out", record_fields=fields)
+    record = read_record(tmp_path / "out" / panel_filename(0))
+    panel = story.panels[0]
+    assert (record.prompt, record.seed, record.width, record.height, record.num_inference_steps) == (
+        "[Ann] greets [Bob] in scene 0, ink drawing", panel.seed, 32, 32, story.steps)
+    assert (record.guidance_scale, record.true_cfg_scale, record.negative_prompt) == (3.5, 1.0, None)
+    assert (record.models, record.dtype, record.preset) == ({"spec": "tiny"}, "float32", "full")
+    ann, bob = record.characters
+    assert (ann.name, ann.scale, ann.mask, bob.name, bob.scale, bob.mask) == (
+        "Ann", 0.8, "box:0.1,0.2,0.5,1", "Bob", 0.9, "right")
+    assert image_from_b64(ann.image).getpixel((0, 0)) == (200, 30, 30)
+    rebuilt = record.generation_kwargs()["characters"]  # what Recall hands to the engine
+    assert [c.name for c in rebuilt] == ["Ann", "Bob"] and rebuilt[0].mask.box == (0.1, 0.2, 0.5, 1.0)
+    assert "Seed: %d" % panel.seed in Image.open(tmp_path / "out" / panel_filename(0)).text["parameters"]
+    assert read_record(tmp_path / "out" / panel_filename(2)).characters == []  # the [NC] panel
+
+
 def test_character_images_loaded_once_and_objects_reused(story_dir, tmp_path, fake_pipe, monkeypatch):
     from core.story import render as render_module
 
@@ -103,6 +125,7 @@ def test_interrupted_render_resumes_to_identical_result(story_dir, tmp_path):
     assert sorted(load_manifest(out).done()) == [0, 1]
     result = render(story, FakePipe(), out, resume=True)
     assert result.rendered == [2, 3, 4]
+    assert not list(out.rglob("*.tmp"))  # the killed render's leftovers are cleaned up
     assert panel_bytes(out, 5) == panel_bytes(reference, 5)
     assert load_manifest(out).to_dict()["panels"] == load_manifest(reference).to_dict()["panels"]
 

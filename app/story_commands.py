@@ -1,0 +1,372 @@
+"""The ``story`` commands: render a story file to panels, pages, a PDF and a ZIP; check it; save it as JSON.
+
+``instantcharacter-studio story render STORY --out DIR`` loads the engine once and renders every panel that still
+needs it (see ``core/story/FORMAT.md``), then exports. Launched with ``torchrun`` or ``accelerate launch``
+(``WORLD_SIZE`` > 1), each process loads the engine and takes its share of the panels; rank 0 exports::
+
+    torchrun --nproc_per_node 2 -m app.story_commands render STORY --out DIR
+
+A story with problems prints one ``FILE:LINE: message`` line per problem and exits with status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import re
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from core.story.format import MAX_SIDE, Story, StoryError, load_story
+
+DTYPE_CHOICES = ("bfloat16", "float16", "float32")
+# As app.cli: known failures print one line and exit 2 (kept here so `check` starts without importing torch).
+USER_ERRORS: tuple[type[BaseException], ...] = (ValueError, RuntimeError, FileNotFoundError, PermissionError)
+PRESET_CHOICES = ("auto", "full", "balanced", "low", "minimal")
+_SIZE = re.compile(r"^(\d+)\s*[xX]\s*(\d+)$")
+_RANGE = re.compile(r"^(\d+)(?:-(\d+))?$")
+
+
+# --------------------------------------------------------------------------------------------------- arguments
+def _size(text: str) -> tuple[int, int]:
+    match = _SIZE.match(text.strip())
+    if not match:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected WIDTHxHEIGHT, e.g. 512x384")
+    width, height = int(match.group(1)), int(match.group(2))
+    if any(side % 16 or not 16 <= side <= MAX_SIDE for side in (width, height)):
+        raise argparse.ArgumentTypeError(f"{text!r}: width and height must be multiples of 16 from 16 to {MAX_SIDE}")
+    return width, height
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: must be at least 1")
+    return value
+
+
+def _dpi(text: str) -> int:
+    value = _positive(text)
+    if not 36 <= value <= 1200:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected 36 to 1200")
+    return value
+
+
+def parse_panel_list(text: str) -> list[int]:
+    """``"2,5-7"`` -> ``[1, 4, 5, 6]``: 1-based panel numbers and ranges, as 0-based indices."""
+    indices: set[int] = set()
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        match = _RANGE.match(part)
+        if not match:
+            raise argparse.ArgumentTypeError(f"{part!r}: expected panel numbers such as 2,5-7")
+        first, last = int(match.group(1)), int(match.group(2) or match.group(1))
+        if first < 1 or last < first:
+            raise argparse.ArgumentTypeError(f"{part!r}: panel numbers start at 1 and ranges go upwards")
+        indices.update(range(first - 1, last))
+    if not indices:
+        raise argparse.ArgumentTypeError("no panel numbers given")
+    return sorted(indices)
+
+
+def add_story_arguments(parser: argparse.ArgumentParser) -> None:
+    """Adds ``render``, ``check`` and ``to-json`` under ``parser`` (the ``story`` command's parser)."""
+    commands = parser.add_subparsers(dest="story_command", metavar="STORY_COMMAND")
+    commands.required = True
+
+    render = commands.add_parser(
+        "render", help="render every panel, then write page PNGs, a PDF and a ZIP",
+        description="Render a story (text or JSON) into --out: panels/, pages/, story.pdf, story.zip and "
+                    "manifest.json. Re-running with --resume renders only what is missing or changed.")
+    render.add_argument("story", help="the story file (.story text or .json)")
+    render.add_argument("--out", required=True, help="the render folder (created if needed)")
+    render.add_argument("--models", default="default",
+                        help="default (Hugging Face Hub), tiny (small random models) or a models folder")
+    render.add_argument("--preset", default="auto", choices=PRESET_CHOICES, help="memory preset (default: auto)")
+    render.add_argument("--dtype", choices=DTYPE_CHOICES, default=None,
+                        help="weights dtype (default: bfloat16 on GPU, float32 on CPU)")
+    render.add_argument("--resume", action="store_true",
+                        help="keep panels already rendered with the same settings; render the rest")
+    render.add_argument("--panels", type=parse_panel_list, default=None, metavar="LIST",
+                        help="render only these panels (1-based: 3 or 2,5-7), done or not; keeps the others")
+    render.add_argument("--size", type=_size, default=None, metavar="WxH",
+                        help="override the story's image size (e.g. a quick draft at 512x384)")
+    render.add_argument("--steps", type=_positive, default=None, help="override the story's sampling steps")
+    render.add_argument("--dpi", type=_dpi, default=None, help="override the story's page resolution")
+    render.add_argument("--no-export", action="store_true", help="render panels only; no pages, PDF or ZIP")
+
+    check = commands.add_parser("check", help="parse a story and list its panels, or every problem with its line")
+    check.add_argument("story", help="the story file (.story text or .json)")
+
+    to_json = commands.add_parser("to-json", help="save a parsed story as JSON (renderable directly)")
+    to_json.add_argument("story", help="the story file")
+    to_json.add_argument("out", help="the JSON file to write")
+
+
+def story_main(args: argparse.Namespace) -> int:
+    """Runs ``args.story_command``; a story with problems prints them (one line each) and returns 2."""
+    handler = {"render": run_render, "check": run_check, "to-json": run_to_json}[args.story_command]
+    try:
+        return handler(args)
+    except StoryError as exc:
+        print_story_error(exc, getattr(args, "story", None))
+        return 2
+
+
+def print_story_error(error: StoryError, path: str | os.PathLike | None = None, file=None) -> None:
+    """One ``FILE:LINE: message`` line per problem (``FILE: message`` when the problem has no line)."""
+    file = file or sys.stderr
+    for line in format_problems(error, path):
+        print(line, file=file)
+
+
+def format_problems(error: StoryError, path: str | os.PathLike | None = None) -> list[str]:
+    where = error.source or (str(path) if path is not None else "story")
+    return [f"{where}:{line}: {message}" if line is not None else f"{where}: {message}"
+            for line, message in error.problems]
+
+
+def with_overrides(story: Story, size: tuple[int, int] | None = None, steps: int | None = None,
+                   dpi: int | None = None) -> Story:
+    """The story with the command line's size, steps and dpi in place of its header's (None keeps them)."""
+    changes: dict[str, Any] = {}
+    if size is not None:
+        changes["width"], changes["height"] = size
+    if steps is not None:
+        changes["steps"] = steps
+    if dpi is not None:
+        changes["dpi"] = dpi
+    return dataclasses.replace(story, **changes) if changes else story
+
+
+# --------------------------------------------------------------------------------------------------- check, json
+def describe_story(story: Story) -> list[str]:
+    """A short listing: the header in one line, the characters, then one line per panel."""
+    from core.story.layout import plan_pages
+
+    pages = len(plan_pages(story))
+    title = f'"{story.title}"' if story.title else "(untitled)"
+    lines = [f"{title}: {len(story.panels)} panels, {len(story.characters)} characters, "
+             f"{story.width}x{story.height}, {story.steps} steps, seed {story.seed}, "
+             f"layout {story.layout} on {story.page} at {story.dpi} dpi: {pages} page{'s' * (pages != 1)}"]
+    for c in story.characters.values():
+        lines.append(f"  character [{c.name}]: {c.image} (scale {c.scale:g})")
+    for p in story.panels:
+        who = ", ".join(f"[{n}@{p.regions[n]}]" if n in p.regions else f"[{n}]" for n in p.characters) or "[NC]"
+        extras = [f"seed {p.seed}{' (pinned)' if p.seed_pinned else ''}"]
+        if p.dialogue:
+            extras.append(f"{len(p.dialogue)} bubble{'s' * (len(p.dialogue) != 1)}")
+        where = f"line {p.line}" if p.line else "json"
+        lines.append(f"  panel {p.number} ({where}; {who}; {'; '.join(extras)}): {story.engine_prompt(p)}")
+        if p.caption:
+            lines.append(f"      # {p.caption}")
+    return lines
+
+
+def run_check(args: argparse.Namespace) -> int:
+    story = load_story(args.story)
+    print("\n".join(describe_story(story)))
+    print("ok")
+    return 0
+
+
+def run_to_json(args: argparse.Namespace) -> int:
+    story = load_story(args.story)
+    path = story.save_json(args.out)
+    print(f"wrote {path} ({len(story.panels)} panels)")
+    return 0
+
+
+# --------------------------------------------------------------------------------------------------- rendering
+class _OneProcess:
+    """What ``render_story`` uses of ``accelerate.PartialState``, for a single process."""
+
+    process_index = 0
+    num_processes = 1
+    is_main_process = True
+
+    def __init__(self):
+        import torch
+
+        self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+    def wait_for_everyone(self) -> None:
+        pass
+
+
+def process_state() -> Any:
+    """``accelerate.PartialState`` under ``torchrun``/``accelerate launch`` (gloo on CPU), else one process."""
+    import torch
+
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        from accelerate import PartialState
+
+        return PartialState(cpu=not torch.cuda.is_available())
+    return _OneProcess()
+
+
+def resolve_preset(name: str, models: str, device, width: int, height: int):
+    """``(MemoryPreset, reason)``, as the studio chooses: ``auto`` asks the planner; bitsandbytes presets fall
+    back to quanto where bitsandbytes cannot run; tiny models always run ``full``."""
+    import torch
+
+    from core.memory import QUANTO_ALTERNATIVE, bitsandbytes_usable, choose_preset, detect_memory, get_preset
+
+    if models == "tiny":
+        return get_preset("full"), "tiny test models need no memory saving"
+    bnb_ok = bitsandbytes_usable() and torch.device(device).type == "cuda"
+    if name == "auto":
+        mem = detect_memory()
+        preset, _, reason = choose_preset(mem.vram_total_bytes, mem.ram_total_bytes, width, height,
+                                          bitsandbytes_ok=bnb_ok)
+        return preset, reason
+    preset = get_preset(name)
+    if preset.needs_bitsandbytes and not bnb_ok:
+        return preset.with_quantization(QUANTO_ALTERNATIVE), "bitsandbytes needs a CUDA GPU: using quanto int8"
+    return preset, "chosen on the command line"
+
+
+def load_pipeline(models: str, preset_name: str, dtype_name: str | None, device, width: int = 1024,
+                  height: int = 1024, state: Any = None):
+    """Loads the engine once for a whole story: ``(pipe, record_fields)``; ``record_fields`` say how it was loaded
+    (models, dtype, preset) for each panel's PNG metadata. With several processes rank 0 resolves the model
+    sources first (building the tiny bundle or filling the hub cache), then the others."""
+    import contextlib
+
+    import torch
+
+    from core.memory_setup import apply_preset, quantization_config_for
+    from core.pipeline import InstantCharacterPipeline
+    from core.sources import ModelSources
+
+    device = torch.device(device)
+    first = state.main_process_first() if hasattr(state, "main_process_first") else contextlib.nullcontext()
+    with first:
+        sources = ModelSources.parse(models)
+    preset, _ = resolve_preset(preset_name, models, device, width, height)
+    dtype_name = dtype_name or ("bfloat16" if device.type == "cuda" else "float32")
+    kwargs = {}
+    config = quantization_config_for(preset, device)
+    if config is not None:
+        kwargs["quantization_config"] = config
+    pipe = InstantCharacterPipeline.from_pretrained(sources, dtype=getattr(torch, dtype_name), progress=False,
+                                                    **kwargs)
+    apply_preset(pipe, preset, device)
+    pipe.set_progress_bar_config(disable=True)
+    fields = {"models": {"base": sources.base, "siglip": sources.siglip, "dinov2": sources.dinov2,
+                         "adapter": sources.adapter, "spec": models},
+              "dtype": dtype_name, "preset": preset.name}
+    return pipe, fields
+
+
+def _progress_printer(story: Story, rank: int, world: int):
+    from core.story.manifest import panel_filename
+
+    prefix = f"[rank {rank}] " if world > 1 else ""
+    started: dict[int, float] = {}
+
+    def report(event) -> None:
+        panel = story.panels[event.index]
+        if event.status == "rendering":
+            started[event.index] = time.perf_counter()
+            return
+        seconds = time.perf_counter() - started.get(event.index, time.perf_counter())
+        head = f"{prefix}[{event.completed}/{event.total}] panel {panel.number}"
+        if event.status == "done":
+            print(f"{head} done in {seconds:.1f} s (seed {panel.seed}) -> {panel_filename(event.index)}", flush=True)
+        else:
+            print(f"{head} FAILED: {event.error}", flush=True)
+
+    return report
+
+
+def run_render(args: argparse.Namespace) -> int:
+    """Renders, then (rank 0) exports; 0 when every panel is done, 1 when some failed (the rest are exported)."""
+    from core.story.export import export_story
+    from core.story.manifest import load_manifest, panels_to_render
+    from core.story.render import render_story
+
+    started = time.perf_counter()
+    story = with_overrides(load_story(args.story), args.size, args.steps, args.dpi)
+    if not story.panels:
+        raise StoryError("the story has no panels: write one panel per line after the '---' line")
+    only = args.panels
+    if only is not None and only[-1] >= len(story.panels):
+        raise StoryError(f"--panels: the story has {len(story.panels)} panels, got panel {only[-1] + 1}")
+    out = Path(args.out)
+    state = process_state()
+    rank, world = state.process_index, state.num_processes
+
+    # Nothing to render (a finished story resumed): skip loading the models, just export again.
+    if only is not None:
+        todo = only
+    elif args.resume:
+        todo = panels_to_render(story, load_manifest(out), out)
+    else:
+        todo = [p.index for p in story.panels]
+    pipe, fields = None, {}
+    if todo:
+        if rank == 0:
+            print(f"loading the models ({args.models}) for {len(todo)} of {len(story.panels)} panels"
+                  + (f" on {world} processes" if world > 1 else ""), flush=True)
+        pipe, fields = load_pipeline(args.models, args.preset, args.dtype, state.device, story.width,
+                                     story.height, state)
+    result = render_story(story, pipe, out, resume=args.resume, state=state, only=only,
+                          progress=_progress_printer(story, rank, world), record_fields=fields)
+    if rank != 0:
+        return 0
+    manifest = result.manifest
+    done, failed = manifest.done(), manifest.failed()
+    rendered = len(todo) - len(failed.keys() & set(todo))
+    print(f"rendered {rendered} panel{'s' * (rendered != 1)}, kept {len(story.panels) - len(todo)} already done, "
+          f"{len(failed)} failed; {len(done)} of {len(story.panels)} panels done "
+          f"in {time.perf_counter() - started:.1f} s")
+    for index, record in sorted(failed.items()):
+        print(f"  panel {index + 1} failed: {record.error}")
+    if not args.no_export:
+        exported = export_story(story, out, manifest)
+        print(f"pages: {len(exported.pages)} in {out / 'pages'}")
+        print(f"pdf: {exported.pdf}")
+        print(f"zip: {exported.zip}")
+        if exported.missing_panels:
+            print(f"note: panel{'s' * (len(exported.missing_panels) != 1)} "
+                  f"{', '.join(str(i + 1) for i in exported.missing_panels)} not rendered: placeholders on the pages; "
+                  "run again with --resume")
+    return 1 if failed else 0
+
+
+# --------------------------------------------------------------------------------------------------- entry point
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m app.story_commands",
+                                     description="Story commands (the same as `instantcharacter-studio story`).")
+    parser.add_argument("--debug", action="store_true", help="show full tracebacks")
+    add_story_arguments(parser)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m app.story_commands``: for ``torchrun``/``accelerate launch``, which start Python modules."""
+    import logging
+
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.debug else logging.WARNING, format="%(message)s")
+    try:
+        return story_main(args)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except USER_ERRORS as exc:
+        if args.debug:
+            raise
+        message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        print(f"error: {message}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
