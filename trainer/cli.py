@@ -133,12 +133,11 @@ def _train(args) -> int:
     diffusers_logging.set_verbosity_error()  # per-caption truncation notes would drown the progress
     from .loop import Trainer
 
-    try:
-        from accelerate import PartialState
+    import torch
+    from accelerate import PartialState
 
-        processes = PartialState().num_processes
-    except Exception:  # noqa: BLE001 - a check only; the trainer re-checks with its accelerator
-        processes = 1
+    # the first PartialState fixes the process group for the run: on the CPU it must ask for gloo explicitly
+    processes = PartialState(cpu=not torch.cuda.is_available()).num_processes
     config = load_config(args.config, processes)
     result = Trainer(config, resume=args.resume).run(args.max_steps)
     if result.state and PartialState().is_main_process:

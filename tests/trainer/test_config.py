@@ -62,3 +62,13 @@ def test_type_errors_and_not_toml(tmp_path):
     with pytest.raises(ConfigError, match="not valid TOML"):
         load_config(bad)
     assert TrainConfig().to_toml().startswith("output_dir")
+
+
+def test_cli_init_config(tmp_path, capsys):
+    from trainer.cli import main
+
+    assert main(["init-config", str(tmp_path / "job.toml"), "--preset", "80gb"]) == 0
+    config = load_config(tmp_path / "job.toml")
+    assert [s.steps for s in config.stages] == [2000, 500, 500] and config.run.gradient_checkpointing
+    assert main(["init-config", str(tmp_path / "x.toml"), "--preset", "12gb"]) == 2
+    assert "unknown '12gb'" in capsys.readouterr().err

@@ -101,6 +101,16 @@ def test_stop_and_save_now_requests(trainer_home, unpaired_data, encoder_cache, 
     assert [e["reason"] for e in events if e["event"] == "checkpoint"] == ["save-now", "stop"]
     assert events[-1]["event"] == "stopped"
 
+    # a checkpoint exports to both layouts, which the engine reads as the same weights
+    from core.checkpoint import read_adapter
+    from trainer.cli import main
+
+    assert main(["export", str(config.output_path), str(tmp_path / "exported"), "--config",
+                 str(tmp_path / "config.toml"), "--bin"]) == 0
+    st, pt = read_adapter(tmp_path / "exported.safetensors"), read_adapter(tmp_path / "exported.bin", use_cache=False)
+    assert all(torch.equal(st.image_proj[k], pt.image_proj[k]) for k in st.image_proj)
+    assert all(torch.equal(st.ip_adapter[k], pt.ip_adapter[k]) for k in st.ip_adapter)
+
 
 def _run_until_killed(config_path: Path, out: Path, kill_after_step: int, log: Path) -> None:
     with open(log, "w") as f:
