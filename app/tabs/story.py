@@ -1,0 +1,85 @@
+"""The Story tab: write a story (examples, library characters), see its panels and pages, render, reseed, download.
+
+The handlers live in :mod:`app.tabs.story_events`; this module only builds the components and wires them.
+"""
+
+from types import SimpleNamespace
+
+import gradio as gr
+
+from ..context import StudioContext
+from . import story_events as ev
+from .generate import GPU
+
+DEFAULT_EXAMPLE = "fishing-trip.story"
+FORMAT_HELP = (
+    "One `key: value` header per line (`title`, `style`, `size: 1024x768`, `seed`, `layout: comic` / `strip` / "
+    "`grid 2x3`, `page: A4 portrait`), `character Name: image.png`, then `---` and one panel per line: "
+    "`[Name@left] does something  # caption`, `[NC]` for no character, `> Name: words` for a speech bubble, "
+    "`seed: 123` to pin a panel's seed. The full format is in `core/story/FORMAT.md`."
+)
+
+
+def _editor(ctx: StudioContext, ui: SimpleNamespace) -> None:
+    examples = ev.example_names()
+    with gr.Row():
+        ui.example = gr.Dropdown(choices=examples, value=DEFAULT_EXAMPLE if DEFAULT_EXAMPLE in examples else None,
+                                 label="Example story", scale=3)
+        ui.load_example = gr.Button("Load example", size="sm", scale=1)
+    with gr.Row():
+        ui.library = gr.Dropdown(choices=ctx.library.names(), value=None, label="Character from the library",
+                                 scale=3)
+        ui.add_character = gr.Button("Add to story", size="sm", scale=1)
+    text, folder = ev.load_example(DEFAULT_EXAMPLE) if DEFAULT_EXAMPLE in examples else ("", str(ev.STORIES_DIR))
+    ui.folder = gr.State(folder)
+    ui.text = gr.Textbox(value=text, label="Story", lines=24, max_lines=60, elem_id="story-text")
+    gr.Markdown(FORMAT_HELP)
+
+
+def _results(ui: SimpleNamespace, summary: str, rows: list, pages: list) -> None:
+    ui.summary = gr.Markdown(summary, elem_id="story-summary")
+    ui.panels = gr.Dataframe(value=rows or None, headers=ev.PANEL_HEADERS, label="Panels", interactive=False,
+                             wrap=True)
+    with gr.Row():
+        ui.render = gr.Button("Render", variant="primary", scale=2)
+        ui.cancel = gr.Button("Cancel", scale=1)
+        ui.everything = gr.Checkbox(label="Render every panel again", value=False, scale=2)
+    with gr.Row():
+        ui.panel_number = gr.Number(label="Panel", value=1, precision=0, minimum=1, scale=1)
+        ui.new_seed = gr.Button("Regenerate with a new seed", scale=2)
+    ui.notes = gr.Markdown()
+    with gr.Tabs():
+        with gr.Tab("Pages"):
+            ui.pages = gr.Gallery(value=pages or None, label="Pages", columns=2, height=560, object_fit="contain")
+        with gr.Tab("Panels"):
+            ui.panel_images = gr.Gallery(label="Rendered panels", columns=4, height=560)
+    with gr.Row():
+        ui.pdf = gr.File(label="PDF", interactive=False)
+        ui.zip = gr.File(label="ZIP (panels, pages, PDF, manifest, story, characters)", interactive=False)
+
+
+def build(ctx: StudioContext) -> SimpleNamespace:
+    """Creates the tab's components inside the current Blocks/Tab and wires their events; returns them."""
+    events = ev.StoryEvents(ctx)
+    ui = SimpleNamespace(events=events)
+    with gr.Row(equal_height=False):
+        with gr.Column(scale=4):
+            _editor(ctx, ui)
+        with gr.Column(scale=5):
+            _results(ui, *events.parse(ui.text.value, ui.folder.value))
+    _wire(ctx, ui, events)
+    return ui
+
+
+def _wire(ctx: StudioContext, ui: SimpleNamespace, events: ev.StoryEvents) -> None:
+    parsed = [ui.summary, ui.panels, ui.pages]
+    rendered = [ui.notes, ui.panels, ui.panel_images, ui.pages, ui.pdf, ui.zip]
+    ui.load_example.click(events.load_example, ui.example, [ui.text, ui.folder, *parsed], api_visibility="private")
+    ui.text.change(events.parse, [ui.text, ui.folder], parsed, trigger_mode="always_last", api_visibility="private")
+    ui.library.focus(lambda: gr.update(choices=ctx.library.names()), None, ui.library, api_visibility="private")
+    ui.add_character.click(events.add_library_character, [ui.text, ui.library], ui.text, api_visibility="private")
+    ui.render_event = ui.render.click(events.render, [ui.text, ui.folder, ui.everything], rendered,
+                                      api_name="render_story", **GPU)
+    ui.new_seed.click(events.new_seed, [ui.text, ui.folder, ui.panel_number], [ui.text, *rendered],
+                      api_name="regenerate_panel", **GPU)
+    ui.cancel.click(events.cancel, None, None, queue=False, api_visibility="private")

@@ -1,0 +1,306 @@
+"""The Story tab's event handlers: plain functions of the page's values, testable without a browser.
+
+The story text is the source of truth: character image paths in it are relative to the tab's *story folder* (the
+examples' folder after loading an example), and "New seed" writes a ``seed:`` line under the panel so the next
+render keeps it. Renders go to ``OUTPUT_DIR/stories/<title>/`` and resume there: Render only draws the panels
+that are missing or whose settings changed.
+No ``from __future__ import annotations`` here: Gradio reads the ``gr.Request`` annotations at runtime.
+"""
+
+import dataclasses
+import random
+import re
+from pathlib import Path
+
+import gradio as gr
+
+from core.story import Story, StoryError, parse_story
+from core.story.export import export_story, load_panel_images
+from core.story.format import panel_settings_hash
+from core.story.layout import compose_pages
+from core.story.manifest import FAILED, is_panel_done, load_manifest
+
+from ..context import StudioContext
+from ..errors import StudioInputError, shown_to_user
+from ..spaces import estimate_duration, gpu_function
+
+STORIES_DIR = Path(__file__).resolve().parents[2] / "assets" / "stories"
+PANEL_HEADERS = ["#", "line", "characters", "prompt", "caption", "seed", "status"]
+PREVIEW_DPI = 60  # page previews while editing: enough to see the layout, quick to draw on every edit
+MAX_SEED = 2**32 - 1
+_SLUG = re.compile(r"[^a-z0-9]+")
+_PANEL_OPTION = re.compile(r"^\s*(?:>|@|(?:seed|caption)\s*:|//)")
+_SEED_LINE = re.compile(r"^(\s*)seed\s*:")
+
+
+class RenderCancelled(Exception):
+    """Raised from the progress callback between panels when the user pressed Cancel."""
+
+
+def example_names() -> list[str]:
+    return sorted(p.name for p in STORIES_DIR.glob("*.story"))
+
+
+def load_example(name: str) -> tuple[str, str]:
+    """``(story text, story folder)`` of an example in ``assets/stories``."""
+    path = STORIES_DIR / str(name or "")
+    if not name or path.parent != STORIES_DIR or not path.is_file():
+        raise StudioInputError(f"no example story named {name!r}; choose one of {', '.join(example_names())}")
+    return path.read_text(encoding="utf-8"), str(STORIES_DIR)
+
+
+def parse_text(text: str, folder: str) -> Story:
+    """The story in ``text``, image paths relative to ``folder``; raises ``StoryError`` listing every problem."""
+    return parse_story(text or "", base_dir=Path(folder or STORIES_DIR))
+
+
+def problems_markdown(error: StoryError) -> str:
+    lines = [f"- **line {line}**: {message}" if line is not None else f"- {message}"
+             for line, message in error.problems]
+    count = len(error.problems)
+    return f"**{count} problem{'s' * (count != 1)}:**\n" + "\n".join(lines)
+
+
+def story_summary(story: Story, render_dir: Path) -> str:
+    title = story.title or "Untitled story"
+    return (f"**{title}**: {len(story.panels)} panels, {len(story.characters)} characters, "
+            f"{story.width}x{story.height}, {story.steps} steps, layout `{story.layout}` on {story.page}. "
+            f"Renders go to `{render_dir}`.")
+
+
+def render_dir_for(ctx: StudioContext, story: Story) -> Path:
+    """``OUTPUT_DIR/stories/<title slug>``: the same story renders (and resumes) in the same folder."""
+    slug = _SLUG.sub("-", (story.title or "untitled").lower()).strip("-")[:60] or "untitled"
+    return Path(ctx.settings.output_dir) / "stories" / slug
+
+
+def panel_rows(story: Story, render_dir: Path) -> list[list]:
+    """One row per panel: number, line, characters, prompt, caption, seed and render status."""
+    manifest = load_manifest(render_dir)
+    rows = []
+    for panel in story.panels:
+        record = manifest.panels.get(panel.index)
+        if is_panel_done(record, panel_settings_hash(story, panel), render_dir):
+            status = "done"
+        elif record is not None and record.status == FAILED:
+            status = f"failed: {record.error}"
+        elif record is not None:
+            status = "changed"
+        else:
+            status = "not rendered"
+        who = ", ".join(f"{n}@{panel.regions[n]}" if n in panel.regions else n for n in panel.characters) or "none"
+        rows.append([panel.number, panel.line, who, panel.prompt, panel.caption, panel.seed, status])
+    return rows
+
+
+def done_images(story: Story, render_dir: Path) -> dict:
+    """The rendered panels whose settings still match the story, by index (stale panels show as placeholders)."""
+    manifest = load_manifest(render_dir)
+    images = load_panel_images(story, render_dir, manifest)
+    return {i: image for i, image in images.items()
+            if is_panel_done(manifest.panels.get(i), panel_settings_hash(story, story.panels[i]), render_dir)}
+
+
+def preview_pages(story: Story, render_dir: Path) -> list:
+    """The pages at preview resolution, with the panels rendered so far and grey placeholders for the rest."""
+    preview = dataclasses.replace(story, dpi=min(story.dpi, PREVIEW_DPI))
+    return compose_pages(preview, done_images(story, render_dir))
+
+
+def panel_gallery(story: Story, render_dir: Path) -> list[tuple[str, str]]:
+    manifest = load_manifest(render_dir)
+    items = []
+    for panel in story.panels:
+        record = manifest.panels.get(panel.index)
+        if is_panel_done(record, panel_settings_hash(story, panel), render_dir):
+            caption = f"Panel {panel.number}" + (f": {panel.caption}" if panel.caption else "")
+            items.append((str(render_dir / record.file), caption))
+    return items
+
+
+def pin_panel_seed(text: str, story: Story, index: int, seed: int) -> str:
+    """``text`` with panel ``index``'s seed set to ``seed``: its ``seed:`` line replaced, or one added under the
+    panel's prompt line, so the text keeps the seed for later renders."""
+    panel = story.panels[index]
+    if not panel.line:
+        raise StudioInputError("this story has no line numbers (JSON): edit the panel's seed in the file instead")
+    lines = text.splitlines()
+    start = panel.line - 1
+    end = start + 1
+    while end < len(lines) and _PANEL_OPTION.match(lines[end]):
+        end += 1
+    for k in range(start + 1, end):
+        match = _SEED_LINE.match(lines[k])
+        if match:
+            lines[k] = f"{match.group(1)}seed: {seed}"
+            break
+    else:
+        lines.insert(start + 1, f"  seed: {seed}")
+    return "\n".join(lines) + ("\n" if text.endswith("\n") else "")
+
+
+def library_character_line(ctx: StudioContext, text: str, name: str) -> str:
+    """``text`` with ``character NAME: IMAGE`` (the library's image, its scale and description) added to the
+    header, just above the ``---`` line (or at the top when there is none yet)."""
+    entry = ctx.library.get(name)
+    tag = re.sub(r"[^A-Za-z0-9_-]", "", entry.name.replace(" ", "_"))
+    if not tag or not tag[0].isalpha():
+        tag = f"C{tag}"
+    block = [f"character {tag}: {entry.image_path}", f"    scale: {entry.scale:g}"]
+    if entry.description:
+        block.append(f"    description: {entry.description}")
+    lines = (text or "").splitlines()
+    at = next((k for k, line in enumerate(lines) if line.strip() == "---"), None)
+    if at is None:
+        lines = block + ["---"] + lines
+    else:
+        lines[at:at] = block
+    return "\n".join(lines) + "\n"
+
+
+def _gpu_duration(story: Story, todo: list[int]) -> int:
+    return estimate_duration(story.width, story.height, story.steps, images=max(1, len(todo)),
+                             true_cfg=story.true_cfg > 1, characters=len(story.characters))
+
+
+class StoryEvents:
+    """The handlers, bound to one :class:`StudioContext`."""
+
+    def __init__(self, ctx: StudioContext):
+        self.ctx = ctx
+        # ZeroGPU attaches the GPU only inside this function, for its estimated duration
+        self._zero_gpu_render = gpu_function(self._render_panels,
+                                             duration=lambda story, out, todo, *rest: _gpu_duration(story, todo))
+        self.load_example = shown_to_user(self._load_example)
+        self.parse = shown_to_user(self._parse)
+        self.render = shown_to_user(self._render)
+        self.new_seed = shown_to_user(self._new_seed)
+        self.cancel = shown_to_user(self._cancel)
+        self.add_library_character = shown_to_user(self._add_library_character)
+
+    # ------------------------------------------------------------------ editing
+    def _load_example(self, name):
+        text, folder = load_example(name)
+        return (text, folder, *self._parse(text, folder))
+
+    def _parse(self, text, folder):
+        """``(problems/summary markdown, panel rows, preview pages)`` for the text as it is now."""
+        try:
+            story = parse_text(text, folder)
+        except StoryError as exc:
+            return problems_markdown(exc), [], []
+        out = render_dir_for(self.ctx, story)
+        return story_summary(story, out), panel_rows(story, out), preview_pages(story, out)
+
+    def _add_library_character(self, text, name):
+        if not name:
+            raise StudioInputError("choose a character from the library first")
+        return library_character_line(self.ctx, text, name)
+
+    # ------------------------------------------------------------------ rendering
+    def _story(self, text, folder) -> Story:
+        try:
+            return parse_text(text, folder)
+        except StoryError as exc:
+            first = exc.problems[0]
+            where = f"line {first[0]}: " if first[0] is not None else ""
+            more = f" (and {len(exc.problems) - 1} more)" if len(exc.problems) > 1 else ""
+            raise StudioInputError(f"fix the story first: {where}{first[1]}{more}") from None
+
+    def _render_panels(self, story: Story, out: Path, todo: list[int], resume: bool, report=None, cancel=None):
+        """Loads the engine (once) and renders ``todo`` under the studio's GPU lock; returns ``RenderResult``."""
+        from core.memory import out_of_memory_advice
+        from core.story.render import render_story
+
+        report = report or (lambda fraction, message: None)
+        finished = 0
+
+        def on_panel(event):
+            nonlocal finished
+            panel = story.panels[event.index]
+            if event.status == "rendering":
+                if cancel is not None and cancel.is_set():
+                    raise RenderCancelled
+                report(finished / max(1, len(todo)), f"Panel {panel.number} ({finished + 1} of {len(todo)})")
+            else:
+                finished += 1
+                report(finished / max(1, len(todo)), f"Panel {panel.number} {event.status}")
+
+        with self.ctx.gpu_lock:
+            pipe = self.ctx.pipeline(report=lambda fraction, message: report(0.0, message))
+            loaded = self.ctx.loaded
+            sources = self.ctx.settings.sources()
+            fields = {"models": {"base": sources.base, "siglip": sources.siglip, "dinov2": sources.dinov2,
+                                 "adapter": sources.adapter, "spec": self.ctx.settings.models},
+                      "dtype": loaded.dtype, "preset": loaded.preset}
+            with out_of_memory_advice(loaded.preset, width=story.width, height=story.height):
+                return render_story(story, pipe, out, resume=resume, only=todo, progress=on_panel,
+                                    record_fields=fields)
+
+    def _render_and_export(self, story: Story, todo: list[int], resume: bool, request, progress):
+        from core.story.render import RenderResult
+
+        out = render_dir_for(self.ctx, story)
+        notes = []
+        result = RenderResult()
+        if todo:
+            if self.ctx.zero_gpu:
+                result = self._zero_gpu_render(story, out, todo, resume)
+            else:
+                session = getattr(request, "session_hash", None) or "local"
+                cancel = self.ctx.jobs.start(session)
+                try:
+                    result = self._render_panels(story, out, todo, resume,
+                                                 lambda fraction, message: progress(fraction, desc=message), cancel)
+                except RenderCancelled:
+                    notes.append("Cancelled: the panels finished so far are kept; Render continues from there.")
+                finally:
+                    self.ctx.jobs.finish(session, cancel)
+        exported = export_story(story, out, load_manifest(out))
+        notes.insert(0, f"Rendered {len(result.rendered)} panel(s); {len(story.panels) - len(todo)} were already "
+                        f"done. Pages, PDF and ZIP are in `{out}`.")
+        for index, error in sorted(result.failed.items()):
+            notes.append(f"Panel {index + 1} failed: {error}")
+        if exported.missing_panels:
+            notes.append(f"Not rendered yet: panel(s) {', '.join(str(i + 1) for i in exported.missing_panels)} "
+                         "(grey placeholders on the pages).")
+        return (
+            "\n".join(f"- {n}" for n in notes), panel_rows(story, out), panel_gallery(story, out),
+            [str(p) for p in exported.pages], str(exported.pdf), str(exported.zip),
+        )
+
+    def _render(self, text, folder, everything, request: gr.Request = None, progress=gr.Progress()):
+        """Renders what is missing or changed (every panel with ``everything``), then exports.
+
+        Returns ``(notes markdown, panel rows, panel gallery, page paths, PDF path, ZIP path)``.
+        """
+        from core.story.manifest import panels_to_render
+
+        story = self._story(text, folder)
+        out = render_dir_for(self.ctx, story)
+        todo = ([p.index for p in story.panels] if everything
+                else panels_to_render(story, load_manifest(out), out))
+        return self._render_and_export(story, todo, True, request, progress)
+
+    def _new_seed(self, text, folder, number, request: gr.Request = None, progress=gr.Progress(), seed=None):
+        """Renders panel ``number`` (1-based) again with a new random seed, written into the text as ``seed:``.
+
+        Returns ``(new text, *the outputs of Render)``.
+        """
+        story = self._story(text, folder)
+        if number is None or int(number) != number or not 1 <= int(number) <= len(story.panels):
+            raise StudioInputError(f"panel number must be 1 to {len(story.panels)}, got {number!r}")
+        index = int(number) - 1
+        seed = random.randint(0, MAX_SEED) if seed is None else int(seed)
+        text = pin_panel_seed(text, story, index, seed)
+        reseeded = self._story(text, folder)
+        if reseeded.panels[index].seed != seed:  # the text edit must say what we render, or the next render undoes it
+            raise StudioInputError(f"could not write the seed under panel {number}; add 'seed: {seed}' there yourself")
+        return (text, *self._render_and_export(reseeded, [index], True, request, progress))
+
+    def _cancel(self, request: gr.Request = None):
+        session = getattr(request, "session_hash", None) or "local"
+        if self.ctx.jobs.cancel(session):
+            gr.Info("Cancelling after the current panel")
+        else:
+            gr.Info("Nothing is rendering")

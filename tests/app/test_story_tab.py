@@ -1,0 +1,149 @@
+"""The Story tab's handlers, called as plain functions: parse with line numbers, render on tiny models with
+per-panel progress, regenerate one panel with a new seed, PDF and ZIP out, library characters into the text."""
+
+from __future__ import annotations
+
+import threading
+import zipfile
+
+import gradio as gr
+import pytest
+import torch
+from PIL import Image
+
+from app.context import StudioContext, StudioSettings
+from app.tabs import story_events as ev
+from core.story.layout import plan_pages
+from core.story.manifest import panel_filename
+
+STORY = """title: Tab Test
+size: 32x32
+steps: 2
+seed: 11
+layout: grid 2x2
+page: 100x150mm
+dpi: 72
+character Ann: ann.png
+    scale: 0.8
+character Bob: bob.png
+---
+[Ann@left] greets [Bob@right]  # One.
+  > Ann: Hello!
+[Ann] runs to the sea  # Two.
+[Bob] swims  # Three.
+  seed: 5
+the sea at night [NC]  # Four.
+[Bob@left] and [Ann@right] dry off  # Five.
+[Ann] and [Bob] wave goodbye  # Six.
+"""
+
+
+class Progress:
+    def __init__(self):
+        self.calls = []
+
+    def __call__(self, fraction, desc=None):
+        self.calls.append((fraction, desc))
+
+
+@pytest.fixture
+def folder(tmp_path):
+    for name, colour in (("ann", (200, 50, 50)), ("bob", (50, 60, 200))):
+        Image.new("RGB", (40, 48), colour).save(tmp_path / f"{name}.png")
+    return tmp_path
+
+
+@pytest.fixture
+def ctx(tiny_models, tmp_path):
+    return StudioContext(StudioSettings(models="tiny", output_dir=tmp_path / "outputs"))
+
+
+@pytest.fixture
+def one_thread():
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+def test_parse_lists_panels_and_previews_pages_with_placeholders(ctx):
+    text, folder = ev.load_example("fishing-trip.story")
+    summary, rows, pages = ev.StoryEvents(ctx).parse(text, folder)
+    assert "**Red and Blue Go Fishing**: 8 panels, 2 characters" in summary
+    assert [row[0] for row in rows] == list(range(1, 9)) and {row[-1] for row in rows} == {"not rendered"}
+    assert rows[6][5] == 77 and rows[0][2] == "Red@left, Blue@right"
+    assert len(pages) == 2 and all(isinstance(p, Image.Image) for p in pages)
+
+
+def test_parse_shows_every_problem_with_its_line(ctx, folder):
+    bad = STORY.replace("size: 32x32", "size: 30x32").replace("[Bob] swims", "[Bobb] swims")
+    summary, rows, pages = ev.StoryEvents(ctx).parse(bad, str(folder))
+    assert summary.startswith("**2 problems:**")
+    assert "**line 2**: bad size '30x32'" in summary and "**line 15**: unknown character [Bobb]" in summary
+    assert rows == [] and pages == []
+    with pytest.raises(gr.Error, match=r"fix the story first: line 2: bad size .* \(and 1 more\)"):
+        ev.StoryEvents(ctx).render(bad, str(folder), False, None, Progress())
+
+
+def test_unknown_example_and_bad_panel_number(ctx, folder):
+    events = ev.StoryEvents(ctx)
+    with pytest.raises(gr.Error, match="no example story named"):
+        events.load_example("../../README.md")
+    with pytest.raises(gr.Error, match="panel number must be 1 to 6"):
+        events.new_seed(STORY, str(folder), 7, None, Progress())
+
+
+def test_library_character_goes_into_the_header(ctx, folder):
+    ctx.library.save(str(folder / "ann.png"), "Mia Rose", 0.7, "a girl in a red coat")
+    text = ev.StoryEvents(ctx).add_library_character(STORY, "mia rose")
+    story = ev.parse_text(text.replace("[NC]", "[Mia_Rose]"), str(folder))
+    mia = story.characters["Mia_Rose"]
+    assert (mia.scale, mia.description) == (0.7, "a girl in a red coat") and mia.image.is_file()
+    assert story.panels[3].characters == ("Mia_Rose",)
+
+
+def test_pin_panel_seed_replaces_or_adds_the_seed_line(folder):
+    story = ev.parse_text(STORY, str(folder))
+    text = ev.pin_panel_seed(STORY, story, 2, 99)  # panel 3 has "seed: 5"
+    assert "  seed: 99" in text and "seed: 5" not in text
+    text = ev.pin_panel_seed(text, story, 0, 42)  # panel 1 has a bubble line and no seed
+    again = ev.parse_text(text, str(folder))
+    assert [again.panels[i].seed for i in (0, 2)] == [42, 99] and again.panels[0].dialogue == story.panels[0].dialogue
+    assert [p.seed for p in again.panels[3:]] == [p.seed for p in story.panels[3:]]
+
+
+def test_render_regenerate_and_download(ctx, folder, one_thread):
+    from pypdf import PdfReader
+
+    events = ev.StoryEvents(ctx)
+    progress = Progress()
+    notes, rows, gallery, pages, pdf, archive = events.render(STORY, str(folder), False, None, progress)
+    assert "Rendered 6 panel(s); 0 were already done" in notes
+    assert [row[-1] for row in rows] == ["done"] * 6 and len(gallery) == 6
+    story = ev.parse_text(STORY, str(folder))
+    out = ev.render_dir_for(ctx, story)
+    assert out == ctx.settings.output_dir / "stories" / "tab-test"
+    assert len(pages) == len(plan_pages(story)) == 2 and len(PdfReader(pdf).pages) == 2
+    with zipfile.ZipFile(archive) as z:
+        assert {panel_filename(i) for i in range(6)} <= set(z.namelist())
+    panel_messages = [desc for _, desc in progress.calls if desc and desc.startswith("Panel ")]
+    assert panel_messages[:2] == ["Panel 1 (1 of 6)", "Panel 1 done"] and panel_messages[-1] == "Panel 6 done"
+    assert progress.calls[-1][0] == 1.0
+
+    before = [(out / panel_filename(i)).read_bytes() for i in range(6)]
+    notes, *_ = events.render(STORY, str(folder), False, None, Progress())
+    assert "Rendered 0 panel(s); 6 were already done" in notes
+
+    text, notes, rows, *_ = events.new_seed(STORY, str(folder), 4, None, Progress(), seed=1234)
+    assert "Rendered 1 panel(s); 5 were already done" in notes
+    assert ev.parse_text(text, str(folder)).panels[3].seed == 1234 and rows[3][5] == 1234
+    after = [(out / panel_filename(i)).read_bytes() for i in range(6)]
+    assert after[3] != before[3] and after[:3] + after[4:] == before[:3] + before[4:]
+    notes, *_ = events.render(text, str(folder), False, None, Progress())  # the new seed stays in the text
+    assert "Rendered 0 panel(s)" in notes
+
+    cancelled = threading.Event()
+    cancelled.set()
+    ctx.jobs.start = lambda session: cancelled  # as if Cancel was pressed before the first panel
+    notes, rows, *_ = events.render(text, str(folder), True, None, Progress())
+    assert "Cancelled" in notes and [row[-1] for row in rows] == ["done"] * 6
