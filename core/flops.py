@@ -68,7 +68,8 @@ def _count(fn: Callable[[], object]) -> tuple[int, dict[str, int]]:
 def count_step_flops(config: dict | None = None, width: int = 1024, height: int = 1024,
                      text_tokens: int = TEXT_TOKENS,
                      install_adapter: Callable[[torch.nn.Module], None] | None = None,
-                     per_step: Callable[[], object] | None = None) -> StepFlops:
+                     per_step: Callable[[], object] | None = None,
+                     joint_attention_kwargs: dict | None = None) -> StepFlops:
     """Count one denoising step of FLUX (default: full-size FLUX.1-dev) at ``width`` x ``height`` pixels.
 
     The transformer is built on the meta device from ``config`` and called once (FLUX.1-dev is guidance-
@@ -81,6 +82,8 @@ def count_step_flops(config: dict | None = None, width: int = 1024, height: int 
             (e.g. ``set_attn_processor`` with meta-built processors); the transformer is then counted again.
         per_step: extra work of each step outside the transformer (e.g. the projector recomputed every step,
             built on meta by the caller); counted once and added to the adapter's share.
+        joint_attention_kwargs: passed to the transformer call with the adapter installed (e.g. the
+            ``character_conditions`` the adapter's processors need to do their work).
 
     Returns:
         ``StepFlops`` with ``base`` the plain transformer call and ``adapter`` what the two hooks added.
@@ -97,9 +100,122 @@ def count_step_flops(config: dict | None = None, width: int = 1024, height: int 
     total = base
     if install_adapter is not None:
         install_adapter(transformer)
-        total, by_module = _count(lambda: transformer(**inputs))
+        total, by_module = _count(lambda: transformer(**inputs, joint_attention_kwargs=joint_attention_kwargs))
     if per_step is not None:
         extra, extra_modules = _count(per_step)
         total += extra
         by_module = {**by_module, **{f"per_step.{k}": v for k, v in extra_modules.items()}}
     return StepFlops(total=total, base=base, adapter=total - base, by_module=by_module)
+
+
+# ------------------------------------------------------------------------------------------- with the adapter
+@dataclass(frozen=True)
+class AdapterFlops:
+    """FLOPs of one denoising step with the released adapter shapes, and its overheads.
+
+    Attributes:
+        width, height: image size in pixels.
+        base: the plain FLUX transformer call.
+        attention: what the character attention adds inside the 57 attention layers (K/V of the character
+            tokens and the image queries' attention to them): needed every step by any faithful adapter.
+        resampler: the time resampler, once per step on the cached context (this pipeline).
+        projector: the whole projector from the encoder features (what the released code runs every step);
+            it includes the resampler.
+    """
+
+    width: int
+    height: int
+    base: int
+    attention: int
+    resampler: int
+    projector: int
+
+    @property
+    def ours(self) -> int:
+        """Adapter FLOPs per step in this pipeline: character attention + resampler (context cached)."""
+        return self.attention + self.resampler
+
+    @property
+    def as_released(self) -> int:
+        """Adapter FLOPs per step in the released code: character attention + the whole projector."""
+        return self.attention + self.projector
+
+    def share(self, flops: int) -> float:
+        """``flops`` as a fraction of the base step."""
+        return flops / self.base
+
+    def rows(self) -> list[tuple[str, int]]:
+        """(label, FLOPs) rows of :meth:`table`."""
+        return [
+            ("FLUX.1-dev step (base)", self.base),
+            ("character attention (57 layers)", self.attention),
+            ("projector, recomputed every step", self.projector),
+            ("  of which the time resampler", self.resampler),
+            ("adapter overhead, this pipeline", self.ours),
+            ("adapter overhead, as released", self.as_released),
+        ]
+
+    def table(self) -> str:
+        """A plain-text table in TFLOP and % of the base step."""
+        lines = [(f"One denoising step at {self.width}x{self.height}, FLUX.1-dev + InstantCharacter "
+                  "(torch flop counter, meta tensors)"), "",
+                 f"  {'':<34} {'TFLOP':>8} {'% base':>8}"]
+        for label, flops in self.rows():
+            lines.append(f"  {label:<34} {flops / 1e12:>8.2f} {100 * self.share(flops):>7.1f}%")
+        return "\n".join(lines)
+
+
+def character_feature_shapes(encoder_tokens: int = 729, width: int = 2688) -> dict[str, tuple[int, ...]]:
+    """Shapes of one character's encoder features (batch 1): ``N`` tokens per 384 view, SigLIP + DINOv2 width.
+
+    The projector sees the low-res view's deep features (N), three shallow layers (3N) and the four high-res
+    crops' deep features (4N); see :class:`core.encoders.CharacterFeatures`.
+    """
+    return {"low_res_deep": (1, encoder_tokens, width), "low_res_shallow": (1, 3 * encoder_tokens, width),
+            "high_res_deep": (1, 4 * encoder_tokens, width)}
+
+
+def count_adapter_flops(width: int = 1024, height: int = 1024, text_tokens: int = TEXT_TOKENS,
+                        config: dict | None = None, projector_config=None, encoder_tokens: int = 729
+                        ) -> AdapterFlops:
+    """Count one step of FLUX (default FLUX.1-dev) with the InstantCharacter adapter, on meta tensors.
+
+    The real modules run: :class:`~core.attention.CharacterAttentionLayers` installed on the meta transformer and
+    called with one ``CharacterCondition`` (as the pipeline passes it), and
+    :class:`~core.projector.CharacterProjector` (default: the released size) on meta encoder features.
+
+    Args:
+        width, height: image size in pixels.
+        config: a FluxTransformer2DModel config (default FLUX.1-dev).
+        projector_config: a :class:`~core.projector.ProjectorConfig` (default: the released one).
+        encoder_tokens: tokens per 384-pixel view of the image encoders (729 for patch 14).
+    """
+    from core.attention import CharacterAttentionLayers, CharacterCondition
+    from core.projector import CharacterProjector, ProjectorConfig
+
+    if config is None:
+        config = json.loads((CONFIG_DIR / "flux1-dev-transformer.json").read_text())
+    projector_config = projector_config or ProjectorConfig()
+    heads, head_dim = config["num_attention_heads"], config["attention_head_dim"]
+    layers = config["num_layers"] + config["num_single_layers"]
+    with torch.device("meta"):
+        # no grad on the parameters: the flop counter's module tracker trips over views of them made in no_grad
+        projector = CharacterProjector(projector_config).eval().requires_grad_(False)
+        processors = CharacterAttentionLayers(layers, heads * head_dim, projector_config.output_dim, head_dim)
+        features = {k: torch.empty(shape) for k, shape in
+                    character_feature_shapes(encoder_tokens, projector_config.inner_dim).items()}
+        timestep = torch.empty(1)
+        tokens = torch.empty(1, projector_config.num_queries, projector_config.output_dim)
+    with torch.no_grad():
+        context = projector(**features)  # on meta: shapes only, nothing computed
+    conditions = {"character_conditions": [CharacterCondition(tokens, 0.9, None)], "text_seq_len": text_tokens}
+
+    with_attention = count_step_flops(config, width, height, text_tokens, install_adapter=processors.install,
+                                      joint_attention_kwargs=conditions)
+    resampler, _ = _count(lambda: projector(context=context, timestep=timestep))
+    whole, _ = _count(lambda: projector(**features, timestep=timestep))
+    return AdapterFlops(width, height, with_attention.base, with_attention.adapter, resampler, whole)
+
+
+if __name__ == "__main__":
+    print(count_adapter_flops().table())
