@@ -7,12 +7,10 @@ no traceback reaches the user unless ``--debug`` is given.
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 
 from . import bench_commands, eval_commands, generate, story_commands
-
-USER_ERRORS: tuple[type[BaseException], ...] = (ValueError, RuntimeError, FileNotFoundError, PermissionError)
+from .command import run_handler
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -65,21 +63,8 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["train"]:  # the trainer parses its own options (argparse's REMAINDER drops a leading --help)
         return _train(argparse.Namespace(train_args=argv[1:]))
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO if args.debug else logging.WARNING, format="%(message)s")
-    handler = args.handler
-    try:
-        return handler(args) or 0
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
-    except USER_ERRORS as exc:
-        if args.debug:
-            raise
-        message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        print(f"error: {message}", file=sys.stderr)
-        return 2
+    args = build_parser().parse_args(argv)
+    return run_handler(args.handler, args)
 
 
 if __name__ == "__main__":

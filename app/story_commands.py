@@ -20,11 +20,11 @@ import time
 from pathlib import Path
 from typing import Any
 
+from app.command import run_handler
 from core.story.format import MAX_SIDE, Story, StoryError, load_story
 
 DTYPE_CHOICES = ("bfloat16", "float16", "float32")
 # As app.cli: known failures print one line and exit 2 (kept here so `check` starts without importing torch).
-USER_ERRORS: tuple[type[BaseException], ...] = (ValueError, RuntimeError, FileNotFoundError, PermissionError)
 PRESET_CHOICES = ("auto", "full", "balanced", "low", "minimal")
 _SIZE = re.compile(r"^(\d+)\s*[xX]\s*(\d+)$")
 _RANGE = re.compile(r"^(\d+)(?:-(\d+))?$")
@@ -351,21 +351,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """``python -m app.story_commands``: for ``torchrun``/``accelerate launch``, which start Python modules."""
-    import logging
-
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO if args.debug else logging.WARNING, format="%(message)s")
-    try:
-        return story_main(args)
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
-    except USER_ERRORS as exc:
-        if args.debug:
-            raise
-        message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        print(f"error: {message}", file=sys.stderr)
-        return 2
+    return run_handler(story_main, args)
 
 
 if __name__ == "__main__":

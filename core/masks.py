@@ -14,59 +14,15 @@ from __future__ import annotations
 
 import base64
 import io
-import re
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 from PIL import Image
 
-PRESETS = {
-    "whole": (0.0, 0.0, 1.0, 1.0),
-    "left": (0.0, 0.0, 0.5, 1.0),
-    "right": (0.5, 0.0, 1.0, 1.0),
-    "top": (0.0, 0.0, 1.0, 0.5),
-    "bottom": (0.0, 0.5, 1.0, 1.0),
-    "left-third": (0.0, 0.0, 1 / 3, 1.0),
-    "center-third": (1 / 3, 0.0, 2 / 3, 1.0),
-    "right-third": (2 / 3, 0.0, 1.0, 1.0),
-}
-_GRID = re.compile(r"^grid:(\d+)x(\d+):(\d+)$")
+from .layouts import PRESETS, MaskError, parse_box, parse_layout
 
-
-class MaskError(ValueError):
-    """A mask that cannot be used; the message says why in one line."""
-
-
-def _parse_box(values) -> tuple[float, float, float, float]:
-    try:
-        x0, y0, x1, y1 = (float(v) for v in values)
-    except (TypeError, ValueError):
-        raise MaskError(f"a box needs four numbers x0,y0,x1,y1, got {values!r}") from None
-    if not all(0.0 <= v <= 1.0 for v in (x0, y0, x1, y1)):
-        raise MaskError(f"box {x0:g},{y0:g},{x1:g},{y1:g} is outside [0, 1]: use fractions of the image size")
-    if x1 <= x0 or y1 <= y0:
-        raise MaskError(f"box {x0:g},{y0:g},{x1:g},{y1:g} is empty: x1 must exceed x0 and y1 exceed y0")
-    return x0, y0, x1, y1
-
-
-def parse_layout(spec: str) -> tuple[float, float, float, float]:
-    """The normalized box of a layout preset string (see module docstring)."""
-    spec = spec.strip().lower()
-    if spec in PRESETS:
-        return PRESETS[spec]
-    if spec.startswith("box:"):
-        return _parse_box(spec[4:].split(","))
-    if m := _GRID.match(spec):
-        rows, cols, n = (int(g) for g in m.groups())
-        if rows < 1 or cols < 1 or not 1 <= n <= rows * cols:
-            raise MaskError(f"grid cell {spec!r} does not exist: N must be between 1 and {rows * cols}")
-        r, c = divmod(n - 1, cols)
-        return c / cols, r / rows, (c + 1) / cols, (r + 1) / rows
-    raise MaskError(
-        f"unknown layout {spec!r}: use one of {', '.join(PRESETS)}, grid:RxC:N or box:x0,y0,x1,y1"
-    )
-
+__all__ = ["PRESETS", "MaskError", "RoutingMask", "auto_layout", "normalize_overlaps", "parse_layout"]
 
 @dataclass
 class RoutingMask:
@@ -93,7 +49,7 @@ class RoutingMask:
                 array = array / 255.0
             return cls(image=np.clip(array, 0.0, 1.0))
         if isinstance(spec, list | tuple):
-            box = _parse_box(spec)
+            box = parse_box(spec)
             return cls(box=box, label="box:" + ",".join(f"{v:g}" for v in box))
         raise MaskError(f"unsupported mask type {type(spec).__name__}: use an image, a box or a layout name")
 

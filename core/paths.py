@@ -48,6 +48,8 @@ def atomic_path(path: str | os.PathLike):
     os.close(fd)
     try:
         yield Path(tmp)
+        with open(tmp, "rb+") as handle:  # on disk before the rename, so a crash never leaves an empty file
+            os.fsync(handle.fileno())
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):

@@ -31,23 +31,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from core.layouts import GRID_PATTERN, PRESETS, parse_layout
 from core.story.layout import parse_layout_spec, parse_length_mm, parse_page_spec
 
 FORMAT_VERSION = 1
 
-# Where a character stands in a panel: the presets of `core.masks` (kept equal by a test; that module imports
-# torch, too heavy for a parser), as normalized boxes (x0, y0, x1, y1). Bubble placement uses the boxes; the
-# engine receives the preset string itself.
-REGION_PRESETS: dict[str, tuple[float, float, float, float]] = {
-    "whole": (0.0, 0.0, 1.0, 1.0),
-    "left": (0.0, 0.0, 0.5, 1.0),
-    "right": (0.5, 0.0, 1.0, 1.0),
-    "top": (0.0, 0.0, 1.0, 0.5),
-    "bottom": (0.0, 0.5, 1.0, 1.0),
-    "left-third": (0.0, 0.0, 1 / 3, 1.0),
-    "center-third": (1 / 3, 0.0, 2 / 3, 1.0),
-    "right-third": (2 / 3, 0.0, 1.0, 1.0),
-}
+# Where a character stands in a panel: the engine's layouts (core.layouts), as normalized boxes. Bubble placement
+# uses the boxes; the engine receives the region string itself.
+REGION_PRESETS = PRESETS
 
 NO_CHARACTER_TAG = "NC"
 _NAME = r"[A-Za-z][A-Za-z0-9_\-]*"
@@ -57,7 +48,7 @@ _TAG_RE = re.compile(r"\[([^\[\]@]*?)(?:@([^\[\]]*))?\]")
 _HEADER_RE = re.compile(r"^([A-Za-z_][A-Za-z0-9_ ]*?)\s*:\s*(.*)$")
 _CHARACTER_RE = re.compile(r"^character\s+(\S+?)\s*:\s*(.*)$")
 _PANEL_OPTION_RE = re.compile(r"^(seed|caption)\s*:\s*(.*)$")
-_GRID_RE = re.compile(r"^grid:(\d+)x(\d+):(\d+)$")
+_GRID_RE = GRID_PATTERN
 _SIZE_RE = re.compile(r"^(\d+)\s*[xX×]\s*(\d+)$")
 
 HEADER_KEYS = (
@@ -240,31 +231,7 @@ def derive_panel_seed(story_seed: int, index: int) -> int:
 
 def region_box(spec: str) -> tuple[float, float, float, float]:
     """The normalized box (x0, y0, x1, y1) of a region spec; raises ValueError with a readable reason."""
-    spec = spec.strip().lower()
-    if spec in REGION_PRESETS:
-        return REGION_PRESETS[spec]
-    if spec.startswith("box:"):
-        try:
-            values = [float(v) for v in spec[4:].split(",")]
-        except ValueError:
-            raise ValueError(f"bad box '{spec}': expected box:x0,y0,x1,y1 with numbers in 0..1") from None
-        if len(values) != 4:
-            raise ValueError(f"bad box '{spec}': expected 4 numbers, got {len(values)}")
-        x0, y0, x1, y1 = values
-        if not all(0.0 <= v <= 1.0 for v in values):
-            raise ValueError(f"bad box '{spec}': coordinates must be in 0..1 (fractions of the image)")
-        if x0 >= x1 or y0 >= y1:
-            raise ValueError(f"bad box '{spec}': needs x0 < x1 and y0 < y1")
-        return (x0, y0, x1, y1)
-    match = _GRID_RE.match(spec)
-    if match:
-        rows, cols, n = (int(v) for v in match.groups())
-        if rows < 1 or cols < 1 or not 1 <= n <= rows * cols:
-            raise ValueError(f"bad grid region '{spec}': N must be between 1 and ROWS*COLS")
-        r, c = divmod(n - 1, cols)
-        return (c / cols, r / rows, (c + 1) / cols, (r + 1) / rows)
-    presets = ", ".join(REGION_PRESETS)
-    raise ValueError(f"bad layout '{spec}': expected one of {presets}, box:x0,y0,x1,y1 or grid:RxC:N")
+    return parse_layout(spec)
 
 
 def canonical_region(spec: str) -> str:
