@@ -135,26 +135,15 @@ class StudioContext:
 
     def resolve_preset(self, width: int = 1024, height: int = 1024):
         """``(MemoryPreset, reason)`` for the chosen preset name (``auto`` asks the planner)."""
-        from core.memory import QUANTO_ALTERNATIVE, bitsandbytes_usable, choose_preset, detect_memory, get_preset
+        from core.memory_setup import resolve_preset
 
-        if self.zero_gpu:
-            return get_preset("full"), "ZeroGPU: a large GPU is attached for each request"
-        if self.settings.is_tiny:
-            return get_preset("full"), "tiny test models: a few megabytes, no memory saving needed"
-        bnb_ok = bitsandbytes_usable()
-        if self.settings.preset == "auto":
-            mem = detect_memory()
-            preset, _, reason = choose_preset(mem.vram_total_bytes, mem.ram_total_bytes, width, height,
-                                              bitsandbytes_ok=bnb_ok)
-            return preset, reason
-        preset = get_preset(self.settings.preset)
-        if preset.needs_bitsandbytes and not bnb_ok:
-            return preset.with_quantization(QUANTO_ALTERNATIVE), "bitsandbytes needs a CUDA GPU: using quanto int8"
-        return preset, "chosen in Settings"
+        return resolve_preset(self.settings.preset, tiny=self.settings.is_tiny, zero_gpu=self.zero_gpu,
+                              device=self.device, width=width, height=height)
 
     def dtype(self, preset) -> torch.dtype:
-        # bfloat16 matmuls are very slow on most CPUs; float32 there
-        return getattr(torch, preset.dtype) if self.has_cuda else torch.float32
+        from core.memory_setup import preset_dtype
+
+        return preset_dtype(preset, self.device)
 
     # ------------------------------------------------------------------ pipeline
     @property
@@ -167,9 +156,7 @@ class StudioContext:
         ``report(fraction, message)`` is told about each loading stage. Raises ``ModelSourceError``,
         ``PresetUnavailableError`` or ``MemoryAdviceError`` with one-line messages.
         """
-        from core.memory import out_of_memory_advice
-        from core.memory_setup import apply_preset, quantization_config_for
-        from core.pipeline import InstantCharacterPipeline
+        from core.memory_setup import load_pipeline
 
         report = report or (lambda fraction, message: None)
         with self._pipe_lock:
@@ -180,17 +167,8 @@ class StudioContext:
             report(0.0, "Finding the models")
             sources = self.settings.sources()
             preset, reason = self.resolve_preset()
-            kwargs = {}
-            config = quantization_config_for(preset, self.device)
-            if config is not None:
-                kwargs["quantization_config"] = config
             report(0.1, f"Loading the models (preset {preset.name})")
-            with out_of_memory_advice(preset):
-                pipe = InstantCharacterPipeline.from_pretrained(sources, dtype=self.dtype(preset), progress=False,
-                                                                **kwargs)
-                report(0.8, f"Placing the models (preset {preset.name})")
-                steps = apply_preset(pipe, preset, self.device)
-            pipe.set_progress_bar_config(disable=True)
+            pipe, steps = load_pipeline(sources, preset, self.device, self.dtype(preset))
             log.info("models loaded: %s; preset %s (%s): %s", sources, preset.name, reason, "; ".join(steps))
             dtype = str(self.dtype(preset)).removeprefix("torch.")
             self._loaded = LoadedPipeline(pipe, preset.name, dtype, steps)

@@ -38,7 +38,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--text-adapter", default=None, help="a trained text adapter (.safetensors)")
     parser.add_argument("--dtype", choices=sorted(DTYPES), default=None,
                         help="weights dtype (default: bfloat16 on GPU, float32 on CPU)")
-    parser.add_argument("--preset", default=None, help="memory preset: auto, full, balanced, low, minimal")
+    parser.add_argument("--preset", default="auto", choices=["auto", "full", "balanced", "low", "minimal"],
+                        help="memory preset (default: auto picks from the detected GPU and RAM)")
     parser.add_argument("--out", required=True, help="output PNG path")
 
 
@@ -83,7 +84,8 @@ def default_dtype() -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from core.pipeline import InstantCharacterPipeline
+    from core.memory import out_of_memory_advice
+    from core.memory_setup import load_pipeline, resolve_preset
 
     characters = parse_characters(args.character, args.mask, args.scale)
     # fail fast, before minutes of model loading
@@ -93,13 +95,17 @@ def run(args: argparse.Namespace) -> int:
     sources = ModelSources.parse(args.models)
     dtype_name = args.dtype or default_dtype()
     seed = args.seed if args.seed is not None else int(torch.randint(0, 2**31 - 1, (1,)).item())
-    pipe = InstantCharacterPipeline.from_pretrained(sources, dtype=DTYPES[dtype_name], text_adapter=args.text_adapter)
-    if torch.cuda.is_available():
-        pipe.to("cuda")
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    preset, reason = resolve_preset(args.preset, tiny=args.models == "tiny", device=device, width=args.width,
+                                    height=args.height)
+    print(f"memory preset: {preset.name} ({reason})")
+    pipe, _ = load_pipeline(sources, preset, device, DTYPES[dtype_name], text_adapter=args.text_adapter,
+                            progress=True)
     generator = torch.Generator("cpu").manual_seed(seed)
-    result = pipe(args.prompt, characters=characters, negative_prompt=args.negative_prompt,
-                  true_cfg_scale=args.true_cfg, num_inference_steps=args.steps, guidance_scale=args.guidance,
-                  height=args.height, width=args.width, generator=generator)
+    with out_of_memory_advice(preset, width=args.width, height=args.height):
+        result = pipe(args.prompt, characters=characters, negative_prompt=args.negative_prompt,
+                      true_cfg_scale=args.true_cfg, num_inference_steps=args.steps, guidance_scale=args.guidance,
+                      height=args.height, width=args.width, generator=generator)
     for note in result.notes:
         print(f"note: {note}")
     record = GenerationRecord(
@@ -108,7 +114,7 @@ def run(args: argparse.Namespace) -> int:
         characters=[CharacterRecord.from_character(c) for c in characters],
         models={"base": sources.base, "siglip": sources.siglip, "dinov2": sources.dinov2, "adapter": sources.adapter,
                 "text_adapter": args.text_adapter, "spec": args.models},
-        dtype=dtype_name, preset=args.preset,
+        dtype=dtype_name, preset=preset.name,
     )
     path = save_png(result.images[0], args.out, record)
     print(f"saved {path} (seed {seed})")

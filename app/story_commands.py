@@ -210,27 +210,6 @@ def process_state() -> Any:
     return _OneProcess()
 
 
-def resolve_preset(name: str, models: str, device, width: int, height: int):
-    """``(MemoryPreset, reason)``, as the studio chooses: ``auto`` asks the planner; bitsandbytes presets fall
-    back to quanto where bitsandbytes cannot run; tiny models always run ``full``."""
-    import torch
-
-    from core.memory import QUANTO_ALTERNATIVE, bitsandbytes_usable, choose_preset, detect_memory, get_preset
-
-    if models == "tiny":
-        return get_preset("full"), "tiny test models need no memory saving"
-    bnb_ok = bitsandbytes_usable() and torch.device(device).type == "cuda"
-    if name == "auto":
-        mem = detect_memory()
-        preset, _, reason = choose_preset(mem.vram_total_bytes, mem.ram_total_bytes, width, height,
-                                          bitsandbytes_ok=bnb_ok)
-        return preset, reason
-    preset = get_preset(name)
-    if preset.needs_bitsandbytes and not bnb_ok:
-        return preset.with_quantization(QUANTO_ALTERNATIVE), "bitsandbytes needs a CUDA GPU: using quanto int8"
-    return preset, "chosen on the command line"
-
-
 def load_pipeline(models: str, preset_name: str, dtype_name: str | None, device, width: int = 1024,
                   height: int = 1024, state: Any = None):
     """Loads the engine once for a whole story: ``(pipe, record_fields)``; ``record_fields`` say how it was loaded
@@ -240,24 +219,17 @@ def load_pipeline(models: str, preset_name: str, dtype_name: str | None, device,
 
     import torch
 
-    from core.memory_setup import apply_preset, quantization_config_for
-    from core.pipeline import InstantCharacterPipeline
+    from core.memory_setup import load_pipeline as load_with_preset
+    from core.memory_setup import resolve_preset
     from core.sources import ModelSources
 
     device = torch.device(device)
     first = state.main_process_first() if hasattr(state, "main_process_first") else contextlib.nullcontext()
     with first:
         sources = ModelSources.parse(models)
-    preset, _ = resolve_preset(preset_name, models, device, width, height)
+    preset, _ = resolve_preset(preset_name, tiny=models == "tiny", device=device, width=width, height=height)
     dtype_name = dtype_name or ("bfloat16" if device.type == "cuda" else "float32")
-    kwargs = {}
-    config = quantization_config_for(preset, device)
-    if config is not None:
-        kwargs["quantization_config"] = config
-    pipe = InstantCharacterPipeline.from_pretrained(sources, dtype=getattr(torch, dtype_name), progress=False,
-                                                    **kwargs)
-    apply_preset(pipe, preset, device)
-    pipe.set_progress_bar_config(disable=True)
+    pipe, _ = load_with_preset(sources, preset, device, getattr(torch, dtype_name))
     fields = {"models": {"base": sources.base, "siglip": sources.siglip, "dinov2": sources.dinov2,
                          "adapter": sources.adapter, "spec": models},
               "dtype": dtype_name, "preset": preset.name}

@@ -202,3 +202,59 @@ def apply_preset(pipe, preset: MemoryPreset | str, device: str | torch.device) -
     logger.info("preset %s: %s", preset.name, "; ".join(steps))
     return steps
 
+
+
+def resolve_preset(name: str, *, tiny: bool = False, zero_gpu: bool = False,
+                   device: str | torch.device | None = None, width: int = 1024, height: int = 1024):
+    """``(MemoryPreset, reason)`` for a preset name as the user gave it.
+
+    ``auto`` asks the planner with the detected memory; a bitsandbytes preset falls back to its quanto alternative
+    where bitsandbytes cannot run; tiny test models and ZeroGPU (a large GPU per request) always run ``full``.
+    """
+    from core.memory import bitsandbytes_usable, choose_preset, detect_memory
+
+    if zero_gpu:
+        return get_preset("full"), "ZeroGPU: a large GPU is attached for each request"
+    if tiny:
+        return get_preset("full"), "tiny test models: a few megabytes, no memory saving needed"
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    bnb_ok = bitsandbytes_usable() and device.type == "cuda"
+    if name == "auto" and device.type == "cpu":
+        return get_preset("full"), "no CUDA GPU: everything stays in system memory (slow; try --models tiny)"
+    if name == "auto":
+        mem = detect_memory()
+        preset, _, reason = choose_preset(mem.vram_total_bytes, mem.ram_total_bytes, width, height,
+                                          bitsandbytes_ok=bnb_ok)
+        return preset, reason
+    preset = get_preset(name)
+    if preset.needs_bitsandbytes and not bnb_ok:
+        return preset.with_quantization(QUANTO_ALTERNATIVE), "bitsandbytes needs a CUDA GPU: using quanto int8"
+    return preset, "chosen by the user"
+
+
+def preset_dtype(preset: MemoryPreset, device: str | torch.device) -> torch.dtype:
+    """The preset's weight dtype on a GPU; float32 on the CPU, where bfloat16 matmuls are very slow."""
+    return getattr(torch, preset.dtype) if torch.device(device).type == "cuda" else torch.float32
+
+
+def load_pipeline(sources, preset: MemoryPreset, device: str | torch.device, dtype: torch.dtype | None = None,
+                  text_adapter=None, progress: bool = False):
+    """Loads the engine under a memory preset: ``(pipe, steps)``, ``steps`` saying what was applied.
+
+    Quantization happens at load time, offloading after; running out of memory raises
+    :class:`core.memory.MemoryAdviceError` naming the next preset to try.
+    """
+    from core.memory import out_of_memory_advice
+    from core.pipeline import InstantCharacterPipeline
+
+    kwargs = {}
+    config = quantization_config_for(preset, device)
+    if config is not None:
+        kwargs["quantization_config"] = config
+    with out_of_memory_advice(preset):
+        pipe = InstantCharacterPipeline.from_pretrained(sources, dtype=dtype or preset_dtype(preset, device),
+                                                        text_adapter=text_adapter, progress=progress, **kwargs)
+        steps = apply_preset(pipe, preset, device)
+    if not progress:
+        pipe.set_progress_bar_config(disable=True)
+    return pipe, steps
