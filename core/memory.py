@@ -91,11 +91,11 @@ class MemoryPreset:
                              "after loading, so only quanto-int8, quanto-fp8 or None")
         if self.offload not in OFFLOAD_MODES:
             raise ValueError(f"offload {self.offload!r} unknown; expected one of {OFFLOAD_MODES}")
-        if self.offload == "group" and any(q and q.startswith("quanto-") for q in
-                                           (self.transformer_quantization, self.text_encoder_quantization,
+        if self.offload == "group" and any((self.transformer_quantization, self.text_encoder_quantization,
                                             self.adapter_quantization)):
-            raise ValueError("group offloading cannot move quanto tensors (diffusers issue #12610): "
-                             "use bitsandbytes or bf16 with offload='group'")
+            # quanto: diffusers issue #12610; bitsandbytes nf4: an illegal memory access on an H200 (our bench)
+            raise ValueError("group offloading cannot move quantized weights (quanto or bitsandbytes): "
+                             "use offload='group' with the compute dtype")
 
     @property
     def needs_bitsandbytes(self) -> bool:
@@ -112,9 +112,6 @@ class MemoryPreset:
         """
         if not (self.transformer_quantization or self.text_encoder_quantization):
             return self
-        if self.offload == "group" and quantization and quantization.startswith("quanto-"):
-            return replace(self, description=f"{self.dtype}, group offloading (streamed block by block), VAE tiling",
-                           transformer_quantization=None, text_encoder_quantization=None, adapter_quantization=None)
         return replace(self, transformer_quantization=quantization, text_encoder_quantization=quantization)
 
 
@@ -127,9 +124,9 @@ PRESETS: dict[str, MemoryPreset] = {
         MemoryPreset("low", "transformer and T5 in nf4 (bitsandbytes), adapter int8 (quanto), model CPU offload",
                      transformer_quantization="bnb-nf4", text_encoder_quantization="bnb-nf4",
                      adapter_quantization="quanto-int8", offload="model"),
-        # The adapter stays bf16 here: group offloading cannot move quanto tensors (diffusers issue #12610).
-        MemoryPreset("minimal", "nf4 with group offloading (streamed block by block), VAE tiling: 8 GB cards",
-                     transformer_quantization="bnb-nf4", text_encoder_quantization="bnb-nf4",
+        # bf16: group offloading cannot move quantized weights (quanto: diffusers issue #12610; bitsandbytes nf4
+        # crashed with an illegal memory access on an H200 in our bench). Blocks stream, so the GPU holds little.
+        MemoryPreset("minimal", "bf16 with group offloading (streamed block by block), VAE tiling: 8 GB cards",
                      offload="group", vae_tiling=True),
     )
 }

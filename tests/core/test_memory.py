@@ -107,7 +107,7 @@ def test_auto_without_bitsandbytes_uses_quanto_or_bf16_group_offload():
     preset, _, _ = choose_preset(24 * GiB, 64 * GiB, bitsandbytes_ok=False)
     assert preset.name == "low" and preset.transformer_quantization == "quanto-int8"
     preset, est, _ = choose_preset(8 * GiB, 64 * GiB, bitsandbytes_ok=False)
-    assert preset.name == "minimal" and preset.transformer_quantization is None  # quanto can't be group-offloaded
+    assert preset.name == "minimal" and preset.transformer_quantization is None  # group offload needs bf16
     assert est.gpu_peak_bytes < 8 * GiB
 
 
@@ -166,8 +166,7 @@ def test_bitsandbytes_presets_name_the_quanto_alternative_without_cuda():
         pytest.skip("this machine has CUDA")
     with pytest.raises(PresetUnavailableError, match="quanto-int8"):
         check_preset_supported(get_preset("low"), "cpu")
-    with pytest.raises(PresetUnavailableError, match="preset 'minimal'"):
-        quantization_config_for("minimal", "cpu")
+    assert quantization_config_for("minimal", "cpu") is None  # bf16 group offloading: no bitsandbytes
     assert quantization_config_for("balanced", "cpu") is None
     assert quantization_config_for(get_preset("low", "quanto-int8"), "cpu") is None
     check_preset_supported(get_preset("low", "quanto-int8"), "cpu")
@@ -178,7 +177,7 @@ def test_unknown_names_are_rejected():
         get_preset("tiny")
     with pytest.raises(ValueError, match="quantization"):
         MemoryPreset("x", "", transformer_quantization="int3")
-    with pytest.raises(ValueError, match="12610"):
+    with pytest.raises(ValueError, match="cannot move quantized weights"):
         MemoryPreset("x", "", transformer_quantization="quanto-int8", offload="group")
 
 
