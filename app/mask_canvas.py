@@ -48,6 +48,11 @@ def _layer(size: tuple[int, int], mask: np.ndarray | None, index: int) -> Image.
 
 def _editor_value(size: tuple[int, int], masks: list[np.ndarray | None]) -> dict:
     background = Image.new("RGBA", size, (255, 255, 255, 255))
+    if all(m is None for m in masks):
+        # No layer images: the browser keeps (or re-creates, blank) its named layers. Layer images sent to the
+        # browser replace them with layers all called "Layer 1" (see CANVAS_JS), and on the first render they race
+        # with the background and leave a broken set of layers.
+        return {"background": background, "layers": [], "composite": background.copy()}
     layers = [_layer(size, masks[i] if i < len(masks) else None, i) for i in range(MAX_STUDIO_CHARACTERS)]
     composite = background.copy()
     for layer in layers:
@@ -164,3 +169,46 @@ def permute_canvas(value, order: list[int | None], width: int, height: int) -> d
             mask = np.asarray(Image.fromarray(mask, mode="F").resize(size, Image.Resampling.BILINEAR))
         moved.append(mask)
     return _editor_value(size, moved)
+
+
+# Gradio's image editor (6.x) names every layer it loads from a value "Layer 1" (and marks it user-made), whatever
+# ``gr.LayerOptions(layers=...)`` says; only the layers it makes itself carry the configured names. Run once when the
+# page loads, this makes layers loaded from a value take the configured names in order (when no additional layers are
+# allowed), and renames any layer loaded before it ran. It patches the editor's layer manager class, found through
+# the ``window.editor`` the component sets, and gives up quietly if the editor or its internals are not there.
+CANVAS_JS = """
+() => {
+  const install = () => {
+    const manager = window.editor && window.editor.layer_manager;
+    if (!manager || typeof manager.create_layer !== "function" || !Array.isArray(manager.layers)) return false;
+    const fixed = (m) => m.layer_options && !m.layer_options.allow_additional_layers ? m.layer_options.layers || [] : [];
+    const proto = Object.getPrototypeOf(manager);
+    if (!proto.studio_named_layers) {
+      const create_layer = proto.create_layer;
+      proto.create_layer = function (options) {
+        const names = fixed(this);
+        if (options && options.user_created && this.layers.length < names.length) {
+          options = Object.assign({}, options, {layer_name: names[this.layers.length], user_created: false});
+        }
+        return create_layer.call(this, options);
+      };
+      proto.studio_named_layers = true;
+    }
+    const names = fixed(manager);
+    let renamed = false;
+    manager.layers.forEach((layer, i) => {
+      if (i < names.length && layer.name !== names[i]) {
+        layer.name = names[i];
+        layer.user_created = false;
+        renamed = true;
+      }
+    });
+    if (renamed && manager.layer_store) manager.layer_store.update((s) => Object.assign({}, s, {layers: manager.layers}));
+    return true;
+  };
+  if (!install()) {
+    const timer = setInterval(() => { if (install()) clearInterval(timer); }, 200);
+    setTimeout(() => clearInterval(timer), 120000);
+  }
+}
+"""

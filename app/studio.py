@@ -18,6 +18,7 @@ from pathlib import Path
 import gradio as gr
 
 from .context import NO_GPU_NOTICE, PRESET_CHOICES, StudioContext, StudioSettings
+from .mask_canvas import CANVAS_JS
 from .tabs import generate, history, library, settings
 
 log = logging.getLogger(__name__)
@@ -62,6 +63,7 @@ def build_studio(ctx: StudioContext) -> gr.Blocks:
             with gr.Tab("Settings", id="settings"):
                 tabs["settings"] = settings.build(ctx)
         _link_tabs(demo, tabs, library_tab, history_tab)
+        demo.load(None, None, None, js=CANVAS_JS, api_visibility="private")  # named mask layers (mask_canvas)
     demo.studio_tabs = tabs
     demo.queue(default_concurrency_limit=4, max_size=QUEUE_SIZE)
     return demo

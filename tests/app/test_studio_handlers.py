@@ -253,3 +253,24 @@ def test_blank_canvas_means_no_masks(ctx, character_files):
     slots = [CharacterSlot(str(character_files[0]), "Mia"), CharacterSlot(str(character_files[1]), "Bob")]
     characters, notes = build_characters(slots, blank_canvas(64, 64))
     assert [c.mask for c in characters] == [None, None] and notes == []
+
+
+def test_mask_layers_carry_the_character_names(ctx):
+    """The canvas's layers are the named, colour-coded character layers. Gradio's editor names every layer image it
+    loads from a value "Layer 1", so canvases with nothing painted send no layer images (the browser keeps its named
+    layers) and the page loads a script that names layers loaded from a value in order."""
+    from app.mask_canvas import CANVAS_JS, COLOURS
+    from app.studio import build_studio
+
+    demo = build_studio(ctx)
+    canvas = demo.studio_tabs["generate"].canvas
+    config = canvas.get_config()
+    assert config["layers"]["layers"] == LAYER_NAMES and config["layers"]["allow_additional_layers"] is False
+    assert [name.split("(")[1].rstrip(")") for name in LAYER_NAMES] == ["red", "blue", "green", "orange"]
+    assert config["brush"]["colors"] == [f"rgb{c}" for c in COLOURS]  # layer i's colour is brush colour i
+    assert config["value"]["layers"] == []  # the initial value leaves the named layers alone
+    assert blank_canvas(64, 64)["layers"] == [] and ev.clear_canvas(64, 64)["layers"] == []
+    assert ev.follow_size(blank_canvas(64, 64), 96, 64)["layers"] == []
+    assert len(layout_canvas("Left / right", 2, 64, 64)["layers"]) == MAX_STUDIO_CHARACTERS  # one per slot, in order
+    page = demo.get_config_file()
+    assert any(CANVAS_JS.strip() in str(dep.get("js") or "") for dep in page["dependencies"])
