@@ -172,7 +172,9 @@ def export_adapter(output: str | Path, model, metadata: dict | None = None, rele
 
     ``output`` is a path without suffix (e.g. ``run/adapter``). With ``released_bin`` also ``<output>.bin`` in the
     released layout (``torch.save({"image_proj": ..., "ip_adapter": ...})``). Parts other than the image adapter
-    are written as ``<output>.<part>.safetensors``.
+    are written as ``<output>.<part>.safetensors``: the text adapter in :meth:`core.text_adapter.TextAdapter.save`'s
+    format (with its ``<output>.text_adapter.json`` config), which ``InstantCharacterPipeline.from_pretrained(...,
+    text_adapter=PATH)`` and the CLI's ``--text-adapter`` read.
     """
     from core.checkpoint import infer_config, save_adapter
 
@@ -198,6 +200,11 @@ def export_adapter(output: str | Path, model, metadata: dict | None = None, rele
                 written.append(bin_path)
         else:
             path = output.parent / f"{output.name}.{name}.safetensors"
+            files = part.export(path, meta)
+            if files is not None:  # the part's own engine format (the text adapter: TextAdapter.save)
+                info[name] = {"file": path.name}
+                written += files
+                continue
             flat = {f"{g}.{k}": v.contiguous() for g, sd in groups.items() for k, v in sd.items()}
             with atomic_path(path) as tmp:
                 save_file(flat, str(tmp), metadata={"format": f"instantcharacter-{name}", **meta})

@@ -100,7 +100,8 @@ def _export(args) -> int:
             raise FileNotFoundError(f"no checkpoint in {folder}")
         folder = found
     pipe = _load_pipeline(config, torch.float32, "cpu")
-    model = build_training_model(pipe, config.trainable, config.objective, config.models.init == "fresh", config.seed)
+    model = build_training_model(pipe, config.trainable, config.objective, config.models.init == "fresh", config.seed,
+                                 config.part_options())
     load_trainable(folder, model)
     for path in export_adapter(args.out, model, {"source": str(folder)}, args.bin):
         print(path)

@@ -5,11 +5,30 @@ A job names the models, the datasets, the paper's stages (section 3.2: 1) unpair
 
     output_dir = "runs/my-character"
     seed = 0
-    trainable = ["image_adapter"]
+    trainable = ["image_adapter", "text_adapter"]   # either or both
 
     [models]
     source = "default"            # "default", "tiny", or a models directory
     init = "checkpoint"           # "checkpoint": start from the adapter; "fresh": random initialization
+    # text_adapter = "runs/old/adapter.text_adapter.safetensors"   # start from a text adapter; default: fresh
+
+    [text_adapter]                # sizes of a fresh text adapter (the rest follows the base model)
+    dim = 768
+    depth = 4
+    num_queries = 16
+    token_dim = 768
+
+    [validation]                  # held-out CLIP-I / DINO-I / CLIP-T every N steps (see trainer.validation)
+    every = 500                   # 0: off
+    data = "data/heldout.jsonl"   # any dataset layout; rendered from its references and caption
+    clip_model = "openai/clip-vit-large-patch14"   # hub id or folder; "" skips CLIP-I and CLIP-T
+    dino_model = "facebook/dino-vits16"            # hub id or folder; "" skips DINO-I
+    segmenter = "none"            # or "threshold" (plain backgrounds)
+    steps = 20
+    size = 512
+    guidance_scale = 3.5
+    seed = 0                      # case i uses seed + i
+    max_cases = 0                 # 0: every row
 
     [data]
     unpaired = "data/unpaired"    # folder with sidecar .txt captions, or a JSONL file
@@ -48,6 +67,7 @@ TIMESTEP_SAMPLING = ("logit_normal", "uniform", "mode")
 LOSS_WEIGHTING = ("none", "sigma_sqrt", "cosmap")
 INIT = ("checkpoint", "fresh")
 KNOWN_TRAINABLE = ("image_adapter", "text_adapter")
+SEGMENTERS = ("none", "threshold")
 
 
 class ConfigError(ValueError):
@@ -69,6 +89,7 @@ class ModelsConfig:
     dinov2: str | None = None
     adapter: str | None = None
     init: str = "checkpoint"  # "checkpoint" (the adapter above) or "fresh" (random init with `seed`)
+    text_adapter: str | None = None  # a text adapter file to start from; fresh (zero output) when not set
 
 
 @dataclass
@@ -145,6 +166,40 @@ class SamplingConfig:
 
 
 @dataclass
+class TextAdapterSizes:
+    """Sizes of a fresh text adapter (``[text_adapter]``); the other sizes follow the base model.
+
+    Ignored when ``models.text_adapter`` names a file: its own config is used.
+    """
+
+    dim: int = 768  # Q-Former width
+    depth: int = 4
+    num_queries: int = 16
+    token_dim: int = 768  # width of the character's F_T tokens
+
+
+@dataclass
+class ValidationConfig:
+    """Scores on a held-out set at intervals (``every = 0`` disables them; issue 8's CLIP-I, DINO-I, CLIP-T).
+
+    Each row of ``data`` (a dataset in any layout of :mod:`trainer.data`) is rendered with the current adapter from
+    its references and caption (``[Name]`` tags kept, so a trained text adapter takes part), then scored against
+    its references by :class:`core.metrics.CharacterScorer`.
+    """
+
+    every: int = 0
+    data: str | None = None  # folder with .txt captions or a JSONL file, held out from training
+    clip_model: str | None = "openai/clip-vit-large-patch14"  # hub id or folder; "" disables CLIP-I/CLIP-T
+    dino_model: str | None = "facebook/dino-vits16"  # hub id or folder; "" disables DINO-I
+    segmenter: str = "none"  # "none" or "threshold" (plain backgrounds), applied before CLIP-I/DINO-I
+    steps: int = 20  # denoising steps per image
+    size: int = 512  # square images, pixels
+    guidance_scale: float = 3.5
+    seed: int = 0  # case i uses seed + i
+    max_cases: int = 0  # 0: every row
+
+
+@dataclass
 class ExportConfig:
     """Exports written when training ends: ``adapter.safetensors`` + ``adapter.json`` (and ``.bin`` on request)."""
 
@@ -163,6 +218,8 @@ class TrainConfig:
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
     run: RunConfig = field(default_factory=RunConfig)
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
+    validation: ValidationConfig = field(default_factory=ValidationConfig)
+    text_adapter: TextAdapterSizes = field(default_factory=TextAdapterSizes)
     export: ExportConfig = field(default_factory=ExportConfig)
     base_dir: str = field(default=".", repr=False)  # folder of the config file; not written to TOML
 
@@ -181,6 +238,10 @@ class TrainConfig:
     @property
     def total_steps(self) -> int:
         return sum(s.steps for s in self.stages)
+
+    def part_options(self) -> dict[str, dict]:
+        """Keyword arguments of the trainable parts' factories (see :func:`trainer.objective.register_trainable`)."""
+        return {"text_adapter": dataclasses.asdict(self.text_adapter)}
 
     def micro_batch(self, stage: StageConfig, num_processes: int) -> int:
         """Images per process per forward pass for ``stage``."""
@@ -253,6 +314,26 @@ class TrainConfig:
             need(bool(m.seeds) and all(isinstance(x, int) for x in m.seeds), "sampling.seeds", "give integer seeds")
             need(m.resolution >= 16 and m.resolution % 16 == 0, "sampling.resolution", "must be a multiple of 16")
             need(m.steps >= 1, "sampling.steps", "must be at least 1")
+        t = self.text_adapter
+        for name in ("dim", "depth", "num_queries", "token_dim"):
+            value = getattr(t, name)
+            need(isinstance(value, int) and value >= 1, f"text_adapter.{name}", f"{value!r}: must be at least 1")
+        if isinstance(t.dim, int) and t.dim >= 1:
+            need(t.dim % 64 == 0, "text_adapter.dim", f"{t.dim}: must be a multiple of 64 (the Q-Former's heads)")
+        v = self.validation
+        need(isinstance(v.every, int) and v.every >= 0, "validation.every", "must be 0 (off) or more")
+        if v.every:
+            need(bool(v.data), "validation.data", "give the held-out dataset (folder or JSONL) to score")
+            need(bool(v.clip_model) or bool(v.dino_model), "validation.clip_model/dino_model",
+                 "give at least one metric model")
+            need(v.segmenter in SEGMENTERS, "validation.segmenter",
+                 f"{v.segmenter!r}: use one of {', '.join(SEGMENTERS)}")
+            need(isinstance(v.steps, int) and v.steps >= 1, "validation.steps", "must be at least 1")
+            need(isinstance(v.size, int) and v.size >= 16 and v.size % 16 == 0, "validation.size",
+                 f"{v.size!r}: must be a multiple of 16 (at least 16)")
+            need(v.guidance_scale >= 0, "validation.guidance_scale", "must not be negative")
+            need(isinstance(v.seed, int) and v.seed >= 0, "validation.seed", "must be a non-negative integer")
+            need(isinstance(v.max_cases, int) and v.max_cases >= 0, "validation.max_cases", "must be 0 (all) or more")
         return out
 
     def check(self, num_processes: int = 1, source: str = "config") -> "TrainConfig":
@@ -277,7 +358,8 @@ class TrainConfig:
 
 
 _SECTIONS = {"models": ModelsConfig, "data": DataConfig, "objective": ObjectiveConfig, "optimizer": OptimizerConfig,
-             "run": RunConfig, "sampling": SamplingConfig, "export": ExportConfig}
+             "run": RunConfig, "sampling": SamplingConfig, "validation": ValidationConfig,
+             "text_adapter": TextAdapterSizes, "export": ExportConfig}
 
 
 def _drop_none(value):

@@ -1,8 +1,9 @@
 """How a training process reports to the outside world, and how it is asked to stop or save: files only.
 
 The trainer appends JSON lines to ``output_dir/events.jsonl`` (one object per line, each with ``"event"`` and
-``"time"``): ``start``, ``step`` (step, stage, loss, lr, it_s, eta_s), ``sample`` (step, images), ``checkpoint``,
-``export``, ``stopped``, ``done`` and ``error``. The studio (or anyone) reads the file; the trainer knows nothing
+``"time"``): ``start``, ``step`` (step, stage, loss, lr, it_s, eta_s), ``sample`` (step, images), ``validation``
+(step, clip_i, dino_i, clip_t, cases, images; see :mod:`trainer.validation`), ``checkpoint``, ``export``,
+``stopped``, ``done`` and ``error``. The studio (or anyone) reads the file; the trainer knows nothing
 of them. Requests go the other way as empty files in ``output_dir/control/``: ``stop`` and ``save-now``, honoured
 between optimizer steps.
 """

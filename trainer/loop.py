@@ -32,6 +32,7 @@ from .config import TrainConfig
 from .data import Example, load_dataset
 from .events import SAVE_NOW, STOP, EventLog, Throughput, clear_requests, take_request
 from .objective import BatchEncoder, EncodingCache, build_training_model
+from .validation import Validator
 
 log = logging.getLogger(__name__)
 RECENT_LOSSES = 2000  # kept in checkpoints for the studio's loss plot
@@ -97,7 +98,18 @@ def _load_pipeline(config: TrainConfig, dtype: torch.dtype, device):
     sources = ModelSources.parse(source).override(base=m.base, siglip=m.siglip, dinov2=m.dinov2, adapter=m.adapter)
     pipe = InstantCharacterPipeline.from_pretrained(sources, dtype=dtype, progress=False)
     pipe.set_progress_bar_config(disable=True)
-    return pipe.to(device)
+    pipe = pipe.to(device)
+    if m.text_adapter:
+        path = config.resolve(m.text_adapter)
+        if "text_adapter" in config.trainable:  # float32 master weights: the trainable part installs it uncast
+            from core.text_adapter import TextAdapter
+
+            from .objective import TextAdapterPart
+
+            TextAdapterPart(TextAdapter.load(path)).install(pipe)
+        else:
+            pipe.load_text_adapter(path)
+    return pipe
 
 
 class Trainer:
@@ -128,6 +140,11 @@ class Trainer:
         except ValueError as exc:
             self.events.emit("error", message="dataset has bad rows", details=str(exc))
             raise TrainingRefused(f"training refused: the dataset has bad rows\n{exc}") from None
+        try:
+            self.validator = Validator.from_config(config)
+        except ValueError as exc:
+            self.events.emit("error", message="validation dataset has bad rows", details=str(exc))
+            raise TrainingRefused(f"training refused: the validation dataset has bad rows\n{exc}") from None
         existing = list_checkpoints(self.out)
         if existing and not self.resume:
             raise TrainingRefused(f"{self.out} already holds checkpoints (latest {existing[-1].name}): "
@@ -141,7 +158,7 @@ class Trainer:
         self.weight_dtype = _weight_dtype(acc.mixed_precision)
         self.pipe = _load_pipeline(config, self.weight_dtype, acc.device)
         model = build_training_model(self.pipe, config.trainable, config.objective, config.models.init == "fresh",
-                                     config.seed)
+                                     config.seed, config.part_options())
         if config.run.gradient_checkpointing:
             self.pipe.transformer.enable_gradient_checkpointing()
         cache_dir = config.resolve(config.data.cache_dir) if config.data.cache_dir else self.out / "cache"
@@ -203,6 +220,14 @@ class Trainer:
                         paths.append(str(path))
             self.pipe.clear_caches()
             self.events.emit("sample", step=step, images=paths, prompts=s.prompts, seeds=s.seeds)
+        acc.wait_for_everyone()
+
+    def _validate(self, step: int) -> None:
+        """Held-out CLIP-I / DINO-I / CLIP-T with the current adapter (main process only; see trainer.validation)."""
+        acc = self.accelerator
+        if acc.is_main_process:
+            fields = self.validator.run(self.model, self.pipe, step, acc.autocast())
+            self.events.emit("validation", **fields)
         acc.wait_for_everyone()
 
     # ------------------------------------------------------------------ the loop
@@ -292,6 +317,8 @@ class Trainer:
                                "stop" if stop else "save-now" if save_now else "limit" if limit else "interval")
                 if config.sampling.every and state.global_step % config.sampling.every == 0:
                     self._sample(state.global_step)
+                if self.validator is not None and state.global_step % config.validation.every == 0:
+                    self._validate(state.global_step)
                 if stop or limit:
                     stopped = True
                     break

@@ -15,11 +15,16 @@ batch), so the result does not depend on how a global batch is split over proces
 resuming at a step draws what an uninterrupted run would.
 
 Which modules train is pluggable: :data:`TRAINABLE_PARTS` maps a config name to a factory of
-:class:`TrainablePart` modules. The image adapter is built in; the text adapter registers itself when it exists.
+:class:`TrainablePart` modules. Two are built in: ``image_adapter`` (projector + character attention K/V) and
+``text_adapter`` (:class:`core.text_adapter.TextAdapter`: each character's SigLIP features injected into the T5
+tokens of its ``[Name]`` tag, paper Eq. 4). Parts contribute :class:`CharacterCondition` fields per character slot;
+the model merges them, so the text adapter's tokens ride on the image adapter's conditions. Training the text
+adapter alone keeps the image adapter in the forward pass, frozen.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import math
 from collections import OrderedDict
@@ -36,7 +41,7 @@ from torch import nn
 
 from core.attention import CharacterCondition
 from core.masks import RoutingMask
-from core.prompt import resolve_prompt
+from core.prompt import resolve_prompt, token_indices
 
 from .config import ObjectiveConfig
 from .data import Example, load_target
@@ -54,6 +59,7 @@ class CharacterSlot:
     low_res_shallow: torch.Tensor
     high_res_deep: torch.Tensor
     mask: torch.Tensor | None  # (B, N) routing weights over the image tokens; None: whole image for every row
+    text_mask: torch.Tensor | None = None  # (B, L): 1 on the T5 tokens from this character's [Name] tag
 
 
 @dataclass
@@ -77,8 +83,8 @@ class TrainingInputs:
                 return None
             return t.to(device=device, dtype=dtype if t.is_floating_point() and not keep_float else t.dtype)
 
-        slots = [CharacterSlot(mv(s.low_res_deep), mv(s.low_res_shallow), mv(s.high_res_deep), mv(s.mask))
-                 for s in self.characters]
+        slots = [CharacterSlot(mv(s.low_res_deep), mv(s.low_res_shallow), mv(s.high_res_deep), mv(s.mask),
+                               mv(s.text_mask)) for s in self.characters]
         return TrainingInputs(mv(self.latents, True), mv(self.noise, True), mv(self.sigmas, True), mv(self.image_ids),
                               mv(self.prompt_embeds), mv(self.pooled), mv(self.text_ids), slots, self.captions,
                               self.spans)
@@ -103,6 +109,11 @@ class TrainablePart(nn.Module):
 
     def install(self, pipe) -> None:
         """Puts these modules back into ``pipe`` (for sampling, and after loading a checkpoint)."""
+
+    def export(self, path, metadata: dict) -> list | None:
+        """Writes this part for the engine at ``path`` (a ``.safetensors`` path) and returns the files written;
+        ``None`` lets :func:`trainer.checkpoints.export_adapter` write the flat groups."""
+        return None
 
 
 class ImageAdapterPart(TrainablePart):
@@ -129,6 +140,77 @@ class ImageAdapterPart(TrainablePart):
         self.ip_adapter.install(pipe.transformer)
 
 
+class TextAdapterPart(TrainablePart):
+    """The text adapter (``text_adapter``): a Q-Former on each character's SigLIP features, and per double-stream
+    block a cross-attention from the character's tag tokens to its Q-Former tokens.
+
+    Its conditions carry only ``text_tokens`` and ``text_mask``; the image adapter's conditions carry the rest.
+    Slots without a tag in any row get an all-zero text mask, so every parameter stays in the graph (DDP needs
+    each one to get a gradient, even a zero one).
+    """
+
+    name = "text_adapter"
+
+    def __init__(self, text_adapter: nn.Module):
+        super().__init__()
+        self.text_adapter = text_adapter
+
+    def attention_kwargs(self, inputs: TrainingInputs, timesteps: torch.Tensor) -> dict:
+        width = self.text_adapter.config.siglip_dim
+        length = inputs.prompt_embeds.shape[1]
+        conditions = []
+        for slot in inputs.characters:
+            siglip = slot.low_res_deep[..., :width]  # CharacterFeatures.low_res_deep = [SigLIP | DINOv2]
+            tokens = self.text_adapter(siglip.to(self.text_adapter.dtype), timesteps.to(siglip.dtype))
+            mask = slot.text_mask
+            if mask is None:
+                mask = torch.zeros(siglip.shape[0], length, device=siglip.device)
+            conditions.append(CharacterCondition(None, 1.0, None, tokens, mask))
+        return {"character_conditions": conditions}
+
+    def export_groups(self) -> dict[str, dict[str, torch.Tensor]]:
+        return {"text_adapter": self.text_adapter.state_dict()}
+
+    def install(self, pipe) -> None:
+        adapter = self.text_adapter
+        tcfg = pipe.transformer.config
+        if adapter.config.siglip_dim != pipe.siglip.config.hidden_size:
+            raise ValueError(f"the text adapter expects {adapter.config.siglip_dim}-wide SigLIP features, the "
+                             f"SigLIP model gives {pipe.siglip.config.hidden_size}")
+        if adapter.config.attention_width != tcfg.num_attention_heads * tcfg.attention_head_dim:
+            raise ValueError(f"the text adapter is for attention width {adapter.config.attention_width}, the base "
+                             f"model has {tcfg.num_attention_heads * tcfg.attention_head_dim}")
+        # not pipe.load_text_adapter: it casts to the weight dtype, and these are float32 master weights
+        adapter.to(device=pipe.transformer.device)
+        adapter.install(pipe.transformer)
+        pipe.register_modules(text_adapter=adapter)
+
+    def export(self, path, metadata: dict) -> list:
+        path = self.text_adapter.save(path)
+        return [path, path.with_suffix(".json")]
+
+
+def _text_adapter(pipe, fresh: bool, seed: int, dim: int = 768, depth: int = 4, num_queries: int = 16,
+                  token_dim: int = 768) -> TextAdapterPart:
+    """The pipeline's text adapter when one was loaded (``models.text_adapter``), else a fresh one: random
+    Q-Former and K/V (seeded), zero output projections, so training starts from the model without it.
+
+    ``fresh`` (``models.init``) is about the image adapter; a text adapter file named in the config is used as is.
+    """
+    from core.text_adapter import TextAdapter, TextAdapterConfig
+
+    adapter = getattr(pipe, "text_adapter", None)
+    if adapter is None:
+        config = TextAdapterConfig.for_pipeline(pipe, dim=dim, depth=depth, num_queries=num_queries,
+                                                token_dim=token_dim)
+        with torch.random.fork_rng():
+            torch.manual_seed(seed + 1)
+            adapter = TextAdapter(config)
+    part = TextAdapterPart(adapter)
+    part.install(pipe)
+    return part
+
+
 def _image_adapter(pipe, fresh: bool, seed: int) -> ImageAdapterPart:
     if fresh:
         from core.attention import CharacterAttentionLayers
@@ -149,13 +231,23 @@ def _image_adapter(pipe, fresh: bool, seed: int) -> ImageAdapterPart:
     return part
 
 
-# name -> factory(pipe, fresh: bool, seed: int) -> TrainablePart; the text adapter adds itself here
-TRAINABLE_PARTS: dict[str, Callable] = {"image_adapter": _image_adapter}
+# name -> factory(pipe, fresh: bool, seed: int, **options) -> TrainablePart
+TRAINABLE_PARTS: dict[str, Callable] = {}
+# parts that replace the attention processors are built first: later parts install onto those processors
+INSTALL_FIRST = ("image_adapter",)
 
 
 def register_trainable(name: str, factory: Callable) -> None:
-    """Makes ``name`` usable in a config's ``trainable`` list; ``factory(pipe, fresh, seed) -> TrainablePart``."""
+    """Makes ``name`` usable in a config's ``trainable`` list.
+
+    ``factory(pipe, fresh, seed, **options) -> TrainablePart``; ``options`` come from
+    :func:`build_training_model`'s ``part_options[name]`` (none for most parts).
+    """
     TRAINABLE_PARTS[name] = factory
+
+
+register_trainable("image_adapter", _image_adapter)
+register_trainable("text_adapter", _text_adapter)
 
 
 # ---------------------------------------------------------------------- encoding (frozen)
@@ -223,6 +315,7 @@ class BatchEncoder:
         self.cache = cache
         self.seed = seed
         self.device = pipe.transformer.device
+        self._text_masks: dict[tuple, list[int]] = {}
 
     # per-row pieces ----------------------------------------------------------
     @torch.no_grad()
@@ -264,6 +357,16 @@ class BatchEncoder:
 
         value = self.cache.get("features", _file_digest(path), make)
         return value["low_res_deep"], value["low_res_shallow"], value["high_res_deep"]
+
+    def text_mask(self, caption: str, spans: list[tuple[int, int]] | None, length: int) -> torch.Tensor:
+        """(L,) weights: 1 on the T5 tokens of ``caption`` (as resolved) that overlap ``spans``, as in the engine."""
+        mask = torch.zeros(length)
+        if spans:
+            key = (caption, tuple(spans), length)
+            if key not in self._text_masks:
+                self._text_masks[key] = token_indices(self.pipe.tokenizer_2, caption, list(spans), length)
+            mask[self._text_masks[key]] = 1.0
+        return mask
 
     def routing(self, reference, example: Example, resolution: int, rows: int, cols: int) -> torch.Tensor | None:
         """The reference's mask or box, cropped like the target, as (N,) weights; ``None`` if it has neither."""
@@ -323,8 +426,10 @@ class BatchEncoder:
         lat_h = resolution // self.pipe.vae_scale_factor
         rows_n, cols_n = lat_h // 2, lat_h // 2
         slots = []
+        length = prompt_embeds.shape[1]
         for j in range(max(len(x) for x in refs_per_row)):
             feats, masks, any_mask = [], [], False
+            text_masks = [self.text_mask(c, s.get(j), length) for c, s in zip(captions, spans)]
             for r, refs in zip(rows, refs_per_row):
                 if j < len(refs):
                     feats.append(self.features(refs[j].image))
@@ -336,7 +441,8 @@ class BatchEncoder:
                     masks.append(torch.zeros(n))
                     any_mask = True
             slots.append(CharacterSlot(*(torch.cat([f[k] for f in feats]) for k in range(3)),
-                                       torch.stack(masks) if any_mask else None))
+                                       torch.stack(masks) if any_mask else None,
+                                       torch.stack(text_masks) if any(m.any() for m in text_masks) else None))
         image_ids = self.pipe._prepare_latent_image_ids(b, lat_h // 2, lat_h // 2, "cpu", torch.float32)
         text_ids = torch.zeros(prompt_embeds.shape[1], 3)
         return TrainingInputs(latents, noise, sigmas, image_ids, prompt_embeds, pooled, text_ids, slots, captions,
@@ -360,10 +466,12 @@ class AdapterTrainingModel(nn.Module):
     Only the parts are submodules (what DDP wraps and syncs); the frozen transformer is held outside the module tree.
     """
 
-    def __init__(self, parts: dict[str, TrainablePart], transformer, objective: ObjectiveConfig):
+    def __init__(self, parts: dict[str, TrainablePart], transformer, objective: ObjectiveConfig,
+                 frozen_parts: dict[str, TrainablePart] | None = None):
         super().__init__()
         self.parts = nn.ModuleDict(parts)
-        self._frozen = SimpleNamespace(transformer=transformer)
+        # conditioning parts that run but do not train (the image adapter when only the text adapter trains)
+        self._frozen = SimpleNamespace(transformer=transformer, parts=dict(frozen_parts or {}))
         self.objective = objective
 
     @property
@@ -377,8 +485,12 @@ class AdapterTrainingModel(nn.Module):
         s = inputs.sigmas[:, None, None]
         noisy = (1 - s) * x0 + s * noise
         kwargs = {"text_seq_len": inputs.prompt_embeds.shape[1]}
+        timesteps = inputs.sigmas * 1000
+        for part in self._frozen.parts.values():
+            with torch.no_grad():
+                _merge_kwargs(kwargs, part.attention_kwargs(inputs, timesteps))
         for part in self.parts.values():
-            kwargs.update(part.attention_kwargs(inputs, inputs.sigmas * 1000))
+            _merge_kwargs(kwargs, part.attention_kwargs(inputs, timesteps))
         guidance = None
         if t.config.guidance_embeds:
             guidance = torch.full_like(inputs.sigmas, self.objective.guidance)
@@ -395,19 +507,42 @@ class AdapterTrainingModel(nn.Module):
         return self.per_sample_loss(inputs).mean()
 
 
-def build_training_model(pipe, trainable: list[str], objective: ObjectiveConfig, fresh: bool, seed: int):
-    """Freezes ``pipe`` and returns an :class:`AdapterTrainingModel` with the named parts (float32, trainable)."""
+def _merge_kwargs(kwargs: dict, extra: dict) -> None:
+    """Adds a part's attention kwargs; ``character_conditions`` merge slot by slot, later parts' set fields win."""
+    for key, value in extra.items():
+        if key == "character_conditions" and key in kwargs:
+            kwargs[key] = [CharacterCondition(*(getattr(new, f.name) if getattr(new, f.name) is not None
+                                                else getattr(old, f.name) for f in dataclasses.fields(old)))
+                           for old, new in zip(kwargs[key], value)]
+        else:
+            kwargs[key] = value
+
+
+def build_training_model(pipe, trainable: list[str], objective: ObjectiveConfig, fresh: bool, seed: int,
+                         part_options: dict[str, dict] | None = None):
+    """Freezes ``pipe`` and returns an :class:`AdapterTrainingModel` with the named parts (float32, trainable).
+
+    ``part_options[name]`` are extra keyword arguments of that part's factory (e.g. the text adapter's sizes).
+    Adapters loaded in ``pipe`` but not named in ``trainable`` still condition, frozen.
+    """
     for name in ("transformer", "vae", "text_encoder", "text_encoder_2", "siglip", "dinov2"):
         module = getattr(pipe, name, None)
         if module is not None:
             module.requires_grad_(False).eval()
-    parts = {}
     for name in trainable:
         if name not in TRAINABLE_PARTS:
             raise ValueError(f"trainable module {name!r} is not available in this version "
                              f"(available: {', '.join(TRAINABLE_PARTS)})")
-        parts[name] = TRAINABLE_PARTS[name](pipe, fresh, seed)
-    model = AdapterTrainingModel(parts, pipe.transformer, objective)
+    part_options = part_options or {}
+    order = sorted(trainable, key=lambda n: n not in INSTALL_FIRST)  # stable: config order otherwise
+    built = {name: TRAINABLE_PARTS[name](pipe, fresh, seed, **part_options.get(name, {})) for name in order}
+    parts = {name: built[name] for name in trainable}
+    frozen = {}  # what the engine would also run: the loaded adapters that do not train
+    if "image_adapter" not in parts and getattr(pipe, "image_proj", None) is not None:
+        frozen["image_adapter"] = ImageAdapterPart(pipe.image_proj, pipe.character_layers).requires_grad_(False)
+    if "text_adapter" not in parts and getattr(pipe, "text_adapter", None) is not None:
+        frozen["text_adapter"] = TextAdapterPart(pipe.text_adapter).requires_grad_(False)
+    model = AdapterTrainingModel(parts, pipe.transformer, objective, frozen)
     model.float().requires_grad_(True).train()
     return model
 

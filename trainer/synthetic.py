@@ -68,3 +68,29 @@ def make_paired(folder: Path) -> Path:
     path = folder / "paired.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     return path
+
+
+def make_named_paired(folder: Path, names=("Ann", "Bob", "Cid", "Dee")) -> Path:
+    """One row per name: a named reference and a target whose caption names it with a ``[Name]`` tag (the rows a
+    text adapter learns from), plus one two-character row with boxes. Returns the JSONL path."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for i, name in enumerate(names):
+        shape, colour = SHAPES[i % 4], COLOURS[i % 4]
+        draw_character(shape, colour).save(folder / f"ref{i}.png")
+        target = Image.new("RGB", (64, 48), (200, 220, 250))
+        draw_character(shape, colour, canvas=target, offset=(8 + 8 * (i % 2), 0))
+        target.save(folder / f"target{i}.png")
+        rows.append({"references": [{"name": name, "image": f"ref{i}.png"}], "target": f"target{i}.png",
+                     "caption": f"[{name}] at the beach"})
+    both = Image.new("RGB", (96, 48), BACKGROUND)
+    draw_character(SHAPES[0], COLOURS[0], canvas=both)
+    draw_character(SHAPES[1], COLOURS[1], canvas=both, offset=(48, 0))
+    both.save(folder / "both.png")
+    rows.append({"references": [{"name": names[0], "image": "ref0.png", "box": [0, 0, 0.5, 1]},
+                                {"name": names[1], "image": "ref1.png", "box": [0.5, 0, 1, 1]}],
+                 "target": "both.png", "caption": f"[{names[0]}] next to [{names[1]}]"})
+    path = folder / "paired.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path

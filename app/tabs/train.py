@@ -129,7 +129,7 @@ def progress(output_dir: str | Path, returncode: int | None = None):
     events = read_events(out)
     if not events:
         return "No events yet.", None, []
-    losses, samples, last_step, status = [], [], None, "running"
+    losses, samples, last_step, validation, status = [], [], None, None, "running"
     for e in events:
         if e["event"] == "start":
             losses = losses[:e.get("global_step") or 0]  # a resume replays from its checkpoint
@@ -138,6 +138,8 @@ def progress(output_dir: str | Path, returncode: int | None = None):
             last_step = e
         elif e["event"] == "sample":
             samples += e.get("images", [])
+        elif e["event"] == "validation":
+            validation = e
         elif e["event"] in ("done", "stopped", "error"):
             status = e["event"]
         elif e["event"] == "start":
@@ -155,6 +157,11 @@ def progress(output_dir: str | Path, returncode: int | None = None):
             line += f", {last_step['it_s']:.2f} it/s"
         if eta is not None:
             line += f", ETA {int(eta // 3600)}h{int(eta % 3600 // 60):02d}m{int(eta % 60):02d}s"
+    if validation:
+        scores = ", ".join(f"{label} {validation[key]:.3f}" for key, label in
+                           (("clip_i", "CLIP-I"), ("dino_i", "DINO-I"), ("clip_t", "CLIP-T"))
+                           if validation.get(key) is not None)
+        line += f"\n\nvalidation at step {validation['step']}: {scores or 'no scores'}"
     errors = [e for e in events if e["event"] == "error"]
     if errors and status == "error":
         line += f"\n\n```\n{errors[-1].get('details') or errors[-1].get('message')}\n```"

@@ -72,3 +72,22 @@ def test_cli_init_config(tmp_path, capsys):
     assert [s.steps for s in config.stages] == [2000, 500, 500] and config.run.gradient_checkpointing
     assert main(["init-config", str(tmp_path / "x.toml"), "--preset", "12gb"]) == 2
     assert "unknown '12gb'" in capsys.readouterr().err
+
+
+def test_text_adapter_and_validation_keys():
+    base = {"trainable": ["image_adapter", "text_adapter"], "data": {"unpaired": "x"}, "stages": [{"steps": 1}]}
+    config = config_from_dict({**base, "models": {"text_adapter": "t.safetensors"},
+                               "text_adapter": {"dim": 64, "depth": 1, "num_queries": 4, "token_dim": 32},
+                               "validation": {"every": 100, "data": "held-out", "clip_model": "clip",
+                                              "dino_model": "", "segmenter": "threshold", "steps": 8, "size": 256}})
+    config.check()
+    assert config.part_options() == {"text_adapter": {"dim": 64, "depth": 1, "num_queries": 4, "token_dim": 32}}
+    assert config_from_dict(config.to_dict()).to_dict() == config.to_dict()
+    bad = config_from_dict({**base, "text_adapter": {"dim": 100, "depth": 0},
+                            "validation": {"every": 5, "clip_model": "", "dino_model": "", "segmenter": "birefnet",
+                                           "size": 100, "steps": 0}})
+    text = "\n".join(bad.problems())
+    for key in ("text_adapter.dim", "text_adapter.depth", "validation.data", "validation.clip_model/dino_model",
+                "validation.segmenter", "validation.size", "validation.steps"):
+        assert f"{key}:" in text, key
+    assert config_from_dict({**base, "validation": {"every": 0, "size": 100}}).problems() == []  # off: unchecked

@@ -31,10 +31,12 @@ def test_progress_from_events(tmp_path):
                "eta_s": 65.0},
               {"event": "sample", "step": 1, "images": [str(sample)]},
               {"event": "step", "step": 2, "total_steps": 4, "stage": 0, "loss": 0.8, "lr": 1e-5, "it_s": 2.0,
-               "eta_s": 1.0}]
+               "eta_s": 1.0},
+              {"event": "validation", "step": 2, "clip_i": 0.8123, "dino_i": 0.6, "clip_t": None, "cases": 1}]
     (tmp_path / "events.jsonl").write_text("".join(json.dumps(e) + "\n" for e in events) + '{"event": "st')
     status, plot, gallery = tab.progress(tmp_path)
     assert "step 2/4" in status and "ETA 0h00m01s" in status and gallery == [str(sample)]
+    assert "validation at step 2: CLIP-I 0.812, DINO-I 0.600" in status and "CLIP-T" not in status
     assert plot.size == (480, 200)
     status, _, _ = tab.progress(tmp_path, returncode=1)
     assert "crashed" in status
