@@ -40,6 +40,7 @@ class StudioSettings:
         base, siglip, dinov2, adapter: optional overrides of single sources (hub ids or local paths).
         preset: a memory preset name or ``auto``.
         output_dir: where generated PNGs go (default: ``outputs`` in the user data folder).
+        clip_model, dino_model: the scoring models (default: the paper's, or the tiny models' own with ``tiny``).
     """
 
     models: str = "default"
@@ -49,6 +50,8 @@ class StudioSettings:
     siglip: str | None = None
     dinov2: str | None = None
     adapter: str | None = None
+    clip_model: str | None = None
+    dino_model: str | None = None
 
     def __post_init__(self):
         self.output_dir = Path(self.output_dir) if self.output_dir else data_dir("outputs")
@@ -63,6 +66,17 @@ class StudioSettings:
     @property
     def is_tiny(self) -> bool:
         return self.models == "tiny"
+
+    def metric_models(self) -> tuple[str, str]:
+        """(CLIP, DINO) sources for the scores: explicit ones, a models directory's ``metrics/``, or the defaults."""
+        from core.metrics import DEFAULT_CLIP_MODEL, DEFAULT_DINO_MODEL
+        from core.tiny import ensure_tiny_bundle, tiny_metric_models
+
+        folder = ensure_tiny_bundle() if self.is_tiny else Path(self.models) if self.models != "default" else None
+        local = tiny_metric_models(folder) if folder is not None else {}
+        clip = self.clip_model or (str(local["clip"]) if local and local["clip"].is_dir() else DEFAULT_CLIP_MODEL)
+        dino = self.dino_model or (str(local["dino"]) if local and local["dino"].is_dir() else DEFAULT_DINO_MODEL)
+        return clip, dino
 
 
 class JobControl:
@@ -114,6 +128,18 @@ class StudioContext:
         self._pipe_lock = threading.RLock()
         self._loaded: LoadedPipeline | None = None
         self._loaded_key: tuple | None = None
+        self._scorer = None
+        self._scorer_lock = threading.Lock()
+
+    def scorer(self):
+        """The CLIP/DINO scorer, created on first use (its models load lazily on the first score)."""
+        from core.metrics import CharacterScorer
+
+        with self._scorer_lock:
+            if self._scorer is None:
+                clip, dino = self.settings.metric_models()
+                self._scorer = CharacterScorer(clip, dino, segmenter="threshold")
+            return self._scorer
 
     # ------------------------------------------------------------------ machine
     @property

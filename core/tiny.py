@@ -1,7 +1,7 @@
 """Tiny random-weight models for trying the studio and for tests: no download, seconds on a CPU.
 
 :func:`build_tiny_bundle` writes a models directory laid out like the real one (``flux/``, ``siglip/``,
-``dinov2/``, ``adapter.safetensors``), which then loads through the same ``from_pretrained`` path as real models.
+``dinov2/``, ``adapter.safetensors``; ``metrics/clip`` and ``metrics/dino`` for the scores), which then loads through the same ``from_pretrained`` path as real models.
 Shapes follow FLUX.1-dev and the released adapter, shrunk; the images it makes are noise-like by nature.
 """
 
@@ -16,7 +16,7 @@ import torch
 
 from .paths import cache_dir
 
-TINY_VERSION = "1"
+TINY_VERSION = "2"
 _MARKER = "tiny-bundle.json"
 
 T5_WIDTH = 32
@@ -126,6 +126,44 @@ def build_tiny_adapter(path: Path, token_dim: int = T5_WIDTH, layers: int = 2, w
     save_adapter(path, projector.state_dict(), attention.state_dict(), {"source": "random tiny adapter"})
 
 
+def build_tiny_clip(folder: Path) -> Path:
+    """A tiny CLIP (model, byte-level tokenizer, image processor) for CLIP-I and CLIP-T."""
+    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor
+
+    torch.manual_seed(0)
+    tokenizer = build_clip_tokenizer()
+    config = CLIPConfig(
+        text_config=dict(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=2, max_position_embeddings=77, bos_token_id=0, eos_token_id=1,
+                         pad_token_id=1),
+        vision_config=dict(image_size=32, patch_size=8, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                           num_attention_heads=2),
+        projection_dim=16,
+    )
+    image_processor = CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
+    CLIPModel(config).eval().save_pretrained(folder)
+    CLIPProcessor(image_processor=image_processor, tokenizer=tokenizer).save_pretrained(folder)
+    return folder
+
+
+def build_tiny_dino(folder: Path) -> Path:
+    """A tiny DINO ViT for DINO-I."""
+    from transformers import ViTConfig, ViTImageProcessor, ViTModel
+
+    torch.manual_seed(1)
+    config = ViTConfig(image_size=48, patch_size=8, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                       num_attention_heads=2)
+    ViTModel(config, add_pooling_layer=False).eval().save_pretrained(folder)
+    ViTImageProcessor(size={"height": 48, "width": 48}).save_pretrained(folder)
+    return folder
+
+
+def tiny_metric_models(folder: str | Path) -> dict[str, Path]:
+    """The CLIP and DINO folders inside a tiny models directory."""
+    folder = Path(folder)
+    return {"clip": folder / "metrics" / "clip", "dino": folder / "metrics" / "dino"}
+
+
 def build_tiny_bundle(folder: str | Path, seed: int = 0) -> Path:
     """Writes a complete tiny models directory to ``folder`` and returns it."""
     folder = Path(folder)
@@ -135,6 +173,9 @@ def build_tiny_bundle(folder: str | Path, seed: int = 0) -> Path:
         build_tiny_flux(folder / "flux")
         build_tiny_encoders(folder)
         build_tiny_adapter(folder / "adapter.safetensors")
+        metrics = tiny_metric_models(folder)
+        build_tiny_clip(metrics["clip"])
+        build_tiny_dino(metrics["dino"])
     (folder / _MARKER).write_text(json.dumps({"version": TINY_VERSION, "seed": seed}))
     return folder
 

@@ -15,6 +15,7 @@ class HistoryEvents:
         self.ctx = ctx
         self.select = shown_to_user(self._select)
         self.clear = shown_to_user(self._clear)
+        self.score = shown_to_user(self._score)
 
     def gallery(self) -> list[tuple[str, str]]:
         return [(e.path, e.caption()) for e in self.ctx.history.entries()]
@@ -30,6 +31,25 @@ class HistoryEvents:
         except MetadataError as exc:
             text = f"(no settings: {exc})"
         return path, f"`{path}`\n\n```\n{text}\n```"
+
+    def _score(self, path: str | None) -> str:
+        """CLIP-I and DINO-I of the image against its characters, CLIP-T against its prompt (markdown)."""
+        from PIL import Image
+
+        from core.metrics import case_from_characters
+
+        if not path:
+            raise ValueError("pick an image in the history first")
+        record = read_record(path)
+        characters = [c.to_character() for c in record.characters]
+        with self.ctx.gpu_lock:
+            scores = self.ctx.scorer().score([case_from_characters(Image.open(path), record.prompt, characters)])[0]
+        rows = [("CLIP-I", scores.clip_i, "character likeness (CLIP)"),
+                ("DINO-I", scores.dino_i, "character likeness (DINO)"),
+                ("CLIP-T", scores.clip_t, "prompt match (CLIP)")]
+        lines = ["| metric | score | what |", "| --- | --- | --- |"]
+        lines += [f"| {name} | {'n/a' if value is None else f'{value:.3f}'} | {what} |" for name, value, what in rows]
+        return "\n".join(lines) + "\n\nCosine similarities in [-1, 1], as in the InstantCharacter paper."
 
     def _clear(self):
         self.ctx.history.clear()
@@ -51,7 +71,11 @@ def build(ctx: StudioContext) -> SimpleNamespace:
             ui.selected = gr.Textbox(label="Selected image", interactive=False, visible=False)
             ui.details = gr.Markdown()
             ui.recall = gr.Button("Recall in Generate", variant="primary")
+            ui.score = gr.Button("Score: CLIP-I, DINO-I, CLIP-T", size="sm")
+            ui.scores = gr.Markdown()
     ui.refresh.click(events.gallery, None, ui.gallery, api_visibility="private")
     ui.gallery.select(events.select, None, [ui.selected, ui.details], api_visibility="private")
+    ui.score.click(events.score, ui.selected, ui.scores, concurrency_id="gpu", concurrency_limit=1,
+                   api_visibility="private")
     ui.clear.click(events.clear, None, [ui.gallery, ui.selected, ui.details], api_visibility="private")
     return ui
