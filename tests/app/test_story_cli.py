@@ -213,7 +213,8 @@ def test_kill_9_mid_render_then_resume_equals_uninterrupted(reference_render, us
     with open(log, "w") as sink:
         proc = subprocess.Popen(command, cwd=REPO, env=subprocess_env(user_home), stdout=sink, stderr=sink)
         deadline = time.monotonic() + 600
-        while not (out / panel_filename(0)).exists():
+        # the manifest records a panel just after its file lands: wait for the record, then kill
+        while not load_manifest(out).done():
             assert proc.poll() is None, log.read_text()
             assert time.monotonic() < deadline
             time.sleep(0.02)
