@@ -9,7 +9,6 @@ time resampler (once per step, before the loop) and the character attention run 
 from __future__ import annotations
 
 import os
-from collections import OrderedDict
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -19,6 +18,7 @@ from diffusers import FluxPipeline
 from diffusers.pipelines.flux.pipeline_flux import calculate_shift, retrieve_timesteps
 from diffusers.utils import BaseOutput
 
+from .cache import LRUCache
 from .attention import CharacterAttentionLayers, CharacterCondition
 from .character import Character, check_characters
 from .encoders import CharacterEncoder, CharacterFeatures
@@ -71,21 +71,6 @@ class InstantCharacterPipelineOutput(BaseOutput):
     notes: list[str] = field(default_factory=list)
 
 
-class _LRU(OrderedDict):
-    def __init__(self, size: int):
-        super().__init__()
-        self.size = size
-
-    def get_or_make(self, key, make):
-        if key in self:
-            self.move_to_end(key)
-            return self[key]
-        value = self[key] = make()
-        while len(self) > self.size:
-            self.popitem(last=False)
-        return value
-
-
 class InstantCharacterPipeline(FluxPipeline):
     r"""FLUX.1 text-to-image with InstantCharacter characters.
 
@@ -120,9 +105,9 @@ class InstantCharacterPipeline(FluxPipeline):
             self.load_text_adapter(text_adapter)
         self.character_encoder = (CharacterEncoder(siglip, siglip_processor, dinov2, dinov2_processor)
                                   if siglip is not None and dinov2 is not None else None)
-        self._feature_cache = _LRU(32)
-        self._context_cache = _LRU(32)
-        self._prompt_cache = _LRU(16)
+        self._feature_cache = LRUCache(32)
+        self._context_cache = LRUCache(32)
+        self._prompt_cache = LRUCache(16)
 
     # ------------------------------------------------------------------ loading
     @classmethod

@@ -27,7 +27,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import math
-from collections import OrderedDict
 from dataclasses import dataclass
 from types import SimpleNamespace
 from typing import Callable
@@ -40,7 +39,9 @@ from PIL import Image
 from torch import nn
 
 from core.attention import CharacterCondition
+from core.cache import LRUCache
 from core.masks import RoutingMask
+from core.paths import sha256_file
 from core.prompt import resolve_prompt, token_indices
 
 from .config import ObjectiveConfig
@@ -251,23 +252,8 @@ register_trainable("text_adapter", _text_adapter)
 
 
 # ---------------------------------------------------------------------- encoding (frozen)
-class _LRU(OrderedDict):
-    def __init__(self, size: int):
-        super().__init__()
-        self.size = size
-
-    def get_or_make(self, key, make):
-        if key in self:
-            self.move_to_end(key)
-            return self[key]
-        value = self[key] = make()
-        while len(self) > self.size:
-            self.popitem(last=False)
-        return value
-
-
 def _file_digest(path) -> str:
-    return hashlib.sha256(open(path, "rb").read()).hexdigest()[:32]
+    return sha256_file(path)[:32]
 
 
 class EncodingCache:
@@ -282,7 +268,7 @@ class EncodingCache:
         self.folder = Path(folder) if folder else None
         self.disk_kinds = set(disk_kinds)
         sizes = memory or {"latents": 4096, "text": 4096, "features": 64}
-        self.memory = {kind: _LRU(size) for kind, size in sizes.items()}
+        self.memory = {kind: LRUCache(size) for kind, size in sizes.items()}
         self.disk_hits = 0
 
     def get(self, kind: str, key: str, make: Callable[[], dict]) -> dict:
@@ -302,7 +288,7 @@ class EncodingCache:
                 return value
             return make()
 
-        return self.memory.setdefault(kind, _LRU(64)).get_or_make(key, load_or_make)
+        return self.memory.setdefault(kind, LRUCache(64)).get_or_make(key, load_or_make)
 
 
 class BatchEncoder:

@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from core.layouts import GRID_PATTERN, PRESETS, parse_layout
+from core.paths import sha256_file
 from core.story.layout import parse_layout_spec, parse_length_mm, parse_page_spec
 
 FORMAT_VERSION = 1
@@ -302,14 +303,6 @@ def load_story(path: str | os.PathLike) -> Story:
     return parse_story(text, base_dir=path.parent, source=path)
 
 
-def _sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def _fmt_number(value: float) -> str:
     return f"{value:.6g}"
 
@@ -417,7 +410,7 @@ def _character(name: str, image: str, scale: float, description: str, base_dir: 
         problems.add(line, f"{where}bad scale {scale} for [{name}]: expected 0..2")
         return None
     return StoryCharacter(name=name, image=path, scale=scale, description=description,
-                          image_sha256=_sha256_file(path))
+                          image_sha256=sha256_file(path))
 
 
 def parse_story(text: str, base_dir: str | os.PathLike = ".", source: str | os.PathLike | None = None) -> Story:

@@ -14,7 +14,6 @@ counts as done only when the manifest says so, its settings hash matches and its
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import os
 from dataclasses import asdict, dataclass, field
@@ -26,7 +25,7 @@ if TYPE_CHECKING:
 
     from core.story.format import Story
 
-from core.paths import atomic_path
+from core.paths import atomic_path, sha256_file
 
 MANIFEST_NAME = "manifest.json"
 PANELS_DIR = "panels"
@@ -46,14 +45,6 @@ def write_png_atomic(image: Image.Image, path: str | os.PathLike,
     with atomic_path(path) as tmp:
         image.save(tmp, format="PNG", pnginfo=pnginfo)
     return Path(path)
-
-
-def sha256_file(path: str | os.PathLike) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def panel_filename(index: int) -> str:
