@@ -40,7 +40,8 @@ def _plugin(name: str):
 
 def build_studio(ctx: StudioContext) -> gr.Blocks:
     """The whole page for ``ctx``; the tabs' components are reachable as ``demo.studio_tabs[name]``."""
-    with gr.Blocks(title=TITLE, fill_width=True) as demo:
+    # analytics off: a local studio should not report usage to anyone
+    with gr.Blocks(title=TITLE, fill_width=True, analytics_enabled=False) as demo:
         gr.Markdown(f"# {TITLE}\nPut your characters into new images with FLUX.1 and InstantCharacter.")
         if not ctx.has_cuda and not ctx.settings.is_tiny:
             gr.Markdown(f"> **{NO_GPU_NOTICE}**", elem_id="no-gpu-notice")
