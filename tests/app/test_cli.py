@@ -69,6 +69,8 @@ def test_bad_inputs_exit_2_with_one_line(tiny_models, tmp_path, capsys):
         (["--character", f"Ann={ann}", "--mask", "Ann=box:0,0,1.5,1"], "outside [0, 1]"),
         (["--character", f"Ann={ann}", "--mask", "Ann=left", "--mask", "Ann=right"], "2 masks given for 1"),
         (["--prompt", "[Zed] waves", "--character", f"Ann={ann}"], "no character has that name"),
+        (["--character", f"Ann={ann}", "--mask", f"Ann={tmp_path / 'no-mask.png'}"], "no-mask.png cannot be read"),
+        (["--character", f"Ann={ann}", "--mask", "Bob=left"], "no character is named 'Bob'"),
     ]
     for extra, needle in cases:
         args = ["generate", "--prompt", "a girl", "--models", str(tiny_models), "--steps", "1", "--width", "32",
