@@ -146,7 +146,8 @@ class InstantCharacterPipeline(FluxPipeline):
         if cfg.attention_width != tcfg.num_attention_heads * tcfg.attention_head_dim:
             raise TextAdapterError(f"the text adapter is for attention width {cfg.attention_width}, the base model "
                                    f"has {tcfg.num_attention_heads * tcfg.attention_head_dim}")
-        adapter.to(device=self.transformer.device, dtype=self.transformer.dtype)
+        # the execution device, not the transformer's: with offloading the transformer may sit on the CPU
+        adapter.to(device=self._execution_device, dtype=self.transformer.dtype)
         adapter.install(self.transformer)
         self.register_modules(text_adapter=adapter)
 
