@@ -273,11 +273,14 @@ def load_dataset(path: str | Path, kind: str | None = None, check_images: bool =
 # ---------------------------------------------------------------------- serving
 def load_target(path: Path, resolution: int) -> Image.Image:
     """The target image scaled to cover ``resolution`` x ``resolution`` and centre-cropped."""
-    image = load_image(path)
+    return cover_crop(load_image(path), resolution)
+
+
+def cover_crop(image: Image.Image, resolution: int, resample=Image.Resampling.BICUBIC) -> Image.Image:
+    """``image`` scaled to cover ``resolution`` x ``resolution`` and centre-cropped (targets and their masks)."""
     w, h = image.size
     scale = resolution / min(w, h)
-    image = image.resize((max(resolution, round(w * scale)), max(resolution, round(h * scale))),
-                         Image.Resampling.BICUBIC)
+    image = image.resize((max(resolution, round(w * scale)), max(resolution, round(h * scale))), resample)
     w, h = image.size
     left, top = (w - resolution) // 2, (h - resolution) // 2
     return image.crop((left, top, left + resolution, top + resolution))

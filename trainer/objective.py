@@ -45,7 +45,7 @@ from core.paths import sha256_file
 from core.prompt import resolve_prompt, token_indices
 
 from .config import ObjectiveConfig
-from .data import Example, load_target
+from .data import Example, cover_crop, load_target
 
 
 # ---------------------------------------------------------------------- inputs
@@ -367,7 +367,7 @@ class BatchEncoder:
             x0, y0, x1, y1 = reference.box
             mask_image.paste(255, (round(x0 * size[0]), round(y0 * size[1]), round(x1 * size[0]),
                                    round(y1 * size[1])))
-        cropped = _crop_like_target(mask_image, resolution)
+        cropped = cover_crop(mask_image, resolution, Image.Resampling.BILINEAR)
         return RoutingMask.from_spec(np.asarray(cropped, dtype=np.float32) / 255.0).weights(rows, cols)
 
     # per-row randomness ----------------------------------------------------
@@ -433,16 +433,6 @@ class BatchEncoder:
         text_ids = torch.zeros(prompt_embeds.shape[1], 3)
         return TrainingInputs(latents, noise, sigmas, image_ids, prompt_embeds, pooled, text_ids, slots, captions,
                               spans)
-
-
-def _crop_like_target(image: Image.Image, resolution: int) -> Image.Image:
-    w, h = image.size
-    scale = resolution / min(w, h)
-    image = image.resize((max(resolution, round(w * scale)), max(resolution, round(h * scale))),
-                         Image.Resampling.BILINEAR)
-    w, h = image.size
-    left, top = (w - resolution) // 2, (h - resolution) // 2
-    return image.crop((left, top, left + resolution, top + resolution))
 
 
 # ---------------------------------------------------------------------- the model
