@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import stat
 import tempfile
 from pathlib import Path
 
@@ -37,13 +38,43 @@ def data_dir(*parts: str) -> Path:
     return path
 
 
+class OutputPathError(ValueError):
+    """An output path that must not be written: a folder, a device, a pipe, or a link to one."""
+
+
+def output_target(path: str | os.PathLike) -> Path:
+    """The regular file that writing ``path`` should replace, checked before any work is done.
+
+    A symbolic link is followed, so the link stays a link and its target gets the new content; a folder, a device
+    file, a pipe or a socket (or a link to one) is refused with :class:`OutputPathError`. A missing file is fine.
+    """
+    given = Path(path).expanduser()
+    target = given.resolve() if given.is_symlink() else given
+    try:
+        mode = target.stat().st_mode
+    except FileNotFoundError:
+        if given.is_symlink():  # a dangling link: write where it points
+            return target
+        if str(path).endswith(("/", os.sep)):
+            raise OutputPathError(f"{path} names a folder: give a file name") from None
+        return given
+    except OSError as exc:
+        raise OutputPathError(f"{path} cannot be written: {exc.strerror}") from None
+    if stat.S_ISDIR(mode):
+        raise OutputPathError(f"{path} is a folder: give a file name inside it, such as {given / 'image.png'}")
+    if not stat.S_ISREG(mode):
+        raise OutputPathError(f"{path} is not a regular file (a device, pipe or socket): give a file name")
+    return target
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike):
     """Yields a temporary path next to ``path``; on success it replaces ``path`` in one step.
 
-    Readers never see a half-written file: either the old content or the complete new one.
+    Readers never see a half-written file: either the old content or the complete new one. ``path`` goes through
+    :func:`output_target` first: links are written through, folders and device files are refused.
     """
-    path = Path(path)
+    path = output_target(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)

@@ -1,0 +1,82 @@
+"""Every bound on what a request may ask for, in one place.
+
+The studio, the command line, the story format and Recall all check against these numbers, so a request that one
+of them accepts is accepted by the others, and no request can make the server use unbounded time or memory.
+This module imports nothing heavy: the CLI's argument parsing and the story parser use it without torch.
+"""
+
+from __future__ import annotations
+
+# ---------------------------------------------------------------------------------------------- one generation
+MAX_STEPS = 100  # denoising steps
+MIN_SIDE = 16  # output width and height: multiples of 16 from MIN_SIDE to MAX_SIDE
+MAX_SIDE = 4096
+MAX_OUTPUT_PIXELS = MAX_SIDE * MAX_SIDE
+MAX_IMAGES_PER_RUN = 4
+MAX_CHARACTERS = 8
+MAX_SCALE = 2.0  # character strength
+MAX_GUIDANCE = 30.0
+MAX_TRUE_CFG = 20.0
+MAX_SEED = 2**32 - 1  # seeds are 0..MAX_SEED everywhere (CLI, studio, stories, metadata)
+MAX_PROMPT_CHARS = 4000  # prompt and negative prompt, each
+MAX_NAME_CHARS = 64  # a character's name (its [Name] tag)
+MAX_DESCRIPTION_CHARS = 500  # the words that replace a tag
+MAX_LORAS = 3
+
+# ---------------------------------------------------------------------------------------------- images and files
+MAX_FILE_BYTES = 50 * 1024 * 1024  # any file read, hashed or copied on a request's behalf
+MAX_IMAGE_PIXELS = 40_000_000  # decoded pixels of any image: uploads, masks, images inside metadata
+MAX_METADATA_BYTES = 64 * 1024 * 1024  # the decompressed JSON text of a PNG's settings
+MAX_METADATA_DEPTH = 8  # nesting of that JSON (the real records nest 3 deep)
+
+# ---------------------------------------------------------------------------------------------- stories
+MAX_STORY_BYTES = 1024 * 1024  # story text or JSON
+MAX_PANELS = 200
+MAX_PAGES = 50
+MIN_DPI = 72
+MAX_DPI = 600
+MAX_DIALOGUE_CHARS = 300  # one speech bubble
+MAX_CAPTION_CHARS = 300
+MAX_BUBBLES_PER_PANEL = 6
+
+
+class LimitError(ValueError):
+    """A request over one of the limits above; the message names the value, the limit and what to do."""
+
+
+def check_int(value, name: str, low: int, high: int) -> int:
+    """``value`` as an int in ``low..high`` (whole numbers only); :class:`LimitError` naming ``name`` otherwise.
+
+    Checks the type before any arithmetic, so a 10**30 or a string never reaches code that would choke on it.
+    """
+    if isinstance(value, bool):
+        raise LimitError(f"{name} must be a whole number from {low} to {high}, got {value!r}")
+    if isinstance(value, float):
+        if value != value or value in (float("inf"), float("-inf")) or value != int(value):
+            raise LimitError(f"{name} must be a whole number from {low} to {high}, got {value!r}")
+        value = int(value)
+    if not isinstance(value, int):
+        raise LimitError(f"{name} must be a whole number from {low} to {high}, got {_short(value)}")
+    if not low <= value <= high:
+        raise LimitError(f"{name} must be from {low} to {high}, got {_short(value)}")
+    return value
+
+
+def check_text(value, name: str, limit: int, *, optional: bool = True) -> str | None:
+    """``value`` as a string of at most ``limit`` characters (``None`` allowed when ``optional``)."""
+    if value is None and optional:
+        return None
+    if not isinstance(value, str):
+        raise LimitError(f"{name} must be text, got {type(value).__name__}")
+    if len(value) > limit:
+        raise LimitError(f"{name} is {len(value):,} characters long: the limit is {limit:,}")
+    return value
+
+
+def check_seed(value, name: str = "seed") -> int:
+    return check_int(value, name, 0, MAX_SEED)
+
+
+def _short(value) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
