@@ -13,6 +13,7 @@ from pathlib import Path
 
 import torch
 
+from core.path_policy import PathPolicy
 from core.paths import data_dir
 from core.sources import ModelSources
 
@@ -105,6 +106,59 @@ class JobControl:
                 del self._events[session]
 
 
+ASSETS = Path(__file__).resolve().parents[1] / "assets"
+
+
+def uploads_dir() -> Path:
+    """Where Gradio keeps the files visitors upload (its cache); a root of the path policy."""
+    import os
+    import tempfile
+
+    return Path(os.environ.get("GRADIO_TEMP_DIR") or Path(tempfile.gettempdir()) / "gradio")
+
+
+class OwnerOnlyError(ValueError):
+    """An action reserved for the person who started the studio, asked by someone else."""
+
+
+@dataclass(frozen=True)
+class Access:
+    """Who may do what on this studio.
+
+    ``exposed``: reachable by other people (``--share``, a non-loopback ``--host``, a Space). On a studio that is not
+    exposed, every client is the owner. On an exposed one, only the ``owner`` login (``--auth USER:PASS``) is; with
+    no owner login, owner-only actions are off for everyone.
+    """
+
+    exposed: bool = False
+    owner: str | None = None
+    why: str = ""
+
+    def is_owner(self, request=None) -> bool:
+        if not self.exposed:
+            return True
+        user = getattr(request, "username", None) if request is not None else None
+        return self.owner is not None and user == self.owner
+
+    def check_owner(self, request, action: str) -> None:
+        """Raises :class:`OwnerOnlyError` (one line saying why and how) unless ``request`` comes from the owner."""
+        if self.is_owner(request):
+            return
+        if self.owner is None:
+            raise OwnerOnlyError(f"{action} is turned off: this studio is {self.why}, and only its owner may do "
+                                 "that (restart it with --auth USER:PASS to use it from here)")
+        raise OwnerOnlyError(f"{action} is for the studio's owner only (log in as the --auth user)")
+
+    def notice(self) -> str:
+        """One line for the pages that hold owner-only controls."""
+        if not self.exposed:
+            return ""
+        if self.owner is None:
+            return (f"This studio is {self.why}: model settings, output folder and training are turned off here "
+                    "(restart with --auth USER:PASS to use them remotely).")
+        return f"This studio is {self.why}: model settings, output folder and training are for the owner login only."
+
+
 @dataclass
 class LoadedPipeline:
     pipe: object
@@ -118,8 +172,9 @@ class StudioContext:
     already serializes GPU events; the lock also covers direct callers such as tests and other tabs)."""
 
     def __init__(self, settings: StudioSettings | None = None, *, library: CharacterLibrary | None = None,
-                 history: GenerationHistory | None = None):
+                 history: GenerationHistory | None = None, access: Access | None = None):
         self.settings = settings or StudioSettings()
+        self.access = access or Access(exposed=on_spaces(), why="a Hugging Face Space" if on_spaces() else "")
         self.library = library or CharacterLibrary(data_dir("library"))
         self.history = history or GenerationHistory(data_dir() / "history.jsonl")
         self.jobs = JobControl()
@@ -140,6 +195,28 @@ class StudioContext:
                 clip, dino = self.settings.metric_models()
                 self._scorer = CharacterScorer(clip, dino, segmenter="threshold")
             return self._scorer
+
+    # ------------------------------------------------------------------ files
+    @property
+    def stories_dir(self) -> Path:
+        return data_dir("stories")
+
+    @property
+    def runs_dir(self) -> Path:
+        """Training runs and their configs, when started from the studio."""
+        return data_dir("runs")
+
+    @property
+    def paths(self) -> PathPolicy:
+        """The folders a client may name: outputs, library, stories, runs, uploads and ``assets/``.
+
+        Built from the current settings, so a new output folder (set by the owner) is covered at once.
+        """
+        roots = {str(self.settings.output_dir): "the output folder", str(self.library.folder): "the library",
+                 str(self.stories_dir): "the stories folder", str(self.runs_dir): "the runs folder",
+                 str(uploads_dir()): "uploads", str(ASSETS): "assets/"}
+        resolved = {str(Path(k).expanduser().resolve()): v for k, v in roots.items()}
+        return PathPolicy(list(resolved), labels=resolved)
 
     # ------------------------------------------------------------------ machine
     @property

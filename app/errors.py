@@ -13,13 +13,19 @@ import gradio as gr
 
 from core.character import CharacterError
 from core.images import ImageInputError
+from core.limits import LimitError
 from core.masks import MaskError
 from core.memory import MemoryAdviceError
 from core.memory_setup import PresetUnavailableError
 from core.metadata import MetadataError
+from core.path_policy import PathNotAllowedError
+from core.paths import OutputPathError
 from core.pipeline import GenerationInputError
 from core.prompt import PromptError
 from core.sources import ModelSourceError
+from core.story import StoryError
+
+from .context import OwnerOnlyError
 
 log = logging.getLogger(__name__)
 
@@ -30,7 +36,8 @@ class StudioInputError(ValueError):
 
 USER_ERRORS: tuple[type[BaseException], ...] = (
     StudioInputError, CharacterError, ImageInputError, MaskError, PromptError, GenerationInputError, MetadataError,
-    ModelSourceError, MemoryAdviceError, PresetUnavailableError,
+    ModelSourceError, MemoryAdviceError, PresetUnavailableError, LimitError, PathNotAllowedError, OutputPathError,
+    OwnerOnlyError, StoryError,
 )
 
 
