@@ -18,6 +18,7 @@ from core.paths import data_dir
 from core.sources import ModelSources
 
 from .character_library import CharacterLibrary
+from .errors import OwnerOnlyError
 from .generation_history import GenerationHistory
 from .loras import LoadedLoras
 from .spaces import on_spaces, on_zero_gpu
@@ -115,10 +116,6 @@ def uploads_dir() -> Path:
     import tempfile
 
     return Path(os.environ.get("GRADIO_TEMP_DIR") or Path(tempfile.gettempdir()) / "gradio")
-
-
-class OwnerOnlyError(ValueError):
-    """An action reserved for the person who started the studio, asked by someone else."""
 
 
 @dataclass(frozen=True)

@@ -25,13 +25,15 @@ from core.prompt import PromptError
 from core.sources import ModelSourceError
 from core.story import StoryError
 
-from .context import OwnerOnlyError
-
 log = logging.getLogger(__name__)
 
 
 class StudioInputError(ValueError):
     """A bad value in the studio's own fields (size, seed, LoRA row, library name); one line."""
+
+
+class OwnerOnlyError(StudioInputError):
+    """An action reserved for the person who started the studio, asked by someone else."""
 
 
 USER_ERRORS: tuple[type[BaseException], ...] = (
