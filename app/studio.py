@@ -17,13 +17,12 @@ from pathlib import Path
 
 import gradio as gr
 
-from .context import NO_GPU_NOTICE, PRESET_CHOICES, StudioContext, StudioSettings
+from .context import ASSETS, NO_GPU_NOTICE, PRESET_CHOICES, Access, StudioContext, StudioSettings
 from .mask_canvas import CANVAS_JS
 from .tabs import generate, history, library, settings
 
 log = logging.getLogger(__name__)
 
-ASSETS = Path(__file__).resolve().parents[1] / "assets"
 MAX_UPLOAD = "50mb"  # the largest character image core.images accepts
 QUEUE_SIZE = 64
 TITLE = "InstantCharacter Studio"
@@ -86,7 +85,10 @@ def add_launch_arguments(parser: argparse.ArgumentParser) -> None:
                         help="address to listen on (default: this computer only; 0.0.0.0 opens it to the network)")
     parser.add_argument("--port", type=int, default=7860, help="port (default 7860)")
     parser.add_argument("--share", action="store_true", help="also make a public gradio.live link (warns)")
-    parser.add_argument("--auth", default=None, metavar="USER:PASS", help="require this login")
+    parser.add_argument("--auth", default=None, metavar="USER:PASS",
+                        help="require a login; this user is the owner (may change settings and train remotely)")
+    parser.add_argument("--guest", action="append", default=[], metavar="USER:PASS",
+                        help="another login (repeatable) that may generate but not change settings or train")
     parser.add_argument("--models", default="default",
                         help="default (Hugging Face Hub), tiny (small random models to try the interface) or a "
                              "models folder (flux/, siglip/, dinov2/, adapter file)")
@@ -104,39 +106,79 @@ def is_loopback(host: str) -> bool:
         return False
 
 
-def parse_auth(value: str | None) -> tuple[str, str] | None:
+def parse_auth(value: str | None, flag: str = "--auth") -> tuple[str, str] | None:
     if value is None:
         return None
     user, sep, password = value.partition(":")
     if not sep or not user or not password:
-        raise ValueError("--auth must be USER:PASS with both parts non-empty")
+        raise ValueError(f"{flag} must be USER:PASS with both parts non-empty")
     return user, password
 
 
+def logins(args: argparse.Namespace) -> list[tuple[str, str]] | None:
+    """Gradio's ``auth``: the owner (``--auth``) first, then the ``--guest`` logins; ``None`` for no login."""
+    owner = parse_auth(getattr(args, "auth", None))
+    guests = [parse_auth(g, "--guest") for g in getattr(args, "guest", None) or []]
+    if guests and owner is None:
+        raise ValueError("--guest needs --auth USER:PASS for the owner")
+    if owner is not None and any(user == owner[0] for user, _ in guests):
+        raise ValueError(f"--guest {owner[0]} is the owner's name: give guests other names")
+    return [owner, *guests] if owner is not None else None
+
+
+def access_for(args: argparse.Namespace) -> Access:
+    """Who is the owner: everyone on a loopback-only studio; on an exposed one, only the ``--auth`` login."""
+    from .spaces import on_spaces
+
+    reasons = []
+    if getattr(args, "share", False):
+        reasons.append("shared with a public link")
+    if not is_loopback(getattr(args, "host", "127.0.0.1")):
+        reasons.append(f"open to the network ({args.host})")
+    if on_spaces():
+        reasons.append("a Hugging Face Space")
+    owner = parse_auth(getattr(args, "auth", None))
+    return Access(exposed=bool(reasons), owner=owner[0] if owner else None, why=" and ".join(reasons))
+
+
+VISITOR_RIGHTS = ("visitors can generate, write stories, use the library and history, and download what the "
+                  "studio made; they cannot read or write files outside its folders, change models, presets or "
+                  "the output folder, or train")
+
+
 def exposure_warnings(host: str, share: bool, auth) -> list[str]:
-    """Warnings for settings that let other people reach the studio."""
+    """Warnings for settings that let other people reach the studio, saying what they can and cannot do."""
     warnings = []
     if share:
         warnings.append("--share makes the studio reachable by anyone with the gradio.live link"
-                        + ("" if auth else "; consider --auth USER:PASS"))
+                        + ("" if auth else " (no login: consider --auth USER:PASS)"))
     if not is_loopback(host):
         warnings.append(f"--host {host} opens the studio to the network"
-                        + ("" if auth else " without a login; consider --auth USER:PASS"))
+                        + ("" if auth else " without a login (consider --auth USER:PASS)"))
+    if warnings:
+        owner = parse_auth(auth) if isinstance(auth, str) else auth
+        warnings.append(VISITOR_RIGHTS + "; " + (f"the owner login {owner[0]!r} can do everything" if owner
+                                                 else "nobody can change settings or train from the page"))
     return warnings
 
 
 def launch_kwargs(ctx: StudioContext, args: argparse.Namespace) -> dict:
     """The ``Blocks.launch`` arguments: host, port, login, upload limit and the only folders served."""
-    return dict(server_name=args.host, server_port=args.port, share=args.share, auth=parse_auth(args.auth),
-                max_file_size=MAX_UPLOAD, allowed_paths=[str(ctx.settings.output_dir), str(ASSETS)],
-                show_error=False, theme=gr.themes.Soft())
+    return dict(server_name=args.host, server_port=args.port, share=args.share, auth=logins(args),
+                max_file_size=MAX_UPLOAD, allowed_paths=served_paths(ctx), show_error=False, theme=gr.themes.Soft())
+
+
+def served_paths(ctx: StudioContext) -> list[str]:
+    """The folders Gradio may serve files from (besides its own upload cache): outputs and ``assets/``."""
+    return [str(ctx.settings.output_dir), str(ASSETS)]
 
 
 def launch(args: argparse.Namespace, *, block: bool = True):
     """Starts the studio; returns 0 when it stops (``block=False``: returns ``(demo, url)`` at once, for tests)."""
-    ctx = StudioContext(StudioSettings(models=args.models, preset=args.preset, output_dir=args.output_dir))
+    ctx = StudioContext(StudioSettings(models=args.models, preset=args.preset, output_dir=args.output_dir),
+                        access=access_for(args))
     kwargs = launch_kwargs(ctx, args)
-    for warning in exposure_warnings(args.host, args.share, kwargs["auth"]):
+    for warning in exposure_warnings(args.host, args.share, args.auth):
         print(f"warning: {warning}", file=sys.stderr)
     if not ctx.has_cuda and not ctx.settings.is_tiny:
         print(f"note: {NO_GPU_NOTICE}", file=sys.stderr)
@@ -162,5 +204,5 @@ def build_space() -> tuple[gr.Blocks, dict]:
         ctx.pipeline()
     demo = build_studio(ctx)
     # Spaces sets the host and port through GRADIO_SERVER_NAME / GRADIO_SERVER_PORT
-    return demo, dict(max_file_size=MAX_UPLOAD, allowed_paths=[str(ctx.settings.output_dir), str(ASSETS)],
-                      show_error=False, theme=gr.themes.Soft())
+    return demo, dict(max_file_size=MAX_UPLOAD, allowed_paths=served_paths(ctx), show_error=False,
+                      theme=gr.themes.Soft())

@@ -50,8 +50,11 @@ class SettingsEvents:
         self.unload = shown_to_user(self._unload)
         self.estimate = shown_to_user(lambda preset: estimate_text(ctx, preset))
 
-    def _apply(self, models, base, siglip, dinov2, adapter, preset, output_dir):
-        """Checks and stores the settings; a change of models or preset unloads the current pipeline."""
+    def _apply(self, models, base, siglip, dinov2, adapter, preset, output_dir, request: gr.Request = None):
+        """Checks and stores the settings; a change of models or preset unloads the current pipeline.
+
+        Owner-only: model sources, preset and output folder belong to whoever started the studio."""
+        self.ctx.access.check_owner(request, "Changing the settings")
         models = (models or "").strip()
         if not models:
             raise StudioInputError("model sources are empty: use default, tiny or a models folder")
@@ -80,7 +83,8 @@ class SettingsEvents:
         self.ctx.pipeline(report=lambda fraction, message: progress(fraction, desc=message))
         return self.ctx.status_line()
 
-    def _unload(self):
+    def _unload(self, request: gr.Request = None):
+        self.ctx.access.check_owner(request, "Unloading the models")
         gr.Info("Models unloaded" if self.ctx.unload() else "No models were loaded")
         return self.ctx.status_line()
 
@@ -88,13 +92,17 @@ class SettingsEvents:
 def build(ctx: StudioContext) -> SimpleNamespace:
     events = SettingsEvents(ctx)
     s = ctx.settings
-    editable = not ctx.on_spaces  # a Space's visitors share one process: its owner sets the models
+    # a Space's visitors share one process: its owner sets the models; an exposed studio without an owner login
+    # refuses the changes in the handlers too (the page only shows it)
+    editable = not ctx.on_spaces and (not ctx.access.exposed or ctx.access.owner is not None)
     ui = SimpleNamespace()
+    if ctx.access.notice():
+        gr.Markdown(f"> {ctx.access.notice()}", elem_id="owner-notice")
     gr.Markdown(machine_text(ctx))
     ui.status = gr.Markdown(ctx.status_line())
     with gr.Row():
         ui.load = gr.Button("Load models", variant="primary")
-        ui.unload = gr.Button("Unload models")
+        ui.unload = gr.Button("Unload models", interactive=editable)
     ui.models = gr.Textbox(s.models, label="Models: default (Hugging Face Hub), tiny (test models) or a models folder",
                            interactive=editable, max_lines=1)
     with gr.Accordion("Single sources (hub ids, local folders or files; empty = from the models above)", open=False):

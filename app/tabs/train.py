@@ -17,8 +17,14 @@ from types import SimpleNamespace
 import gradio as gr
 from PIL import Image, ImageDraw
 
+from core.limits import MAX_STORY_BYTES
+from core.path_policy import PathPolicy
 from trainer.config import PRESETS, ConfigError, load_config, preset_config
 from trainer.events import SAVE_NOW, STOP, read_events, request
+
+from ..errors import StudioInputError, shown_to_user
+
+MAX_CONFIG_BYTES = MAX_STORY_BYTES  # a TOML config is a few KB; refuse anything near a megabyte
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -69,22 +75,59 @@ def build_config_text(preset: str, models: str, output_dir: str, unpaired: str, 
     return config.to_toml()
 
 
-def save_config_text(text: str, path: str) -> str:
-    """Writes the edited TOML to ``path`` after checking it; returns a status line."""
-    if not path:
-        raise gr.Error("give a file name for the config")
-    target = Path(path).expanduser()
+def runs_policy(runs_dir: str | Path) -> PathPolicy:
+    """Configs and run folders handled by the studio live under its runs folder, and nowhere else."""
+    return PathPolicy([runs_dir], labels={str(Path(runs_dir).resolve()): f"the runs folder {runs_dir}"})
+
+
+def config_file(path: str, runs_dir: str | Path) -> Path:
+    """``path`` (relative to the runs folder) as a ``.toml`` file inside it."""
+    if not path or not str(path).strip():
+        raise StudioInputError("give a file name for the config, such as my-character.toml")
+    target = runs_policy(runs_dir).resolve(str(path).strip(), base=runs_dir, what="config file")
+    if target.suffix != ".toml":
+        raise StudioInputError(f"config file {path}: the name must end in .toml")
+    return target
+
+
+def checked_config(target: Path, runs_dir: str | Path):
+    """The config at ``target``, refused unless its output folder is inside the runs folder too."""
+    config = load_config(target)
+    runs_policy(runs_dir).resolve(config.output_path, what="output_dir")
+    return config
+
+
+def read_config_text(path: str, runs_dir: str | Path) -> str:
+    target = config_file(path, runs_dir)
+    if not target.is_file():
+        raise StudioInputError(f"no config named {path} in the runs folder {runs_dir}")
+    if target.stat().st_size > MAX_CONFIG_BYTES:
+        raise StudioInputError(f"config {path} is over {MAX_CONFIG_BYTES // 1024} KB: not a training config")
+    return target.read_text(encoding="utf-8", errors="replace")
+
+
+def save_config_text(text: str, path: str, runs_dir: str | Path) -> str:
+    """Writes the edited TOML to ``path`` (inside the runs folder) after checking it; returns a status line.
+
+    The text is checked before anything is written: a config that does not load, or whose ``output_dir`` leaves
+    the runs folder, is refused and the file on disk stays as it was.
+    """
+    from core.paths import write_bytes_atomic
+
+    target = config_file(path, runs_dir)
+    data = (text or "").encode()
+    if len(data) > MAX_CONFIG_BYTES:
+        raise StudioInputError(f"the config is over {MAX_CONFIG_BYTES // 1024} KB: not a training config")
+    staging = target.with_name(f".{target.name}.check")
     target.parent.mkdir(parents=True, exist_ok=True)
-    previous = target.read_text() if target.is_file() else None
-    target.write_text(text)
     try:
-        config = load_config(target)
+        write_bytes_atomic(staging, data)
+        config = checked_config(staging, runs_dir)
     except ConfigError as exc:
-        if previous is not None:
-            target.write_text(previous)
-        else:
-            target.unlink()
-        raise gr.Error("; ".join(exc.problems[:5])) from None
+        raise StudioInputError("; ".join(exc.problems[:5])) from None
+    finally:
+        staging.unlink(missing_ok=True)
+    write_bytes_atomic(target, data)
     return f"saved {target}: {len(config.stages)} stage(s), {config.total_steps} steps, output {config.output_path}"
 
 
@@ -92,7 +135,7 @@ def validate_text(dataset: str, kind: str) -> str:
     from trainer.data import validate
 
     if not dataset:
-        raise gr.Error("give a dataset folder or JSONL file")
+        raise StudioInputError("give a dataset folder or JSONL file")
     report = validate(dataset, None if kind == "any" else kind)
     return ("OK: " if report.ok else "Problems found: ") + report.summary()
 
@@ -169,45 +212,104 @@ def progress(output_dir: str | Path, returncode: int | None = None):
 
 
 class TrainEvents:
+    """The tab's handlers. Every one of them is owner-only (see ``Access``): training reads datasets, writes
+    files and starts processes, so an anonymous visitor of a shared studio gets a refusal, not a trainer."""
+
     def __init__(self, ctx, processes: TrainingProcesses | None = None):
         self.ctx = ctx
         self.processes = processes or TrainingProcesses()
+        self.build_config = shown_to_user(self._owner(self._build_config, "Building training configs"))
+        self.load_config = shown_to_user(self._owner(self._load_config, "Loading training configs"))
+        self.save_config = shown_to_user(self._owner(self._save_config, "Saving training configs"))
+        self.validate = shown_to_user(self._owner(validate_text, "Validating datasets"))
+        self.start = shown_to_user(self._owner(lambda path: self._start(path, False), "Starting training"))
+        self.resume = shown_to_user(self._owner(lambda path: self._start(path, True), "Resuming training"))
+        self.stop = shown_to_user(self._owner(lambda folder: self._request(folder, STOP), "Stopping training"))
+        self.save_now = shown_to_user(self._owner(lambda folder: self._request(folder, SAVE_NOW),
+                                                  "Saving a training checkpoint"))
+        self.refresh = shown_to_user(self._owner(self._refresh, "Watching training", quiet=True))
+
+    def _owner(self, fn, action: str, quiet: bool = False):
+        """``handler(request, *values)``: ``fn(*values)`` behind the owner check (Gradio passes the request first,
+        read from the annotation). ``quiet``: a non-owner gets the notice as a value, not an error popup (for the
+        timer, which would otherwise raise every two seconds)."""
+        access = getattr(self.ctx, "access", None)
+
+        def handler(request: gr.Request, *values):
+            if access is not None and not access.is_owner(request):
+                if quiet:
+                    return access.notice() or "Training is for the studio's owner.", None, []
+                access.check_owner(request, action)
+            return fn(*values)
+
+        handler.__name__ = getattr(fn, "__name__", action)
+        return handler
+
+    @property
+    def runs_dir(self) -> Path:
+        folder = getattr(self.ctx, "runs_dir", None)
+        if folder is None:
+            from core.paths import data_dir
+
+            folder = data_dir("runs")
+        return Path(folder)
 
     def models(self) -> str:
         settings = getattr(self.ctx, "settings", None)
         return getattr(settings, "models", "default") or "default"
 
-    def start(self, config_path: str, resume: bool = False):
+    def _build_config(self, preset, output_dir, unpaired, paired, steps_scale, sample_every):
+        return build_config_text(preset, self.models(), output_dir, unpaired, paired, steps_scale, sample_every)
+
+    def _load_config(self, path):
+        return read_config_text(path, self.runs_dir)
+
+    def _save_config(self, text, path):
+        return save_config_text(text, path, self.runs_dir)
+
+    def _start(self, config_path: str, resume: bool = False):
         if not config_path:
-            raise gr.Error("save or pick a config first")
+            raise StudioInputError("save or pick a config first")
+        target = config_file(config_path, self.runs_dir)
+        if not target.is_file():
+            raise StudioInputError(f"no config named {config_path} in the runs folder {self.runs_dir}: save it first")
         try:
-            out, _ = self.processes.start(config_path, resume)
+            checked_config(target, self.runs_dir)
+            out, _ = self.processes.start(target, resume)
         except ConfigError as exc:
-            raise gr.Error("; ".join(exc.problems[:5])) from None
+            raise StudioInputError("; ".join(exc.problems[:5])) from None
         return str(out), f"started training in {out}" + (" (resuming)" if resume else "")
 
-    def request(self, output_dir: str, name: str) -> str:
+    def _run_dir(self, output_dir: str) -> Path:
+        return runs_policy(self.runs_dir).resolve(str(output_dir).strip(), base=self.runs_dir, what="run folder")
+
+    def _request(self, output_dir: str, name: str) -> str:
         if not output_dir:
-            raise gr.Error("no run folder: start a training first or type its output folder")
-        request(output_dir, name)
+            raise StudioInputError("no run folder: start a training first or type its output folder")
+        request(self._run_dir(output_dir), name)
         return f"{name} requested: the trainer acts after its current step"
 
-    def refresh(self, output_dir: str):
+    def _refresh(self, output_dir: str):
         if not output_dir:
             return "Not started.", None, []
-        return progress(output_dir, self.processes.returncode(output_dir))
+        folder = self._run_dir(output_dir)
+        return progress(folder, self.processes.returncode(folder))
 
 
 def build(ctx) -> SimpleNamespace:
     events = TrainEvents(ctx)
     ui = SimpleNamespace(events=events)
+    access = getattr(ctx, "access", None)
+    if access is not None and access.notice():
+        gr.Markdown(f"> {access.notice()}", elem_id="train-owner-notice")
+    gr.Markdown(f"Run folders and configs live in `{events.runs_dir}`; names below are relative to it. ")
     gr.Markdown("Fine-tune the character adapter on your own images (paper section 3.2: unpaired reconstruction, "
                 "then paired, then high resolution). Training runs in a separate process; this page only watches "
                 "its folder.")
     with gr.Accordion("1. Config", open=True):
         with gr.Row():
             ui.preset = gr.Dropdown(list(PRESETS), value="24gb", label="GPU memory preset")
-            ui.output_dir_new = gr.Textbox("runs/my-character", label="Run folder (output_dir)", max_lines=1)
+            ui.output_dir_new = gr.Textbox("my-character", label="Run folder (output_dir)", max_lines=1)
             ui.steps_scale = gr.Number(0.01, label="Steps as a fraction of the paper's (200K/50K/50K)")
             ui.sample_every = gr.Number(500, label="Sample every N steps (0: off)", precision=0)
         with gr.Row():
@@ -216,7 +318,7 @@ def build(ctx) -> SimpleNamespace:
         ui.build_config = gr.Button("Build config")
         ui.config_text = gr.Code("", language=None, label="Config (TOML, editable)", lines=18)
         with gr.Row():
-            ui.config_path = gr.Textbox("runs/my-character.toml", label="Config file", max_lines=1)
+            ui.config_path = gr.Textbox("my-character.toml", label="Config file", max_lines=1)
             ui.load_config = gr.Button("Load")
             ui.save_config = gr.Button("Save")
         ui.config_status = gr.Markdown()
@@ -239,21 +341,17 @@ def build(ctx) -> SimpleNamespace:
             ui.samples = gr.Gallery(label="Samples (fixed prompts and seeds)", columns=4, height=240)
         ui.timer = gr.Timer(2.0)
 
-    ui.build_config.click(lambda *a: build_config_text(a[0], events.models(), *a[1:]),
+    ui.build_config.click(events.build_config,
                           [ui.preset, ui.output_dir_new, ui.unpaired, ui.paired, ui.steps_scale, ui.sample_every],
                           ui.config_text, api_visibility="private")
-    ui.load_config.click(lambda p: Path(p).expanduser().read_text() if p and Path(p).expanduser().is_file()
-                         else gr.Warning(f"config not found: {p}") or "", ui.config_path, ui.config_text,
+    ui.load_config.click(events.load_config, ui.config_path, ui.config_text, api_visibility="private")
+    ui.save_config.click(events.save_config, [ui.config_text, ui.config_path], ui.config_status,
                          api_visibility="private")
-    ui.save_config.click(save_config_text, [ui.config_text, ui.config_path], ui.config_status,
-                         api_visibility="private")
-    ui.validate.click(validate_text, [ui.dataset, ui.kind], ui.validation, api_visibility="private")
-    ui.start.click(lambda p: events.start(p, False), ui.config_path, [ui.run_dir, ui.config_status],
-                   api_visibility="private")
-    ui.resume.click(lambda p: events.start(p, True), ui.config_path, [ui.run_dir, ui.config_status],
-                    api_visibility="private")
-    ui.stop.click(lambda d: events.request(d, STOP), ui.run_dir, ui.config_status, api_visibility="private")
-    ui.save_now.click(lambda d: events.request(d, SAVE_NOW), ui.run_dir, ui.config_status, api_visibility="private")
+    ui.validate.click(events.validate, [ui.dataset, ui.kind], ui.validation, api_visibility="private")
+    ui.start.click(events.start, ui.config_path, [ui.run_dir, ui.config_status], api_visibility="private")
+    ui.resume.click(events.resume, ui.config_path, [ui.run_dir, ui.config_status], api_visibility="private")
+    ui.stop.click(events.stop, ui.run_dir, ui.config_status, api_visibility="private")
+    ui.save_now.click(events.save_now, ui.run_dir, ui.config_status, api_visibility="private")
     ui.timer.tick(events.refresh, ui.run_dir, [ui.run_status, ui.plot, ui.samples], api_visibility="private",
                   show_progress="hidden")
     return ui

@@ -8,19 +8,71 @@ from types import SimpleNamespace
 import gradio as gr
 import pytest
 
+from app.errors import StudioInputError
 from app.tabs import train as tab
+from core.path_policy import PathNotAllowedError
 from trainer.config import load_config
 
 
 def test_build_save_and_reject_config(tmp_path):
-    text = tab.build_config_text("48gb", "tiny", str(tmp_path / "run"), str(tmp_path / "u"), "", 0.001, 0)
+    text = tab.build_config_text("48gb", "tiny", "run", str(tmp_path / "u"), "", 0.001, 0)
     path = tmp_path / "c.toml"
-    status = tab.save_config_text(text, str(path))
+    status = tab.save_config_text(text, "c.toml", tmp_path)
     assert "1 stage(s)" in status  # no paired data: only the unpaired stage is kept
     assert load_config(path).models.source == "tiny"
-    with pytest.raises(gr.Error):
-        tab.save_config_text(text.replace("resolution = 512", "resolution = 500"), str(path))
+    with pytest.raises(StudioInputError, match="resolution"):
+        tab.save_config_text(text.replace("resolution = 512", "resolution = 500"), str(path), tmp_path)
     assert load_config(path).stages[0].resolution == 512  # the bad edit did not replace the good file
+
+
+@pytest.mark.parametrize("name", ["/tmp/elsewhere.toml", "../escape.toml", "sub/../../escape.toml"])
+def test_configs_stay_in_the_runs_folder(tmp_path, name):
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    text = tab.build_config_text("48gb", "tiny", "run", str(tmp_path / "u"), "", 0.001, 0)
+    with pytest.raises(PathNotAllowedError, match="outside the folders"):
+        tab.save_config_text(text, name, runs)
+    with pytest.raises(PathNotAllowedError, match="outside the folders"):
+        tab.read_config_text(name, runs)
+    assert not (tmp_path / "escape.toml").exists()
+
+
+def test_config_output_must_stay_in_the_runs_folder(tmp_path):
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    for output in ("/", str(tmp_path / "outside"), "../outside"):
+        text = tab.build_config_text("48gb", "tiny", output, str(tmp_path / "u"), "", 0.001, 0)
+        with pytest.raises(PathNotAllowedError, match="output_dir"):
+            tab.save_config_text(text, "c.toml", runs)
+    assert not (runs / "c.toml").exists() and not (tmp_path / "outside").exists()
+
+
+def test_config_load_refuses_non_configs(tmp_path):
+    with pytest.raises(StudioInputError, match="must end in .toml"):
+        tab.read_config_text("notes.txt", tmp_path)
+    with pytest.raises(StudioInputError, match="no config named"):
+        tab.read_config_text("missing.toml", tmp_path)
+
+
+def test_train_handlers_are_owner_only(tmp_path):
+    from app.context import Access
+
+    ctx = SimpleNamespace(settings=SimpleNamespace(models="tiny"), runs_dir=tmp_path,
+                          access=Access(exposed=True, owner="ann", why="open to the network (0.0.0.0)"))
+    events = tab.TrainEvents(ctx)
+    text = tab.build_config_text("48gb", "tiny", "run", str(tmp_path / "u"), "", 0.001, 0)
+    visitor, owner = SimpleNamespace(username=None), SimpleNamespace(username="ann")
+    for handler, args in ((events.save_config, (text, "c.toml")), (events.load_config, ("c.toml",)),
+                          (events.start, ("c.toml",)), (events.stop, ("run",)), (events.validate, ("x", "any"))):
+        with pytest.raises(gr.Error, match="owner"):
+            handler(visitor, *args)
+    assert not (tmp_path / "c.toml").exists()
+    assert "owner" in events.refresh(visitor, "run")[0]
+    assert "saved" in events.save_config(owner, text, "c.toml")
+    closed = tab.TrainEvents(SimpleNamespace(settings=ctx.settings, runs_dir=tmp_path,
+                                             access=Access(exposed=True, owner=None, why="shared")))
+    with pytest.raises(gr.Error, match="turned off.*--auth"):
+        closed.load_config(owner, "c.toml")
 
 
 def test_progress_from_events(tmp_path):
