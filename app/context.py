@@ -205,13 +205,13 @@ class StudioContext:
 
     @property
     def paths(self) -> PathPolicy:
-        """The folders a client may name: outputs, library, stories, runs, uploads and ``assets/``.
+        """The folders a client may name: outputs, library, stories, runs, LoRAs, uploads and ``assets/``.
 
         Built from the current settings, so a new output folder (set by the owner) is covered at once.
         """
         roots = {str(self.settings.output_dir): "the output folder", str(self.library.folder): "the library",
                  str(self.stories_dir): "the stories folder", str(self.runs_dir): "the runs folder",
-                 str(uploads_dir()): "uploads", str(ASSETS): "assets/"}
+                 str(data_dir("loras")): "the LoRA folder", str(uploads_dir()): "uploads", str(ASSETS): "assets/"}
         resolved = {str(Path(k).expanduser().resolve()): v for k, v in roots.items()}
         return PathPolicy(list(resolved), labels=resolved)
 

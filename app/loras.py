@@ -12,6 +12,8 @@ import threading
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from core.path_policy import UNRESTRICTED, PathPolicy
+
 from .errors import StudioInputError, one_line
 
 MAX_LORAS = 3
@@ -39,8 +41,10 @@ class StyleLora:
         return cls(str(data.get("source", "")), float(data.get("weight", 1.0)), str(data.get("trigger") or ""))
 
 
-def parse_rows(rows) -> list[StyleLora]:
-    """LoRAs from UI rows ``(source, weight, trigger)``; rows without a source are skipped."""
+def parse_rows(rows, paths: PathPolicy = UNRESTRICTED) -> list[StyleLora]:
+    """LoRAs from UI rows ``(source, weight, trigger)``; rows without a source are skipped.
+
+    A local file must be allowed by ``paths`` (the studio's folders, ``loras/`` in the user data among them)."""
     loras = []
     for source, weight, trigger in rows:
         source = (source or "").strip()
@@ -52,7 +56,7 @@ def parse_rows(rows) -> list[StyleLora]:
             raise LoraError(f"LoRA {source!r}: weight must be a number, got {weight!r}") from None
         if not -MAX_WEIGHT <= weight <= MAX_WEIGHT:
             raise LoraError(f"LoRA {source!r}: weight {weight:g} is outside -{MAX_WEIGHT:g} to {MAX_WEIGHT:g}")
-        _load_arguments(source)  # a missing file or a bad name fails here, before any model loads
+        _load_arguments(source, paths)  # a missing file or a bad name fails here, before any model loads
         loras.append(StyleLora(source, weight, (trigger or "").strip()))
     if len({lora.source for lora in loras}) != len(loras):
         raise LoraError("the same LoRA is listed twice: give each LoRA once with its combined weight")
@@ -65,10 +69,18 @@ def with_triggers(prompt: str, loras: list[StyleLora]) -> str:
     return ", ".join(missing + [prompt]) if missing else prompt
 
 
-def _load_arguments(source: str) -> tuple[str, dict]:
+def _load_arguments(source: str, paths: PathPolicy = UNRESTRICTED) -> tuple[str, dict]:
     """``(path_or_repo, kwargs)`` for ``load_lora_weights``."""
-    path = Path(source).expanduser()
-    if path.exists() or source.startswith((".", "/", "~")):
+    if len(source) > 500:
+        raise LoraError("a LoRA source is a file path or a hub name of at most 500 characters")
+    # a local file: a path, a bare file name (in the LoRA folder), or (command line only) anything that exists
+    local = (source.startswith((".", "/", "~")) or ("/" not in source and source.endswith(".safetensors"))
+             or (not paths.restricted and Path(source).expanduser().exists()))
+    if local:
+        from core.paths import data_dir
+
+        base = data_dir("loras") if paths.restricted else None
+        path = paths.resolve(source, base=base, what="LoRA file")
         if not path.is_file():
             raise LoraError(f"LoRA file not found: {source}")
         if path.suffix != ".safetensors":

@@ -7,7 +7,7 @@ import gradio as gr
 from core.metadata import MetadataError, read_record
 
 from ..context import StudioContext
-from ..errors import shown_to_user
+from ..errors import StudioInputError, shown_to_user
 
 
 class HistoryEvents:
@@ -33,13 +33,17 @@ class HistoryEvents:
         return path, f"`{path}`\n\n```\n{text}\n```"
 
     def _score(self, path: str | None) -> str:
+        """(``path`` comes from the server-side selection state, never from the client.)"""
+        return self._score_path(self.ctx.paths.resolve(path, what="image") if path else None)
+
+    def _score_path(self, path) -> str:
         """CLIP-I and DINO-I of the image against its characters, CLIP-T against its prompt (markdown)."""
         from PIL import Image
 
         from core.metrics import case_from_characters
 
         if not path:
-            raise ValueError("pick an image in the history first")
+            raise StudioInputError("pick an image in the history first")
         record = read_record(path)
         characters = [c.to_character() for c in record.characters]
         with self.ctx.gpu_lock:
@@ -51,7 +55,8 @@ class HistoryEvents:
         lines += [f"| {name} | {'n/a' if value is None else f'{value:.3f}'} | {what} |" for name, value, what in rows]
         return "\n".join(lines) + "\n\nCosine similarities in [-1, 1], as in the InstantCharacter paper."
 
-    def _clear(self):
+    def _clear(self, request: gr.Request = None):
+        self.ctx.access.check_owner(request, "Forgetting the history")
         self.ctx.history.clear()
         gr.Info("History cleared (the images stay in the output folder)")
         return [], None, ""
@@ -68,7 +73,7 @@ def build(ctx: StudioContext) -> SimpleNamespace:
                 ui.refresh = gr.Button("Refresh", size="sm")
                 ui.clear = gr.Button("Forget history", size="sm", variant="stop")
         with gr.Column(scale=2):
-            ui.selected = gr.Textbox(label="Selected image", interactive=False, visible=False)
+            ui.selected = gr.State(None)  # server-side: a client cannot name a file here
             ui.details = gr.Markdown()
             ui.recall = gr.Button("Recall in Generate", variant="primary")
             ui.score = gr.Button("Score: CLIP-I, DINO-I, CLIP-T", size="sm")

@@ -19,12 +19,22 @@ class LibraryEvents:
     def gallery(self) -> list[tuple[str, str]]:
         return [(str(c.image_path), f"{c.name} · scale {c.scale:g}") for c in self.ctx.library.entries()]
 
-    def _save(self, image, name, scale):
+    def _save(self, image, name, scale, request: gr.Request = None):
+        if name and self._exists(name):
+            self.ctx.access.check_owner(request, "Replacing a library character")
         entry = self.ctx.library.save(image, name, scale)
         gr.Info(f"Saved [{entry.name}] to the library")
         return self.gallery()
 
-    def _delete(self, name):
+    def _exists(self, name) -> bool:
+        try:
+            self.ctx.library.get(name)
+        except StudioInputError:
+            return False
+        return True
+
+    def _delete(self, name, request: gr.Request = None):
+        self.ctx.access.check_owner(request, "Deleting library characters")
         if not name:
             raise StudioInputError("select a character in the library first")
         self.ctx.library.delete(name)
