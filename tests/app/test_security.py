@@ -1,0 +1,309 @@
+"""A hostile visitor against a launched studio, over Gradio's raw protocol (what the browser itself sends).
+
+``api_visibility="private"`` only hides a handler from the API page: ``POST /gradio_api/queue/join {fn_index: N}``
+calls it all the same. So the attack goes through **every** dependency of the page, each with payloads that name
+files outside the studio's folders (absolute, ``../``, a symlink, story ``character`` lines, a TOML config), and
+checks that no content from outside comes back, nothing outside is written or created, and the server keeps
+serving. A second launch, open to the network with an owner login, checks the owner-only actions per login.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import httpx
+import pytest
+from PIL import Image
+
+from .conftest import free_port
+
+pytestmark = pytest.mark.slow
+
+TIMEOUT = 60  # seconds for one event to finish
+
+
+# ------------------------------------------------------------------------------------------------ the raw protocol
+class RawClient:
+    """Calls a dependency by ``fn_index`` the way the page does (queue/join then the event stream, or
+    run/predict for unqueued events), logged in or not."""
+
+    def __init__(self, url: str, login: tuple[str, str] | None = None):
+        self.url = url.rstrip("/")
+        self.http = httpx.Client(timeout=TIMEOUT, follow_redirects=True)
+        if login is not None:
+            response = self.http.post(f"{self.url}/login", data={"username": login[0], "password": login[1]})
+            assert response.status_code == 200, response.text
+        self.config = self.http.get(f"{self.url}/config").json()
+        self.components = {c["id"]: c for c in self.config["components"]}
+        self.api = f"{self.url}{self.config.get('api_prefix', '/gradio_api')}"
+
+    @property
+    def dependencies(self) -> list[dict]:
+        return [d for d in self.config["dependencies"] if d.get("backend_fn")]
+
+    def call(self, dep: dict, data: list) -> list[dict]:
+        """Every message the server sent about this event (its outputs included), as parsed JSON."""
+        session = uuid.uuid4().hex[:10]
+        trigger = dep["targets"][0][0] if dep.get("targets") else None
+        body = {"data": data, "fn_index": dep["id"], "session_hash": session, "event_data": None,
+                "trigger_id": trigger}
+        if not dep.get("queue", True):
+            response = self.http.post(f"{self.api}/run/predict", json=body)
+            return [{"status": response.status_code, "body": response.text}]
+        joined = self.http.post(f"{self.api}/queue/join", json=body)
+        if joined.status_code != 200:
+            return [{"status": joined.status_code, "body": joined.text}]
+        messages = []
+        deadline = time.monotonic() + TIMEOUT
+        try:
+            with self.http.stream("GET", f"{self.api}/queue/data", params={"session_hash": session}) as stream:
+                for line in stream.iter_lines():
+                    if not line.startswith("data:"):
+                        continue
+                    message = json.loads(line[5:])
+                    messages.append(message)
+                    if message.get("msg") in ("process_completed", "close_stream", "unexpected_error"):
+                        break
+                    if time.monotonic() > deadline:
+                        raise AssertionError(f"dependency {dep['id']} did not finish in {TIMEOUT} s")
+        except httpx.RemoteProtocolError as exc:  # the stream ended early: what came so far still counts
+            messages.append({"msg": "stream_closed", "error": str(exc)})
+        return messages
+
+    def alive(self) -> bool:
+        return self.http.get(f"{self.url}/config").status_code == 200
+
+
+# ------------------------------------------------------------------------------------------------ hostile payloads
+def file_data(path: Path | str) -> dict:
+    return {"path": str(path), "url": None, "orig_name": Path(path).name, "meta": {"_type": "gradio.FileData"}}
+
+
+def payloads(secret: dict) -> dict[str, dict]:
+    """Named payload families: a value per component type, each naming something outside the roots."""
+    outside, target = secret["dir"], secret["dir"] / "written"
+    story = (f"title: leak\nsteps: 1000000000\nsize: 64x64\ncharacter Spy: {secret['png']}\n"
+             f"character Up: {'../' * 12}{str(secret['png']).lstrip('/')}\n---\n[Spy] reads [Up]\n")
+    toml = (f'output_dir = "{target}"\n[models]\nsource = "tiny"\n[[stages]]\nname = "x"\ndata = "unpaired"\n'
+            f'resolution = 512\nsteps = 1\n[data]\nunpaired = "{outside}"\n')
+    relative = "../" * 12 + str(secret["txt"]).lstrip("/")
+    return {
+        "absolute": {"text": str(secret["txt"]), "file": file_data(secret["png"]), "number": 1},
+        "relative": {"text": relative, "file": file_data(relative), "number": 2},
+        "symlink": {"text": str(secret["link"]), "file": file_data(secret["link"]), "number": 1},
+        "folder": {"text": str(target), "file": file_data(outside), "number": 1},
+        "story": {"text": story, "file": file_data(secret["png"]), "number": 10**30},
+        "toml": {"text": toml, "file": file_data(secret["txt"]), "number": -1},
+    }
+
+
+def value_for(component: dict, family: dict):
+    kind = component["type"]
+    if kind in ("textbox", "code", "dropdown", "radio", "markdown"):
+        return family["text"]
+    if kind in ("number", "slider"):
+        return family["number"]
+    if kind == "checkbox":
+        return True
+    if kind in ("image", "file"):
+        return family["file"]
+    if kind == "imageeditor":
+        return {"background": family["file"], "layers": [family["file"]], "composite": family["file"]}
+    if kind == "gallery":
+        return [{"image": family["file"], "caption": family["text"]}]
+    if kind == "dataframe":
+        return {"headers": ["a"], "data": [[family["text"]]], "metadata": None}
+    return None  # state (server-side: the client's value is ignored), timers, buttons
+
+
+def leaked(messages: list[dict], secret: dict, client: RawClient) -> list[str]:
+    """What in ``messages`` shows a secret: its text, or a served file with its bytes."""
+    found = []
+    text = json.dumps(messages)
+    if secret["token"] in text:
+        found.append("the secret text came back")
+    for blob in _file_refs(messages):
+        url = blob.get("url") or f"{client.api}/file={blob.get('path')}"
+        response = client.http.get(url)
+        if response.status_code == 200 and (secret["token"].encode() in response.content
+                                           or response.content == secret["png_bytes"]):
+            found.append(f"a secret file was served at {url}")
+    return found
+
+
+def _file_refs(value):
+    if isinstance(value, dict):
+        if value.get("meta", {}).get("_type") == "gradio.FileData" or ("path" in value and "url" in value):
+            yield value
+        for item in value.values():
+            yield from _file_refs(item)
+    elif isinstance(value, list):
+        for item in value:
+            yield from _file_refs(item)
+
+
+def snapshot(folder: Path) -> dict[str, tuple[int, float]]:
+    return {str(p): (p.stat().st_size, p.stat().st_mtime) for p in folder.rglob("*") if not p.is_symlink()}
+
+
+def copies_of_secret(roots: list[Path], secret: dict) -> list[str]:
+    """Files inside the studio's folders holding the secret's bytes (a copy into a render folder or a ZIP)."""
+    hits = []
+    for root in roots:
+        for path in root.rglob("*") if root.is_dir() else []:
+            if path.is_file() and not path.is_symlink() and path.stat().st_size < 50 * 2**20:
+                data = path.read_bytes()
+                if secret["token"].encode() in data or (data and data == secret["png_bytes"]):
+                    hits.append(str(path))
+    return hits
+
+
+# ------------------------------------------------------------------------------------------------ fixtures
+@pytest.fixture(scope="module")
+def secret(tmp_path_factory):
+    """Files outside every root of the studio: a text with a unique token, a PNG, and a symlink to the text."""
+    folder = tmp_path_factory.mktemp("outside-the-studio")
+    token = f"SECRET-{uuid.uuid4().hex}"
+    txt = folder / "secret.txt"
+    txt.write_text(f"HF_TOKEN={token}\n")
+    png = folder / "secret.png"
+    Image.new("RGB", (64, 64), (10, 200, 30)).save(png, pnginfo=_text_chunk(token))
+    link = folder / "link.txt"
+    link.symlink_to(txt)
+    return {"dir": folder, "txt": txt, "png": png, "link": link, "token": token, "png_bytes": png.read_bytes()}
+
+
+def _text_chunk(token: str):
+    from PIL import PngImagePlugin
+
+    info = PngImagePlugin.PngInfo()
+    info.add_text("secret", token)
+    return info
+
+
+def launch_studio(home: Path, extra: list[str]) -> tuple[subprocess.Popen, str]:
+    port = free_port()
+    env = dict(os.environ, INSTANTCHARACTER_HOME=str(home), HF_HUB_OFFLINE="1", GRADIO_ANALYTICS_ENABLED="False")
+    log = open(home / "studio.log", "wb")
+    proc = subprocess.Popen([sys.executable, "-m", "app.cli", "--models", "tiny", "--port", str(port), *extra],
+                            env=env, stdout=log, stderr=subprocess.STDOUT, cwd=Path(__file__).resolve().parents[2])
+    url = f"http://127.0.0.1:{port}/"
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise AssertionError(f"the studio exited: {(home / 'studio.log').read_text()[-2000:]}")
+        try:
+            if httpx.get(url + "config", timeout=2).status_code in (200, 401):
+                return proc, url
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.5)
+    proc.kill()
+    raise AssertionError("the studio did not start in 180 s")
+
+
+@pytest.fixture(scope="module")
+def exposed_studio(tmp_path_factory):
+    """The studio as a LAN bind without a login (like --share): every visitor is anonymous."""
+    home = tmp_path_factory.mktemp("exposed-home")
+    proc, url = launch_studio(home, ["--host", "0.0.0.0"])
+    yield proc, url, home
+    proc.terminate()
+    proc.wait(timeout=30)
+
+
+# ------------------------------------------------------------------------------------------------ tests
+def test_every_dependency_refuses_outside_paths(exposed_studio, secret):
+    proc, url, home = exposed_studio
+    client = RawClient(url)
+    before = snapshot(secret["dir"])
+    families = payloads(secret)
+    problems = []
+    for dep in client.dependencies:
+        for family_name, family in families.items():
+            data = [value_for(client.components.get(i, {"type": "?"}), family) for i in dep["inputs"]]
+            messages = client.call(dep, data)
+            for leak in leaked(messages, secret, client):
+                problems.append(f"dependency {dep['id']} ({dep.get('api_name')}), {family_name}: {leak}")
+            if proc.poll() is not None:
+                pytest.fail(f"the server died on dependency {dep['id']} ({family_name})")
+    assert not problems, "\n".join(problems)
+    assert snapshot(secret["dir"]) == before, "something was written or created outside the studio's folders"
+    assert not (secret["dir"] / "written").exists()
+    assert copies_of_secret([home], secret) == []
+    assert client.alive()
+
+
+def test_file_route_serves_nothing_outside(exposed_studio, secret):
+    _, url, _ = exposed_studio
+    client = RawClient(url)
+    for path in (secret["txt"], secret["png"], secret["link"], "/etc/passwd", "/proc/self/environ"):
+        response = client.http.get(f"{client.api}/file={path}")
+        assert response.status_code in (403, 404), (path, response.status_code)
+        assert secret["token"].encode() not in response.content
+
+
+def _dep(client: RawClient, api_name: str | None = None, label: str | None = None) -> dict:
+    """The dependency triggered by the button labelled ``label`` (or with ``api_name``)."""
+    for dep in client.dependencies:
+        if api_name and dep.get("api_name") == api_name:
+            return dep
+        if label:
+            target = client.components.get(dep["targets"][0][0], {}) if dep.get("targets") else {}
+            if target.get("props", {}).get("value") == label:
+                return dep
+    raise AssertionError(f"no dependency {api_name or label}")
+
+
+def _outcome(messages: list[dict]) -> tuple[bool, str]:
+    last = messages[-1] if messages else {}
+    output = last.get("output", {})
+    return bool(last.get("success")), json.dumps(output.get("error") or output.get("data") or last)[:300]
+
+
+def _apply_settings(client: RawClient, out_dir: Path) -> tuple[bool, str]:
+    dep = _dep(client, label="Apply settings")
+    values = {"textbox": "tiny", "dropdown": "auto"}
+    data = []
+    for i in dep["inputs"]:
+        component = client.components[i]
+        label = component.get("props", {}).get("label", "")
+        data.append(str(out_dir) if label == "Output folder" else
+                    "tiny" if label.startswith("Models") else "auto" if component["type"] == "dropdown" else
+                    values.get(component["type"], "") if not label.startswith(("FLUX", "SigLIP", "DINO", "Adapter"))
+                    else "")
+    return _outcome(client.call(dep, data))
+
+
+def test_owner_only_actions_for_anonymous_visitors(exposed_studio, tmp_path):
+    _, url, _ = exposed_studio
+    client = RawClient(url)
+    ok, message = _apply_settings(client, tmp_path / "chosen-by-visitor")
+    assert not ok and "turned off" in message and "--auth" in message
+    assert not (tmp_path / "chosen-by-visitor").exists()
+    ok, message = _outcome(client.call(_dep(client, label="Load"), ["my-character.toml"]))
+    assert not ok and "turned off" in message
+
+
+def test_owner_login_may_do_what_guests_may_not(tmp_path_factory, tmp_path):
+    home = tmp_path_factory.mktemp("owner-home")
+    proc, url = launch_studio(home, ["--host", "0.0.0.0", "--auth", "ann:s3cret", "--guest", "bob:visitor"])
+    try:
+        assert httpx.get(url + "config").status_code == 401  # no anonymous access at all with a login
+        guest = RawClient(url, login=("bob", "visitor"))
+        ok, message = _apply_settings(guest, tmp_path / "guest-folder")
+        assert not ok and "owner" in message
+        assert not (tmp_path / "guest-folder").exists()
+        owner = RawClient(url, login=("ann", "s3cret"))
+        ok, message = _apply_settings(owner, tmp_path / "owner-folder")
+        assert ok, message
+        assert (tmp_path / "owner-folder").is_dir()
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
