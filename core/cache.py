@@ -1,7 +1,11 @@
-"""A small least-recently-used cache for per-character and per-prompt work."""
+"""A small least-recently-used cache for per-character and per-prompt work, and a remembered file digest."""
 
 from __future__ import annotations
 
+import hashlib
+import os
+import threading
+import time
 from collections import OrderedDict
 
 
@@ -20,3 +24,41 @@ class LRUCache(OrderedDict):
         while len(self) > self.size:
             self.popitem(last=False)
         return value
+
+
+class FileTooLargeError(ValueError):
+    """A file over the size a digest may read; one line with its size and the limit."""
+
+
+_DIGESTS = LRUCache(2048)
+_DIGESTS_LOCK = threading.Lock()
+# A file changed within this many seconds of its last change may change again without a new mtime (coarse
+# clocks): such digests are not remembered.
+_RACY_SECONDS = 2.0
+
+
+def cached_sha256(path: str | os.PathLike, max_bytes: int | None = None) -> str:
+    """The SHA-256 hex digest of a file, remembered by (path, size, mtime, ctime, inode): an unchanged file is
+    hashed once. With ``max_bytes``, a larger file (by its size, or by what is read) raises :class:`FileTooLargeError`."""
+    path = os.fspath(path)
+    info = os.stat(path)
+    if max_bytes is not None and info.st_size > max_bytes:
+        raise FileTooLargeError(f"{path} is {info.st_size:,} bytes: the limit is {max_bytes:,}")
+    key = (os.path.abspath(path), info.st_size, info.st_mtime_ns, info.st_ctime_ns, info.st_ino, info.st_dev)
+    with _DIGESTS_LOCK:
+        if key in _DIGESTS:
+            _DIGESTS.move_to_end(key)
+            return _DIGESTS[key]
+    digest = hashlib.sha256()
+    read = 0
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            read += len(chunk)
+            if max_bytes is not None and read > max_bytes:
+                raise FileTooLargeError(f"{path} grew past {max_bytes:,} bytes while it was read")
+            digest.update(chunk)
+    value = digest.hexdigest()
+    if time.time() - info.st_mtime > _RACY_SECONDS:
+        with _DIGESTS_LOCK:
+            _DIGESTS.get_or_make(key, lambda: value)
+    return value

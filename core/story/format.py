@@ -25,15 +25,45 @@ import dataclasses
 import difflib
 import hashlib
 import json
+import math
 import os
 import re
+import stat
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from core.cache import FileTooLargeError, cached_sha256
 from core.layouts import GRID_PATTERN, PRESETS, parse_layout
-from core.paths import sha256_file
-from core.story.layout import parse_layout_spec, parse_length_mm, parse_page_spec
+from core.limits import (
+    MAX_BUBBLES_PER_PANEL,
+    MAX_CAPTION_CHARS,
+    MAX_CHARACTERS,
+    MAX_DESCRIPTION_CHARS,
+    MAX_DIALOGUE_CHARS,
+    MAX_DPI,
+    MAX_FILE_BYTES,
+    MAX_GUIDANCE,
+    MAX_IMAGE_PIXELS,
+    MAX_NAME_CHARS,
+    MAX_OUTPUT_PIXELS,
+    MAX_PANELS,
+    MAX_PROMPT_CHARS,
+    MAX_SCALE,
+    MAX_SEED,
+    MAX_SIDE,
+    MAX_STEPS,
+    MAX_STORY_BYTES,
+    MAX_TRUE_CFG,
+    MIN_DPI,
+    MIN_SIDE,
+    LimitError,
+    check_int,
+    check_text,
+)
+from core.path_policy import UNRESTRICTED, PathNotAllowedError, PathPolicy
+from core.story.layout import check_page_limits, count_pages, parse_layout_spec, parse_length_mm, parse_page_spec
 
 FORMAT_VERSION = 1
 
@@ -56,7 +86,8 @@ HEADER_KEYS = (
     "title", "style", "negative", "size", "seed", "layout", "page", "dpi", "margin", "gutter",
     "steps", "guidance", "true_cfg",
 )
-MAX_SIDE = 4096
+MAX_PROBLEMS = 50  # a story with more problems lists these and stops: the output stays short
+MAX_PATH_CHARS = 4096  # a character image path as written (the usual PATH_MAX)
 
 
 class StoryError(ValueError):
@@ -209,12 +240,7 @@ class Story:
 
     def engine_prompt(self, panel: Panel) -> str:
         """The prompt sent to the engine: `[Name@region]` becomes `[Name]`, `[NC]` goes, the style is appended."""
-        prompt = _TAG_RE.sub(lambda m: "" if m.group(1).strip() == NO_CHARACTER_TAG else f"[{m.group(1).strip()}]",
-                             panel.prompt)
-        prompt = re.sub(r"\s+", " ", prompt).strip().strip(",").strip()
-        if self.style:
-            prompt = f"{prompt}, {self.style}" if prompt else self.style
-        return prompt
+        return _engine_prompt(panel.prompt, self.style)
 
     def with_panel_seed(self, index: int, seed: int) -> Story:
         """A copy with panel `index` pinned to `seed` (e.g. "regenerate this panel with a new seed")."""
@@ -287,24 +313,72 @@ def panel_settings_hash(story: Story, panel: Panel, options: dict[str, Any] | No
 
 
 # --- parsing -------------------------------------------------------------------------------------------------
-def load_story(path: str | os.PathLike) -> Story:
-    """Read a story file: JSON (``.json``) or the text format. Image paths are relative to the file."""
-    path = Path(path)
+def check_story_text(text: Any) -> str:
+    """``text`` when it is a string of at most MAX_STORY_BYTES (UTF-8); `StoryError` otherwise. Checked before any
+    parsing, so nothing ever splits or scans a huge text."""
+    if not isinstance(text, str):
+        raise StoryError(f"a story must be text, got {type(text).__name__}")
+    if len(text) > MAX_STORY_BYTES:
+        raise StoryError(f"the story is {len(text):,} characters long: the limit is {MAX_STORY_BYTES:,} bytes")
+    size = len(text.encode("utf-8", "replace"))
+    if size > MAX_STORY_BYTES:
+        raise StoryError(f"the story is {size:,} bytes: the limit is {MAX_STORY_BYTES:,} bytes")
+    return text
+
+
+def load_story(path: str | os.PathLike, paths: PathPolicy = UNRESTRICTED) -> Story:
+    """Read a story file: JSON (``.json``) or the text format. Image paths are relative to the file.
+
+    The file and its character images must be allowed by `paths`; a file over MAX_STORY_BYTES is not read.
+    """
     try:
-        text = path.read_text(encoding="utf-8")
+        path = paths.resolve(path, what="story")
+    except PathNotAllowedError as exc:
+        raise StoryError(str(exc), source=str(path)) from None
+    try:
+        size = path.stat().st_size
+        if size > MAX_STORY_BYTES:
+            raise StoryError(f"story {path} is {size:,} bytes: the limit is {MAX_STORY_BYTES:,} bytes",
+                             source=str(path))
+        with open(path, "rb") as handle:
+            data = handle.read(MAX_STORY_BYTES + 1)
     except OSError as exc:
         raise StoryError(f"cannot read story {path}: {exc.strerror or exc}", source=str(path)) from None
+    if len(data) > MAX_STORY_BYTES:  # it grew after the stat
+        raise StoryError(f"story {path} is over the limit of {MAX_STORY_BYTES:,} bytes", source=str(path))
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise StoryError(f"story {path} is not UTF-8 text (byte {exc.start})", source=str(path)) from None
     if path.suffix.lower() == ".json":
         try:
-            data = json.loads(text)
+            loaded = json.loads(text)
         except json.JSONDecodeError as exc:
             raise StoryError([(exc.lineno, f"bad JSON: {exc.msg}")], source=str(path)) from None
-        return story_from_dict(data, base_dir=path.parent, source=path)
-    return parse_story(text, base_dir=path.parent, source=path)
+        except (ValueError, RecursionError) as exc:  # a number too long to convert, or nesting too deep
+            raise StoryError(f"bad JSON: {_clip(str(exc) or type(exc).__name__)}", source=str(path)) from None
+        return story_from_dict(loaded, base_dir=path.parent, source=path, paths=paths)
+    return parse_story(text, base_dir=path.parent, source=path, paths=paths)
 
 
 def _fmt_number(value: float) -> str:
     return f"{value:.6g}"
+
+
+def _clip(text: str, limit: int = 60) -> str:
+    """``text`` cut to `limit` characters for a message (a message never echoes a whole huge line)."""
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _show(value: Any) -> str:
+    try:
+        return _clip(repr(value))
+    except ValueError:  # an int too long for repr
+        return f"a {type(value).__name__} too long to show"
+
+
+class _TooManyProblems(Exception):
+    """Raised by `_Problems.add` at MAX_PROBLEMS: the parse stops and reports what it found."""
 
 
 class _Problems:
@@ -313,9 +387,23 @@ class _Problems:
 
     def add(self, line: int | None, message: str) -> None:
         self.items.append((line, message))
+        if len(self.items) >= MAX_PROBLEMS:
+            raise _TooManyProblems
+
+    def raise_if_any(self, source: str | os.PathLike | None, sort: bool) -> None:
+        if not self.items:
+            return
+        items = list(self.items)
+        if sort:
+            items.sort(key=lambda item: (item[0] is None, item[0] or 0))
+        if len(items) >= MAX_PROBLEMS:
+            items.append((None, f"stopped after {MAX_PROBLEMS} problems: fix these first"))
+        raise StoryError(items, source=str(source) if source else None)
 
 
 def _unknown_character(name: str, known: dict[str, Any]) -> str:
+    if len(name) > MAX_NAME_CHARS:
+        return f"unknown character [{_clip(name, 40)}]: names are at most {MAX_NAME_CHARS} characters"
     message = f"unknown character [{name}]"
     close = difflib.get_close_matches(name, list(known), n=1)
     if not close:
@@ -338,63 +426,127 @@ def _split_caption(text: str) -> tuple[str, str]:
     return prompt.replace("\\#", "#").strip(), caption.replace("\\#", "#").strip()
 
 
+# --- values and their limits ----------------------------------------------------------------------------------
+def _whole(value: Any, name: str, low: int, high: int) -> int:
+    """`check_int`, with a short message for ints too long to print."""
+    if isinstance(value, int) and not isinstance(value, bool) and not low <= value <= high:
+        raise LimitError(f"{name} must be from {low} to {high}, got {_show(value)}")
+    return check_int(value, name, low, high)
+
+
+def _number(value: Any, name: str, low: float, high: float) -> float:
+    """A finite number (int or float, not bool) in ``low..high``."""
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if ok and isinstance(value, int):
+        ok = low <= value <= high
+    elif ok:
+        ok = math.isfinite(value) and low <= value <= high
+    if not ok:
+        raise LimitError(f"{name} must be a number from {low:g} to {high:g}, got {_show(value)}")
+    return float(value)
+
+
+def _text(value: Any, name: str, limit: int) -> str:
+    """`check_text` for a required string (a missing one is empty)."""
+    return check_text("" if value is None else value, name, limit, optional=False)
+
+
+def _size(width: Any, height: Any, shown: str) -> tuple[int, int]:
+    for side in (width, height):
+        if isinstance(side, bool) or not isinstance(side, int) or side % 16 or not MIN_SIDE <= side <= MAX_SIDE:
+            raise ValueError(f"bad size '{_clip(shown)}': width and height must be multiples of 16 "
+                             f"between {MIN_SIDE} and {MAX_SIDE}")
+    if width * height > MAX_OUTPUT_PIXELS:
+        raise LimitError(f"bad size '{shown}': {width * height:,} pixels, the limit is {MAX_OUTPUT_PIXELS:,}")
+    return width, height
+
+
+def _parse_int(value: str, what: str) -> int:
+    text = value.strip()
+    if len(text) > 20:  # longer than any allowed value: no need to convert it
+        raise LimitError(f"bad {what} '{_clip(text, 30)}': a number that long is over the limit")
+    try:
+        return int(text)
+    except ValueError:
+        raise ValueError(f"bad {what} '{_clip(value)}': expected a whole number") from None
+
+
+def _parse_float(value: str, what: str) -> float:
+    try:
+        return float(value.strip()) if len(value) <= 40 else float("inf")
+    except ValueError:
+        raise ValueError(f"bad {what} '{_clip(value)}': expected a number") from None
+
+
+def _parse_seed(value: str) -> int:
+    return _whole(_parse_int(value, "seed"), "seed", 0, MAX_SEED)
+
+
+_HEADER_LIMITS = {"title": MAX_CAPTION_CHARS, "style": MAX_PROMPT_CHARS, "negative": MAX_PROMPT_CHARS}
+_NUMBER_LIMITS = {"guidance": (0.0, MAX_GUIDANCE), "true_cfg": (1.0, MAX_TRUE_CFG)}
+_NUMBER_DEFAULTS = {"guidance": 3.5, "true_cfg": 1.0}
+
+
 def _header_value(key: str, value: str, line: int, fields: dict[str, Any], problems: _Problems) -> None:
     try:
-        if key in ("title", "style", "negative"):
-            fields[key] = value
+        if key in _HEADER_LIMITS:
+            fields[key] = _text(value, key, _HEADER_LIMITS[key])
         elif key == "size":
-            match = _SIZE_RE.match(value)
+            match = _SIZE_RE.match(value) if len(value) <= 40 else None
             if not match:
-                raise ValueError(f"bad size '{value}': expected WIDTHxHEIGHT, e.g. 1024x768")
-            width, height = int(match.group(1)), int(match.group(2))
-            for side in (width, height):
-                if side % 16 or not 16 <= side <= MAX_SIDE:
-                    raise ValueError(f"bad size '{value}': width and height must be multiples of 16 "
-                                     f"between 16 and {MAX_SIDE}")
-            fields["width"], fields["height"] = width, height
+                raise ValueError(f"bad size '{_clip(value)}': expected WIDTHxHEIGHT, e.g. 1024x768")
+            fields["width"], fields["height"] = _size(int(match.group(1)), int(match.group(2)), value)
         elif key == "seed":
             fields["seed"] = _parse_seed(value)
         elif key == "layout":
-            fields["layout"] = parse_layout_spec(value)
+            fields["layout"] = parse_layout_spec(value[:80])
         elif key == "page":
-            fields["page"] = parse_page_spec(value).spec
+            fields["page"] = parse_page_spec(value[:80]).spec
         elif key == "dpi":
-            dpi = _parse_int(value, "dpi")
-            if not 36 <= dpi <= 1200:
-                raise ValueError(f"bad dpi {dpi}: expected 36..1200")
-            fields["dpi"] = dpi
+            fields["dpi"] = _whole(_parse_int(value, "dpi"), "dpi", MIN_DPI, MAX_DPI)
         elif key in ("margin", "gutter"):
-            fields[f"{key}_mm"] = parse_length_mm(value)
+            fields[f"{key}_mm"] = parse_length_mm(value[:80])
         elif key == "steps":
-            steps = _parse_int(value, "steps")
-            if steps < 1:
-                raise ValueError(f"bad steps {steps}: must be at least 1")
-            fields["steps"] = steps
-        elif key in ("guidance", "true_cfg"):
-            try:
-                fields[key] = float(value)
-            except ValueError:
-                raise ValueError(f"bad {key} '{value}': expected a number") from None
+            fields["steps"] = _whole(_parse_int(value, "steps"), "steps", 1, MAX_STEPS)
+        elif key in _NUMBER_LIMITS:
+            fields[key] = _number(_parse_float(value, key), key, *_NUMBER_LIMITS[key])
     except ValueError as exc:
         problems.add(line, str(exc))
 
 
-def _parse_int(value: str, what: str) -> int:
+def _page_problems(fields: dict[str, Any], lines: dict[str, int | None], panel_count: int,
+                   problems: _Problems) -> None:
+    """Limits that depend on several header values: page pixels at the dpi, margins, the number of pages."""
+    page = parse_page_spec(fields.get("page", "A4 portrait"))
+    dpi = fields.get("dpi", 150)
     try:
-        return int(value.strip())
-    except ValueError:
-        raise ValueError(f"bad {what} '{value}': expected a whole number") from None
-
-
-def _parse_seed(value: str) -> int:
-    seed = _parse_int(value, "seed")
-    if not 0 <= seed < 2**63:
-        raise ValueError(f"bad seed {seed}: expected 0 or more")
-    return seed
+        check_page_limits(page, dpi)
+    except LimitError as exc:
+        problems.add(lines.get("dpi") or lines.get("page"), str(exc))
+        return
+    room = min(page.width_mm, page.height_mm) / 4
+    for key, default in (("margin", 10.0), ("gutter", 4.0)):
+        value = fields.get(f"{key}_mm", default)
+        if value > room:
+            problems.add(lines.get(key), f"{key} {_fmt_number(value)} mm is more than a quarter of the "
+                                         f"{page.spec} page's shorter side: the limit is {room:g} mm")
+    if panel_count:
+        try:
+            check_page_limits(page, dpi, count_pages(fields.get("layout", "comic"), page.spec,
+                                                     fields.get("seed", 0), panel_count))
+        except LimitError as exc:
+            problems.add(lines.get("layout"), f"{exc} with layout {fields.get('layout', 'comic')}")
 
 
 def _character(name: str, image: str, scale: float, description: str, base_dir: Path, line: int | None,
-               where: str, problems: _Problems) -> StoryCharacter | None:
+               where: str, problems: _Problems, paths: PathPolicy) -> StoryCharacter | None:
+    """The character with its image checked: allowed by `paths` first (so a refusal reads the same whether the
+    file exists), then a regular file of at most MAX_FILE_BYTES, an image header of at most MAX_IMAGE_PIXELS,
+    and only then hashed."""
+    if len(name) > MAX_NAME_CHARS:
+        problems.add(line, f"{where}character name '{_clip(name, 40)}' is {len(name):,} characters long: "
+                           f"the limit is {MAX_NAME_CHARS}")
+        return None
     if not _NAME_RE.match(name) or name == NO_CHARACTER_TAG:
         problems.add(line, f"{where}bad character name '{name}': use letters, digits, '_' or '-', "
                            f"starting with a letter (and not NC)")
@@ -402,25 +554,113 @@ def _character(name: str, image: str, scale: float, description: str, base_dir: 
     if not image:
         problems.add(line, f"{where}character [{name}] has no image: write 'character {name}: path/to/image.png'")
         return None
-    path = (base_dir / image).resolve()
-    if not path.is_file():
+    if len(image) > MAX_PATH_CHARS:
+        problems.add(line, f"{where}the image path of [{name}] is {len(image):,} characters long: "
+                           f"the limit is {MAX_PATH_CHARS:,}")
+        return None
+    if not 0.0 <= scale <= MAX_SCALE:
+        problems.add(line, f"{where}bad scale {_fmt_number(scale)} for [{name}]: expected 0..{MAX_SCALE:g}")
+        return None
+    if len(description) > MAX_DESCRIPTION_CHARS:
+        problems.add(line, f"{where}the description of [{name}] is {len(description):,} characters long: "
+                           f"the limit is {MAX_DESCRIPTION_CHARS}")
+        return None
+    try:
+        path = paths.resolve(image, base=base_dir, what=f"image of [{name}]")
+    except PathNotAllowedError as exc:
+        problems.add(line, f"{where}{exc}")
+        return None
+    try:
+        info = path.stat()
+    except OSError:
+        info = None
+    if info is None or not stat.S_ISREG(info.st_mode):
         problems.add(line, f"{where}missing image for [{name}]: {image} (looked in {path.parent})")
         return None
-    if not 0.0 <= scale <= 2.0:
-        problems.add(line, f"{where}bad scale {scale} for [{name}]: expected 0..2")
+    if info.st_size > MAX_FILE_BYTES:
+        problems.add(line, f"{where}the image of [{name}] is {info.st_size:,} bytes: the limit is "
+                           f"{MAX_FILE_BYTES:,} ({MAX_FILE_BYTES // 2**20} MB)")
         return None
-    return StoryCharacter(name=name, image=path, scale=scale, description=description,
-                          image_sha256=sha256_file(path))
+    message = _image_header_problem(path)
+    if message:
+        problems.add(line, f"{where}the image of [{name}] {message}")
+        return None
+    try:
+        digest = cached_sha256(path, max_bytes=MAX_FILE_BYTES)
+    except (OSError, FileTooLargeError) as exc:
+        problems.add(line, f"{where}cannot read the image of [{name}]: {getattr(exc, 'strerror', None) or exc}")
+        return None
+    return StoryCharacter(name=name, image=path, scale=scale, description=description, image_sha256=digest)
 
 
-def parse_story(text: str, base_dir: str | os.PathLike = ".", source: str | os.PathLike | None = None) -> Story:
-    """Parse the text format. Image paths are relative to `base_dir`. Raises `StoryError` listing every problem."""
-    base_dir = Path(base_dir)
+def _image_header_problem(path: Path) -> str | None:
+    """Why the image at `path` cannot be used, from its header alone (nothing is decoded); None when it can."""
+    from PIL import Image
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(path) as img:
+                width, height = img.size
+    except Image.DecompressionBombError:
+        return f"has more than {MAX_IMAGE_PIXELS:,} pixels: the limit is {MAX_IMAGE_PIXELS:,}"
+    except Exception:  # noqa: BLE001 - any header Pillow cannot read means the file is no usable image
+        return "is not an image Pillow can read (PNG, JPEG, WebP...)"
+    if width * height > MAX_IMAGE_PIXELS:
+        return (f"is {width}x{height} pixels ({width * height / 1e6:.1f} million): the limit is "
+                f"{MAX_IMAGE_PIXELS / 1e6:g} million")
+    return None
+
+
+def _engine_prompt(prompt: str, style: str) -> str:
+    prompt = _TAG_RE.sub(lambda m: "" if m.group(1).strip() == NO_CHARACTER_TAG else f"[{m.group(1).strip()}]",
+                         prompt)
+    prompt = re.sub(r"\s+", " ", prompt).strip().strip(",").strip()
+    if style:
+        prompt = f"{prompt}, {style}" if prompt else style
+    return prompt
+
+
+def _panel_texts(prompt: str, caption: str, style: str, line: int | None, where: str,
+                 problems: _Problems) -> bool:
+    """Checks a panel's prompt (with the style, as the engine gets it) and caption against their limits."""
+    ok = True
+    for check in (lambda: _text(prompt, "the prompt", MAX_PROMPT_CHARS),
+                  lambda: _text(_engine_prompt(prompt, style), "the prompt with the style", MAX_PROMPT_CHARS),
+                  lambda: _text(caption, "the caption", MAX_CAPTION_CHARS)):
+        try:
+            check()
+        except LimitError as exc:
+            problems.add(line, f"{where}{exc}")
+            ok = False
+            break
+    return ok
+
+
+# --- the text form ---------------------------------------------------------------------------------------------
+def parse_story(text: str, base_dir: str | os.PathLike = ".", source: str | os.PathLike | None = None,
+                paths: PathPolicy = UNRESTRICTED) -> Story:
+    """Parse the text format. Image paths are relative to `base_dir` and must be allowed by `paths`.
+
+    Raises `StoryError` listing every problem (the first MAX_PROBLEMS); the text size is checked first.
+    """
+    check_story_text(text)
     problems = _Problems()
+    try:
+        return _parse_story(text, Path(base_dir), source, paths, problems)
+    except _TooManyProblems:
+        problems.raise_if_any(source, sort=True)
+        raise  # not reached
+
+
+def _parse_story(text: str, base_dir: Path, source, paths: PathPolicy, problems: _Problems) -> Story:
     lines = text.splitlines()
     fields: dict[str, Any] = {}
+    header_lines: dict[str, int | None] = {}
+    bad_keys: set[str] = set()
     # name -> [line, image, scale, description]
     char_specs: dict[str, list[Any]] = {}
+    over_limit: set[str] = set()  # characters past MAX_CHARACTERS: known by name, never resolved
     current_char: str | None = None
 
     i = 0
@@ -440,43 +680,56 @@ def parse_story(text: str, base_dir: str | os.PathLike = ".", source: str | os.P
             key = match.group(1).strip().lower() if match else ""
             if key == "scale":
                 try:
-                    char_specs[current_char][2] = float(match.group(2))
+                    char_specs[current_char][2] = _parse_float(match.group(2), "scale")
                 except ValueError:
-                    problems.add(number, f"bad scale '{match.group(2)}' for [{current_char}]: expected a number")
+                    problems.add(number, f"bad scale '{_clip(match.group(2))}' for [{current_char}]: "
+                                         f"expected a number")
             elif key == "description":
                 char_specs[current_char][3] = match.group(2).strip()
             else:
                 problems.add(number, f"expected 'scale: NUMBER' or 'description: TEXT' under "
-                                     f"character [{current_char}], got '{stripped}'")
+                                     f"character [{current_char}], got '{_clip(stripped)}'")
             continue
         current_char = None
         match = _CHARACTER_RE.match(stripped)
         if match:
             name, image = match.group(1), match.group(2).strip()
-            if name in char_specs:
-                problems.add(number, f"character [{name}] is defined twice (first on line {char_specs[name][0]})")
+            if name in char_specs or name in over_limit:
+                first = char_specs[name][0] if name in char_specs else None
+                problems.add(number, f"character [{_clip(name, 40)}] is defined twice"
+                                     + (f" (first on line {first})" if first else ""))
+                continue
+            if len(char_specs) >= MAX_CHARACTERS:
+                problems.add(number, f"character [{_clip(name, 40)}] is number {len(char_specs) + len(over_limit) + 1}"
+                                     f": a story has at most {MAX_CHARACTERS} characters")
+                over_limit.add(name)
                 continue
             char_specs[name] = [number, image, 0.9, ""]
             current_char = name
             continue
         match = _HEADER_RE.match(stripped)
         if not match:
-            problems.add(number, f"expected 'key: value' in the header, got '{stripped}' "
+            problems.add(number, f"expected 'key: value' in the header, got '{_clip(stripped)}' "
                                  f"(panels start after a line '---')")
             continue
         key = match.group(1).strip().lower().replace(" ", "_")
         if key not in HEADER_KEYS:
-            problems.add(number, f"unknown header key '{match.group(1).strip()}': expected one of "
+            problems.add(number, f"unknown header key '{_clip(match.group(1).strip(), 40)}': expected one of "
                                  f"{', '.join(HEADER_KEYS)} or 'character Name: image' (panels start after '---')")
             continue
+        header_lines[key] = number
+        before = len(problems.items)
         _header_value(key, match.group(2).strip(), number, fields, problems)
+        if len(problems.items) > before:
+            bad_keys.add(key)
 
     characters: dict[str, StoryCharacter] = {}
     for name, (line, image, scale, description) in char_specs.items():
-        character = _character(name, image, scale, description, base_dir, line, "", problems)
+        character = _character(name, image, scale, description, base_dir, line, "", problems, paths)
         if character is not None:
             characters[name] = character
-    known = {name: None for name in char_specs}  # unknown-name checks use what was written, even if broken
+    # unknown-name checks use what was written, even if broken or over the limit
+    known = {name: None for name in [*char_specs, *over_limit]}
 
     panels: list[dict[str, Any]] = []
     current: dict[str, Any] | None = None
@@ -497,19 +750,28 @@ def parse_story(text: str, base_dir: str | os.PathLike = ".", source: str | os.P
             who, rest = who.strip(), rest.strip()
             if stripped[0] == ">":
                 if not sep or not who or not rest:
-                    problems.add(number, f"bad dialogue '{stripped}': expected '> Name: text'")
+                    problems.add(number, f"bad dialogue '{_clip(stripped)}': expected '> Name: text'")
                 elif who not in known:
                     problems.add(number, _unknown_character(who, known))
+                elif len(current["dialogue"]) >= MAX_BUBBLES_PER_PANEL:
+                    problems.add(number, f"speech bubble {len(current['dialogue']) + 1} of the panel on line "
+                                         f"{current['line']}: a panel has at most {MAX_BUBBLES_PER_PANEL}")
+                elif len(rest) > MAX_DIALOGUE_CHARS:
+                    problems.add(number, f"the speech bubble is {len(rest):,} characters long: the limit is "
+                                         f"{MAX_DIALOGUE_CHARS}")
                 else:
                     current["dialogue"].append(Dialogue(who, rest))
             else:
                 if not sep or not who or not rest:
-                    problems.add(number, f"bad region '{stripped}': expected '@ Name: left' or "
+                    problems.add(number, f"bad region '{_clip(stripped)}': expected '@ Name: left' or "
                                          f"'@ Name: box:x0,y0,x1,y1'")
                 elif who not in known:
                     problems.add(number, _unknown_character(who, known))
+                elif len(current["pending_regions"]) >= MAX_CHARACTERS:
+                    problems.add(number, f"more than {MAX_CHARACTERS} regions for the panel on line "
+                                         f"{current['line']}: a panel has at most {MAX_CHARACTERS} characters")
                 else:
-                    current["pending_regions"].append((number, who, rest))
+                    current["pending_regions"].append((number, who, rest[:200]))
             continue
         match = _PANEL_OPTION_RE.match(stripped)
         if match:
@@ -528,9 +790,12 @@ def parse_story(text: str, base_dir: str | os.PathLike = ".", source: str | os.P
                 current["caption"] = value
             continue
         if raw[:1].isspace() and current is not None:
-            problems.add(number, f"indented line '{stripped}' in a panel: expected '> Name: text', "
+            problems.add(number, f"indented line '{_clip(stripped)}' in a panel: expected '> Name: text', "
                                  f"'@ Name: region', 'seed: N' or 'caption: text' (a new panel starts unindented)")
             continue
+        if len(panels) >= MAX_PANELS:
+            problems.add(number, f"panel {len(panels) + 1}: a story has at most {MAX_PANELS} panels")
+            break  # nothing after it is read
         prompt, caption = _split_caption(stripped)
         current = {"line": number, "prompt": prompt, "caption": caption, "dialogue": [], "pending_regions": [],
                    "seed": None}
@@ -543,19 +808,21 @@ def parse_story(text: str, base_dir: str | os.PathLike = ".", source: str | os.P
     parsed: list[Panel] = []
     story_seed = fields.get("seed", 0)
     for index, spec in enumerate(panels):
-        panel = _build_panel(index, spec, known, story_seed, problems)
+        panel = _build_panel(index, spec, known, story_seed, fields.get("style", ""), problems)
         if panel is not None:
             parsed.append(panel)
+    if not bad_keys & {"page", "dpi", "margin", "gutter", "layout", "seed"}:
+        _page_problems(fields, header_lines, len(panels), problems)
 
-    if problems.items:
-        problems.items.sort(key=lambda item: (item[0] is None, item[0] or 0))
-        raise StoryError(problems.items, source=str(source) if source else None)
+    problems.raise_if_any(source, sort=True)
     return Story(**fields, characters=characters, panels=tuple(parsed), source=Path(source) if source else None)
 
 
-def _build_panel(index: int, spec: dict[str, Any], known: dict[str, Any], story_seed: int,
+def _build_panel(index: int, spec: dict[str, Any], known: dict[str, Any], story_seed: int, style: str,
                  problems: _Problems) -> Panel | None:
     line = spec["line"]
+    if not _panel_texts(spec["prompt"], spec["caption"], style, line, "", problems):
+        return None
     names: list[str] = []
     regions: dict[str, str] = {}
     no_character = False
@@ -583,6 +850,9 @@ def _build_panel(index: int, spec: dict[str, Any], known: dict[str, Any], story_
             ok = False
             continue
         ok &= _set_region(regions, name, region, region_line, problems)
+    if len(names) > MAX_CHARACTERS:
+        problems.add(line, f"the panel names {len(names)} characters: the limit is {MAX_CHARACTERS}")
+        ok = False
     if no_character and names:
         problems.add(line, f"[NC] (no character) together with {', '.join(f'[{n}]' for n in names)}")
         ok = False
@@ -606,9 +876,9 @@ def _build_panel(index: int, spec: dict[str, Any], known: dict[str, Any], story_
     )
 
 
-def _set_region(regions: dict[str, str], name: str, region: str, line: int, problems: _Problems) -> bool:
+def _set_region(regions: dict[str, str], name: str, region: str, line: int | None, problems: _Problems) -> bool:
     try:
-        canonical = canonical_region(region)
+        canonical = canonical_region(region[:200])
     except ValueError as exc:
         problems.add(line, f"{exc} for [{name}]")
         return False
@@ -619,88 +889,176 @@ def _set_region(regions: dict[str, str], name: str, region: str, line: int, prob
     return True
 
 
+# --- the JSON form ---------------------------------------------------------------------------------------------
 def story_from_dict(data: dict[str, Any], base_dir: str | os.PathLike = ".",
-                    source: str | os.PathLike | None = None) -> Story:
-    """Build a `Story` from its JSON form (as `Story.to_dict` writes it), validating it like the text form."""
-    base_dir = Path(base_dir)
-    problems = _Problems()
+                    source: str | os.PathLike | None = None, paths: PathPolicy = UNRESTRICTED) -> Story:
+    """Build a `Story` from its JSON form (as `Story.to_dict` writes it), validating it like the text form:
+    the same limits, image paths through `paths`, and a problem (never a TypeError) for a value of the wrong type.
+    """
     if not isinstance(data, dict) or data.get("format") != "instantcharacter-story":
         raise StoryError("not a story JSON: expected an object with \"format\": \"instantcharacter-story\"",
                          source=str(source) if source else None)
+    problems = _Problems()
+    try:
+        return _story_from_dict(data, Path(base_dir), source, paths, problems)
+    except _TooManyProblems:
+        problems.raise_if_any(source, sort=False)
+        raise  # not reached
+
+
+def _check(problems: _Problems, where: str, check) -> Any:
+    """``check()``, or None with its ValueError (a LimitError included) added as a problem."""
+    try:
+        return check()
+    except ValueError as exc:
+        problems.add(None, f"{where}{exc}")
+        return None
+
+
+def _list(value: Any, name: str, limit: int) -> list:
+    if value is None:
+        return []
+    if not isinstance(value, list):
+        raise LimitError(f"{name} must be a list, got {type(value).__name__}")
+    if len(value) > limit:
+        raise LimitError(f"{name} has {len(value):,} entries: the limit is {limit}")
+    return value
+
+
+def _object(value: Any, name: str) -> dict:
+    if not isinstance(value, dict):
+        raise LimitError(f"{name} must be an object, got {type(value).__name__}")
+    return value
+
+
+def _story_from_dict(data: dict[str, Any], base_dir: Path, source, paths: PathPolicy,
+                     problems: _Problems) -> Story:
     fields: dict[str, Any] = {}
-    for key in ("title", "style", "negative"):
-        fields[key] = str(data.get(key, ""))
+    bad = False
+
+    def header(key: str, check) -> None:
+        nonlocal bad
+        value = _check(problems, "", check)
+        if value is None:
+            bad = True
+        else:
+            fields[key] = value
+
+    for key, limit in _HEADER_LIMITS.items():
+        header(key, lambda key=key, limit=limit: _text(data.get(key, ""), key, limit))
     size = data.get("size", [1024, 1024])
-    simple = {
-        "size": f"{size[0]}x{size[1]}" if isinstance(size, (list, tuple)) and len(size) == 2 else str(size),
-        "seed": str(data.get("seed", 0)),
-        "layout": str(data.get("layout", "comic")),
-        "page": str(data.get("page", "A4 portrait")),
-        "dpi": str(data.get("dpi", 150)),
-        "margin": f"{data.get('margin_mm', 10.0)}mm",
-        "gutter": f"{data.get('gutter_mm', 4.0)}mm",
-        "steps": str(data.get("steps", 28)),
-        "guidance": str(data.get("guidance", 3.5)),
-        "true_cfg": str(data.get("true_cfg", 1.0)),
-    }
-    field_problems = _Problems()
-    for key, value in simple.items():
-        _header_value(key, value, None, fields, field_problems)
-    for _, message in field_problems.items:
-        problems.add(None, message)
+    if isinstance(size, (list, tuple)) and len(size) == 2:
+        sides = _check(problems, "", lambda: _size(size[0], size[1], f"{_show(size[0])}x{_show(size[1])}"))
+        if sides is not None:
+            fields["width"], fields["height"] = sides
+    else:
+        problems.add(None, f"size must be [WIDTH, HEIGHT], got {_show(size)}")
+    header("seed", lambda: _whole(data.get("seed", 0), "seed", 0, MAX_SEED))
+    header("layout", lambda: parse_layout_spec(_text(data.get("layout", "comic"), "layout", 80)))
+    header("page", lambda: parse_page_spec(_text(data.get("page", "A4 portrait"), "page", 80)).spec)
+    header("dpi", lambda: _whole(data.get("dpi", 150), "dpi", MIN_DPI, MAX_DPI))
+    header("margin_mm", lambda: _number(data.get("margin_mm", 10.0), "margin_mm", 0, 2000))
+    header("gutter_mm", lambda: _number(data.get("gutter_mm", 4.0), "gutter_mm", 0, 2000))
+    header("steps", lambda: _whole(data.get("steps", 28), "steps", 1, MAX_STEPS))
+    for key, (low, high) in _NUMBER_LIMITS.items():
+        header(key, lambda key=key, low=low, high=high: _number(data.get(key, _NUMBER_DEFAULTS[key]), key, low,
+                                                                            high))
 
     characters: dict[str, StoryCharacter] = {}
-    for k, entry in enumerate(data.get("characters", [])):
-        name = str(entry.get("name", ""))
-        if name in characters:
-            problems.add(None, f"characters[{k}]: character [{name}] is defined twice")
+    known: dict[str, None] = {}
+    entries = _check(problems, "", lambda: _list(data.get("characters"), "characters", MAX_CHARACTERS)) or []
+    for k, raw in enumerate(entries):
+        where = f"characters[{k}]: "
+        entry = _check(problems, where, lambda raw=raw: _object(raw, "a character"))
+        if entry is None:
             continue
-        try:
-            scale = float(entry.get("scale", 0.9))
-        except (TypeError, ValueError):
-            problems.add(None, f"characters[{k}]: bad scale {entry.get('scale')!r} for [{name}]")
+        name = _check(problems, where, lambda: _text(entry.get("name"), "name", MAX_NAME_CHARS))
+        image = _check(problems, where, lambda: _text(entry.get("image"), "image", MAX_PATH_CHARS))
+        scale = _check(problems, where, lambda: _number(entry.get("scale", 0.9), "scale", 0.0, MAX_SCALE))
+        description = _check(problems, where, lambda: _text(entry.get("description"), "description",
+                                                            MAX_DESCRIPTION_CHARS))
+        if name is None:
             continue
-        character = _character(name, str(entry.get("image", "")), scale, str(entry.get("description", "")),
-                               base_dir, None, f"characters[{k}]: ", problems)
+        if name in known:
+            problems.add(None, f"{where}character [{name}] is defined twice")
+            continue
+        known[name] = None
+        if image is None or scale is None or description is None:
+            continue
+        character = _character(name, image, scale, description, base_dir, None, where, problems, paths)
         if character is not None:
             characters[name] = character
-    known = {str(entry.get("name", "")): None for entry in data.get("characters", [])}
 
     panels: list[Panel] = []
-    raw_panels = data.get("panels", [])
-    if not raw_panels:
+    raw_panels = _check(problems, "", lambda: _list(data.get("panels"), "panels", MAX_PANELS))
+    if raw_panels == []:
         problems.add(None, "empty story: no panels")
-    for index, entry in enumerate(raw_panels):
-        before = len(problems.items)
-        names = [str(n) for n in entry.get("characters", [])]
-        for name in names:
-            if name not in known:
-                problems.add(None, f"panels[{index}]: {_unknown_character(name, known)}")
-        regions: dict[str, str] = {}
-        for name, region in dict(entry.get("regions", {})).items():
-            if name not in names:
-                problems.add(None, f"panels[{index}]: [{name}] has a region but is not in the panel")
-                continue
-            try:
-                regions[name] = canonical_region(str(region))
-            except ValueError as exc:
-                problems.add(None, f"panels[{index}]: {exc} for [{name}]")
-        dialogue = []
-        for d in entry.get("dialogue", []):
-            speaker = str(d.get("speaker", ""))
-            if speaker not in known:
-                problems.add(None, f"panels[{index}]: {_unknown_character(speaker, known)}")
-            dialogue.append(Dialogue(speaker, str(d.get("text", ""))))
-        pinned = bool(entry.get("seed_pinned", False))
-        try:
-            seed = _parse_seed(str(entry["seed"])) if pinned else derive_panel_seed(fields.get("seed", 0), index)
-        except (KeyError, ValueError) as exc:
-            problems.add(None, f"panels[{index}]: {exc}")
-            seed = 0
-        if len(problems.items) == before:
-            panels.append(Panel(index=index, prompt=str(entry.get("prompt", "")), characters=tuple(names),
-                                regions=regions, caption=str(entry.get("caption", "")), dialogue=tuple(dialogue),
-                                seed=seed, seed_pinned=pinned, line=int(entry.get("line", 0) or 0)))
-    if problems.items:
-        raise StoryError(problems.items, source=str(source) if source else None)
+    for index, raw in enumerate(raw_panels or []):
+        panel = _panel_from_dict(index, raw, known, fields, problems)
+        if panel is not None:
+            panels.append(panel)
+    if not bad:
+        _page_problems(fields, {}, len(raw_panels or []), problems)
+    problems.raise_if_any(source, sort=False)
     return Story(**fields, characters=characters, panels=tuple(panels), source=Path(source) if source else None)
+
+
+def _panel_from_dict(index: int, raw: Any, known: dict[str, None], fields: dict[str, Any],
+                     problems: _Problems) -> Panel | None:
+    where = f"panels[{index}]: "
+    before = len(problems.items)
+    entry = _check(problems, where, lambda: _object(raw, "a panel"))
+    if entry is None:
+        return None
+    prompt = _check(problems, where, lambda: _text(entry.get("prompt"), "prompt", MAX_PROMPT_CHARS))
+    caption = _check(problems, where, lambda: _text(entry.get("caption"), "caption", MAX_CAPTION_CHARS))
+    if prompt is not None and caption is not None:
+        _panel_texts(prompt, caption, fields.get("style", ""), None, where, problems)
+    names = _check(problems, where, lambda: _list(entry.get("characters"), "characters", MAX_CHARACTERS)) or []
+    for name in names:
+        if not isinstance(name, str):
+            problems.add(None, f"{where}a character name must be text, got {type(name).__name__}")
+        elif name not in known:
+            problems.add(None, f"{where}{_unknown_character(name, known)}")
+    regions: dict[str, str] = {}
+    raw_regions = _check(problems, where, lambda: _object(entry.get("regions", {}), "regions")) or {}
+    if len(raw_regions) > MAX_CHARACTERS:
+        problems.add(None, f"{where}regions has {len(raw_regions):,} entries: the limit is {MAX_CHARACTERS}")
+        raw_regions = {}
+    for name, region in raw_regions.items():
+        if name not in names:
+            problems.add(None, f"{where}[{_clip(str(name), 40)}] has a region but is not in the panel")
+        elif not isinstance(region, str):
+            problems.add(None, f"{where}the region of [{name}] must be text, got {type(region).__name__}")
+        else:
+            try:
+                regions[name] = canonical_region(region[:200])
+            except ValueError as exc:
+                problems.add(None, f"{where}{exc} for [{name}]")
+    dialogue = []
+    bubbles = _check(problems, where, lambda: _list(entry.get("dialogue"), "dialogue", MAX_BUBBLES_PER_PANEL)) or []
+    for d, item in enumerate(bubbles):
+        bubble = _check(problems, f"{where}dialogue[{d}]: ", lambda item=item: _object(item, "a speech bubble"))
+        if bubble is None:
+            continue
+        speaker = _check(problems, f"{where}dialogue[{d}]: ",
+                         lambda: _text(bubble.get("speaker"), "speaker", MAX_NAME_CHARS))
+        text = _check(problems, f"{where}dialogue[{d}]: ",
+                      lambda: _text(bubble.get("text"), "the speech bubble", MAX_DIALOGUE_CHARS))
+        if speaker is not None and speaker not in known:
+            problems.add(None, f"{where}{_unknown_character(speaker, known)}")
+        if speaker is not None and text is not None:
+            dialogue.append(Dialogue(speaker, text))
+    pinned = entry.get("seed_pinned", False)
+    if not isinstance(pinned, bool):
+        problems.add(None, f"{where}seed_pinned must be true or false, got {_show(pinned)}")
+        pinned = False
+    if pinned:
+        seed = _check(problems, where, lambda: _whole(entry.get("seed"), "seed", 0, MAX_SEED))
+    else:
+        seed = derive_panel_seed(fields.get("seed", 0), index)
+    line = _check(problems, where, lambda: _whole(entry.get("line", 0) or 0, "line", 0, MAX_STORY_BYTES))
+    if len(problems.items) > before:
+        return None
+    return Panel(index=index, prompt=prompt, characters=tuple(names), regions=regions, caption=caption,
+                 dialogue=tuple(dialogue), seed=seed, seed_pinned=pinned, line=line)

@@ -18,6 +18,8 @@ from typing import TYPE_CHECKING
 
 from PIL import Image, ImageDraw, ImageFont
 
+from core.limits import MAX_IMAGE_PIXELS, MAX_PAGES, LimitError
+
 if TYPE_CHECKING:
     from core.story.format import Panel, Story
 
@@ -181,21 +183,50 @@ def _comic_plans(count: int, seed: int, landscape: bool) -> list[list[_Row]]:
     return plans
 
 
+def _plans(layout: str, seed: int, landscape: bool, count: int) -> list[list[_Row]]:
+    if layout == "comic":
+        return _comic_plans(count, seed, landscape)
+    if layout == "strip":
+        return _grid_plans(count, 1, 4) if landscape else _grid_plans(count, 4, 1)
+    rows, cols = (int(v) for v in layout.split()[1].split("x"))
+    return _grid_plans(count, rows, cols)
+
+
+def count_pages(layout: str, page: str, seed: int, panel_count: int) -> int:
+    """How many pages `panel_count` panels take with `layout` on `page` (canonical specs); nothing is drawn."""
+    return len(_plans(layout, seed, parse_page_spec(page).landscape, panel_count))
+
+
+def page_pixels(page: PageSpec, dpi: int) -> tuple[int, int]:
+    """The width and height in pixels of `page` drawn at `dpi`."""
+    px = dpi / MM_PER_INCH
+    return round(page.width_mm * px), round(page.height_mm * px)
+
+
+def check_page_limits(page: PageSpec, dpi: int, pages: int | None = None) -> None:
+    """Raises `LimitError` when one page at `dpi` has more than MAX_IMAGE_PIXELS or there are over MAX_PAGES."""
+    width, height = page_pixels(page, dpi)
+    if width * height > MAX_IMAGE_PIXELS:
+        raise LimitError(f"one page ({page.spec}) at {dpi} dpi is {width}x{height} pixels "
+                         f"({width * height / 1e6:.1f} million): the limit is {MAX_IMAGE_PIXELS / 1e6:g} million; "
+                         "lower the dpi or use a smaller page")
+    if pages is not None and pages > MAX_PAGES:
+        raise LimitError(f"the story needs {pages} pages: the limit is {MAX_PAGES} "
+                         "(use fewer panels, or a layout with more panels a page)")
+
+
 def plan_pages(story: Story, panel_count: int | None = None) -> list[PageLayout]:
-    """Place `panel_count` panels (default: all of the story's) on pages; deterministic for a story."""
+    """Place `panel_count` panels (default: all of the story's) on pages; deterministic for a story.
+
+    Raises `LimitError` (nothing planned) when the pages would be over `check_page_limits`.
+    """
     count = len(story.panels) if panel_count is None else panel_count
     page = parse_page_spec(story.page)
+    plans = _plans(story.layout, story.seed, page.landscape, count)
+    check_page_limits(page, story.dpi, len(plans))
     px = story.dpi / MM_PER_INCH
-    width, height = round(page.width_mm * px), round(page.height_mm * px)
+    width, height = page_pixels(page, story.dpi)
     margin, gutter = round(story.margin_mm * px), round(story.gutter_mm * px)
-
-    if story.layout == "comic":
-        plans = _comic_plans(count, story.seed, page.landscape)
-    elif story.layout == "strip":
-        plans = _grid_plans(count, 1, 4) if page.landscape else _grid_plans(count, 4, 1)
-    else:
-        rows, cols = (int(v) for v in story.layout.split()[1].split("x"))
-        plans = _grid_plans(count, rows, cols)
 
     title_height = 0
     if story.title:
@@ -284,10 +315,13 @@ def _fit_lines(lines: list[str], font, max_width: float, max_lines: int) -> list
     return kept
 
 
-def compose_pages(story: Story, images: Mapping[int, Image.Image | None]) -> list[Image.Image]:
-    """Draw every page. `images` maps panel index to its rendered image; missing ones get a grey placeholder."""
+def compose_pages(story: Story, images: Mapping[int, Image.Image | None],
+                  first: int | None = None) -> list[Image.Image]:
+    """Draw every page (only the `first` ones when given). `images` maps panel index to its rendered image;
+    missing ones get a grey placeholder."""
     pages = plan_pages(story)
-    return [compose_page(story, page, images, total_pages=len(pages)) for page in pages]
+    shown = pages if first is None else pages[:first]
+    return [compose_page(story, page, images, total_pages=len(pages)) for page in shown]
 
 
 def compose_page(story: Story, page: PageLayout, images: Mapping[int, Image.Image | None],

@@ -25,7 +25,8 @@ if TYPE_CHECKING:
 
     from core.story.format import Story
 
-from core.paths import atomic_path, sha256_file
+from core.cache import cached_sha256
+from core.paths import atomic_path, sha256_file  # noqa: F401 - part of this module's names (render, tests)
 
 MANIFEST_NAME = "manifest.json"
 PANELS_DIR = "panels"
@@ -164,14 +165,35 @@ def merge_parts(out_dir: str | os.PathLike) -> RenderManifest:
     return manifest
 
 
+def file_inside(out_dir: str | os.PathLike, relative: Any) -> Path | None:
+    """``out_dir / relative`` for a file the manifest names, or None when that is not a plain file inside the
+    render folder (an absolute or ``..`` path, a link, or a folder on the way that links elsewhere)."""
+    if not isinstance(relative, str) or not relative:
+        return None
+    rel = Path(relative)
+    if rel.is_absolute() or ".." in rel.parts:
+        return None
+    path = Path(out_dir) / rel
+    try:
+        if path.is_symlink() or not path.is_file():
+            return None
+        return path if path.resolve().is_relative_to(Path(out_dir).resolve()) else None
+    except (OSError, RuntimeError):
+        return None
+
+
 def is_panel_done(record: PanelRecord | None, settings_hash: str, out_dir: str | os.PathLike) -> bool:
-    """True when `record` is a finished render of these settings whose file is present and intact."""
+    """True when `record` is a finished render of these settings whose file is present and intact (its digest is
+    remembered by size and time, so asking again for an unchanged file does not read it again)."""
     if record is None or record.status != DONE or record.settings_hash != settings_hash or not record.file:
         return False
-    path = Path(out_dir) / record.file
-    if not path.is_file():
+    path = file_inside(out_dir, record.file)
+    if path is None:
         return False
-    return record.file_sha256 is None or sha256_file(path) == record.file_sha256
+    try:
+        return record.file_sha256 is None or cached_sha256(path) == record.file_sha256
+    except OSError:
+        return False
 
 
 def panels_to_render(story: Story, manifest: RenderManifest, out_dir: str | os.PathLike,

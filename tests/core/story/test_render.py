@@ -70,10 +70,10 @@ def test_panel_png_carries_the_studio_metadata_for_recall(story_dir, tmp_path, f
 def test_character_images_loaded_once_and_objects_reused(story_dir, tmp_path, fake_pipe, monkeypatch):
     from core.story import render as render_module
 
+    story = parse_story(small_story_text(6), base_dir=story_dir)  # reads only the headers of the images
     opened = []
     real_open = render_module.Image.open
     monkeypatch.setattr(render_module.Image, "open", lambda p, *a, **k: opened.append(p) or real_open(p, *a, **k))
-    story = parse_story(small_story_text(6), base_dir=story_dir)
     render(story, fake_pipe, tmp_path / "out")
     assert len(opened) == 2  # one read per character per story
     with_chars = [c["characters"] for c in fake_pipe.calls if c["characters"]]
