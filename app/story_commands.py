@@ -21,56 +21,69 @@ from pathlib import Path
 from typing import Any
 
 from app.command import run_handler
-from core.story.format import MAX_SIDE, Story, StoryError, load_story
+from core.limits import MAX_DPI, MAX_OUTPUT_PIXELS, MAX_PANELS, MAX_SIDE, MAX_STEPS, MIN_DPI, MIN_SIDE, LimitError
+from core.story.format import Story, StoryError, load_story
 
 DTYPE_CHOICES = ("bfloat16", "float16", "float32")
 # As app.cli: known failures print one line and exit 2 (kept here so `check` starts without importing torch).
 PRESET_CHOICES = ("auto", "full", "balanced", "low", "minimal")
 _SIZE = re.compile(r"^(\d+)\s*[xX]\s*(\d+)$")
-_RANGE = re.compile(r"^(\d+)(?:-(\d+))?$")
+_RANGE = re.compile(r"^(\d{1,12})(?:-(\d{1,12}))?$")
 
 
 # --------------------------------------------------------------------------------------------------- arguments
 def _size(text: str) -> tuple[int, int]:
-    match = _SIZE.match(text.strip())
+    match = _SIZE.match(text.strip()) if len(text) <= 40 else None
     if not match:
-        raise argparse.ArgumentTypeError(f"{text!r}: expected WIDTHxHEIGHT, e.g. 512x384")
+        raise argparse.ArgumentTypeError(f"{text[:40]!r}: expected WIDTHxHEIGHT, e.g. 512x384")
     width, height = int(match.group(1)), int(match.group(2))
-    if any(side % 16 or not 16 <= side <= MAX_SIDE for side in (width, height)):
-        raise argparse.ArgumentTypeError(f"{text!r}: width and height must be multiples of 16 from 16 to {MAX_SIDE}")
+    if any(side % 16 or not MIN_SIDE <= side <= MAX_SIDE for side in (width, height)):
+        raise argparse.ArgumentTypeError(f"{text!r}: width and height must be multiples of 16 from {MIN_SIDE} "
+                                         f"to {MAX_SIDE}")
+    if width * height > MAX_OUTPUT_PIXELS:
+        raise argparse.ArgumentTypeError(f"{text!r}: {width * height:,} pixels, the limit is {MAX_OUTPUT_PIXELS:,}")
     return width, height
 
 
-def _positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r}: expected a whole number") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{text!r}: must be at least 1")
+def _whole(text: str, low: int, high: int) -> int:
+    if not re.fullmatch(r"\s*-?\d{1,12}\s*", text):
+        raise argparse.ArgumentTypeError(f"{text[:40]!r}: expected a whole number from {low} to {high}")
+    value = int(text)
+    if not low <= value <= high:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected {low} to {high}")
     return value
+
+
+def _steps(text: str) -> int:
+    return _whole(text, 1, MAX_STEPS)
 
 
 def _dpi(text: str) -> int:
-    value = _positive(text)
-    if not 36 <= value <= 1200:
-        raise argparse.ArgumentTypeError(f"{text!r}: expected 36 to 1200")
-    return value
+    return _whole(text, MIN_DPI, MAX_DPI)
 
 
 def parse_panel_list(text: str) -> list[int]:
-    """``"2,5-7"`` -> ``[1, 4, 5, 6]``: 1-based panel numbers and ranges, as 0-based indices."""
-    indices: set[int] = set()
+    """``"2,5-7"`` -> ``[1, 4, 5, 6]``: 1-based panel numbers and ranges, as 0-based indices.
+
+    Every number is checked against MAX_PANELS before any range is expanded.
+    """
+    bounds: list[tuple[int, int]] = []
     for part in filter(None, (p.strip() for p in text.split(","))):
         match = _RANGE.match(part)
         if not match:
-            raise argparse.ArgumentTypeError(f"{part!r}: expected panel numbers such as 2,5-7")
+            raise argparse.ArgumentTypeError(f"{part[:40]!r}: expected panel numbers such as 2,5-7")
         first, last = int(match.group(1)), int(match.group(2) or match.group(1))
         if first < 1 or last < first:
             raise argparse.ArgumentTypeError(f"{part!r}: panel numbers start at 1 and ranges go upwards")
-        indices.update(range(first - 1, last))
-    if not indices:
+        if last > MAX_PANELS:
+            raise argparse.ArgumentTypeError(f"{part!r}: panel numbers go up to {MAX_PANELS} (a story has at most "
+                                             f"{MAX_PANELS} panels), got {last}")
+        bounds.append((first, last))
+    if not bounds:
         raise argparse.ArgumentTypeError("no panel numbers given")
+    indices: set[int] = set()
+    for first, last in bounds:
+        indices.update(range(first - 1, last))
     return sorted(indices)
 
 
@@ -96,8 +109,10 @@ def add_story_arguments(parser: argparse.ArgumentParser) -> None:
                         help="render only these panels (1-based: 3 or 2,5-7), done or not; keeps the others")
     render.add_argument("--size", type=_size, default=None, metavar="WxH",
                         help="override the story's image size (e.g. a quick draft at 512x384)")
-    render.add_argument("--steps", type=_positive, default=None, help="override the story's sampling steps")
-    render.add_argument("--dpi", type=_dpi, default=None, help="override the story's page resolution")
+    render.add_argument("--steps", type=_steps, default=None,
+                        help=f"override the story's sampling steps (1 to {MAX_STEPS})")
+    render.add_argument("--dpi", type=_dpi, default=None,
+                        help=f"override the story's page resolution ({MIN_DPI} to {MAX_DPI})")
     render.add_argument("--no-export", action="store_true", help="render panels only; no pages, PDF or ZIP")
 
     check = commands.add_parser("check", help="parse a story and list its panels, or every problem with its line")
@@ -263,8 +278,14 @@ def run_render(args: argparse.Namespace) -> int:
     from core.story.manifest import load_manifest, panels_to_render
     from core.story.render import render_story
 
+    from core.story.layout import plan_pages
+
     started = time.perf_counter()
     story = with_overrides(load_story(args.story), args.size, args.steps, args.dpi)
+    try:
+        plan_pages(story)  # the pages at the --dpi given: refused now rather than after rendering every panel
+    except LimitError as exc:
+        raise StoryError(f"--dpi {story.dpi}: {exc}" if args.dpi is not None else str(exc)) from None
     if not story.panels:
         raise StoryError("the story has no panels: write one panel per line after the '---' line")
     only = args.panels

@@ -101,6 +101,63 @@ def test_problems_print_one_line_each_with_file_and_line_and_exit_2(tmp_path, ca
     assert capsys.readouterr().err.startswith(f"{empty}: empty story")
 
 
+def test_panel_list_numbers_checked_before_any_range_is_expanded():
+    from app.story_commands import parse_panel_list
+
+    assert parse_panel_list("2,5-7") == [1, 4, 5, 6] and parse_panel_list("200") == [199]
+    for text, message in [
+        ("1-99999999999", "'1-99999999999': panel numbers go up to 200 (a story has at most 200 panels), "
+                          "got 99999999999"),
+        ("201", "'201': panel numbers go up to 200 (a story has at most 200 panels), got 201"),
+        ("9" * 5000, "expected panel numbers such as 2,5-7"),
+        ("0-3", "'0-3': panel numbers start at 1 and ranges go upwards"),
+        (",", "no panel numbers given"),
+    ]:
+        with pytest.raises(argparse.ArgumentTypeError) as info:
+            parse_panel_list(text)
+        assert message in str(info.value)
+
+
+def test_render_arguments_over_the_limits_exit_2_before_loading(tmp_path, capsys, monkeypatch):
+    import app.story_commands as commands
+
+    monkeypatch.setattr(commands, "load_pipeline", lambda *a, **k: pytest.fail("loaded the models"))
+    out = tmp_path / "out"
+    for extra, message in [
+        (["--panels", "1-99999999999"], "argument --panels: '1-99999999999': panel numbers go up to 200"),
+        (["--dpi", "1200"], "argument --dpi: '1200': expected 72 to 600"),
+        (["--dpi", "36"], "argument --dpi: '36': expected 72 to 600"),
+        (["--steps", "1000000000"], "argument --steps: '1000000000': expected 1 to 100"),
+        (["--size", "4112x16"], "argument --size: '4112x16': width and height must be multiples of 16"),
+    ]:
+        with pytest.raises(SystemExit) as info:
+            main(["render", str(COMIC), "--out", str(out), "--models", "tiny", *extra])
+        assert info.value.code == 2
+        assert message in capsys.readouterr().err
+    assert main(["render", str(COMIC), "--out", str(out), "--models", "tiny", "--panels", "9"]) == 2
+    assert capsys.readouterr().err.strip() == f"{COMIC}: --panels: the story has 8 panels, got panel 9"
+    big = tmp_path / "big.story"
+    big.write_text(COMIC.read_text().replace("page: A4 portrait", "page: A3 portrait"))
+    for name in ("red", "blue"):
+        (tmp_path / "characters").mkdir(exist_ok=True)
+        (tmp_path / "characters" / f"{name}.png").write_bytes((COMIC.parent / "characters" / f"{name}.png")
+                                                              .read_bytes())
+    assert main(["render", str(big), "--out", str(out), "--models", "tiny", "--dpi", "600"]) == 2
+    assert capsys.readouterr().err.strip() == (
+        f"{big}: --dpi 600: one page (A3 portrait) at 600 dpi is 7016x9921 pixels (69.6 million): the limit is "
+        "40 million; lower the dpi or use a smaller page")
+    assert not out.exists()
+
+
+def test_check_refuses_a_billion_steps(tmp_path, capsys):
+    story = tmp_path / "slow.story"
+    story.write_text("title: slow\nsteps: 1000000000\n---\na road [NC]\n")
+    assert main(["check", str(story)]) == 2
+    assert capsys.readouterr().err.strip() == f"{story}:2: steps must be from 1 to 100, got 1000000000"
+    done = run_cli(["check", str(story)], tmp_path)
+    assert done.returncode == 2 and done.stderr.strip() == f"{story}:2: steps must be from 1 to 100, got 1000000000"
+
+
 def test_python_m_entry_point_and_bad_arguments(tmp_path, user_home):
     done = run_cli(["check", str(COMIC)], user_home)
     assert done.returncode == 0 and done.stdout.strip().endswith("ok")
