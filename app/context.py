@@ -233,11 +233,11 @@ class StudioContext:
     def has_cuda(self) -> bool:
         return torch.cuda.is_available()
 
-    def resolve_preset(self, width: int = 1024, height: int = 1024):
-        """``(MemoryPreset, reason)`` for the chosen preset name (``auto`` asks the planner)."""
+    def resolve_preset(self, width: int = 1024, height: int = 1024, name: str | None = None):
+        """``(MemoryPreset, reason)`` for the chosen preset name, or ``name`` (``auto`` asks the planner)."""
         from core.memory_setup import resolve_preset
 
-        return resolve_preset(self.settings.preset, tiny=self.settings.is_tiny, zero_gpu=self.zero_gpu,
+        return resolve_preset(name or self.settings.preset, tiny=self.settings.is_tiny, zero_gpu=self.zero_gpu,
                               device=self.device, width=width, height=height)
 
     def dtype(self, preset) -> torch.dtype:

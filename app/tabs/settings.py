@@ -31,12 +31,10 @@ def estimate_text(ctx: StudioContext, preset_name: str, width: int = 1024, heigh
 
     if ctx.settings.is_tiny:
         return "Tiny test models: a few megabytes; memory presets make no difference."
-    old = ctx.settings.preset
-    ctx.settings.preset = preset_name
-    try:
-        preset, reason = ctx.resolve_preset(width, height)
-    finally:
-        ctx.settings.preset = old
+    if preset_name not in PRESET_CHOICES:  # any client may ask: never touch the settings here
+        raise StudioInputError(f"unknown memory preset {str(preset_name)[:40]!r}: choose one of "
+                               f"{', '.join(PRESET_CHOICES)}")
+    preset, reason = ctx.resolve_preset(width, height, name=preset_name)
     e = estimate(preset, width, height)
     return (f"Preset **{preset.name}** ({preset.description}) at {width}x{height}: GPU peak about "
             f"**{e.gpu_peak_gib:.1f} GiB**, RAM peak about **{e.ram_peak_gib:.1f} GiB**.  \n{reason}")
