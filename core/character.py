@@ -10,11 +10,11 @@ from PIL import Image
 
 from .encoders import image_key
 from .images import load_image
+from .limits import MAX_CHARACTERS, MAX_DESCRIPTION_CHARS, MAX_NAME_CHARS, MAX_SCALE, LimitError, check_text
 from .masks import RoutingMask
 
-MAX_CHARACTERS = 8  # each character adds one attention per layer and step; past 8 regions get too small to hold one
-MAX_SCALE = 2.0
-_NAME = re.compile(r"^[^\[\]\n]{1,40}$")
+# MAX_CHARACTERS: each character adds one attention per layer and step; past 8 regions get too small to hold one
+_NAME = re.compile(rf"^[^\[\]\n]{{1,{MAX_NAME_CHARS}}}$")
 
 
 class CharacterError(ValueError):
@@ -42,26 +42,38 @@ class Character:
     key: str = field(init=False, repr=False)
 
     def __post_init__(self):
-        label = f"character {self.name!r}" if self.name else "character image"
-        source = self.image
-        self.image = load_image(source, name=str(source) if isinstance(source, (str, os.PathLike)) else label)
-        self.key = image_key(self.image)
         if self.name is not None:
+            if not isinstance(self.name, str):
+                raise CharacterError(f"a character's name must be text, got {type(self.name).__name__}")
             self.name = self.name.strip()
             if not _NAME.match(self.name):
-                raise CharacterError(f"character name {self.name!r} must be 1-40 characters without brackets")
+                raise CharacterError(f"character name {_brief(self.name)} must be 1-{MAX_NAME_CHARS} characters "
+                                     "without brackets or line breaks")
+        label = f"character {self.name!r}" if self.name else "character image"
+        try:
+            check_text(self.description, f"{label}: the description", MAX_DESCRIPTION_CHARS)
+        except LimitError as exc:
+            raise CharacterError(str(exc)) from None
         try:
             self.scale = float(self.scale)
         except (TypeError, ValueError):
-            raise CharacterError(f"{label}: scale must be a number, got {self.scale!r}") from None
-        if not 0.0 <= self.scale <= MAX_SCALE:
+            raise CharacterError(f"{label}: scale must be a number, got {_brief(self.scale)}") from None
+        if not 0.0 <= self.scale <= MAX_SCALE:  # NaN fails too
             raise CharacterError(f"{label}: scale {self.scale:g} is outside 0 to {MAX_SCALE:g}")
+        source = self.image
+        self.image = load_image(source, name=str(source) if isinstance(source, (str, os.PathLike)) else label)
+        self.key = image_key(self.image)
         self.mask = RoutingMask.from_spec(self.mask)
 
     @property
     def words(self) -> str:
         """The text that stands for this character in the prompt."""
         return self.description or self.name or "the character"
+
+
+def _brief(value) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
 
 
 def check_characters(characters: list[Character]) -> None:

@@ -1,17 +1,26 @@
-"""Reading user images safely: size limits, odd modes and formats, clear one-line errors."""
+"""Reading user images safely: size limits, odd modes and formats, clear one-line errors.
+
+:func:`open_image` reads only an image's header and refuses anything over :data:`core.limits.MAX_IMAGE_PIXELS`
+(decompression bombs included) before a pixel is decoded; :func:`load_image` then decodes it as RGB.
+"""
 
 from __future__ import annotations
 
 import io
 import os
+import struct
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-MAX_PIXELS = 40_000_000  # refuse larger images before decoding them (no decompression bombs)
+from .limits import MAX_FILE_BYTES, MAX_IMAGE_PIXELS
+
+MAX_PIXELS = MAX_IMAGE_PIXELS  # the old name, still imported elsewhere
 MIN_SIDE = 16  # the encoders see 384x384 views: anything smaller carries no usable detail
-MAX_FILE_BYTES = 50 * 1024 * 1024
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+TEXT_CHUNKS = (b"tEXt", b"zTXt", b"iTXt")
+MAX_CHUNKS = 100_000  # a 50 MB PNG written by Pillow has under a thousand; crafted millions are not read
 
 
 class ImageInputError(ValueError):
@@ -20,6 +29,102 @@ class ImageInputError(ValueError):
 
 def _describe(source) -> str:
     return str(source) if isinstance(source, (str, os.PathLike)) else "the image"
+
+
+def png_chunks(handle):
+    """Yields ``(type, length)`` for each chunk of a PNG file object positioned after its signature.
+
+    The caller may read up to ``length`` bytes of the chunk's data; the next step seeks past the rest and its CRC,
+    so large chunks (IDAT) are never read. Stops at IEND, at the end of a truncated file or after MAX_CHUNKS.
+    """
+    for _ in range(MAX_CHUNKS):
+        head = handle.read(8)
+        if len(head) < 8:
+            return
+        length, kind = struct.unpack(">I4s", head)
+        start = handle.tell()
+        yield kind, length
+        if kind == b"IEND":
+            return
+        handle.seek(start + length + 4)
+
+
+def without_text_chunks(data: bytes) -> bytes | None:
+    """The PNG ``data`` without its text chunks (None when it is not a PNG); the pixels are untouched."""
+    if not data.startswith(PNG_SIGNATURE):
+        return None
+    handle = io.BytesIO(data)
+    handle.seek(len(PNG_SIGNATURE))
+    kept = [PNG_SIGNATURE]
+    for kind, length in png_chunks(handle):
+        start = handle.tell()
+        if kind not in TEXT_CHUNKS:
+            kept.append(data[start - 8:start + length + 4])
+    return b"".join(kept)
+
+
+def _check_pixels(width: int, height: int, name: str) -> None:
+    if width * height > MAX_IMAGE_PIXELS:
+        raise ImageInputError(f"{name} is {width}x{height} ({width * height / 1e6:.1f} megapixels): the limit is "
+                              f"{MAX_IMAGE_PIXELS / 1e6:.0f} megapixels")
+
+
+def _open_bytes(data: bytes, name: str) -> Image.Image:
+    try:
+        return Image.open(io.BytesIO(data))
+    except Image.DecompressionBombError:
+        raise ImageInputError(f"{name} is far over the {MAX_IMAGE_PIXELS / 1e6:.0f} megapixel limit: "
+                              "refused before decoding") from None
+    except ValueError:
+        # Pillow refuses PNG text chunks that inflate past 1 MB; the pixels do not need them
+        stripped = without_text_chunks(data)
+        if stripped is None or stripped == data:
+            raise ImageInputError(f"{name} is not an image file Pillow can read") from None
+        return _open_bytes(stripped, name)
+    except (UnidentifiedImageError, OSError, SyntaxError, TypeError, struct.error, EOFError):
+        raise ImageInputError(f"{name} is not an image file Pillow can read") from None
+
+
+def open_image(source, name: str | None = None) -> Image.Image:
+    """Opens a path, bytes or file object without decoding it, refusing non-images and images over the pixel limit.
+
+    Only the header is read: the result is checked against :data:`core.limits.MAX_IMAGE_PIXELS` before any pixel is
+    decoded. PNG text chunks too large for Pillow are dropped (the pixels never need them).
+    """
+    name = name or _describe(source)
+    if isinstance(source, (str, os.PathLike)):
+        path = Path(source)
+        if not path.is_file():
+            raise ImageInputError(f"{name}: file not found")
+        if path.stat().st_size > MAX_FILE_BYTES:
+            raise ImageInputError(f"{name} is larger than {MAX_FILE_BYTES // 2**20} MB")
+        data = path.read_bytes()
+    elif isinstance(source, (bytes, bytearray)):
+        data = bytes(source)
+    elif hasattr(source, "read"):
+        data = source.read(MAX_FILE_BYTES + 1)
+        if len(data) > MAX_FILE_BYTES:
+            raise ImageInputError(f"{name} is larger than {MAX_FILE_BYTES // 2**20} MB")
+    else:
+        raise ImageInputError(f"{name}: expected a file path or an image, got {type(source).__name__}")
+    image = _open_bytes(data, name)
+    _check_pixels(*image.size, name)
+    return image
+
+
+def decode(image: Image.Image, name: str, *, transpose: bool = True) -> Image.Image:
+    """Decodes a lazily opened image (its first frame; EXIF orientation applied unless ``transpose`` is False).
+
+    One-line :class:`ImageInputError` for truncated or corrupt files.
+    """
+    try:
+        image.seek(0)
+        image.load()
+        return ImageOps.exif_transpose(image) if transpose else image
+    except Image.DecompressionBombError:
+        raise ImageInputError(f"{name} is too large to decode safely") from None
+    except (OSError, SyntaxError, ValueError, struct.error, EOFError) as exc:
+        raise ImageInputError(f"{name} is truncated or corrupt ({exc})") from None
 
 
 def _to_8bit(image: Image.Image) -> Image.Image:
@@ -47,10 +152,7 @@ def check_size(image: Image.Image, name: str = "the image") -> None:
     w, h = image.size
     if min(w, h) < MIN_SIDE:
         raise ImageInputError(f"{name} is {w}x{h} pixels: at least {MIN_SIDE}x{MIN_SIDE} is needed")
-    if w * h > MAX_PIXELS:
-        raise ImageInputError(
-            f"{name} is {w}x{h} ({w * h / 1e6:.1f} megapixels): the limit is {MAX_PIXELS / 1e6:.0f} megapixels"
-        )
+    _check_pixels(w, h, name)
 
 
 def load_image(source, name: str | None = None) -> Image.Image:
@@ -62,28 +164,6 @@ def load_image(source, name: str | None = None) -> Image.Image:
     if isinstance(source, Image.Image):
         check_size(source, name)
         return to_rgb(source)
-    if isinstance(source, (str, os.PathLike)):
-        path = Path(source)
-        if not path.is_file():
-            raise ImageInputError(f"{name}: file not found")
-        if path.stat().st_size > MAX_FILE_BYTES:
-            raise ImageInputError(f"{name} is larger than {MAX_FILE_BYTES // 2**20} MB")
-        data = path.read_bytes()
-    elif isinstance(source, (bytes, bytearray)):
-        data = bytes(source)
-    else:
-        raise ImageInputError(f"{name}: expected a file path or an image, got {type(source).__name__}")
-    try:
-        image = Image.open(io.BytesIO(data))
-    except (UnidentifiedImageError, OSError):
-        raise ImageInputError(f"{name} is not an image file Pillow can read") from None
+    image = open_image(source, name)
     check_size(image, name)  # header only: nothing decoded yet
-    try:
-        image.seek(0)
-        image.load()
-        image = ImageOps.exif_transpose(image)
-    except (OSError, SyntaxError, ValueError) as exc:
-        raise ImageInputError(f"{name} is truncated or corrupt ({exc})") from None
-    except Image.DecompressionBombError:
-        raise ImageInputError(f"{name} is too large to decode safely") from None
-    return to_rgb(image)
+    return to_rgb(decode(image, name))

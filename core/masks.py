@@ -13,14 +13,19 @@ A mask is given as
 from __future__ import annotations
 
 import base64
+import binascii
 import io
 from dataclasses import dataclass
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, ImageFile
 
+from .images import ImageInputError, decode, open_image
 from .layouts import PRESETS, MaskError, parse_box, parse_layout
+from .limits import MAX_METADATA_BYTES, MAX_SIDE
+from .metadata import MAX_SPEC_CHARS
+
 
 __all__ = ["PRESETS", "MaskError", "RoutingMask", "auto_layout", "normalize_overlaps", "parse_layout"]
 
@@ -47,7 +52,7 @@ class RoutingMask:
                 raise MaskError(f"a mask array must be 2-D (H x W), got shape {array.shape}")
             if array.max(initial=0) > 1.0:
                 array = array / 255.0
-            return cls(image=np.clip(array, 0.0, 1.0))
+            return cls(image=_bounded(np.clip(array, 0.0, 1.0)))
         if isinstance(spec, list | tuple):
             box = parse_box(spec)
             return cls(box=box, label="box:" + ",".join(f"{v:g}" for v in box))
@@ -77,12 +82,35 @@ class RoutingMask:
         return "png:" + base64.b64encode(buffer.getvalue()).decode()
 
     @classmethod
-    def from_json(cls, value) -> "RoutingMask | None":
+    def from_json(cls, value, name: str = "the mask") -> "RoutingMask | None":
+        """The mask of :meth:`to_json`'s value (as read from metadata); :class:`MaskError` for anything else.
+
+        A PNG mask is checked from its header before decoding (at most MAX_IMAGE_PIXELS) and kept at most
+        MAX_SIDE x MAX_SIDE.
+        """
         if value is None:
             return None
         if isinstance(value, str) and value.startswith("png:"):
-            return cls(image=_image_weights(Image.open(io.BytesIO(base64.b64decode(value[4:])))))
-        return cls.from_spec(value)
+            if len(value) > MAX_METADATA_BYTES:
+                raise MaskError(f"{name} is larger than {MAX_METADATA_BYTES // 2**20} MB")
+            try:
+                data = base64.b64decode(value[4:], validate=True)
+            except (binascii.Error, ValueError):
+                raise MaskError(f"{name} is not a base64 PNG") from None
+            try:
+                return cls(image=_image_weights(open_image(data, name)))
+            except ImageInputError as exc:
+                raise MaskError(str(exc)) from None
+        if isinstance(value, str):
+            if len(value) > MAX_SPEC_CHARS:
+                raise MaskError(f"{name} is {len(value):,} characters long: a layout name or box is at most "
+                                f"{MAX_SPEC_CHARS}")
+            return cls.from_spec(value)
+        if isinstance(value, list | tuple):
+            if len(value) != 4 or not all(isinstance(v, int | float) and not isinstance(v, bool) for v in value):
+                raise MaskError(f"{name}: a box needs four numbers x0,y0,x1,y1")
+            return cls.from_spec(value)
+        raise MaskError(f"{name} must be a layout name, a box or a PNG, got {type(value).__name__}")
 
 
 def _snap(weights: np.ndarray) -> torch.Tensor:
@@ -93,12 +121,42 @@ def _snap(weights: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(w.astype(np.float32)).flatten()
 
 
-def _image_weights(image: Image.Image) -> np.ndarray:
-    """Mask weights in [0, 1] from an image: the alpha channel if it has one, else its greyscale."""
-    if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
-        channel = image.convert("RGBA").getchannel("A")
-    else:
-        channel = image.convert("L")
+def _fit(width: int, height: int) -> tuple[int, int]:
+    """The size of a ``width`` x ``height`` mask scaled down to fit MAX_SIDE x MAX_SIDE (unchanged if it fits)."""
+    scale = min(1.0, MAX_SIDE / max(width, height))
+    return max(1, round(width * scale)), max(1, round(height * scale))
+
+
+def _bounded(array: np.ndarray) -> np.ndarray:
+    """A float mask array scaled down (area average) to fit MAX_SIDE x MAX_SIDE: no output needs more."""
+    h, w = array.shape
+    if max(w, h) <= MAX_SIDE:
+        return array
+    small = Image.fromarray(np.ascontiguousarray(array, dtype=np.float32), mode="F").resize(_fit(w, h),
+                                                                                          Image.Resampling.BOX)
+    return np.asarray(small, dtype=np.float32)
+
+
+def _image_weights(image: Image.Image, name: str = "the mask") -> np.ndarray:
+    """Mask weights in [0, 1] from an image: the alpha channel if it has one, else its greyscale.
+
+    The 8-bit channel is scaled down to fit MAX_SIDE x MAX_SIDE before it becomes a float array (4 bytes a pixel).
+    """
+    try:
+        if isinstance(image, ImageFile.ImageFile):  # perhaps opened lazily: decode now, with one-line errors
+            image = decode(image, name, transpose=False)
+        if image.mode in ("RGBA", "LA", "PA"):
+            channel = image.getchannel("A")
+        elif image.mode == "P" and "transparency" in image.info:
+            channel = image.convert("RGBA").getchannel("A")
+        else:
+            channel = image.convert("L")
+    except ImageInputError as exc:
+        raise MaskError(str(exc)) from None
+    except (OSError, ValueError, SyntaxError) as exc:
+        raise MaskError(f"{name} is truncated or corrupt ({exc})") from None
+    if max(channel.size) > MAX_SIDE:
+        channel = channel.resize(_fit(*channel.size), Image.Resampling.BOX)
     return np.asarray(channel, dtype=np.float32) / 255.0
 
 

@@ -7,18 +7,32 @@ Each PNG gets two text chunks: ``parameters`` (A1111-style, readable by other to
 from __future__ import annotations
 
 import base64
+import binascii
 import io
 import json
 import os
+import re
+import zlib
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from PIL import Image, PngImagePlugin
 
+from .images import PNG_SIGNATURE, TEXT_CHUNKS, ImageInputError, decode, open_image, png_chunks, to_rgb
+from .layouts import MaskError, parse_box, parse_layout
+from .limits import (MAX_CHARACTERS, MAX_DESCRIPTION_CHARS, MAX_GUIDANCE, MAX_LORAS, MAX_METADATA_BYTES,
+                     MAX_METADATA_DEPTH, MAX_NAME_CHARS, MAX_PROMPT_CHARS, MAX_SCALE, MAX_SIDE, MAX_STEPS,
+                     MAX_TRUE_CFG, MIN_SIDE, LimitError, check_int, check_seed, check_text)
 from .paths import atomic_path
 
 JSON_KEY = "instantcharacter"
 FORMAT_VERSION = 1
+MAX_STRUCTURE_CHARS = 1 << 20  # the JSON outside its strings; real records have a few hundred characters
+MAX_SOURCE_CHARS = 1000  # a model or LoRA source: a path or hub id
+MAX_LORA_WEIGHT = 2.0  # app.loras.MAX_WEIGHT
+MAX_SPEC_CHARS = 100  # a layout name or box spec (core.masks.MAX_SPEC_CHARS)
+_STRING = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"')
+_NOT_BRACKET = re.compile(r"[^\[\]{}]+")
 
 
 class MetadataError(ValueError):
@@ -31,8 +45,37 @@ def image_to_b64(image: Image.Image) -> str:
     return base64.b64encode(buffer.getvalue()).decode()
 
 
-def image_from_b64(data: str) -> Image.Image:
-    return Image.open(io.BytesIO(base64.b64decode(data))).convert("RGB")
+def _b64_bytes(data, name: str) -> bytes:
+    if not isinstance(data, str):
+        raise MetadataError(f"{name} must be a base64 PNG, got {type(data).__name__}")
+    if len(data) > MAX_METADATA_BYTES:
+        raise MetadataError(f"{name} is larger than {MAX_METADATA_BYTES // 2**20} MB")
+    try:
+        return base64.b64decode(data, validate=True)
+    except (binascii.Error, ValueError):
+        raise MetadataError(f"{name} is not a base64 PNG") from None
+
+
+def png_from_b64(data: str, name: str = "the character image") -> bytes:
+    """The image file inside ``data`` (base64), checked from its header (a readable image within the pixel limit)
+    but not decoded."""
+    raw = _b64_bytes(data, name)
+    try:
+        image = open_image(raw, name)
+    except ImageInputError as exc:
+        raise MetadataError(str(exc)) from None
+    if image.format != "PNG":
+        raise MetadataError(f"{name} is a {image.format} file: the studio stores PNGs")
+    return raw
+
+
+def image_from_b64(data: str, name: str = "the character image") -> Image.Image:
+    """The RGB image inside ``data`` (base64 PNG), checked against the pixel limit before it is decoded."""
+    raw = _b64_bytes(data, name)
+    try:
+        return to_rgb(decode(open_image(raw, name), name, transpose=False))
+    except ImageInputError as exc:
+        raise MetadataError(str(exc)) from None
 
 
 @dataclass
@@ -51,12 +94,28 @@ class CharacterRecord:
                    mask=character.mask.to_json() if character.mask is not None else None,
                    description=character.description)
 
-    def to_character(self):
+    def to_character(self, label: str = "the character"):
         from .character import Character
-        from .masks import RoutingMask
+        from .masks import MaskError, RoutingMask
 
-        return Character(image_from_b64(self.image), name=self.name, scale=self.scale,
-                         mask=RoutingMask.from_json(self.mask), description=self.description)
+        try:
+            mask = RoutingMask.from_json(self.mask, f"{label}'s mask")
+        except MaskError as exc:
+            raise MetadataError(str(exc)) from None
+        return Character(image_from_b64(self.image, f"{label}'s image"), name=self.name, scale=self.scale,
+                         mask=mask, description=self.description)
+
+    @classmethod
+    def from_dict(cls, data, label: str) -> "CharacterRecord":
+        """A record from its JSON object, every field checked (unknown fields are ignored)."""
+        if not isinstance(data, dict):
+            raise LimitError(f"{label} must be an object, got {type(data).__name__}")
+        if not isinstance(data.get("image"), str):
+            raise LimitError(f"{label} has no image")
+        return cls(image=data["image"], name=check_text(data.get("name"), f"{label}'s name", MAX_NAME_CHARS),
+                   scale=check_number(data.get("scale", 0.9), f"{label}'s scale", 0.0, MAX_SCALE),
+                   mask=_check_mask(data.get("mask"), f"{label}'s mask"),
+                   description=check_text(data.get("description"), f"{label}'s description", MAX_DESCRIPTION_CHARS))
 
 
 @dataclass
@@ -101,13 +160,43 @@ class GenerationRecord:
 
     @classmethod
     def from_json(cls, text: str) -> "GenerationRecord":
+        """The record in ``text``, every field checked against :mod:`core.limits`; :class:`MetadataError` (one line)
+        for anything a generation could not use. Size and nesting are checked before the JSON is parsed."""
+        data = _parse_json(text)
         try:
-            data = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise MetadataError(f"the metadata is not valid JSON ({exc})") from None
-        data["characters"] = [CharacterRecord(**c) for c in data.get("characters", [])]
-        known = cls.__dataclass_fields__
-        return cls(**{k: v for k, v in data.items() if k in known})
+            return cls._from_dict(data)
+        except LimitError as exc:
+            raise MetadataError(f"the image's settings are not usable: {exc}") from None
+
+    @classmethod
+    def _from_dict(cls, data) -> "GenerationRecord":
+        if not isinstance(data, dict):
+            raise LimitError(f"they must be a JSON object, got {type(data).__name__}")
+        version = check_int(data.get("version", FORMAT_VERSION), "version", 1, 10**6)
+        if version > FORMAT_VERSION:
+            raise LimitError(f"they are format {version}, from a newer InstantCharacter Studio (this one reads "
+                             f"{FORMAT_VERSION}): update it to recall them")
+        if "prompt" not in data or "seed" not in data:
+            raise LimitError("the prompt or the seed is missing")
+        characters = _check_list(data.get("characters", []), "characters", MAX_CHARACTERS)
+        loras = _check_list(data.get("loras", []), "loras", MAX_LORAS)
+        return cls(
+            prompt=check_text(data["prompt"], "prompt", MAX_PROMPT_CHARS, optional=False),
+            seed=check_seed(data["seed"]),
+            width=_check_side(data.get("width", 1024), "width"),
+            height=_check_side(data.get("height", 1024), "height"),
+            num_inference_steps=check_int(data.get("num_inference_steps", 28), "num_inference_steps", 1, MAX_STEPS),
+            guidance_scale=check_number(data.get("guidance_scale", 3.5), "guidance_scale", 0.0, MAX_GUIDANCE),
+            negative_prompt=check_text(data.get("negative_prompt"), "negative_prompt", MAX_PROMPT_CHARS),
+            true_cfg_scale=check_number(data.get("true_cfg_scale", 1.0), "true_cfg_scale", 1.0, MAX_TRUE_CFG),
+            max_sequence_length=check_int(data.get("max_sequence_length", 512), "max_sequence_length", 1, 512),
+            characters=[CharacterRecord.from_dict(c, f"character {i + 1}") for i, c in enumerate(characters)],
+            loras=[_check_lora(d, f"LoRA {j + 1}") for j, d in enumerate(loras)],
+            models=_check_models(data.get("models", {})),
+            dtype=check_text(data.get("dtype", "bfloat16"), "dtype", 32, optional=False),
+            preset=check_text(data.get("preset"), "preset", 32),
+            version=version,
+        )
 
     def pnginfo(self) -> PngImagePlugin.PngInfo:
         info = PngImagePlugin.PngInfo()
@@ -117,7 +206,8 @@ class GenerationRecord:
 
     def generation_kwargs(self) -> dict:
         """Keyword arguments for ``InstantCharacterPipeline.__call__`` (without ``generator``)."""
-        return dict(prompt=self.prompt, characters=[c.to_character() for c in self.characters],
+        characters = [c.to_character(f"character {i + 1}") for i, c in enumerate(self.characters)]
+        return dict(prompt=self.prompt, characters=characters,
                     negative_prompt=self.negative_prompt, true_cfg_scale=self.true_cfg_scale,
                     num_inference_steps=self.num_inference_steps, guidance_scale=self.guidance_scale,
                     height=self.height, width=self.width, max_sequence_length=self.max_sequence_length)
@@ -132,13 +222,166 @@ def save_png(image: Image.Image, path: str | os.PathLike, record: GenerationReco
 
 
 def read_record(source) -> GenerationRecord:
-    """The :class:`GenerationRecord` of a PNG made by the studio (path, bytes or opened image)."""
-    try:
-        image = source if isinstance(source, Image.Image) else Image.open(
-            io.BytesIO(source) if isinstance(source, bytes) else source)
-    except (OSError, ValueError):
-        raise MetadataError("not an image file") from None
-    text = getattr(image, "text", None) or image.info
-    if JSON_KEY not in text:
+    """The :class:`GenerationRecord` of a PNG made by the studio (path, bytes, file object or opened image).
+
+    Only the settings chunk is read (the pixels are not decoded), inflated to at most MAX_METADATA_BYTES.
+    """
+    if isinstance(source, Image.Image):
+        try:
+            text = dict(getattr(source, "text", None) or source.info).get(JSON_KEY)
+        except (OSError, ValueError, SyntaxError, Image.DecompressionBombError):
+            raise MetadataError("the image cannot be read") from None
+    elif isinstance(source, (bytes, bytearray)):
+        text = _settings_text(io.BytesIO(source))
+    elif hasattr(source, "read"):
+        text = _settings_text(source)
+    else:
+        try:
+            with open(source, "rb") as handle:
+                text = _settings_text(handle)
+        except FileNotFoundError:
+            raise MetadataError(f"{source}: file not found") from None
+        except OSError as exc:
+            raise MetadataError(f"{source} cannot be read: {exc.strerror or exc}") from None
+    if text is None:
         raise MetadataError("this image carries no InstantCharacter Studio settings (was it made by the studio?)")
-    return GenerationRecord.from_json(text[JSON_KEY])
+    return GenerationRecord.from_json(text)
+
+
+def _settings_text(handle) -> str | None:
+    """The text of the ``instantcharacter`` chunk of a PNG file object (None when it has none)."""
+    if handle.read(len(PNG_SIGNATURE)) != PNG_SIGNATURE:
+        handle.seek(0)
+        try:
+            open_image(handle, "the file")
+        except ImageInputError:
+            raise MetadataError("not an image file") from None
+        return None  # an image, but not a PNG: the studio writes only PNGs
+    key = JSON_KEY.encode() + b"\0"
+    for kind, length in png_chunks(handle):
+        if kind not in TEXT_CHUNKS or length < len(key) or handle.read(len(key)) != key:
+            continue
+        if length - len(key) > MAX_METADATA_BYTES:
+            raise MetadataError(f"the image's settings are larger than {MAX_METADATA_BYTES // 2**20} MB")
+        body = handle.read(length - len(key))
+        return _chunk_text(kind, body)
+    return None
+
+
+def _chunk_text(kind: bytes, body: bytes) -> str:
+    """The text of a tEXt, zTXt or iTXt chunk's body (after its keyword), inflated with a bound."""
+    if kind == b"tEXt":
+        return body.decode("latin-1")
+    if kind == b"zTXt":
+        return _inflate(body[1:]).decode("latin-1")
+    compressed, rest = body[:1] == b"\1", body[2:]  # iTXt: flag, method, language, translated keyword, text
+    parts = rest.split(b"\0", 2)
+    if len(parts) != 3:
+        raise MetadataError("the image's settings chunk is malformed")
+    data = _inflate(parts[2]) if compressed else parts[2]
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise MetadataError("the image's settings are not UTF-8 text") from None
+
+
+def _inflate(data: bytes) -> bytes:
+    inflater = zlib.decompressobj()
+    try:
+        text = inflater.decompress(data, MAX_METADATA_BYTES + 1)
+    except zlib.error:
+        raise MetadataError("the image's settings are corrupt (bad compressed data)") from None
+    if len(text) > MAX_METADATA_BYTES or inflater.unconsumed_tail:
+        raise MetadataError(f"the image's settings inflate to more than {MAX_METADATA_BYTES // 2**20} MB: refused")
+    return text
+
+
+# ---------------------------------------------------------------------- checking the JSON
+def _parse_json(text) -> object:
+    """``json.loads(text)`` once its size, the size of its structure (all but the strings) and its nesting are
+    known to be within bounds, so parsing can neither recurse deeply nor build huge lists."""
+    if not isinstance(text, str):
+        raise MetadataError(f"the image's settings must be text, got {type(text).__name__}")
+    if len(text) > MAX_METADATA_BYTES:
+        raise MetadataError(f"the image's settings are larger than {MAX_METADATA_BYTES // 2**20} MB")
+    structure = _STRING.sub('""', text)
+    if len(structure) > MAX_STRUCTURE_CHARS:
+        raise MetadataError(f"the image's settings hold too many values ({len(structure):,} characters outside "
+                            f"strings; at most {MAX_STRUCTURE_CHARS:,})")
+    depth = 0
+    for bracket in _NOT_BRACKET.sub("", structure):
+        depth += 1 if bracket in "[{" else -1
+        if depth > MAX_METADATA_DEPTH:
+            raise MetadataError(f"the image's settings nest deeper than {MAX_METADATA_DEPTH} levels")
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise MetadataError(f"the image's settings are not valid JSON ({exc})") from None
+    except ValueError:  # an integer with thousands of digits
+        raise MetadataError("the image's settings hold a number too long to read") from None
+
+
+def _brief(value) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def check_number(value, name: str, low: float, high: float) -> float:
+    """A JSON number in ``low..high`` as a float; :class:`LimitError` naming ``name`` otherwise."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or value != value:
+        raise LimitError(f"{name} must be a number from {low:g} to {high:g}, got {_brief(value)}")
+    if not low <= value <= high:
+        raise LimitError(f"{name} must be from {low:g} to {high:g}, got {_brief(value)}")
+    return float(value)
+
+
+def _check_side(value, name: str) -> int:
+    side = check_int(value, name, MIN_SIDE, MAX_SIDE)
+    if side % 16:
+        raise LimitError(f"{name} must be a multiple of 16, got {side}")
+    return side
+
+
+def _check_list(value, name: str, limit: int) -> list:
+    if not isinstance(value, list):
+        raise LimitError(f"{name} must be a list, got {type(value).__name__}")
+    if len(value) > limit:
+        raise LimitError(f"{len(value):,} {name} given: at most {limit}")
+    return value
+
+
+def _check_mask(value, name: str):
+    """A mask as stored (see ``RoutingMask.to_json``): a layout name or box in full, a PNG's size (its pixels are
+    checked when it is decoded, by ``RoutingMask.from_json``)."""
+    if value is None:
+        return None
+    if isinstance(value, str) and value.startswith("png:"):
+        if len(value) > MAX_METADATA_BYTES:
+            raise LimitError(f"{name} is larger than {MAX_METADATA_BYTES // 2**20} MB")
+        return value
+    is_box = isinstance(value, list) and len(value) == 4 and all(
+        isinstance(v, int | float) and not isinstance(v, bool) for v in value)
+    if not is_box and not (isinstance(value, str) and len(value) <= MAX_SPEC_CHARS):
+        raise LimitError(f"{name} must be a layout name, a box of four numbers or a PNG, got {_brief(value)}")
+    try:
+        parse_box(value) if is_box else parse_layout(value)
+    except MaskError as exc:
+        raise LimitError(f"{name}: {exc}") from None
+    return value
+
+
+def _check_lora(value, name: str) -> dict:
+    if not isinstance(value, dict):
+        raise LimitError(f"{name} must be an object, got {type(value).__name__}")
+    return {"source": check_text(value.get("source", ""), f"{name}'s source", MAX_SOURCE_CHARS, optional=False),
+            "weight": check_number(value.get("weight", 1.0), f"{name}'s weight", -MAX_LORA_WEIGHT, MAX_LORA_WEIGHT),
+            "trigger": check_text(value.get("trigger") or "", f"{name}'s trigger words", MAX_PROMPT_CHARS)}
+
+
+def _check_models(value) -> dict:
+    if not isinstance(value, dict):
+        raise LimitError(f"models must be an object, got {type(value).__name__}")
+    if len(value) > 16:
+        raise LimitError(f"models has {len(value):,} entries: at most 16")
+    return {check_text(k, "a models key", 64): check_text(v, f"models[{k!r}]", MAX_SOURCE_CHARS)
+            for k, v in value.items()}

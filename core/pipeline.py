@@ -8,6 +8,7 @@ time resampler (once per step, before the loop) and the character attention run 
 
 from __future__ import annotations
 
+import numbers
 import os
 from dataclasses import dataclass, field
 
@@ -22,35 +23,42 @@ from .cache import LRUCache
 from .attention import CharacterAttentionLayers, CharacterCondition
 from .character import Character, check_characters
 from .encoders import CharacterEncoder, CharacterFeatures
+from .limits import MAX_GUIDANCE, MAX_PROMPT_CHARS, MAX_SIDE, MAX_STEPS, MAX_TRUE_CFG, MIN_SIDE
 from .masks import auto_layout
 from .projector import CharacterProjector
 from .prompt import ResolvedPrompt, resolve_prompt, token_indices
 from .text_adapter import TextAdapter, TextAdapterError
-
-MAX_SIDE = 4096
 
 
 class GenerationInputError(ValueError):
     """Invalid generation settings; the message names the argument and the bad value."""
 
 
+def _is_number(value) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, bool) and value == value
+
+
 def check_settings(prompt, height=1024, width=1024, num_inference_steps=28, guidance_scale=3.5, true_cfg_scale=1.0,
                    num_images_per_prompt=1, max_sequence_length=512, output_type="pil", multiple=16) -> None:
-    """Checks generation settings without any model; raises :class:`GenerationInputError` naming the argument."""
+    """Checks generation settings without any model against :mod:`core.limits`; raises
+    :class:`GenerationInputError` naming the argument."""
     if not isinstance(prompt, str) or not prompt.strip():
         raise GenerationInputError("prompt is empty: describe the image to make")
+    if len(prompt) > MAX_PROMPT_CHARS:
+        raise GenerationInputError(f"prompt is {len(prompt):,} characters long: the limit is {MAX_PROMPT_CHARS:,}")
     for name, value in (("height", height), ("width", width)):
-        if not isinstance(value, int) or value < 16 or value % 16 or value % multiple or value > MAX_SIDE:
-            raise GenerationInputError(f"{name}={value!r}: must be a multiple of 16 between 16 and {MAX_SIDE}")
-    if not isinstance(num_inference_steps, int) or num_inference_steps < 1:
-        raise GenerationInputError(f"num_inference_steps={num_inference_steps!r}: must be at least 1")
-    if guidance_scale < 0:
-        raise GenerationInputError(f"guidance_scale={guidance_scale!r}: must not be negative")
-    if true_cfg_scale < 1:
-        raise GenerationInputError(f"true_cfg_scale={true_cfg_scale!r}: must be at least 1 (1 turns it off)")
+        if (not isinstance(value, int) or isinstance(value, bool) or not MIN_SIDE <= value <= MAX_SIDE
+                or value % 16 or value % multiple):
+            raise GenerationInputError(f"{name}={value!r}: must be a multiple of 16 between {MIN_SIDE} and {MAX_SIDE}")
+    if not isinstance(num_inference_steps, int) or not 1 <= num_inference_steps <= MAX_STEPS:
+        raise GenerationInputError(f"num_inference_steps={num_inference_steps!r}: must be 1 to {MAX_STEPS}")
+    if not _is_number(guidance_scale) or not 0 <= guidance_scale <= MAX_GUIDANCE:
+        raise GenerationInputError(f"guidance_scale={guidance_scale!r}: must be from 0 to {MAX_GUIDANCE:g}")
+    if not _is_number(true_cfg_scale) or not 1 <= true_cfg_scale <= MAX_TRUE_CFG:
+        raise GenerationInputError(f"true_cfg_scale={true_cfg_scale!r}: must be from 1 (off) to {MAX_TRUE_CFG:g}")
     if not isinstance(num_images_per_prompt, int) or not 1 <= num_images_per_prompt <= 16:
         raise GenerationInputError(f"num_images_per_prompt={num_images_per_prompt!r}: must be 1 to 16")
-    if not 1 <= max_sequence_length <= 512:
+    if not isinstance(max_sequence_length, int) or not 1 <= max_sequence_length <= 512:
         raise GenerationInputError(f"max_sequence_length={max_sequence_length!r}: must be 1 to 512")
     if output_type not in ("pil", "np", "latent"):
         raise GenerationInputError(f"output_type={output_type!r}: use 'pil', 'np' or 'latent'")
