@@ -7,6 +7,8 @@ from types import SimpleNamespace
 
 import gradio as gr
 
+from core.limits import MAX_CHARACTERS, MAX_PANELS, MAX_STEPS, MAX_STORY_BYTES
+
 from ..context import StudioContext
 from . import story_events as ev
 from .generate import GPU
@@ -16,7 +18,9 @@ FORMAT_HELP = (
     "One `key: value` header per line (`title`, `style`, `size: 1024x768`, `seed`, `layout: comic` / `strip` / "
     "`grid 2x3`, `page: A4 portrait`), `character Name: image.png`, then `---` and one panel per line: "
     "`[Name@left] does something  # caption`, `[NC]` for no character, `> Name: words` for a speech bubble, "
-    "`seed: 123` to pin a panel's seed. The full format is in `core/story/FORMAT.md`."
+    "`seed: 123` to pin a panel's seed. The full format is in `core/story/FORMAT.md`. "
+    f"At most {MAX_PANELS} panels, {MAX_CHARACTERS} characters and {MAX_STEPS} steps; character images come from "
+    "the studio's folders (library, outputs, stories, uploads, `assets/`)."
 )
 
 
@@ -32,7 +36,8 @@ def _editor(ctx: StudioContext, ui: SimpleNamespace) -> None:
         ui.add_character = gr.Button("Add to story", size="sm", scale=1)
     text, folder = ev.load_example(DEFAULT_EXAMPLE) if DEFAULT_EXAMPLE in examples else ("", str(ev.STORIES_DIR))
     ui.folder = gr.State(folder)
-    ui.text = gr.Textbox(value=text, label="Story", lines=24, max_lines=60, elem_id="story-text")
+    ui.text = gr.Textbox(value=text, label="Story", lines=24, max_lines=60, max_length=MAX_STORY_BYTES,
+                         elem_id="story-text")
     gr.Markdown(FORMAT_HELP)
 
 

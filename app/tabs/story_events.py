@@ -4,21 +4,26 @@ The story text is the source of truth: character image paths in it are relative 
 examples' folder after loading an example), and "New seed" writes a ``seed:`` line under the panel so the next
 render keeps it. Renders go to ``OUTPUT_DIR/stories/<title>/`` and resume there: Render only draws the panels
 that are missing or whose settings changed.
+Every parse goes through the studio's path policy (``ctx.paths``): the story folder and every character image must
+be inside the studio's own folders, and the story's limits (``core/limits.py``) are checked before anything else.
 No ``from __future__ import annotations`` here: Gradio reads the ``gr.Request`` annotations at runtime.
 """
 
 import dataclasses
+import math
 import random
 import re
 from pathlib import Path
 
 import gradio as gr
 
+from core.limits import MAX_SEED
+from core.path_policy import PathNotAllowedError, PathPolicy
 from core.story import Story, StoryError, parse_story
 from core.story.export import export_story, load_panel_images
-from core.story.format import panel_settings_hash
-from core.story.layout import compose_pages
-from core.story.manifest import FAILED, is_panel_done, load_manifest
+from core.story.format import check_story_text, panel_settings_hash
+from core.story.layout import compose_page, plan_pages
+from core.story.manifest import FAILED, file_inside, is_panel_done, load_manifest
 
 from ..context import StudioContext
 from ..errors import StudioInputError, shown_to_user
@@ -27,7 +32,8 @@ from ..spaces import estimate_duration, gpu_function
 STORIES_DIR = Path(__file__).resolve().parents[2] / "assets" / "stories"
 PANEL_HEADERS = ["#", "line", "characters", "prompt", "caption", "seed", "status"]
 PREVIEW_DPI = 60  # page previews while editing: enough to see the layout, quick to draw on every edit
-MAX_SEED = 2**32 - 1
+PREVIEW_PAGES = 4  # the preview draws only the first pages, so an edit costs the same however long the story
+PREVIEW_PANEL_SIDE = 512  # rendered panels are shrunk to this before they go on a preview page
 _SLUG = re.compile(r"[^a-z0-9]+")
 _PANEL_OPTION = re.compile(r"^\s*(?:>|@|(?:seed|caption)\s*:|//)")
 _SEED_LINE = re.compile(r"^(\s*)seed\s*:")
@@ -49,9 +55,17 @@ def load_example(name: str) -> tuple[str, str]:
     return path.read_text(encoding="utf-8"), str(STORIES_DIR)
 
 
-def parse_text(text: str, folder: str) -> Story:
-    """The story in ``text``, image paths relative to ``folder``; raises ``StoryError`` listing every problem."""
-    return parse_story(text or "", base_dir=Path(folder or STORIES_DIR))
+def parse_text(text: str, folder: str, paths: PathPolicy) -> Story:
+    """The story in ``text``, image paths relative to ``folder``; raises ``StoryError`` listing every problem.
+
+    The text's size is checked first; then ``folder`` and every character image must be allowed by ``paths``.
+    """
+    text = check_story_text("" if text is None else text)
+    try:
+        base = paths.resolve(folder or STORIES_DIR, what="story folder")
+    except PathNotAllowedError as exc:
+        raise StoryError(str(exc)) from None
+    return parse_story(text, base_dir=base, paths=paths)
 
 
 def problems_markdown(error: StoryError) -> str:
@@ -63,9 +77,11 @@ def problems_markdown(error: StoryError) -> str:
 
 def story_summary(story: Story, render_dir: Path) -> str:
     title = story.title or "Untitled story"
+    pages = len(plan_pages(story))
+    shown = f" (the preview shows the first {PREVIEW_PAGES})" if pages > PREVIEW_PAGES else ""
     return (f"**{title}**: {len(story.panels)} panels, {len(story.characters)} characters, "
-            f"{story.width}x{story.height}, {story.steps} steps, layout `{story.layout}` on {story.page}. "
-            f"Renders go to `{render_dir}`.")
+            f"{story.width}x{story.height}, {story.steps} steps, layout `{story.layout}` on {story.page}, "
+            f"{pages} page{'s' * (pages != 1)}{shown}. Renders go to `{render_dir}`.")
 
 
 def render_dir_for(ctx: StudioContext, story: Story) -> Path:
@@ -93,18 +109,24 @@ def panel_rows(story: Story, render_dir: Path) -> list[list]:
     return rows
 
 
-def done_images(story: Story, render_dir: Path) -> dict:
-    """The rendered panels whose settings still match the story, by index (stale panels show as placeholders)."""
+def done_images(story: Story, render_dir: Path, only: set[int] | None = None, max_side: int | None = None) -> dict:
+    """The rendered panels whose settings still match the story, by index (stale panels show as placeholders);
+    only those in ``only`` when given, shrunk to ``max_side`` when given."""
     manifest = load_manifest(render_dir)
-    images = load_panel_images(story, render_dir, manifest)
-    return {i: image for i, image in images.items()
-            if is_panel_done(manifest.panels.get(i), panel_settings_hash(story, story.panels[i]), render_dir)}
+    current = {i for i in range(len(story.panels)) if (only is None or i in only)
+               and is_panel_done(manifest.panels.get(i), panel_settings_hash(story, story.panels[i]), render_dir)}
+    return load_panel_images(story, render_dir, manifest, only=current, max_side=max_side)
 
 
 def preview_pages(story: Story, render_dir: Path) -> list:
-    """The pages at preview resolution, with the panels rendered so far and grey placeholders for the rest."""
+    """The first PREVIEW_PAGES pages at preview resolution, with the panels rendered so far (shrunk) and grey
+    placeholders for the rest: the same small cost on every edit, however many pages the story has."""
     preview = dataclasses.replace(story, dpi=min(story.dpi, PREVIEW_DPI))
-    return compose_pages(preview, done_images(story, render_dir))
+    pages = plan_pages(preview)
+    shown = pages[:PREVIEW_PAGES]
+    wanted = {cell.panel_index for page in shown for cell in page.cells}
+    images = done_images(story, render_dir, only=wanted, max_side=PREVIEW_PANEL_SIDE)
+    return [compose_page(preview, page, images, total_pages=len(pages)) for page in shown]
 
 
 def panel_gallery(story: Story, render_dir: Path) -> list[tuple[str, str]]:
@@ -112,9 +134,10 @@ def panel_gallery(story: Story, render_dir: Path) -> list[tuple[str, str]]:
     items = []
     for panel in story.panels:
         record = manifest.panels.get(panel.index)
-        if is_panel_done(record, panel_settings_hash(story, panel), render_dir):
+        path = file_inside(render_dir, record.file) if record is not None else None
+        if path is not None and is_panel_done(record, panel_settings_hash(story, panel), render_dir):
             caption = f"Panel {panel.number}" + (f": {panel.caption}" if panel.caption else "")
-            items.append((str(render_dir / record.file), caption))
+            items.append((str(path), caption))
     return items
 
 
@@ -147,8 +170,9 @@ def library_character_line(ctx: StudioContext, text: str, name: str) -> str:
     if not tag or not tag[0].isalpha():
         tag = f"C{tag}"
     block = [f"character {tag}: {entry.image_path}", f"    scale: {entry.scale:g}"]
-    if entry.description:
-        block.append(f"    description: {entry.description}")
+    description = " ".join(str(entry.description or "").split())  # one line, whatever the library holds
+    if description:
+        block.append(f"    description: {description}")
     lines = (text or "").splitlines()
     at = next((k for k, line in enumerate(lines) if line.strip() == "---"), None)
     if at is None:
@@ -184,9 +208,10 @@ class StoryEvents:
         return (text, folder, *self._parse(text, folder))
 
     def _parse(self, text, folder):
-        """``(problems/summary markdown, panel rows, preview pages)`` for the text as it is now."""
+        """``(problems/summary markdown, panel rows, preview pages)`` for the text as it is now (run on every edit:
+        an over-long text is refused before it is parsed, and the preview draws only the first pages)."""
         try:
-            story = parse_text(text, folder)
+            story = parse_text(text, folder, self.ctx.paths)
         except StoryError as exc:
             return problems_markdown(exc), [], []
         out = render_dir_for(self.ctx, story)
@@ -199,8 +224,10 @@ class StoryEvents:
 
     # ------------------------------------------------------------------ rendering
     def _story(self, text, folder) -> Story:
+        """The story parsed as ``_parse`` does (limits and the path policy); ``StudioInputError`` naming the first
+        problem otherwise, before any work."""
         try:
-            return parse_text(text, folder)
+            return parse_text(text, folder, self.ctx.paths)
         except StoryError as exc:
             first = exc.problems[0]
             where = f"line {first[0]}: " if first[0] is not None else ""
@@ -288,8 +315,10 @@ class StoryEvents:
         Returns ``(new text, *the outputs of Render)``.
         """
         story = self._story(text, folder)
-        if number is None or int(number) != number or not 1 <= int(number) <= len(story.panels):
-            raise StudioInputError(f"panel number must be 1 to {len(story.panels)}, got {number!r}")
+        if (not isinstance(number, (int, float)) or isinstance(number, bool) or not math.isfinite(number)
+                or int(number) != number or not 1 <= int(number) <= len(story.panels)):
+            shown = repr(number)[:20] if isinstance(number, (int, float)) else type(number).__name__
+            raise StudioInputError(f"panel number must be 1 to {len(story.panels)}, got {shown}")
         index = int(number) - 1
         seed = random.randint(0, MAX_SEED) if seed is None else int(seed)
         text = pin_panel_seed(text, story, index, seed)

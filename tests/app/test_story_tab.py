@@ -48,9 +48,12 @@ class Progress:
 
 @pytest.fixture
 def folder(tmp_path):
+    """The story folder with its two character images, inside the studio's output folder (a policy root)."""
+    folder = tmp_path / "outputs" / "my-story"
+    folder.mkdir(parents=True)
     for name, colour in (("ann", (200, 50, 50)), ("bob", (50, 60, 200))):
-        Image.new("RGB", (40, 48), colour).save(tmp_path / f"{name}.png")
-    return tmp_path
+        Image.new("RGB", (40, 48), colour).save(folder / f"{name}.png")
+    return folder
 
 
 @pytest.fixture
@@ -96,18 +99,18 @@ def test_unknown_example_and_bad_panel_number(ctx, folder):
 def test_library_character_goes_into_the_header(ctx, folder):
     ctx.library.save(str(folder / "ann.png"), "Mia Rose", 0.7, "a girl in a red coat")
     text = ev.StoryEvents(ctx).add_library_character(STORY, "mia rose")
-    story = ev.parse_text(text.replace("[NC]", "[Mia_Rose]"), str(folder))
+    story = ev.parse_text(text.replace("[NC]", "[Mia_Rose]"), str(folder), ctx.paths)
     mia = story.characters["Mia_Rose"]
     assert (mia.scale, mia.description) == (0.7, "a girl in a red coat") and mia.image.is_file()
     assert story.panels[3].characters == ("Mia_Rose",)
 
 
-def test_pin_panel_seed_replaces_or_adds_the_seed_line(folder):
-    story = ev.parse_text(STORY, str(folder))
+def test_pin_panel_seed_replaces_or_adds_the_seed_line(ctx, folder):
+    story = ev.parse_text(STORY, str(folder), ctx.paths)
     text = ev.pin_panel_seed(STORY, story, 2, 99)  # panel 3 has "seed: 5"
     assert "  seed: 99" in text and "seed: 5" not in text
     text = ev.pin_panel_seed(text, story, 0, 42)  # panel 1 has a bubble line and no seed
-    again = ev.parse_text(text, str(folder))
+    again = ev.parse_text(text, str(folder), ctx.paths)
     assert [again.panels[i].seed for i in (0, 2)] == [42, 99] and again.panels[0].dialogue == story.panels[0].dialogue
     assert [p.seed for p in again.panels[3:]] == [p.seed for p in story.panels[3:]]
 
@@ -120,7 +123,7 @@ def test_render_regenerate_and_download(ctx, folder, one_thread):
     notes, rows, gallery, pages, pdf, archive = events.render(STORY, str(folder), False, None, progress)
     assert "Rendered 6 panel(s); 0 were already done" in notes
     assert [row[-1] for row in rows] == ["done"] * 6 and len(gallery) == 6
-    story = ev.parse_text(STORY, str(folder))
+    story = ev.parse_text(STORY, str(folder), ctx.paths)
     out = ev.render_dir_for(ctx, story)
     assert out == ctx.settings.output_dir / "stories" / "tab-test"
     assert len(pages) == len(plan_pages(story)) == 2 and len(PdfReader(pdf).pages) == 2
@@ -136,7 +139,7 @@ def test_render_regenerate_and_download(ctx, folder, one_thread):
 
     text, notes, rows, *_ = events.new_seed(STORY, str(folder), 4, None, Progress(), seed=1234)
     assert "Rendered 1 panel(s); 5 were already done" in notes
-    assert ev.parse_text(text, str(folder)).panels[3].seed == 1234 and rows[3][5] == 1234
+    assert ev.parse_text(text, str(folder), ctx.paths).panels[3].seed == 1234 and rows[3][5] == 1234
     after = [(out / panel_filename(i)).read_bytes() for i in range(6)]
     assert after[3] != before[3] and after[:3] + after[4:] == before[:3] + before[4:]
     notes, *_ = events.render(text, str(folder), False, None, Progress())  # the new seed stays in the text
@@ -147,3 +150,76 @@ def test_render_regenerate_and_download(ctx, folder, one_thread):
     ctx.jobs.start = lambda session: cancelled  # as if Cancel was pressed before the first panel
     notes, rows, *_ = events.render(text, str(folder), True, None, Progress())
     assert "Cancelled" in notes and [row[-1] for row in rows] == ["done"] * 6
+
+
+# ------------------------------------------------------------------------------------------------ limits and paths
+def no_work(ctx, monkeypatch):
+    """Makes loading the engine, rendering or exporting fail the test."""
+    monkeypatch.setattr(ctx, "pipeline", lambda *a, **k: pytest.fail("loaded the engine"))
+    monkeypatch.setattr(ev, "export_story", lambda *a, **k: pytest.fail("exported"))
+
+
+def test_character_paths_outside_the_studio_folders_are_refused(ctx, folder, tmp_path, monkeypatch):
+    no_work(ctx, monkeypatch)
+    events = ev.StoryEvents(ctx)
+    (tmp_path / "secret.png").write_bytes((folder / "ann.png").read_bytes())  # exists, outside every root
+    for image in ("/etc/passwd", "/proc/self/environ", "../../secret.png", "../../missing.png"):
+        summary, rows, pages = events.parse(STORY.replace("ann.png", image), str(folder))
+        assert summary == (f"**1 problem:**\n- **line 8**: image of [Ann] {image} is outside the folders this "
+                           f"studio may use ({ctx.paths.describe()})"), summary
+        assert rows == [] and pages == []
+        with pytest.raises(gr.Error, match=rf"fix the story first: line 8: image of \[Ann\] {image} is outside"):
+            events.render(STORY.replace("ann.png", image), str(folder), False, None, Progress())
+
+
+def test_story_folder_must_be_inside_the_studio_folders(ctx, folder, tmp_path, monkeypatch):
+    no_work(ctx, monkeypatch)
+    events = ev.StoryEvents(ctx)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    summary, rows, _ = events.parse(STORY, str(elsewhere))
+    assert summary == (f"**1 problem:**\n- story folder {elsewhere} is outside the folders this studio may use "
+                       f"({ctx.paths.describe()})") and rows == []
+    with pytest.raises(gr.Error, match="fix the story first: story folder .* is outside the folders"):
+        events.new_seed(STORY, "/", 1, None, Progress())
+
+
+def test_a_billion_steps_is_refused_before_any_work(ctx, folder, monkeypatch):
+    no_work(ctx, monkeypatch)
+    events = ev.StoryEvents(ctx)
+    slow = STORY.replace("steps: 2", "steps: 1000000000")
+    summary, rows, pages = events.parse(slow, str(folder))
+    assert summary == "**1 problem:**\n- **line 3**: steps must be from 1 to 100, got 1000000000"
+    with pytest.raises(gr.Error, match=r"fix the story first: line 3: steps must be from 1 to 100, got 1000000000"):
+        events.render(slow, str(folder), False, None, Progress())
+    assert not (ctx.settings.output_dir / "stories").exists()
+
+
+def test_over_long_text_is_refused_without_parsing(ctx, folder, monkeypatch):
+    from core.limits import MAX_STORY_BYTES
+
+    monkeypatch.setattr(ev, "parse_story", lambda *a, **k: pytest.fail("parsed an over-long story"))
+    summary, rows, pages = ev.StoryEvents(ctx).parse("x" * (MAX_STORY_BYTES + 1), str(folder))
+    assert summary == ("**1 problem:**\n- the story is 1,048,577 characters long: the limit is 1,048,576 bytes")
+    assert rows == [] and pages == []
+
+
+def test_preview_draws_only_the_first_pages(ctx, folder):
+    import time
+
+    from core.limits import MAX_PANELS
+
+    events = ev.StoryEvents(ctx)
+    header = STORY.split("---")[0].replace("grid 2x2", "grid 1x1") + "---\n"
+    long_story = header + "".join(f"[Ann] walks, page {k}\n" for k in range(40))
+    started = time.perf_counter()
+    summary, rows, pages = events.parse(long_story, str(folder))
+    assert time.perf_counter() - started < 10
+    assert "40 pages (the preview shows the first 4)" in summary and len(rows) == 40
+    assert len(pages) == ev.PREVIEW_PAGES and pages[0].size == (236, 354)  # 100x150 mm at 60 dpi
+    too_many = STORY.split("---")[0] + "---\n" + "[Ann] walks\n" * 10_000
+    started = time.perf_counter()
+    summary, rows, pages = events.parse(too_many, str(folder))
+    assert time.perf_counter() - started < 5
+    assert summary == (f"**1 problem:**\n- **line {12 + MAX_PANELS}**: panel {MAX_PANELS + 1}: a story has at most "
+                       f"{MAX_PANELS} panels")
