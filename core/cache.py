@@ -1,4 +1,4 @@
-"""A small least-recently-used cache for per-character and per-prompt work, and a remembered file digest."""
+"""A small least-recently-used cache for per-character and per-prompt work, and file digests remembered by stat."""
 
 from __future__ import annotations
 
@@ -39,7 +39,7 @@ _RACY_SECONDS = 2.0
 
 def cached_sha256(path: str | os.PathLike, max_bytes: int | None = None) -> str:
     """The SHA-256 hex digest of a file, remembered by (path, size, mtime, ctime, inode): an unchanged file is
-    hashed once. With ``max_bytes``, a larger file (by its size, or by what is read) raises :class:`FileTooLargeError`."""
+    hashed once. With ``max_bytes``, a larger file (by size, or by what is read) raises :class:`FileTooLargeError`."""
     path = os.fspath(path)
     info = os.stat(path)
     if max_bytes is not None and info.st_size > max_bytes:

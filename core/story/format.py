@@ -29,7 +29,6 @@ import math
 import os
 import re
 import stat
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -598,10 +597,8 @@ def _image_header_problem(path: Path) -> str | None:
     from PIL import Image
 
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            with Image.open(path) as img:
-                width, height = img.size
+        with Image.open(path) as img:  # reads the header only (Pillow may warn about a huge one: it is refused below)
+            width, height = img.size
     except Image.DecompressionBombError:
         return f"has more than {MAX_IMAGE_PIXELS:,} pixels: the limit is {MAX_IMAGE_PIXELS:,}"
     except Exception:  # noqa: BLE001 - any header Pillow cannot read means the file is no usable image
