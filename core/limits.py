@@ -33,6 +33,7 @@ MAX_METADATA_DEPTH = 8  # nesting of that JSON (the real records nest 3 deep)
 MAX_STORY_BYTES = 1024 * 1024  # story text or JSON
 MAX_PANELS = 200
 MAX_PAGES = 50
+MAX_EXPORT_PIXELS = 600_000_000  # all pages of one export together (the PDF holds them at once): about 1.8 GB RGB
 MIN_DPI = 72
 MAX_DPI = 600
 MAX_DIALOGUE_CHARS = 300  # one speech bubble

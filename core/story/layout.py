@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 
 from PIL import Image, ImageDraw, ImageFont
 
-from core.limits import MAX_IMAGE_PIXELS, MAX_PAGES, LimitError
+from core.limits import MAX_EXPORT_PIXELS, MAX_IMAGE_PIXELS, MAX_PAGES, LimitError
 
 if TYPE_CHECKING:
     from core.story.format import Panel, Story
@@ -213,6 +213,10 @@ def check_page_limits(page: PageSpec, dpi: int, pages: int | None = None) -> Non
     if pages is not None and pages > MAX_PAGES:
         raise LimitError(f"the story needs {pages} pages: the limit is {MAX_PAGES} "
                          "(use fewer panels, or a layout with more panels a page)")
+    if pages is not None and pages * width * height > MAX_EXPORT_PIXELS:
+        raise LimitError(f"{pages} pages ({page.spec}) at {dpi} dpi are {pages * width * height / 1e6:.0f} million "
+                         f"pixels together: the limit is {MAX_EXPORT_PIXELS / 1e6:g} million; lower the dpi "
+                         "or use fewer pages")
 
 
 def plan_pages(story: Story, panel_count: int | None = None) -> list[PageLayout]:

@@ -224,3 +224,13 @@ def test_json_file_with_a_huge_number(story_dir, tmp_path):
     path.write_text(json.dumps(data).replace('"steps": 28', '"steps": ' + "9" * 5000))
     with pytest.raises(StoryError, match="bad JSON"):
         load_story(path)
+
+
+def test_all_pages_of_an_export_share_one_pixel_budget():
+    from core.limits import LimitError
+    from core.story.layout import check_page_limits, parse_page_spec
+
+    page = parse_page_spec("A4 portrait")
+    check_page_limits(page, 600, 10)  # 10 pages at 600 dpi: 348 million pixels, fine
+    with pytest.raises(LimitError, match="pages .* at 600 dpi are 1740 million pixels together: the limit is 600"):
+        check_page_limits(page, 600, 50)
