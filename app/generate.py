@@ -3,14 +3,19 @@
 from __future__ import annotations
 
 import argparse
+import os
+import random
 import re
 from pathlib import Path
 
 import torch
 
 from core.character import Character, CharacterError, check_characters
+from core.images import ImageInputError, open_image
+from core.limits import MAX_PROMPT_CHARS, MAX_SEED, check_seed, check_text
 from core.masks import MaskError, RoutingMask
 from core.metadata import CharacterRecord, GenerationRecord, save_png
+from core.paths import OutputPathError, output_target
 from core.pipeline import check_settings
 from core.prompt import resolve_prompt
 from core.sources import ModelSources
@@ -67,13 +72,11 @@ def parse_characters(specs: list[str], masks: list[str], default_scale: float) -
             raise MaskError(f"--mask {spec!r}: no character is named {name!r}")
         value = value.strip()
         if Path(value).suffix.lower() in (".png", ".jpg", ".jpeg", ".webp", ".bmp"):
-            from core.images import ImageInputError
-            from PIL import Image, UnidentifiedImageError
-
+            image = open_image(value, f"mask file {value}")  # header checked: not decoded yet
             try:
-                target.mask = RoutingMask.from_spec(Image.open(value))
-            except (FileNotFoundError, UnidentifiedImageError, OSError):
-                raise ImageInputError(f"mask file {value} cannot be read") from None
+                target.mask = RoutingMask.from_spec(image)
+            except MaskError as exc:
+                raise ImageInputError(f"mask file {value}: {exc}") from None
         else:
             target.mask = RoutingMask.from_spec(value)
     return characters
@@ -83,18 +86,37 @@ def default_dtype() -> str:
     return "bfloat16" if torch.cuda.is_available() else "float32"
 
 
+def check_output(path: str) -> Path:
+    """The file ``--out`` will write (a link's target), refused now if it is a folder, a device or a pipe, or if
+    its folder cannot be made: before minutes of model loading, not after the image is made."""
+    target = output_target(path)
+    folder = target.parent
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    if not folder.is_dir():
+        raise OutputPathError(f"{path} cannot be written: {folder} is not a folder")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise OutputPathError(f"{path} cannot be written: no permission to write in {folder}")
+    return target
+
+
 def run(args: argparse.Namespace) -> int:
     from core.memory import out_of_memory_advice
     from core.memory_setup import load_pipeline, resolve_preset
 
-    characters = parse_characters(args.character, args.mask, args.scale)
     # fail fast, before minutes of model loading
+    check_output(args.out)
+    if args.seed is not None:
+        check_seed(args.seed, "--seed")
+    check_text(args.prompt, "--prompt", MAX_PROMPT_CHARS)
+    check_text(args.negative_prompt, "--negative-prompt", MAX_PROMPT_CHARS)
     check_settings(args.prompt, args.height, args.width, args.steps, args.guidance, args.true_cfg)
+    characters = parse_characters(args.character, args.mask, args.scale)
     check_characters(characters)
     resolve_prompt(args.prompt, characters)
     sources = ModelSources.parse(args.models)
     dtype_name = args.dtype or default_dtype()
-    seed = args.seed if args.seed is not None else int(torch.randint(0, 2**31 - 1, (1,)).item())
+    seed = args.seed if args.seed is not None else random.randint(0, MAX_SEED)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     preset, reason = resolve_preset(args.preset, tiny=args.models == "tiny", device=device, width=args.width,
                                     height=args.height)

@@ -98,7 +98,7 @@ class RoutingMask:
             except (binascii.Error, ValueError):
                 raise MaskError(f"{name} is not a base64 PNG") from None
             try:
-                return cls(image=_image_weights(open_image(data, name)))
+                return cls(image=_image_weights(open_image(data, name), name, owned=True))
             except ImageInputError as exc:
                 raise MaskError(str(exc)) from None
         if isinstance(value, str):
@@ -137,10 +137,11 @@ def _bounded(array: np.ndarray) -> np.ndarray:
     return np.asarray(small, dtype=np.float32)
 
 
-def _image_weights(image: Image.Image, name: str = "the mask") -> np.ndarray:
+def _image_weights(image: Image.Image, name: str = "the mask", owned: bool = False) -> np.ndarray:
     """Mask weights in [0, 1] from an image: the alpha channel if it has one, else its greyscale.
 
-    The 8-bit channel is scaled down to fit MAX_SIDE x MAX_SIDE before it becomes a float array (4 bytes a pixel).
+    The 8-bit channel is scaled down to fit MAX_SIDE x MAX_SIDE before it becomes a float array (4 bytes a pixel);
+    an ``owned`` image (opened here, not the caller's) is closed as soon as its channel is out.
     """
     try:
         if isinstance(image, ImageFile.ImageFile):  # perhaps opened lazily: decode now, with one-line errors
@@ -155,9 +156,13 @@ def _image_weights(image: Image.Image, name: str = "the mask") -> np.ndarray:
         raise MaskError(str(exc)) from None
     except (OSError, ValueError, SyntaxError) as exc:
         raise MaskError(f"{name} is truncated or corrupt ({exc})") from None
+    if owned:
+        image.close()  # frees its pixels now, not when the caller lets go of it
     if max(channel.size) > MAX_SIDE:
         channel = channel.resize(_fit(*channel.size), Image.Resampling.BOX)
-    return np.asarray(channel, dtype=np.float32) / 255.0
+    weights = np.asarray(channel, dtype=np.float32)
+    weights /= 255.0
+    return weights
 
 
 def auto_layout(count: int) -> list[RoutingMask]:

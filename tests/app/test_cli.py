@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import os
+import stat
 import subprocess
 import sys
 
 import numpy as np
+import pytest
 from PIL import Image
 
 from app.cli import main
+from core.limits import MAX_SEED
 from core.metadata import read_record
 
 
@@ -69,7 +72,7 @@ def test_bad_inputs_exit_2_with_one_line(tiny_models, tmp_path, capsys):
         (["--character", f"Ann={ann}", "--mask", "Ann=box:0,0,1.5,1"], "outside [0, 1]"),
         (["--character", f"Ann={ann}", "--mask", "Ann=left", "--mask", "Ann=right"], "2 masks given for 1"),
         (["--prompt", "[Zed] waves", "--character", f"Ann={ann}"], "no character has that name"),
-        (["--character", f"Ann={ann}", "--mask", f"Ann={tmp_path / 'no-mask.png'}"], "no-mask.png cannot be read"),
+        (["--character", f"Ann={ann}", "--mask", f"Ann={tmp_path / 'no-mask.png'}"], "no-mask.png: file not found"),
         (["--character", f"Ann={ann}", "--mask", "Bob=left"], "no character is named 'Bob'"),
     ]
     for extra, needle in cases:
@@ -90,3 +93,91 @@ def test_cli_process_prints_no_traceback(tmp_path):
     assert proc.returncode == 2
     assert "Traceback" not in proc.stderr
     assert "is not an image file" in proc.stderr
+
+
+@pytest.fixture
+def no_models(monkeypatch):
+    """Fails the test if the command loads models: bad input must be refused first."""
+    def refuse(*args, **kwargs):
+        raise AssertionError("models were loaded for a bad input")
+    monkeypatch.setattr("core.memory_setup.load_pipeline", refuse)
+
+
+def _fails(tiny_models, tmp_path, capsys, extra, out=None) -> str:
+    args = ["generate", "--prompt", "a girl", "--models", str(tiny_models), "--steps", "1", "--width", "32",
+            "--height", "32", "--out", str(out or tmp_path / "x.png")] + extra
+    assert main(args) == 2, extra
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: "), err
+    return err[0].removeprefix("error: ")
+
+
+def test_limits_are_checked_before_any_model_loads(tiny_models, tmp_path, capsys, no_models):
+    from tests.core.crafted_png import bilevel_png
+
+    ann = _character(tmp_path, "ann", (220, 40, 40))
+    notes = tmp_path / "notes.png"
+    notes.write_text("a text file, not a mask")
+    bomb = tmp_path / "bomb.png"
+    bomb.write_bytes(bilevel_png(30000, 30000, pixels=False))
+    cases = [
+        (["--seed", str(10**30)], "--seed must be from 0 to 4294967295, got 1000000000000000000000000000000"),
+        (["--seed", "-1"], "--seed must be from 0 to 4294967295, got -1"),
+        (["--seed", str(2**32)], "--seed must be from 0 to 4294967295, got 4294967296"),
+        (["--steps", "101"], "num_inference_steps=101: must be 1 to 100"),
+        (["--guidance", "31"], "guidance_scale=31.0: must be from 0 to 30"),
+        (["--true-cfg", "25"], "true_cfg_scale=25.0: must be from 1 (off) to 20"),
+        (["--width", "8192"], "width=8192: must be a multiple of 16 between 16 and 4096"),
+        (["--prompt", "x" * 4001], "--prompt is 4,001 characters long: the limit is 4,000"),
+        (["--negative-prompt", "x" * 4001], "--negative-prompt is 4,001 characters long: the limit is 4,000"),
+        (["--character", f"Ann={ann}:2.5"], "character 'Ann': scale 2.5 is outside 0 to 2"),
+        (["--character", f"{'N' * 65}={ann}"], "must be 1-64 characters without brackets or line breaks"),
+        (["--character", str(bomb)], f"{bomb} is far over the 40 megapixel limit: refused before decoding"),
+        (["--character", f"Ann={ann}", "--mask", f"Ann={notes}"],
+         f"mask file {notes} is not an image file Pillow can read"),
+        (["--character", f"Ann={ann}", "--mask", f"Ann={bomb}"],
+         f"mask file {bomb} is far over the 40 megapixel limit: refused before decoding"),
+    ]
+    for extra, message in cases:
+        assert _fails(tiny_models, tmp_path, capsys, extra).endswith(message), extra
+
+
+def test_out_that_is_not_a_file_is_refused_first(tiny_models, tmp_path, capsys, no_models):
+    folder = tmp_path / "folder"
+    folder.mkdir()
+    assert _fails(tiny_models, tmp_path, capsys, [], out=folder) == (
+        f"{folder} is a folder: give a file name inside it, such as {folder / 'image.png'}")
+    assert _fails(tiny_models, tmp_path, capsys, [], out=f"{tmp_path}/new/") == (
+        f"{tmp_path}/new/ names a folder: give a file name")
+    device = os.stat("/dev/null")
+    assert _fails(tiny_models, tmp_path, capsys, [], out="/dev/null") == (
+        "/dev/null is not a regular file (a device, pipe or socket): give a file name")
+    assert stat.S_ISCHR(os.stat("/dev/null").st_mode) and os.stat("/dev/null").st_ino == device.st_ino
+    fifo = tmp_path / "pipe.png"
+    os.mkfifo(fifo)
+    assert "is not a regular file (a device, pipe or socket)" in _fails(tiny_models, tmp_path, capsys, [], out=fifo)
+    assert stat.S_ISFIFO(os.stat(fifo).st_mode)
+    link = tmp_path / "to-folder.png"
+    link.symlink_to(folder)
+    assert "is a folder" in _fails(tiny_models, tmp_path, capsys, [], out=link)
+    blocker = tmp_path / "a-file"
+    blocker.write_text("x")
+    assert _fails(tiny_models, tmp_path, capsys, [], out=blocker / "out.png") == (
+        f"{blocker / 'out.png'} cannot be written: Not a directory")
+
+
+def test_out_through_a_symlink_and_a_random_seed_of_the_full_range(tiny_models, tmp_path, capsys, monkeypatch):
+    """--out as a link to a file: the link stays, its target gets the PNG. Random seeds use 0..MAX_SEED."""
+    import random
+
+    target = tmp_path / "real.png"
+    target.write_bytes(b"old content")
+    link = tmp_path / "link.png"
+    link.symlink_to(target)
+    monkeypatch.setattr(random, "randint", lambda low, high: high if (low, high) == (0, MAX_SEED) else 0)
+    code = main(["generate", "--prompt", "a cat", "--steps", "1", "--width", "32", "--height", "32",
+                 "--models", str(tiny_models), "--out", str(link)])
+    assert code == 0, capsys.readouterr().err
+    assert link.is_symlink() and os.path.samefile(link, target)
+    assert read_record(target).seed == MAX_SEED
+    assert f"(seed {MAX_SEED})" in capsys.readouterr().out

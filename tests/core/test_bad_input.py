@@ -199,3 +199,27 @@ def test_gated_model_message(monkeypatch):
         sources.resolve_folder("black-forest-labs/FLUX.1-dev", "FLUX base model")
     message = _one_line(exc)
     assert "gated" in message and "hf auth login" in message and "HF_TOKEN" in message
+
+
+def test_decompression_bomb_character(tmp_path):
+    from tests.core.crafted_png import bilevel_png
+
+    path = tmp_path / "bomb.png"
+    path.write_bytes(bilevel_png(30000, 30000, pixels=False))  # Pillow raises DecompressionBombError at open
+    with pytest.raises(ImageInputError) as exc:
+        Character(path)
+    assert _one_line(exc) == f"{path} is far over the 40 megapixel limit: refused before decoding"
+
+
+def test_character_name_description_and_scale_limits():
+    image = Image.new("RGB", (32, 32))
+    with pytest.raises(CharacterError) as exc:
+        Character(image, name="N" * 65)
+    assert "must be 1-64 characters without brackets" in _one_line(exc)
+    assert Character(image, name="N" * 64).name == "N" * 64
+    with pytest.raises(CharacterError, match="the description is 501 characters long: the limit is 500"):
+        Character(image, name="Ann", description="d" * 501)
+    with pytest.raises(CharacterError, match="scale nan is outside 0 to 2"):
+        Character(image, scale=float("nan"))
+    with pytest.raises(CharacterError, match="name must be text, got int"):
+        Character(image, name=5)
