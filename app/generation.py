@@ -18,9 +18,10 @@ import torch
 from PIL import Image
 
 from core.character import Character
-from core.images import MAX_PIXELS, ImageInputError, load_image
+from core.images import ImageInputError, load_image, open_image
+from core.limits import (MAX_GUIDANCE, MAX_IMAGES_PER_RUN, MAX_OUTPUT_PIXELS, MAX_PROMPT_CHARS, MAX_SCALE, MAX_SEED,
+                         MAX_SIDE, MAX_STEPS, MAX_TRUE_CFG, MIN_SIDE, check_int, check_seed, check_text)
 from core.metadata import CharacterRecord, GenerationRecord, save_png
-from core.pipeline import MAX_SIDE
 from core.prompt import PromptError, resolve_prompt
 from core.segmentation import BackgroundThresholdSegmenter, isolate
 
@@ -30,8 +31,6 @@ from .generation_history import HistoryEntry
 from .loras import StyleLora, with_triggers
 from .mask_canvas import slot_masks
 
-MAX_SEED = 2**32 - 1
-MAX_IMAGES_PER_RUN = 4
 
 
 @dataclass
@@ -72,36 +71,53 @@ class GenerationResult:
     cancelled: bool = False
 
 
+def _number(value, label: str, low: float, high: float) -> float:
+    """A page value as a float in ``low..high`` (numbers and numeric text); one-line errors otherwise."""
+    try:
+        number = float(value)
+    except (TypeError, ValueError, OverflowError):
+        raise StudioInputError(f"{label} must be a number from {low:g} to {high:g}, got {_brief(value)}") from None
+    if not low <= number <= high:  # NaN fails too
+        raise StudioInputError(f"{label} {_brief(value)} is outside {low:g} to {high:g}")
+    return number
+
+
+def _brief(value) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
 def check_size(width, height) -> tuple[int, int]:
     """Integer width and height, multiples of 16 within the engine's limits; one-line errors otherwise."""
     sizes = []
     for label, value in (("Width", width), ("Height", height)):
         try:
             number = float(value)
-        except (TypeError, ValueError):
-            raise StudioInputError(f"{label} must be a number of pixels, got {value!r}") from None
-        if number != int(number) or not 16 <= number <= MAX_SIDE:
-            raise StudioInputError(f"{label} {value:g} is outside 16 to {MAX_SIDE} whole pixels")
+        except (TypeError, ValueError, OverflowError):
+            raise StudioInputError(f"{label} must be a number of pixels, got {_brief(value)}") from None
+        if not MIN_SIDE <= number <= MAX_SIDE or number != int(number):  # NaN and infinities fail the range
+            raise StudioInputError(f"{label} {number:g} is outside {MIN_SIDE} to {MAX_SIDE} whole pixels")
         number = int(number)
         if number % 16:
             low, high = number // 16 * 16, number // 16 * 16 + 16
             raise StudioInputError(f"{label} {number} is not a multiple of 16: use {max(low, 16)} or {high}")
         sizes.append(number)
-    if sizes[0] * sizes[1] > MAX_PIXELS:
-        raise StudioInputError(f"{sizes[0]}x{sizes[1]} is over {MAX_PIXELS / 1e6:.0f} megapixels: choose a smaller size")
+    if sizes[0] * sizes[1] > MAX_OUTPUT_PIXELS:
+        raise StudioInputError(f"{sizes[0]}x{sizes[1]} is over {MAX_OUTPUT_PIXELS / 1e6:.0f} megapixels: choose a "
+                               "smaller size")
     return sizes[0], sizes[1]
 
 
 def choose_seed(seed, randomize: bool) -> int:
+    """A random seed in 0..MAX_SEED, or the given one checked against that range."""
     if randomize or seed is None or seed == "":
         return random.randint(0, MAX_SEED)
-    try:
-        number = float(seed)
-    except (TypeError, ValueError):
-        raise StudioInputError(f"seed must be a whole number, got {seed!r}") from None
-    if number != int(number) or not 0 <= number <= MAX_SEED:
-        raise StudioInputError(f"seed {seed!r} must be a whole number from 0 to {MAX_SEED}")
-    return int(number)
+    if isinstance(seed, str):
+        try:
+            seed = int(seed.strip()) if len(seed) <= 20 else seed
+        except ValueError:
+            pass
+    return check_seed(seed, "seed")
 
 
 def slot_label(index: int, name: str | None) -> str:
@@ -111,8 +127,8 @@ def slot_label(index: int, name: str | None) -> str:
 def conversion_note(source, label: str) -> str | None:
     """What reading an accepted image changes (first frame of an animation, CMYK, 16-bit, transparency)."""
     try:
-        image = source if isinstance(source, Image.Image) else Image.open(source)
-    except (OSError, ValueError, TypeError):
+        image = source if isinstance(source, Image.Image) else open_image(source, label)
+    except ImageInputError:
         return None  # unreadable files are reported by load_image
     changes = []
     if getattr(image, "n_frames", 1) > 1:
@@ -148,16 +164,11 @@ def build_characters(slots: list[CharacterSlot], canvas) -> tuple[list[Character
     characters = []
     for i in used:
         slot = slots[i]
-        try:
-            scale = float(slot.scale)
-        except (TypeError, ValueError):
-            raise StudioInputError(f"{labels[i]}: scale must be a number, got {slot.scale!r}") from None
-        if not 0 <= scale <= 1.5:
-            raise StudioInputError(f"{labels[i]}: scale {scale:g} is outside 0 to 1.5")
+        scale = _number(slot.scale, f"{labels[i]}: scale", 0.0, MAX_SCALE)
+        characters.append(_character(slot, labels[i], scale, masks[i]))
         note = conversion_note(slot.image, labels[i])
         if note:
             notes.append(note)
-        characters.append(_character(slot, labels[i], scale, masks[i]))
     return characters, notes
 
 
@@ -168,23 +179,22 @@ def _character(slot: CharacterSlot, label: str, scale: float, mask) -> Character
     image = load_image(source, name=label)
     if slot.remove_background:
         image = remove_background(image)
+    if slot.name is not None and not isinstance(slot.name, str):
+        raise StudioInputError(f"{label}: the name must be text, got {type(slot.name).__name__}")
     return Character(image, name=(slot.name or "").strip() or None, scale=scale, mask=mask)
 
 
 def check_settings(settings: GenerationSettings) -> tuple[int, int]:
-    """Checks everything that needs no model; returns the size."""
+    """Checks everything that needs no model against :mod:`core.limits`; returns the size."""
     if not isinstance(settings.prompt, str) or not settings.prompt.strip():
         raise PromptError("write a prompt first: describe the image to make")
+    check_text(settings.prompt, "the prompt", MAX_PROMPT_CHARS)
+    check_text(settings.negative_prompt, "the negative prompt", MAX_PROMPT_CHARS)
+    check_int(settings.steps, "steps", 1, MAX_STEPS)
+    check_int(settings.images, "images per run", 1, MAX_IMAGES_PER_RUN)
     width, height = check_size(settings.width, settings.height)
-    steps, images = settings.steps, settings.images
-    if steps is None or int(steps) != steps or not 1 <= steps <= 100:
-        raise StudioInputError(f"steps must be a whole number from 1 to 100, got {steps!r}")
-    if images is None or int(images) != images or not 1 <= images <= MAX_IMAGES_PER_RUN:
-        raise StudioInputError(f"images per run must be 1 to {MAX_IMAGES_PER_RUN}, got {images!r}")
-    if settings.true_cfg_scale is None or settings.true_cfg_scale < 1:
-        raise StudioInputError(f"true CFG scale must be at least 1 (1 turns it off), got {settings.true_cfg_scale!r}")
-    if settings.guidance is None or settings.guidance < 0:
-        raise StudioInputError(f"guidance must not be negative, got {settings.guidance!r}")
+    _number(settings.true_cfg_scale, "true CFG scale (1 turns it off)", 1.0, MAX_TRUE_CFG)
+    _number(settings.guidance, "guidance", 0.0, MAX_GUIDANCE)
     return width, height
 
 
@@ -198,7 +208,8 @@ def generate(ctx: StudioContext, slots: list[CharacterSlot], canvas, settings: G
     report = report or (lambda fraction, message: None)
     width, height = check_settings(settings)
     characters, notes = build_characters(slots, canvas)
-    prompt = with_triggers(settings.prompt, settings.loras)
+    prompt = check_text(with_triggers(settings.prompt, settings.loras), "the prompt with the LoRAs' trigger words",
+                        MAX_PROMPT_CHARS)
     resolve_prompt(prompt, characters)  # unknown [tags]: fail before loading anything
     seed = choose_seed(settings.seed, settings.randomize_seed)
     steps, count = int(settings.steps), int(settings.images)

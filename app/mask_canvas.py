@@ -8,9 +8,13 @@ matters.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 import numpy as np
 from PIL import Image, ImageDraw
 
+from core.images import decode, open_image
+from core.limits import MAX_SIDE
 from core.masks import MaskError, RoutingMask
 
 from .context import MAX_STUDIO_CHARACTERS
@@ -66,7 +70,8 @@ def _editor_value(size: tuple[int, int], masks: list[np.ndarray | None]) -> dict
 def _mask_array(mask: RoutingMask, size: tuple[int, int]) -> np.ndarray:
     w, h = size
     if mask.image is not None:
-        image = Image.fromarray(mask.image.astype(np.float32), mode="F").resize(size, Image.Resampling.BILINEAR)
+        image = Image.fromarray(np.asarray(mask.image, dtype=np.float32), mode="F").resize(size,
+                                                                                     Image.Resampling.BILINEAR)
         return np.asarray(image, dtype=np.float32)
     x0, y0, x1, y1 = mask.box
     canvas = Image.new("L", size, 0)
@@ -89,8 +94,11 @@ def layout_canvas(layout: str, count: int, width: int, height: int) -> dict:
     return _editor_value(size, [_mask_array(RoutingMask.from_spec(spec), size) for spec in specs])
 
 
-def canvas_from_masks(masks: list[RoutingMask | None], width: int, height: int) -> dict:
-    """A canvas showing the given masks (as recalled from metadata), one per slot."""
+def canvas_from_masks(masks: Iterable[RoutingMask | None], width: int, height: int) -> dict:
+    """A canvas showing the given masks (as recalled from metadata), one per slot.
+
+    ``masks`` is read one at a time, so a generator holds only one full-size mask in memory at once.
+    """
     size = preview_size(width, height)
     return _editor_value(size, [None if m is None else _mask_array(m, size) for m in masks])
 
@@ -99,7 +107,13 @@ def _layers(value) -> list[Image.Image | None]:
     if not value or not isinstance(value, dict):
         return []
     layers = value.get("layers") or []
-    return [layer if isinstance(layer, Image.Image) else (Image.open(layer) if layer else None) for layer in layers]
+    if not isinstance(layers, list) or len(layers) > MAX_STUDIO_CHARACTERS:
+        count = len(layers) if isinstance(layers, list) else type(layers).__name__
+        raise MaskError(f"the mask canvas has {count} layers: it holds one per character, at most "
+                        f"{MAX_STUDIO_CHARACTERS}")
+    return [layer if isinstance(layer, Image.Image) or not layer else
+            decode(open_image(layer, f"mask layer {i + 1}"), f"mask layer {i + 1}", transpose=False)
+            for i, layer in enumerate(layers)]
 
 
 def layer_masks(value) -> list[np.ndarray | None]:
@@ -109,8 +123,12 @@ def layer_masks(value) -> list[np.ndarray | None]:
         if layer is None:
             found.append(None)
             continue
-        alpha = np.asarray(layer.convert("RGBA").getchannel("A"), dtype=np.float32) / 255.0
-        painted = (alpha > PAINTED).astype(np.float32)
+        alpha = layer.getchannel("A") if layer.mode == "RGBA" else layer.convert("RGBA").getchannel("A")
+        if max(alpha.size) > MAX_SIDE:  # no output needs more: keep the float array bounded
+            scale = MAX_SIDE / max(alpha.size)
+            alpha = alpha.resize((max(1, round(alpha.width * scale)), max(1, round(alpha.height * scale))),
+                                 Image.Resampling.BOX)
+        painted = (np.asarray(alpha, dtype=np.float32) / 255.0 > PAINTED).astype(np.float32)
         found.append(painted if painted.any() else None)
     return found
 

@@ -4,10 +4,12 @@ from types import SimpleNamespace
 
 import gradio as gr
 
+from core.limits import (MAX_GUIDANCE, MAX_IMAGES_PER_RUN, MAX_NAME_CHARS, MAX_PROMPT_CHARS, MAX_SCALE, MAX_SEED,
+                         MAX_SIDE, MAX_STEPS, MAX_TRUE_CFG, MIN_SIDE)
+
 from ..components import CharacterImage
 from ..context import MAX_STUDIO_CHARACTERS, StudioContext
 from ..errors import shown_to_user
-from ..generation import MAX_IMAGES_PER_RUN, MAX_SEED
 from ..loras import MAX_LORAS, MAX_WEIGHT
 from ..mask_canvas import COLOURS, LAYER_NAMES, LAYOUTS, blank_canvas, preview_size
 from . import generate_events as ev
@@ -26,8 +28,8 @@ def _character_rows(ctx: StudioContext, defaults: dict) -> SimpleNamespace:
                                        elem_id=f"character-image-{i + 1}")
                 with gr.Column(min_width=220):
                     name = gr.Textbox(label="Name (prompt tag)", placeholder="e.g. Mia", max_lines=1,
-                                      elem_id=f"character-name-{i + 1}")
-                    scale = gr.Slider(0.0, 1.5, value=defaults["scale"], step=0.05, label="Scale")
+                                      max_length=MAX_NAME_CHARS, elem_id=f"character-name-{i + 1}")
+                    scale = gr.Slider(0.0, MAX_SCALE, value=defaults["scale"], step=0.05, label="Scale")
                     background = gr.Checkbox(label="Remove plain background", value=False)
                     library = gr.Dropdown(choices=ctx.library.names(), value=None, label="From library",
                                           allow_custom_value=False)
@@ -67,7 +69,7 @@ def build(ctx: StudioContext) -> SimpleNamespace:
                 ui.whole = gr.Button("Whole image", size="sm")
                 ui.clear = gr.Button("Clear masks", size="sm")
         with gr.Column(scale=6):
-            ui.prompt = gr.Textbox(label="Prompt", lines=3, elem_id="prompt",
+            ui.prompt = gr.Textbox(label="Prompt", lines=3, elem_id="prompt", max_length=MAX_PROMPT_CHARS,
                                    placeholder="[Mia] reading in a sunny café, watercolour")
             with gr.Row():
                 ui.tags = [gr.Button(f"[Character {i + 1}]", size="sm", min_width=80)
@@ -79,17 +81,20 @@ def build(ctx: StudioContext) -> SimpleNamespace:
                                     elem_id="gallery")
             ui.notes = gr.Markdown()
             with gr.Accordion("Settings", open=True):
-                ui.negative_prompt = gr.Textbox(label="Negative prompt (used when true CFG > 1)", lines=1)
+                ui.negative_prompt = gr.Textbox(label="Negative prompt (used when true CFG > 1)", lines=1,
+                                                max_length=MAX_PROMPT_CHARS)
                 with gr.Row():
-                    ui.true_cfg_scale = gr.Slider(1.0, 10.0, value=defaults["true_cfg_scale"], step=0.5,
+                    ui.true_cfg_scale = gr.Slider(1.0, MAX_TRUE_CFG, value=defaults["true_cfg_scale"], step=0.5,
                                                   label="True CFG scale (1 = off, 2x slower above)")
-                    ui.guidance = gr.Slider(0.0, 10.0, value=defaults["guidance"], step=0.1, label="Guidance")
-                    ui.steps = gr.Slider(1, 100, value=defaults["steps"], step=1, label="Steps")
+                    ui.guidance = gr.Slider(0.0, MAX_GUIDANCE, value=defaults["guidance"], step=0.1, label="Guidance")
+                    ui.steps = gr.Slider(1, MAX_STEPS, value=defaults["steps"], step=1, label="Steps")
                 with gr.Row():
                     ui.size_preset = gr.Dropdown(list(ev.SIZE_PRESETS), label="Size",
                                                  value=ev.size_preset_for(defaults["width"], defaults["height"]))
-                    ui.width = gr.Number(value=defaults["width"], label="Width", precision=0, step=16, minimum=16)
-                    ui.height = gr.Number(value=defaults["height"], label="Height", precision=0, step=16, minimum=16)
+                    ui.width = gr.Number(value=defaults["width"], label="Width", precision=0, step=16, minimum=MIN_SIDE,
+                                         maximum=MAX_SIDE)
+                    ui.height = gr.Number(value=defaults["height"], label="Height", precision=0, step=16,
+                                          minimum=MIN_SIDE, maximum=MAX_SIDE)
                 with gr.Row():
                     ui.seed = gr.Number(value=defaults["seed"], label="Seed", precision=0, minimum=0, maximum=MAX_SEED)
                     ui.randomize_seed = gr.Checkbox(value=True, label="Randomize seed")
@@ -162,7 +167,8 @@ def _wire(ctx: StudioContext, ui, events: ev.GenerateEvents) -> None:
             trigger(ev.follow_size, [ui.canvas, ui.width, ui.height], ui.canvas, api_visibility="private")
     run = ui.generate.click(events.generate, generate_inputs(ui) + [ui.session_paths],
                             [ui.gallery, ui.session_paths, ui.notes, ui.seed], api_name="generate", **GPU)
-    ui.cancel.click(events.cancel, None, None, queue=False, api_name="cancel")
+    # Cancel drops a run still waiting in the queue (``cancels``) and stops a running one after its current step
+    ui.cancel.click(events.cancel, None, None, queue=False, api_name="cancel", cancels=[run])
     ui.generate_event = run
     ui.gallery.select(_selected_path, ui.session_paths, ui.recall_file, api_visibility="private")
     ui.recall.click(events.recall, ui.recall_file, recall_outputs(ui), api_name="recall")

@@ -5,16 +5,19 @@ The page's inputs travel as flat lists in the orders :data:`GENERATE_FIELDS` and
 No ``from __future__ import annotations`` here: Gradio reads the ``gr.Request`` annotations at runtime.
 """
 
+import hashlib
 import random
 
 import gradio as gr
 
+from core.limits import MAX_SEED, MAX_SIDE, MIN_SIDE
 from core.masks import RoutingMask
-from core.metadata import image_from_b64, read_record
+from core.metadata import png_from_b64, read_record
+from core.paths import write_bytes_atomic
 
-from ..context import MAX_STUDIO_CHARACTERS, StudioContext
+from ..context import MAX_STUDIO_CHARACTERS, StudioContext, uploads_dir
 from ..errors import StudioInputError, shown_to_user
-from ..generation import CharacterSlot, GenerationSettings, MAX_SEED, generate
+from ..generation import CharacterSlot, GenerationSettings, check_settings, generate
 from ..loras import MAX_LORAS, StyleLora, parse_rows
 from ..mask_canvas import blank_canvas, canvas_from_masks, layout_canvas, permute_canvas, resize_canvas
 from ..spaces import estimate_duration, gpu_function
@@ -95,6 +98,7 @@ class GenerateEvents:
         values = list(values)
         session_paths = list(values.pop() or [])
         slots, canvas, settings = parse_form(values)
+        check_settings(settings)  # before a ZeroGPU slot is asked for with these numbers
         if self.ctx.zero_gpu:
             result = self._zero_gpu_run(slots, canvas, settings)
         else:
@@ -115,10 +119,11 @@ class GenerateEvents:
 
     def _cancel(self, request: gr.Request):
         session = getattr(request, "session_hash", None) or "local"
+        # a run still waiting in the queue is dropped by the page (the Cancel button's ``cancels``)
         if self.ctx.jobs.cancel(session):
             gr.Info("Cancelling after the current step")
         else:
-            gr.Info("Nothing is running in this tab")
+            gr.Info("Nothing was running in this tab; a run still waiting in the queue is cancelled")
 
     # ------------------------------------------------------------------ recall
     def _recall(self, source):
@@ -131,16 +136,16 @@ class GenerateEvents:
             raise StudioInputError(f"this image has {len(record.characters)} characters; the studio holds "
                                    f"{MAX_STUDIO_CHARACTERS} (recall it with the command line instead)")
         values = {}
-        masks = []
         for i in range(MAX_STUDIO_CHARACTERS):
             c = record.characters[i] if i < len(record.characters) else None
-            values[f"image{i + 1}"] = image_from_b64(c.image) if c else None
+            values[f"image{i + 1}"] = _recalled_image(c.image, i) if c else None
             values[f"name{i + 1}"] = (c.name or "") if c else ""
             values[f"scale{i + 1}"] = c.scale if c else DEFAULTS["scale"]
             values[f"remove_background{i + 1}"] = False  # the recorded image is already the processed one
             values[f"visible{i + 1}"] = gr.update(visible=i < max(1, len(record.characters)))
-            masks.append(RoutingMask.from_json(c.mask) if c else None)
         values["count"] = max(1, len(record.characters))
+        # one mask decoded at a time (each is bounded to MAX_SIDE x MAX_SIDE), each dropped once it is on the canvas
+        masks = (RoutingMask.from_json(c.mask, f"character {i + 1}'s mask") for i, c in enumerate(record.characters))
         values["canvas"] = canvas_from_masks(masks, record.width, record.height)
         values.update(prompt=record.prompt, negative_prompt=record.negative_prompt or "",
                       true_cfg_scale=record.true_cfg_scale, steps=record.num_inference_steps,
@@ -154,6 +159,15 @@ class GenerateEvents:
             values[f"lora{j + 1}_trigger"] = lora.trigger if lora else ""
         gr.Info(f"Recalled the settings of seed {record.seed}")
         return [values[key] for key in RECALL_FIELDS]
+
+
+def _recalled_image(data: str, index: int) -> str:
+    """A recorded character image as a file for its image box: checked from its header, never decoded here."""
+    png = png_from_b64(data, f"character {index + 1}'s image")
+    path = uploads_dir() / "recall" / f"{hashlib.sha256(png).hexdigest()[:24]}.png"
+    if not path.is_file():
+        write_bytes_atomic(path, png)
+    return str(path)
 
 
 # ---------------------------------------------------------------------- characters and canvas
@@ -226,7 +240,7 @@ def follow_size(canvas, width, height):
         w, h = int(width), int(height)
     except (TypeError, ValueError):
         return gr.update()
-    if not (16 <= w <= 4096 and 16 <= h <= 4096):
+    if not (MIN_SIDE <= w <= MAX_SIDE and MIN_SIDE <= h <= MAX_SIDE):
         return gr.update()
     return resize_canvas(canvas, w, h)
 

@@ -141,8 +141,15 @@ def test_name_without_image(ctx, no_models):
     assert "Character 1 [Mia] has a name but no image" in error_of(run, ctx, name1="Mia")
 
 
-def test_bad_seed(ctx, no_models):
-    assert "seed -3 must be a whole number" in error_of(run, ctx, seed=-3, randomize_seed=False)
+@pytest.mark.parametrize("seed,message", [
+    (-3, "seed must be from 0 to 4294967295, got -3"),
+    (10**30, "seed must be from 0 to 4294967295, got 1000000000000000000000000000000"),
+    (2**32, "seed must be from 0 to 4294967295, got 4294967296"),
+    (2.5, "seed must be a whole number from 0 to 4294967295, got 2.5"),
+    ("lucky", "seed must be a whole number from 0 to 4294967295, got 'lucky'"),
+])
+def test_bad_seed(ctx, no_models, seed, message):
+    assert error_of(run, ctx, seed=seed, randomize_seed=False) == message
 
 
 def test_bad_lora_file(ctx, no_models, tmp_path):
@@ -274,3 +281,155 @@ def test_mask_layers_carry_the_character_names(ctx):
     assert len(layout_canvas("Left / right", 2, 64, 64)["layers"]) == MAX_STUDIO_CHARACTERS  # one per slot, in order
     page = demo.get_config_file()
     assert any(CANVAS_JS.strip() in str(dep.get("js") or "") for dep in page["dependencies"])
+
+
+# ---------------------------------------------------------------------- limits (core/limits.py)
+@pytest.mark.parametrize("fields,message", [
+    (dict(steps=10**30), "steps must be from 1 to 100, got 1000000000000000000000000000000"),
+    (dict(steps="many"), "steps must be a whole number from 1 to 100, got 'many'"),
+    (dict(steps=2.5), "steps must be a whole number from 1 to 100, got 2.5"),
+    (dict(images=5), "images per run must be from 1 to 4, got 5"),
+    (dict(prompt="x" * 4001), "the prompt is 4,001 characters long: the limit is 4,000"),
+    (dict(negative_prompt="x" * 4001), "the negative prompt is 4,001 characters long: the limit is 4,000"),
+    (dict(width=float("inf")), "Width inf is outside 16 to 4096 whole pixels"),
+    (dict(width=float("nan")), "Width nan is outside 16 to 4096 whole pixels"),
+    (dict(height=1e30), "Height 1e+30 is outside 16 to 4096 whole pixels"),
+    (dict(guidance=31), "guidance 31 is outside 0 to 30"),
+    (dict(true_cfg_scale=0.5), "true CFG scale (1 turns it off) 0.5 is outside 1 to 20"),
+    (dict(true_cfg_scale="x"), "true CFG scale (1 turns it off) must be a number from 1 to 20, got 'x'"),
+])
+def test_settings_are_bounded(ctx, no_models, fields, message):
+    assert error_of(run, ctx, **fields) == message
+
+
+def test_character_limits(ctx, no_models, character_files, tmp_path):
+    from tests.core.crafted_png import bilevel_png
+
+    mia = str(character_files[0])
+    assert error_of(run, ctx, image1=mia, scale1=2.5) == "Character 1: scale 2.5 is outside 0 to 2"
+    assert error_of(run, ctx, image1=mia, name1="N" * 65).endswith("must be 1-64 characters without brackets or "
+                                                                     "line breaks")
+    bomb = tmp_path / "bomb.png"
+    bomb.write_bytes(bilevel_png(30000, 30000, pixels=False))
+    assert error_of(run, ctx, image1=str(bomb)) == \
+        "Character 1 is far over the 40 megapixel limit: refused before decoding"
+    canvas = layout_canvas("Grid 2x2", 4, 64, 64)
+    canvas["layers"].append(canvas["layers"][0])
+    assert error_of(run, ctx, image1=mia, canvas=canvas) == \
+        "the mask canvas has 5 layers: it holds one per character, at most 4"
+
+
+def test_cancel_also_cancels_a_queued_run(ctx):
+    """Cancel's click lists the Generate event in ``cancels`` (the page drops a run still in the queue) and runs the
+    handler that stops a running one after its step."""
+    from app.studio import build_studio
+
+    demo = build_studio(ctx)
+    ui = demo.studio_tabs["generate"]
+    config = demo.get_config_file()["dependencies"]
+    [generate] = [d for d in config if d.get("api_name") == "generate"]
+    [cancel] = [d for d in config if d.get("api_name") == "cancel"]
+    on_cancel_click = [d for d in config if d["targets"] == cancel["targets"]]
+    assert cancel["targets"] == [(ui.cancel._id, "click")] and cancel["queue"] is False
+    assert [d["cancels"] for d in on_cancel_click] == [[], [generate["id"]]]  # Gradio adds the cancelling event
+
+    events = ev.GenerateEvents(ctx)
+    shown = []
+    gr_info = gr.Info
+    try:
+        gr.Info = shown.append
+        events.cancel(None)
+        running = ctx.jobs.start("local")
+        events.cancel(None)
+    finally:
+        gr.Info = gr_info
+    assert shown == ["Nothing was running in this tab; a run still waiting in the queue is cancelled",
+                     "Cancelling after the current step"]
+    assert running.is_set()
+
+
+# ---------------------------------------------------------------------- Recall of crafted files
+def _recall_file(tmp_path, settings, name="crafted.png") -> str:
+    from tests.core.crafted_png import png_with_settings
+
+    path = tmp_path / name
+    path.write_bytes(png_with_settings(settings))
+    return str(path)
+
+
+@pytest.mark.parametrize("fields,message", [
+    (dict(seed=10**30), "seed must be from 0 to 4294967295, got 1000000000000000000000000000000"),
+    (dict(width=0), "width must be from 16 to 4096, got 0"),
+    (dict(num_inference_steps=-1), "num_inference_steps must be from 1 to 100, got -1"),
+    (dict(guidance_scale="3.5"), "guidance_scale must be a number from 0 to 30, got '3.5'"),
+    (dict(characters=[{"image": "x"}] * 9), "9 characters given: at most 8"),
+])
+def test_recall_of_junk_settings(ctx, tmp_path, fields, message):
+    from tests.core.crafted_png import record
+
+    got = error_of(ev.GenerateEvents(ctx).recall, _recall_file(tmp_path, record(**fields)))
+    assert got == f"the image's settings are not usable: {message}"
+
+
+def test_recall_of_deep_json_and_bad_images(ctx, tmp_path):
+    from tests.core.crafted_png import b64, record
+
+    recall = ev.GenerateEvents(ctx).recall
+    assert error_of(recall, _recall_file(tmp_path, "[" * 50_000)) == \
+        "the image's settings nest deeper than 8 levels"
+    notes = b64(b"plain text")
+    assert error_of(recall, _recall_file(tmp_path, record(characters=[{"image": notes}]))) == \
+        "character 1's image is not an image file Pillow can read"
+    good = b64(_png_bytes(Image.new("RGB", (32, 32))))
+    assert error_of(recall, _recall_file(tmp_path, record(characters=[{"image": good, "mask": "png:" + notes}]))) == \
+        "character 1's mask is not an image file Pillow can read"
+
+
+def _png_bytes(image) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def _peak_rss_during(fn):
+    """``(result, seconds, peak MB above the starting RSS)``; the peak is reset first (Linux /proc)."""
+    import time
+
+    def rss(key):
+        with open("/proc/self/status") as status:
+            return next(int(line.split()[1]) / 1024 for line in status if line.startswith(key))
+
+    try:
+        with open("/proc/self/clear_refs", "w") as refs:
+            refs.write("5")  # resets VmHWM, the peak resident size, to the current one
+    except OSError:
+        pytest.skip("needs /proc/self/clear_refs to measure peak memory")
+    start, began = rss("VmRSS"), time.perf_counter()
+    result = fn()
+    return result, time.perf_counter() - began, rss("VmHWM") - start
+
+
+def test_recall_of_a_small_png_with_huge_masks_is_bounded(ctx, tmp_path):
+    """A few hundred bytes of PNG whose settings hold four 36-megapixel 1-bit images and masks (they deflate
+    1000:1). Recall used to decode all of them to RGB images and float masks (gigabytes, tens of seconds); now
+    images go to their boxes as files without being decoded, and masks are decoded one at a time, scaled down to
+    MAX_SIDE x MAX_SIDE before they become floats."""
+    from tests.core.crafted_png import b64, bilevel_png, record
+
+    side = 6000
+    image, mask = b64(bilevel_png(side, side)), "png:" + b64(bilevel_png(side, side))
+    characters = [{"image": image, "name": f"C{i}", "mask": mask} for i in range(MAX_STUDIO_CHARACTERS)]
+    path = _recall_file(tmp_path, record(characters=characters, width=1024, height=1024))
+    assert (tmp_path / "crafted.png").stat().st_size < 2000
+    values, seconds, peak_mb = _peak_rss_during(lambda: ev.GenerateEvents(ctx).recall(path))
+    recalled = dict(zip(ev.RECALL_FIELDS, values, strict=True))
+    assert Image.open(recalled["image1"]).size == (side, side)  # the recorded file itself, never decoded here
+    assert len(recalled["canvas"]["layers"]) == MAX_STUDIO_CHARACTERS
+    assert peak_mb < 300 and seconds < 15, (peak_mb, seconds)  # measured: about 215 MB and 1.3 s
+
+    # past the pixel limit, nothing is decoded at all
+    huge = "png:" + b64(bilevel_png(30000, 30000, pixels=False))
+    path = _recall_file(tmp_path, record(characters=[{"image": image, "mask": huge}]), "huge.png")
+    message, seconds, peak_mb = _peak_rss_during(lambda: error_of(ev.GenerateEvents(ctx).recall, path))
+    assert message == "character 1's mask is far over the 40 megapixel limit: refused before decoding"
+    assert peak_mb < 50 and seconds < 2, (peak_mb, seconds)
