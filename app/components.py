@@ -1,7 +1,7 @@
 """Gradio components with studio-specific input handling."""
 
 import gradio as gr
-from PIL import UnidentifiedImageError
+from PIL import Image, UnidentifiedImageError
 
 
 class CharacterImage(gr.Image):
@@ -16,5 +16,5 @@ class CharacterImage(gr.Image):
     def preprocess(self, payload):
         try:
             return super().preprocess(payload)
-        except (UnidentifiedImageError, OSError, ValueError, SyntaxError):
+        except (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombError):
             return str(payload.path) if payload is not None and payload.path else None

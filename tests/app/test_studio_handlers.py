@@ -433,3 +433,19 @@ def test_recall_of_a_small_png_with_huge_masks_is_bounded(ctx, tmp_path):
     message, seconds, peak_mb = _peak_rss_during(lambda: error_of(ev.GenerateEvents(ctx).recall, path))
     assert message == "character 1's mask is far over the 40 megapixel limit: refused before decoding"
     assert peak_mb < 50 and seconds < 2, (peak_mb, seconds)
+
+
+def test_bomb_upload_reaches_the_handler_as_a_path(tmp_path):
+    """Stock gr.Image opens every upload with Pillow, which raises DecompressionBombError for a 900-megapixel
+    header; the character box hands the file to the handler, whose message says what is wrong."""
+    from gradio.data_classes import ImageData
+
+    from app.components import CharacterImage
+    from tests.core.crafted_png import bilevel_png
+
+    bomb = tmp_path / "bomb.png"
+    bomb.write_bytes(bilevel_png(30000, 30000, pixels=False))
+    with pytest.raises(Image.DecompressionBombError):
+        Image.open(bomb)
+    box = CharacterImage(type="filepath", image_mode=None, format="png")
+    assert box.preprocess(ImageData(path=str(bomb), orig_name="bomb.png")) == str(bomb)
