@@ -148,7 +148,7 @@ def _wire(ctx: StudioContext, ui, events: ev.GenerateEvents) -> None:
         rows.names[i].change(ev.tag_label, [rows.names[i], gr.State(i + 1)], ui.tags[i], api_visibility="private")
         ui.tags[i].click(ev.insert_tag, [ui.prompt, rows.names[i], gr.State(i + 1)], ui.prompt,
                          api_visibility="private")
-        rows.save[i].click(shown_to_user(lambda image, name, scale: _save_to_library(ctx, image, name, scale)),
+        rows.save[i].click(_library_saver(ctx),
                            [rows.images[i], rows.names[i], rows.scales[i]], rows.library[i], api_visibility="private")
         rows.library[i].focus(lambda: gr.update(choices=ctx.library.names()), None, rows.library[i],
                               api_visibility="private")
@@ -179,7 +179,18 @@ def _selected_path(paths, evt: gr.SelectData):
     return paths[evt.index] if paths and evt.index is not None and evt.index < len(paths) else None
 
 
-def _save_to_library(ctx: StudioContext, image, name, scale):
+def _library_saver(ctx: StudioContext):
+    """The "save to library" handler: anyone may add a character; replacing one is for the owner."""
+
+    def save(request: gr.Request, image, name, scale):
+        return _save_to_library(ctx, image, name, scale, request)
+
+    return shown_to_user(save)
+
+
+def _save_to_library(ctx: StudioContext, image, name, scale, request=None):
+    if name and str(name).strip().lower() in {n.lower() for n in ctx.library.names()}:
+        ctx.access.check_owner(request, "Replacing a library character")
     entry = ctx.library.save(image, name, scale)
     gr.Info(f"Saved [{entry.name}] to the library")
     return gr.update(choices=ctx.library.names(), value=None)

@@ -65,11 +65,12 @@ def form_values(**given) -> list:
     return values
 
 
-def parse_form(values) -> tuple[list[CharacterSlot], object, GenerationSettings]:
+def parse_form(values, paths=None) -> tuple[list[CharacterSlot], object, GenerationSettings]:
     """``(slots, canvas, settings)`` from a list in :data:`GENERATE_FIELDS` order."""
     data = dict(zip(GENERATE_FIELDS, values, strict=True))
     slots = [CharacterSlot(*(data[f"{field}{i + 1}"] for field in SLOT_FIELDS)) for i in range(MAX_STUDIO_CHARACTERS)]
-    loras = parse_rows([[data[f"lora{j + 1}_{field}"] for field in LORA_FIELDS] for j in range(MAX_LORAS)])
+    rows = [[data[f"lora{j + 1}_{field}"] for field in LORA_FIELDS] for j in range(MAX_LORAS)]
+    loras = parse_rows(rows, paths) if paths is not None else parse_rows(rows)  # the studio passes its policy
     settings = GenerationSettings(**{field: data[field] for field in SETTING_FIELDS}, loras=loras)
     return slots, data["canvas"], settings
 
@@ -97,7 +98,7 @@ class GenerateEvents:
         """Returns ``(gallery paths, session paths, notes markdown, seed)``; ``values`` in GENERATE_FIELDS order."""
         values = list(values)
         session_paths = list(values.pop() or [])
-        slots, canvas, settings = parse_form(values)
+        slots, canvas, settings = parse_form(values, self.ctx.paths)
         check_settings(settings)  # before a ZeroGPU slot is asked for with these numbers
         if self.ctx.zero_gpu:
             result = self._zero_gpu_run(slots, canvas, settings)

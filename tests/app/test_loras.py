@@ -78,3 +78,18 @@ def test_lora_is_recorded_and_recalled(tiny_models, tiny_lora, tmp_path, charact
     recalled = dict(zip(RECALL_FIELDS, GenerateEvents(ctx).recall(result.paths[0])))
     assert (recalled["lora1_source"], recalled["lora1_weight"], recalled["lora1_trigger"]) == (str(tiny_lora), 0.6,
                                                                                                "ghibli")
+
+
+def test_studio_lora_files_only_from_its_folders(tiny_lora, tmp_path):
+    from app.context import StudioContext, StudioSettings
+    from core.path_policy import PathNotAllowedError
+
+    ctx = StudioContext(StudioSettings(models="tiny", output_dir=tmp_path / "out"))
+    for source in (str(tiny_lora), "/etc/passwd", "../../../etc/x.safetensors"):
+        with pytest.raises(PathNotAllowedError, match="LoRA file .* is outside the folders"):
+            parse_rows([[source, 1.0, ""]], ctx.paths)
+    from core.paths import data_dir
+
+    inside = data_dir("loras") / "style.safetensors"
+    inside.write_bytes(tiny_lora.read_bytes())
+    assert parse_rows([["style.safetensors", 0.5, ""]], ctx.paths)[0].weight == 0.5
