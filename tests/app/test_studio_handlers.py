@@ -153,7 +153,9 @@ def test_bad_seed(ctx, no_models, seed, message):
 
 
 def test_bad_lora_file(ctx, no_models, tmp_path):
-    assert error_of(run, ctx, lora1_source=str(tmp_path / "missing.safetensors")).startswith("LoRA file not found")
+    assert error_of(run, ctx, lora1_source="missing.safetensors").startswith("LoRA file not found")  # in loras/
+    assert "is outside the folders this studio may use" in error_of(
+        run, ctx, lora1_source=str(tmp_path / "missing.safetensors"))
 
 
 # ---------------------------------------------------------------------- models failing to load
