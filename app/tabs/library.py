@@ -4,6 +4,8 @@ from types import SimpleNamespace
 
 import gradio as gr
 
+from core.limits import MAX_SCALE
+
 from ..components import CharacterImage
 from ..context import StudioContext
 from ..errors import StudioInputError, shown_to_user
@@ -60,7 +62,7 @@ def build(ctx: StudioContext) -> SimpleNamespace:
             ui.image = CharacterImage(label="New character", type="filepath", image_mode=None, format="png",
                                       sources=["upload", "clipboard"], height=240)
             ui.name = gr.Textbox(label="Name", max_lines=1)
-            ui.scale = gr.Slider(0.0, 1.5, value=0.9, step=0.05, label="Default scale")
+            ui.scale = gr.Slider(0.0, MAX_SCALE, value=0.9, step=0.05, label="Default scale")
             ui.save = gr.Button("Save to library", variant="primary")
     ui.save.click(events.save, [ui.image, ui.name, ui.scale], ui.gallery, api_visibility="private")
     ui.gallery.select(events.select, None, ui.selected, api_visibility="private")
