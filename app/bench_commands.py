@@ -13,7 +13,6 @@ from pathlib import Path
 
 from core.memory import PRESET_ORDER, QUANTIZATIONS
 
-USER_ERRORS: tuple[type[BaseException], ...] = (ValueError, RuntimeError, FileNotFoundError, PermissionError)
 
 
 def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
@@ -107,15 +106,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from .command import run_handler
+
     args = build_parser().parse_args(argv)
-    try:
-        return args.handler(args) or 0
-    except USER_ERRORS as exc:
-        if args.debug:
-            raise
-        message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        print(f"error: {message}", file=sys.stderr)
-        return 2
+    return run_handler(args.handler, args)
 
 
 if __name__ == "__main__":

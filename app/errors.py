@@ -11,24 +11,12 @@ import logging
 
 import gradio as gr
 
-from core.character import CharacterError
-from core.images import ImageInputError
-from core.limits import LimitError
-from core.masks import MaskError
-from core.memory import MemoryAdviceError
-from core.memory_setup import PresetUnavailableError
-from core.metadata import MetadataError
-from core.path_policy import PathNotAllowedError
-from core.paths import OutputPathError
-from core.pipeline import GenerationInputError
-from core.prompt import PromptError
-from core.sources import ModelSourceError
-from core.story import StoryError
+from core.errors import UserError
 
 log = logging.getLogger(__name__)
 
 
-class StudioInputError(ValueError):
+class StudioInputError(UserError, ValueError):
     """A bad value in the studio's own fields (size, seed, LoRA row, library name); one line."""
 
 
@@ -36,11 +24,7 @@ class OwnerOnlyError(StudioInputError):
     """An action reserved for the person who started the studio, asked by someone else."""
 
 
-USER_ERRORS: tuple[type[BaseException], ...] = (
-    StudioInputError, CharacterError, ImageInputError, MaskError, PromptError, GenerationInputError, MetadataError,
-    ModelSourceError, MemoryAdviceError, PresetUnavailableError, LimitError, PathNotAllowedError, OutputPathError,
-    OwnerOnlyError, StoryError,
-)
+USER_ERRORS: tuple[type[BaseException], ...] = (UserError,)  # one base: core.errors
 
 
 def one_line(exc: BaseException) -> str:

@@ -7,6 +7,7 @@ import os
 import threading
 import time
 from collections import OrderedDict
+from core.errors import UserError
 
 
 class LRUCache(OrderedDict):
@@ -26,7 +27,7 @@ class LRUCache(OrderedDict):
         return value
 
 
-class FileTooLargeError(ValueError):
+class FileTooLargeError(UserError, ValueError):
     """A file over the size a digest may read; one line with its size and the limit."""
 
 

@@ -25,9 +25,10 @@ from safetensors.torch import load_file, save_file
 from .attention import CharacterAttentionLayers
 from .paths import atomic_path, cache_dir
 from .projector import CharacterProjector, ProjectorConfig
+from core.errors import UserError
 
 
-class CheckpointError(ValueError):
+class CheckpointError(UserError, ValueError):
     """An adapter file that cannot be used; the message says why in one line."""
 
 

@@ -15,6 +15,7 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from .limits import MAX_FILE_BYTES, MAX_IMAGE_PIXELS
+from core.errors import UserError
 
 MAX_PIXELS = MAX_IMAGE_PIXELS  # the old name, still imported elsewhere
 MIN_SIDE = 16  # the encoders see 384x384 views: anything smaller carries no usable detail
@@ -23,7 +24,7 @@ TEXT_CHUNKS = (b"tEXt", b"zTXt", b"iTXt")
 MAX_CHUNKS = 100_000  # a 50 MB PNG written by Pillow has under a thousand; crafted millions are not read
 
 
-class ImageInputError(ValueError):
+class ImageInputError(UserError, ValueError):
     """A user image that cannot be used; the message names the file and the problem in one line."""
 
 

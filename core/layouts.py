@@ -8,6 +8,7 @@ Torch-free, so parsers (stories, benchmarks) can check layouts without loading t
 from __future__ import annotations
 
 import re
+from core.errors import UserError
 
 PRESETS = {
     "whole": (0.0, 0.0, 1.0, 1.0),
@@ -22,7 +23,7 @@ PRESETS = {
 GRID_PATTERN = re.compile(r"^grid:(\d+)x(\d+):(\d+)$")
 
 
-class MaskError(ValueError):
+class MaskError(UserError, ValueError):
     """A mask that cannot be used; the message says why in one line."""
 
 

@@ -7,6 +7,8 @@ This module imports nothing heavy: the CLI's argument parsing and the story pars
 
 from __future__ import annotations
 
+from core.errors import UserError
+
 # ---------------------------------------------------------------------------------------------- one generation
 MAX_STEPS = 100  # denoising steps
 MIN_SIDE = 16  # output width and height: multiples of 16 from MIN_SIDE to MAX_SIDE
@@ -41,7 +43,7 @@ MAX_CAPTION_CHARS = 300
 MAX_BUBBLES_PER_PANEL = 6
 
 
-class LimitError(ValueError):
+class LimitError(UserError, ValueError):
     """A request over one of the limits above; the message names the value, the limit and what to do."""
 
 

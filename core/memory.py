@@ -22,6 +22,7 @@ from typing import Iterator, Mapping
 import torch
 
 from core.model_sizes import ComponentSize, all_sizes
+from core.errors import UserError
 
 GiB = 2**30
 
@@ -493,7 +494,7 @@ def format_plan(vram_gb: float | None = None, ram_gb: float | None = None, width
 
 
 # --------------------------------------------------------------------------------------------- out of memory
-class MemoryAdviceError(RuntimeError):
+class MemoryAdviceError(UserError, RuntimeError):
     """The GPU ran out of memory; the message (one line) names the preset to try next.
 
     Attributes:

@@ -19,6 +19,7 @@ import torch
 
 from core.memory import (GROUP_OFFLOAD_MIN_BYTES, QUANTO_ALTERNATIVE, VAE_TILE_PX, MemoryPreset, get_preset)
 from core.model_sizes import kept_module_names
+from core.errors import UserError
 
 logger = logging.getLogger(__name__)
 
@@ -26,7 +27,7 @@ ADAPTER_COMPONENTS = ("projector", "image_proj", "character_projector")
 _QUANTO_TYPES = {"quanto-int8": "qint8", "quanto-fp8": "qfloat8"}
 
 
-class PresetUnavailableError(RuntimeError):
+class PresetUnavailableError(UserError, RuntimeError):
     """The preset needs something this machine lacks; the message names the alternative to use."""
 
 

@@ -35,6 +35,7 @@ from PIL import Image, UnidentifiedImageError
 
 from core.segmentation import as_segmenter, isolate
 from core.sources import is_local
+from core.errors import UserError
 
 __all__ = [
     "DEFAULT_CLIP_MODEL",
@@ -71,7 +72,7 @@ ImageLike = Union[Image.Image, str, os.PathLike]
 Region = Union[Image.Image, Sequence[float]]
 
 
-class MetricsError(RuntimeError):
+class MetricsError(UserError, RuntimeError):
     """A model or input problem, with a one-line message meant for the user."""
 
 

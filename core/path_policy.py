@@ -12,9 +12,10 @@ from __future__ import annotations
 import os
 from collections.abc import Iterable
 from pathlib import Path
+from core.errors import UserError
 
 
-class PathNotAllowedError(ValueError):
+class PathNotAllowedError(UserError, ValueError):
     """A path outside the folders this client may use; one line naming the path and the folders."""
 
 

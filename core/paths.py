@@ -13,6 +13,7 @@ import tempfile
 from pathlib import Path
 
 import platformdirs
+from core.errors import UserError
 
 APP_NAME = "instantcharacter-studio"
 
@@ -38,7 +39,7 @@ def data_dir(*parts: str) -> Path:
     return path
 
 
-class OutputPathError(ValueError):
+class OutputPathError(UserError, ValueError):
     """An output path that must not be written: a folder, a device, a pipe, or a link to one."""
 
 

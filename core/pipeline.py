@@ -28,9 +28,10 @@ from .masks import auto_layout
 from .projector import CharacterProjector
 from .prompt import ResolvedPrompt, resolve_prompt, token_indices
 from .text_adapter import TextAdapter, TextAdapterError
+from core.errors import UserError
 
 
-class GenerationInputError(ValueError):
+class GenerationInputError(UserError, ValueError):
     """Invalid generation settings; the message names the argument and the bad value."""
 
 

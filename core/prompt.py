@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
+from core.errors import UserError
 
 TAG = re.compile(r"\[([^\[\]\n]+)\]")
 
 
-class PromptError(ValueError):
+class PromptError(UserError, ValueError):
     """A prompt that cannot be used with the given characters; the message says why in one line."""
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, replace
 from pathlib import Path
+from core.errors import UserError
 
 DEFAULT_BASE = "black-forest-labs/FLUX.1-dev"
 DEFAULT_SIGLIP = "google/siglip-so400m-patch14-384"
@@ -20,7 +21,7 @@ ADAPTER_SUFFIXES = (".bin", ".safetensors")
 BASE_PATTERNS = ["model_index.json", "*/*.json", "*/*.safetensors", "*/*.model", "*/*.txt"]
 
 
-class ModelSourceError(RuntimeError):
+class ModelSourceError(UserError, RuntimeError):
     """A model that cannot be found or fetched; the message says what to do."""
 
 

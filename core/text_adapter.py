@@ -28,9 +28,10 @@ from torch import nn
 from .attention import RMSNorm
 from .paths import atomic_path
 from .projector import TimeResampler
+from core.errors import UserError
 
 
-class TextAdapterError(ValueError):
+class TextAdapterError(UserError, ValueError):
     """A text adapter file that cannot be used; the message says why in one line."""
 
 

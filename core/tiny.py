@@ -16,11 +16,12 @@ import torch
 
 from .paths import cache_dir
 
-TINY_VERSION = "2"
+TINY_VERSION = "3"
 _MARKER = "tiny-bundle.json"
 
 T5_WIDTH = 32
 CLIP_WIDTH = 32
+LATENT_CHANNELS = 16  # FLUX.1-dev's VAE
 
 
 def _byte_symbols() -> list[str]:
@@ -62,15 +63,18 @@ def build_tiny_flux(folder: Path) -> None:
     from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
     from transformers import CLIPTextConfig, CLIPTextModel, T5Config, T5EncoderModel
 
+    # packed latents: 2x2 patches of the VAE's 16 channels, as in FLUX.1-dev
     transformer = FluxTransformer2DModel(
-        patch_size=1, in_channels=4, num_layers=1, num_single_layers=1, attention_head_dim=16,
+        patch_size=1, in_channels=4 * LATENT_CHANNELS, num_layers=1, num_single_layers=1, attention_head_dim=16,
         num_attention_heads=2, joint_attention_dim=T5_WIDTH, pooled_projection_dim=CLIP_WIDTH,
         guidance_embeds=True, axes_dims_rope=(4, 6, 6),
     )
+    # FLUX's VAE layout (4 blocks, so 8x: 1024x1024 is a 128x128 latent, 4096 packed tokens), few channels
     vae = AutoencoderKL(
-        in_channels=3, out_channels=3, down_block_types=["DownEncoderBlock2D"], up_block_types=["UpDecoderBlock2D"],
-        block_out_channels=[4], layers_per_block=1, latent_channels=1, norm_num_groups=1, sample_size=32,
-        use_quant_conv=False, use_post_quant_conv=False, shift_factor=0.1159, scaling_factor=0.3611,
+        in_channels=3, out_channels=3, down_block_types=["DownEncoderBlock2D"] * 4,
+        up_block_types=["UpDecoderBlock2D"] * 4, block_out_channels=[4, 4, 8, 8], layers_per_block=1,
+        latent_channels=LATENT_CHANNELS, norm_num_groups=2, sample_size=1024, use_quant_conv=False,
+        use_post_quant_conv=False, shift_factor=0.1159, scaling_factor=0.3611,
     )
     clip_tokenizer = build_clip_tokenizer()
     text_encoder = CLIPTextModel(CLIPTextConfig(

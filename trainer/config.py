@@ -60,6 +60,7 @@ import math
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
+from core.errors import UserError
 
 MIXED_PRECISION = ("no", "fp16", "bf16")
 STAGE_DATA = ("unpaired", "paired", "both")
@@ -70,7 +71,7 @@ KNOWN_TRAINABLE = ("image_adapter", "text_adapter")
 SEGMENTERS = ("none", "threshold")
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError, ValueError):
     """A training config that cannot be used; ``problems`` lists every one as ``"key.path: what is wrong"``."""
 
     def __init__(self, problems: list[str], source: str = "config"):

@@ -26,6 +26,7 @@ from PIL import Image
 
 from core.images import ImageInputError, load_image
 from core.prompt import TAG
+from core.errors import UserError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 _NAME = re.compile(r"^[^\[\]\n]{1,40}$")
@@ -84,7 +85,7 @@ class ValidationReport:
         return "\n".join(lines)
 
 
-class DatasetError(ValueError):
+class DatasetError(UserError, ValueError):
     """A dataset with bad rows; ``report`` holds every problem."""
 
     def __init__(self, report: ValidationReport):

@@ -33,12 +33,13 @@ from .data import Example, load_dataset
 from .events import SAVE_NOW, STOP, EventLog, Throughput, clear_requests, take_request
 from .objective import BatchEncoder, EncodingCache, build_training_model
 from .validation import Validator
+from core.errors import UserError
 
 log = logging.getLogger(__name__)
 RECENT_LOSSES = 2000  # kept in checkpoints for the studio's loss plot
 
 
-class TrainingRefused(ValueError):
+class TrainingRefused(UserError, ValueError):
     """Training cannot start (bad dataset, existing run without ``--resume``); the message says why."""
 
 

@@ -11,11 +11,12 @@ from core.evaluation.files import write_atomic
 from core.evaluation.report import comparison_html
 from core.evaluation.stats import paired_t_test
 from core.metrics import METRICS
+from core.errors import UserError
 
 __all__ = ["RunError", "load_run", "compare_tests", "compare_runs"]
 
 
-class RunError(ValueError):
+class RunError(UserError, ValueError):
     """A run folder that cannot be compared; the message says why in one line."""
 
 

@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from PIL import Image, UnidentifiedImageError
+from core.errors import UserError
 
 __all__ = [
     "IMAGE_SUFFIXES",
@@ -49,7 +50,7 @@ _TAG = re.compile(r"\[([^\[\]\n]+)\]")  # the engine's [Name] tag syntax (core.p
 _ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")  # ids become file names
 
 
-class BenchmarkFormatError(ValueError):
+class BenchmarkFormatError(UserError, ValueError):
     """A benchmark folder that cannot be used; the one-line message names the file and line."""
 
 

@@ -63,6 +63,7 @@ from core.limits import (
 )
 from core.path_policy import UNRESTRICTED, PathNotAllowedError, PathPolicy
 from core.story.layout import check_page_limits, count_pages, parse_layout_spec, parse_length_mm, parse_page_spec
+from core.errors import UserError
 
 FORMAT_VERSION = 1
 
@@ -89,7 +90,7 @@ MAX_PROBLEMS = 50  # a story with more problems lists these and stops: the outpu
 MAX_PATH_CHARS = 4096  # a character image path as written (the usual PATH_MAX)
 
 
-class StoryError(ValueError):
+class StoryError(UserError, ValueError):
     """A story that cannot be used. `problems` lists every (line, message) found; line is None for JSON stories.
 
     `str(error)` reads like ``line 12: unknown character [Bob]``, one problem per line.
