@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 from core.memory import PRESET_ORDER, QUANTIZATIONS
+from core.errors import UsageError
 
 
 
@@ -74,7 +75,7 @@ def plan_main(args: argparse.Namespace) -> int:
     for name in ("vram", "ram"):
         value = getattr(args, name)
         if value is not None and value <= 0:
-            raise ValueError(f"--{name} {value}: must be a positive number of GB")
+            raise UsageError(f"--{name} {value}: must be a positive number of GB")
     print(format_plan(args.vram, args.ram, args.width, args.height))
     return 0
 

@@ -6,6 +6,7 @@ import argparse
 
 from core.evaluation.runner import RenderSettings
 from core.metrics import DEFAULT_CLIP_MODEL, DEFAULT_DINO_MODEL
+from core.errors import UsageError
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -34,7 +35,7 @@ def run(args: argparse.Namespace) -> int:
         print(compare_command(*args.compare))
         return 0
     if not args.bench or not args.out:
-        raise ValueError("eval needs a benchmark folder and --out DIR (or --compare RUN_A RUN_B)")
+        raise UsageError("eval needs a benchmark folder and --out DIR (or --compare RUN_A RUN_B)")
     from app.generate import DTYPES, default_dtype
     from core.pipeline import InstantCharacterPipeline, check_settings
     from core.sources import ModelSources

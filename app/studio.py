@@ -20,6 +20,7 @@ import gradio as gr
 from .context import ASSETS, NO_GPU_NOTICE, PRESET_CHOICES, Access, StudioContext, StudioSettings
 from .mask_canvas import CANVAS_JS
 from .tabs import generate, history, library, settings
+from core.errors import UsageError
 
 log = logging.getLogger(__name__)
 
@@ -111,7 +112,7 @@ def parse_auth(value: str | None, flag: str = "--auth") -> tuple[str, str] | Non
         return None
     user, sep, password = value.partition(":")
     if not sep or not user or not password:
-        raise ValueError(f"{flag} must be USER:PASS with both parts non-empty")
+        raise UsageError(f"{flag} must be USER:PASS with both parts non-empty")
     return user, password
 
 
@@ -120,9 +121,9 @@ def logins(args: argparse.Namespace) -> list[tuple[str, str]] | None:
     owner = parse_auth(getattr(args, "auth", None))
     guests = [parse_auth(g, "--guest") for g in getattr(args, "guest", None) or []]
     if guests and owner is None:
-        raise ValueError("--guest needs --auth USER:PASS for the owner")
+        raise UsageError("--guest needs --auth USER:PASS for the owner")
     if owner is not None and any(user == owner[0] for user, _ in guests):
-        raise ValueError(f"--guest {owner[0]} is the owner's name: give guests other names")
+        raise UsageError(f"--guest {owner[0]} is the owner's name: give guests other names")
     return [owner, *guests] if owner is not None else None
 
 

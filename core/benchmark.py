@@ -30,6 +30,7 @@ import torch
 from core.model_sizes import CONFIG_DIR
 from core.paths import cache_dir
 from core.pipeline import InstantCharacterPipeline
+from core.errors import UsageError
 
 GiB = 2**30
 REFERENCE_STEPS = 28  # FLUX.1-dev's usual step count; s/image is also given at this count
@@ -239,7 +240,7 @@ def ensure_random_models(folder: str | Path | None = None, *, min_free_gib: floa
     folder.mkdir(parents=True, exist_ok=True)
     free = shutil.disk_usage(folder).free / GiB
     if free < min_free_gib:
-        raise RuntimeError(f"random full-size models need about 42 GB on disk; {folder} has {free:.0f} GiB free")
+        raise UsageError(f"random full-size models need about 42 GB on disk; {folder} has {free:.0f} GiB free")
     start = time.perf_counter()
     build_random_models(folder)
     (folder / _RANDOM_MARKER).write_text(json.dumps({"version": RANDOM_VERSION,
@@ -335,7 +336,7 @@ def run_bench(preset: str = "auto", width: int = 1024, height: int = 1024, steps
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     dtype = dtype or (torch.bfloat16 if device.type == "cuda" else torch.float32)
     if random_weights and models_spec not in (None, "", "default"):
-        raise ValueError(f"--random-weights builds its own full-size models: drop --models {models_spec}")
+        raise UsageError(f"--random-weights builds its own full-size models: drop --models {models_spec}")
     if as_released:
         chosen, notes = get_preset("full"), ["as released: whole projector every step, no caching, no offload"]
     else:

@@ -14,3 +14,7 @@ from __future__ import annotations
 
 class UserError(Exception):
     """A problem the user can fix; ``str(error)`` is the message for them (its first line is shown)."""
+
+
+class UsageError(UserError, ValueError):
+    """A command or option used wrongly (a missing argument, options that do not go together)."""

@@ -28,6 +28,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from core.paths import atomic_path
+from core.errors import UsageError
 
 CHECKPOINTS = "checkpoints"
 STATE_FILE = "state.json"
@@ -147,7 +148,7 @@ def load_trainable(folder: str | Path, model) -> None:
     missing = sorted(set(expected) - set(weights))
     unexpected = sorted(set(weights) - set(expected))
     if missing or unexpected:
-        raise ValueError(f"{folder}: checkpoint does not fit this config's trainable modules "
+        raise UsageError(f"{folder}: checkpoint does not fit this config's trainable modules "
                          f"(missing {missing[:3]}, unexpected {unexpected[:3]})")
     model.load_state_dict(weights, strict=True)
 

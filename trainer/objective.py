@@ -46,6 +46,7 @@ from core.prompt import resolve_prompt, token_indices
 
 from .config import ObjectiveConfig
 from .data import Example, cover_crop, load_target
+from core.errors import UsageError
 
 
 # ---------------------------------------------------------------------- inputs
@@ -176,10 +177,10 @@ class TextAdapterPart(TrainablePart):
         adapter = self.text_adapter
         tcfg = pipe.transformer.config
         if adapter.config.siglip_dim != pipe.siglip.config.hidden_size:
-            raise ValueError(f"the text adapter expects {adapter.config.siglip_dim}-wide SigLIP features, the "
+            raise UsageError(f"the text adapter expects {adapter.config.siglip_dim}-wide SigLIP features, the "
                              f"SigLIP model gives {pipe.siglip.config.hidden_size}")
         if adapter.config.attention_width != tcfg.num_attention_heads * tcfg.attention_head_dim:
-            raise ValueError(f"the text adapter is for attention width {adapter.config.attention_width}, the base "
+            raise UsageError(f"the text adapter is for attention width {adapter.config.attention_width}, the base "
                              f"model has {tcfg.num_attention_heads * tcfg.attention_head_dim}")
         # not pipe.load_text_adapter: it casts to the weight dtype, and these are float32 master weights
         adapter.to(device=pipe.transformer.device)

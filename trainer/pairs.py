@@ -23,6 +23,7 @@ import torch
 from PIL import Image
 
 from core.segmentation import BackgroundThresholdSegmenter, as_segmenter, isolate
+from core.errors import UsageError
 
 BIREFNET_REPO = "ZhengPeng7/BiRefNet"
 LABEL_SIDE = 128  # connected regions are found on a mask at most this large (pure Python flood fill)
@@ -40,7 +41,7 @@ class BiRefNetSegmenter:
 
     def __init__(self, repo: str = BIREFNET_REPO, trust_remote_code: bool = False, device: str | None = None):
         if not trust_remote_code:
-            raise ValueError(f"BiRefNet runs code from the hub repository {repo}: pass trust_remote_code=True "
+            raise UsageError(f"BiRefNet runs code from the hub repository {repo}: pass trust_remote_code=True "
                              "(CLI: --trust-remote-code) if you trust it, or use the 'threshold' segmenter")
         from transformers import AutoModelForImageSegmentation
 
@@ -156,7 +157,7 @@ class MultiCharacterPairBuilder:
         out.mkdir(parents=True, exist_ok=True)
         descriptions = descriptions or [f"character {n}" for n in names]
         if len(descriptions) != len(names):
-            raise ValueError(f"{len(names)} names but {len(descriptions)} descriptions")
+            raise UsageError(f"{len(names)} names but {len(descriptions)} descriptions")
         together = " and ".join(descriptions)
         rows, skipped = [], []
         groups = group_images or [self._generate(f"{together} standing side by side, plain white background",
