@@ -30,7 +30,7 @@ import torch
 from core.model_sizes import CONFIG_DIR
 from core.paths import cache_dir
 from core.pipeline import InstantCharacterPipeline
-from core.errors import UsageError
+from .errors import UsageError
 
 GiB = 2**30
 REFERENCE_STEPS = 28  # FLUX.1-dev's usual step count; s/image is also given at this count

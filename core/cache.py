@@ -7,7 +7,7 @@ import os
 import threading
 import time
 from collections import OrderedDict
-from core.errors import UserError
+from .errors import UserError
 
 
 class LRUCache(OrderedDict):

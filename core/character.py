@@ -12,7 +12,7 @@ from .encoders import image_key
 from .images import load_image
 from .limits import MAX_CHARACTERS, MAX_DESCRIPTION_CHARS, MAX_NAME_CHARS, MAX_SCALE, LimitError, check_text
 from .masks import RoutingMask
-from core.errors import UserError
+from .errors import UserError
 
 # MAX_CHARACTERS: each character adds one attention per layer and step; past 8 regions get too small to hold one
 _NAME = re.compile(rf"^[^\[\]\n]{{1,{MAX_NAME_CHARS}}}$")

@@ -25,7 +25,7 @@ from safetensors.torch import load_file, save_file
 from .attention import CharacterAttentionLayers
 from .paths import atomic_path, cache_dir
 from .projector import CharacterProjector, ProjectorConfig
-from core.errors import UserError
+from .errors import UserError
 
 
 class CheckpointError(UserError, ValueError):

@@ -22,7 +22,7 @@ from typing import Iterator, Mapping
 import torch
 
 from core.model_sizes import ComponentSize, all_sizes
-from core.errors import UserError
+from .errors import UserError
 
 GiB = 2**30
 

@@ -19,7 +19,7 @@ import torch
 
 from core.memory import (GROUP_OFFLOAD_MIN_BYTES, QUANTO_ALTERNATIVE, VAE_TILE_PX, MemoryPreset, get_preset)
 from core.model_sizes import kept_module_names
-from core.errors import UserError
+from .errors import UserError
 
 logger = logging.getLogger(__name__)
 

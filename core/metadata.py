@@ -24,7 +24,7 @@ from .limits import (MAX_CHARACTERS, MAX_DESCRIPTION_CHARS, MAX_GUIDANCE, MAX_LO
                      MAX_METADATA_DEPTH, MAX_NAME_CHARS, MAX_PROMPT_CHARS, MAX_SCALE, MAX_SIDE, MAX_STEPS,
                      MAX_TRUE_CFG, MIN_SIDE, LimitError, check_int, check_seed, check_text)
 from .paths import atomic_path
-from core.errors import UserError
+from .errors import UserError
 
 JSON_KEY = "instantcharacter"
 FORMAT_VERSION = 1

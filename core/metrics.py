@@ -35,7 +35,7 @@ from PIL import Image, UnidentifiedImageError
 
 from core.segmentation import as_segmenter, isolate
 from core.sources import is_local
-from core.errors import UserError
+from .errors import UserError
 
 __all__ = [
     "DEFAULT_CLIP_MODEL",

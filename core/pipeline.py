@@ -28,7 +28,7 @@ from .masks import auto_layout
 from .projector import CharacterProjector
 from .prompt import ResolvedPrompt, resolve_prompt, token_indices
 from .text_adapter import TextAdapter, TextAdapterError
-from core.errors import UserError
+from .errors import UserError
 
 
 class GenerationInputError(UserError, ValueError):

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from core.errors import UserError
+from .errors import UserError
 
 TAG = re.compile(r"\[([^\[\]\n]+)\]")
 

@@ -28,7 +28,7 @@ from torch import nn
 from .attention import RMSNorm
 from .paths import atomic_path
 from .projector import TimeResampler
-from core.errors import UserError
+from .errors import UserError
 
 
 class TextAdapterError(UserError, ValueError):
