@@ -20,7 +20,7 @@ from core.sources import ModelSources
 from .character_library import CharacterLibrary
 from .errors import OwnerOnlyError
 from .generation_history import GenerationHistory
-from .loras import LoadedLoras
+from core.loras import LoadedLoras
 from .spaces import on_spaces, on_zero_gpu
 
 log = logging.getLogger(__name__)

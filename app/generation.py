@@ -28,7 +28,7 @@ from core.segmentation import BackgroundThresholdSegmenter, isolate
 from .context import MAX_STUDIO_CHARACTERS, StudioContext
 from .errors import StudioInputError
 from .generation_history import HistoryEntry
-from .loras import StyleLora, with_triggers
+from core.loras import StyleLora, with_triggers
 from .mask_canvas import slot_masks
 
 

@@ -24,6 +24,7 @@ MAX_PROMPT_CHARS = 4000  # prompt and negative prompt, each
 MAX_NAME_CHARS = 64  # a character's name (its [Name] tag)
 MAX_DESCRIPTION_CHARS = 500  # the words that replace a tag
 MAX_LORAS = 3
+MAX_LORA_WEIGHT = 2.0
 
 # ---------------------------------------------------------------------------------------------- images and files
 MAX_FILE_BYTES = 50 * 1024 * 1024  # any file read, hashed or copied on a request's behalf

@@ -12,15 +12,14 @@ import threading
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from core.path_policy import UNRESTRICTED, PathPolicy
+from .errors import UserError
+from .limits import MAX_LORA_WEIGHT, MAX_LORAS
+from .path_policy import UNRESTRICTED, PathPolicy
 
-from .errors import StudioInputError, one_line
-
-MAX_LORAS = 3
-MAX_WEIGHT = 2.0
+MAX_WEIGHT = MAX_LORA_WEIGHT
 
 
-class LoraError(StudioInputError):
+class LoraError(UserError, ValueError):
     """A LoRA that cannot be used; one line naming it."""
 
 
@@ -42,7 +41,8 @@ class StyleLora:
 
 
 def parse_rows(rows, paths: PathPolicy = UNRESTRICTED) -> list[StyleLora]:
-    """LoRAs from UI rows ``(source, weight, trigger)``; rows without a source are skipped.
+    """LoRAs from rows ``(source, weight, trigger)`` (the studio's fields, the CLI's ``--lora``); rows without a
+    source are skipped.
 
     A local file must be allowed by ``paths`` (the studio's folders, ``loras/`` in the user data among them)."""
     loras = []
@@ -77,7 +77,7 @@ def _load_arguments(source: str, paths: PathPolicy = UNRESTRICTED) -> tuple[str,
     local = (source.startswith((".", "/", "~")) or ("/" not in source and source.endswith(".safetensors"))
              or (not paths.restricted and Path(source).expanduser().exists()))
     if local:
-        from core.paths import data_dir
+        from .paths import data_dir
 
         base = data_dir("loras") if paths.restricted else None
         path = paths.resolve(source, base=base, what="LoRA file")
@@ -127,7 +127,8 @@ class LoadedLoras:
                 try:
                     pipe.load_lora_weights(target, adapter_name=name, **kwargs)
                 except Exception as exc:  # noqa: BLE001 - hub, format and shape errors all become one line
-                    raise LoraError(f"LoRA {lora.source!r} cannot be loaded: {one_line(exc)}") from None
+                    message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+                    raise LoraError(f"LoRA {lora.source!r} cannot be loaded: {message}") from None
                 self._names[lora.source] = name
                 changed = True
             pipe.set_adapters([self._names[lora.source] for lora in loras],

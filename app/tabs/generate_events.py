@@ -18,7 +18,7 @@ from core.paths import write_bytes_atomic
 from ..context import MAX_STUDIO_CHARACTERS, StudioContext, uploads_dir
 from ..errors import StudioInputError, shown_to_user
 from ..generation import CharacterSlot, GenerationSettings, check_settings, generate
-from ..loras import MAX_LORAS, StyleLora, parse_rows
+from core.loras import MAX_LORAS, StyleLora, parse_rows
 from ..mask_canvas import blank_canvas, canvas_from_masks, layout_canvas, permute_canvas, resize_canvas
 from ..spaces import estimate_duration, gpu_function
 

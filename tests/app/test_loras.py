@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from app.loras import LoadedLoras, LoraError, StyleLora, parse_rows, with_triggers
+from core.loras import LoadedLoras, LoraError, StyleLora, parse_rows, with_triggers
 
 peft = pytest.importorskip("peft", reason="style LoRAs need peft")
 

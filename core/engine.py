@@ -1,0 +1,221 @@
+"""The engine: models loaded once for a source and a memory preset, and generation of :class:`GenerationRequest`.
+
+Every surface goes through it: the studio, ``generate``, ``story render``, ``eval``, ``bench`` and the trainer's
+validation. It owns the one loader (hub ids, folders, models directories, ``tiny``; see :mod:`core.sources` and
+:func:`core.memory_setup.load_pipeline`), the style LoRAs and the text adapter on the loaded pipeline, the PNG
+records' "where it was made" part, progress and cancel::
+
+    engine = Engine("tiny", preset="auto")
+    result = engine.generate(GenerationRequest("[Mia] on a bike", characters=[mia], seed=42))
+    result.images[0], result.records[0]
+
+The pipeline's own caches (character features, projector context, prompt embeddings) live on the pipeline and
+are reused across requests.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from .loras import LoadedLoras
+from .request import GenerationRequest
+from .sources import ModelSources
+
+log = logging.getLogger(__name__)
+
+Report = Callable[[float, str], None]  # (fraction done, message)
+
+
+@dataclass
+class EngineResult:
+    """What one request produced: an image per finished run with its seed and PNG record, notes for the user,
+    and whether it was cancelled (the images finished before the cancel are kept)."""
+
+    images: list = field(default_factory=list)
+    seeds: list[int] = field(default_factory=list)
+    records: list = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    cancelled: bool = False
+
+
+class Engine:
+    """Models for ``sources`` under ``preset``, loaded on first use.
+
+    Args:
+        models: the models' spec as the user gave it: ``default``, ``tiny`` or a models directory.
+        sources: the parsed sources, when they differ from ``models`` alone (single sources overridden); by default
+            ``ModelSources.parse(models)`` on first use.
+        preset: a memory preset name or ``auto`` (the planner picks from the detected GPU and RAM).
+        device: ``cuda`` when available, else ``cpu``.
+        dtype: a torch dtype or its name; default: the preset's on a GPU, float32 on the CPU.
+        zero_gpu: on ZeroGPU the preset is always ``full``.
+        progress_bars: show diffusers' and the hub's progress bars (the command line does).
+    """
+
+    def __init__(self, models: str = "default", preset: str = "auto", *, sources: ModelSources | None = None,
+                 device=None, dtype=None, zero_gpu: bool = False, progress_bars: bool = False, width: int = 1024,
+                 height: int = 1024):
+        self.spec = str(models or "default")
+        self._sources = sources
+        self.preset_name = preset
+        self._device = device
+        self._dtype = dtype
+        self.zero_gpu = zero_gpu
+        self.progress_bars = progress_bars
+        self._size = (width, height)
+        self._pipe = None
+        self._preset = None
+        self.preset_reason = ""
+        self.steps: list[str] = []
+        self._text_adapter: str | None = None
+        self.loras = LoadedLoras()
+        self._lock = threading.RLock()
+
+    @property
+    def sources(self) -> ModelSources:
+        if self._sources is None:
+            self._sources = ModelSources.parse(self.spec)  # tiny: built once, in the user cache
+        return self._sources
+
+    # ------------------------------------------------------------------ machine and preset
+    @property
+    def device(self):
+        import torch
+
+        return torch.device(self._device or ("cuda" if torch.cuda.is_available() else "cpu"))
+
+    @property
+    def is_tiny(self) -> bool:
+        return self.spec == "tiny"
+
+    @property
+    def preset(self):
+        """The :class:`core.memory.MemoryPreset` in use (resolved on first access; ``auto`` asks the planner)."""
+        if self._preset is None:
+            from .memory_setup import resolve_preset
+
+            self._preset, self.preset_reason = resolve_preset(
+                self.preset_name, tiny=self.is_tiny, zero_gpu=self.zero_gpu, device=self.device,
+                width=self._size[0], height=self._size[1])
+        return self._preset
+
+    @property
+    def dtype(self):
+        import torch
+
+        from .memory_setup import preset_dtype
+
+        if self._dtype is None:
+            return preset_dtype(self.preset, self.device)
+        return getattr(torch, self._dtype) if isinstance(self._dtype, str) else self._dtype
+
+    @property
+    def dtype_name(self) -> str:
+        return str(self.dtype).removeprefix("torch.")
+
+    def provenance(self) -> dict:
+        """Where an image was made, for its PNG record: model sources, dtype and preset."""
+        s = self.sources
+        models = {"base": s.base, "siglip": s.siglip, "dinov2": s.dinov2, "adapter": s.adapter, "spec": self.spec}
+        return {"models": models, "dtype": self.dtype_name, "preset": self.preset.name}
+
+    # ------------------------------------------------------------------ loading
+    @property
+    def loaded(self) -> bool:
+        return self._pipe is not None
+
+    @property
+    def pipe(self):
+        """The loaded :class:`core.pipeline.InstantCharacterPipeline` (loading it first if needed)."""
+        return self.load()
+
+    def load(self, report: Report | None = None, text_adapter: str | os.PathLike | None = None):
+        """Loads the models once; ``report(fraction, message)`` hears about each stage. Raises one-line user errors
+        (``ModelSourceError``, ``PresetUnavailableError``, ``MemoryAdviceError``)."""
+        from .memory_setup import load_pipeline
+
+        report = report or (lambda fraction, message: None)
+        with self._lock:
+            if self._pipe is None:
+                report(0.0, "Finding the models")
+                preset = self.preset
+                report(0.1, f"Loading the models (preset {preset.name})")
+                self._pipe, self.steps = load_pipeline(self.sources, preset, self.device, self.dtype,
+                                                       text_adapter=text_adapter, progress=self.progress_bars)
+                self._text_adapter = str(text_adapter) if text_adapter else None
+                log.info("models loaded: %s; preset %s (%s): %s", self.sources, preset.name, self.preset_reason,
+                         "; ".join(self.steps))
+                report(1.0, "Models loaded")
+            return self._pipe
+
+    def unload(self) -> bool:
+        """Drops the models and frees their memory; False when none were loaded."""
+        from .memory import free_memory
+
+        with self._lock:
+            if self._pipe is None:
+                return False
+            self._pipe = None
+            self._text_adapter = None
+            self.loras = LoadedLoras()
+            free_memory()
+            return True
+
+    def _use_text_adapter(self, pipe, path: str | None) -> None:
+        if (path or None) == self._text_adapter:
+            return
+        if path:
+            pipe.load_text_adapter(path)
+        else:
+            pipe.unload_text_adapter()
+        self._text_adapter = str(path) if path else None
+
+    # ------------------------------------------------------------------ generation
+    def generate(self, request: GenerationRequest, *, report: Report | None = None,
+                 cancel: threading.Event | None = None, pipeline_options: dict | None = None) -> EngineResult:
+        """Makes ``request.images`` images of ``request`` (its seed fixed first).
+
+        ``report(fraction, message)`` hears about loading and every denoising step; setting ``cancel`` stops at
+        the next step (the images finished before are kept). ``pipeline_options`` are passed to the pipeline as
+        they are (``output_type``, a ``callback_on_step_end`` of the caller's own is not supported).
+        """
+        import torch
+
+        from .memory import out_of_memory_advice
+
+        report = report or (lambda fraction, message: None)
+        request = request.check().with_seed()
+        steps, count = int(request.steps), int(request.images)
+        result = EngineResult()
+        with self._lock:
+            pipe = self.load(report=lambda fraction, message: report(0.0, message),
+                             text_adapter=request.text_adapter)
+            self._use_text_adapter(pipe, request.text_adapter)
+            self.loras.apply(pipe, request.loras)
+            provenance = self.provenance()
+            for k in range(count):
+                seed = request.image_seed(k)
+
+                def on_step(pipe, i, t, tensors, k=k):
+                    report((k * steps + i + 1) / (count * steps), f"Image {k + 1}/{count}: step {i + 1}/{steps}")
+                    if cancel is not None and cancel.is_set():
+                        pipe._interrupt = True
+                    return {}
+
+                with out_of_memory_advice(self.preset, width=request.width, height=request.height):
+                    output = pipe(**request.pipeline_kwargs(), generator=torch.Generator("cpu").manual_seed(seed),
+                                  callback_on_step_end=on_step, **(pipeline_options or {}))
+                if cancel is not None and cancel.is_set():
+                    result.cancelled = True
+                    break
+                result.notes += [n for n in output.notes if n not in result.notes]
+                result.images.append(output.images[0])
+                result.seeds.append(seed)
+                result.records.append(request.to_record(k, provenance))
+        if result.cancelled:
+            result.notes.append(f"cancelled: {len(result.images)} of {count} images finished")
+        return result
