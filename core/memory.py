@@ -15,11 +15,12 @@ from __future__ import annotations
 
 import contextlib
 import gc
+import importlib.util
 import math
+import sys
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Iterator, Mapping
-
-import torch
 
 from core.model_sizes import ComponentSize, all_sizes
 from .errors import UserError
@@ -145,7 +146,15 @@ def get_preset(name: str, quantization: str | None = None) -> MemoryPreset:
 
 
 # ----------------------------------------------------------------------------------------------------------- bytes
+# The compute dtypes, without importing torch (seconds) for ``plan``; any other name is asked of torch.
+DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
+
+
 def _dtype_bytes(dtype: str) -> int:
+    if dtype in DTYPE_BYTES:
+        return DTYPE_BYTES[dtype]
+    import torch
+
     return torch.empty((), dtype=getattr(torch, dtype)).element_size()
 
 
@@ -391,9 +400,29 @@ def _meminfo() -> tuple[int | None, int | None]:
     return values.get("MemTotal"), values.get("MemAvailable")
 
 
+def _torch_may_see_a_gpu() -> bool:
+    """False when the installed torch is built for neither CUDA nor ROCm, read from its generated ``version.py``
+    without importing torch (seconds): such a build never sees a GPU. True when torch is imported already, or when
+    its build cannot be read (then torch itself is asked)."""
+    if "torch" in sys.modules:
+        return True
+    try:
+        folder = importlib.util.find_spec("torch").submodule_search_locations[0]
+        spec = importlib.util.spec_from_file_location("_torch_build", Path(folder) / "version.py")
+        build = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(build)
+    except Exception:  # an unusual install: let the import of torch say what it is
+        return True
+    return bool(getattr(build, "cuda", None) or getattr(build, "hip", None))
+
+
 def detect_memory() -> DetectedMemory:
     """GPU memory (``torch.cuda.mem_get_info`` of the current device) and system RAM (psutil or /proc/meminfo)."""
     ram_total, ram_available = _meminfo()
+    if not _torch_may_see_a_gpu():
+        return DetectedMemory(None, None, ram_total, ram_available)
+    import torch
+
     if not torch.cuda.is_available():
         return DetectedMemory(None, None, ram_total, ram_available)
     free, total = torch.cuda.mem_get_info()
@@ -401,10 +430,15 @@ def detect_memory() -> DetectedMemory:
 
 
 def bitsandbytes_usable() -> bool:
-    """True when bitsandbytes is installed and a CUDA GPU is present (its 4/8-bit kernels need CUDA)."""
-    import importlib.util
+    """True when bitsandbytes is installed and a CUDA GPU is present (its 4/8-bit kernels need CUDA).
 
-    return torch.cuda.is_available() and importlib.util.find_spec("bitsandbytes") is not None
+    Only looks for the package: importing bitsandbytes costs seconds and prints notes about its CPU kernels.
+    """
+    if importlib.util.find_spec("bitsandbytes") is None or not _torch_may_see_a_gpu():
+        return False
+    import torch
+
+    return torch.cuda.is_available()
 
 
 # ------------------------------------------------------------------------------------------------------- choosing
@@ -541,6 +575,8 @@ def next_preset(preset: MemoryPreset | str, vram_bytes: int | None = None, width
 
 def free_memory() -> None:
     """Drop unreachable tensors and return cached CUDA blocks to the driver (no-op without CUDA)."""
+    import torch
+
     gc.collect()
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
@@ -553,6 +589,8 @@ def out_of_memory_advice(preset: MemoryPreset | str, vram_bytes: int | None = No
 
     Memory is freed (``free_memory``) before raising, so the app can keep serving requests.
     """
+    import torch
+
     name = preset.name if isinstance(preset, MemoryPreset) else preset
     try:
         yield

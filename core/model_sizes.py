@@ -6,22 +6,32 @@ SigLIP-so400m-patch14-384 and DINOv2-giant ship in ``assets/configs/``; a local 
 read instead when one is given. The adapter's counts come from the released checkpoint's tensor layout
 (``assets/configs/instantcharacter-adapter-layout.json``).
 
+Building on meta needs torch, diffusers and transformers (seconds to import), so the counts of the bundled configs
+are kept in ``assets/configs/model-sizes.json``, each under the SHA-256 of its config: a config with that hash is
+answered from the file, any other one (a local folder's) is built. ``python -m core.model_sizes`` rewrites the file;
+``tests/core/test_model_sizes.py`` checks it against the meta-built counts.
+
 All counts are numbers of parameters (elements), never bytes; ``core.memory`` turns them into bytes.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import fnmatch
+import hashlib
 import json
 import math
+import sys
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import Mapping
+from typing import TYPE_CHECKING, Mapping
 
-import torch
+if TYPE_CHECKING:
+    import torch
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "assets" / "configs"
+SIZES_FILE = CONFIG_DIR / "model-sizes.json"
 
 # Component name -> (bundled config file, sub-folder of a local pipeline/model folder holding config.json).
 BUNDLED_CONFIGS = {
@@ -80,8 +90,15 @@ def _read_config(name: str, local_dir: str | Path | None) -> dict:
     return json.loads((CONFIG_DIR / bundled).read_text())
 
 
+def config_hash(config: Mapping) -> str:
+    """SHA-256 of a config's JSON with sorted keys: the key of its counts in ``SIZES_FILE``."""
+    return hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()
+
+
 def _build_on_meta(name: str, config: dict) -> torch.nn.Module:
     """Build the model class of ``name`` from ``config`` on the meta device (no memory, no weights)."""
+    import torch
+
     cfg = {k: v for k, v in config.items() if not k.startswith("_")}
     with torch.device("meta"):
         if name == "transformer":
@@ -126,6 +143,8 @@ def _is_kept(module_name: str, kept: list[str]) -> bool:
 
 def size_of_module(name: str, model: torch.nn.Module, config: Mapping) -> ComponentSize:
     """Count a built (meta or real) module's parameters the way quantizers and group offloading see them."""
+    import torch
+
     kept = kept_module_names(model)
     quant = rows = kept_params = 0
     for module_name, module in model.named_modules():
@@ -166,6 +185,33 @@ def _model_size_cached(name: str, config_json: str) -> ComponentSize:
     return size_of_module(name, _build_on_meta(name, config), config)
 
 
+@lru_cache(maxsize=1)
+def _stored_counts() -> dict[str, dict]:
+    """``SIZES_FILE``'s counts by component name (empty when the file is missing)."""
+    if not SIZES_FILE.is_file():
+        return {}
+    return json.loads(SIZES_FILE.read_text())["components"]
+
+
+def write_sizes_file(path: str | Path = SIZES_FILE) -> Path:
+    """Builds every bundled config on meta and writes its counts to ``path`` (``SIZES_FILE`` by default)."""
+    from importlib.metadata import version
+
+    components = {}
+    for name in BUNDLED_CONFIGS:
+        config = _read_config(name, None)
+        size = size_of_module(name, _build_on_meta(name, config), config)
+        counts = {f.name: getattr(size, f.name) for f in dataclasses.fields(size) if f.name not in ("name", "config")}
+        components[name] = {"config_sha256": config_hash(config), **counts}
+    record = {"note": "parameter counts of the bundled configs, built on meta by python -m core.model_sizes",
+              "built_with": {lib: version(lib) for lib in ("torch", "diffusers", "transformers")},
+              "components": components}
+    path = Path(path)
+    path.write_text(json.dumps(record, indent=1) + "\n")
+    _stored_counts.cache_clear()
+    return path
+
+
 def model_size(name: str, local_dir: str | Path | None = None) -> ComponentSize:
     """Counts of one full-size component, from ``local_dir``'s ``config.json`` when present, else the bundled one.
 
@@ -176,6 +222,10 @@ def model_size(name: str, local_dir: str | Path | None = None) -> ComponentSize:
             folder (for ``siglip`` / ``dinov2``: ``<dir>/config.json``).
     """
     config = _read_config(name, local_dir)
+    stored = _stored_counts().get(name)
+    if stored is not None and stored["config_sha256"] == config_hash(config):
+        counts = {k: v for k, v in stored.items() if k != "config_sha256"}
+        return ComponentSize(name=name, config=config, **counts)
     return _model_size_cached(name, json.dumps(config, sort_keys=True))
 
 
@@ -231,3 +281,7 @@ def all_sizes(flux_dir: str | Path | None = None, siglip_dir: str | Path | None 
         sizes["dinov2"] = model_size("dinov2", dinov2_dir)
         sizes["projector"], sizes["adapter_processors"] = adapter_sizes()
     return sizes
+
+
+if __name__ == "__main__":
+    print(f"wrote {write_sizes_file(*sys.argv[1:2])}")
