@@ -4,53 +4,55 @@ from __future__ import annotations
 
 import argparse
 import os
-import random
 import re
 from pathlib import Path
 
-import torch
-
-from core.character import Character, CharacterError, check_characters
-from core.images import ImageInputError, open_image
-from core.limits import MAX_PROMPT_CHARS, MAX_SEED, check_seed, check_text
-from core.masks import MaskError, RoutingMask
-from core.metadata import CharacterRecord, GenerationRecord, save_png
-from core.paths import OutputPathError, output_target
-from core.pipeline import check_settings
-from core.prompt import resolve_prompt
-from core.sources import ModelSources
-
-DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
+# light at import time: `instantcharacter-studio --help` must not load torch; the heavy modules load in `run`
+DTYPE_NAMES = ("bfloat16", "float16", "float32")
+PRESET_NAMES = ("auto", "full", "balanced", "low", "minimal")
 _CHARACTER = re.compile(r"^(?:(?P<name>[^=\[\]]+)=)?(?P<path>.+?)(?::(?P<scale>[0-9]*\.?[0-9]+))?$")
+_LORA = re.compile(r"^(?P<source>.+?)(?::(?P<weight>-?[0-9]*\.?[0-9]+))?$")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--prompt", required=True, help="what to draw; name characters with [Name] tags")
+    parser.add_argument("--prompt", default=None,
+                        help="what to draw; name characters with [Name] tags (required unless --recall)")
+    parser.add_argument("--recall", default=None, metavar="PNG",
+                        help="make an image again from the settings in a PNG made by the studio, the CLI or a "
+                             "story (characters, masks, LoRAs, seed...); other flags given override them")
     parser.add_argument("--character", action="append", default=[], metavar="[NAME=]PATH[:SCALE]",
                         help="a character image; repeat for several characters")
     parser.add_argument("--scale", type=float, default=0.9, help="default character strength (0 to 2)")
+    parser.add_argument("--lora", action="append", default=[], metavar="SOURCE[:WEIGHT]",
+                        help="a style LoRA: a .safetensors file, owner/repo or owner/repo/file.safetensors, with "
+                             "an optional weight (default 1); repeat for up to 3")
     parser.add_argument("--mask", action="append", default=[], metavar="NAME=SPEC",
                         help="where a character goes: an image file, left/right/top/bottom, left-third, "
                              "center-third, right-third, grid:RxC:N or box:x0,y0,x1,y1")
     parser.add_argument("--negative-prompt", default=None)
-    parser.add_argument("--true-cfg", type=float, default=1.0, help="true CFG scale (1 = off)")
-    parser.add_argument("--steps", type=int, default=28)
-    parser.add_argument("--guidance", type=float, default=3.5)
-    parser.add_argument("--width", type=int, default=1024)
-    parser.add_argument("--height", type=int, default=1024)
+    parser.add_argument("--true-cfg", type=float, default=None, help="true CFG scale (1 = off; default 1)")
+    parser.add_argument("--steps", type=int, default=None, help="denoising steps (default 28)")
+    parser.add_argument("--guidance", type=float, default=None, help="distilled guidance (default 3.5)")
+    parser.add_argument("--width", type=int, default=None, help="multiple of 16 (default 1024)")
+    parser.add_argument("--height", type=int, default=None, help="multiple of 16 (default 1024)")
     parser.add_argument("--seed", type=int, default=None, help="random when omitted; recorded in the PNG")
     parser.add_argument("--models", default="default", help="default, tiny, or a models directory")
     parser.add_argument("--text-adapter", default=None, help="a trained text adapter (.safetensors)")
-    parser.add_argument("--dtype", choices=sorted(DTYPES), default=None,
+    parser.add_argument("--dtype", choices=DTYPE_NAMES, default=None,
                         help="weights dtype (default: bfloat16 on GPU, float32 on CPU)")
-    parser.add_argument("--preset", default="auto", choices=["auto", "full", "balanced", "low", "minimal"],
+    parser.add_argument("--preset", default="auto", choices=PRESET_NAMES,
                         help="memory preset (default: auto picks from the detected GPU and RAM)")
     parser.add_argument("--out", required=True, help="output PNG path")
 
 
-def parse_characters(specs: list[str], masks: list[str], default_scale: float) -> list[Character]:
-    """Builds characters from ``[NAME=]PATH[:SCALE]`` and ``NAME=SPEC`` strings."""
-    characters = []
+def parse_characters(specs: list[str], masks: list[str], default_scale: float, characters=None) -> list:
+    """Builds characters from ``[NAME=]PATH[:SCALE]`` and ``NAME=SPEC`` strings (masks may also name the
+    ``characters`` given, such as those of a recalled PNG)."""
+    from core.character import Character, CharacterError
+    from core.images import ImageInputError, open_image
+    from core.masks import MaskError, RoutingMask
+
+    characters = list(characters or [])
     for spec in specs:
         m = _CHARACTER.match(spec)
         if not m:
@@ -82,13 +84,11 @@ def parse_characters(specs: list[str], masks: list[str], default_scale: float) -
     return characters
 
 
-def default_dtype() -> str:
-    return "bfloat16" if torch.cuda.is_available() else "float32"
-
-
 def check_output(path: str) -> Path:
     """The file ``--out`` will write (a link's target), refused now if it is a folder, a device or a pipe, or if
     its folder cannot be made: before minutes of model loading, not after the image is made."""
+    from core.paths import OutputPathError, output_target
+
     target = output_target(path)
     folder = target.parent
     while not folder.exists() and folder != folder.parent:
@@ -100,9 +100,50 @@ def check_output(path: str) -> Path:
     return target
 
 
+def parse_loras(specs: list[str]) -> list:
+    """``--lora SOURCE[:WEIGHT]`` values as style LoRAs (checked: files exist, weights in range)."""
+    from core.loras import parse_rows
+
+    rows = []
+    for spec in specs:
+        match = _LORA.match(spec.strip())
+        source, weight = match.group("source"), match.group("weight")
+        if weight is not None and Path(spec).is_file():  # a file name that ends in :digits
+            source, weight = spec, None
+        rows.append([source, float(weight) if weight is not None else 1.0, ""])
+    return parse_rows(rows)
+
+
+def build_request(args: argparse.Namespace):
+    """The :class:`GenerationRequest` the flags describe, on top of ``--recall``'s PNG when given."""
+    from core.request import GenerationRequest, request_from_png
+    from core.errors import UsageError
+
+    if args.recall:
+        base = request_from_png(args.recall)
+    elif not args.prompt:
+        raise UsageError("--prompt is required (or give --recall PNG to make an image again from its settings)")
+    else:
+        base = GenerationRequest(prompt=args.prompt)
+    given = {"prompt": args.prompt, "negative_prompt": args.negative_prompt, "true_cfg_scale": args.true_cfg,
+             "steps": args.steps, "guidance": args.guidance, "width": args.width, "height": args.height,
+             "seed": args.seed, "text_adapter": args.text_adapter}
+    for name, value in given.items():
+        if value is not None:
+            setattr(base, name, value)
+    if args.character:
+        base.characters = parse_characters(args.character, args.mask, args.scale)
+    elif args.mask:
+        base.characters = parse_characters([], args.mask, args.scale, characters=base.characters)
+    if args.lora:
+        base.loras = parse_loras(args.lora)
+    return base.check()
+
+
 def run(args: argparse.Namespace) -> int:
-    from core.memory import out_of_memory_advice
-    from core.memory_setup import load_pipeline, resolve_preset
+    from core.engine import Engine
+    from core.limits import MAX_PROMPT_CHARS, check_seed, check_text
+    from core.metadata import save_png
 
     # fail fast, before minutes of model loading
     check_output(args.out)
@@ -110,34 +151,28 @@ def run(args: argparse.Namespace) -> int:
         check_seed(args.seed, "--seed")
     check_text(args.prompt, "--prompt", MAX_PROMPT_CHARS)
     check_text(args.negative_prompt, "--negative-prompt", MAX_PROMPT_CHARS)
-    check_settings(args.prompt, args.height, args.width, args.steps, args.guidance, args.true_cfg)
-    characters = parse_characters(args.character, args.mask, args.scale)
-    check_characters(characters)
-    resolve_prompt(args.prompt, characters)
-    sources = ModelSources.parse(args.models)
-    dtype_name = args.dtype or default_dtype()
-    seed = args.seed if args.seed is not None else random.randint(0, MAX_SEED)
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    preset, reason = resolve_preset(args.preset, tiny=args.models == "tiny", device=device, width=args.width,
-                                    height=args.height)
-    print(f"memory preset: {preset.name} ({reason})")
-    pipe, _ = load_pipeline(sources, preset, device, DTYPES[dtype_name], text_adapter=args.text_adapter,
-                            progress=True)
-    generator = torch.Generator("cpu").manual_seed(seed)
-    with out_of_memory_advice(preset, width=args.width, height=args.height):
-        result = pipe(args.prompt, characters=characters, negative_prompt=args.negative_prompt,
-                      true_cfg_scale=args.true_cfg, num_inference_steps=args.steps, guidance_scale=args.guidance,
-                      height=args.height, width=args.width, generator=generator)
+    request = build_request(args).with_seed()
+    engine = Engine(args.models, preset=args.preset, dtype=args.dtype, progress_bars=True,
+                    width=request.width, height=request.height)
+    print(f"memory preset: {engine.preset.name} ({engine.preset_reason})")
+    result = engine.generate(request)
     for note in result.notes:
         print(f"note: {note}")
-    record = GenerationRecord(
-        prompt=args.prompt, seed=seed, width=args.width, height=args.height, num_inference_steps=args.steps,
-        guidance_scale=args.guidance, negative_prompt=args.negative_prompt, true_cfg_scale=args.true_cfg,
-        characters=[CharacterRecord.from_character(c) for c in characters],
-        models={"base": sources.base, "siglip": sources.siglip, "dinov2": sources.dinov2, "adapter": sources.adapter,
-                "text_adapter": args.text_adapter, "spec": args.models},
-        dtype=dtype_name, preset=preset.name,
-    )
-    path = save_png(result.images[0], args.out, record)
-    print(f"saved {path} (seed {seed})")
+    path = save_png(result.images[0], args.out, result.records[0])
+    print(f"saved {path} (seed {result.seeds[0]})")
     return 0
+
+
+def default_dtype() -> str:
+    """bfloat16 on a CUDA GPU, float32 on the CPU (the engine's own default)."""
+    import torch
+
+    return "bfloat16" if torch.cuda.is_available() else "float32"
+
+
+def __getattr__(name: str):
+    if name == "DTYPES":  # torch dtypes by name, made on first use (no torch import for --help)
+        import torch
+
+        return {n: getattr(torch, n) for n in DTYPE_NAMES}
+    raise AttributeError(name)
