@@ -2,6 +2,9 @@
 
 Every known failure (bad input, missing model, bad checkpoint) prints one line and exits with status 2;
 no traceback reaches the user unless ``--debug`` is given.
+
+The options are defined in modules that import nothing heavy, so ``--help`` and ``plan`` answer at once; each
+handler imports torch, diffusers or gradio when it runs.
 """
 
 from __future__ import annotations
@@ -9,7 +12,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from . import bench_commands, eval_commands, generate, story_commands
+from . import arguments, bench_commands, eval_commands, generate, story_commands
 from .command import run_handler
 
 
@@ -20,10 +23,8 @@ def build_parser() -> argparse.ArgumentParser:
                     "With no command, opens the studio in your browser.",
     )
     parser.add_argument("--debug", action="store_true", help="show full tracebacks")
-    from .studio import add_launch_arguments, launch
-
-    add_launch_arguments(parser)
-    parser.set_defaults(handler=launch)
+    arguments.add_launch_arguments(parser)
+    parser.set_defaults(handler=_launch)
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     gen = commands.add_parser("generate", help="make one image from the command line")
@@ -51,6 +52,12 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("train_args", nargs=argparse.REMAINDER)
     train.set_defaults(handler=_train)
     return parser
+
+
+def _launch(args: argparse.Namespace):
+    from .studio import launch
+
+    return launch(args)
 
 
 def _train(args: argparse.Namespace) -> int:

@@ -12,6 +12,7 @@ import logging
 import sys
 
 from core.errors import UserError
+from core.library_notes import filter_library_notes
 
 USER_ERRORS: tuple[type[BaseException], ...] = (UserError, OSError)
 
@@ -20,6 +21,7 @@ def run_handler(handler, args: argparse.Namespace) -> int:
     """Calls ``handler(args)``; known failures print ``error: <one line>`` (tracebacks only with ``--debug``)."""
     debug = getattr(args, "debug", False)
     logging.basicConfig(level=logging.INFO if debug else logging.WARNING, format="%(message)s")
+    filter_library_notes()
     try:
         return handler(args) or 0
     except KeyboardInterrupt:

@@ -18,15 +18,14 @@ import re
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from app.arguments import DTYPE_CHOICES, PRESET_CHOICES
 from app.command import run_handler
 from core.limits import MAX_DPI, MAX_OUTPUT_PIXELS, MAX_PANELS, MAX_SIDE, MAX_STEPS, MIN_DPI, MIN_SIDE, LimitError
-from core.story.format import Story, StoryError, load_story
 
-DTYPE_CHOICES = ("bfloat16", "float16", "float32")
-# As app.cli: known failures print one line and exit 2 (kept here so `check` starts without importing torch).
-PRESET_CHOICES = ("auto", "full", "balanced", "low", "minimal")
+if TYPE_CHECKING:  # the story modules import PIL: imported when a command runs, not for --help
+    from core.story.format import Story, StoryError
 _SIZE = re.compile(r"^(\d+)\s*[xX]\s*(\d+)$")
 _RANGE = re.compile(r"^(\d{1,12})(?:-(\d{1,12}))?$")
 
@@ -102,7 +101,7 @@ def add_story_arguments(parser: argparse.ArgumentParser) -> None:
                         help="default (Hugging Face Hub), tiny (small random models) or a models folder")
     render.add_argument("--preset", default="auto", choices=PRESET_CHOICES, help="memory preset (default: auto)")
     render.add_argument("--dtype", choices=DTYPE_CHOICES, default=None,
-                        help="weights dtype (default: bfloat16 on GPU, float32 on CPU)")
+                        help="weights dtype (default: the preset's on GPU, float32 on CPU)")
     render.add_argument("--resume", action="store_true",
                         help="keep panels already rendered with the same settings; render the rest")
     render.add_argument("--panels", type=parse_panel_list, default=None, metavar="LIST",
@@ -125,6 +124,8 @@ def add_story_arguments(parser: argparse.ArgumentParser) -> None:
 
 def story_main(args: argparse.Namespace) -> int:
     """Runs ``args.story_command``; a story with problems prints them (one line each) and returns 2."""
+    from core.story.format import StoryError
+
     handler = {"render": run_render, "check": run_check, "to-json": run_to_json}[args.story_command]
     try:
         return handler(args)
@@ -184,6 +185,8 @@ def describe_story(story: Story) -> list[str]:
 
 
 def run_check(args: argparse.Namespace) -> int:
+    from core.story.format import load_story
+
     story = load_story(args.story)
     print("\n".join(describe_story(story)))
     print("ok")
@@ -191,6 +194,8 @@ def run_check(args: argparse.Namespace) -> int:
 
 
 def run_to_json(args: argparse.Namespace) -> int:
+    from core.story.format import load_story
+
     story = load_story(args.story)
     path = story.save_json(args.out)
     print(f"wrote {path} ({len(story.panels)} panels)")
@@ -225,30 +230,23 @@ def process_state() -> Any:
     return _OneProcess()
 
 
-def load_pipeline(models: str, preset_name: str, dtype_name: str | None, device, width: int = 1024,
-                  height: int = 1024, state: Any = None):
-    """Loads the engine once for a whole story: ``(pipe, record_fields)``; ``record_fields`` say how it was loaded
-    (models, dtype, preset) for each panel's PNG metadata. With several processes rank 0 resolves the model
-    sources first (building the tiny bundle or filling the hub cache), then the others."""
+def load_engine(models: str, preset_name: str, dtype_name: str | None, device, width: int = 1024,
+                height: int = 1024, state: Any = None):
+    """The engine (``core.engine.Engine``), loaded once for a whole story; it records how it was loaded (models,
+    dtype, preset) in each panel's PNG. With several processes rank 0 resolves the model sources first (building
+    the tiny bundle or filling the hub cache), then the others."""
     import contextlib
 
-    import torch
-
-    from core.memory_setup import load_pipeline as load_with_preset
-    from core.memory_setup import resolve_preset
+    from core.engine import Engine
     from core.sources import ModelSources
 
-    device = torch.device(device)
     first = state.main_process_first() if hasattr(state, "main_process_first") else contextlib.nullcontext()
     with first:
         sources = ModelSources.parse(models)
-    preset, _ = resolve_preset(preset_name, tiny=models == "tiny", device=device, width=width, height=height)
-    dtype_name = dtype_name or ("bfloat16" if device.type == "cuda" else "float32")
-    pipe, _ = load_with_preset(sources, preset, device, getattr(torch, dtype_name))
-    fields = {"models": {"base": sources.base, "siglip": sources.siglip, "dinov2": sources.dinov2,
-                         "adapter": sources.adapter, "spec": models},
-              "dtype": dtype_name, "preset": preset.name}
-    return pipe, fields
+    engine = Engine(models, preset=preset_name, sources=sources, device=device, dtype=dtype_name, width=width,
+                    height=height)
+    engine.load()
+    return engine
 
 
 def _progress_printer(story: Story, rank: int, world: int):
@@ -275,10 +273,10 @@ def _progress_printer(story: Story, rank: int, world: int):
 def run_render(args: argparse.Namespace) -> int:
     """Renders, then (rank 0) exports; 0 when every panel is done, 1 when some failed (the rest are exported)."""
     from core.story.export import export_story
+    from core.story.format import StoryError, load_story
+    from core.story.layout import plan_pages
     from core.story.manifest import load_manifest, panels_to_render
     from core.story.render import render_story
-
-    from core.story.layout import plan_pages
 
     started = time.perf_counter()
     story = with_overrides(load_story(args.story), args.size, args.steps, args.dpi)
@@ -302,15 +300,14 @@ def run_render(args: argparse.Namespace) -> int:
         todo = panels_to_render(story, load_manifest(out), out)
     else:
         todo = [p.index for p in story.panels]
-    pipe, fields = None, {}
+    engine = None
     if todo:
         if rank == 0:
             print(f"loading the models ({args.models}) for {len(todo)} of {len(story.panels)} panels"
                   + (f" on {world} processes" if world > 1 else ""), flush=True)
-        pipe, fields = load_pipeline(args.models, args.preset, args.dtype, state.device, story.width,
-                                     story.height, state)
-    result = render_story(story, pipe, out, resume=args.resume, state=state, only=only,
-                          progress=_progress_printer(story, rank, world), record_fields=fields)
+        engine = load_engine(args.models, args.preset, args.dtype, state.device, story.width, story.height, state)
+    result = render_story(story, engine, out, resume=args.resume, state=state, only=only,
+                          progress=_progress_printer(story, rank, world))
     if rank != 0:
         return 0
     manifest = result.manifest

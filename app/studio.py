@@ -1,8 +1,9 @@
 """The studio: builds the Gradio page from the tab modules and launches it.
 
-``instantcharacter-studio`` with no command calls :func:`launch` (``app.cli`` adds :func:`add_launch_arguments`).
-The Story and Trainer tabs plug in as ``app/tabs/story.py`` and ``app/tabs/train.py`` exposing ``build(ctx)``;
-the Trainer tab is left out on ZeroGPU, where training cannot run.
+``instantcharacter-studio`` with no command calls :func:`launch`; its options are
+:func:`app.arguments.add_launch_arguments` (there, so ``--help`` imports no gradio). The Story and Trainer tabs plug
+in as ``app/tabs/story.py`` and ``app/tabs/train.py`` exposing ``build(ctx)``; the Trainer tab is left out on
+ZeroGPU, where training cannot run.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from pathlib import Path
 
 import gradio as gr
 
-from .context import ASSETS, NO_GPU_NOTICE, PRESET_CHOICES, Access, StudioContext, StudioSettings
+from .context import ASSETS, NO_GPU_NOTICE, Access, StudioContext, StudioSettings
 from .mask_canvas import CANVAS_JS
 from .tabs import generate, history, library, settings
 from core.errors import UsageError
@@ -80,24 +81,6 @@ def _link_tabs(demo, tabs, library_tab, history_tab) -> None:
 
 
 # ---------------------------------------------------------------------------------------------------- launching
-def add_launch_arguments(parser: argparse.ArgumentParser) -> None:
-    """The studio's options (the command's defaults when no subcommand is given)."""
-    parser.add_argument("--host", default="127.0.0.1",
-                        help="address to listen on (default: this computer only; 0.0.0.0 opens it to the network)")
-    parser.add_argument("--port", type=int, default=7860, help="port (default 7860)")
-    parser.add_argument("--share", action="store_true", help="also make a public gradio.live link (warns)")
-    parser.add_argument("--auth", default=None, metavar="USER:PASS",
-                        help="require a login; this user is the owner (may change settings and train remotely)")
-    parser.add_argument("--guest", action="append", default=[], metavar="USER:PASS",
-                        help="another login (repeatable) that may generate but not change settings or train")
-    parser.add_argument("--models", default="default",
-                        help="default (Hugging Face Hub), tiny (small random models to try the interface) or a "
-                             "models folder (flux/, siglip/, dinov2/, adapter file)")
-    parser.add_argument("--preset", default="auto", choices=PRESET_CHOICES, help="memory preset (default: auto)")
-    parser.add_argument("--output-dir", default=None,
-                        help="where generated PNGs go (default: outputs/ in the user data folder)")
-
-
 def is_loopback(host: str) -> bool:
     if host == "localhost":
         return True

@@ -16,6 +16,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from core.library_notes import filter_library_notes
+
 COMMANDS = ("validate", "init-config", "export", "pairs", "stop", "save-now")
 
 
@@ -150,6 +152,7 @@ def _train(args) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point; ``argv`` is what follows ``train`` on the studio's command line."""
+    filter_library_notes()
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] in COMMANDS:
         args = _command_parser().parse_args(argv)
