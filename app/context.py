@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -20,7 +20,6 @@ from core.sources import ModelSources
 from .character_library import CharacterLibrary
 from .errors import OwnerOnlyError
 from .generation_history import GenerationHistory
-from core.loras import LoadedLoras
 from .spaces import on_spaces, on_zero_gpu
 
 log = logging.getLogger(__name__)
@@ -156,14 +155,6 @@ class Access:
         return f"This studio is {self.why}: model settings, output folder and training are for the owner login only."
 
 
-@dataclass
-class LoadedPipeline:
-    pipe: object
-    preset: str
-    dtype: str
-    steps: list[str] = field(default_factory=list)
-
-
 class StudioContext:
     """Everything the tabs share. One GPU job at a time: :attr:`gpu_lock` (the queue's shared concurrency id
     already serializes GPU events; the lock also covers direct callers such as tests and other tabs)."""
@@ -175,11 +166,10 @@ class StudioContext:
         self.library = library or CharacterLibrary(data_dir("library"))
         self.history = history or GenerationHistory(data_dir() / "history.jsonl")
         self.jobs = JobControl()
-        self.loras = LoadedLoras()
         self.gpu_lock = threading.RLock()
-        self._pipe_lock = threading.RLock()
-        self._loaded: LoadedPipeline | None = None
-        self._loaded_key: tuple | None = None
+        self._engine_lock = threading.RLock()
+        self._engine = None
+        self._engine_key: tuple | None = None
         self._scorer = None
         self._scorer_lock = threading.Lock()
 
@@ -240,57 +230,39 @@ class StudioContext:
         return resolve_preset(name or self.settings.preset, tiny=self.settings.is_tiny, zero_gpu=self.zero_gpu,
                               device=self.device, width=width, height=height)
 
-    def dtype(self, preset) -> torch.dtype:
-        from core.memory_setup import preset_dtype
-
-        return preset_dtype(preset, self.device)
-
-    # ------------------------------------------------------------------ pipeline
+    # ------------------------------------------------------------------ engine
     @property
-    def loaded(self) -> LoadedPipeline | None:
-        return self._loaded
+    def loaded(self):
+        """The engine when its models are loaded, else ``None``."""
+        engine = self._engine
+        return engine if engine is not None and engine.loaded else None
+
+    def engine(self):
+        """The :class:`core.engine.Engine` for the current settings (a new one when the owner changed them)."""
+        from core.engine import Engine
+
+        with self._engine_lock:
+            key = self.settings.key()
+            if self._engine is None or self._engine_key != key:
+                self.unload()
+                self._engine = Engine(self.settings.models, preset=self.settings.preset,
+                                      sources=self.settings.sources(), zero_gpu=self.zero_gpu)
+                self._engine_key = key
+            return self._engine
 
     def pipeline(self, report=None):
-        """The pipeline for the current settings, loading it first if needed.
-
-        ``report(fraction, message)`` is told about each loading stage. Raises ``ModelSourceError``,
-        ``PresetUnavailableError`` or ``MemoryAdviceError`` with one-line messages.
-        """
-        from core.memory_setup import load_pipeline
-
-        report = report or (lambda fraction, message: None)
-        with self._pipe_lock:
-            key = self.settings.key()
-            if self._loaded is not None and self._loaded_key == key:
-                return self._loaded.pipe
-            self.unload()
-            report(0.0, "Finding the models")
-            sources = self.settings.sources()
-            preset, reason = self.resolve_preset()
-            report(0.1, f"Loading the models (preset {preset.name})")
-            pipe, steps = load_pipeline(sources, preset, self.device, self.dtype(preset))
-            log.info("models loaded: %s; preset %s (%s): %s", sources, preset.name, reason, "; ".join(steps))
-            dtype = str(self.dtype(preset)).removeprefix("torch.")
-            self._loaded = LoadedPipeline(pipe, preset.name, dtype, steps)
-            self._loaded_key = key
-            report(1.0, "Models loaded")
-            return pipe
+        """The loaded pipeline for the current settings (loading it first); ``report(fraction, message)`` hears
+        about each stage. Raises ``ModelSourceError``, ``PresetUnavailableError`` or ``MemoryAdviceError``."""
+        return self.engine().load(report=report)
 
     def unload(self) -> bool:
-        """Drops the pipeline and frees its memory; False when none was loaded."""
-        from core.memory import free_memory
-
-        with self._pipe_lock:
-            if self._loaded is None:
-                return False
-            self._loaded = None
-            self._loaded_key = None
-            self.loras = LoadedLoras()
-            free_memory()
-            return True
+        """Drops the models and frees their memory; False when none were loaded."""
+        with self._engine_lock:
+            engine, self._engine, self._engine_key = self._engine, None, None
+            return engine.unload() if engine is not None else False
 
     def status_line(self) -> str:
-        loaded = self._loaded
+        loaded = self.loaded
         if loaded is None:
             return f"Models not loaded (they load on the first Generate). Sources: `{self.settings.models}`."
-        return f"Models loaded from `{self.settings.models}` with preset **{loaded.preset}** on {self.device}."
+        return f"Models loaded from `{self.settings.models}` with preset **{loaded.preset.name}** on {self.device}."

@@ -14,15 +14,14 @@ import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import torch
 from PIL import Image
 
 from core.character import Character
 from core.images import ImageInputError, load_image, open_image
 from core.limits import (MAX_GUIDANCE, MAX_IMAGES_PER_RUN, MAX_OUTPUT_PIXELS, MAX_PROMPT_CHARS, MAX_SCALE, MAX_SEED,
                          MAX_SIDE, MAX_STEPS, MAX_TRUE_CFG, MIN_SIDE, check_int, check_seed, check_text)
-from core.metadata import CharacterRecord, GenerationRecord, save_png
-from core.prompt import PromptError, resolve_prompt
+from core.metadata import GenerationRecord, save_png
+from core.prompt import PromptError
 from core.segmentation import BackgroundThresholdSegmenter, isolate
 
 from .context import MAX_STUDIO_CHARACTERS, StudioContext
@@ -198,69 +197,40 @@ def check_settings(settings: GenerationSettings) -> tuple[int, int]:
     return width, height
 
 
+def build_request(slots: list[CharacterSlot], canvas, settings: GenerationSettings):
+    """``(GenerationRequest, notes)`` from the page's values, checked (no model needed)."""
+    from core.request import GenerationRequest
+
+    width, height = check_settings(settings)
+    characters, notes = build_characters(slots, canvas)
+    check_text(with_triggers(settings.prompt, settings.loras), "the prompt with the LoRAs' trigger words",
+               MAX_PROMPT_CHARS)
+    request = GenerationRequest(
+        prompt=settings.prompt, characters=characters, negative_prompt=settings.negative_prompt,
+        true_cfg_scale=float(settings.true_cfg_scale), steps=int(settings.steps), guidance=float(settings.guidance),
+        width=width, height=height, seed=choose_seed(settings.seed, settings.randomize_seed),
+        images=int(settings.images), loras=list(settings.loras))
+    return request.check(), notes  # unknown [tags]: fail before loading anything
+
+
 def generate(ctx: StudioContext, slots: list[CharacterSlot], canvas, settings: GenerationSettings,
              report=None, cancel: threading.Event | None = None) -> GenerationResult:
-    """Runs one generation and saves each image as a PNG with full metadata in the output folder.
+    """Runs one generation through the studio's engine and saves each image as a PNG with full metadata in the
+    output folder.
 
     ``report(fraction, message)`` hears about loading and each denoising step; setting ``cancel`` stops after the
     current step. Image ``k`` of a run uses seed ``seed + k``, so every PNG reproduces on its own.
     """
-    report = report or (lambda fraction, message: None)
-    width, height = check_settings(settings)
-    characters, notes = build_characters(slots, canvas)
-    prompt = check_text(with_triggers(settings.prompt, settings.loras), "the prompt with the LoRAs' trigger words",
-                        MAX_PROMPT_CHARS)
-    resolve_prompt(prompt, characters)  # unknown [tags]: fail before loading anything
-    seed = choose_seed(settings.seed, settings.randomize_seed)
-    steps, count = int(settings.steps), int(settings.images)
-    negative = (settings.negative_prompt or "").strip() or None
-    paths, seeds, cancelled = [], [], False
-    from core.memory import out_of_memory_advice
-
+    request, notes = build_request(slots, canvas, settings)
     with ctx.gpu_lock:
-        pipe = ctx.pipeline(report=lambda f, message: report(0.0, message))
-        ctx.loras.apply(pipe, settings.loras)
-        preset = ctx.loaded.preset
-        for k in range(count):
-            image_seed = (seed + k) % (MAX_SEED + 1)
-
-            def on_step(pipe, i, t, tensors, k=k):
-                report((k * steps + i + 1) / (count * steps), f"Image {k + 1}/{count}: step {i + 1}/{steps}")
-                if cancel is not None and cancel.is_set():
-                    pipe._interrupt = True
-                return {}
-
-            with out_of_memory_advice(preset, width=width, height=height):
-                result = pipe(prompt, characters=characters, negative_prompt=negative,
-                              true_cfg_scale=float(settings.true_cfg_scale), num_inference_steps=steps,
-                              guidance_scale=float(settings.guidance), height=height, width=width,
-                              generator=torch.Generator("cpu").manual_seed(image_seed), callback_on_step_end=on_step)
-            if cancel is not None and cancel.is_set():
-                cancelled = True
-                break
-            notes += [n for n in result.notes if n not in notes]
-            record = _record(ctx, settings, characters, image_seed, width, height, steps, negative, preset)
-            paths.append(str(_save(ctx, result.images[0], record)))
-            seeds.append(image_seed)
-            ctx.history.add(HistoryEntry(paths[-1], settings.prompt, image_seed, width, height,
-                                         [c.name or f"character {j + 1}" for j, c in enumerate(characters)]))
-    if cancelled:
-        notes.append(f"cancelled: {len(paths)} of {count} images finished")
-    return GenerationResult(paths, seeds, notes, cancelled)
-
-
-def _record(ctx, settings, characters, seed, width, height, steps, negative, preset) -> GenerationRecord:
-    sources = ctx.settings.sources()
-    return GenerationRecord(
-        prompt=settings.prompt, seed=seed, width=width, height=height, num_inference_steps=steps,
-        guidance_scale=float(settings.guidance), negative_prompt=negative,
-        true_cfg_scale=float(settings.true_cfg_scale),
-        characters=[CharacterRecord.from_character(c) for c in characters],
-        loras=[lora.record() for lora in settings.loras],
-        models={"base": sources.base, "siglip": sources.siglip, "dinov2": sources.dinov2,
-                "adapter": sources.adapter, "spec": ctx.settings.models},
-        dtype=ctx.loaded.dtype, preset=preset,
-    )
+        result = ctx.engine().generate(request, report=report, cancel=cancel)
+    notes += [n for n in result.notes if n not in notes]
+    paths = []
+    for image, record in zip(result.images, result.records):
+        paths.append(str(_save(ctx, image, record)))
+        ctx.history.add(HistoryEntry(paths[-1], settings.prompt, record.seed, request.width, request.height,
+                                     [c.name or f"character {j + 1}" for j, c in enumerate(request.characters)]))
+    return GenerationResult(paths, list(result.seeds), notes, result.cancelled)
 
 
 def _save(ctx: StudioContext, image: Image.Image, record: GenerationRecord) -> Path:

@@ -192,7 +192,7 @@ def test_unexpected_error_is_one_line(ctx, monkeypatch):
     def broken(*args, **kwargs):
         raise KeyError("boom")
 
-    monkeypatch.setattr(ctx, "pipeline", broken)
+    monkeypatch.setattr(ctx, "engine", broken)
     message = error_of(run, ctx)
     assert message.startswith("Unexpected error (KeyError: 'boom')")
 
