@@ -235,8 +235,8 @@ class StoryEvents:
             raise StudioInputError(f"fix the story first: {where}{first[1]}{more}") from None
 
     def _render_panels(self, story: Story, out: Path, todo: list[int], resume: bool, report=None, cancel=None):
-        """Loads the engine (once) and renders ``todo`` under the studio's GPU lock; returns ``RenderResult``."""
-        from core.memory import out_of_memory_advice
+        """Renders ``todo`` with the studio's engine (loaded once) under the studio's GPU lock; returns
+        ``RenderResult``. The panels' PNG records come from the engine (models, dtype and preset included)."""
         from core.story.render import render_story
 
         report = report or (lambda fraction, message: None)
@@ -254,15 +254,9 @@ class StoryEvents:
                 report(finished / max(1, len(todo)), f"Panel {panel.number} {event.status}")
 
         with self.ctx.gpu_lock:
-            pipe = self.ctx.pipeline(report=lambda fraction, message: report(0.0, message))
-            loaded = self.ctx.loaded
-            sources = self.ctx.settings.sources()
-            fields = {"models": {"base": sources.base, "siglip": sources.siglip, "dinov2": sources.dinov2,
-                                 "adapter": sources.adapter, "spec": self.ctx.settings.models},
-                      "dtype": loaded.dtype, "preset": loaded.preset}
-            with out_of_memory_advice(loaded.preset, width=story.width, height=story.height):
-                return render_story(story, pipe, out, resume=resume, only=todo, progress=on_panel,
-                                    record_fields=fields)
+            engine = self.ctx.engine()
+            engine.load(report=lambda fraction, message: report(0.0, message))  # a load failure stops the render
+            return render_story(story, engine, out, resume=resume, only=todo, progress=on_panel)
 
     def _render_and_export(self, story: Story, todo: list[int], resume: bool, request, progress):
         from core.story.render import RenderResult

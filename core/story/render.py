@@ -1,15 +1,16 @@
 """Render a story's panels with the engine, resumably, on one process or split across several.
 
-`render_story` calls the pipeline once per panel that still needs rendering (see `manifest.panels_to_render`),
-with a CPU generator seeded by the panel's seed, so a panel's pixels depend only on its own settings: the same on
-a resumed render, on any rank, in any order. Character images are read once per story and every panel gets
-`Character` objects holding the same image objects, so the pipeline's content-keyed feature cache computes each
-character's features once.
+`render_story` asks the engine (`core.engine.Engine`) for one `GenerationRequest` per panel that still needs
+rendering (see `manifest.panels_to_render`), seeded with the panel's seed, so a panel's pixels depend only on its
+own settings: the same on a resumed render, on any rank, in any order. Character images are read once per story
+and every panel gets `Character` objects holding the same image objects, so the pipeline's content-keyed feature
+cache computes each character's features once.
 
-Each panel PNG carries the studio's own metadata (`core.metadata.GenerationRecord`: the ``parameters`` and
-``instantcharacter`` chunks), so dropping a panel into the studio's Recall brings back its prompt, seed, size,
-steps and characters with their regions. What only a story knows (title, panel number, caption, settings hash)
-goes in one more chunk, ``instantcharacter-story``.
+Each panel PNG carries the studio's own metadata: the engine's `core.metadata.GenerationRecord` of the request
+(the ``parameters`` and ``instantcharacter`` chunks, with the models, dtype and preset it was made with), so
+dropping a panel into the studio's Recall brings back its prompt, seed, size, steps and characters with their
+regions. What only a story knows (title, panel number, caption, settings hash) goes in one more chunk,
+``instantcharacter-story``.
 
 With several processes (``torchrun``/``accelerate launch``) every rank computes the same to-do list, takes its
 share with `split_between_processes`, and writes its records to its own manifest part; rank 0 merges the parts
@@ -20,8 +21,8 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -47,8 +48,11 @@ from core.story.manifest import (
 )
 
 PNG_METADATA_KEY = "instantcharacter-story"
-# Pipeline options that GenerationRecord stores as fields of its own (the rest only reach the settings hash).
-_RECORD_OPTIONS = ("max_sequence_length",)
+# Pipeline options that are fields of the request (and so of its record), by pipeline argument name; the other
+# options go to the pipeline as they are. All of them are part of the settings hash.
+_REQUEST_OPTIONS = {"negative_prompt": "negative_prompt", "true_cfg_scale": "true_cfg_scale",
+                    "num_inference_steps": "steps", "guidance_scale": "guidance", "height": "height",
+                    "width": "width", "max_sequence_length": "max_sequence_length"}
 
 
 @dataclass(frozen=True)
@@ -98,21 +102,13 @@ def _split(state: Any, items: list[int]) -> list[int]:
         return list(mine)
 
 
-def _default_character_factory() -> Callable[..., Any]:
-    from core.character import Character
-
-    return Character
-
-
 class CharacterLibrary:
     """The story's character images, read once, and the `Character` objects made from them, reused per panel."""
 
-    def __init__(self, story: Story, make_character: Callable[..., Any] | None = None):
+    def __init__(self, story: Story):
         self.story = story
-        self.make_character = make_character or _default_character_factory()
         self.images: dict[str, Image.Image] = {}
         self._characters: dict[tuple[str, str | None], Any] = {}
-        self._records: dict[tuple[str, str | None], Any] = {}
 
     def image(self, name: str) -> Image.Image:
         if name not in self.images:
@@ -123,53 +119,35 @@ class CharacterLibrary:
         return self.images[name]
 
     def for_panel(self, panel: Panel) -> list[Any]:
-        """The panel's characters, in prompt order, with its regions as masks."""
+        """The panel's characters, in prompt order, with its regions as masks.
+
+        The story's description of a character is a note for people, not words for the text encoders: the
+        characters carry none (so none is recorded either)."""
+        from core.character import Character
+
         characters = []
         for name in panel.characters:
             region = panel.regions.get(name)
             key = (name, region)
             if key not in self._characters:
                 spec = self.story.characters[name]
-                self._characters[key] = self.make_character(
-                    self.image(name), name=name, scale=spec.scale, mask=engine_mask(region)
-                )
+                self._characters[key] = Character(self.image(name), name=name, scale=spec.scale,
+                                                  mask=engine_mask(region))
             characters.append(self._characters[key])
         return characters
 
-    def records_for_panel(self, panel: Panel) -> list[Any]:
-        """`core.metadata.CharacterRecord`s of the panel's characters (image as sent, name, scale, region)."""
-        from core.masks import RoutingMask
-        from core.metadata import CharacterRecord, image_to_b64
 
-        records = []
-        for name in panel.characters:
-            region = panel.regions.get(name)
-            key = (name, region)
-            if key not in self._records:
-                mask = RoutingMask.from_spec(engine_mask(region))
-                # the story's description is a note for people, not words for the text encoders: not recorded
-                self._records[key] = CharacterRecord(
-                    image=image_to_b64(self.image(name)), name=name, scale=self.story.characters[name].scale,
-                    mask=mask.to_json() if mask is not None else None)
-            records.append(self._records[key])
-        return records
+def panel_request(story: Story, panel: Panel, characters: list[Any], options: dict[str, Any] | None = None):
+    """The `core.request.GenerationRequest` of a panel: its engine prompt, characters and seed, the story's
+    settings, and the `options` that are request fields (``max_sequence_length``...)."""
+    from core.request import GenerationRequest
 
-
-def generation_record(story: Story, panel: Panel, characters: list[Any], options: dict[str, Any] | None = None,
-                      record_fields: Mapping[str, Any] | None = None) -> Any:
-    """The `core.metadata.GenerationRecord` of a panel: what Recall needs to make the same image again.
-
-    `characters` are `CharacterRecord`s (`CharacterLibrary.records_for_panel`); `record_fields` adds the fields a
-    story does not know (``models``, ``dtype``, ``preset``).
-    """
-    from core.metadata import GenerationRecord
-
-    fields = {k: v for k, v in (options or {}).items() if k in _RECORD_OPTIONS}
-    fields.update(record_fields or {})
-    return GenerationRecord(
-        prompt=story.engine_prompt(panel), seed=panel.seed, width=story.width, height=story.height,
-        num_inference_steps=story.steps, guidance_scale=story.guidance, negative_prompt=story.negative or None,
-        true_cfg_scale=story.true_cfg, characters=list(characters), **fields)
+    request = GenerationRequest(
+        prompt=story.engine_prompt(panel), characters=list(characters), negative_prompt=story.negative or None,
+        true_cfg_scale=story.true_cfg, steps=story.steps, guidance=story.guidance, width=story.width,
+        height=story.height, seed=panel.seed)
+    fields = {_REQUEST_OPTIONS[k]: v for k, v in (options or {}).items() if k in _REQUEST_OPTIONS}
+    return replace(request, **fields) if fields else request
 
 
 def panel_pnginfo(story: Story, panel: Panel, settings_hash: str, record: Any = None) -> PngImagePlugin.PngInfo:
@@ -189,28 +167,19 @@ def panel_pnginfo(story: Story, panel: Panel, settings_hash: str, record: Any = 
     return info
 
 
-def render_panel(story: Story, panel: Panel, pipe: Any, characters: list[Any],
-                 options: dict[str, Any] | None = None) -> Image.Image:
-    """Call the engine for one panel and return its image."""
-    import torch
-
-    kwargs = dict(
-        prompt=story.engine_prompt(panel),
-        characters=characters,
-        negative_prompt=story.negative or None,
-        true_cfg_scale=story.true_cfg,
-        num_inference_steps=story.steps,
-        guidance_scale=story.guidance,
-        height=story.height,
-        width=story.width,
-        generator=torch.Generator("cpu").manual_seed(panel.seed),
-        output_type="pil",
-    )
-    kwargs.update(options or {})
-    image = pipe(**kwargs).images[0]
+def render_panel(story: Story, panel: Panel, engine: Any, characters: list[Any],
+                 options: dict[str, Any] | None = None) -> tuple[Image.Image, Any]:
+    """Asks the engine for one panel: ``(image, record)``, the record being the engine's `GenerationRecord` of the
+    panel's request (settings, characters, and the models, dtype and preset it was made with)."""
+    pipeline_options = {"output_type": "pil",
+                        **{k: v for k, v in (options or {}).items() if k not in _REQUEST_OPTIONS}}
+    result = engine.generate(panel_request(story, panel, characters, options), pipeline_options=pipeline_options)
+    if not result.images:
+        raise RuntimeError("the engine returned no image" + (f" ({'; '.join(result.notes)})" if result.notes else ""))
+    image = result.images[0]
     if not isinstance(image, Image.Image):
         raise TypeError(f"the pipeline returned {type(image).__name__}, expected a PIL image")
-    return image
+    return image, result.records[0]
 
 
 def _free_accelerator_memory() -> None:
@@ -226,7 +195,7 @@ def _free_accelerator_memory() -> None:
 
 def render_story(
     story: Story,
-    pipe: Any,
+    engine: Any,
     out_dir: str | os.PathLike,
     *,
     resume: bool = False,
@@ -234,27 +203,23 @@ def render_story(
     state: Any = None,
     options: dict[str, Any] | None = None,
     only: Iterable[int] | None = None,
-    make_character: Callable[..., Any] | None = None,
-    record_fields: Mapping[str, Any] | None = None,
 ) -> RenderResult:
     """Render the panels of `story` into `out_dir` and record them in its manifest.
 
     Args:
         story: the parsed story.
-        pipe: an `InstantCharacterPipeline` (or anything called the same way, returning `.images`).
+        engine: a `core.engine.Engine` (or anything with its ``generate(request, pipeline_options=)``); it may
+            be `None` when there is nothing to render.
         out_dir: the render folder; created if needed.
         resume: keep panels already done with the same settings; without it every panel is rendered again
             and the old records are forgotten.
         progress: called with a `PanelProgress` before and after each panel.
         state: an `accelerate.PartialState` (or `None`: one made when `WORLD_SIZE` > 1, else a single process).
         options: extra pipeline keyword arguments (e.g. from a preset); they are part of the settings hash.
+            Those that are request fields (``max_sequence_length``, ``num_inference_steps``...) replace the
+            story's values in the request; the others go to the pipeline as they are.
         only: render exactly these panel indices, done or not, keeping the other records (e.g. to regenerate
             one panel after `Story.with_panel_seed`).
-        make_character: builds a character as `make_character(image, name=, scale=, mask=)`;
-            default `core.character.Character`.
-        record_fields: `core.metadata.GenerationRecord` fields for every panel's PNG metadata that the story does
-            not hold, e.g. ``{"models": {...}, "dtype": "float32", "preset": "full"}``. They are not part of the
-            settings hash: they say how the engine was loaded, not what it was asked for.
 
     A panel that raises (out of memory, a bad mask...) is recorded as failed with its error and the others go on.
     """
@@ -282,7 +247,7 @@ def render_story(
     state.wait_for_everyone()
 
     mine = _split(state, todo)
-    library = CharacterLibrary(story, make_character)
+    library = CharacterLibrary(story)
     own = RenderManifest(story=manifest.story)
 
     def record(rec: PanelRecord) -> None:
@@ -299,9 +264,8 @@ def render_story(
         if progress:
             progress(PanelProgress(index, "rendering", completed, len(mine)))
         try:
-            image = render_panel(story, panel, pipe, library.for_panel(panel), options)
+            image, metadata = render_panel(story, panel, engine, library.for_panel(panel), options)
             file = panel_filename(index)
-            metadata = generation_record(story, panel, library.records_for_panel(panel), options, record_fields)
             write_png_atomic(image, out_dir / file, pnginfo=panel_pnginfo(story, panel, settings_hash, metadata))
         except Exception as exc:  # noqa: BLE001 - any engine failure marks this panel, the story goes on
             error = f"{type(exc).__name__}: {exc}"

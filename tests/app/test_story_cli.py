@@ -121,7 +121,7 @@ def test_panel_list_numbers_checked_before_any_range_is_expanded():
 def test_render_arguments_over_the_limits_exit_2_before_loading(tmp_path, capsys, monkeypatch):
     import app.story_commands as commands
 
-    monkeypatch.setattr(commands, "load_pipeline", lambda *a, **k: pytest.fail("loaded the models"))
+    monkeypatch.setattr(commands, "load_engine", lambda *a, **k: pytest.fail("loaded the models"))
     out = tmp_path / "out"
     for extra, message in [
         (["--panels", "1-99999999999"], "argument --panels: '1-99999999999': panel numbers go up to 200"),
@@ -218,16 +218,17 @@ def test_render_to_pages_pdf_zip_then_resume_renders_nothing(tiny_models, tmp_pa
     assert (record.models["spec"], record.dtype, record.preset) == ("tiny", "float32", "full")
 
     before = panel_bytes(out)
-    monkeypatch.setattr(commands, "load_pipeline", lambda *a, **k: pytest.fail("resume loaded the models"))
+    monkeypatch.setattr(commands, "load_engine", lambda *a, **k: pytest.fail("resume loaded the models"))
     assert main(render_args(out, "--resume")) == 0
     assert f"rendered 0 panels, kept {PANELS} already done" in capsys.readouterr().out
     assert panel_bytes(out) == before
 
 
-def test_features_computed_once_per_story(tiny_pipe, tmp_path):
+def test_features_computed_once_per_story(tiny_models, tmp_path):
     """With the real tiny engine: SigLIP and DINOv2 run for each character image once per story, not per panel,
     and T5 encodes each distinct prompt once."""
     from core.character import Character
+    from core.engine import Engine
     from core.story import parse_story
     from core.story.render import render_story
 
@@ -238,6 +239,8 @@ def test_features_computed_once_per_story(tiny_pipe, tmp_path):
     text = ("size: 32x32\nsteps: 2\nseed: 3\ncharacter Ann: ann.png\ncharacter Bob: bob.png\n---\n"
             + "\n".join(panels) + "\n")
     story = parse_story(text, base_dir=tmp_path)
+    engine = Engine(str(tiny_models), dtype="float32")
+    tiny_pipe = engine.pipe
     calls = {"siglip": 0, "dinov2": 0, "text_encoder_2": 0}
 
     def count(name):
@@ -251,7 +254,7 @@ def test_features_computed_once_per_story(tiny_pipe, tmp_path):
             tiny_pipe.clear_caches()
             tiny_pipe.encode_character(Character(tmp_path / "probe.png"))  # one image's forward calls
             one_image = dict(calls)
-            result = render_story(story, tiny_pipe, tmp_path / "out")
+            result = render_story(story, engine, tmp_path / "out")
     finally:
         for handle in handles:
             handle.remove()

@@ -133,6 +133,10 @@ def test_render_regenerate_and_download(ctx, folder, one_thread):
     assert panel_messages[:2] == ["Panel 1 (1 of 6)", "Panel 1 done"] and panel_messages[-1] == "Panel 6 done"
     assert progress.calls[-1][0] == 1.0
 
+    from core.metadata import read_record
+
+    record = read_record(out / panel_filename(0))  # the studio engine's record: where the panel was made
+    assert (record.models["spec"], record.dtype, record.preset) == ("tiny", "float32", "full")
     before = [(out / panel_filename(i)).read_bytes() for i in range(6)]
     notes, *_ = events.render(STORY, str(folder), False, None, Progress())
     assert "Rendered 0 panel(s); 6 were already done" in notes
@@ -155,7 +159,7 @@ def test_render_regenerate_and_download(ctx, folder, one_thread):
 # ------------------------------------------------------------------------------------------------ limits and paths
 def no_work(ctx, monkeypatch):
     """Makes loading the engine, rendering or exporting fail the test."""
-    monkeypatch.setattr(ctx, "pipeline", lambda *a, **k: pytest.fail("loaded the engine"))
+    monkeypatch.setattr(ctx, "engine", lambda *a, **k: pytest.fail("loaded the engine"))
     monkeypatch.setattr(ev, "export_story", lambda *a, **k: pytest.fail("exported"))
 
 

@@ -1,4 +1,4 @@
-"""Fakes for story tests: a pipeline that draws a deterministic image from (prompt, seed), and a Character."""
+"""Fakes for story tests: a pipeline that draws a deterministic image from (prompt, seed), and an engine on it."""
 
 from __future__ import annotations
 
@@ -8,20 +8,16 @@ from pathlib import Path
 import pytest
 from PIL import Image, ImageDraw
 
+from core.engine import Engine
+
 REPO = Path(__file__).resolve().parents[3]
 STORIES = REPO / "assets" / "stories"
-
-
-class FakeCharacter:
-    """Stands in for core.character.Character (same constructor)."""
-
-    def __init__(self, image, name=None, scale=0.9, mask=None):
-        self.image, self.name, self.scale, self.mask = image, name, scale, mask
 
 
 class FakeOutput:
     def __init__(self, images):
         self.images = images
+        self.notes = []
 
 
 class FakePipe:
@@ -54,6 +50,25 @@ class FakePipe:
         image = Image.new("RGB", (width, height), tuple(digest[:3]))
         ImageDraw.Draw(image).rectangle((2, 2, width // 2, height // 2), fill=tuple(digest[3:6]))
         return FakeOutput([image])
+
+
+class FakeEngine(Engine):
+    """The real :class:`core.engine.Engine` (request checks, seeds, records) on a :class:`FakePipe`: nothing loads.
+    Its provenance is fixed: ``{"models": {"spec": "tiny"}, "dtype": "float32", "preset": "full"}``."""
+
+    def __init__(self, pipe: FakePipe | None = None):
+        super().__init__("tiny", preset="full")
+        self.fake = pipe if pipe is not None else FakePipe()
+
+    @property
+    def calls(self) -> list[dict]:
+        return self.fake.calls
+
+    def load(self, report=None, text_adapter=None):
+        return self.fake
+
+    def provenance(self) -> dict:
+        return {"models": {"spec": "tiny"}, "dtype": "float32", "preset": "full"}
 
 
 def make_character_image(path: Path, colour) -> Path:
@@ -96,3 +111,8 @@ def small_story_text(panels: int = 5, layout: str = "grid 2x2") -> str:
 @pytest.fixture
 def fake_pipe() -> FakePipe:
     return FakePipe()
+
+
+@pytest.fixture
+def fake_engine(fake_pipe) -> FakeEngine:
+    return FakeEngine(fake_pipe)

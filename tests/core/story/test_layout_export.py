@@ -19,7 +19,7 @@ from core.story.layout import (
     plan_pages,
 )
 from core.story.render import render_story
-from tests.core.story.conftest import STORIES, FakeCharacter, FakePipe, small_story_text
+from tests.core.story.conftest import STORIES, FakeEngine, FakePipe, small_story_text
 
 
 def story_with(story_dir, panels, layout, **changes):
@@ -133,7 +133,7 @@ def test_export_pdf_pages_and_zip(story_dir, tmp_path, monkeypatch):
     story_path.write_text(small_story_text(7, "grid 2x2"))
     story = load_story(story_path)
     out = tmp_path / "out"
-    render_story(story, FakePipe(fail_on="scene 4"), out, make_character=FakeCharacter)
+    render_story(story, FakeEngine(FakePipe(fail_on="scene 4")), out)
     result = export_story(story, out)
     assert [p.name for p in result.pages] == ["page-01.png", "page-02.png"]
     assert result.missing_panels == [4]
@@ -162,7 +162,7 @@ def test_shipped_example_renders_and_exports(tmp_path):
     story = load_story(STORIES / "fishing-trip.story")
     story = dataclasses.replace(story, width=128, height=96)
     out = tmp_path / "fishing"
-    result = render_story(story, FakePipe(), out, make_character=FakeCharacter)
+    result = render_story(story, FakeEngine(), out)
     assert len(result.rendered) == 8
     exported = export_story(story, out)
     import pypdf

@@ -18,7 +18,7 @@ from core.story.export import export_story, write_zip
 from core.story.format import StoryError, load_story, parse_story, story_from_dict
 from core.story.manifest import file_inside, load_manifest, save_manifest
 from core.story.render import render_story
-from tests.core.story.conftest import FakeCharacter, FakePipe, make_character_image, small_story_text
+from tests.core.story.conftest import FakeEngine, make_character_image, small_story_text
 
 
 @pytest.fixture
@@ -125,7 +125,7 @@ def test_digest_remembered_by_size_and_time(story_dir, monkeypatch):
 def rendered(story_dir, tmp_path):
     story = parse_story(small_story_text(2, "grid 1x2"), base_dir=story_dir)
     out = tmp_path / "out"
-    render_story(story, FakePipe(), out, make_character=FakeCharacter)
+    render_story(story, FakeEngine(), out)
     return story, out
 
 

@@ -1,4 +1,5 @@
-"""render_story with a fake pipeline: seeds, resume, failures, character reuse, multi-process splitting."""
+"""render_story with the engine on a fake pipeline: seeds, resume, failures, character reuse, records,
+multi-process splitting."""
 
 from __future__ import annotations
 
@@ -16,11 +17,12 @@ from PIL import Image
 from core.story.format import parse_story
 from core.story.manifest import DONE, FAILED, load_manifest, panel_filename, sha256_file
 from core.story.render import PNG_METADATA_KEY, render_story
-from tests.core.story.conftest import REPO, FakeCharacter, FakePipe, small_story_text
+from tests.core.story.conftest import REPO, FakeEngine, FakePipe, small_story_text
 
 
 def render(story, pipe, out, **kwargs):
-    return render_story(story, pipe, out, make_character=FakeCharacter, **kwargs)
+    """Renders with the engine on ``pipe`` (a FakePipe)."""
+    return render_story(story, FakeEngine(pipe), out, **kwargs)
 
 
 def panel_bytes(out, n):
@@ -36,7 +38,7 @@ def test_render_calls_engine_with_panel_settings(story_dir, tmp_path, fake_pipe)
     assert first["prompt"] == "[Ann] greets [Bob] in scene 0, ink drawing"
     assert first["seed"] == story.panels[0].seed and (first["width"], first["height"]) == (32, 32)
     ann, bob = first["characters"]
-    assert (ann.name, ann.scale, ann.mask) == ("Ann", 0.8, "left") and bob.mask == "right"
+    assert (ann.name, ann.scale, ann.mask.label) == ("Ann", 0.8, "left") and bob.mask.label == "right"
     assert fake_pipe.calls[2]["characters"] == []
     assert [(e.index, e.status) for e in events] == [(0, "rendering"), (0, DONE), (1, "rendering"), (1, DONE),
                                                      (2, "rendering"), (2, DONE)]
@@ -49,8 +51,7 @@ def test_panel_png_carries_the_studio_metadata_for_recall(story_dir, tmp_path, f
     from core.metadata import image_from_b64, read_record
 
     story = parse_story(small_story_text(3).replace("[Ann@left]", "[Ann@box:0.1,0.2,0.5,1]"), base_dir=story_dir)
-    fields = {"models": {"spec": "tiny"}, "dtype": "float32", "preset": "full"}
-    render(story, fake_pipe, tmp_path / "out", record_fields=fields)
+    render(story, fake_pipe, tmp_path / "out")  # the engine's record: its provenance is the FakeEngine's
     record = read_record(tmp_path / "out" / panel_filename(0))
     panel = story.panels[0]
     assert (record.prompt, record.seed, record.width, record.height, record.num_inference_steps) == (
@@ -65,6 +66,22 @@ def test_panel_png_carries_the_studio_metadata_for_recall(story_dir, tmp_path, f
     assert [c.name for c in rebuilt] == ["Ann", "Bob"] and rebuilt[0].mask.box == (0.1, 0.2, 0.5, 1.0)
     assert "Seed: %d" % panel.seed in Image.open(tmp_path / "out" / panel_filename(0)).text["parameters"]
     assert read_record(tmp_path / "out" / panel_filename(2)).characters == []  # the [NC] panel
+
+
+def test_options_reach_the_request_or_the_pipeline_and_the_settings_hash(story_dir, tmp_path, fake_pipe):
+    from core.metadata import read_record
+
+    story = parse_story(small_story_text(1), base_dir=story_dir)
+    out = tmp_path / "out"
+    render(story, fake_pipe, out, options={"max_sequence_length": 77, "num_inference_steps": 3, "extra": 1})
+    call = fake_pipe.calls[0]
+    assert (call["max_sequence_length"], call["extra"]) == (77, 1)  # a request field, a pipeline option
+    record = read_record(out / panel_filename(0))
+    assert (record.max_sequence_length, record.num_inference_steps) == (77, 3)
+    again = FakePipe()
+    assert render(story, again, out, resume=True, options={"max_sequence_length": 77, "num_inference_steps": 3,
+                                                           "extra": 1}).rendered == []
+    assert render(story, again, out, resume=True).rendered == [0]  # other options: other settings
 
 
 def test_character_images_loaded_once_and_objects_reused(story_dir, tmp_path, fake_pipe, monkeypatch):
@@ -220,10 +237,9 @@ TORCHRUN_SCRIPT = textwrap.dedent("""
     from accelerate import PartialState
     from core.story.format import load_story
     from core.story.render import render_story
-    from tests.core.story.conftest import FakeCharacter, FakePipe
+    from tests.core.story.conftest import FakeEngine
     state = PartialState(cpu=True)
-    result = render_story(load_story(sys.argv[1]), FakePipe(), sys.argv[2], state=state,
-                          make_character=FakeCharacter)
+    result = render_story(load_story(sys.argv[1]), FakeEngine(), sys.argv[2], state=state)
     print("rank", state.process_index, "rendered", result.rendered)
 """)
 
