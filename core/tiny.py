@@ -95,10 +95,10 @@ def build_tiny_flux(folder: Path) -> None:
 
 def build_tiny_encoders(folder: Path) -> None:
     from transformers import (
-        BitImageProcessor,
+        BitImageProcessorPil,
         Dinov2Config,
         Dinov2Model,
-        SiglipImageProcessor,
+        SiglipImageProcessorPil,
         SiglipVisionConfig,
         SiglipVisionModel,
     )
@@ -107,14 +107,14 @@ def build_tiny_encoders(folder: Path) -> None:
     siglip = SiglipVisionModel(SiglipVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=27,
                                                   num_attention_heads=2, image_size=384, patch_size=14)).eval()
     siglip.save_pretrained(folder / "siglip")
-    SiglipImageProcessor(size={"height": 384, "width": 384}, resample=3, image_mean=[0.5] * 3,
-                         image_std=[0.5] * 3).save_pretrained(folder / "siglip")
+    SiglipImageProcessorPil(size={"height": 384, "width": 384}, resample=3, image_mean=[0.5] * 3,
+                            image_std=[0.5] * 3).save_pretrained(folder / "siglip")
     dinov2 = Dinov2Model(Dinov2Config(hidden_size=32, num_hidden_layers=30, num_attention_heads=2, mlp_ratio=2,
                                       patch_size=14, image_size=518)).eval()
     dinov2.save_pretrained(folder / "dinov2")
-    BitImageProcessor(size={"shortest_edge": 256}, crop_size={"height": 224, "width": 224}, do_center_crop=True,
-                      resample=3, image_mean=[0.485, 0.456, 0.406], image_std=[0.229, 0.224, 0.225],
-                      do_convert_rgb=True).save_pretrained(folder / "dinov2")
+    BitImageProcessorPil(size={"shortest_edge": 256}, crop_size={"height": 224, "width": 224}, do_center_crop=True,
+                         resample=3, image_mean=[0.485, 0.456, 0.406], image_std=[0.229, 0.224, 0.225],
+                         do_convert_rgb=True).save_pretrained(folder / "dinov2")
 
 
 def build_tiny_adapter(path: Path, token_dim: int = T5_WIDTH, layers: int = 2, width: int = 32, head_dim: int = 16,
@@ -132,7 +132,7 @@ def build_tiny_adapter(path: Path, token_dim: int = T5_WIDTH, layers: int = 2, w
 
 def build_tiny_clip(folder: Path) -> Path:
     """A tiny CLIP (model, byte-level tokenizer, image processor) for CLIP-I and CLIP-T."""
-    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor
+    from transformers import CLIPConfig, CLIPImageProcessorPil, CLIPModel, CLIPProcessor
 
     torch.manual_seed(0)
     tokenizer = build_clip_tokenizer()
@@ -144,7 +144,7 @@ def build_tiny_clip(folder: Path) -> Path:
                            num_attention_heads=2),
         projection_dim=16,
     )
-    image_processor = CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
+    image_processor = CLIPImageProcessorPil(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
     CLIPModel(config).eval().save_pretrained(folder)
     CLIPProcessor(image_processor=image_processor, tokenizer=tokenizer).save_pretrained(folder)
     return folder
@@ -152,13 +152,13 @@ def build_tiny_clip(folder: Path) -> Path:
 
 def build_tiny_dino(folder: Path) -> Path:
     """A tiny DINO ViT for DINO-I."""
-    from transformers import ViTConfig, ViTImageProcessor, ViTModel
+    from transformers import ViTConfig, ViTImageProcessorPil, ViTModel
 
     torch.manual_seed(1)
     config = ViTConfig(image_size=48, patch_size=8, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
                        num_attention_heads=2)
     ViTModel(config, add_pooling_layer=False).eval().save_pretrained(folder)
-    ViTImageProcessor(size={"height": 48, "width": 48}).save_pretrained(folder)
+    ViTImageProcessorPil(size={"height": 48, "width": 48}).save_pretrained(folder)
     return folder
 
 
