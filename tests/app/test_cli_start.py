@@ -116,3 +116,24 @@ def test_loading_flux_through_an_entry_point_prints_no_library_notes():
     proc, _ = _run(["-c", code])
     assert proc.returncode == 0, proc.stderr
     assert not [n for n in NOISE if n in proc.stderr], proc.stderr
+
+
+def test_plan_without_sizes_reads_the_torch_build_instead_of_importing_torch():
+    """A torch built for neither CUDA nor ROCm never sees a GPU: ``plan`` learns that from ``torch/version.py``."""
+    code = ("import contextlib, io, json, sys\n"
+            "from app import cli\n"
+            "from core.memory import _torch_may_see_a_gpu\n"
+            "out = io.StringIO()\n"
+            "with contextlib.redirect_stdout(out):\n"
+            "    cli.main(['plan'])\n"
+            "print(json.dumps([_torch_may_see_a_gpu(), 'torch' in sys.modules, out.getvalue()]))\n")
+    proc, _ = _run(["-c", code])
+    assert proc.returncode == 0, proc.stderr
+    may_see_a_gpu, imported_torch, plan = json.loads(proc.stdout)
+    import torch
+
+    assert may_see_a_gpu == bool(torch.version.cuda or torch.version.hip)
+    if may_see_a_gpu:
+        pytest.skip("torch is built for a GPU here: plan asks it")
+    assert not torch.cuda.is_available() and not imported_torch
+    assert "no GPU" in plan and "auto -> " in plan
