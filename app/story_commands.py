@@ -18,15 +18,14 @@ import re
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from app.arguments import DTYPE_CHOICES, PRESET_CHOICES
 from app.command import run_handler
 from core.limits import MAX_DPI, MAX_OUTPUT_PIXELS, MAX_PANELS, MAX_SIDE, MAX_STEPS, MIN_DPI, MIN_SIDE, LimitError
-from core.story.format import Story, StoryError, load_story
 
-DTYPE_CHOICES = ("bfloat16", "float16", "float32")
-# As app.cli: known failures print one line and exit 2 (kept here so `check` starts without importing torch).
-PRESET_CHOICES = ("auto", "full", "balanced", "low", "minimal")
+if TYPE_CHECKING:  # the story modules import PIL: imported when a command runs, not for --help
+    from core.story.format import Story, StoryError
 _SIZE = re.compile(r"^(\d+)\s*[xX]\s*(\d+)$")
 _RANGE = re.compile(r"^(\d{1,12})(?:-(\d{1,12}))?$")
 
@@ -125,6 +124,8 @@ def add_story_arguments(parser: argparse.ArgumentParser) -> None:
 
 def story_main(args: argparse.Namespace) -> int:
     """Runs ``args.story_command``; a story with problems prints them (one line each) and returns 2."""
+    from core.story.format import StoryError
+
     handler = {"render": run_render, "check": run_check, "to-json": run_to_json}[args.story_command]
     try:
         return handler(args)
@@ -184,6 +185,8 @@ def describe_story(story: Story) -> list[str]:
 
 
 def run_check(args: argparse.Namespace) -> int:
+    from core.story.format import load_story
+
     story = load_story(args.story)
     print("\n".join(describe_story(story)))
     print("ok")
@@ -191,6 +194,8 @@ def run_check(args: argparse.Namespace) -> int:
 
 
 def run_to_json(args: argparse.Namespace) -> int:
+    from core.story.format import load_story
+
     story = load_story(args.story)
     path = story.save_json(args.out)
     print(f"wrote {path} ({len(story.panels)} panels)")
@@ -268,10 +273,10 @@ def _progress_printer(story: Story, rank: int, world: int):
 def run_render(args: argparse.Namespace) -> int:
     """Renders, then (rank 0) exports; 0 when every panel is done, 1 when some failed (the rest are exported)."""
     from core.story.export import export_story
+    from core.story.format import StoryError, load_story
+    from core.story.layout import plan_pages
     from core.story.manifest import load_manifest, panels_to_render
     from core.story.render import render_story
-
-    from core.story.layout import plan_pages
 
     started = time.perf_counter()
     story = with_overrides(load_story(args.story), args.size, args.steps, args.dpi)
