@@ -1,12 +1,15 @@
 """The ``eval`` command: render and score a benchmark folder, or compare two runs.
 
-Nothing heavy is imported until the command runs (``eval --help`` needs no torch).
+Cases render through the engine (:class:`core.engine.Engine`) with ``--models`` under ``--preset`` and ``--dtype``,
+as the studio and ``generate`` load them. Nothing heavy is imported until the command runs (``eval --help`` needs
+no torch).
 """
 
 from __future__ import annotations
 
 import argparse
 
+from app.arguments import DTYPE_CHOICES, PRESET_CHOICES
 from core.errors import UsageError
 
 
@@ -16,8 +19,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--compare", nargs=2, metavar=("RUN_A", "RUN_B"),
                         help="compare two run folders metric by metric (paired t-test)")
     parser.add_argument("--models", default="default", help="default, tiny, or a models directory")
-    parser.add_argument("--preset", default=None, help="memory preset")
-    parser.add_argument("--text-adapter", default=None)
+    parser.add_argument("--preset", default="auto", choices=PRESET_CHOICES, help="memory preset (default: auto)")
+    parser.add_argument("--text-adapter", default=None, help="a text adapter (file or hub id) for every case")
     parser.add_argument("--clip-model", default=None, help="CLIP model (hub id or folder); default: the scorer's")
     parser.add_argument("--dino-model", default=None, help="DINO model (hub id or folder); default: the scorer's")
     parser.add_argument("--no-segment", action="store_true", help="score whole images (no character segmentation)")
@@ -26,7 +29,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--width", type=int, default=1024)
     parser.add_argument("--height", type=int, default=1024)
     parser.add_argument("--scale", type=float, default=0.9)
-    parser.add_argument("--dtype", default=None, choices=["bfloat16", "float16", "float32"])
+    parser.add_argument("--dtype", default=None, choices=DTYPE_CHOICES,
+                        help="weights dtype (default: the preset's on GPU, float32 on CPU)")
+
+
+def engine_for(args: argparse.Namespace):
+    """The engine ``eval`` renders with (its models load when the first case needs rendering)."""
+    from core.engine import Engine
+
+    return Engine(args.models, preset=args.preset, dtype=args.dtype, width=args.width, height=args.height)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -40,22 +51,18 @@ def run(args: argparse.Namespace) -> int:
     from core.evaluation import eval_command
     from core.evaluation.runner import RenderSettings
     from core.metrics import DEFAULT_CLIP_MODEL, DEFAULT_DINO_MODEL
-    from app.generate import DTYPES, default_dtype
-    from core.pipeline import InstantCharacterPipeline, check_settings
-    from core.sources import ModelSources
+    from core.pipeline import check_settings
 
     check_settings("benchmark", args.height, args.width, args.steps, args.guidance)
-    import torch
-
-    pipe = InstantCharacterPipeline.from_pretrained(ModelSources.parse(args.models),
-                                                    dtype=DTYPES[args.dtype or default_dtype()],
-                                                    text_adapter=args.text_adapter, progress=False)
-    if torch.cuda.is_available():
-        pipe.to("cuda")
+    engine = engine_for(args)
     settings = RenderSettings(steps=args.steps, guidance=args.guidance, width=args.width, height=args.height,
                               scale=args.scale)
-    label = f"models={args.models} preset={args.preset} text_adapter={args.text_adapter}"
-    print(eval_command(args.bench, args.out, pipe, clip_model=args.clip_model or DEFAULT_CLIP_MODEL,
+    # the preset as resolved (auto's choice, the quanto alternative) and the dtype: a run re-renders when they change
+    preset = engine.preset
+    label = (f"models={args.models} preset={preset.name} quantization={preset.transformer_quantization} "
+             f"dtype={engine.dtype_name} text_adapter={args.text_adapter}")
+    print(eval_command(args.bench, args.out, engine, clip_model=args.clip_model or DEFAULT_CLIP_MODEL,
                        dino_model=args.dino_model or DEFAULT_DINO_MODEL,
-                       segmenter=None if args.no_segment else "threshold", settings=settings, label=label))
+                       segmenter=None if args.no_segment else "threshold", settings=settings, label=label,
+                       text_adapter=args.text_adapter))
     return 0

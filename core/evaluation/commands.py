@@ -1,13 +1,14 @@
 """What ``instantcharacter-studio eval`` runs: plain functions of values that return the text to print.
 
-The CLI builds the pipeline from ``--models``/``--preset``/``--text-adapter`` (so this module stays free of model
-loading policy) and passes it in, with a ``label`` naming those choices so a run folder re-renders when they change.
+The CLI makes the engine (:class:`core.engine.Engine`) from ``--models``/``--preset``/``--dtype`` (so this module
+stays free of model loading policy) and passes it in, with a ``label`` naming those choices (and the text adapter)
+so a run folder re-renders when they change.
 """
 
 from __future__ import annotations
 
 import os
-from typing import Callable
+from typing import Any, Callable
 
 from core.evaluation.compare import compare_runs
 from core.evaluation.runner import RenderSettings, run_benchmark
@@ -19,7 +20,7 @@ __all__ = ["eval_command", "compare_command"]
 def eval_command(
     bench_dir: str | os.PathLike,
     out_dir: str | os.PathLike,
-    pipe: Callable | None,
+    engine: Any,
     *,
     clip_model: str | os.PathLike | None = DEFAULT_CLIP_MODEL,
     dino_model: str | os.PathLike | None = DEFAULT_DINO_MODEL,
@@ -27,12 +28,14 @@ def eval_command(
     image_reward: bool = False,
     settings: RenderSettings | None = None,
     label: str | None = None,
+    text_adapter: str | os.PathLike | None = None,
     resume: bool = True,
     echo: Callable[[str], None] | None = print,
     scorer: CharacterScorer | None = None,
 ) -> str:
-    """``eval BENCH --out DIR``: render, score and report; prints progress through ``echo`` and returns the
-    summary table followed by the paths written. ``scorer`` overrides the CLIP/DINO/segmenter arguments."""
+    """``eval BENCH --out DIR``: render (through ``engine``, loaded when a case needs rendering), score and report;
+    prints progress through ``echo`` and returns the summary table followed by the paths written. ``scorer``
+    overrides the CLIP/DINO/segmenter arguments."""
     if scorer is None:
         scorer = CharacterScorer(clip_model, dino_model, segmenter=segmenter, image_reward=image_reward)
 
@@ -40,8 +43,8 @@ def eval_command(
         if echo is not None:
             echo(f"[{done}/{total}] {message}")
 
-    run = run_benchmark(bench_dir, pipe, scorer, out_dir, resume=resume, progress=progress, settings=settings,
-                        label=label)
+    run = run_benchmark(bench_dir, engine, scorer, out_dir, resume=resume, progress=progress, settings=settings,
+                        label=label, text_adapter=text_adapter)
     lines = [run.summary_text, "",
              f"rendered {run.rendered}, reused {run.reused}, failed {run.failed}, scored {run.scored}"]
     lines += [f"{name}: {path}" for name, path in run.files.items()]

@@ -15,8 +15,13 @@ masks, seed, render settings, ``label``) or its image is missing; a case is scor
 models or segmentation changed. Files are written to a temporary name and moved into place with ``os.replace``,
 so an interrupted run (even ``kill -9``) never leaves a half-written image taken as done.
 
-Rendering and scoring are separate phases, so a caller short of GPU memory can render with ``scorer=None``, free
-the pipeline, then score with ``pipe=None``.
+Every case is rendered through the engine (:class:`core.engine.Engine`) as one
+:class:`core.request.GenerationRequest`; its image carries the engine's PNG record (settings, characters, the models,
+dtype and preset), so the studio's Recall makes it again. The engine loads its models only when a case needs
+rendering: a finished run resumed loads nothing.
+
+Rendering and scoring are separate phases, so a caller short of GPU memory can render with ``scorer=None``, unload
+the engine, then score with ``engine=None``.
 """
 
 from __future__ import annotations
@@ -44,6 +49,7 @@ __all__ = [
     "run_benchmark",
     "format_summary",
     "case_regions",
+    "case_request",
 ]
 
 MANIFEST_VERSION = 1
@@ -133,43 +139,34 @@ def case_regions(case: BenchmarkCase, size: tuple[int, int]) -> list | None:
     return regions
 
 
-def _default_character_factory():
+def case_request(bench: Benchmark, case: BenchmarkCase, settings: RenderSettings, text_adapter: str | None = None):
+    """The :class:`core.request.GenerationRequest` of a case: its prompt, characters (with their descriptions and
+    masks, mask files opened as images) and seed, at ``settings``."""
     from core.character import Character
-
-    return Character
-
-
-def _render(pipe, bench: Benchmark, case: BenchmarkCase, settings: RenderSettings, factory) -> Image.Image:
-    import torch
+    from core.request import GenerationRequest
 
     characters = []
     masks = case.masks or (None,) * len(case.characters)
     for name, mask in zip(case.characters, masks):
         character = bench.characters[name]
-        characters.append(
-            factory(
-                image=str(character.image_path),
-                name=name,
-                scale=settings.scale,
-                mask=_mask_spec(mask),
-                description=character.description,
-            )
-        )
-    output = pipe(
-        case.prompt,
-        characters=characters,
-        num_inference_steps=settings.steps,
-        guidance_scale=settings.guidance,
-        height=settings.height,
-        width=settings.width,
-        generator=torch.Generator("cpu").manual_seed(case.seed),
-        output_type="pil",
-    )
-    images = getattr(output, "images", output)
-    image = images[0] if isinstance(images, (list, tuple)) else images
+        characters.append(Character(str(character.image_path), name=name, scale=settings.scale,
+                                    mask=_mask_spec(mask), description=character.description))
+    return GenerationRequest(case.prompt, characters=characters, steps=settings.steps, guidance=settings.guidance,
+                             width=settings.width, height=settings.height, seed=case.seed,
+                             text_adapter=str(text_adapter) if text_adapter else None)
+
+
+def _render(engine, request) -> bytes:
+    """The case's image as PNG bytes, with the engine's record of the request in its metadata."""
+    result = engine.generate(request, pipeline_options={"output_type": "pil"})
+    if not result.images:
+        raise RuntimeError("the engine returned no image" + (f" ({'; '.join(result.notes)})" if result.notes else ""))
+    image = result.images[0]
     if not isinstance(image, Image.Image):
         raise TypeError(f"the pipeline returned {type(image).__name__}, expected a PIL image")
-    return image
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG", pnginfo=result.records[0].pnginfo())
+    return buffer.getvalue()
 
 
 def _one_line(error: BaseException) -> str:
@@ -190,7 +187,7 @@ def _load_manifest(path: Path, resume: bool) -> dict:
 
 def run_benchmark(
     bench_dir: str | os.PathLike | Benchmark,
-    pipe: Callable | None,
+    engine: Any,
     scorer: CharacterScorer | None,
     out_dir: str | os.PathLike,
     resume: bool = True,
@@ -198,14 +195,15 @@ def run_benchmark(
     *,
     settings: RenderSettings | None = None,
     label: str | None = None,
-    character_factory: Callable | None = None,
+    text_adapter: str | os.PathLike | None = None,
 ) -> EvaluationRun:
     """Render, score and report every case of a benchmark.
 
     Args:
         bench_dir: a benchmark folder (see :mod:`core.evaluation.format`) or a loaded :class:`Benchmark`.
-        pipe: the pipeline, called as ``pipe(prompt, characters=[...], num_inference_steps=, guidance_scale=,
-            height=, width=, generator=, output_type="pil").images``; ``None`` to only score finished renders.
+        engine: a :class:`core.engine.Engine` (or anything with its ``load`` and ``generate``), loaded before the
+            first case that needs rendering (a load failure stops the run); ``None`` to only score finished
+            renders.
         scorer: a :class:`~core.metrics.CharacterScorer`; ``None`` to only render.
         out_dir: the run folder (created).
         resume: reuse finished renders and scores recorded in ``OUT/manifest.json`` (``False`` starts over).
@@ -213,8 +211,7 @@ def run_benchmark(
         settings: render settings (steps, guidance, size, scale).
         label: what else determines the images (models, preset, text adapter): part of the render key, and shown in
             the report.
-        character_factory: builds characters (default :class:`core.character.Character`) from ``image``, ``name``,
-            ``scale``, ``mask`` and ``description`` keyword arguments.
+        text_adapter: the text adapter every request uses (a path or hub id; name it in ``label`` too).
 
     Returns an :class:`EvaluationRun`; failed renders are recorded (``status: failed``, with the error) and the run
     goes on.
@@ -236,6 +233,7 @@ def run_benchmark(
 
     run = EvaluationRun(out, [], {}, ())
     total = len(bench.cases)
+    loaded = False
     for done, case in enumerate(bench.cases, start=1):
         key = _render_key(bench, case, settings, label, digests)
         entry = entries.get(case.id)
@@ -243,15 +241,15 @@ def run_benchmark(
         if entry and entry.get("status") == "done" and entry.get("key") == key and (out / entry["image"]).is_file():
             run.reused += 1
             message = f"{case.id}: already rendered"
-        elif pipe is None:
-            raise ValueError(f"case {case.id!r} is not rendered yet and no pipeline was given to render it")
+        elif engine is None:
+            raise ValueError(f"case {case.id!r} is not rendered yet and no engine was given to render it")
         else:
             entry = {"key": key, "case": case.as_json(), "image": image_file}
+            if not loaded:
+                engine.load(text_adapter=text_adapter)  # outside the case: no models means no run
+                loaded = True
             try:
-                image = _render(pipe, bench, case, settings, character_factory or _default_character_factory())
-                buffer = io.BytesIO()
-                image.save(buffer, format="PNG")
-                write_atomic(out / image_file, buffer.getvalue())
+                write_atomic(out / image_file, _render(engine, case_request(bench, case, settings, text_adapter)))
                 entry["status"] = "done"
                 run.rendered += 1
                 message = f"{case.id}: rendered"

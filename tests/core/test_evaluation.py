@@ -1,4 +1,5 @@
-"""The benchmark format, runner (resume, outputs), statistics and run comparison, with a fake pipeline."""
+"""The benchmark format, runner (resume, outputs), statistics and run comparison, with the engine on a fake
+pipeline."""
 
 from __future__ import annotations
 
@@ -7,7 +8,6 @@ import hashlib
 import json
 import math
 import shutil
-from dataclasses import dataclass
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -24,19 +24,11 @@ from core.evaluation import (
     run_benchmark,
 )
 from core.evaluation.stats import mean_interval, paired_t_test, student_t_cdf, student_t_ppf
+from tests.core.fake_engine import FakeEngine
 from tests.core.metric_models import single_torch_thread, tiny_metric_models, tiny_scorer  # noqa: F401 (fixtures)
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "assets" / "benchmarks" / "example"
 SETTINGS = RenderSettings(steps=2, guidance=3.5, width=64, height=64, scale=0.9)
-
-
-@dataclass
-class FakeCharacter:
-    image: str
-    name: str
-    scale: float
-    mask: object
-    description: str | None
 
 
 class FakePipe:
@@ -46,7 +38,8 @@ class FakePipe:
         self.calls: list[tuple[str, int]] = []
         self.shift, self.fail_on, self.interrupt_after = shift, fail_on, interrupt_after
 
-    def __call__(self, prompt, characters, num_inference_steps, guidance_scale, height, width, generator, output_type):
+    def __call__(self, prompt, characters, num_inference_steps, guidance_scale, height, width, generator, output_type,
+                 **kwargs):
         assert output_type == "pil" and num_inference_steps == SETTINGS.steps
         if self.interrupt_after is not None and len(self.calls) >= self.interrupt_after:
             raise KeyboardInterrupt
@@ -58,16 +51,21 @@ class FakePipe:
         image = Image.new("RGB", (width, height), tuple(digest[:3]))
         slot = width // max(1, len(characters))
         for index, character in enumerate(characters):
-            # the engine's Character holds a PIL image; FakeCharacter keeps the path
-            reference = character.image if isinstance(character.image, Image.Image) else Image.open(character.image)
             side = max(4, slot - 8 - self.shift)
-            image.paste(reference.convert("RGB").resize((side, side)), (index * slot + 4, (height - side) // 2))
-        return SimpleNamespace(images=[image])
+            image.paste(character.image.resize((side, side)), (index * slot + 4, (height - side) // 2))
+        return SimpleNamespace(images=[image], notes=[])
+
+    def load_text_adapter(self, path):
+        self.text_adapter = path
+
+    def unload_text_adapter(self):
+        self.text_adapter = None
 
 
 def run(tmp_path, pipe, scorer, name="run", **kwargs):
-    return run_benchmark(EXAMPLE, pipe, scorer, tmp_path / name, settings=SETTINGS,
-                         character_factory=FakeCharacter, **kwargs)
+    """Runs the example benchmark with the engine on ``pipe`` (a FakePipe; ``None``: no engine)."""
+    engine = FakeEngine(pipe) if pipe is not None else None
+    return run_benchmark(EXAMPLE, engine, scorer, tmp_path / name, settings=SETTINGS, **kwargs)
 
 
 def test_example_benchmark_loads():
@@ -164,8 +162,7 @@ def test_run_writes_csv_json_html_and_resumes(tmp_path, tiny_scorer):
     shutil.copytree(EXAMPLE, bench)
     text = (bench / "cases.jsonl").read_text().replace("cozy library", "noisy library", 1)
     (bench / "cases.jsonl").write_text(text)
-    changed = run_benchmark(bench, pipe, tiny_scorer, tmp_path / "run", settings=SETTINGS,
-                            character_factory=FakeCharacter)
+    changed = run_benchmark(bench, FakeEngine(pipe), tiny_scorer, tmp_path / "run", settings=SETTINGS)
     assert changed.rendered == 1 and changed.scored == 1 and pipe.calls[-1] == ("[Ruby] reading a book in a noisy library", 1)
 
 
@@ -194,7 +191,7 @@ def test_render_then_score_in_two_phases(tmp_path, tiny_scorer):
     assert rendered.metrics == () and rendered.scored == 0
     scored = run(tmp_path, None, tiny_scorer)
     assert scored.reused == 11 and scored.scored == 11 and scored.summary["dino_i"]["n"] == 11
-    with pytest.raises(ValueError, match="no pipeline"):
+    with pytest.raises(ValueError, match="no engine"):
         run(tmp_path, None, tiny_scorer, name="empty")
 
 
@@ -215,7 +212,7 @@ def test_compare_prints_per_metric_deltas(tmp_path, tiny_scorer):
 
 def test_eval_command_returns_summary_text(tmp_path, tiny_scorer):
     printed = []
-    text = eval_command(EXAMPLE, tmp_path / "out", FakePipe(), scorer=tiny_scorer, settings=SETTINGS,
+    text = eval_command(EXAMPLE, tmp_path / "out", FakeEngine(FakePipe()), scorer=tiny_scorer, settings=SETTINGS,
                         echo=printed.append, label="tiny")
     assert printed[0] == "[1/11] ruby-1: rendered"
     assert text.splitlines()[0].startswith("metric") and "report.html" in text and "rendered 11" in text
@@ -223,9 +220,9 @@ def test_eval_command_returns_summary_text(tmp_path, tiny_scorer):
         compare_runs(tmp_path / "out", tmp_path / "missing")
 
 
-def test_default_character_factory_is_the_engine_character(tmp_path, tiny_scorer):
-    pytest.importorskip("core.character")
+def test_cases_reach_the_engine_as_requests_and_images_carry_its_record(tmp_path, tiny_scorer):
     from core.character import Character
+    from core.metadata import read_record
 
     seen = []
 
@@ -238,10 +235,32 @@ def test_default_character_factory_is_the_engine_character(tmp_path, tiny_scorer
     shutil.copytree(EXAMPLE, bench)
     lines = (bench / "cases.jsonl").read_text().splitlines()
     (bench / "cases.jsonl").write_text("\n".join(lines[1:2] + lines[-1:]) + "\n")  # ruby-1 and duo-2
-    run_benchmark(bench, RecordingPipe(), None, tmp_path / "run", settings=SETTINGS)
+    engine = FakeEngine(RecordingPipe())
+    first = run_benchmark(bench, engine, None, tmp_path / "run", settings=SETTINGS, text_adapter="adapter.pt")
     assert all(isinstance(character, Character) for character in seen) and len(seen) == 3
     assert seen[1].name == "Leaf" and seen[1].mask is not None and seen[1].mask.box == (0.0, 0.0, 0.5, 1.0)
     assert seen[0].name == "Ruby" and seen[0].description == "a round red creature with big eyes"
+    assert engine.loads[0] == "adapter.pt" and engine.fake.text_adapter == "adapter.pt"  # before the first case
+    record = read_record(tmp_path / "run" / first.rows[1]["image"])  # Recall makes the same image again
+    assert (record.prompt, record.seed, record.width, record.num_inference_steps, record.guidance_scale) == (
+        "[Leaf] waving at [Ruby] on a city street", 12, SETTINGS.width, SETTINGS.steps, SETTINGS.guidance)
+    assert [(c.name, c.mask, c.scale) for c in record.characters] == [("Leaf", "left", 0.9), ("Ruby", "right", 0.9)]
+    assert (record.models, record.dtype, record.preset) == (
+        {"spec": "tiny", "text_adapter": "adapter.pt"}, "float32", "full")
+    resumed = FakeEngine(RecordingPipe())
+    assert run_benchmark(bench, resumed, None, tmp_path / "run", settings=SETTINGS,
+                         text_adapter="adapter.pt").reused == 2
+    assert resumed.loads == []  # nothing to render: no models loaded
+
+
+def test_a_failed_load_stops_the_run(tmp_path):
+    class NoModels(FakeEngine):
+        def load(self, report=None, text_adapter=None):
+            raise OSError("no models here")
+
+    with pytest.raises(OSError, match="no models here"):
+        run_benchmark(EXAMPLE, NoModels(FakePipe()), None, tmp_path / "run", settings=SETTINGS)
+    assert not list((tmp_path / "run" / "images").iterdir())  # no case marked failed for it, nothing written
 
 
 def test_student_t_against_known_values():
@@ -271,17 +290,15 @@ def test_interval_and_paired_test():
 @pytest.mark.slow
 def test_runner_with_the_tiny_engine(tmp_path, tiny_scorer):
     """The real pipeline on the tiny random bundle: two cases (one with two characters and layout masks)."""
-    import torch
-
-    from core.pipeline import InstantCharacterPipeline
+    from core.engine import Engine
 
     bench = tmp_path / "bench"
     shutil.copytree(EXAMPLE, bench)
     lines = (bench / "cases.jsonl").read_text().splitlines()
     (bench / "cases.jsonl").write_text("\n".join(lines[1:2] + lines[-1:]) + "\n")
-    pipe = InstantCharacterPipeline.from_pretrained("tiny", dtype=torch.float32, progress=False)
+    engine = Engine("tiny", dtype="float32")
     settings = RenderSettings(steps=2, width=32, height=32)
-    first = run_benchmark(bench, pipe, tiny_scorer, tmp_path / "run", settings=settings)
+    first = run_benchmark(bench, engine, tiny_scorer, tmp_path / "run", settings=settings)
     assert first.rendered == 2 and first.failed == 0 and first.summary["clip_i"]["n"] == 2
-    again = run_benchmark(bench, pipe, tiny_scorer, tmp_path / "run", settings=settings)
+    again = run_benchmark(bench, engine, tiny_scorer, tmp_path / "run", settings=settings)
     assert again.rendered == 0 and again.reused == 2

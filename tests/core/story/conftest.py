@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from PIL import Image, ImageDraw
 
-from core.engine import Engine
+from tests.core.fake_engine import FakeEngine as BaseFakeEngine
 
 REPO = Path(__file__).resolve().parents[3]
 STORIES = REPO / "assets" / "stories"
@@ -52,23 +52,12 @@ class FakePipe:
         return FakeOutput([image])
 
 
-class FakeEngine(Engine):
-    """The real :class:`core.engine.Engine` (request checks, seeds, records) on a :class:`FakePipe`: nothing loads.
-    Its provenance is fixed: ``{"models": {"spec": "tiny"}, "dtype": "float32", "preset": "full"}``."""
+class FakeEngine(BaseFakeEngine):
+    """The real engine on a :class:`FakePipe` (a new one by default): nothing loads; its provenance is
+    ``{"models": {"spec": "tiny"}, "dtype": "float32", "preset": "full"}``."""
 
     def __init__(self, pipe: FakePipe | None = None):
-        super().__init__("tiny", preset="full")
-        self.fake = pipe if pipe is not None else FakePipe()
-
-    @property
-    def calls(self) -> list[dict]:
-        return self.fake.calls
-
-    def load(self, report=None, text_adapter=None):
-        return self.fake
-
-    def provenance(self) -> dict:
-        return {"models": {"spec": "tiny"}, "dtype": "float32", "preset": "full"}
+        super().__init__(pipe if pipe is not None else FakePipe())
 
 
 def make_character_image(path: Path, colour) -> Path:
