@@ -25,14 +25,17 @@ from torch import nn
 
 @dataclass
 class CharacterCondition:
-    """One character's input to the attention layers for one denoising step.
+    """One character's input to the attention layers for one denoising step (built by the engine and the trainer
+    from :func:`core.conditioning.route_characters`).
 
     Attributes:
-        tokens: character tokens (B, Q, D) from the projector's resampler.
+        tokens: character tokens (B, Q, D) from the projector's resampler; always given.
         scale: strength of the character (the released default is 0.9).
-        mask: optional routing weights over the packed image tokens, (B or 1, N_image); ``None`` covers the image.
+        mask: routing weights over the packed image tokens, (B or 1, N_image); ``None`` means the whole image (the
+            same result as all ones, without the multiply).
         text_tokens: the text adapter's tokens for this step (B, Q_T, D_T), or ``None`` without a text adapter.
-        text_mask: weights over the text tokens, 1 on the tokens that came from the character's tag (B or 1, L).
+        text_mask: weights over the text tokens, 1 on the tokens that came from the character's tag (B or 1, L);
+            ``None``: the text tokens are left alone (so are they without ``text_tokens``).
     """
 
     tokens: torch.Tensor
@@ -40,6 +43,10 @@ class CharacterCondition:
     mask: torch.Tensor | None = None
     text_tokens: torch.Tensor | None = None
     text_mask: torch.Tensor | None = None
+
+    def __post_init__(self):
+        if not isinstance(self.tokens, torch.Tensor):
+            raise TypeError(f"a character condition needs its image tokens, got {type(self.tokens).__name__}")
 
 
 class RMSNorm(nn.Module):

@@ -22,11 +22,11 @@ from diffusers.utils import BaseOutput
 from .cache import LRUCache
 from .attention import CharacterAttentionLayers, CharacterCondition
 from .character import Character, check_characters
+from .conditioning import Routing, route_characters, tag_weights, token_grid
 from .encoders import CharacterEncoder, CharacterFeatures
 from .limits import MAX_GUIDANCE, MAX_PROMPT_CHARS, MAX_SIDE, MAX_STEPS, MAX_TRUE_CFG, MIN_SIDE
-from .masks import auto_layout
 from .projector import CharacterProjector
-from .prompt import ResolvedPrompt, resolve_prompt, token_indices
+from .prompt import ResolvedPrompt, resolve_prompt
 from .text_adapter import TextAdapter, TextAdapterError
 from .errors import UserError
 
@@ -217,28 +217,13 @@ class InstantCharacterPipeline(FluxPipeline):
             if self.text_adapter is None or i not in resolved.spans:
                 masks.append(None)
                 continue
-            mask = torch.zeros(1, length, device=device)
-            mask[0, token_indices(self.tokenizer_2, resolved.text, resolved.spans[i], length)] = 1.0
-            masks.append(mask)
+            masks.append(tag_weights(self.tokenizer_2, resolved.text, resolved.spans[i], length)[None].to(device))
         return masks
 
-    def _routing(self, characters, height, width, device, notes):
-        rows, cols = height // (self.vae_scale_factor * 2), width // (self.vae_scale_factor * 2)
-        masks = [c.mask for c in characters]
-        if len(characters) > 1 and all(m is None for m in masks):
-            masks = auto_layout(len(characters))
-            notes.append("no masks given: characters placed left to right in the order the prompt names them")
-        weights = []
-        for c, m in zip(characters, masks):
-            if m is None:
-                weights.append(None)
-                continue
-            w = m.weights(rows, cols).to(device)
-            if float(w.max()) <= 0:
-                label = f"[{c.name}]" if c.name else "a character"
-                notes.append(f"the mask of {label} is empty: that character will not appear")
-            weights.append(w[None])
-        return weights
+    def _routing(self, characters, resolved: ResolvedPrompt, height: int, width: int) -> Routing:
+        """Where each character acts (:func:`core.conditioning.route_characters`, the trainer's rules too)."""
+        return route_characters([c.mask for c in characters], *token_grid(height, width, self.vae_scale_factor),
+                                resolved.order, [c.name for c in characters])
 
     # ------------------------------------------------------------------ prompts
     def cached_prompt_embeds(self, prompt: str, device, max_sequence_length: int):
@@ -301,10 +286,6 @@ class InstantCharacterPipeline(FluxPipeline):
                                      true_cfg_scale, num_images_per_prompt, max_sequence_length, output_type)
         resolved: ResolvedPrompt = resolve_prompt(prompt, characters)
         notes = list(resolved.notes)
-        order = list(range(len(characters)))
-        if len(characters) > 1 and all(c.mask is None for c in characters) and resolved.order:
-            # the automatic layout follows the order the prompt names the characters in
-            order = resolved.order + [i for i in range(len(characters)) if i not in resolved.order]
         self._guidance_scale = guidance_scale
         self._current_timestep = None
         self._interrupt = False
@@ -336,9 +317,11 @@ class InstantCharacterPipeline(FluxPipeline):
         step_tokens = None
         if characters:
             text_masks = self._text_masks(resolved, len(characters), prompt_embeds.shape[1], device)
-            characters = [characters[i] for i in order]
-            text_masks = [text_masks[i] for i in order]
-            routing = self._routing(characters, height, width, device, notes)
+            placed = self._routing(characters, resolved, height, width)
+            notes += placed.notes
+            characters = [characters[i] for i in placed.order]
+            text_masks = [text_masks[i] for i in placed.order]
+            routing = [None if w is None else w.to(device)[None] for w in placed.weights]
             step_tokens = self._character_tokens(characters, timesteps, latents.dtype, device, batch,
                                                  [m is not None for m in text_masks])
 
