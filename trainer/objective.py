@@ -17,9 +17,13 @@ resuming at a step draws what an uninterrupted run would.
 Which modules train is pluggable: :data:`TRAINABLE_PARTS` maps a config name to a factory of
 :class:`TrainablePart` modules. Two are built in: ``image_adapter`` (projector + character attention K/V) and
 ``text_adapter`` (:class:`core.text_adapter.TextAdapter`: each character's SigLIP features injected into the T5
-tokens of its ``[Name]`` tag, paper Eq. 4). Parts contribute :class:`CharacterCondition` fields per character slot;
-the model merges them, so the text adapter's tokens ride on the image adapter's conditions. Training the text
+tokens of its ``[Name]`` tag, paper Eq. 4). The image adapter gives one :class:`CharacterCondition` per character
+slot; the text adapter's tokens and tag masks are added to those conditions. Training the text
 adapter alone keeps the image adapter in the forward pass, frozen.
+
+Where each character acts follows the engine's rules (:func:`core.conditioning.route_characters`): a reference
+without a mask or box covers the whole image, several such references are laid out left to right in caption
+order, boxes are exact and masks are area averaged, all cut to the target's centre crop.
 """
 
 from __future__ import annotations
@@ -40,19 +44,22 @@ from torch import nn
 
 from core.attention import CharacterCondition
 from core.cache import LRUCache
+from core.conditioning import Routing, route_characters, tag_weights, token_grid
+from core.images import open_image
 from core.masks import RoutingMask
 from core.paths import sha256_file
-from core.prompt import resolve_prompt, token_indices
+from core.prompt import resolve_prompt
 
 from .config import ObjectiveConfig
-from .data import Example, cover_crop, load_target
+from .data import Example, load_target
 from core.errors import UsageError
 
 
 # ---------------------------------------------------------------------- inputs
 @dataclass
 class CharacterSlot:
-    """Slot ``j`` of a batch: the j-th reference of every row (rows with fewer references get a zero mask).
+    """Slot ``j`` of a batch: the j-th character of every row in :attr:`core.conditioning.Routing.order` (rows with
+    fewer references get a zero mask).
 
     Feature shapes as :class:`core.encoders.CharacterFeatures`, with the batch in front.
     """
@@ -97,7 +104,9 @@ class TrainablePart(nn.Module):
     """A set of trainable modules that conditions the frozen transformer.
 
     Subclasses register their modules as attributes whose names are the exported state dict groups, and return
-    the ``joint_attention_kwargs`` they contribute for a micro-batch.
+    the ``joint_attention_kwargs`` they contribute for a micro-batch: ``character_conditions`` (one
+    :class:`CharacterCondition` per slot) or ``character_text`` (per slot, text tokens and text mask for the
+    slot's condition), or any other processor argument.
     """
 
     name = "part"
@@ -146,7 +155,7 @@ class TextAdapterPart(TrainablePart):
     """The text adapter (``text_adapter``): a Q-Former on each character's SigLIP features, and per double-stream
     block a cross-attention from the character's tag tokens to its Q-Former tokens.
 
-    Its conditions carry only ``text_tokens`` and ``text_mask``; the image adapter's conditions carry the rest.
+    It contributes ``character_text``: per slot, its tokens and text mask, added to the image adapter's condition.
     Slots without a tag in any row get an all-zero text mask, so every parameter stays in the graph (DDP needs
     each one to get a gradient, even a zero one).
     """
@@ -167,8 +176,8 @@ class TextAdapterPart(TrainablePart):
             mask = slot.text_mask
             if mask is None:
                 mask = torch.zeros(siglip.shape[0], length, device=siglip.device)
-            conditions.append(CharacterCondition(None, 1.0, None, tokens, mask))
-        return {"character_conditions": conditions}
+            conditions.append((tokens, mask))
+        return {"character_text": conditions}
 
     def export_groups(self) -> dict[str, dict[str, torch.Tensor]]:
         return {"text_adapter": self.text_adapter.state_dict()}
@@ -347,29 +356,31 @@ class BatchEncoder:
 
     def text_mask(self, caption: str, spans: list[tuple[int, int]] | None, length: int) -> torch.Tensor:
         """(L,) weights: 1 on the T5 tokens of ``caption`` (as resolved) that overlap ``spans``, as in the engine."""
-        mask = torch.zeros(length)
-        if spans:
-            key = (caption, tuple(spans), length)
-            if key not in self._text_masks:
-                self._text_masks[key] = token_indices(self.pipe.tokenizer_2, caption, list(spans), length)
-            mask[self._text_masks[key]] = 1.0
-        return mask
+        if not spans:
+            return torch.zeros(length)
+        key = (caption, tuple(spans), length)
+        if key not in self._text_masks:
+            self._text_masks[key] = tag_weights(self.pipe.tokenizer_2, caption, spans, length)
+        return self._text_masks[key]
 
-    def routing(self, reference, example: Example, resolution: int, rows: int, cols: int) -> torch.Tensor | None:
-        """The reference's mask or box, cropped like the target, as (N,) weights; ``None`` if it has neither."""
-        if reference.mask is None and reference.box is None:
-            return None
+    @staticmethod
+    def routing_mask(reference) -> RoutingMask | None:
+        """The reference's mask (read as the engine reads one) or box, on the whole target; ``None``: neither."""
         if reference.mask is not None:
-            mask_image = Image.open(reference.mask).convert("L")
-        else:
-            with Image.open(example.target) as target:
-                size = target.size
-            mask_image = Image.new("L", size, 0)
-            x0, y0, x1, y1 = reference.box
-            mask_image.paste(255, (round(x0 * size[0]), round(y0 * size[1]), round(x1 * size[0]),
-                                   round(y1 * size[1])))
-        cropped = cover_crop(mask_image, resolution, Image.Resampling.BILINEAR)
-        return RoutingMask.from_spec(np.asarray(cropped, dtype=np.float32) / 255.0).weights(rows, cols)
+            return RoutingMask.from_spec(open_image(reference.mask, f"the mask of [{reference.name}]"))
+        if reference.box is not None:
+            return RoutingMask.from_spec(tuple(reference.box))
+        return None
+
+    def routing(self, example: Example, references, resolution: int, prompt_order=()) -> Routing:
+        """Where each reference acts in the training image: the engine's rules, with masks and boxes cut to the
+        target's centre crop (see :func:`core.conditioning.route_characters`)."""
+        masks = [self.routing_mask(ref) for ref in references]
+        window = None
+        if any(m is not None for m in masks):
+            window = crop_window(oriented_size(example.target), resolution)
+        rows, cols = token_grid(resolution, resolution, self.pipe.vae_scale_factor)
+        return route_characters(masks, rows, cols, prompt_order, [ref.name for ref in references], window)
 
     # per-row randomness ----------------------------------------------------
     def draw(self, slot_key: tuple, shape, seq_len: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -398,37 +409,38 @@ class BatchEncoder:
         noise = torch.stack([d[0] for d in drawn])
         sigmas = torch.stack([d[1] for d in drawn]).float()
 
-        captions, spans, refs_per_row = [], [], []
+        captions, spans, placed = [], [], []
         for r in rows:
             refs = list(r.references) or [SimpleNamespace(image=r.target, name=None, mask=None, box=None)]
             named = [SimpleNamespace(name=x.name, words=x.name or "the character") for x in refs]
             resolved = resolve_prompt(r.caption, named)
             captions.append(resolved.text)
             spans.append(resolved.spans)
-            refs_per_row.append(refs)
+            routing = self.routing(r, refs, resolution, resolved.order)
+            placed.append([(refs[i], resolved.spans.get(i), w) for i, w in zip(routing.order, routing.weights)])
         texts = [self.text(c) for c in captions]
         prompt_embeds = torch.cat([t[0] for t in texts])
         pooled = torch.cat([t[1] for t in texts])
 
         lat_h = resolution // self.pipe.vae_scale_factor
-        rows_n, cols_n = lat_h // 2, lat_h // 2
         slots = []
         length = prompt_embeds.shape[1]
-        for j in range(max(len(x) for x in refs_per_row)):
-            feats, masks, any_mask = [], [], False
-            text_masks = [self.text_mask(c, s.get(j), length) for c, s in zip(captions, spans)]
-            for r, refs in zip(rows, refs_per_row):
-                if j < len(refs):
-                    feats.append(self.features(refs[j].image))
-                    m = self.routing(refs[j], r, resolution, rows_n, cols_n)
-                    any_mask |= m is not None
-                    masks.append(torch.ones(n) if m is None else m.float())
-                else:  # this row has fewer characters: any features, routed nowhere
-                    feats.append(self.features(refs[0].image))
+        for j in range(max(len(x) for x in placed)):
+            feats, masks, text_masks = [], [], []
+            for caption, row in zip(captions, placed):
+                if j < len(row):
+                    ref, tag, weights = row[j]
+                    feats.append(self.features(ref.image))
+                    masks.append(weights)
+                    text_masks.append(self.text_mask(caption, tag, length))
+                else:  # this row has fewer characters: any features, routed nowhere, no tag
+                    feats.append(self.features(row[0][0].image))
                     masks.append(torch.zeros(n))
-                    any_mask = True
-            slots.append(CharacterSlot(*(torch.cat([f[k] for f in feats]) for k in range(3)),
-                                       torch.stack(masks) if any_mask else None,
+                    text_masks.append(torch.zeros(length))
+            mask = None  # the whole image in every row
+            if any(m is not None for m in masks):
+                mask = torch.stack([torch.ones(n) if m is None else m for m in masks])
+            slots.append(CharacterSlot(*(torch.cat([f[k] for f in feats]) for k in range(3)), mask,
                                        torch.stack(text_masks) if any(m.any() for m in text_masks) else None))
         image_ids = self.pipe._prepare_latent_image_ids(b, lat_h // 2, lat_h // 2, "cpu", torch.float32)
         text_ids = torch.zeros(prompt_embeds.shape[1], 3)
@@ -465,9 +477,10 @@ class AdapterTrainingModel(nn.Module):
         timesteps = inputs.sigmas * 1000
         for part in self._frozen.parts.values():
             with torch.no_grad():
-                _merge_kwargs(kwargs, part.attention_kwargs(inputs, timesteps))
+                kwargs.update(part.attention_kwargs(inputs, timesteps))
         for part in self.parts.values():
-            _merge_kwargs(kwargs, part.attention_kwargs(inputs, timesteps))
+            kwargs.update(part.attention_kwargs(inputs, timesteps))
+        _add_text(kwargs)
         guidance = None
         if t.config.guidance_embeds:
             guidance = torch.full_like(inputs.sigmas, self.objective.guidance)
@@ -484,15 +497,16 @@ class AdapterTrainingModel(nn.Module):
         return self.per_sample_loss(inputs).mean()
 
 
-def _merge_kwargs(kwargs: dict, extra: dict) -> None:
-    """Adds a part's attention kwargs; ``character_conditions`` merge slot by slot, later parts' set fields win."""
-    for key, value in extra.items():
-        if key == "character_conditions" and key in kwargs:
-            kwargs[key] = [CharacterCondition(*(getattr(new, f.name) if getattr(new, f.name) is not None
-                                                else getattr(old, f.name) for f in dataclasses.fields(old)))
-                           for old, new in zip(kwargs[key], value)]
-        else:
-            kwargs[key] = value
+def _add_text(kwargs: dict) -> None:
+    """Puts ``character_text`` (per slot: text tokens, text mask) onto the slots' ``character_conditions``."""
+    text = kwargs.pop("character_text", None)
+    if text is None:
+        return
+    conditions = kwargs.get("character_conditions")
+    if conditions is None or len(conditions) != len(text):
+        raise ValueError("the text adapter needs the image adapter's character conditions, one per slot")
+    kwargs["character_conditions"] = [dataclasses.replace(c, text_tokens=tokens, text_mask=mask)
+                                      for c, (tokens, mask) in zip(conditions, text)]
 
 
 def build_training_model(pipe, trainable: list[str], objective: ObjectiveConfig, fresh: bool, seed: int,
@@ -522,6 +536,24 @@ def build_training_model(pipe, trainable: list[str], objective: ObjectiveConfig,
     model = AdapterTrainingModel(parts, pipe.transformer, objective, frozen)
     model.float().requires_grad_(True).train()
     return model
+
+
+def oriented_size(path) -> tuple[int, int]:
+    """The size of an image file as :func:`core.images.load_image` gives it (EXIF rotation applied); header only."""
+    with Image.open(path) as image:
+        width, height = image.size
+        if image.getexif().get(0x0112) in (5, 6, 7, 8):  # stored a quarter turn off
+            return height, width
+    return width, height
+
+
+def crop_window(size: tuple[int, int], resolution: int) -> tuple[float, float, float, float]:
+    """The part of a ``size`` image that :func:`trainer.data.cover_crop` keeps, normalized ``(x0, y0, x1, y1)``."""
+    width, height = size
+    scale = resolution / min(width, height)
+    scaled_w, scaled_h = max(resolution, round(width * scale)), max(resolution, round(height * scale))
+    left, top = (scaled_w - resolution) // 2, (scaled_h - resolution) // 2
+    return left / scaled_w, top / scaled_h, (left + resolution) / scaled_w, (top + resolution) / scaled_h
 
 
 @torch.no_grad()
