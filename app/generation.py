@@ -146,7 +146,7 @@ def remove_background(image: Image.Image) -> Image.Image:
     return isolate(image, BackgroundThresholdSegmenter()(image), crop=False)
 
 
-def build_characters(slots: list[CharacterSlot], canvas) -> tuple[list[Character], list[str]]:
+def build_characters(slots: list[CharacterSlot], canvas, mask_specs=None) -> tuple[list[Character], list[str]]:
     """Characters from the filled slots with their masks from the canvas; ``(characters, notes)``."""
     if len(slots) > MAX_STUDIO_CHARACTERS:
         raise StudioInputError(f"at most {MAX_STUDIO_CHARACTERS} characters fit in the studio")
@@ -158,7 +158,7 @@ def build_characters(slots: list[CharacterSlot], canvas) -> tuple[list[Character
                 raise StudioInputError(f"{labels[i]} has a name but no image: add an image or remove the character")
             continue
         used.append(i)
-    masks, mask_notes = slot_masks(canvas, used, labels)
+    masks, mask_notes = slot_masks(canvas, used, labels, mask_specs)
     notes += mask_notes
     characters = []
     for i in used:
@@ -197,12 +197,13 @@ def check_settings(settings: GenerationSettings) -> tuple[int, int]:
     return width, height
 
 
-def build_request(slots: list[CharacterSlot], canvas, settings: GenerationSettings):
-    """``(GenerationRequest, notes)`` from the page's values, checked (no model needed)."""
+def build_request(slots: list[CharacterSlot], canvas, settings: GenerationSettings, mask_specs=None):
+    """``(GenerationRequest, notes)`` from the page's values, checked (no model needed). ``mask_specs``: the exact
+    masks that drew the canvas layers (see ``mask_canvas.slot_masks``)."""
     from core.request import GenerationRequest
 
     width, height = check_settings(settings)
-    characters, notes = build_characters(slots, canvas)
+    characters, notes = build_characters(slots, canvas, mask_specs)
     check_text(with_triggers(settings.prompt, settings.loras), "the prompt with the LoRAs' trigger words",
                MAX_PROMPT_CHARS)
     request = GenerationRequest(
@@ -214,14 +215,14 @@ def build_request(slots: list[CharacterSlot], canvas, settings: GenerationSettin
 
 
 def generate(ctx: StudioContext, slots: list[CharacterSlot], canvas, settings: GenerationSettings,
-             report=None, cancel: threading.Event | None = None) -> GenerationResult:
+             report=None, cancel: threading.Event | None = None, mask_specs=None) -> GenerationResult:
     """Runs one generation through the studio's engine and saves each image as a PNG with full metadata in the
     output folder.
 
     ``report(fraction, message)`` hears about loading and each denoising step; setting ``cancel`` stops after the
     current step. Image ``k`` of a run uses seed ``seed + k``, so every PNG reproduces on its own.
     """
-    request, notes = build_request(slots, canvas, settings)
+    request, notes = build_request(slots, canvas, settings, mask_specs)
     with ctx.gpu_lock:
         result = ctx.engine().generate(request, report=report, cancel=cancel)
     notes += [n for n in result.notes if n not in notes]

@@ -147,8 +147,37 @@ def resize_canvas(value, width: int, height: int) -> dict:
     return _editor_value(size, resized)
 
 
-def slot_masks(value, used_slots: list[int], labels: dict[int, str]) -> tuple[dict[int, RoutingMask | None], list[str]]:
+MATCH = 0.995  # share of pixels a layer must agree on with the spec that drew it to count as untouched
+
+
+def layout_specs(layout: str, count: int) -> list[str | None]:
+    """The mask specs (layout names) a one-click layout draws on the first ``count`` layers, one per slot."""
+    if layout not in LAYOUTS:
+        raise MaskError(f"unknown layout {layout!r}: choose one of {', '.join(LAYOUTS)}")
+    specs = LAYOUTS[layout](max(1, min(count, MAX_STUDIO_CHARACTERS)))
+    return specs + [None] * (MAX_STUDIO_CHARACTERS - len(specs))
+
+
+def _as_drawn(spec, painted: np.ndarray) -> RoutingMask | None:
+    """The mask ``spec`` (a RoutingMask JSON) when the painted layer is still what ``spec`` drew, else None."""
+    try:
+        mask = RoutingMask.from_json(spec)
+    except MaskError:
+        return None
+    if mask is None:
+        return None
+    h, w = painted.shape
+    drawn = (_mask_array(mask, (w, h)) > PAINTED).astype(np.float32)
+    return mask if float((drawn == painted).mean()) >= MATCH else None
+
+
+def slot_masks(value, used_slots: list[int], labels: dict[int, str],
+               specs: list | None = None) -> tuple[dict[int, RoutingMask | None], list[str]]:
     """Masks for the character slots in use, from the canvas.
+
+    ``specs`` (per slot, optional) are the exact masks that drew each layer (a layout's names, a recalled PNG's
+    masks): a layer still as drawn gives its spec itself, so a layout stays a name and a soft mask keeps its values;
+    a layer painted over gives what is painted.
 
     Nothing painted anywhere: no masks (one character covers the image; several are laid out automatically).
     Otherwise every slot in use needs paint on its layer; paint on a layer whose slot is empty is ignored (noted).
@@ -168,7 +197,8 @@ def slot_masks(value, used_slots: list[int], labels: dict[int, str]) -> tuple[di
         if masks[i] is None:
             raise MaskError(f"{labels[i]} has an empty mask: paint on layer '{LAYER_NAMES[i]}', pick a layout, "
                             "or clear the canvas to place characters automatically")
-        result[i] = RoutingMask.from_spec(masks[i])
+        spec = specs[i] if specs and i < len(specs) else None
+        result[i] = (spec is not None and _as_drawn(spec, masks[i])) or RoutingMask.from_spec(masks[i])
     for i, m in enumerate(masks):
         if m is not None and i not in used_slots:
             notes.append(f"paint on {LAYER_NAMES[i]} ignored: no character in that slot")

@@ -75,7 +75,7 @@ def _link_tabs(demo, tabs, library_tab, history_tab) -> None:
     gen, hist, lib = tabs["generate"], tabs["history"], tabs["library"]
     library_tab.select(lib.refresh, None, lib.gallery, api_visibility="private")
     history_tab.select(hist.events.gallery, None, hist.gallery, api_visibility="private")
-    hist.recall.click(gen.recall_event_handler, hist.selected, generate.recall_outputs(gen),
+    hist.recall.click(gen.recall_event_handler, hist.selected, generate.recall_outputs(gen) + [gen.mask_specs],
                       api_visibility="private").success(lambda: gr.Tabs(selected="generate"), None,
                                                         demo.studio_tab_bar, api_visibility="private")
 

@@ -50,6 +50,7 @@ def build(ctx: StudioContext) -> SimpleNamespace:
     ui = SimpleNamespace()
     ui.count = gr.State(1)
     ui.session_paths = gr.State([])
+    ui.mask_specs = gr.State([None] * MAX_STUDIO_CHARACTERS)  # the exact masks that drew each canvas layer
     with gr.Row(equal_height=False):
         with gr.Column(scale=5):
             gr.Markdown(f"### Characters (up to {MAX_STUDIO_CHARACTERS})")
@@ -143,8 +144,10 @@ def _wire(ctx: StudioContext, ui, events: ev.GenerateEvents) -> None:
     for i in range(MAX_STUDIO_CHARACTERS):
         remove, move_up = ev.slot_handlers(i)
         head = [ui.count, ui.canvas, ui.width, ui.height]
-        rows.remove[i].click(remove, head + slot_values, reorder_outputs, api_visibility="private")
-        rows.up[i].click(move_up, head + slot_values, reorder_outputs, api_visibility="private")
+        rows.remove[i].click(remove, head + slot_values, reorder_outputs, api_visibility="private").then(
+            ev.no_specs, None, ui.mask_specs, api_visibility="private")
+        rows.up[i].click(move_up, head + slot_values, reorder_outputs, api_visibility="private").then(
+            ev.no_specs, None, ui.mask_specs, api_visibility="private")
         rows.names[i].change(ev.tag_label, [rows.names[i], gr.State(i + 1)], ui.tags[i], api_visibility="private")
         ui.tags[i].click(ev.insert_tag, [ui.prompt, rows.names[i], gr.State(i + 1)], ui.prompt,
                          api_visibility="private")
@@ -154,25 +157,27 @@ def _wire(ctx: StudioContext, ui, events: ev.GenerateEvents) -> None:
                               api_visibility="private")
         rows.library[i].input(shown_to_user(lambda name: _from_library(ctx, name)), rows.library[i],
                               [rows.images[i], rows.names[i], rows.scales[i]], api_visibility="private")
-    ui.apply_layout.click(ev.apply_layout, [ui.layout, ui.count, ui.width, ui.height], ui.canvas,
-                          api_visibility="private")
-    ui.whole.click(ev.apply_layout, [gr.State("Whole image"), ui.count, ui.width, ui.height], ui.canvas,
-                   api_visibility="private")
-    ui.clear.click(ev.clear_canvas, [ui.width, ui.height], ui.canvas, api_visibility="private")
+    ui.apply_layout.click(ev.apply_layout_with_specs, [ui.layout, ui.count, ui.width, ui.height],
+                          [ui.canvas, ui.mask_specs], api_visibility="private")
+    ui.whole.click(ev.apply_layout_with_specs, [gr.State("Whole image"), ui.count, ui.width, ui.height],
+                   [ui.canvas, ui.mask_specs], api_visibility="private")
+    ui.clear.click(ev.clear_canvas, [ui.width, ui.height], ui.canvas, api_visibility="private").then(
+        ev.no_specs, None, ui.mask_specs, api_visibility="private")
     ui.size_preset.input(ev.pick_size, [ui.size_preset, ui.width, ui.height], [ui.width, ui.height],
                          api_visibility="private").then(ev.follow_size, [ui.canvas, ui.width, ui.height], ui.canvas,
                                                         api_visibility="private")
     for box in (ui.width, ui.height):
         for trigger in (box.blur, box.submit):
             trigger(ev.follow_size, [ui.canvas, ui.width, ui.height], ui.canvas, api_visibility="private")
-    run = ui.generate.click(events.generate, generate_inputs(ui) + [ui.session_paths],
+    run = ui.generate.click(events.generate, generate_inputs(ui) + [ui.session_paths, ui.mask_specs],
                             [ui.gallery, ui.session_paths, ui.notes, ui.seed], api_name="generate", **GPU)
     # Cancel drops a run still waiting in the queue (``cancels``) and stops a running one after its current step
     ui.cancel.click(events.cancel, None, None, queue=False, api_name="cancel", cancels=[run])
     ui.generate_event = run
     ui.gallery.select(_selected_path, ui.session_paths, ui.recall_file, api_visibility="private")
-    ui.recall.click(events.recall, ui.recall_file, recall_outputs(ui), api_name="recall")
-    ui.recall_event_handler = events.recall
+    ui.recall.click(events.recall_with_masks, ui.recall_file, recall_outputs(ui) + [ui.mask_specs],
+                    api_name="recall")
+    ui.recall_event_handler = events.recall_with_masks
 
 
 def _selected_path(paths, evt: gr.SelectData):

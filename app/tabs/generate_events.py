@@ -19,7 +19,8 @@ from ..context import MAX_STUDIO_CHARACTERS, StudioContext, uploads_dir
 from ..errors import StudioInputError, shown_to_user
 from ..generation import CharacterSlot, GenerationSettings, check_settings, generate
 from core.loras import MAX_LORAS, StyleLora, parse_rows
-from ..mask_canvas import blank_canvas, canvas_from_masks, layout_canvas, permute_canvas, resize_canvas
+from ..mask_canvas import (blank_canvas, canvas_from_masks, layout_canvas, layout_specs, permute_canvas,
+                           resize_canvas)
 from ..spaces import estimate_duration, gpu_function
 
 SLOT_FIELDS = ("image", "name", "scale", "remove_background")
@@ -87,26 +88,31 @@ class GenerateEvents:
     def __init__(self, ctx: StudioContext):
         self.ctx = ctx
         # On ZeroGPU the GPU is attached only inside this function; per-step progress and Cancel are local-only
-        self._zero_gpu_run = gpu_function(lambda slots, canvas, settings: generate(ctx, slots, canvas, settings),
-                                          duration=_gpu_duration)
+        self._zero_gpu_run = gpu_function(
+            lambda slots, canvas, settings, specs=None: generate(ctx, slots, canvas, settings, mask_specs=specs),
+            duration=lambda slots, canvas, settings, specs=None: _gpu_duration(slots, canvas, settings))
         self.generate = shown_to_user(self._generate)
         self.cancel = shown_to_user(self._cancel)
         self.recall = shown_to_user(self._recall)
+        # the page's Recall: the values, then the exact masks that drew the canvas (the mask-specs state)
+        self.recall_with_masks = shown_to_user(self._recall_with_masks)
 
     # ------------------------------------------------------------------ generation
     def _generate(self, request: gr.Request, progress=gr.Progress(), *values):
-        """Returns ``(gallery paths, session paths, notes markdown, seed)``; ``values`` in GENERATE_FIELDS order."""
+        """Returns ``(gallery paths, session paths, notes markdown, seed)``; ``values`` in GENERATE_FIELDS order,
+        then the session's paths and (from the page) the mask specs that drew the canvas."""
         values = list(values)
+        specs = values.pop() if len(values) == len(GENERATE_FIELDS) + 2 else None
         session_paths = list(values.pop() or [])
         slots, canvas, settings = parse_form(values, self.ctx.paths)
         check_settings(settings)  # before a ZeroGPU slot is asked for with these numbers
         if self.ctx.zero_gpu:
-            result = self._zero_gpu_run(slots, canvas, settings)
+            result = self._zero_gpu_run(slots, canvas, settings, specs)
         else:
             session = getattr(request, "session_hash", None) or "local"
             cancel = self.ctx.jobs.start(session)
             try:
-                result = generate(self.ctx, slots, canvas, settings,
+                result = generate(self.ctx, slots, canvas, settings, mask_specs=specs,
                                   report=lambda fraction, message: progress(fraction, desc=message), cancel=cancel)
             finally:
                 self.ctx.jobs.finish(session, cancel)
@@ -129,6 +135,14 @@ class GenerateEvents:
     # ------------------------------------------------------------------ recall
     def _recall(self, source):
         """Every setting of a PNG made by the studio, as a list in :data:`RECALL_FIELDS` order."""
+        return self._recall_values(source)[0]
+
+    def _recall_with_masks(self, source):
+        values, specs = self._recall_values(source)
+        return [*values, specs]
+
+    def _recall_values(self, source):
+        """``(values in RECALL_FIELDS order, mask specs per slot)`` of a PNG made by the studio."""
         if source is None:
             raise StudioInputError("pick a gallery image or drop in a PNG made by the studio first")
         path = getattr(source, "name", source)
@@ -148,6 +162,9 @@ class GenerateEvents:
         # one mask decoded at a time (each is bounded to MAX_SIDE x MAX_SIDE), each dropped once it is on the canvas
         masks = (RoutingMask.from_json(c.mask, f"character {i + 1}'s mask") for i, c in enumerate(record.characters))
         values["canvas"] = canvas_from_masks(masks, record.width, record.height)
+        # the exact masks behind the canvas: a layer left as drawn generates with its recorded mask (a layout name,
+        # a box, soft values), not with the 512 px preview of it
+        specs = [c.mask for c in record.characters] + [None] * (MAX_STUDIO_CHARACTERS - len(record.characters))
         values.update(prompt=record.prompt, negative_prompt=record.negative_prompt or "",
                       true_cfg_scale=record.true_cfg_scale, steps=record.num_inference_steps,
                       guidance=record.guidance_scale, width=record.width, height=record.height, seed=record.seed,
@@ -159,7 +176,7 @@ class GenerateEvents:
             values[f"lora{j + 1}_weight"] = lora.weight if lora else DEFAULTS["weight"]
             values[f"lora{j + 1}_trigger"] = lora.trigger if lora else ""
         gr.Info(f"Recalled the settings of seed {record.seed}")
-        return [values[key] for key in RECALL_FIELDS]
+        return [values[key] for key in RECALL_FIELDS], specs
 
 
 def _recalled_image(data: str, index: int) -> str:
@@ -230,8 +247,19 @@ def apply_layout(layout, count, width, height):
 
 
 @shown_to_user
+def apply_layout_with_specs(layout, count, width, height):
+    """The layout's canvas and its mask specs (the layout names), for the page's canvas and mask-specs state."""
+    return layout_canvas(layout, int(count or 1), int(width), int(height)), layout_specs(layout, int(count or 1))
+
+
+@shown_to_user
 def clear_canvas(width, height):
     return blank_canvas(int(width), int(height))
+
+
+def no_specs():
+    """Mask specs for a canvas that no spec drew (cleared, reordered): every layer counts as painted."""
+    return [None] * MAX_STUDIO_CHARACTERS
 
 
 @shown_to_user
