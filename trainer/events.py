@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 EVENTS_FILE = "events.jsonl"
@@ -103,3 +104,44 @@ class Throughput:
     def eta(self, remaining_steps: int) -> float | None:
         rate = self.rate()
         return None if rate is None else remaining_steps / rate
+
+
+@dataclass
+class RunStatus:
+    """What a run's event log says: its state, the losses so far (after the last resume), the last step's event,
+    the last validation, sample image paths and the last error's details."""
+
+    state: str = "not started"  # not started, starting, running, done, stopped, error
+    losses: list[float] = field(default_factory=list)
+    last_step: dict | None = None
+    validation: dict | None = None
+    samples: list[str] = field(default_factory=list)
+    error: str | None = None
+
+
+def run_status(folder: str | Path) -> RunStatus:
+    """Reads ``folder/events.jsonl`` into a :class:`RunStatus` (a resume replays the losses from its checkpoint)."""
+    events = read_events(folder)
+    status = RunStatus()
+    if not events:
+        return status
+    status.state = "running"
+    for e in events:
+        kind = e.get("event")
+        if kind == "start":
+            status.losses = status.losses[:e.get("global_step") or 0]
+            status.state = "running"
+        elif kind == "step":
+            status.losses.append(e["loss"])
+            status.last_step = e
+        elif kind == "sample":
+            status.samples += e.get("images", [])
+        elif kind == "validation":
+            status.validation = e
+        elif kind in ("done", "stopped", "error"):
+            status.state = kind
+            if kind == "error":
+                status.error = e.get("details") or e.get("message")
+    if events[-1].get("event") == "start":
+        status.state = "starting"
+    return status

@@ -20,7 +20,7 @@ from PIL import Image, ImageDraw
 from core.limits import MAX_STORY_BYTES
 from core.path_policy import PathPolicy
 from trainer.config import PRESETS, ConfigError, load_config, preset_config
-from trainer.events import SAVE_NOW, STOP, read_events, request
+from trainer.events import SAVE_NOW, STOP, request, run_status
 
 from ..errors import StudioInputError, shown_to_user
 
@@ -167,31 +167,15 @@ def loss_plot(losses: list[float], width: int = 480, height: int = 200) -> Image
 
 
 def progress(output_dir: str | Path, returncode: int | None = None):
-    """(status markdown, loss plot, sample image paths) from a run folder's events."""
-    out = Path(output_dir)
-    events = read_events(out)
-    if not events:
+    """(status markdown, loss plot, sample image paths) from a run folder's events (read by ``trainer.events``)."""
+    run = run_status(output_dir)
+    if run.state == "not started":
         return "No events yet.", None, []
-    losses, samples, last_step, validation, status = [], [], None, None, "running"
-    for e in events:
-        if e["event"] == "start":
-            losses = losses[:e.get("global_step") or 0]  # a resume replays from its checkpoint
-        elif e["event"] == "step":
-            losses.append(e["loss"])
-            last_step = e
-        elif e["event"] == "sample":
-            samples += e.get("images", [])
-        elif e["event"] == "validation":
-            validation = e
-        elif e["event"] in ("done", "stopped", "error"):
-            status = e["event"]
-        elif e["event"] == "start":
-            status = "running"
-    if events[-1]["event"] == "start":
-        status = "starting"
-    if returncode not in (None, 0) and status in ("running", "starting"):
-        status = f"crashed (exit {returncode}; see trainer.log)"
-    line = f"**{status}**"
+    state = run.state
+    if returncode not in (None, 0) and state in ("running", "starting"):
+        state = f"crashed (exit {returncode}; see trainer.log)"
+    line = f"**{state}**"
+    last_step = run.last_step
     if last_step:
         eta = last_step.get("eta_s")
         line += (f" — step {last_step['step']}/{last_step['total_steps']} (stage {last_step['stage'] + 1}), "
@@ -200,15 +184,14 @@ def progress(output_dir: str | Path, returncode: int | None = None):
             line += f", {last_step['it_s']:.2f} it/s"
         if eta is not None:
             line += f", ETA {int(eta // 3600)}h{int(eta % 3600 // 60):02d}m{int(eta % 60):02d}s"
-    if validation:
-        scores = ", ".join(f"{label} {validation[key]:.3f}" for key, label in
+    if run.validation:
+        scores = ", ".join(f"{label} {run.validation[key]:.3f}" for key, label in
                            (("clip_i", "CLIP-I"), ("dino_i", "DINO-I"), ("clip_t", "CLIP-T"))
-                           if validation.get(key) is not None)
-        line += f"\n\nvalidation at step {validation['step']}: {scores or 'no scores'}"
-    errors = [e for e in events if e["event"] == "error"]
-    if errors and status == "error":
-        line += f"\n\n```\n{errors[-1].get('details') or errors[-1].get('message')}\n```"
-    return line, loss_plot(losses), [p for p in samples if Path(p).is_file()][-12:]
+                           if run.validation.get(key) is not None)
+        line += f"\n\nvalidation at step {run.validation['step']}: {scores or 'no scores'}"
+    if run.error and run.state == "error":
+        line += f"\n\n```\n{run.error}\n```"
+    return line, loss_plot(run.losses), [p for p in run.samples if Path(p).is_file()][-12:]
 
 
 class TrainEvents:
