@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from .errors import UserError
 
-PRESETS = {
+NAMED_LAYOUTS = {
     "whole": (0.0, 0.0, 1.0, 1.0),
     "left": (0.0, 0.0, 0.5, 1.0),
     "right": (0.5, 0.0, 1.0, 1.0),
@@ -42,8 +42,8 @@ def parse_box(values) -> tuple[float, float, float, float]:
 def parse_layout(spec: str) -> tuple[float, float, float, float]:
     """The normalized box of a layout preset string (see module docstring)."""
     spec = spec.strip().lower()
-    if spec in PRESETS:
-        return PRESETS[spec]
+    if spec in NAMED_LAYOUTS:
+        return NAMED_LAYOUTS[spec]
     if spec.startswith("box:"):
         return parse_box(spec[4:].split(","))
     if m := GRID_PATTERN.match(spec):
@@ -53,5 +53,5 @@ def parse_layout(spec: str) -> tuple[float, float, float, float]:
         r, c = divmod(n - 1, cols)
         return c / cols, r / rows, (c + 1) / cols, (r + 1) / rows
     raise MaskError(
-        f"unknown layout {spec!r}: use one of {', '.join(PRESETS)}, grid:RxC:N or box:x0,y0,x1,y1"
+        f"unknown layout {spec!r}: use one of {', '.join(NAMED_LAYOUTS)}, grid:RxC:N or box:x0,y0,x1,y1"
     )

@@ -22,12 +22,12 @@ import torch
 from PIL import Image, ImageFile
 
 from .images import ImageInputError, decode, open_image
-from .layouts import PRESETS, MaskError, parse_box, parse_layout
+from .layouts import NAMED_LAYOUTS, MaskError, parse_box, parse_layout
 from .limits import MAX_METADATA_BYTES, MAX_SIDE
 from .metadata import MAX_SPEC_CHARS
 
 
-__all__ = ["PRESETS", "MaskError", "RoutingMask", "auto_layout", "normalize_overlaps", "parse_layout"]
+__all__ = ["NAMED_LAYOUTS", "MaskError", "RoutingMask", "auto_layout", "normalize_overlaps", "parse_layout"]
 
 @dataclass
 class RoutingMask:

@@ -117,7 +117,7 @@ class MemoryPreset:
         return replace(self, transformer_quantization=quantization, text_encoder_quantization=quantization)
 
 
-PRESETS: dict[str, MemoryPreset] = {
+MEMORY_PRESETS: dict[str, MemoryPreset] = {
     p.name: p
     for p in (
         MemoryPreset("full", "bf16, everything on the GPU: fastest"),
@@ -139,9 +139,9 @@ QUANTO_ALTERNATIVE = "quanto-int8"
 
 def get_preset(name: str, quantization: str | None = None) -> MemoryPreset:
     """The preset called ``name``; ``quantization`` replaces its transformer/T5 quantization (e.g. ``quanto-int8``)."""
-    if name not in PRESETS:
+    if name not in MEMORY_PRESETS:
         raise ValueError(f"preset {name!r} unknown; expected one of {PRESET_ORDER} or 'auto'")
-    preset = PRESETS[name]
+    preset = MEMORY_PRESETS[name]
     return preset.with_quantization(quantization) if quantization else preset
 
 

@@ -479,7 +479,7 @@ def paper_stages(scale: float = 1.0) -> list[StageConfig]:
 
 # Per-card memory presets for full-size FLUX.1-dev (12B) with the 0.9B image adapter trained in fp32 master weights.
 # Batch sizes are global for one card; with N cards multiply them (or add accumulation) to keep the paper's batch.
-PRESETS: dict[str, dict] = {
+TRAIN_PRESETS: dict[str, dict] = {
     "24gb": {"run": {"mixed_precision": "bf16", "gradient_checkpointing": True, "gradient_accumulation_steps": 4},
              "optimizer": {"use_8bit_adam": True},
              "data": {"cache_latents": True, "cache_text_embeddings": True},
@@ -501,9 +501,9 @@ def preset_config(name: str, output_dir: str = "runs/instantcharacter", unpaired
 
     ``steps_scale`` shrinks the paper's step counts (0.01: 2000/500/500), a fine-tune rather than pre-training.
     """
-    if name not in PRESETS:
-        raise ConfigError([f"preset: unknown {name!r} (known: {', '.join(PRESETS)})"], "preset")
-    preset = PRESETS[name]
+    if name not in TRAIN_PRESETS:
+        raise ConfigError([f"preset: unknown {name!r} (known: {', '.join(TRAIN_PRESETS)})"], "preset")
+    preset = TRAIN_PRESETS[name]
     stages = paper_stages(steps_scale)
     for stage, batch in zip(stages, preset["batch_sizes"]):
         stage.batch_size = batch

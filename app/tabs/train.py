@@ -19,7 +19,7 @@ from PIL import Image, ImageDraw
 
 from core.limits import MAX_STORY_BYTES
 from core.path_policy import PathPolicy
-from trainer.config import PRESETS, ConfigError, load_config, preset_config
+from trainer.config import TRAIN_PRESETS, ConfigError, load_config, preset_config
 from trainer.events import SAVE_NOW, STOP, request, run_status
 
 from ..errors import StudioInputError, shown_to_user
@@ -291,7 +291,7 @@ def build(ctx) -> SimpleNamespace:
                 "its folder.")
     with gr.Accordion("1. Config", open=True):
         with gr.Row():
-            ui.preset = gr.Dropdown(list(PRESETS), value="24gb", label="GPU memory preset")
+            ui.preset = gr.Dropdown(list(TRAIN_PRESETS), value="24gb", label="GPU memory preset")
             ui.output_dir_new = gr.Textbox("my-character", label="Run folder (output_dir)", max_lines=1)
             ui.steps_scale = gr.Number(0.01, label="Steps as a fraction of the paper's (200K/50K/50K)")
             ui.sample_every = gr.Number(500, label="Sample every N steps (0: off)", precision=0)

@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from core.cache import FileTooLargeError, cached_sha256
-from core.layouts import GRID_PATTERN, PRESETS, parse_layout
+from core.layouts import GRID_PATTERN, NAMED_LAYOUTS, parse_layout
 from core.limits import (
     MAX_BUBBLES_PER_PANEL,
     MAX_CAPTION_CHARS,
@@ -69,7 +69,7 @@ FORMAT_VERSION = 1
 
 # Where a character stands in a panel: the engine's layouts (core.layouts), as normalized boxes. Bubble placement
 # uses the boxes; the engine receives the region string itself.
-REGION_PRESETS = PRESETS
+REGION_PRESETS = NAMED_LAYOUTS
 
 NO_CHARACTER_TAG = "NC"
 _NAME = r"[A-Za-z][A-Za-z0-9_\-]*"

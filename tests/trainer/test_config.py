@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import pytest
 
-from trainer.config import PRESETS, ConfigError, TrainConfig, config_from_dict, load_config, preset_config
+from trainer.config import TRAIN_PRESETS, ConfigError, TrainConfig, config_from_dict, load_config, preset_config
 
 
 def test_presets_are_valid_and_round_trip(tmp_path):
-    for name in PRESETS:
+    for name in TRAIN_PRESETS:
         config = preset_config(name)
         assert len(config.stages) == 3 and [s.resolution for s in config.stages] == [512, 512, 1024]
         assert all(s.learning_rate == 2e-5 for s in config.stages)
