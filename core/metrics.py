@@ -16,6 +16,10 @@ that print DreamBooth-style percentages.
 Like the paper, the image metrics can segment both characters first: pass masks, or a segmenter (see
 ``core.segmentation``); the foreground is kept on white and cropped to its bounding box.
 
+Images (references, generated images, paths or PIL images) are read with the engine's own loader
+(:func:`core.images.load_image`: EXIF orientation applied, alpha composited on white, the same size limits), so a
+character is scored on the pixels the engine saw.
+
 Models load lazily on first use, from a hub id or a local folder, with transformers' ``from_pretrained`` (never
 ``trust_remote_code``), on CUDA when present. Reference features are cached by image content, so scoring many
 generations of the same character encodes it once.
@@ -27,12 +31,12 @@ import hashlib
 import os
 import warnings
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Callable, Sequence, Union
 
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
+from core.images import ImageInputError, load_image, to_rgb
 from core.segmentation import as_segmenter, isolate
 from core.sources import is_local
 from .errors import UserError
@@ -47,7 +51,6 @@ __all__ = [
     "ScoreCase",
     "CaseScores",
     "CharacterScorer",
-    "load_image",
     "image_digest",
     "image_reward_available",
     "case_from_characters",
@@ -81,20 +84,20 @@ def _one_line(error: BaseException) -> str:
     return text.splitlines()[0] if text else type(error).__name__
 
 
-def load_image(value: object, what: str = "image") -> Image.Image:
-    """Return ``value`` as an RGB PIL image; accepts a PIL image or a path. Errors name ``what``."""
-    if isinstance(value, Image.Image):
-        return value.convert("RGB") if value.mode != "RGB" else value
-    if isinstance(value, (str, os.PathLike)):
-        path = Path(value)
-        if not path.is_file():
-            raise FileNotFoundError(f"{what} not found: {path}")
-        try:
-            with Image.open(path) as opened:
-                return opened.convert("RGB")
-        except (UnidentifiedImageError, OSError) as error:
-            raise MetricsError(f"{what} is not a readable image: {path} ({_one_line(error)})") from None
-    raise TypeError(f"{what} must be a PIL image or a path to one, got {type(value).__name__}")
+def _load(value: object, what: str = "image") -> Image.Image:
+    """``value`` (a PIL image or a path) as the engine reads it (:func:`core.images.load_image`); errors name
+    ``what`` and are one-line :class:`MetricsError`."""
+    if not isinstance(value, (Image.Image, str, os.PathLike)):
+        raise TypeError(f"{what} must be a PIL image or a path to one, got {type(value).__name__}")
+    try:
+        return load_image(value, what if isinstance(value, Image.Image) else f"{what} {os.fspath(value)}")
+    except ImageInputError as error:
+        raise MetricsError(str(error)) from None
+
+
+def _rgb(value: object, what: str = "image") -> Image.Image:
+    """A crop or segmented view made here (any size) as RGB, alpha on white as in the engine; a path is loaded."""
+    return to_rgb(value) if isinstance(value, Image.Image) else _load(value, what)
 
 
 def image_digest(image: Image.Image) -> str:
@@ -291,7 +294,7 @@ class CharacterScorer:
     # ----------------------------------------------------------------------------------------------- features
     def prepare_character(self, image: ImageLike, mask: Image.Image | None = None, what: str = "image") -> Image.Image:
         """The image the image metrics see: the mask's (or the segmenter's) foreground on white, cropped."""
-        image = load_image(image, what)
+        image = _rgb(image, what)
         if mask is not None:
             if not isinstance(mask, Image.Image):
                 raise TypeError(f"{what} mask must be a PIL image, got {type(mask).__name__}")
@@ -308,7 +311,7 @@ class CharacterScorer:
         encoder = self._encoder(kind)
         chunks = []
         for start in range(0, len(images), self.batch_size):
-            batch = [load_image(image) for image in images[start : start + self.batch_size]]
+            batch = [_rgb(image) for image in images[start : start + self.batch_size]]
             if kind == "clip":
                 inputs = encoder.processor(images=batch, return_tensors="pt")
                 pixels = inputs["pixel_values"].to(self.device, self.dtype)
@@ -351,7 +354,7 @@ class CharacterScorer:
         masks = list(masks) if masks is not None else [None] * len(references)
         if len(masks) != len(references):
             raise ValueError(f"got {len(masks)} reference masks for {len(references)} references")
-        images = [load_image(reference, "reference") for reference in references]
+        images = [_load(reference, "reference") for reference in references]
         keys = [
             (kind, image_digest(image), image_digest(mask) if isinstance(mask, Image.Image) else "")
             for image, mask in zip(images, masks)
@@ -400,12 +403,12 @@ class CharacterScorer:
 
     def clip_t(self, image: ImageLike, prompt: str) -> float:
         """CLIP-T: raw cosine of CLIP embeddings of the whole image and the prompt, in [-1, 1] (not x100)."""
-        image_features = self.image_embeddings("clip", [load_image(image, "image")])
+        image_features = self.image_embeddings("clip", [_load(image, "image")])
         return _cosine(image_features, self.text_embeddings([prompt]))[0]
 
     def image_reward(self, image: ImageLike, prompt: str) -> float | None:
         """ImageReward score, or ``None`` (with one warning) when the ``image-reward`` package is not installed."""
-        scores = self._image_reward_scores([load_image(image, "image")], [prompt])
+        scores = self._image_reward_scores([_load(image, "image")], [prompt])
         return scores[0]
 
     def _image_reward_scores(self, images: list[Image.Image], prompts: list[str]) -> list[float | None]:
@@ -443,7 +446,7 @@ class CharacterScorer:
         for case_number, case in enumerate(cases):
             if not isinstance(case, ScoreCase):
                 raise TypeError(f"case {case_number} must be a ScoreCase, got {type(case).__name__}")
-            image = load_image(case.image, f"case {case_number} image")
+            image = _load(case.image, f"case {case_number} image")
             generated.append(image)
             count = len(case.references)
             regions = _per_character(case.regions, count, "regions", case_number)
@@ -451,7 +454,7 @@ class CharacterScorer:
             gen_masks = _per_character(case.generated_masks, count, "generated_masks", case_number)
             for index, reference in enumerate(case.references):
                 character_index.append((case_number, index))
-                references.append(load_image(reference, f"case {case_number} reference {index}"))
+                references.append(_load(reference, f"case {case_number} reference {index}"))
                 reference_masks.append(ref_masks[index])
                 crop = _crop_to_region(image, regions[index])
                 crops.append(self.prepare_character(crop, gen_masks[index], f"case {case_number} generated image"))

@@ -134,13 +134,16 @@ def test_bad_inputs_give_one_line_errors(tiny_scorer, tmp_path):
     with pytest.raises(TypeError) as error:
         tiny_scorer.clip_i(42, image)
     assert "PIL image" in one_line(error)
-    with pytest.raises(FileNotFoundError) as error:
+    with pytest.raises(MetricsError) as error:
         tiny_scorer.dino_i(tmp_path / "missing.png", image)
-    assert "missing.png" in one_line(error)
+    assert "missing.png: file not found" in one_line(error)
     (tmp_path / "not-an-image.png").write_text("hello")
     with pytest.raises(MetricsError) as error:
         tiny_scorer.clip_i(tmp_path / "not-an-image.png", image)
-    assert "not a readable image" in one_line(error)
+    assert "not-an-image.png is not an image file" in one_line(error)
+    with pytest.raises(MetricsError) as error:  # the engine's limits: it would refuse this character too
+        tiny_scorer.clip_i(Image.new("RGB", (8, 8)), image)
+    assert "at least 16x16" in one_line(error)
     with pytest.raises(TypeError) as error:
         tiny_scorer.clip_t(image, None)
     one_line(error)
@@ -187,3 +190,48 @@ def test_scoring_an_engine_generation(tiny_scorer):
     result = tiny_scorer.score([case])[0]
     assert [c["clip_i"] for c in result.per_character] == pytest.approx([1.0, 1.0], abs=1e-5)
     assert result.dino_i == pytest.approx(1.0, abs=1e-5) and -1 <= result.clip_t <= 1
+
+
+class _Spy:
+    """Stands in for a processor and keeps the images it is given."""
+
+    def __init__(self, processor):
+        self.processor, self.images = processor, []
+
+    def __call__(self, *args, images=None, **kwargs):
+        self.images.append([np.asarray(image).copy() for image in images])
+        return self.processor(*args, images=images, **kwargs)
+
+
+@pytest.mark.parametrize("given", ["path", "PIL image", "Character"])
+def test_a_transparent_character_is_scored_on_the_pixels_the_engine_saw(tiny_metric_models, tmp_path,
+                                                                          monkeypatch, given):
+    from core.character import Character
+    from core.images import load_image
+    from core.metrics import case_from_characters
+
+    path = tmp_path / "ruby.png"
+    ruby = Image.new("RGBA", (64, 64), (20, 200, 20, 0))  # hidden green behind full transparency
+    ImageDraw.Draw(ruby).ellipse((16, 12, 48, 52), fill=(220, 30, 30, 255))
+    ruby.putpixel((5, 5), (0, 0, 255, 128))  # half transparent
+    ruby.save(path)
+    engine_pixels = np.asarray(load_image(path))
+    assert engine_pixels[0, 0].tolist() == [255, 255, 255] and engine_pixels[5, 5].tolist() == [127, 127, 255]
+    assert not np.array_equal(engine_pixels, np.asarray(Image.open(path).convert("RGB")))  # alpha dropped
+
+    scorer = CharacterScorer(tiny_metric_models["clip"], tiny_metric_models["dino"], device="cpu")
+    spies = {}
+    for kind in ("clip", "dino"):
+        encoder = scorer._encoder(kind)
+        spies[kind] = _Spy(encoder.processor)
+        monkeypatch.setattr(encoder, "processor", spies[kind])
+    generated = shape_image((220, 30, 30))
+    if given == "Character":
+        case = case_from_characters(generated, None, [Character(path)])
+    else:
+        case = ScoreCase(image=generated, references=[path if given == "path" else Image.open(path)])
+    scorer.score([case])
+    for spy in spies.values():
+        reference, crop = spy.images  # the reference first, then the generated character
+        assert np.array_equal(reference[0], engine_pixels)
+        assert np.array_equal(crop[0], np.asarray(generated))
