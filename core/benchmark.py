@@ -1,13 +1,15 @@
 """Speed and memory of one generation: load time, seconds per step and per image, peak GPU memory and RAM.
 
-:func:`run_bench` loads a models directory through the studio's own path (``InstantCharacterPipeline.from_pretrained``
-with the preset's ``quantization_config``, then ``apply_preset``), makes one warm-up image and one timed image of a
-synthetic character, and returns the figures. With ``random_weights`` the models directory is a full-size
-FLUX.1-dev + SigLIP + DINOv2 + adapter with random weights, built once from the bundled configs
-(:func:`ensure_random_models`, about 42 GB on disk) so that anyone with a GPU can measure without a download.
+:func:`run_bench` loads a models directory through the engine (:class:`core.engine.Engine`: the studio's own
+path, ``from_pretrained`` with the preset's ``quantization_config``, then ``apply_preset``), makes one warm-up image
+and one timed image of a synthetic character with ``Engine.generate``, and returns the figures. With
+``random_weights`` the models directory is a full-size FLUX.1-dev + SigLIP + DINOv2 + adapter with random weights,
+built once from the bundled configs (:func:`ensure_random_models`, about 42 GB on disk) so that anyone with a GPU
+can measure without a download.
 
 ``as_released`` measures the released code's way of running: the whole projector recomputed from the encoder
-features at every step and nothing cached between calls (:class:`ReleasedStylePipeline`), bf16, no offload.
+features at every step and nothing cached between calls (:class:`ReleasedStylePipeline`, made of the engine's
+loaded pipeline by :func:`released_style`), bf16, no offload.
 
 Units: seconds, GiB (2**30 bytes).
 """
@@ -27,6 +29,7 @@ from pathlib import Path
 
 import torch
 
+from core.engine import Engine
 from core.model_sizes import CONFIG_DIR
 from core.paths import cache_dir
 from core.pipeline import InstantCharacterPipeline
@@ -72,6 +75,27 @@ class ReleasedStylePipeline(InstantCharacterPipeline):
             return parent(characters, timesteps[i:i + 1], dtype, device, batch, *args, **kwargs)[0]
 
         return _StepTokens(tokens_at, len(timesteps))
+
+
+def released_style(pipe: InstantCharacterPipeline) -> ReleasedStylePipeline:
+    """``pipe`` (loaded by the engine) running the released code's way from now on: the same models and weights, only
+    :class:`ReleasedStylePipeline`'s methods (it adds no state of its own)."""
+    pipe.__class__ = ReleasedStylePipeline
+    pipe.clear_caches()
+    return pipe
+
+
+class MeasuredEngine(Engine):
+    """The engine under exactly the preset measured: the bench resolves it itself (``--quantization``, its own auto
+    notes, a preset asked for on tiny models, which the engine would run ``full``)."""
+
+    def __init__(self, preset, models: str, **kwargs):
+        super().__init__(models, preset=preset.name, **kwargs)
+        self._measured = preset
+
+    @property
+    def preset(self):
+        return self._measured
 
 
 # ------------------------------------------------------------------------------------------- random models
@@ -231,7 +255,7 @@ def _version(package: str) -> str:
 def ensure_random_models(folder: str | Path | None = None, *, min_free_gib: float = 41.0) -> Path:
     """The full-size random models directory, written on first use (about 42 GB; a minute or two on a GPU).
 
-    ``folder`` defaults to ``<user cache>/random-models/full-v<N>``. Raises ``RuntimeError`` when the disk has
+    ``folder`` defaults to ``<user cache>/random-models/full-v<N>``. Raises ``UsageError`` when the disk has
     less than ``min_free_gib`` free for a first build.
     """
     folder = Path(folder) if folder else cache_dir("random-models") / f"full-v{RANDOM_VERSION}"
@@ -323,14 +347,15 @@ def run_bench(preset: str = "auto", width: int = 1024, height: int = 1024, steps
 
     Returns:
         A JSON-ready dict: ``load_s``, ``s_per_step`` (median of the timed image's steps after the first),
-        ``s_per_image`` (the timed call: prompt and character encoding, ``steps`` steps, VAE decode; caches
-        cleared first), ``s_per_image_at_28`` (extrapolated with ``s_per_step`` when ``steps`` is not 28),
+        ``s_per_image`` (the timed ``Engine.generate``: prompt and character encoding, ``steps`` steps, VAE
+        decode, and the request's checks and PNG record, a few tens of ms; caches cleared first),
+        ``s_per_image_at_28`` (extrapolated with ``s_per_step`` when ``steps`` is not 28),
         ``gpu_peak_gib`` (``torch.cuda.max_memory_allocated`` while generating), ``gpu_peak_load_gib``,
         ``ram_peak_gib`` (process max RSS, loading included), the planner's ``estimate_gpu_gib`` /
         ``estimate_ram_gib`` for full-size models, and the preset, device and notes.
     """
-    from core.memory import estimate, get_preset, out_of_memory_advice
-    from core.memory_setup import apply_preset, quantization_config_for
+    from core.memory import estimate, get_preset
+    from core.request import GenerationRequest
     from core.sources import ModelSources
 
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -350,14 +375,12 @@ def run_bench(preset: str = "auto", width: int = 1024, height: int = 1024, steps
 
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    cls = ReleasedStylePipeline if as_released else InstantCharacterPipeline
     start = time.perf_counter()
-    load_kwargs = {}
-    qconfig = quantization_config_for(chosen, device)
-    if qconfig is not None:
-        load_kwargs["quantization_config"] = qconfig
-    pipe = cls.from_pretrained(sources, dtype=dtype, progress=False, **load_kwargs)
-    applied = apply_preset(pipe, chosen, device)
+    engine = MeasuredEngine(chosen, str(models_dir) if random_weights else models_label, sources=sources,
+                            device=device, dtype=dtype)
+    pipe = engine.load()
+    if as_released:
+        released_style(pipe)
     _sync(device)
     load_s = time.perf_counter() - start
     gpu_load = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None
@@ -365,27 +388,24 @@ def run_bench(preset: str = "auto", width: int = 1024, height: int = 1024, steps
     character = bench_character()
     stamps: list[float] = []
 
-    def on_step(pipeline, i, t, tensors):
+    def on_step(fraction, message):  # the engine reports at the end of every denoising step
         _sync(device)
         stamps.append(time.perf_counter())
-        return tensors
 
-    def generate(n, callback=None):
-        return pipe(BENCH_PROMPT, characters=[character], num_inference_steps=n, width=width, height=height,
-                    generator=torch.Generator("cpu").manual_seed(0), output_type="np",
-                    callback_on_step_end=callback)
+    def generate(n, report=None):
+        request = GenerationRequest(BENCH_PROMPT, characters=[character], steps=n, width=width, height=height, seed=0)
+        return engine.generate(request, report=report, pipeline_options={"output_type": "np"})
 
-    with out_of_memory_advice(chosen, None, width, height):
-        if warmup:
-            generate(min(2, steps))
-        pipe.clear_caches()
-        if device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats(device)
-        _sync(device)
-        start = time.perf_counter()
-        generate(steps, on_step)
-        _sync(device)
-        image_s = time.perf_counter() - start
+    if warmup:  # out of memory, here or timed: the engine's advice names the next preset
+        generate(min(2, steps))
+    pipe.clear_caches()
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    _sync(device)
+    start = time.perf_counter()
+    generate(steps, on_step)
+    _sync(device)
+    image_s = time.perf_counter() - start
     intervals = [b - a for a, b in itertools.pairwise(stamps)]
     s_per_step = statistics.median(intervals) if intervals else image_s / steps
 
@@ -408,13 +428,14 @@ def run_bench(preset: str = "auto", width: int = 1024, height: int = 1024, steps
         "gpu_peak_load_gib": round(gpu_load / GiB, 3) if gpu_load is not None else None,
         "ram_peak_gib": round(peak_ram_bytes() / GiB, 3) if peak_ram_bytes() is not None else None,
         "estimate_gpu_gib": None, "estimate_ram_gib": None,
-        "applied": applied,
+        "applied": list(engine.steps),
         "notes": notes,
     }
     if full_size:
         e = estimate(chosen, width, height)
         result.update(estimate_gpu_gib=round(e.gpu_peak_gib, 2), estimate_ram_gib=round(e.ram_peak_gib, 2))
-    pipe = None  # drop the models (the closure above holds them) before another run in this process
+    pipe = None
+    engine.unload()  # drop the models before another run in this process
     _free()
     if verbose:
         print(format_result(result))
@@ -493,7 +514,8 @@ def format_markdown(results: list[dict]) -> str:
         lines += ["", "Goals: " + "; ".join(goals) + "."]
     lines.append("")
     lines.append("GPU peak: torch.cuda.max_memory_allocated while generating (GiB); RAM peak: process max RSS, "
-                 "loading included; load s: from_pretrained + apply_preset (files in the page cache).")
+                 "loading included; load s: the engine's load, from_pretrained + apply_preset (files in the page "
+                 "cache).")
     return "\n".join(lines)
 
 

@@ -9,6 +9,7 @@ import torch
 from app.bench_commands import add_bench_arguments, add_plan_arguments, bench_main, build_parser, plan_main
 from core import benchmark
 from core.benchmark import build_random_models, format_markdown, read_jsonl
+from core.errors import UsageError
 
 # Small stand-ins for the bundled full-size configs (same keys); encoder depths keep the shallow layers read.
 SMALL_CONFIGS = {
@@ -55,6 +56,7 @@ def test_bench_on_tiny_models_prints_the_figures(tiny_models, tmp_path, capsys, 
         assert label in printed
     record = json.loads(out.read_text())
     assert record["run"] == "full" and record["steps"] == 2 and record["s_per_step"] > 0
+    assert record["applied"] == ["all models on cpu"]  # what the engine's load applied
     assert record["load_s"] > 0 and record["ram_peak_gib"] > 0
     assert record["estimate_gpu_gib"] is None  # tiny models: the full-size planner figures would mislead
     assert record["s_per_image_at_28"] >= record["s_per_image"]
@@ -76,11 +78,11 @@ def test_as_released_and_quanto_fallback_runs_on_tiny_models(tiny_models, tmp_pa
 
 
 def test_released_style_pipeline_recomputes_the_projector_every_step(tiny_models, one_thread):
-    from core.sources import ModelSources
+    """What ``bench --as-released`` measures: the engine's loaded pipeline, run the released code's way."""
+    from core.engine import Engine
 
-    pipe = benchmark.ReleasedStylePipeline.from_pretrained(ModelSources.parse("tiny"), dtype=torch.float32,
-                                                           progress=False)
-    pipe.set_progress_bar_config(disable=True)
+    pipe = benchmark.released_style(Engine("tiny", dtype="float32").pipe)
+    assert isinstance(pipe, benchmark.ReleasedStylePipeline)
     calls = []
     original = pipe.image_proj.context
     pipe.image_proj.context = lambda *a, **k: calls.append(1) or original(*a, **k)
@@ -97,9 +99,9 @@ def test_bench_failures_are_recorded_and_reported(tmp_path):
     with pytest.raises(ValueError, match="random-weights"):
         bench_main(args)
     (record,) = read_jsonl(out)
-    assert record["run"] == "auto" and "ValueError" in record["error"]
+    assert record["run"] == "auto" and "UsageError" in record["error"]
     table = format_markdown([record])
-    assert "failed: ValueError" in table
+    assert "failed: UsageError" in table
 
 
 def test_markdown_checks_the_goals():
@@ -146,7 +148,7 @@ def test_random_models_are_built_once(tmp_path, monkeypatch):
     first = benchmark.ensure_random_models(tmp_path / "r", min_free_gib=0)
     assert benchmark.ensure_random_models(tmp_path / "r", min_free_gib=0) == first
     assert len(built) == 1
-    with pytest.raises(RuntimeError, match="42 GB"):
+    with pytest.raises(UsageError, match="42 GB"):
         benchmark.ensure_random_models(tmp_path / "other", min_free_gib=1e9)
 
 
