@@ -2,7 +2,8 @@
 
 Every ``validation.every`` optimizer steps the main process renders each held-out row with the current adapter
 through the engine pipeline (no gradients, eval mode, case ``i`` with seed ``validation.seed + i``, the training
-RNG untouched) and scores it with :class:`core.metrics.CharacterScorer`:
+RNG untouched), each row as one :class:`core.request.GenerationRequest` (the engine's description of a generation),
+and scores it with :class:`core.metrics.CharacterScorer`:
 
 * a row's characters are its references (an unpaired row: its image), named as in the dataset, placed by their
   boxes or masks, at scale 1.0 as in training; the caption keeps its ``[Name]`` tags, so a text adapter being
@@ -98,22 +99,31 @@ class Validator:
                                            segmenter=v.segmenter)
         return self._scorer
 
-    @torch.no_grad()
-    def render(self, pipe, step: int, autocast) -> list:
-        """Generates every case with the adapter now in ``pipe``; returns ``(image path, ScoreCase)`` pairs."""
-        from core.metrics import case_from_characters
+    def request(self, i: int, row: Example):
+        """The :class:`core.request.GenerationRequest` of held-out case ``i``: the row's caption and characters at
+        the validation settings, seed ``validation.seed + i``."""
+        from core.request import GenerationRequest
 
         v = self.settings
+        return GenerationRequest(row.caption, characters=validation_characters(row), steps=v.steps,
+                                 guidance=v.guidance_scale, width=v.size, height=v.size, seed=v.seed + i,
+                                 max_sequence_length=self.max_sequence_length)
+
+    @torch.no_grad()
+    def render(self, pipe, step: int, autocast) -> list:
+        """Generates every case with the adapter now in ``pipe`` (the training pipeline: the one the adapter trains
+        in, not one of the engine's own); returns ``(image path, ScoreCase)`` pairs."""
+        from core.metrics import case_from_characters
+
         self.folder.mkdir(parents=True, exist_ok=True)
         out = []
         forget_adapter_outputs(pipe)
         with torch.random.fork_rng(), autocast:
             for i, row in enumerate(self.rows):
-                characters = validation_characters(row)
-                image = pipe(row.caption, characters=characters, height=v.size, width=v.size,
-                             num_inference_steps=v.steps, guidance_scale=v.guidance_scale,
-                             generator=torch.Generator().manual_seed(v.seed + i),
-                             max_sequence_length=self.max_sequence_length).images[0]
+                request = self.request(i, row)
+                characters = request.characters
+                image = pipe(**request.pipeline_kwargs(),
+                             generator=torch.Generator("cpu").manual_seed(request.image_seed(0))).images[0]
                 path = self.folder / f"step-{step:08d}-case{i:03d}.png"
                 image.save(path)
                 out.append((path, case_from_characters(image, row.caption, characters)))
