@@ -29,7 +29,7 @@ def load_components(base=None, *, siglip=None, dinov2=None, adapter=None, dtype=
     supplies the other sources unless they are given explicitly.
     """
     from diffusers import FluxPipeline
-    from transformers import AutoImageProcessor, AutoModel, SiglipImageProcessor, SiglipVisionModel
+    from transformers import AutoImageProcessor, AutoModel, SiglipVisionModel
 
     if isinstance(base, ModelSources):
         sources = base
@@ -48,9 +48,13 @@ def load_components(base=None, *, siglip=None, dinov2=None, adapter=None, dtype=
     siglip_path = resolve_folder(sources.siglip, "SigLIP")
     dinov2_path = resolve_folder(sources.dinov2, "DINOv2")
     siglip_model = _from_pretrained(SiglipVisionModel.from_pretrained, siglip_path, "SigLIP", dtype=dtype)
-    siglip_processor = _from_pretrained(SiglipImageProcessor.from_pretrained, siglip_path, "the SigLIP processor")
+    # the PIL processors always: the released numbers (and the golden outputs) come from them, and with
+    # torchvision installed transformers would otherwise switch to its torchvision backend
+    siglip_processor = _from_pretrained(AutoImageProcessor.from_pretrained, siglip_path, "the SigLIP processor",
+                                        backend="pil")
     dinov2_model = _from_pretrained(AutoModel.from_pretrained, dinov2_path, "DINOv2", dtype=dtype)
-    dinov2_processor = _from_pretrained(AutoImageProcessor.from_pretrained, dinov2_path, "the DINOv2 processor")
+    dinov2_processor = _from_pretrained(AutoImageProcessor.from_pretrained, dinov2_path, "the DINOv2 processor",
+                                        backend="pil")
 
     weights = read_adapter(resolve_file(sources.adapter))
     encoder_width = siglip_model.config.hidden_size + dinov2_model.config.hidden_size
