@@ -166,3 +166,16 @@ def test_engine_and_trainer_get_identical_conditions(tiny_pipe, tmp_path, monkey
 def test_a_condition_always_has_image_tokens():
     with pytest.raises(TypeError, match="needs its image tokens"):
         CharacterCondition(None, 1.0)
+
+
+def test_text_adapter_tokens_ride_on_the_image_conditions():
+    from trainer.objective import _add_text
+
+    image, text, mask = torch.ones(1, 2, 4), torch.zeros(1, 3, 4), torch.ones(1, 5)
+    kwargs = {"character_conditions": [CharacterCondition(image, 1.0, None)], "character_text": [(text, mask)]}
+    _add_text(kwargs)
+    (condition,) = kwargs["character_conditions"]
+    assert condition.tokens is image and condition.mask is None and condition.text_tokens is text
+    assert "character_text" not in kwargs
+    with pytest.raises(ValueError, match="needs the image adapter"):
+        _add_text({"character_text": [(text, mask)]})
