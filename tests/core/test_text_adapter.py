@@ -75,8 +75,8 @@ def test_gradients_reach_the_text_adapter_through_flux(tiny_pipe):
         character = Character(Image.new("RGB", (40, 40), (200, 30, 30)), name="Ann")
         with torch.no_grad():
             embeds, pooled, text_ids = pipe.encode_prompt("a photo of Ann", prompt_2=None, max_sequence_length=16)
-            latents, image_ids = pipe.prepare_latents(1, 1, 32, 32, embeds.dtype, "cpu",
-                                                      torch.Generator().manual_seed(0), None)
+            latents, image_ids = pipe.prepare_latents(1, pipe.transformer.config.in_channels // 4, 32, 32,
+                                                      embeds.dtype, "cpu", torch.Generator().manual_seed(0), None)
         features = pipe.encode_character(character)
         context = pipe.character_context(character).clone()
         siglip = features.low_res_deep[..., : pipe.siglip.config.hidden_size].clone()
