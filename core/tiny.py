@@ -2,7 +2,9 @@
 
 :func:`build_tiny_bundle` writes a models directory laid out like the real one (``flux/``, ``siglip/``,
 ``dinov2/``, ``adapter.safetensors``; ``metrics/clip`` and ``metrics/dino`` for the scores), which then loads through the same ``from_pretrained`` path as real models.
-Shapes follow FLUX.1-dev and the released adapter, shrunk; the images it makes are noise-like by nature.
+Shapes follow FLUX.1-dev and the released adapter, shrunk; the images it makes are noise-like by nature. The VAE
+compresses 8x with 16 latent channels as FLUX's does, so the real settings (1024x1024: 4096 image tokens, 28 steps)
+take seconds on a CPU.
 """
 
 from __future__ import annotations
@@ -184,16 +186,25 @@ def build_tiny_bundle(folder: str | Path, seed: int = 0) -> Path:
     return folder
 
 
+def _is_current(folder: Path) -> bool:
+    """Whether ``folder`` holds a finished tiny bundle of this :data:`TINY_VERSION`."""
+    try:
+        return json.loads((folder / _MARKER).read_text()).get("version") == TINY_VERSION
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
 def ensure_tiny_bundle(folder: str | Path | None = None) -> Path:
-    """The tiny models directory in the user cache, built on first use (a few seconds)."""
+    """The tiny models directory in the user cache, built on first use (a few seconds); a bundle of another
+    :data:`TINY_VERSION` is rebuilt."""
     folder = Path(folder) if folder else cache_dir("tiny-models") / f"v{TINY_VERSION}"
-    if (folder / _MARKER).is_file():
+    if _is_current(folder):
         return folder
     folder.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".tiny-", dir=folder.parent))
     try:
         build_tiny_bundle(staging)
-        if (folder / _MARKER).is_file():  # another process finished first
+        if _is_current(folder):  # another process finished first
             return folder
         if folder.exists():
             shutil.rmtree(folder)
