@@ -220,7 +220,7 @@ def test_eval_command_returns_summary_text(tmp_path, tiny_scorer):
         compare_runs(tmp_path / "out", tmp_path / "missing")
 
 
-def test_cases_reach_the_engine_as_requests_and_images_carry_its_record(tmp_path, tiny_scorer):
+def test_cases_reach_the_engine_as_requests_and_images_carry_its_record(tmp_path):
     from core.character import Character
     from core.metadata import read_record
 
