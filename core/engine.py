@@ -49,14 +49,15 @@ class Engine:
         models: the models' spec as the user gave it: ``default``, ``tiny`` or a models directory.
         sources: the parsed sources, when they differ from ``models`` alone (single sources overridden); by default
             ``ModelSources.parse(models)`` on first use.
-        preset: a memory preset name or ``auto`` (the planner picks from the detected GPU and RAM).
+        preset: a memory preset name, ``auto`` (the planner picks from the detected GPU and RAM), or a
+            :class:`core.memory.MemoryPreset` used as it is.
         device: ``cuda`` when available, else ``cpu``.
         dtype: a torch dtype or its name; default: the preset's on a GPU, float32 on the CPU.
         zero_gpu: on ZeroGPU the preset is always ``full``.
         progress_bars: show diffusers' and the hub's progress bars (the command line does).
     """
 
-    def __init__(self, models: str = "default", preset: str = "auto", *, sources: ModelSources | None = None,
+    def __init__(self, models: str = "default", preset="auto", *, sources: ModelSources | None = None,
                  device=None, dtype=None, zero_gpu: bool = False, progress_bars: bool = False, width: int = 1024,
                  height: int = 1024):
         self.spec = str(models or "default")
@@ -95,6 +96,8 @@ class Engine:
     @property
     def preset(self):
         """The :class:`core.memory.MemoryPreset` in use (resolved on first access; ``auto`` asks the planner)."""
+        if self._preset is None and not isinstance(self.preset_name, str):
+            self._preset, self.preset_reason = self.preset_name, "given"
         if self._preset is None:
             from .memory_setup import resolve_preset
 
