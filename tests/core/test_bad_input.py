@@ -133,9 +133,9 @@ def test_adapter_from_another_model(tiny_models, golden_pipe):
     weights = read_adapter(tiny_models / "adapter.safetensors")
     with pytest.raises(CheckpointError) as exc:
         check_compatible(weights.config, golden_pipe.transformer, 128, weights.source)
-    assert "attention layers of width 32" in _one_line(exc)
+    assert "attention layers of width 64 (head 32)" in _one_line(exc)
     with pytest.raises(CheckpointError, match="expects 64-wide image features"):
-        check_compatible(weights.config, _FakeTransformer(2, 2, 16), 999, weights.source)
+        check_compatible(weights.config, _FakeTransformer(2, 2, 32), 999, weights.source)
 
 
 class _FakeTransformer:

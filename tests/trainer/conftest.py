@@ -63,13 +63,13 @@ weight_decay = 0.0
 every = {sample_every}
 prompts = ["a circle character"]
 seeds = [1]
-resolution = 32
+resolution = 64
 steps = 2
 
 [[stages]]
-name = "unpaired-32"
+name = "unpaired-64"
 data = "{stage_data}"
-resolution = 32
+resolution = 64
 batch_size = {batch}
 steps = {steps}
 learning_rate = {lr}

@@ -121,7 +121,7 @@ def test_both_parts_learn_and_the_text_adapter_changes_the_engine(trainer_home, 
         if text_path is not None:  # the part took the engine's loaded text adapter, not a fresh one
             assert model.parts["text_adapter"].text_adapter is pipe.text_adapter
         encoder = BatchEncoder(pipe, config.objective, 16, EncodingCache(encoder_cache, ("features",)), 0)
-        losses[label] = fixed_loss(model, encoder, rows, 32, repeats=4)
+        losses[label] = fixed_loss(model, encoder, rows, 64, repeats=4)
     print("fixed-noise flow-matching loss: " + ", ".join(f"{k} {v:.6f}" for k, v in losses.items()))
     assert losses["trained, both parts"] < losses["untrained"] * 0.97
     assert losses["trained, both parts"] != losses["trained image adapter only"]
