@@ -1,6 +1,6 @@
 """Hugging Face Spaces entry point (``app_file`` in README.md's front matter): the studio with the Space's settings."""
 
-from core.library_notes import filter_library_notes
+from core.loading.library_notes import filter_library_notes
 
 filter_library_notes()  # before diffusers loads: its import-time notes are not for visitors
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import argparse
 
-from core.memory import PRESET_ORDER
+from core.loading.memory import PRESET_ORDER
 
 PRESET_CHOICES = ("auto",) + PRESET_ORDER
 DTYPE_CHOICES = ("bfloat16", "float16", "float32")

@@ -11,7 +11,7 @@ import json
 import sys
 from pathlib import Path
 
-from core.memory import PRESET_ORDER, QUANTIZATIONS
+from core.loading.memory import PRESET_ORDER, QUANTIZATIONS
 from core.errors import UsageError
 
 
@@ -42,8 +42,8 @@ def _append_json(path: str, record: dict) -> None:
 
 
 def bench_main(args: argparse.Namespace) -> int:
-    """Runs :func:`core.benchmark.run_bench` with the command's arguments and prints the figures."""
-    from core.benchmark import run_bench
+    """Runs :func:`benchmarks.bench.run_bench` with the command's arguments and prints the figures."""
+    from benchmarks.bench import run_bench
 
     try:
         result = run_bench(args.preset, args.width, args.height, args.steps, random_weights=args.random_weights,
@@ -70,7 +70,7 @@ def add_plan_arguments(parser: argparse.ArgumentParser) -> None:
 
 def plan_main(args: argparse.Namespace) -> int:
     """Prints each preset's estimated GPU and RAM peaks and the one ``auto`` picks."""
-    from core.memory import format_plan
+    from core.loading.memory import format_plan
 
     for name in ("vram", "ram"):
         value = getattr(args, name)
@@ -82,7 +82,7 @@ def plan_main(args: argparse.Namespace) -> int:
 
 def table_main(args: argparse.Namespace) -> int:
     """Prints the markdown table of a ``--json`` file of bench runs."""
-    from core.benchmark import format_markdown, read_jsonl
+    from benchmarks.bench import format_markdown, read_jsonl
 
     if not Path(args.jsonl).is_file():
         raise FileNotFoundError(f"no bench results at {args.jsonl}")

@@ -15,8 +15,8 @@ from pathlib import Path
 
 from PIL import Image
 
-from core.character import Character
-from core.paths import atomic_path, write_bytes_atomic
+from core.conditioning.character import Character
+from core.io.paths import atomic_path, write_bytes_atomic
 
 from .errors import StudioInputError
 

@@ -12,7 +12,7 @@ import logging
 import sys
 
 from core.errors import UserError
-from core.library_notes import filter_library_notes
+from core.loading.library_notes import filter_library_notes
 
 USER_ERRORS: tuple[type[BaseException], ...] = (UserError, OSError)
 

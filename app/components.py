@@ -8,7 +8,7 @@ class CharacterImage(gr.Image):
     """``gr.Image`` (same front end) that hands unreadable uploads to the handler as a file path.
 
     Stock ``gr.Image`` opens every upload with Pillow before the handler runs, so a broken file fails with a
-    generic error; here the handler's own checks (``core.images.load_image``) report it in one clear line.
+    generic error; here the handler's own checks (``core.io.images.load_image``) report it in one clear line.
     """
 
     is_template = True  # use gr.Image's front end

@@ -13,9 +13,9 @@ from pathlib import Path
 
 import torch
 
-from core.path_policy import PathPolicy
-from core.paths import data_dir
-from core.sources import ModelSources
+from core.io.path_policy import PathPolicy
+from core.io.paths import data_dir
+from core.loading.sources import ModelSources
 
 from .character_library import CharacterLibrary
 from .errors import OwnerOnlyError
@@ -70,8 +70,8 @@ class StudioSettings:
 
     def metric_models(self) -> tuple[str, str]:
         """(CLIP, DINO) sources for the scores: explicit ones, a models directory's ``metrics/``, or the defaults."""
-        from core.metrics import DEFAULT_CLIP_MODEL, DEFAULT_DINO_MODEL
-        from core.tiny import ensure_tiny_bundle, tiny_metric_models
+        from core.evaluation.metrics import DEFAULT_CLIP_MODEL, DEFAULT_DINO_MODEL
+        from core.loading.tiny import ensure_tiny_bundle, tiny_metric_models
 
         folder = ensure_tiny_bundle() if self.is_tiny else Path(self.models) if self.models != "default" else None
         local = tiny_metric_models(folder) if folder is not None else {}
@@ -175,7 +175,7 @@ class StudioContext:
 
     def scorer(self):
         """The CLIP/DINO scorer, created on first use (its models load lazily on the first score)."""
-        from core.metrics import CharacterScorer
+        from core.evaluation.metrics import CharacterScorer
 
         with self._scorer_lock:
             if self._scorer is None:
@@ -225,7 +225,7 @@ class StudioContext:
 
     def resolve_preset(self, width: int = 1024, height: int = 1024, name: str | None = None):
         """``(MemoryPreset, reason)`` for the chosen preset name, or ``name`` (``auto`` asks the planner)."""
-        from core.memory_setup import resolve_preset
+        from core.loading.presets import resolve_preset
 
         return resolve_preset(name or self.settings.preset, tiny=self.settings.is_tiny, zero_gpu=self.zero_gpu,
                               device=self.device, width=width, height=height)

@@ -50,8 +50,8 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError("eval needs a benchmark folder and --out DIR (or --compare RUN_A RUN_B)")
     from core.evaluation import eval_command
     from core.evaluation.runner import RenderSettings
-    from core.metrics import DEFAULT_CLIP_MODEL, DEFAULT_DINO_MODEL
-    from core.pipeline import check_settings
+    from core.evaluation.metrics import DEFAULT_CLIP_MODEL, DEFAULT_DINO_MODEL
+    from core.models.pipeline import check_settings
 
     check_settings("benchmark", args.height, args.width, args.steps, args.guidance)
     engine = engine_for(args)

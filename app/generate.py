@@ -48,9 +48,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def parse_characters(specs: list[str], masks: list[str], default_scale: float, characters=None) -> list:
     """Builds characters from ``[NAME=]PATH[:SCALE]`` and ``NAME=SPEC`` strings (masks may also name the
     ``characters`` given, such as those of a recalled PNG)."""
-    from core.character import Character, CharacterError
-    from core.images import ImageInputError, open_image
-    from core.masks import MaskError, RoutingMask
+    from core.conditioning.character import Character, CharacterError
+    from core.io.images import ImageInputError, open_image
+    from core.conditioning.masks import MaskError, RoutingMask
 
     characters = list(characters or [])
     for spec in specs:
@@ -87,7 +87,7 @@ def parse_characters(specs: list[str], masks: list[str], default_scale: float, c
 def check_output(path: str) -> Path:
     """The file ``--out`` will write (a link's target), refused now if it is a folder, a device or a pipe, or if
     its folder cannot be made: before minutes of model loading, not after the image is made."""
-    from core.paths import OutputPathError, output_target
+    from core.io.paths import OutputPathError, output_target
 
     target = output_target(path)
     folder = target.parent
@@ -102,7 +102,7 @@ def check_output(path: str) -> Path:
 
 def parse_loras(specs: list[str]) -> list:
     """``--lora SOURCE[:WEIGHT]`` values as style LoRAs (checked: files exist, weights in range)."""
-    from core.loras import parse_rows
+    from core.loading.loras import parse_rows
 
     rows = []
     for spec in specs:
@@ -143,7 +143,7 @@ def build_request(args: argparse.Namespace):
 def run(args: argparse.Namespace) -> int:
     from core.engine import Engine
     from core.limits import MAX_PROMPT_CHARS, check_seed, check_text
-    from core.metadata import save_png
+    from core.io.metadata import save_png
 
     # fail fast, before minutes of model loading
     check_output(args.out)

@@ -16,18 +16,18 @@ from pathlib import Path
 
 from PIL import Image
 
-from core.character import Character
-from core.images import ImageInputError, load_image, open_image
+from core.conditioning.character import Character
+from core.io.images import ImageInputError, load_image, open_image
 from core.limits import (MAX_GUIDANCE, MAX_IMAGES_PER_RUN, MAX_OUTPUT_PIXELS, MAX_PROMPT_CHARS, MAX_SCALE, MAX_SEED,
                          MAX_SIDE, MAX_STEPS, MAX_TRUE_CFG, MIN_SIDE, check_int, check_seed, check_text)
-from core.metadata import GenerationRecord, save_png
-from core.prompt import PromptError
-from core.segmentation import BackgroundThresholdSegmenter, isolate
+from core.io.metadata import GenerationRecord, save_png
+from core.conditioning.prompt import PromptError
+from core.conditioning.segmentation import BackgroundThresholdSegmenter, isolate
 
 from .context import MAX_STUDIO_CHARACTERS, StudioContext
 from .errors import StudioInputError
 from .generation_history import HistoryEntry
-from core.loras import StyleLora, with_triggers
+from core.loading.loras import StyleLora, with_triggers
 from .mask_canvas import slot_masks
 
 

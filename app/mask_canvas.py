@@ -13,9 +13,9 @@ from collections.abc import Iterable
 import numpy as np
 from PIL import Image, ImageDraw
 
-from core.images import decode, open_image
+from core.io.images import decode, open_image
 from core.limits import MAX_SIDE
-from core.masks import MaskError, RoutingMask
+from core.conditioning.masks import MaskError, RoutingMask
 
 from .context import MAX_STUDIO_CHARACTERS
 

@@ -238,7 +238,7 @@ def load_engine(models: str, preset_name: str, dtype_name: str | None, device, w
     import contextlib
 
     from core.engine import Engine
-    from core.sources import ModelSources
+    from core.loading.sources import ModelSources
 
     first = state.main_process_first() if hasattr(state, "main_process_first") else contextlib.nullcontext()
     with first:

@@ -25,7 +25,7 @@ from core.errors import UsageError
 
 log = logging.getLogger(__name__)
 
-MAX_UPLOAD = "50mb"  # the largest character image core.images accepts
+MAX_UPLOAD = "50mb"  # the largest character image core.io.images accepts
 QUEUE_SIZE = 64
 TITLE = "InstantCharacter Studio"
 # Optional tabs written as their own modules: (module under app.tabs, tab label, shown on ZeroGPU)

@@ -89,7 +89,7 @@ if [ "$MODELS" = "random" ]; then
   MODEL_ARGS=(--random-weights --random-dir "$RANDOM_DIR")
   say "full-size random models in $RANDOM_DIR (written once, about 42 GB)"
   timeout -k 10 "$PREPARE_TIMEOUT" "$PY" -c \
-    "import sys; from core.benchmark import ensure_random_models; print(ensure_random_models(sys.argv[1]))" \
+    "import sys; from benchmarks.bench import ensure_random_models; print(ensure_random_models(sys.argv[1]))" \
     "$RANDOM_DIR" >>"$LOG" 2>&1
   rc=$?
   if [ $rc -ne 0 ]; then

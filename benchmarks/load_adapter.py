@@ -5,7 +5,7 @@ Writes a random adapter checkpoint with the released key layout (all 577 keys: t
 1/7 of the released 2.79 B), as a ``torch.save`` pickle like the released file. Then it times:
 
 * ``torch.load(weights_only=True)`` of the ``.bin`` alone;
-* ``core.checkpoint.read_adapter`` on first use: the ``.bin`` read plus the conversion to the cached safetensors;
+* ``core.loading.checkpoint.read_adapter`` on first use: the ``.bin`` read plus the conversion to the cached safetensors;
 * ``read_adapter`` afterwards: the cached safetensors read.
 
 Each read is timed alone and followed by one copy of every tensor (safetensors maps the file lazily, so its
@@ -35,8 +35,8 @@ SCALED_WIDTHS = dict(inner_dim=1024, resampler_dim=512, output_dim=1536, attenti
 
 def random_adapter_state(seed: int = 0, dtype: torch.dtype = torch.bfloat16, **widths) -> dict[str, dict]:
     """``{"image_proj": ..., "ip_adapter": ...}`` of random tensors in the released layout at ``widths``."""
-    from core.attention import CharacterAttentionLayers
-    from core.projector import CharacterProjector, ProjectorConfig
+    from core.models.attention import CharacterAttentionLayers
+    from core.models.projector import CharacterProjector, ProjectorConfig
 
     w = {**SCALED_WIDTHS, **widths}
     with torch.device("meta"):
@@ -71,7 +71,7 @@ def bench_load(path: Path, repeats: int = 3) -> dict:
     The safetensors copy lives under ``INSTANTCHARACTER_HOME``. ``safetensors.load_file`` maps the file lazily,
     so "read" alone flatters it; "read + copy" is the fair comparison.
     """
-    from core.checkpoint import _bin_cache_path, read_adapter
+    from core.loading.checkpoint import _bin_cache_path, read_adapter
 
     def bin_read():
         return torch.load(path, map_location="cpu", weights_only=True)

@@ -1,8 +1,8 @@
 """The engine: models loaded once for a source and a memory preset, and generation of :class:`GenerationRequest`.
 
 Every surface goes through it: the studio, ``generate``, ``story render``, ``eval``, ``bench`` and the trainer's
-validation. It owns the one loader (hub ids, folders, models directories, ``tiny``; see :mod:`core.sources` and
-:func:`core.memory_setup.load_pipeline`), the style LoRAs and the text adapter on the loaded pipeline, the PNG
+validation. It owns the one loader (hub ids, folders, models directories, ``tiny``; see :mod:`core.loading.sources` and
+:func:`core.loading.presets.load_pipeline`), the style LoRAs and the text adapter on the loaded pipeline, the PNG
 records' "where it was made" part, progress and cancel::
 
     engine = Engine("tiny", preset="auto")
@@ -21,9 +21,9 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from .loras import LoadedLoras
-from .request import GenerationRequest
-from .sources import ModelSources
+from core.loading.loras import LoadedLoras
+from core.request import GenerationRequest
+from core.loading.sources import ModelSources
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +50,7 @@ class Engine:
         sources: the parsed sources, when they differ from ``models`` alone (single sources overridden); by default
             ``ModelSources.parse(models)`` on first use.
         preset: a memory preset name, ``auto`` (the planner picks from the detected GPU and RAM), or a
-            :class:`core.memory.MemoryPreset` used as it is.
+            :class:`core.loading.memory.MemoryPreset` used as it is.
         device: ``cuda`` when available, else ``cpu``.
         dtype: a torch dtype or its name; default: the preset's on a GPU, float32 on the CPU.
         zero_gpu: on ZeroGPU the preset is always ``full``.
@@ -95,11 +95,11 @@ class Engine:
 
     @property
     def preset(self):
-        """The :class:`core.memory.MemoryPreset` in use (resolved on first access; ``auto`` asks the planner)."""
+        """The :class:`core.loading.memory.MemoryPreset` in use (resolved on first access; ``auto`` asks the planner)."""
         if self._preset is None and not isinstance(self.preset_name, str):
             self._preset, self.preset_reason = self.preset_name, "given"
         if self._preset is None:
-            from .memory_setup import resolve_preset
+            from core.loading.presets import resolve_preset
 
             self._preset, self.preset_reason = resolve_preset(
                 self.preset_name, tiny=self.is_tiny, zero_gpu=self.zero_gpu, device=self.device,
@@ -110,7 +110,7 @@ class Engine:
     def dtype(self):
         import torch
 
-        from .memory_setup import preset_dtype
+        from core.loading.presets import preset_dtype
 
         if self._dtype is None:
             return preset_dtype(self.preset, self.device)
@@ -133,13 +133,13 @@ class Engine:
 
     @property
     def pipe(self):
-        """The loaded :class:`core.pipeline.InstantCharacterPipeline` (loading it first if needed)."""
+        """The loaded :class:`core.models.pipeline.InstantCharacterPipeline` (loading it first if needed)."""
         return self.load()
 
     def load(self, report: Report | None = None, text_adapter: str | os.PathLike | None = None):
         """Loads the models once; ``report(fraction, message)`` hears about each stage. Raises one-line user errors
         (``ModelSourceError``, ``PresetUnavailableError``, ``MemoryAdviceError``)."""
-        from .memory_setup import load_pipeline
+        from core.loading.presets import load_pipeline
 
         report = report or (lambda fraction, message: None)
         with self._lock:
@@ -157,7 +157,7 @@ class Engine:
 
     def unload(self) -> bool:
         """Drops the models and frees their memory; False when none were loaded."""
-        from .memory import free_memory
+        from core.loading.memory import free_memory
 
         with self._lock:
             if self._pipe is None:
@@ -188,7 +188,7 @@ class Engine:
         """
         import torch
 
-        from .memory import out_of_memory_advice
+        from core.loading.memory import out_of_memory_advice
 
         report = report or (lambda fraction, message: None)
         request = request.check().with_seed()

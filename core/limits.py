@@ -7,7 +7,7 @@ This module imports nothing heavy: the CLI's argument parsing and the story pars
 
 from __future__ import annotations
 
-from .errors import UserError
+from core.errors import UserError
 
 # ---------------------------------------------------------------------------------------------- one generation
 MAX_STEPS = 100  # denoising steps

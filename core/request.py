@@ -3,7 +3,7 @@
 A :class:`GenerationRequest` holds the prompt, the characters (image, name, scale, routing mask, description), the
 sampling settings, the seed, how many images, the style LoRAs and the text adapter. It is checked against
 :mod:`core.limits` in one place (:meth:`GenerationRequest.check`) and travels inside every PNG the project writes:
-:meth:`to_record` gives the :class:`core.metadata.GenerationRecord` saved with an image, and :meth:`from_record`
+:meth:`to_record` gives the :class:`core.io.metadata.GenerationRecord` saved with an image, and :meth:`from_record`
 (or :func:`request_from_png`) rebuilds the same request from any such PNG, older ones included. Named layouts and
 boxes stay names and numbers end to end (``RoutingMask.label``); painted masks keep their soft values.
 
@@ -17,10 +17,10 @@ import os
 import random
 from dataclasses import dataclass, field, replace
 
-from .character import Character, check_characters
-from .limits import (MAX_IMAGES_PER_RUN, MAX_LORAS, MAX_PROMPT_CHARS, MAX_SEED, LimitError, check_int, check_seed,
+from core.conditioning.character import Character, check_characters
+from core.limits import (MAX_IMAGES_PER_RUN, MAX_LORAS, MAX_PROMPT_CHARS, MAX_SEED, LimitError, check_int, check_seed,
                      check_text)
-from .loras import StyleLora, with_triggers
+from core.loading.loras import StyleLora, with_triggers
 
 
 @dataclass
@@ -51,8 +51,8 @@ class GenerationRequest:
 
         Needs no model: the studio and the command line call it before anything loads.
         """
-        from .pipeline import check_settings
-        from .prompt import resolve_prompt
+        from core.models.pipeline import check_settings
+        from core.conditioning.prompt import resolve_prompt
 
         check_settings(self.engine_prompt, self.height, self.width, self.steps, self.guidance, self.true_cfg_scale,
                        max_sequence_length=self.max_sequence_length)
@@ -91,9 +91,9 @@ class GenerationRequest:
 
     # ------------------------------------------------------------------ metadata
     def to_record(self, k: int = 0, provenance: dict | None = None):
-        """The :class:`core.metadata.GenerationRecord` of image ``k``: every setting, and where it was made
+        """The :class:`core.io.metadata.GenerationRecord` of image ``k``: every setting, and where it was made
         (``provenance``: ``models``, ``dtype``, ``preset``, as :meth:`core.engine.Engine.provenance` gives)."""
-        from .metadata import CharacterRecord, GenerationRecord
+        from core.io.metadata import CharacterRecord, GenerationRecord
 
         provenance = dict(provenance or {})
         models = dict(provenance.pop("models", {}) or {})
@@ -131,6 +131,6 @@ class GenerationRequest:
 
 def request_from_png(source: str | os.PathLike | bytes, images: int = 1) -> GenerationRequest:
     """The request recorded in a PNG made by the studio, the CLI or a story render."""
-    from .metadata import read_record
+    from core.io.metadata import read_record
 
     return GenerationRequest.from_record(read_record(source), images=images)

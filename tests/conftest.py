@@ -51,7 +51,7 @@ def golden_expected(golden_dir):
 def golden_pipe(golden_dir, user_home):
     import torch
 
-    from core.pipeline import InstantCharacterPipeline
+    from core.models.pipeline import InstantCharacterPipeline
 
     pipe = InstantCharacterPipeline.from_pretrained(str(golden_dir / "bundle"), dtype=torch.float32)
     pipe.set_progress_bar_config(disable=True)
@@ -61,7 +61,7 @@ def golden_pipe(golden_dir, user_home):
 @pytest.fixture(scope="session")
 def tiny_models(user_home):
     """A tiny random-weight models directory (flux/, siglip/, dinov2/, adapter.safetensors)."""
-    from core.tiny import ensure_tiny_bundle
+    from core.loading.tiny import ensure_tiny_bundle
 
     return ensure_tiny_bundle()
 
@@ -70,7 +70,7 @@ def tiny_models(user_home):
 def tiny_pipe(tiny_models):
     import torch
 
-    from core.pipeline import InstantCharacterPipeline
+    from core.models.pipeline import InstantCharacterPipeline
 
     pipe = InstantCharacterPipeline.from_pretrained(str(tiny_models), dtype=torch.float32)
     pipe.set_progress_bar_config(disable=True)

@@ -89,8 +89,8 @@ def generation_error(pipe, rows, encoder_cache, steps: int = 8, guidance: float 
     Compared in latent space: the tiny VAE is random, so its decoder does not invert its encoder and pixel
     errors would measure the VAE rather than the adapter.
     """
-    from core.character import Character
-    from core.images import load_image
+    from core.conditioning.character import Character
+    from core.io.images import load_image
 
     from .config import ObjectiveConfig
     from .objective import BatchEncoder, EncodingCache
@@ -121,8 +121,8 @@ def main(argv=None) -> int:
     diffusers_logging.set_verbosity_error()
     work = Path(args.work or tempfile.mkdtemp(prefix="ic-bench-"))
     os.environ.setdefault("INSTANTCHARACTER_HOME", str(work / "home"))
-    from core.pipeline import InstantCharacterPipeline
-    from core.sources import ModelSources
+    from core.models.pipeline import InstantCharacterPipeline
+    from core.loading.sources import ModelSources
 
     from .config import load_config
     from .data import load_dataset

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
-from core.paths import atomic_path
+from core.io.paths import atomic_path
 from core.errors import UsageError
 
 CHECKPOINTS = "checkpoints"
@@ -173,11 +173,11 @@ def export_adapter(output: str | Path, model, metadata: dict | None = None, rele
 
     ``output`` is a path without suffix (e.g. ``run/adapter``). With ``released_bin`` also ``<output>.bin`` in the
     released layout (``torch.save({"image_proj": ..., "ip_adapter": ...})``). Parts other than the image adapter
-    are written as ``<output>.<part>.safetensors``: the text adapter in :meth:`core.text_adapter.TextAdapter.save`'s
+    are written as ``<output>.<part>.safetensors``: the text adapter in :meth:`core.models.text_adapter.TextAdapter.save`'s
     format (with its ``<output>.text_adapter.json`` config), which ``InstantCharacterPipeline.from_pretrained(...,
     text_adapter=PATH)`` and the CLI's ``--text-adapter`` read.
     """
-    from core.checkpoint import infer_config, save_adapter
+    from core.loading.checkpoint import infer_config, save_adapter
 
     output = Path(output)
     written = []

@@ -16,7 +16,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from core.library_notes import filter_library_notes
+from core.loading.library_notes import filter_library_notes
 
 COMMANDS = ("validate", "init-config", "export", "pairs", "stop", "save-now")
 

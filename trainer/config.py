@@ -82,7 +82,7 @@ class ConfigError(UserError, ValueError):
 
 @dataclass
 class ModelsConfig:
-    """Where FLUX, the encoders and the starting adapter come from (see :class:`core.sources.ModelSources`)."""
+    """Where FLUX, the encoders and the starting adapter come from (see :class:`core.loading.sources.ModelSources`)."""
 
     source: str = "default"  # "default", "tiny" or a models directory
     base: str | None = None  # overrides of single sources (hub id or local path)
@@ -185,7 +185,7 @@ class ValidationConfig:
 
     Each row of ``data`` (a dataset in any layout of :mod:`trainer.data`) is rendered with the current adapter from
     its references and caption (``[Name]`` tags kept, so a trained text adapter takes part), then scored against
-    its references by :class:`core.metrics.CharacterScorer`.
+    its references by :class:`core.evaluation.metrics.CharacterScorer`.
     """
 
     every: int = 0
@@ -353,7 +353,7 @@ class TrainConfig:
         return dump_toml(self.to_dict())
 
     def save(self, path: str | Path) -> Path:
-        from core.paths import write_bytes_atomic
+        from core.io.paths import write_bytes_atomic
 
         return write_bytes_atomic(path, self.to_toml().encode())
 

@@ -24,8 +24,8 @@ from pathlib import Path
 
 from PIL import Image
 
-from core.images import ImageInputError, load_image
-from core.prompt import TAG
+from core.io.images import ImageInputError, load_image
+from core.conditioning.prompt import TAG
 from core.errors import UserError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")

@@ -89,8 +89,8 @@ def _warmup(steps: int):
 
 
 def _load_pipeline(config: TrainConfig, dtype: torch.dtype, device):
-    from core.pipeline import InstantCharacterPipeline
-    from core.sources import ModelSources
+    from core.models.pipeline import InstantCharacterPipeline
+    from core.loading.sources import ModelSources
 
     m = config.models
     source = m.source
@@ -103,7 +103,7 @@ def _load_pipeline(config: TrainConfig, dtype: torch.dtype, device):
     if m.text_adapter:
         path = config.resolve(m.text_adapter)
         if "text_adapter" in config.trainable:  # float32 master weights: the trainable part installs it uncast
-            from core.text_adapter import TextAdapter
+            from core.models.text_adapter import TextAdapter
 
             from .objective import TextAdapterPart
 
@@ -202,7 +202,7 @@ class Trainer:
         """Sample images with the current adapter, fixed prompts and seeds (main process only)."""
         acc, s = self.accelerator, self.config.sampling
         if acc.is_main_process:
-            from core.character import Character
+            from core.conditioning.character import Character
 
             folder = self.out / "samples"
             folder.mkdir(parents=True, exist_ok=True)

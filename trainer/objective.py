@@ -16,12 +16,12 @@ resuming at a step draws what an uninterrupted run would.
 
 Which modules train is pluggable: :data:`TRAINABLE_PARTS` maps a config name to a factory of
 :class:`TrainablePart` modules. Two are built in: ``image_adapter`` (projector + character attention K/V) and
-``text_adapter`` (:class:`core.text_adapter.TextAdapter`: each character's SigLIP features injected into the T5
+``text_adapter`` (:class:`core.models.text_adapter.TextAdapter`: each character's SigLIP features injected into the T5
 tokens of its ``[Name]`` tag, paper Eq. 4). The image adapter gives one :class:`CharacterCondition` per character
 slot; the text adapter's tokens and tag masks are added to those conditions. Training the text
 adapter alone keeps the image adapter in the forward pass, frozen.
 
-Where each character acts follows the engine's rules (:func:`core.conditioning.route_characters`): a reference
+Where each character acts follows the engine's rules (:func:`core.conditioning.routing.route_characters`): a reference
 without a mask or box covers the whole image, several such references are laid out left to right in caption
 order, boxes are exact and masks are area averaged, all cut to the target's centre crop.
 """
@@ -42,13 +42,13 @@ from diffusers.training_utils import compute_density_for_timestep_sampling, comp
 from PIL import Image
 from torch import nn
 
-from core.attention import CharacterCondition
-from core.cache import LRUCache
-from core.conditioning import Routing, route_characters, tag_weights, token_grid
-from core.images import open_image
-from core.masks import RoutingMask
-from core.paths import sha256_file
-from core.prompt import resolve_prompt
+from core.models.attention import CharacterCondition
+from core.io.cache import LRUCache
+from core.conditioning.routing import Routing, route_characters, tag_weights, token_grid
+from core.io.images import open_image
+from core.conditioning.masks import RoutingMask
+from core.io.paths import sha256_file
+from core.conditioning.prompt import resolve_prompt
 
 from .config import ObjectiveConfig
 from .data import Example, load_target
@@ -58,10 +58,10 @@ from core.errors import UsageError
 # ---------------------------------------------------------------------- inputs
 @dataclass
 class CharacterSlot:
-    """Slot ``j`` of a batch: the j-th character of every row in :attr:`core.conditioning.Routing.order` (rows with
+    """Slot ``j`` of a batch: the j-th character of every row in :attr:`core.conditioning.routing.Routing.order` (rows with
     fewer references get a zero mask).
 
-    Feature shapes as :class:`core.encoders.CharacterFeatures`, with the batch in front.
+    Feature shapes as :class:`core.models.encoders.CharacterFeatures`, with the batch in front.
     """
 
     low_res_deep: torch.Tensor
@@ -208,7 +208,7 @@ def _text_adapter(pipe, fresh: bool, seed: int, dim: int = 768, depth: int = 4, 
 
     ``fresh`` (``models.init``) is about the image adapter; a text adapter file named in the config is used as is.
     """
-    from core.text_adapter import TextAdapter, TextAdapterConfig
+    from core.models.text_adapter import TextAdapter, TextAdapterConfig
 
     adapter = getattr(pipe, "text_adapter", None)
     if adapter is None:
@@ -224,8 +224,8 @@ def _text_adapter(pipe, fresh: bool, seed: int, dim: int = 768, depth: int = 4, 
 
 def _image_adapter(pipe, fresh: bool, seed: int) -> ImageAdapterPart:
     if fresh:
-        from core.attention import CharacterAttentionLayers
-        from core.projector import CharacterProjector
+        from core.models.attention import CharacterAttentionLayers
+        from core.models.projector import CharacterProjector
 
         proj_config = pipe.image_proj.config
         layers = pipe.character_layers
@@ -286,7 +286,7 @@ class EncodingCache:
             if self.folder is not None and kind in self.disk_kinds:
                 from safetensors.torch import load_file, save_file
 
-                from core.paths import atomic_path
+                from core.io.paths import atomic_path
 
                 path = self.folder / kind / f"{key}.safetensors"
                 if path.is_file():
@@ -343,7 +343,7 @@ class BatchEncoder:
 
     def features(self, path) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         def make():
-            from core.images import load_image
+            from core.io.images import load_image
 
             f = self.pipe.character_encoder.encode(load_image(path))
             # clone: inference-mode tensors cannot be saved for the projector's backward pass
@@ -374,7 +374,7 @@ class BatchEncoder:
 
     def routing(self, example: Example, references, resolution: int, prompt_order=()) -> Routing:
         """Where each reference acts in the training image: the engine's rules, with masks and boxes cut to the
-        target's centre crop (see :func:`core.conditioning.route_characters`)."""
+        target's centre crop (see :func:`core.conditioning.routing.route_characters`)."""
         masks = [self.routing_mask(ref) for ref in references]
         window = None
         if any(m is not None for m in masks):
@@ -539,7 +539,7 @@ def build_training_model(pipe, trainable: list[str], objective: ObjectiveConfig,
 
 
 def oriented_size(path) -> tuple[int, int]:
-    """The size of an image file as :func:`core.images.load_image` gives it (EXIF rotation applied); header only."""
+    """The size of an image file as :func:`core.io.images.load_image` gives it (EXIF rotation applied); header only."""
     with Image.open(path) as image:
         width, height = image.size
         if image.getexif().get(0x0112) in (5, 6, 7, 8):  # stored a quarter turn off

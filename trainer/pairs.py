@@ -8,7 +8,7 @@
    (target) and the characters' boxes in it, so training sees different poses in reference and target (no
    copy-paste shortcut).
 
-Segmenters follow :mod:`core.segmentation` (any ``image -> L mask`` callable). The background-threshold segmenter
+Segmenters follow :mod:`core.conditioning.segmentation` (any ``image -> L mask`` callable). The background-threshold segmenter
 is built in; BiRefNet loads from the hub with ``trust_remote_code`` and only when asked for.
 """
 
@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from core.segmentation import BackgroundThresholdSegmenter, as_segmenter, isolate
+from core.conditioning.segmentation import BackgroundThresholdSegmenter, as_segmenter, isolate
 from core.errors import UsageError
 
 BIREFNET_REPO = "ZhengPeng7/BiRefNet"
@@ -115,8 +115,8 @@ class MultiCharacterPairBuilder:
     """Builds a multi-character paired dataset with a pipeline and a segmenter.
 
     Args:
-        pipe: an :class:`core.pipeline.InstantCharacterPipeline` (plain FLUX when called without characters).
-        segmenter: ``image -> L mask`` (see :mod:`core.segmentation`); default the background threshold.
+        pipe: an :class:`core.models.pipeline.InstantCharacterPipeline` (plain FLUX when called without characters).
+        segmenter: ``image -> L mask`` (see :mod:`core.conditioning.segmentation`); default the background threshold.
     """
 
     def __init__(self, pipe, segmenter=None, resolution: int = 512, steps: int = 28, guidance_scale: float = 3.5,
@@ -128,8 +128,8 @@ class MultiCharacterPairBuilder:
 
     @classmethod
     def from_models(cls, models: str, segmenter=None, **kwargs) -> "MultiCharacterPairBuilder":
-        from core.pipeline import InstantCharacterPipeline
-        from core.sources import ModelSources
+        from core.models.pipeline import InstantCharacterPipeline
+        from core.loading.sources import ModelSources
 
         dtype = torch.bfloat16 if torch.cuda.is_available() else torch.float32
         pipe = InstantCharacterPipeline.from_pretrained(ModelSources.parse(models), dtype=dtype)
@@ -151,7 +151,7 @@ class MultiCharacterPairBuilder:
         ``group_images`` replaces step 1 (e.g. images drawn elsewhere); groups whose segmentation finds fewer
         regions than characters are skipped and counted in ``out/skipped.json``.
         """
-        from core.character import Character
+        from core.conditioning.character import Character
 
         out = Path(out)
         out.mkdir(parents=True, exist_ok=True)

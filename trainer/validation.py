@@ -3,7 +3,7 @@
 Every ``validation.every`` optimizer steps the main process renders each held-out row with the current adapter
 through the engine pipeline (no gradients, eval mode, case ``i`` with seed ``validation.seed + i``, the training
 RNG untouched), each row as one :class:`core.request.GenerationRequest` (the engine's description of a generation),
-and scores it with :class:`core.metrics.CharacterScorer`:
+and scores it with :class:`core.evaluation.metrics.CharacterScorer`:
 
 * a row's characters are its references (an unpaired row: its image), named as in the dataset, placed by their
   boxes or masks, at scale 1.0 as in training; the caption keeps its ``[Name]`` tags, so a text adapter being
@@ -30,8 +30,8 @@ SCORES = ("clip_i", "dino_i", "clip_t")
 
 
 def validation_characters(row: Example) -> list:
-    """The :class:`core.character.Character` objects a held-out row is rendered and scored with."""
-    from core.character import Character
+    """The :class:`core.conditioning.character.Character` objects a held-out row is rendered and scored with."""
+    from core.conditioning.character import Character
 
     if not row.references:
         return [Character(row.target, scale=1.0)]
@@ -92,7 +92,7 @@ class Validator:
     @property
     def scorer(self):
         if self._scorer is None:
-            from core.metrics import CharacterScorer
+            from core.evaluation.metrics import CharacterScorer
 
             v = self.settings
             self._scorer = CharacterScorer(self._model_source(v.clip_model), self._model_source(v.dino_model),
@@ -113,7 +113,7 @@ class Validator:
     def render(self, pipe, step: int, autocast) -> list:
         """Generates every case with the adapter now in ``pipe`` (the training pipeline: the one the adapter trains
         in, not one of the engine's own); returns ``(image path, ScoreCase)`` pairs."""
-        from core.metrics import case_from_characters
+        from core.evaluation.metrics import case_from_characters
 
         self.folder.mkdir(parents=True, exist_ok=True)
         out = []

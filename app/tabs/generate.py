@@ -10,7 +10,7 @@ from core.limits import (MAX_GUIDANCE, MAX_IMAGES_PER_RUN, MAX_NAME_CHARS, MAX_P
 from ..components import CharacterImage
 from ..context import MAX_STUDIO_CHARACTERS, StudioContext
 from ..errors import shown_to_user
-from core.loras import MAX_LORAS, MAX_WEIGHT
+from core.loading.loras import MAX_LORAS, MAX_WEIGHT
 from ..mask_canvas import COLOURS, LAYER_NAMES, LAYOUTS, blank_canvas, preview_size
 from . import generate_events as ev
 

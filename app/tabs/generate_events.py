@@ -11,14 +11,14 @@ import random
 import gradio as gr
 
 from core.limits import MAX_SEED, MAX_SIDE, MIN_SIDE
-from core.masks import RoutingMask
-from core.metadata import png_from_b64, read_record
-from core.paths import write_bytes_atomic
+from core.conditioning.masks import RoutingMask
+from core.io.metadata import png_from_b64, read_record
+from core.io.paths import write_bytes_atomic
 
 from ..context import MAX_STUDIO_CHARACTERS, StudioContext, uploads_dir
 from ..errors import StudioInputError, shown_to_user
 from ..generation import CharacterSlot, GenerationSettings, check_settings, generate
-from core.loras import MAX_LORAS, StyleLora, parse_rows
+from core.loading.loras import MAX_LORAS, StyleLora, parse_rows
 from ..mask_canvas import (blank_canvas, canvas_from_masks, layout_canvas, layout_specs, permute_canvas,
                            resize_canvas)
 from ..spaces import estimate_duration, gpu_function

@@ -4,7 +4,7 @@ from types import SimpleNamespace
 
 import gradio as gr
 
-from core.metadata import MetadataError, read_record
+from core.io.metadata import MetadataError, read_record
 
 from ..context import StudioContext
 from ..errors import StudioInputError, shown_to_user
@@ -40,7 +40,7 @@ class HistoryEvents:
         """CLIP-I and DINO-I of the image against its characters, CLIP-T against its prompt (markdown)."""
         from PIL import Image
 
-        from core.metrics import case_from_characters
+        from core.evaluation.metrics import case_from_characters
 
         if not path:
             raise StudioInputError("pick an image in the history first")

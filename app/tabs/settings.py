@@ -14,7 +14,7 @@ from .generate import GPU
 
 def machine_text(ctx: StudioContext) -> str:
     """The detected GPU and RAM, or the no-GPU notice."""
-    from core.memory import GiB, detect_memory
+    from core.loading.memory import GiB, detect_memory
 
     if ctx.zero_gpu:
         return "Running on **ZeroGPU**: a GPU is attached for each generation."
@@ -27,7 +27,7 @@ def machine_text(ctx: StudioContext) -> str:
 
 def estimate_text(ctx: StudioContext, preset_name: str, width: int = 1024, height: int = 1024) -> str:
     """The planner's estimate for the chosen preset (``auto``: what it picks and why)."""
-    from core.memory import estimate
+    from core.loading.memory import estimate
 
     if ctx.settings.is_tiny:
         return "Tiny test models: a few megabytes; memory presets make no difference."

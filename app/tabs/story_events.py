@@ -18,7 +18,7 @@ from pathlib import Path
 import gradio as gr
 
 from core.limits import MAX_SEED
-from core.path_policy import PathNotAllowedError, PathPolicy
+from core.io.path_policy import PathNotAllowedError, PathPolicy
 from core.story import Story, StoryError, parse_story
 from core.story.export import export_story, load_panel_images
 from core.story.format import check_story_text, panel_settings_hash

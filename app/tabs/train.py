@@ -18,7 +18,7 @@ import gradio as gr
 from PIL import Image, ImageDraw
 
 from core.limits import MAX_STORY_BYTES
-from core.path_policy import PathPolicy
+from core.io.path_policy import PathPolicy
 from trainer.config import TRAIN_PRESETS, ConfigError, load_config, preset_config
 from trainer.events import SAVE_NOW, STOP, request, run_status
 
@@ -112,7 +112,7 @@ def save_config_text(text: str, path: str, runs_dir: str | Path) -> str:
     The text is checked before anything is written: a config that does not load, or whose ``output_dir`` leaves
     the runs folder, is refused and the file on disk stays as it was.
     """
-    from core.paths import write_bytes_atomic
+    from core.io.paths import write_bytes_atomic
 
     target = config_file(path, runs_dir)
     data = (text or "").encode()
@@ -232,7 +232,7 @@ class TrainEvents:
     def runs_dir(self) -> Path:
         folder = getattr(self.ctx, "runs_dir", None)
         if folder is None:
-            from core.paths import data_dir
+            from core.io.paths import data_dir
 
             folder = data_dir("runs")
         return Path(folder)

@@ -1,7 +1,7 @@
 """Benchmarks for character consistency and text control: folder format, runner, reports and A/B comparison.
 
 See :mod:`core.evaluation.format` for the benchmark folder, :mod:`core.evaluation.runner` for the run folder and
-:mod:`core.evaluation.stats` for the intervals and tests. The metrics themselves live in :mod:`core.metrics`.
+:mod:`core.evaluation.stats` for the intervals and tests. The metrics themselves live in :mod:`core.evaluation.metrics`.
 """
 
 from core.evaluation.commands import compare_command, eval_command

@@ -12,7 +12,7 @@ from typing import Any, Callable
 
 from core.evaluation.compare import compare_runs
 from core.evaluation.runner import RenderSettings, run_benchmark
-from core.metrics import DEFAULT_CLIP_MODEL, DEFAULT_DINO_MODEL, CharacterScorer
+from core.evaluation.metrics import DEFAULT_CLIP_MODEL, DEFAULT_DINO_MODEL, CharacterScorer
 
 __all__ = ["eval_command", "compare_command"]
 

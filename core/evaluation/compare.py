@@ -10,7 +10,7 @@ from pathlib import Path
 from core.evaluation.files import write_atomic
 from core.evaluation.report import comparison_html
 from core.evaluation.stats import paired_t_test
-from core.metrics import METRICS
+from core.evaluation.metrics import METRICS
 from core.errors import UserError
 
 __all__ = ["RunError", "load_run", "compare_tests", "compare_runs"]

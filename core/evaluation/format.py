@@ -17,7 +17,7 @@ A case line::
 - ``characters`` (required): names of the characters in the image, each defined in ``characters/``.
 - ``prompt`` (required): the prompt, naming characters with ``[Name]`` tags (case-insensitive, as in the engine).
 - ``masks`` (optional): one per character: ``null`` (anywhere), a layout preset (``"left"``, ``"grid:2x2:1"``,
-  see :mod:`core.masks`), a normalized box ``[x0, y0, x1, y1]``, or a mask image path relative to ``BENCH``.
+  see :mod:`core.conditioning.masks`), a normalized box ``[x0, y0, x1, y1]``, or a mask image path relative to ``BENCH``.
 - ``seed`` (optional, default 0): the generator seed.
 - ``id`` (optional, default ``case-NNN`` from the case's position): unique; runs are compared case by case by id.
 
@@ -46,7 +46,7 @@ __all__ = [
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
 CASE_KEYS = ("id", "characters", "prompt", "masks", "seed")
-_TAG = re.compile(r"\[([^\[\]\n]+)\]")  # the engine's [Name] tag syntax (core.prompt.TAG)
+_TAG = re.compile(r"\[([^\[\]\n]+)\]")  # the engine's [Name] tag syntax (core.conditioning.prompt.TAG)
 _ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")  # ids become file names
 
 
@@ -176,7 +176,7 @@ def _load_characters(root: Path) -> dict[str, BenchmarkCharacter]:
 
 
 def _parse_mask(root: Path, value: object, where: str) -> object:
-    from core.masks import MaskError, parse_layout
+    from core.conditioning.masks import MaskError, parse_layout
 
     if value is None:
         return None

@@ -40,7 +40,7 @@ from PIL import Image
 from core.evaluation.files import write_atomic, write_json
 from core.evaluation.format import Benchmark, BenchmarkCase, load_benchmark
 from core.evaluation.stats import mean_interval
-from core.metrics import METRICS, CharacterScorer, ScoreCase
+from core.evaluation.metrics import METRICS, CharacterScorer, ScoreCase
 
 __all__ = [
     "MANIFEST_VERSION",
@@ -121,10 +121,10 @@ def _mask_spec(mask: object) -> object:
 
 def case_regions(case: BenchmarkCase, size: tuple[int, int]) -> list | None:
     """Per character, the region of the generated image to score it in: a normalized box, an ``L`` mask, or
-    ``None`` (whole image). Layout names resolve exactly as the engine resolves them (``core.masks``)."""
+    ``None`` (whole image). Layout names resolve exactly as the engine resolves them (``core.conditioning.masks``)."""
     if case.masks is None:
         return None
-    from core.masks import parse_layout
+    from core.conditioning.masks import parse_layout
 
     regions = []
     for mask in case.masks:
@@ -142,7 +142,7 @@ def case_regions(case: BenchmarkCase, size: tuple[int, int]) -> list | None:
 def case_request(bench: Benchmark, case: BenchmarkCase, settings: RenderSettings, text_adapter: str | None = None):
     """The :class:`core.request.GenerationRequest` of a case: its prompt, characters (with their descriptions and
     masks, mask files opened as images) and seed, at ``settings``."""
-    from core.character import Character
+    from core.conditioning.character import Character
     from core.request import GenerationRequest
 
     characters = []
@@ -204,7 +204,7 @@ def run_benchmark(
         engine: a :class:`core.engine.Engine` (or anything with its ``load`` and ``generate``), loaded before the
             first case that needs rendering (a load failure stops the run); ``None`` to only score finished
             renders.
-        scorer: a :class:`~core.metrics.CharacterScorer`; ``None`` to only render.
+        scorer: a :class:`~core.evaluation.metrics.CharacterScorer`; ``None`` to only render.
         out_dir: the run folder (created).
         resume: reuse finished renders and scores recorded in ``OUT/manifest.json`` (``False`` starts over).
         progress: called as ``progress(done, total, message)`` after each case is rendered or reused.

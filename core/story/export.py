@@ -20,7 +20,7 @@ from pathlib import Path
 from PIL import Image
 
 from core.limits import MAX_FILE_BYTES, MAX_STORY_BYTES
-from core.path_policy import PathNotAllowedError
+from core.io.path_policy import PathNotAllowedError
 from core.story.format import Story, StoryError
 from core.story.layout import compose_pages
 from core.story.manifest import (

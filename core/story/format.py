@@ -33,8 +33,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from core.cache import FileTooLargeError, cached_sha256
-from core.layouts import GRID_PATTERN, NAMED_LAYOUTS, parse_layout
+from core.io.cache import FileTooLargeError, cached_sha256
+from core.conditioning.layouts import GRID_PATTERN, NAMED_LAYOUTS, parse_layout
 from core.limits import (
     MAX_BUBBLES_PER_PANEL,
     MAX_CAPTION_CHARS,
@@ -61,13 +61,13 @@ from core.limits import (
     check_int,
     check_text,
 )
-from core.path_policy import UNRESTRICTED, PathNotAllowedError, PathPolicy
+from core.io.path_policy import UNRESTRICTED, PathNotAllowedError, PathPolicy
 from core.story.layout import check_page_limits, count_pages, parse_layout_spec, parse_length_mm, parse_page_spec
 from core.errors import UserError
 
 FORMAT_VERSION = 1
 
-# Where a character stands in a panel: the engine's layouts (core.layouts), as normalized boxes. Bubble placement
+# Where a character stands in a panel: the engine's layouts (core.conditioning.layouts), as normalized boxes. Bubble placement
 # uses the boxes; the engine receives the region string itself.
 REGION_PRESETS = NAMED_LAYOUTS
 
@@ -274,7 +274,7 @@ def canonical_region(spec: str) -> str:
 
 
 def engine_mask(spec: str | None) -> str | tuple[float, float, float, float] | None:
-    """What `core.character.Character(mask=...)` receives: preset strings pass through, boxes become tuples."""
+    """What `core.conditioning.character.Character(mask=...)` receives: preset strings pass through, boxes become tuples."""
     if spec is None:
         return None
     if spec.startswith("box:"):

@@ -25,8 +25,8 @@ if TYPE_CHECKING:
 
     from core.story.format import Story
 
-from core.cache import cached_sha256
-from core.paths import atomic_path, sha256_file  # noqa: F401 - part of this module's names (render, tests)
+from core.io.cache import cached_sha256
+from core.io.paths import atomic_path, sha256_file  # noqa: F401 - part of this module's names (render, tests)
 
 MANIFEST_NAME = "manifest.json"
 PANELS_DIR = "panels"

@@ -6,7 +6,7 @@ own settings: the same on a resumed render, on any rank, in any order. Character
 and every panel gets `Character` objects holding the same image objects, so the pipeline's content-keyed feature
 cache computes each character's features once.
 
-Each panel PNG carries the studio's own metadata: the engine's `core.metadata.GenerationRecord` of the request
+Each panel PNG carries the studio's own metadata: the engine's `core.io.metadata.GenerationRecord` of the request
 (the ``parameters`` and ``instantcharacter`` chunks, with the models, dtype and preset it was made with), so
 dropping a panel into the studio's Recall brings back its prompt, seed, size, steps and characters with their
 regions. What only a story knows (title, panel number, caption, settings hash) goes in one more chunk,
@@ -112,7 +112,7 @@ class CharacterLibrary:
 
     def image(self, name: str) -> Image.Image:
         if name not in self.images:
-            from core.images import load_image
+            from core.io.images import load_image
 
             # the engine's loader: EXIF orientation applied, alpha composited on white, as for a Character
             self.images[name] = load_image(self.story.characters[name].image, name=f"character [{name}]")
@@ -123,7 +123,7 @@ class CharacterLibrary:
 
         The story's description of a character is a note for people, not words for the text encoders: the
         characters carry none (so none is recorded either)."""
-        from core.character import Character
+        from core.conditioning.character import Character
 
         characters = []
         for name in panel.characters:
@@ -151,7 +151,7 @@ def panel_request(story: Story, panel: Panel, characters: list[Any], options: di
 
 
 def panel_pnginfo(story: Story, panel: Panel, settings_hash: str, record: Any = None) -> PngImagePlugin.PngInfo:
-    """The text chunks of a panel PNG: `record`'s (``parameters`` and ``instantcharacter``, see `core.metadata`)
+    """The text chunks of a panel PNG: `record`'s (``parameters`` and ``instantcharacter``, see `core.io.metadata`)
     when given, plus ``instantcharacter-story`` (title, panel number, caption, seed, regions, settings hash)."""
     info = record.pnginfo() if record is not None else PngImagePlugin.PngInfo()
     info.add_text(PNG_METADATA_KEY, json.dumps({

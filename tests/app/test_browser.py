@@ -36,8 +36,8 @@ def paint_stroke(page, canvas, x0: float, x1: float, y: float) -> None:
 @pytest.mark.skipif(not CHROMIUM.is_file(), reason="needs Debian's chromium at /usr/bin/chromium (apt-get install chromium)")
 def test_generate_in_a_real_browser(studio, character_files):
     sync_api = pytest.importorskip("playwright.sync_api", reason="needs the playwright package")
-    from core.masks import RoutingMask
-    from core.metadata import read_record
+    from core.conditioning.masks import RoutingMask
+    from core.io.metadata import read_record
 
     ctx, _, url = studio
     before = set(Path(ctx.settings.output_dir).glob("*.png"))

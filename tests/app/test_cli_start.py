@@ -14,12 +14,12 @@ from pathlib import Path
 
 import pytest
 
-from core.memory import _torch_may_see_a_gpu
+from core.loading.memory import _torch_may_see_a_gpu
 
 ROOT = Path(__file__).resolve().parents[2]
 SECONDS = 3.0
 HEAVY = ("torch", "diffusers", "transformers", "gradio", "bitsandbytes", "optimum", "accelerate", "PIL")
-# Third-party notes a user cannot act on (see core.library_notes) and Python warnings
+# Third-party notes a user cannot act on (see core.loading.library_notes) and Python warnings
 NOISE = ("requires torchvision", "ImageProcessorPil", "kernels-community", "gemm_4bit", "Warning:", "warn(")
 
 COMMANDS = [
@@ -80,7 +80,7 @@ def test_parsing_the_command_line_imports_nothing_heavy():
 def test_the_library_notes_are_dropped_and_nothing_else():
     import logging
 
-    from core.library_notes import filter_library_notes
+    from core.loading.library_notes import filter_library_notes
 
     filter_library_notes()
     filter_library_notes()  # once is enough; twice adds nothing
@@ -110,7 +110,7 @@ def test_the_library_notes_are_dropped_and_nothing_else():
 def test_loading_flux_through_an_entry_point_prints_no_library_notes():
     """The libraries really write those notes when FLUX is imported (diffusers reads the processors and imports
     bitsandbytes); after ``filter_library_notes`` stderr is empty."""
-    code = ("from core.library_notes import filter_library_notes\n"
+    code = ("from core.loading.library_notes import filter_library_notes\n"
             "filter_library_notes()\n"
             "from diffusers import FluxPipeline\n")
     proc, _ = _run(["-c", code])
@@ -122,7 +122,7 @@ def test_plan_without_sizes_reads_the_torch_build_instead_of_importing_torch():
     """A torch built for neither CUDA nor ROCm never sees a GPU: ``plan`` learns that from ``torch/version.py``."""
     code = ("import contextlib, io, json, sys\n"
             "from app import cli\n"
-            "from core.memory import _torch_may_see_a_gpu\n"
+            "from core.loading.memory import _torch_may_see_a_gpu\n"
             "out = io.StringIO()\n"
             "with contextlib.redirect_stdout(out):\n"
             "    cli.main(['plan'])\n"

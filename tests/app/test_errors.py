@@ -11,9 +11,9 @@ import pytest
 from app.command import run_handler
 from app.errors import shown_to_user
 from core.errors import UserError
-from core.images import ImageInputError
+from core.io.images import ImageInputError
 from core.limits import LimitError
-from core.metadata import MetadataError
+from core.io.metadata import MetadataError
 from core.story import StoryError
 
 

@@ -48,7 +48,7 @@ def test_eval_preset_is_applied_by_the_engine(tiny_models, tiny_metric_models, t
     from optimum.quanto import QModuleMixin
 
     from app import eval_commands
-    from core.metadata import read_record
+    from core.io.metadata import read_record
 
     bench = tmp_path / "bench"
     shutil.copytree(EXAMPLE, bench)

@@ -11,8 +11,8 @@ from PIL import Image
 
 from app.context import StudioContext, StudioSettings
 from app.tabs.history import HistoryEvents
-from core.character import Character
-from core.metadata import CharacterRecord, GenerationRecord, save_png
+from core.conditioning.character import Character
+from core.io.metadata import CharacterRecord, GenerationRecord, save_png
 
 
 def test_score_a_generated_image(tiny_pipe, tmp_path, character_files):

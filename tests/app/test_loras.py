@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from core.loras import LoadedLoras, LoraError, StyleLora, parse_rows, with_triggers
+from core.loading.loras import LoadedLoras, LoraError, StyleLora, parse_rows, with_triggers
 
 peft = pytest.importorskip("peft", reason="style LoRAs need peft")
 
@@ -67,7 +67,7 @@ def test_lora_is_recorded_and_recalled(tiny_models, tiny_lora, tmp_path, charact
     from app.context import StudioContext, StudioSettings
     from app.generation import CharacterSlot, GenerationSettings, generate
     from app.tabs.generate_events import RECALL_FIELDS, GenerateEvents
-    from core.metadata import read_record
+    from core.io.metadata import read_record
 
     ctx = StudioContext(StudioSettings(models="tiny", output_dir=tmp_path))
     settings = GenerationSettings("[Mia] waves", steps=1, width=32, height=32, seed=5, randomize_seed=False,
@@ -82,13 +82,13 @@ def test_lora_is_recorded_and_recalled(tiny_models, tiny_lora, tmp_path, charact
 
 def test_studio_lora_files_only_from_its_folders(tiny_lora, tmp_path):
     from app.context import StudioContext, StudioSettings
-    from core.path_policy import PathNotAllowedError
+    from core.io.path_policy import PathNotAllowedError
 
     ctx = StudioContext(StudioSettings(models="tiny", output_dir=tmp_path / "out"))
     for source in (str(tiny_lora), "/etc/passwd", "../../../etc/x.safetensors"):
         with pytest.raises(PathNotAllowedError, match="LoRA file .* is outside the folders"):
             parse_rows([[source, 1.0, ""]], ctx.paths)
-    from core.paths import data_dir
+    from core.io.paths import data_dir
 
     inside = data_dir("loras") / "style.safetensors"
     inside.write_bytes(tiny_lora.read_bytes())
@@ -102,7 +102,7 @@ def test_a_studio_png_with_a_lora_regenerates_from_the_cli(tiny_models, tiny_lor
     from app.cli import main
     from app.context import StudioContext, StudioSettings
     from app.generation import CharacterSlot, GenerationSettings, generate
-    from core.metadata import read_record
+    from core.io.metadata import read_record
 
     ctx = StudioContext(StudioSettings(models="tiny", output_dir=tmp_path / "out"))
     settings = GenerationSettings("[Mia] waves", steps=2, width=32, height=32, seed=11, randomize_seed=False,

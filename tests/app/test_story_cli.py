@@ -23,7 +23,7 @@ import torch
 from PIL import Image
 
 from app.story_commands import add_story_arguments, main, story_main
-from core.metadata import read_record
+from core.io.metadata import read_record
 from core.story import load_story
 from core.story.layout import plan_pages
 from core.story.manifest import load_manifest, panel_filename
@@ -227,7 +227,7 @@ def test_render_to_pages_pdf_zip_then_resume_renders_nothing(tiny_models, tmp_pa
 def test_features_computed_once_per_story(tiny_models, tmp_path):
     """With the real tiny engine: SigLIP and DINOv2 run for each character image once per story, not per panel,
     and T5 encodes each distinct prompt once."""
-    from core.character import Character
+    from core.conditioning.character import Character
     from core.engine import Engine
     from core.story import parse_story
     from core.story.render import render_story

@@ -133,7 +133,7 @@ def test_render_regenerate_and_download(ctx, folder, one_thread):
     assert panel_messages[:2] == ["Panel 1 (1 of 6)", "Panel 1 done"] and panel_messages[-1] == "Panel 6 done"
     assert progress.calls[-1][0] == 1.0
 
-    from core.metadata import read_record
+    from core.io.metadata import read_record
 
     record = read_record(out / panel_filename(0))  # the studio engine's record: where the panel was made
     assert (record.models["spec"], record.dtype, record.preset) == ("tiny", "float32", "full")

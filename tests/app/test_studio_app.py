@@ -12,8 +12,8 @@ from app.mask_canvas import layout_canvas
 from app.tabs.generate_events import RECALL_FIELDS, form_values
 from PIL import Image
 
-from core.masks import RoutingMask
-from core.metadata import read_record
+from core.conditioning.masks import RoutingMask
+from core.io.metadata import read_record
 
 # Recall's API outputs leave out the row visibility and the row count (not values a client can hold)
 RECALL_API_FIELDS = [f for f in RECALL_FIELDS if not f.startswith("visible") and f != "count"]

@@ -178,7 +178,7 @@ def test_models_gated(tmp_path, monkeypatch):
 
 
 def test_models_out_of_memory(tmp_path, monkeypatch):
-    from core.pipeline import InstantCharacterPipeline
+    from core.models.pipeline import InstantCharacterPipeline
 
     def oom(*args, **kwargs):
         raise torch.OutOfMemoryError("CUDA out of memory")

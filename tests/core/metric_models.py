@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from core.tiny import build_tiny_clip, build_tiny_dino
+from core.loading.tiny import build_tiny_clip, build_tiny_dino
 
 __all__ = ["build_tiny_clip", "build_tiny_dino", "single_torch_thread", "tiny_metric_models", "tiny_scorer"]
 
@@ -31,7 +31,7 @@ def tiny_metric_models(tmp_path_factory) -> dict[str, Path]:
 @pytest.fixture(scope="session")
 def tiny_scorer(tiny_metric_models):
     """A CharacterScorer on the tiny models, on the CPU, segmenting with the threshold segmenter."""
-    from core.metrics import CharacterScorer
+    from core.evaluation.metrics import CharacterScorer
 
     return CharacterScorer(
         tiny_metric_models["clip"], tiny_metric_models["dino"], segmenter="threshold", device="cpu", batch_size=4

@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from core import checkpoint
-from core.checkpoint import _bin_cache_path, read_adapter
+from core.loading import checkpoint
+from core.loading.checkpoint import _bin_cache_path, read_adapter
 
 LOAD_BENCH = Path(__file__).resolve().parents[2] / "benchmarks" / "load_adapter.py"
 

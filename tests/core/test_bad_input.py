@@ -9,11 +9,11 @@ import pytest
 import torch
 from PIL import Image
 
-from core.character import Character, CharacterError, check_characters
-from core.checkpoint import CheckpointError, build_adapter, check_compatible, read_adapter, save_adapter
-from core.images import ImageInputError, load_image
-from core.pipeline import GenerationInputError
-from core.sources import ModelSourceError, ModelSources
+from core.conditioning.character import Character, CharacterError, check_characters
+from core.loading.checkpoint import CheckpointError, build_adapter, check_compatible, read_adapter, save_adapter
+from core.io.images import ImageInputError, load_image
+from core.models.pipeline import GenerationInputError
+from core.loading.sources import ModelSourceError, ModelSources
 
 
 def _one_line(exc_info):
@@ -173,7 +173,7 @@ def test_models_directory_with_a_part_missing(tiny_models, tmp_path):
 
 
 def test_hub_model_not_cached_offline(monkeypatch):
-    from core.sources import resolve_folder
+    from core.loading.sources import resolve_folder
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(ModelSourceError) as exc:
@@ -185,7 +185,7 @@ def test_gated_model_message(monkeypatch):
     import huggingface_hub
     from huggingface_hub.errors import GatedRepoError
 
-    from core import sources
+    from core.loading import sources
 
     import httpx
 

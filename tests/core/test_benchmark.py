@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from app.bench_commands import add_bench_arguments, add_plan_arguments, bench_main, build_parser, plan_main
-from core import benchmark
-from core.benchmark import build_random_models, format_markdown, read_jsonl
+from benchmarks import bench as benchmark
+from benchmarks.bench import build_random_models, format_markdown, read_jsonl
 from core.errors import UsageError
 
 # Small stand-ins for the bundled full-size configs (same keys); encoder depths keep the shallow layers read.
@@ -124,9 +124,9 @@ def test_markdown_checks_the_goals():
 def test_random_models_build_from_configs_and_load_with_the_studio(tmp_path, one_thread):
     from safetensors import safe_open
 
-    from core.pipeline import InstantCharacterPipeline
-    from core.projector import ProjectorConfig
-    from core.sources import ModelSources
+    from core.models.pipeline import InstantCharacterPipeline
+    from core.models.projector import ProjectorConfig
+    from core.loading.sources import ModelSources
 
     small = ProjectorConfig(inner_dim=128, num_layers=1, resampler_dim=64, resampler_depth=1, num_queries=4,
                             output_dim=32)  # inner_dim: the two encoders' widths; heads of 64

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from PIL import Image
 
-from core.character import Character
+from core.conditioning.character import Character
 
 
 class _Counter:

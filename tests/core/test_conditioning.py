@@ -7,10 +7,10 @@ import pytest
 import torch
 from PIL import Image
 
-from core.attention import CharacterCondition
-from core.character import Character
-from core.conditioning import AUTO_LAYOUT_NOTE, grid_weights, route_characters
-from core.masks import RoutingMask
+from core.models.attention import CharacterCondition
+from core.conditioning.character import Character
+from core.conditioning.routing import AUTO_LAYOUT_NOTE, grid_weights, route_characters
+from core.conditioning.masks import RoutingMask
 from trainer.data import Example, Reference, cover_crop
 
 SIZE = 64  # pixels: a 4 x 4 token grid on the tiny models
@@ -124,7 +124,7 @@ def _trainer_conditions(pipe, example, timestep):
 
 @pytest.mark.parametrize("case", CASES)
 def test_engine_and_trainer_get_identical_conditions(tiny_pipe, tmp_path, monkeypatch, case):
-    from core.text_adapter import TextAdapter, TextAdapterConfig
+    from core.models.text_adapter import TextAdapter, TextAdapterConfig
 
     folder = _files(tmp_path)
     caption, spec = CASES[case]

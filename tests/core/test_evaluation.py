@@ -221,8 +221,8 @@ def test_eval_command_returns_summary_text(tmp_path, tiny_scorer):
 
 
 def test_cases_reach_the_engine_as_requests_and_images_carry_its_record(tmp_path):
-    from core.character import Character
-    from core.metadata import read_record
+    from core.conditioning.character import Character
+    from core.io.metadata import read_record
 
     seen = []
 

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from core.flops import count_step_flops
+from benchmarks.flops import count_step_flops
 
 TINY = dict(attention_head_dim=16, num_attention_heads=2, num_layers=1, num_single_layers=1, joint_attention_dim=32,
             pooled_projection_dim=16, in_channels=16, guidance_embeds=True, axes_dims_rope=[4, 6, 6])
@@ -39,8 +39,8 @@ def test_full_size_flux_step_is_74_4_tflop():
 
 
 def test_character_attention_and_projector_are_counted_through_the_real_modules():
-    from core.flops import count_adapter_flops
-    from core.projector import ProjectorConfig
+    from benchmarks.flops import count_adapter_flops
+    from core.models.projector import ProjectorConfig
 
     small = ProjectorConfig(inner_dim=64, num_layers=1, resampler_dim=64, resampler_depth=1, num_queries=8,
                             output_dim=32)
@@ -57,7 +57,7 @@ def test_character_attention_and_projector_are_counted_through_the_real_modules(
 
 @pytest.mark.slow
 def test_adapter_overheads_at_full_size_match_the_issue():
-    from core.flops import count_adapter_flops
+    from benchmarks.flops import count_adapter_flops
 
     r = count_adapter_flops()  # released adapter shapes, FLUX.1-dev, 1024x1024
     print("\n" + r.table())

@@ -7,7 +7,7 @@ import pytest
 import torch
 from PIL import Image
 
-from core.character import Character
+from core.conditioning.character import Character
 
 FEATURE_TOL = 1e-4
 LATENT_TOL = 1e-3
@@ -74,7 +74,7 @@ def test_without_characters_is_plain_flux(golden_pipe, golden_case, golden_expec
 def test_golden_bin_is_cached_as_identical_safetensors(golden_dir, user_home):
     from safetensors.torch import load_file
 
-    from core.checkpoint import _bin_cache_path, read_adapter
+    from core.loading.checkpoint import _bin_cache_path, read_adapter
 
     path = golden_dir / "bundle" / "instantcharacter_ip-adapter.bin"
     read_adapter(path)

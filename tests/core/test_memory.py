@@ -6,17 +6,17 @@ import numpy as np
 import pytest
 import torch
 
-from core import memory
-from core.memory import (GiB, MemoryAdviceError, MemoryPreset, choose_preset, estimate, format_plan, get_preset,
+from core.loading import memory
+from core.loading.memory import (GiB, MemoryAdviceError, MemoryPreset, choose_preset, estimate, format_plan, get_preset,
                          next_preset, out_of_memory_advice, weight_bytes)
-from core.memory_setup import (PresetUnavailableError, apply_offload, apply_preset, check_preset_supported,
+from core.loading.presets import (PresetUnavailableError, apply_offload, apply_preset, check_preset_supported,
                                quantization_config_for)
-from core.model_sizes import CONFIG_DIR, adapter_sizes, model_size
+from core.loading.model_sizes import CONFIG_DIR, adapter_sizes, model_size
 
 BUNDLE_FLUX = "/work/shared/golden/bundle/flux"
 
 # diffusers' quantization-backends benchmark: FLUX.1-dev, 1024x1024, H100, transformer + T5 quantized, no
-# offload; peak memory in GiB (labelled GB, see core.memory's docstring).
+# offload; peak memory in GiB (labelled GB, see core.loading.memory's docstring).
 PUBLISHED_PEAK_GIB = {None: 36.166, "bnb-nf4": 17.281, "bnb-int8": 24.432, "quanto-int8": 21.814,
                       "quanto-fp8": 20.898}
 
@@ -49,7 +49,7 @@ def test_a_local_config_json_wins_over_the_bundled_one(tmp_path):
 
 def test_quantized_bytes_per_parameter():
     lin = torch.nn.Linear(4096, 1024, bias=False)
-    from core.model_sizes import size_of_module
+    from core.loading.model_sizes import size_of_module
 
     size = size_of_module("x", lin, {})
     n = 4096 * 1024

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from core import memory
-from core.memory import MemoryAdviceError, out_of_memory_advice
+from core.loading import memory
+from core.loading.memory import MemoryAdviceError, out_of_memory_advice
 
 
 def _generate(pipe, characters=()):
@@ -20,7 +20,7 @@ def _generate(pipe, characters=()):
 
 @pytest.fixture
 def hero():
-    from core.benchmark import bench_character
+    from benchmarks.bench import bench_character
 
     return bench_character(64)
 

@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from core.images import ImageInputError, load_image
+from core.io.images import ImageInputError, load_image
 from core.limits import MAX_SEED, MAX_SIDE
-from core.masks import MaskError, RoutingMask
-from core.metadata import (CharacterRecord, GenerationRecord, MetadataError, image_from_b64, image_to_b64,
+from core.conditioning.masks import MaskError, RoutingMask
+from core.io.metadata import (CharacterRecord, GenerationRecord, MetadataError, image_from_b64, image_to_b64,
                            read_record, save_png)
 from tests.core.crafted_png import b64, bilevel_png, png_with_settings, record, ztxt_bomb
 

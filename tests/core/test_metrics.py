@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw
 
-from core.metrics import METRIC_RANGES, CharacterScorer, MetricsError, ScoreCase, image_reward_available
-from core.segmentation import BackgroundThresholdSegmenter, as_segmenter, isolate
+from core.evaluation.metrics import METRIC_RANGES, CharacterScorer, MetricsError, ScoreCase, image_reward_available
+from core.conditioning.segmentation import BackgroundThresholdSegmenter, as_segmenter, isolate
 from tests.core.metric_models import single_torch_thread, tiny_metric_models, tiny_scorer  # noqa: F401 (fixtures)
 
 
@@ -174,9 +174,9 @@ def test_image_reward_is_skipped_with_a_message(tiny_metric_models):
 
 def test_scoring_an_engine_generation(tiny_scorer):
     """The studio's path: score an image against the engine's Character objects and tagged prompt."""
-    pytest.importorskip("core.character")
-    from core.character import Character
-    from core.metrics import case_from_characters
+    pytest.importorskip("core.conditioning.character")
+    from core.conditioning.character import Character
+    from core.evaluation.metrics import case_from_characters
 
     ruby = shape_image((220, 30, 30))
     sky = shape_image((30, 60, 220), kind="rectangle")
@@ -206,9 +206,9 @@ class _Spy:
 @pytest.mark.parametrize("given", ["path", "PIL image", "Character"])
 def test_a_transparent_character_is_scored_on_the_pixels_the_engine_saw(tiny_metric_models, tmp_path,
                                                                           monkeypatch, given):
-    from core.character import Character
-    from core.images import load_image
-    from core.metrics import case_from_characters
+    from core.conditioning.character import Character
+    from core.io.images import load_image
+    from core.evaluation.metrics import case_from_characters
 
     path = tmp_path / "ruby.png"
     ruby = Image.new("RGBA", (64, 64), (20, 200, 20, 0))  # hidden green behind full transparency

@@ -2,12 +2,12 @@
 
 import json
 
-from core import model_sizes
-from core.model_sizes import BUNDLED_CONFIGS, CONFIG_DIR, _build_on_meta, model_size, size_of_module
+from core.loading import model_sizes
+from core.loading.model_sizes import BUNDLED_CONFIGS, CONFIG_DIR, _build_on_meta, model_size, size_of_module
 
 
 def test_the_stored_counts_are_the_meta_built_counts():
-    """If this fails, the configs or the libraries' module code changed: run ``python -m core.model_sizes``."""
+    """If this fails, the configs or the libraries' module code changed: run ``python -m core.loading.model_sizes``."""
     for name, (bundled, _) in BUNDLED_CONFIGS.items():
         config = json.loads((CONFIG_DIR / bundled).read_text())
         assert model_size(name) == size_of_module(name, _build_on_meta(name, config), config), name

@@ -7,9 +7,9 @@ import pytest
 import torch
 from PIL import Image
 
-from core.character import Character
-from core.masks import MaskError, RoutingMask, normalize_overlaps, parse_layout
-from core.prompt import PromptError, resolve_prompt, token_indices
+from core.conditioning.character import Character
+from core.conditioning.masks import MaskError, RoutingMask, normalize_overlaps, parse_layout
+from core.conditioning.prompt import PromptError, resolve_prompt, token_indices
 
 
 def _latents(pipe, case, characters, prompt=None):

@@ -8,8 +8,8 @@ import stat
 
 import pytest
 
-from core.path_policy import UNRESTRICTED, PathNotAllowedError, PathPolicy
-from core.paths import OutputPathError, atomic_path, output_target, write_bytes_atomic
+from core.io.path_policy import UNRESTRICTED, PathNotAllowedError, PathPolicy
+from core.io.paths import OutputPathError, atomic_path, output_target, write_bytes_atomic
 
 
 @pytest.fixture

@@ -7,9 +7,9 @@ import pytest
 import torch
 from PIL import Image
 
-from core.attention import CharacterCondition
-from core.character import Character
-from core.text_adapter import (
+from core.models.attention import CharacterCondition
+from core.conditioning.character import Character
+from core.models.text_adapter import (
     TextAdapter,
     TextAdapterConfig,
     TextAdapterError,

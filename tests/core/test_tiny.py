@@ -7,7 +7,7 @@ from pathlib import Path
 
 import torch
 
-from core import tiny
+from core.loading import tiny
 
 
 def test_the_tiny_vae_compresses_8x_like_flux(tiny_pipe, tiny_models):

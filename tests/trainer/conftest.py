@@ -83,7 +83,7 @@ warmup_steps = 2
 def trainer_home(user_home):
     """The session's INSTANTCHARACTER_HOME (from tests/conftest.py) with the tiny bundle built; subprocesses
     inherit it through the environment."""
-    from core.tiny import ensure_tiny_bundle
+    from core.loading.tiny import ensure_tiny_bundle
 
     ensure_tiny_bundle()
     return user_home

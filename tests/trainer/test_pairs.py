@@ -7,7 +7,7 @@ from PIL import Image
 
 from trainer.data import validate
 from trainer.pairs import BiRefNetSegmenter, MultiCharacterPairBuilder, split_regions
-from core.segmentation import BackgroundThresholdSegmenter
+from core.conditioning.segmentation import BackgroundThresholdSegmenter
 
 from .conftest import BACKGROUND, COLOURS, draw_character
 
@@ -35,8 +35,8 @@ def test_birefnet_needs_trust_remote_code():
 def test_builder_writes_a_valid_multi_character_dataset(trainer_home, tmp_path):
     import torch
 
-    from core.pipeline import InstantCharacterPipeline
-    from core.sources import ModelSources
+    from core.models.pipeline import InstantCharacterPipeline
+    from core.loading.sources import ModelSources
 
     pipe = InstantCharacterPipeline.from_pretrained(ModelSources.parse("tiny"), dtype=torch.float32, progress=False)
     pipe.set_progress_bar_config(disable=True)

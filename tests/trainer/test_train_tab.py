@@ -10,7 +10,7 @@ import pytest
 
 from app.errors import StudioInputError
 from app.tabs import train as tab
-from core.path_policy import PathNotAllowedError
+from core.io.path_policy import PathNotAllowedError
 from trainer.config import load_config
 
 

@@ -43,9 +43,9 @@ def _same_weights(a: Path, b: Path, atol: float = 0.0) -> float:
 
 def test_short_stage1_run_lowers_loss_and_exports_for_the_engine(trainer_home, unpaired_data, encoder_cache,
                                                                  tmp_path):
-    from core.character import Character
-    from core.pipeline import InstantCharacterPipeline
-    from core.sources import ModelSources
+    from core.conditioning.character import Character
+    from core.models.pipeline import InstantCharacterPipeline
+    from core.loading.sources import ModelSources
     from trainer.data import load_dataset
     from trainer.loop import train
     from trainer.objective import BatchEncoder, EncodingCache, build_training_model, fixed_loss
@@ -102,7 +102,7 @@ def test_stop_and_save_now_requests(trainer_home, unpaired_data, encoder_cache, 
     assert events[-1]["event"] == "stopped"
 
     # a checkpoint exports to both layouts, which the engine reads as the same weights
-    from core.checkpoint import read_adapter
+    from core.loading.checkpoint import read_adapter
     from trainer.cli import main
 
     assert main(["export", str(config.output_path), str(tmp_path / "exported"), "--config",

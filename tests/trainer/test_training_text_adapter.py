@@ -91,9 +91,9 @@ def test_both_parts_resume_exactly_with_validation_scores_logged(trainer_home, u
 @pytest.mark.slow
 def test_both_parts_learn_and_the_text_adapter_changes_the_engine(trainer_home, unpaired_data, named_paired_data,
                                                                   encoder_cache, tmp_path):
-    from core.character import Character
-    from core.pipeline import InstantCharacterPipeline
-    from core.sources import ModelSources
+    from core.conditioning.character import Character
+    from core.models.pipeline import InstantCharacterPipeline
+    from core.loading.sources import ModelSources
     from trainer.data import load_dataset
     from trainer.loop import train
     from trainer.objective import (

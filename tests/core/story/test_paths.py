@@ -11,9 +11,9 @@ import zlib
 import pytest
 from PIL import Image
 
-import core.cache
+import core.io.cache
 from core.limits import MAX_FILE_BYTES
-from core.path_policy import PathNotAllowedError, PathPolicy
+from core.io.path_policy import PathNotAllowedError, PathPolicy
 from core.story.export import export_story, write_zip
 from core.story.format import StoryError, load_story, parse_story, story_from_dict
 from core.story.manifest import file_inside, load_manifest, save_manifest
@@ -111,7 +111,7 @@ def test_digest_remembered_by_size_and_time(story_dir, monkeypatch):
     os.utime(image, (old, old))
     reads = []
     real_open = open
-    monkeypatch.setattr(core.cache, "open", lambda p, *a: reads.append(p) or real_open(p, *a), raising=False)
+    monkeypatch.setattr(core.io.cache, "open", lambda p, *a: reads.append(p) or real_open(p, *a), raising=False)
     text = small_story_text(3)
     first = parse_story(text, base_dir=story_dir).characters["Ann"].image_sha256
     assert parse_story(text, base_dir=story_dir).characters["Ann"].image_sha256 == first

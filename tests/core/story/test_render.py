@@ -48,7 +48,7 @@ def test_render_calls_engine_with_panel_settings(story_dir, tmp_path, fake_pipe)
 
 
 def test_panel_png_carries_the_studio_metadata_for_recall(story_dir, tmp_path, fake_pipe):
-    from core.metadata import image_from_b64, read_record
+    from core.io.metadata import image_from_b64, read_record
 
     story = parse_story(small_story_text(3).replace("[Ann@left]", "[Ann@box:0.1,0.2,0.5,1]"), base_dir=story_dir)
     render(story, fake_pipe, tmp_path / "out")  # the engine's record: its provenance is the FakeEngine's
@@ -69,7 +69,7 @@ def test_panel_png_carries_the_studio_metadata_for_recall(story_dir, tmp_path, f
 
 
 def test_options_reach_the_request_or_the_pipeline_and_the_settings_hash(story_dir, tmp_path, fake_pipe):
-    from core.metadata import read_record
+    from core.io.metadata import read_record
 
     story = parse_story(small_story_text(1), base_dir=story_dir)
     out = tmp_path / "out"

@@ -12,9 +12,9 @@ import threading
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from .errors import UserError
-from .limits import MAX_LORA_WEIGHT, MAX_LORAS
-from .path_policy import UNRESTRICTED, PathPolicy
+from core.errors import UserError
+from core.limits import MAX_LORA_WEIGHT, MAX_LORAS
+from core.io.path_policy import UNRESTRICTED, PathPolicy
 
 MAX_WEIGHT = MAX_LORA_WEIGHT
 
@@ -77,7 +77,7 @@ def _load_arguments(source: str, paths: PathPolicy = UNRESTRICTED) -> tuple[str,
     local = (source.startswith((".", "/", "~")) or ("/" not in source and source.endswith(".safetensors"))
              or (not paths.restricted and Path(source).expanduser().exists()))
     if local:
-        from .paths import data_dir
+        from core.io.paths import data_dir
 
         base = data_dir("loras") if paths.restricted else None
         path = paths.resolve(source, base=base, what="LoRA file")

@@ -22,10 +22,10 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from .attention import CharacterAttentionLayers
-from .paths import atomic_path, cache_dir
-from .projector import CharacterProjector, ProjectorConfig
-from .errors import UserError
+from core.models.attention import CharacterAttentionLayers
+from core.io.paths import atomic_path, cache_dir
+from core.models.projector import CharacterProjector, ProjectorConfig
+from core.errors import UserError
 
 
 class CheckpointError(UserError, ValueError):

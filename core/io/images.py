@@ -14,8 +14,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from .limits import MAX_FILE_BYTES, MAX_IMAGE_PIXELS
-from .errors import UserError
+from core.limits import MAX_FILE_BYTES, MAX_IMAGE_PIXELS
+from core.errors import UserError
 
 MAX_PIXELS = MAX_IMAGE_PIXELS  # the old name, still imported elsewhere
 MIN_SIDE = 16  # the encoders see 384x384 views: anything smaller carries no usable detail

@@ -26,7 +26,7 @@ from torch import nn
 @dataclass
 class CharacterCondition:
     """One character's input to the attention layers for one denoising step (built by the engine and the trainer
-    from :func:`core.conditioning.route_characters`).
+    from :func:`core.conditioning.routing.route_characters`).
 
     Attributes:
         tokens: character tokens (B, Q, D) from the projector's resampler; always given.
@@ -73,7 +73,7 @@ class CharacterAttnProcessor(nn.Module):
 
     _attention_backend = None
     _parallel_config = None
-    text_injection = None  # set by core.text_adapter.TextAdapter.install on double-stream layers
+    text_injection = None  # set by core.models.text_adapter.TextAdapter.install on double-stream layers
 
     def __init__(self, hidden_size: int, token_dim: int, head_dim: int = 128):
         super().__init__()

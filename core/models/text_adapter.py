@@ -1,6 +1,6 @@
 """The text adapter (paper section 3.1.2): each character's SigLIP features, injected into the words that name it.
 
-A timestep-aware Q-Former (the same :class:`~core.projector.TimeResampler` family as the image adapter's) turns a
+A timestep-aware Q-Former (the same :class:`~core.models.projector.TimeResampler` family as the image adapter's) turns a
 character's SigLIP features into a few learnable tokens ``F_T``. In every double-stream FLUX block, the text tokens
 ``H_T`` that came from the character's ``[Name]`` tag attend to ``F_T`` and add the result (Eq. 4)::
 
@@ -25,10 +25,10 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from .attention import RMSNorm
-from .paths import atomic_path
-from .projector import TimeResampler
-from .errors import UserError
+from core.models.attention import RMSNorm
+from core.io.paths import atomic_path
+from core.models.projector import TimeResampler
+from core.errors import UserError
 
 
 class TextAdapterError(UserError, ValueError):

@@ -30,10 +30,10 @@ from pathlib import Path
 import torch
 
 from core.engine import Engine
-from core.model_sizes import CONFIG_DIR
-from core.paths import cache_dir
-from core.pipeline import InstantCharacterPipeline
-from .errors import UsageError
+from core.loading.model_sizes import CONFIG_DIR
+from core.io.paths import cache_dir
+from core.models.pipeline import InstantCharacterPipeline
+from core.errors import UsageError
 
 GiB = 2**30
 REFERENCE_STEPS = 28  # FLUX.1-dev's usual step count; s/image is also given at this count
@@ -158,13 +158,13 @@ def build_random_models(folder: str | Path, configs: dict[str, dict] | None = No
     Args:
         folder: where to write it.
         configs: component configs (``full_size_configs()`` layout); default: the bundled full-size ones.
-        projector_config: the adapter's :class:`~core.projector.ProjectorConfig`; default: the released sizes
+        projector_config: the adapter's :class:`~core.models.projector.ProjectorConfig`; default: the released sizes
             with the encoders' joint width and the transformer's text width.
         dtype: the weights' dtype on disk.
 
     Each model is created directly on the GPU when it fits (else on the CPU) in ``dtype`` with its classes' own
     random initialisation, saved, and freed before the next one. Tokenizers are the tiny byte/letter ones of
-    :mod:`core.tiny` (their token ids are all below the real vocabulary sizes).
+    :mod:`core.loading.tiny` (their token ids are all below the real vocabulary sizes).
     """
     from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxTransformer2DModel
     from transformers import (
@@ -180,11 +180,11 @@ def build_random_models(folder: str | Path, configs: dict[str, dict] | None = No
         T5EncoderModel,
     )
 
-    from core.attention import CharacterAttentionLayers
-    from core.checkpoint import save_adapter
-    from core.model_sizes import size_of_module
-    from core.projector import CharacterProjector, ProjectorConfig
-    from core.tiny import build_clip_tokenizer, build_t5_tokenizer
+    from core.models.attention import CharacterAttentionLayers
+    from core.loading.checkpoint import save_adapter
+    from core.loading.model_sizes import size_of_module
+    from core.models.projector import CharacterProjector, ProjectorConfig
+    from core.loading.tiny import build_clip_tokenizer, build_t5_tokenizer
 
     configs = configs or full_size_configs()
     folder = Path(folder)
@@ -298,7 +298,7 @@ def bench_character(size: int = 512):
     import numpy as np
     from PIL import Image
 
-    from core.character import Character
+    from core.conditioning.character import Character
 
     y, x = np.mgrid[0:size, 0:size] / size
     disc = ((x - 0.5) ** 2 + (y - 0.45) ** 2 < 0.08).astype(float)
@@ -308,7 +308,7 @@ def bench_character(size: int = 512):
 
 def resolve_bench_preset(preset: str, device: torch.device, width: int, height: int, quantization: str | None = None):
     """The ``MemoryPreset`` to measure and notes on any substitution (auto choice, quanto instead of bitsandbytes)."""
-    from core.memory import QUANTO_ALTERNATIVE, bitsandbytes_usable, choose_preset, detect_memory, get_preset
+    from core.loading.memory import QUANTO_ALTERNATIVE, bitsandbytes_usable, choose_preset, detect_memory, get_preset
 
     notes = []
     if preset == "auto":
@@ -354,9 +354,9 @@ def run_bench(preset: str = "auto", width: int = 1024, height: int = 1024, steps
         ``ram_peak_gib`` (process max RSS, loading included), the planner's ``estimate_gpu_gib`` /
         ``estimate_ram_gib`` for full-size models, and the preset, device and notes.
     """
-    from core.memory import estimate, get_preset
+    from core.loading.memory import estimate, get_preset
     from core.request import GenerationRequest
-    from core.sources import ModelSources
+    from core.loading.sources import ModelSources
 
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     dtype = dtype or (torch.bfloat16 if device.type == "cuda" else torch.float32)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterable
 from pathlib import Path
-from .errors import UserError
+from core.errors import UserError
 
 
 class PathNotAllowedError(UserError, ValueError):

@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, replace
 from pathlib import Path
-from .errors import UserError
+from core.errors import UserError
 
 DEFAULT_BASE = "black-forest-labs/FLUX.1-dev"
 DEFAULT_SIGLIP = "google/siglip-so400m-patch14-384"
@@ -56,7 +56,7 @@ class ModelSources:
         if spec in (None, "", "default"):
             return cls()
         if spec == "tiny":
-            from .tiny import ensure_tiny_bundle
+            from core.loading.tiny import ensure_tiny_bundle
 
             return cls.from_models_dir(ensure_tiny_bundle())
         return cls.from_models_dir(spec)

@@ -1,4 +1,4 @@
-"""Loading every component of :class:`~core.pipeline.InstantCharacterPipeline` from its sources."""
+"""Loading every component of :class:`~core.models.pipeline.InstantCharacterPipeline` from its sources."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ from pathlib import Path
 
 import torch
 
-from .checkpoint import build_adapter, check_compatible, read_adapter
-from .sources import BASE_PATTERNS, ModelSourceError, ModelSources, resolve_file, resolve_folder
+from core.loading.checkpoint import build_adapter, check_compatible, read_adapter
+from core.loading.sources import BASE_PATTERNS, ModelSourceError, ModelSources, resolve_file, resolve_folder
 
 log = logging.getLogger(__name__)
 

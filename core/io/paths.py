@@ -13,7 +13,7 @@ import tempfile
 from pathlib import Path
 
 import platformdirs
-from .errors import UserError
+from core.errors import UserError
 
 APP_NAME = "instantcharacter-studio"
 

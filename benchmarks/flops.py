@@ -13,7 +13,7 @@ from typing import Callable
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from core.model_sizes import CONFIG_DIR
+from core.loading.model_sizes import CONFIG_DIR
 
 TEXT_TOKENS = 512
 
@@ -169,7 +169,7 @@ def character_feature_shapes(encoder_tokens: int = 729, width: int = 2688) -> di
     """Shapes of one character's encoder features (batch 1): ``N`` tokens per 384 view, SigLIP + DINOv2 width.
 
     The projector sees the low-res view's deep features (N), three shallow layers (3N) and the four high-res
-    crops' deep features (4N); see :class:`core.encoders.CharacterFeatures`.
+    crops' deep features (4N); see :class:`core.models.encoders.CharacterFeatures`.
     """
     return {"low_res_deep": (1, encoder_tokens, width), "low_res_shallow": (1, 3 * encoder_tokens, width),
             "high_res_deep": (1, 4 * encoder_tokens, width)}
@@ -180,18 +180,18 @@ def count_adapter_flops(width: int = 1024, height: int = 1024, text_tokens: int 
                         ) -> AdapterFlops:
     """Count one step of FLUX (default FLUX.1-dev) with the InstantCharacter adapter, on meta tensors.
 
-    The real modules run: :class:`~core.attention.CharacterAttentionLayers` installed on the meta transformer and
+    The real modules run: :class:`~core.models.attention.CharacterAttentionLayers` installed on the meta transformer and
     called with one ``CharacterCondition`` (as the pipeline passes it), and
-    :class:`~core.projector.CharacterProjector` (default: the released size) on meta encoder features.
+    :class:`~core.models.projector.CharacterProjector` (default: the released size) on meta encoder features.
 
     Args:
         width, height: image size in pixels.
         config: a FluxTransformer2DModel config (default FLUX.1-dev).
-        projector_config: a :class:`~core.projector.ProjectorConfig` (default: the released one).
+        projector_config: a :class:`~core.models.projector.ProjectorConfig` (default: the released one).
         encoder_tokens: tokens per 384-pixel view of the image encoders (729 for patch 14).
     """
-    from core.attention import CharacterAttentionLayers, CharacterCondition
-    from core.projector import CharacterProjector, ProjectorConfig
+    from core.models.attention import CharacterAttentionLayers, CharacterCondition
+    from core.models.projector import CharacterProjector, ProjectorConfig
 
     if config is None:
         config = json.loads((CONFIG_DIR / "flux1-dev-transformer.json").read_text())

@@ -14,10 +14,10 @@ that print DreamBooth-style percentages.
   importable; otherwise it is reported as missing with one warning.
 
 Like the paper, the image metrics can segment both characters first: pass masks, or a segmenter (see
-``core.segmentation``); the foreground is kept on white and cropped to its bounding box.
+``core.conditioning.segmentation``); the foreground is kept on white and cropped to its bounding box.
 
 Images (references, generated images, paths or PIL images) are read with the engine's own loader
-(:func:`core.images.load_image`: EXIF orientation applied, alpha composited on white, the same size limits), so a
+(:func:`core.io.images.load_image`: EXIF orientation applied, alpha composited on white, the same size limits), so a
 character is scored on the pixels the engine saw.
 
 Models load lazily on first use, from a hub id or a local folder, with transformers' ``from_pretrained`` (never
@@ -36,10 +36,10 @@ from typing import Any, Callable, Sequence, Union
 import torch
 from PIL import Image
 
-from core.images import ImageInputError, load_image, to_rgb
-from core.segmentation import as_segmenter, isolate
-from core.sources import is_local
-from .errors import UserError
+from core.io.images import ImageInputError, load_image, to_rgb
+from core.conditioning.segmentation import as_segmenter, isolate
+from core.loading.sources import is_local
+from core.errors import UserError
 
 __all__ = [
     "DEFAULT_CLIP_MODEL",
@@ -85,7 +85,7 @@ def _one_line(error: BaseException) -> str:
 
 
 def _load(value: object, what: str = "image") -> Image.Image:
-    """``value`` (a PIL image or a path) as the engine reads it (:func:`core.images.load_image`); errors name
+    """``value`` (a PIL image or a path) as the engine reads it (:func:`core.io.images.load_image`); errors name
     ``what`` and are one-line :class:`MetricsError`."""
     if not isinstance(value, (Image.Image, str, os.PathLike)):
         raise TypeError(f"{what} must be a PIL image or a path to one, got {type(value).__name__}")
@@ -504,12 +504,12 @@ def _routing_region(mask) -> Region | None:
 
 
 def case_from_characters(image: ImageLike, prompt: str | None, characters: Sequence) -> ScoreCase:
-    """A :class:`ScoreCase` for an image the engine made from ``characters`` (``core.character.Character``):
+    """A :class:`ScoreCase` for an image the engine made from ``characters`` (``core.conditioning.character.Character``):
     their reference images, their masks as regions, and the prompt with ``[Name]`` tags replaced by their words
     (as the engine's text encoders read it). This is what the studio's "score this image" shows."""
     text = None
     if prompt is not None:
-        from core.prompt import resolve_prompt
+        from core.conditioning.prompt import resolve_prompt
 
         text = resolve_prompt(prompt, list(characters)).text
     return ScoreCase(

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from .errors import UserError
+from core.errors import UserError
 
 TAG = re.compile(r"\[([^\[\]\n]+)\]")
 

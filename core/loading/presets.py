@@ -17,9 +17,9 @@ import logging
 
 import torch
 
-from core.memory import (GROUP_OFFLOAD_MIN_BYTES, QUANTO_ALTERNATIVE, VAE_TILE_PX, MemoryPreset, get_preset)
-from core.model_sizes import kept_module_names
-from .errors import UserError
+from core.loading.memory import (GROUP_OFFLOAD_MIN_BYTES, QUANTO_ALTERNATIVE, VAE_TILE_PX, MemoryPreset, get_preset)
+from core.loading.model_sizes import kept_module_names
+from core.errors import UserError
 
 logger = logging.getLogger(__name__)
 
@@ -212,7 +212,7 @@ def resolve_preset(name: str, *, tiny: bool = False, zero_gpu: bool = False,
     ``auto`` asks the planner with the detected memory; a bitsandbytes preset falls back to its quanto alternative
     where bitsandbytes cannot run; tiny test models and ZeroGPU (a large GPU per request) always run ``full``.
     """
-    from core.memory import bitsandbytes_usable, choose_preset, detect_memory
+    from core.loading.memory import bitsandbytes_usable, choose_preset, detect_memory
 
     if zero_gpu:
         return get_preset("full"), "ZeroGPU: a large GPU is attached for each request"
@@ -243,10 +243,10 @@ def load_pipeline(sources, preset: MemoryPreset, device: str | torch.device, dty
     """Loads the engine under a memory preset: ``(pipe, steps)``, ``steps`` saying what was applied.
 
     Quantization happens at load time, offloading after; running out of memory raises
-    :class:`core.memory.MemoryAdviceError` naming the next preset to try.
+    :class:`core.loading.memory.MemoryAdviceError` naming the next preset to try.
     """
-    from core.memory import out_of_memory_advice
-    from core.pipeline import InstantCharacterPipeline
+    from core.loading.memory import out_of_memory_advice
+    from core.models.pipeline import InstantCharacterPipeline
 
     kwargs = {}
     config = quantization_config_for(preset, device)

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from .paths import cache_dir
+from core.io.paths import cache_dir
 
 TINY_VERSION = "4"
 _MARKER = "tiny-bundle.json"
@@ -126,9 +126,9 @@ def build_tiny_encoders(folder: Path) -> None:
 def build_tiny_adapter(path: Path, token_dim: int = T5_WIDTH, layers: int = 2, width: int = HEADS * HEAD_DIM,
                        head_dim: int = HEAD_DIM, inner_dim: int = 64) -> None:
     """A random adapter of the released layout for the tiny models."""
-    from .attention import CharacterAttentionLayers
-    from .checkpoint import save_adapter
-    from .projector import CharacterProjector, ProjectorConfig
+    from core.models.attention import CharacterAttentionLayers
+    from core.loading.checkpoint import save_adapter
+    from core.models.projector import CharacterProjector, ProjectorConfig
 
     projector = CharacterProjector(ProjectorConfig(inner_dim=inner_dim, num_layers=1, resampler_dim=64,
                                                    resampler_depth=1, num_queries=8, output_dim=token_dim))

@@ -18,19 +18,19 @@ from pathlib import Path
 
 from PIL import Image, PngImagePlugin
 
-from .images import PNG_SIGNATURE, TEXT_CHUNKS, ImageInputError, decode, open_image, png_chunks, to_rgb
-from .layouts import MaskError, parse_box, parse_layout
-from .limits import (MAX_LORA_WEIGHT, MAX_CHARACTERS, MAX_DESCRIPTION_CHARS, MAX_GUIDANCE, MAX_LORAS, MAX_METADATA_BYTES,
+from core.io.images import PNG_SIGNATURE, TEXT_CHUNKS, ImageInputError, decode, open_image, png_chunks, to_rgb
+from core.conditioning.layouts import MaskError, parse_box, parse_layout
+from core.limits import (MAX_LORA_WEIGHT, MAX_CHARACTERS, MAX_DESCRIPTION_CHARS, MAX_GUIDANCE, MAX_LORAS, MAX_METADATA_BYTES,
                      MAX_METADATA_DEPTH, MAX_NAME_CHARS, MAX_PROMPT_CHARS, MAX_SCALE, MAX_SIDE, MAX_STEPS,
                      MAX_TRUE_CFG, MIN_SIDE, LimitError, check_int, check_seed, check_text)
-from .paths import atomic_path
-from .errors import UserError
+from core.io.paths import atomic_path
+from core.errors import UserError
 
 JSON_KEY = "instantcharacter"
 FORMAT_VERSION = 1
 MAX_STRUCTURE_CHARS = 1 << 20  # the JSON outside its strings; real records have a few hundred characters
 MAX_SOURCE_CHARS = 1000  # a model or LoRA source: a path or hub id
-MAX_SPEC_CHARS = 100  # a layout name or box spec (core.masks.MAX_SPEC_CHARS)
+MAX_SPEC_CHARS = 100  # a layout name or box spec (core.conditioning.masks.MAX_SPEC_CHARS)
 _STRING = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"')
 _NOT_BRACKET = re.compile(r"[^\[\]{}]+")
 
@@ -95,8 +95,8 @@ class CharacterRecord:
                    description=character.description)
 
     def to_character(self, label: str = "the character"):
-        from .character import Character
-        from .masks import MaskError, RoutingMask
+        from core.conditioning.character import Character
+        from core.conditioning.masks import MaskError, RoutingMask
 
         try:
             mask = RoutingMask.from_json(self.mask, f"{label}'s mask")

@@ -8,11 +8,11 @@ from dataclasses import dataclass, field
 
 from PIL import Image
 
-from .encoders import image_key
-from .images import load_image
-from .limits import MAX_CHARACTERS, MAX_DESCRIPTION_CHARS, MAX_NAME_CHARS, MAX_SCALE, LimitError, check_text
-from .masks import RoutingMask
-from .errors import UserError
+from core.models.encoders import image_key
+from core.io.images import load_image
+from core.limits import MAX_CHARACTERS, MAX_DESCRIPTION_CHARS, MAX_NAME_CHARS, MAX_SCALE, LimitError, check_text
+from core.conditioning.masks import RoutingMask
+from core.errors import UserError
 
 # MAX_CHARACTERS: each character adds one attention per layer and step; past 8 regions get too small to hold one
 _NAME = re.compile(rf"^[^\[\]\n]{{1,{MAX_NAME_CHARS}}}$")
@@ -31,7 +31,7 @@ class Character:
         name: how prompts refer to it as ``[name]``; optional for a single character.
         scale: strength of the character in the image (0 to 2; the released default is 0.9).
         mask: where it may appear: an image, a normalized box ``(x0, y0, x1, y1)``, a layout preset such as
-            ``"left"`` (see :mod:`core.masks`), or ``None`` for the whole image.
+            ``"left"`` (see :mod:`core.conditioning.masks`), or ``None`` for the whole image.
         description: words that replace ``[name]`` for the text encoders (defaults to the name).
     """
 

@@ -21,10 +21,10 @@ import numpy as np
 import torch
 from PIL import Image, ImageFile
 
-from .images import ImageInputError, decode, open_image
-from .layouts import NAMED_LAYOUTS, MaskError, parse_box, parse_layout
-from .limits import MAX_METADATA_BYTES, MAX_SIDE
-from .metadata import MAX_SPEC_CHARS
+from core.io.images import ImageInputError, decode, open_image
+from core.conditioning.layouts import NAMED_LAYOUTS, MaskError, parse_box, parse_layout
+from core.limits import MAX_METADATA_BYTES, MAX_SIDE
+from core.io.metadata import MAX_SPEC_CHARS
 
 
 __all__ = ["NAMED_LAYOUTS", "MaskError", "RoutingMask", "auto_layout", "normalize_overlaps", "parse_layout"]

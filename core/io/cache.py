@@ -7,7 +7,7 @@ import os
 import threading
 import time
 from collections import OrderedDict
-from .errors import UserError
+from core.errors import UserError
 
 
 class LRUCache(OrderedDict):

@@ -22,8 +22,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Iterator, Mapping
 
-from core.model_sizes import ComponentSize, all_sizes
-from .errors import UserError
+from core.loading.model_sizes import ComponentSize, all_sizes
+from core.errors import UserError
 
 GiB = 2**30
 
@@ -246,7 +246,7 @@ def phase_activation_bytes(sizes: Mapping[str, ComponentSize], width: int, heigh
 def _projector_linear_shapes() -> dict[str, list[int]]:
     import json
 
-    from core.model_sizes import ADAPTER_LAYOUT
+    from core.loading.model_sizes import ADAPTER_LAYOUT
 
     layout = json.loads(ADAPTER_LAYOUT.read_text())["image_proj"]
     return {k: v for k, v in layout.items() if k.endswith(".weight") and len(v) == 2}
@@ -320,7 +320,7 @@ def estimate(preset: MemoryPreset | str, width: int = 1024, height: int = 1024, 
 
     Args:
         preset: a ``MemoryPreset`` or its name.
-        sizes: component counts (``core.model_sizes.all_sizes``); default: full-size FLUX.1-dev with the
+        sizes: component counts (``core.loading.model_sizes.all_sizes``); default: full-size FLUX.1-dev with the
             released adapter and its two image encoders (or plain FLUX.1-dev when ``adapter`` is False).
         adapter: include SigLIP, DINOv2, the projector and the 57 processors.
         use_stream: group offloading prefetches the next group on a CUDA stream (two groups resident).

@@ -8,10 +8,10 @@ read instead when one is given. The adapter's counts come from the released chec
 
 Building on meta needs torch, diffusers and transformers (seconds to import), so the counts of the bundled configs
 are kept in ``assets/configs/model-sizes.json``, each under the SHA-256 of its config: a config with that hash is
-answered from the file, any other one (a local folder's) is built. ``python -m core.model_sizes`` rewrites the file;
+answered from the file, any other one (a local folder's) is built. ``python -m core.loading.model_sizes`` rewrites the file;
 ``tests/core/test_model_sizes.py`` checks it against the meta-built counts.
 
-All counts are numbers of parameters (elements), never bytes; ``core.memory`` turns them into bytes.
+All counts are numbers of parameters (elements), never bytes; ``core.loading.memory`` turns them into bytes.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Mapping
 if TYPE_CHECKING:
     import torch
 
-CONFIG_DIR = Path(__file__).resolve().parent.parent / "assets" / "configs"
+CONFIG_DIR = Path(__file__).resolve().parents[2] / "assets" / "configs"
 SIZES_FILE = CONFIG_DIR / "model-sizes.json"
 
 # Component name -> (bundled config file, sub-folder of a local pipeline/model folder holding config.json).
@@ -203,7 +203,7 @@ def write_sizes_file(path: str | Path = SIZES_FILE) -> Path:
         size = size_of_module(name, _build_on_meta(name, config), config)
         counts = {f.name: getattr(size, f.name) for f in dataclasses.fields(size) if f.name not in ("name", "config")}
         components[name] = {"config_sha256": config_hash(config), **counts}
-    record = {"note": "parameter counts of the bundled configs, built on meta by python -m core.model_sizes",
+    record = {"note": "parameter counts of the bundled configs, built on meta by python -m core.loading.model_sizes",
               "built_with": {lib: version(lib) for lib in ("torch", "diffusers", "transformers")},
               "components": components}
     path = Path(path)

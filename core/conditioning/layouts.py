@@ -8,7 +8,7 @@ Torch-free, so parsers (stories, benchmarks) can check layouts without loading t
 from __future__ import annotations
 
 import re
-from .errors import UserError
+from core.errors import UserError
 
 NAMED_LAYOUTS = {
     "whole": (0.0, 0.0, 1.0, 1.0),

@@ -6,7 +6,7 @@
   an all-ones mask would, without the multiply). Exception: when *several* characters all have ``None``, they get
   the automatic layout: equal vertical stripes, left to right in the order the prompt names them (characters it
   never names follow, in their given order).
-* a box or layout preset (a :class:`~core.masks.RoutingMask` with ``box``): each token's exact share of its cell
+* a box or layout preset (a :class:`~core.conditioning.masks.RoutingMask` with ``box``): each token's exact share of its cell
   that the box covers (never rasterized).
 * an image mask (soft values kept): the area average of the mask, stretched over the image, on each cell.
 
@@ -26,8 +26,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .masks import RoutingMask, auto_layout
-from .prompt import token_indices
+from core.conditioning.masks import RoutingMask, auto_layout
+from core.conditioning.prompt import token_indices
 
 WHOLE = (0.0, 0.0, 1.0, 1.0)
 AUTO_LAYOUT_NOTE = "no masks given: characters placed left to right in the order the prompt names them"
@@ -73,7 +73,7 @@ def route_characters(masks: Sequence[RoutingMask | None], rows: int, cols: int, 
     """The routing of characters with these masks on a ``rows`` x ``cols`` token grid (rules in the module doc).
 
     Args:
-        masks: per character, its :class:`~core.masks.RoutingMask` or ``None`` (the whole image).
+        masks: per character, its :class:`~core.conditioning.masks.RoutingMask` or ``None`` (the whole image).
         prompt_order: character indices in the order the prompt names them (``ResolvedPrompt.order``).
         names: per character, its name for the notes.
         window: the part of the image the given masks are cut to (normalized); ``None``: all of it.

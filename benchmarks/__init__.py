@@ -1,0 +1,1 @@
+"""Speed, memory and FLOP benchmarks of the engine (the ``bench`` command and scripts)."""

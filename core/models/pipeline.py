@@ -1,0 +1,374 @@
+"""FLUX.1 with InstantCharacter: put your characters into new images.
+
+:class:`InstantCharacterPipeline` is a diffusers ``FluxPipeline`` with the character encoders, projector and
+attention processors added. With no characters it is plain FLUX. Per-character work (encoder features and the
+timestep-independent projector context) is cached by image content and reused across steps and calls; only the
+time resampler (once per step, before the loop) and the character attention run per step.
+"""
+
+from __future__ import annotations
+
+import numbers
+import os
+from dataclasses import dataclass, field
+
+import numpy as np
+import PIL.Image
+import torch
+from diffusers import FluxPipeline
+from diffusers.pipelines.flux.pipeline_flux import calculate_shift, retrieve_timesteps
+from diffusers.utils import BaseOutput
+
+from core.io.cache import LRUCache
+from core.models.attention import CharacterAttentionLayers, CharacterCondition
+from core.conditioning.character import Character, check_characters
+from core.conditioning.routing import Routing, route_characters, tag_weights, token_grid
+from core.models.encoders import CharacterEncoder, CharacterFeatures
+from core.limits import MAX_GUIDANCE, MAX_PROMPT_CHARS, MAX_SIDE, MAX_STEPS, MAX_TRUE_CFG, MIN_SIDE
+from core.models.projector import CharacterProjector
+from core.conditioning.prompt import ResolvedPrompt, resolve_prompt
+from core.models.text_adapter import TextAdapter, TextAdapterError
+from core.errors import UserError
+
+
+class GenerationInputError(UserError, ValueError):
+    """Invalid generation settings; the message names the argument and the bad value."""
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, bool) and value == value
+
+
+def check_settings(prompt, height=1024, width=1024, num_inference_steps=28, guidance_scale=3.5, true_cfg_scale=1.0,
+                   num_images_per_prompt=1, max_sequence_length=512, output_type="pil", multiple=16) -> None:
+    """Checks generation settings without any model against :mod:`core.limits`; raises
+    :class:`GenerationInputError` naming the argument."""
+    if not isinstance(prompt, str) or not prompt.strip():
+        raise GenerationInputError("prompt is empty: describe the image to make")
+    if len(prompt) > MAX_PROMPT_CHARS:
+        raise GenerationInputError(f"prompt is {len(prompt):,} characters long: the limit is {MAX_PROMPT_CHARS:,}")
+    for name, value in (("height", height), ("width", width)):
+        if (not isinstance(value, int) or isinstance(value, bool) or not MIN_SIDE <= value <= MAX_SIDE
+                or value % 16 or value % multiple):
+            raise GenerationInputError(f"{name}={value!r}: must be a multiple of 16 between {MIN_SIDE} and {MAX_SIDE}")
+    if not isinstance(num_inference_steps, int) or not 1 <= num_inference_steps <= MAX_STEPS:
+        raise GenerationInputError(f"num_inference_steps={num_inference_steps!r}: must be 1 to {MAX_STEPS}")
+    if not _is_number(guidance_scale) or not 0 <= guidance_scale <= MAX_GUIDANCE:
+        raise GenerationInputError(f"guidance_scale={guidance_scale!r}: must be from 0 to {MAX_GUIDANCE:g}")
+    if not _is_number(true_cfg_scale) or not 1 <= true_cfg_scale <= MAX_TRUE_CFG:
+        raise GenerationInputError(f"true_cfg_scale={true_cfg_scale!r}: must be from 1 (off) to {MAX_TRUE_CFG:g}")
+    if not isinstance(num_images_per_prompt, int) or not 1 <= num_images_per_prompt <= 16:
+        raise GenerationInputError(f"num_images_per_prompt={num_images_per_prompt!r}: must be 1 to 16")
+    if not isinstance(max_sequence_length, int) or not 1 <= max_sequence_length <= 512:
+        raise GenerationInputError(f"max_sequence_length={max_sequence_length!r}: must be 1 to 512")
+    if output_type not in ("pil", "np", "latent"):
+        raise GenerationInputError(f"output_type={output_type!r}: use 'pil', 'np' or 'latent'")
+
+
+@dataclass
+class InstantCharacterPipelineOutput(BaseOutput):
+    """Output of :class:`InstantCharacterPipeline`.
+
+    Attributes:
+        images: PIL images, a numpy array (B, H, W, 3) in [0, 1], or packed latents (B, N, C).
+        prompt: the prompt the text encoders saw (tags replaced).
+        notes: messages for the user (automatic layout, characters never named, ...).
+    """
+
+    images: list[PIL.Image.Image] | np.ndarray | torch.Tensor
+    prompt: str = ""
+    notes: list[str] = field(default_factory=list)
+
+
+class InstantCharacterPipeline(FluxPipeline):
+    r"""FLUX.1 text-to-image with InstantCharacter characters.
+
+    Args (beyond ``FluxPipeline``'s):
+        siglip (`SiglipVisionModel`), siglip_processor (`SiglipImageProcessor`): the SigLIP image encoder.
+        dinov2 (`Dinov2Model`), dinov2_processor: the DINOv2 image encoder.
+        image_proj (`CharacterProjector`): the projector of the adapter checkpoint.
+        character_layers (`CharacterAttentionLayers`): the attention processors of the adapter checkpoint;
+            they are installed on ``transformer``.
+    """
+
+    model_cpu_offload_seq = "text_encoder->text_encoder_2->siglip->dinov2->image_proj->transformer->vae"
+    _optional_components = ["image_encoder", "feature_extractor", "siglip", "siglip_processor", "dinov2",
+                            "dinov2_processor", "image_proj", "text_adapter"]
+    # the text adapter's layers run inside the transformer's forward: keep it beside the transformer
+    _exclude_from_cpu_offload = ["text_adapter"]
+
+    def __init__(self, scheduler, vae, text_encoder, tokenizer, text_encoder_2, tokenizer_2, transformer,
+                 siglip=None, siglip_processor=None, dinov2=None, dinov2_processor=None,
+                 image_proj: CharacterProjector | None = None,
+                 character_layers: CharacterAttentionLayers | None = None,
+                 text_adapter: TextAdapter | None = None,
+                 image_encoder=None, feature_extractor=None):
+        super().__init__(scheduler, vae, text_encoder, tokenizer, text_encoder_2, tokenizer_2, transformer,
+                         image_encoder, feature_extractor)
+        self.register_modules(siglip=siglip, siglip_processor=siglip_processor, dinov2=dinov2,
+                              dinov2_processor=dinov2_processor, image_proj=image_proj, text_adapter=None)
+        self.character_layers = character_layers
+        if character_layers is not None:
+            character_layers.install(transformer)
+        if text_adapter is not None:
+            self.load_text_adapter(text_adapter)
+        self.character_encoder = (CharacterEncoder(siglip, siglip_processor, dinov2, dinov2_processor)
+                                  if siglip is not None and dinov2 is not None else None)
+        self._feature_cache = LRUCache(32)
+        self._context_cache = LRUCache(32)
+        self._prompt_cache = LRUCache(16)
+
+    # ------------------------------------------------------------------ loading
+    @classmethod
+    def from_pretrained(cls, base: str | os.PathLike = None, *, siglip=None, dinov2=None, adapter=None,
+                        text_adapter=None, dtype: torch.dtype = torch.bfloat16, progress: bool = True, **kwargs):
+        """Loads FLUX, the image encoders and the adapter from hub ids or local paths.
+
+        Args:
+            base: FLUX.1 in diffusers layout (hub id or folder); default ``black-forest-labs/FLUX.1-dev``.
+                A "models directory" (``flux/``, ``siglip/``, ``dinov2/``, one adapter file) is also accepted,
+                and then supplies the defaults for the other three.
+            siglip: SigLIP vision model; default ``google/siglip-so400m-patch14-384``.
+            dinov2: DINOv2 model; default ``facebook/dinov2-giant``.
+            adapter: the adapter checkpoint (``.bin`` or ``.safetensors``, local path or ``repo_id/filename``);
+                default ``tencent/InstantCharacter/instantcharacter_ip-adapter.bin``.
+            text_adapter: an optional trained text adapter (``.safetensors`` written by the trainer).
+            dtype: weight dtype of every component.
+            kwargs: passed to ``FluxPipeline.from_pretrained`` (e.g. ``quantization_config``).
+        """
+        from core.loading.components import load_components  # local import: loading imports this module
+
+        pipe = cls(**load_components(base, siglip=siglip, dinov2=dinov2, adapter=adapter, dtype=dtype,
+                                     progress=progress, **kwargs))
+        if text_adapter is not None:
+            pipe.load_text_adapter(text_adapter)
+        return pipe
+
+    def load_text_adapter(self, adapter: "TextAdapter | str | os.PathLike") -> None:
+        """Adds a text adapter (a :class:`TextAdapter` or a path to one) to the double-stream blocks."""
+        if not isinstance(adapter, TextAdapter):
+            adapter = TextAdapter.load(adapter)
+        cfg, tcfg = adapter.config, self.transformer.config
+        if self.siglip is not None and cfg.siglip_dim != self.siglip.config.hidden_size:
+            raise TextAdapterError(f"the text adapter expects {cfg.siglip_dim}-wide SigLIP features, "
+                                   f"the SigLIP model gives {self.siglip.config.hidden_size}")
+        if cfg.attention_width != tcfg.num_attention_heads * tcfg.attention_head_dim:
+            raise TextAdapterError(f"the text adapter is for attention width {cfg.attention_width}, the base model "
+                                   f"has {tcfg.num_attention_heads * tcfg.attention_head_dim}")
+        # the execution device, not the transformer's: with offloading the transformer may sit on the CPU
+        adapter.to(device=self._execution_device, dtype=self.transformer.dtype)
+        adapter.install(self.transformer)
+        self.register_modules(text_adapter=adapter)
+
+    def unload_text_adapter(self) -> None:
+        """Removes the text adapter; generation is then exactly as without one."""
+        TextAdapter.uninstall(self.transformer)
+        self.register_modules(text_adapter=None)
+
+    # ------------------------------------------------------------------ characters
+    def clear_caches(self) -> None:
+        """Forgets cached character features, projector contexts and prompt embeddings."""
+        self._feature_cache.clear()
+        self._context_cache.clear()
+        self._prompt_cache.clear()
+
+    def encode_character(self, character: Character) -> CharacterFeatures:
+        """Encoder features of a character image, cached by image content."""
+        if self.character_encoder is None or self.image_proj is None:
+            raise GenerationInputError("this pipeline was loaded without the character adapter: characters unavailable")
+        return self._feature_cache.get_or_make(character.key, lambda: self.character_encoder.encode(character.image))
+
+    @torch.inference_mode()
+    def character_context(self, character: Character) -> torch.Tensor:
+        """The timestep-independent projector tokens of a character (1, 2N, inner_dim), cached."""
+        proj_dtype = self.image_proj.dtype
+
+        def make():
+            f = self.encode_character(character).to(self._execution_device, proj_dtype)
+            return self.image_proj(f.low_res_deep, f.low_res_shallow, f.high_res_deep)
+
+        return self._context_cache.get_or_make((character.key, id(self.image_proj), proj_dtype), make)
+
+    def _character_tokens(self, characters, timesteps, dtype, device, batch, with_text: list[bool]):
+        """Per step, per character: image tokens (B, Q, D) and text-adapter tokens or ``None``.
+
+        Computed once per step, before the loop, from the cached per-character work.
+        """
+        per_step = []
+        contexts = [self.character_context(c) for c in characters]
+        siglip_width = self.siglip.config.hidden_size
+        siglip_feats = [self.encode_character(c).low_res_deep[..., :siglip_width].to(device, self.text_adapter.dtype)
+                        if use else None for c, use in zip(characters, with_text)]
+        with torch.inference_mode():
+            for t in timesteps:
+                # the released code conditions the resampler on the timestep in the latents' dtype
+                step_t = t.expand(1).to(dtype)
+                image = [self.image_proj(context=ctx, timestep=step_t).to(device).expand(batch, -1, -1)
+                         for ctx in contexts]
+                text = [self.text_adapter(f, step_t).expand(batch, -1, -1) if f is not None else None
+                        for f in siglip_feats]
+                per_step.append(list(zip(image, text)))
+        return per_step
+
+    def _text_masks(self, resolved: ResolvedPrompt, count: int, length: int, device) -> list:
+        """Per character, weights over the T5 tokens that came from its tag (``None`` if never named)."""
+        masks = []
+        for i in range(count):
+            if self.text_adapter is None or i not in resolved.spans:
+                masks.append(None)
+                continue
+            masks.append(tag_weights(self.tokenizer_2, resolved.text, resolved.spans[i], length)[None].to(device))
+        return masks
+
+    def _routing(self, characters, resolved: ResolvedPrompt, height: int, width: int) -> Routing:
+        """Where each character acts (:func:`core.conditioning.routing.route_characters`, the trainer's rules too)."""
+        return route_characters([c.mask for c in characters], *token_grid(height, width, self.vae_scale_factor),
+                                resolved.order, [c.name for c in characters])
+
+    # ------------------------------------------------------------------ prompts
+    def cached_prompt_embeds(self, prompt: str, device, max_sequence_length: int):
+        """``encode_prompt`` for one prompt, cached by text so repeated prompts are encoded once."""
+        def make():
+            embeds, pooled, text_ids = self.encode_prompt(prompt=prompt, prompt_2=None, device=device,
+                                                          num_images_per_prompt=1,
+                                                          max_sequence_length=max_sequence_length)
+            return embeds, pooled, text_ids
+        return self._prompt_cache.get_or_make((prompt, max_sequence_length, str(device)), make)
+
+    def check_generation_inputs(self, prompt, characters, height, width, num_inference_steps, guidance_scale,
+                                true_cfg_scale, num_images_per_prompt, max_sequence_length, output_type):
+        """Raises :class:`GenerationInputError` naming the first bad argument."""
+        check_settings(prompt, height, width, num_inference_steps, guidance_scale, true_cfg_scale,
+                       num_images_per_prompt, max_sequence_length, output_type, multiple=self.vae_scale_factor * 2)
+        check_characters(characters)
+
+    # ------------------------------------------------------------------ generation
+    @torch.no_grad()
+    def __call__(
+        self,
+        prompt: str,
+        characters: list[Character] | None = None,
+        negative_prompt: str | None = None,
+        true_cfg_scale: float = 1.0,
+        num_inference_steps: int = 28,
+        guidance_scale: float = 3.5,
+        height: int = 1024,
+        width: int = 1024,
+        num_images_per_prompt: int = 1,
+        generator: torch.Generator | list[torch.Generator] | None = None,
+        latents: torch.Tensor | None = None,
+        max_sequence_length: int = 512,
+        output_type: str = "pil",
+        return_dict: bool = True,
+        callback_on_step_end=None,
+    ):
+        r"""Generates images with the given characters.
+
+        Args:
+            prompt: what to draw; characters may be named with ``[Name]`` tags.
+            characters: the characters (see :class:`~core.conditioning.character.Character`); ``None`` or empty: plain FLUX.
+            negative_prompt: what to avoid; used only when ``true_cfg_scale > 1``.
+            true_cfg_scale: classifier-free guidance with the negative prompt (1 turns it off).
+            num_inference_steps: denoising steps.
+            guidance_scale: FLUX.1-dev's distilled guidance.
+            height, width: image size in pixels, multiples of 16.
+            num_images_per_prompt: images to make in one batch.
+            generator: a ``torch.Generator`` for reproducible results.
+            latents: optional packed starting noise.
+            max_sequence_length: T5 tokens (up to 512).
+            output_type: ``"pil"``, ``"np"`` or ``"latent"``.
+            return_dict: return an :class:`InstantCharacterPipelineOutput` rather than a tuple.
+            callback_on_step_end: ``fn(pipe, step, timestep, {"latents": ...}) -> dict`` after each step; return
+                ``{"latents": ...}`` to replace them; set ``pipe._interrupt = True`` to stop early.
+        """
+        characters = list(characters or [])
+        self.check_generation_inputs(prompt, characters, height, width, num_inference_steps, guidance_scale,
+                                     true_cfg_scale, num_images_per_prompt, max_sequence_length, output_type)
+        resolved: ResolvedPrompt = resolve_prompt(prompt, characters)
+        notes = list(resolved.notes)
+        self._guidance_scale = guidance_scale
+        self._current_timestep = None
+        self._interrupt = False
+        device = self._execution_device
+        batch = num_images_per_prompt
+
+        embeds, pooled, text_ids = self.cached_prompt_embeds(resolved.text, device, max_sequence_length)
+        prompt_embeds, pooled_prompt_embeds = embeds.repeat(batch, 1, 1), pooled.repeat(batch, 1)
+        do_true_cfg = true_cfg_scale > 1 and negative_prompt is not None
+        if do_true_cfg:
+            n_embeds, n_pooled, negative_text_ids = self.cached_prompt_embeds(negative_prompt, device,
+                                                                              max_sequence_length)
+            negative_prompt_embeds, negative_pooled = n_embeds.repeat(batch, 1, 1), n_pooled.repeat(batch, 1)
+
+        num_channels_latents = self.transformer.config.in_channels // 4
+        latents, latent_image_ids = self.prepare_latents(batch, num_channels_latents, height, width,
+                                                         prompt_embeds.dtype, device, generator, latents)
+        sigmas = np.linspace(1.0, 1 / num_inference_steps, num_inference_steps)
+        mu = calculate_shift(latents.shape[1], self.scheduler.config.get("base_image_seq_len", 256),
+                             self.scheduler.config.get("max_image_seq_len", 4096),
+                             self.scheduler.config.get("base_shift", 0.5), self.scheduler.config.get("max_shift", 1.15))
+        timesteps, num_inference_steps = retrieve_timesteps(self.scheduler, num_inference_steps, device,
+                                                            sigmas=sigmas, mu=mu)
+        self._num_timesteps = len(timesteps)
+        guidance = None
+        if self.transformer.config.guidance_embeds:
+            guidance = torch.full([1], guidance_scale, device=device, dtype=torch.float32).expand(batch)
+
+        step_tokens = None
+        if characters:
+            text_masks = self._text_masks(resolved, len(characters), prompt_embeds.shape[1], device)
+            placed = self._routing(characters, resolved, height, width)
+            notes += placed.notes
+            characters = [characters[i] for i in placed.order]
+            text_masks = [text_masks[i] for i in placed.order]
+            routing = [None if w is None else w.to(device)[None] for w in placed.weights]
+            step_tokens = self._character_tokens(characters, timesteps, latents.dtype, device, batch,
+                                                 [m is not None for m in text_masks])
+
+        self.scheduler.set_begin_index(0)
+        with self.progress_bar(total=num_inference_steps) as progress_bar:
+            for i, t in enumerate(timesteps):
+                if self.interrupt:
+                    break
+                self._current_timestep = t
+                timestep = t.expand(batch).to(latents.dtype)
+                conditions = negative_conditions = None
+                if step_tokens is not None:
+                    conditions = [CharacterCondition(tok, c.scale, w, text_tok, text_mask)
+                                  for (tok, text_tok), c, w, text_mask
+                                  in zip(step_tokens[i], characters, routing, text_masks)]
+                    # the negative prompt has no tags: it gets the image tokens only, as in the released code
+                    negative_conditions = [CharacterCondition(c.tokens, c.scale, c.mask) for c in conditions]
+                noise_pred = self._predict(latents, timestep, guidance, pooled_prompt_embeds, prompt_embeds,
+                                           text_ids, latent_image_ids, conditions)
+                if do_true_cfg:
+                    neg_noise_pred = self._predict(latents, timestep, guidance, negative_pooled,
+                                                   negative_prompt_embeds, negative_text_ids, latent_image_ids,
+                                                   negative_conditions)
+                    noise_pred = neg_noise_pred + true_cfg_scale * (noise_pred - neg_noise_pred)
+                latents = self.scheduler.step(noise_pred, t, latents, return_dict=False)[0]
+                if callback_on_step_end is not None:
+                    out = callback_on_step_end(self, i, t, {"latents": latents}) or {}
+                    latents = out.pop("latents", latents)
+                progress_bar.update()
+        self._current_timestep = None
+
+        if output_type == "latent":
+            image = latents
+        else:
+            latents = self._unpack_latents(latents, height, width, self.vae_scale_factor)
+            latents = (latents / self.vae.config.scaling_factor) + self.vae.config.shift_factor
+            image = self.vae.decode(latents.to(self.vae.dtype), return_dict=False)[0]
+            image = self.image_processor.postprocess(image, output_type=output_type)
+        self.maybe_free_model_hooks()
+        if not return_dict:
+            return (image,)
+        return InstantCharacterPipelineOutput(images=image, prompt=resolved.text, notes=notes)
+
+    def _predict(self, latents, timestep, guidance, pooled, embeds, text_ids, image_ids, conditions=None):
+        kwargs = None
+        if conditions:
+            kwargs = {"character_conditions": conditions, "text_seq_len": embeds.shape[1]}
+        return self.transformer(hidden_states=latents, timestep=timestep / 1000, guidance=guidance,
+                                pooled_projections=pooled, encoder_hidden_states=embeds, txt_ids=text_ids,
+                                img_ids=image_ids, joint_attention_kwargs=kwargs, return_dict=False)[0]
