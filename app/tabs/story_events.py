@@ -20,6 +20,7 @@ import gradio as gr
 from core.limits import MAX_SEED
 from core.io.path_policy import PathNotAllowedError, PathPolicy
 from core.story import Story, StoryError, parse_story
+from core.story.format import pin_seed
 from core.story.export import export_story, load_panel_images
 from core.story.format import check_story_text, panel_settings_hash
 from core.story.layout import compose_page, plan_pages
@@ -35,8 +36,6 @@ PREVIEW_DPI = 60  # page previews while editing: enough to see the layout, quick
 PREVIEW_PAGES = 4  # the preview draws only the first pages, so an edit costs the same however long the story
 PREVIEW_PANEL_SIDE = 512  # rendered panels are shrunk to this before they go on a preview page
 _SLUG = re.compile(r"[^a-z0-9]+")
-_PANEL_OPTION = re.compile(r"^\s*(?:>|@|(?:seed|caption)\s*:|//)")
-_SEED_LINE = re.compile(r"^(\s*)seed\s*:")
 
 
 class RenderCancelled(Exception):
@@ -142,24 +141,10 @@ def panel_gallery(story: Story, render_dir: Path) -> list[tuple[str, str]]:
 
 
 def pin_panel_seed(text: str, story: Story, index: int, seed: int) -> str:
-    """``text`` with panel ``index``'s seed set to ``seed``: its ``seed:`` line replaced, or one added under the
-    panel's prompt line, so the text keeps the seed for later renders."""
-    panel = story.panels[index]
-    if not panel.line:
+    """``text`` with panel ``index``'s seed pinned (the story grammar's own edit, :func:`core.story.format.pin_seed`)."""
+    if not story.panels[index].line:
         raise StudioInputError("this story has no line numbers (JSON): edit the panel's seed in the file instead")
-    lines = text.splitlines()
-    start = panel.line - 1
-    end = start + 1
-    while end < len(lines) and _PANEL_OPTION.match(lines[end]):
-        end += 1
-    for k in range(start + 1, end):
-        match = _SEED_LINE.match(lines[k])
-        if match:
-            lines[k] = f"{match.group(1)}seed: {seed}"
-            break
-    else:
-        lines.insert(start + 1, f"  seed: {seed}")
-    return "\n".join(lines) + ("\n" if text.endswith("\n") else "")
+    return pin_seed(text, story, index, seed)
 
 
 def library_character_line(ctx: StudioContext, text: str, name: str) -> str:

@@ -1060,3 +1060,28 @@ def _panel_from_dict(index: int, raw: Any, known: dict[str, None], fields: dict[
         return None
     return Panel(index=index, prompt=prompt, characters=tuple(names), regions=regions, caption=caption,
                  dialogue=tuple(dialogue), seed=seed, seed_pinned=pinned, line=line)
+
+
+_OPTION_LINE = re.compile(r"^\s*(?:>|@|(?:seed|caption)\s*:|//)")
+_SEED_LINE = re.compile(r"^(\s*)seed\s*:")
+
+
+def pin_seed(text: str, story: Story, index: int, seed: int) -> str:
+    """``text`` with panel ``index``'s seed set to ``seed``: its ``seed:`` line replaced, or one added under the
+    panel's prompt line, so the text keeps the seed for later renders. The story must come from ``text``."""
+    panel = story.panels[index]
+    if not panel.line:
+        raise StoryError("this story has no line numbers (JSON): edit the panel's seed in the file instead")
+    lines = text.splitlines()
+    start = panel.line - 1
+    end = start + 1
+    while end < len(lines) and _OPTION_LINE.match(lines[end]):
+        end += 1
+    for k in range(start + 1, end):
+        match = _SEED_LINE.match(lines[k])
+        if match:
+            lines[k] = f"{match.group(1)}seed: {seed}"
+            break
+    else:
+        lines.insert(start + 1, f"  seed: {seed}")
+    return "\n".join(lines) + ("\n" if text.endswith("\n") else "")
