@@ -17,6 +17,7 @@ from core.io.path_policy import PathPolicy
 from core.io.paths import data_dir
 from core.loading.sources import ModelSources
 
+from .arguments import PRESET_CHOICES  # noqa: F401 - the tabs read it from here
 from .character_library import CharacterLibrary
 from .errors import OwnerOnlyError
 from .generation_history import GenerationHistory
@@ -27,7 +28,6 @@ log = logging.getLogger(__name__)
 # The engine takes 8; the studio's editor has one layer per character, and past four the regions of a 1024 px
 # image get too small to hold a recognisable character.
 MAX_STUDIO_CHARACTERS = 4
-PRESET_CHOICES = ("auto", "full", "balanced", "low", "minimal")
 NO_GPU_NOTICE = ("No CUDA GPU found: with the real FLUX.1 models one image would take hours on the CPU. "
                  "To try the interface, start the studio with `--models tiny` (small random models, noise images).")
 

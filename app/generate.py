@@ -7,9 +7,9 @@ import os
 import re
 from pathlib import Path
 
+from .arguments import DTYPE_CHOICES, PRESET_CHOICES
+
 # light at import time: `instantcharacter-studio --help` must not load torch; the heavy modules load in `run`
-DTYPE_NAMES = ("bfloat16", "float16", "float32")
-PRESET_NAMES = ("auto", "full", "balanced", "low", "minimal")
 _CHARACTER = re.compile(r"^(?:(?P<name>[^=\[\]]+)=)?(?P<path>.+?)(?::(?P<scale>[0-9]*\.?[0-9]+))?$")
 _LORA = re.compile(r"^(?P<source>.+?)(?::(?P<weight>-?[0-9]*\.?[0-9]+))?$")
 
@@ -38,9 +38,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=None, help="random when omitted; recorded in the PNG")
     parser.add_argument("--models", default="default", help="default, tiny, or a models directory")
     parser.add_argument("--text-adapter", default=None, help="a trained text adapter (.safetensors)")
-    parser.add_argument("--dtype", choices=DTYPE_NAMES, default=None,
+    parser.add_argument("--dtype", choices=DTYPE_CHOICES, default=None,
                         help="weights dtype (default: bfloat16 on GPU, float32 on CPU)")
-    parser.add_argument("--preset", default="auto", choices=PRESET_NAMES,
+    parser.add_argument("--preset", default="auto", choices=PRESET_CHOICES,
                         help="memory preset (default: auto picks from the detected GPU and RAM)")
     parser.add_argument("--out", required=True, help="output PNG path")
 
@@ -162,17 +162,3 @@ def run(args: argparse.Namespace) -> int:
     print(f"saved {path} (seed {result.seeds[0]})")
     return 0
 
-
-def default_dtype() -> str:
-    """bfloat16 on a CUDA GPU, float32 on the CPU (the engine's own default)."""
-    import torch
-
-    return "bfloat16" if torch.cuda.is_available() else "float32"
-
-
-def __getattr__(name: str):
-    if name == "DTYPES":  # torch dtypes by name, made on first use (no torch import for --help)
-        import torch
-
-        return {n: getattr(torch, n) for n in DTYPE_NAMES}
-    raise AttributeError(name)
