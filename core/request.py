@@ -7,8 +7,10 @@ sampling settings, the seed, how many images, the style LoRAs and the text adapt
 (or :func:`request_from_png`) rebuilds the same request from any such PNG, older ones included. Named layouts and
 boxes stay names and numbers end to end (``RoutingMask.label``); painted masks keep their soft values.
 
-Room for image editing: the fields a later version adds (a source image, a strength, an inpainting region) will
-sit beside these, each off by default, so a request without them keeps meaning what it means now.
+Editing: ``source_image`` (off by default) makes the request image-to-image at ``strength`` (0 keeps the source, 1
+ignores it), and ``inpaint_region`` (a :class:`~core.conditioning.masks.RoutingMask`) redoes only that region. A
+request without a source means exactly what it meant before editing existed: the same pipeline call, record and
+summary.
 """
 
 from __future__ import annotations
@@ -44,6 +46,21 @@ class GenerationRequest:
     loras: list[StyleLora] = field(default_factory=list)
     text_adapter: str | None = None
     max_sequence_length: int = 512
+    draft: bool = False  # a step cache (core.loading.speed.set_step_cache): faster, not the same image
+    source_image: object = None  # a PIL image (paths and bytes are read) to edit; None: from noise
+    strength: float = 0.6  # only with a source: 0 keeps it, 1 ignores it
+    inpaint_region: object = None  # only with a source: a RoutingMask (or mask image / spec) of the region to redo
+
+    def __post_init__(self):
+        if self.source_image is None and self.inpaint_region is None:
+            return
+        from core.conditioning.edit import load_region, load_source
+
+        if self.source_image is not None and not _is_pil(self.source_image):
+            self.source_image = load_source(self.source_image)
+        if self.inpaint_region is not None:
+            size = self.source_image.size if self.source_image is not None else None
+            self.inpaint_region = load_region(self.inpaint_region, size)[0]
 
     # ------------------------------------------------------------------ checks
     def check(self) -> "GenerationRequest":
@@ -64,7 +81,34 @@ class GenerationRequest:
             raise LimitError(f"{len(self.loras)} LoRAs given: at most {MAX_LORAS}")
         check_characters(self.characters)
         resolve_prompt(self.engine_prompt, self.characters)  # unknown [tags], duplicate names
+        self._check_edit()
         return self
+
+    def _check_edit(self) -> None:
+        from core.conditioning.edit import EditError, check_region, check_strength
+
+        if self.source_image is None:
+            if self.inpaint_region is not None:
+                raise EditError("an inpaint mask needs a source image to edit (--image PATH)")
+            return
+        check_strength(self.strength)
+        if self.inpaint_region is not None:
+            check_region(self.inpaint_region, int(self.width), int(self.height))
+
+    @property
+    def is_edit(self) -> bool:
+        return self.source_image is not None
+
+    def edit_record(self) -> dict | None:
+        """The edit as its PNG record stores it (source digest and file name, strength, region), or None."""
+        from core.conditioning.edit import image_digest
+
+        if self.source_image is None:
+            return None
+        digest = image_digest(self.source_image)
+        region = self.inpaint_region
+        return {"source_sha256": digest, "source_file": f"source-{digest[:16]}.png", "strength": float(self.strength),
+                "region": region.to_json() if region is not None else None}
 
     @property
     def engine_prompt(self) -> str:
@@ -87,7 +131,12 @@ class GenerationRequest:
         return dict(prompt=self.engine_prompt, characters=list(self.characters), negative_prompt=self.negative,
                     true_cfg_scale=float(self.true_cfg_scale), num_inference_steps=int(self.steps),
                     guidance_scale=float(self.guidance), height=int(self.height), width=int(self.width),
-                    max_sequence_length=int(self.max_sequence_length))
+                    max_sequence_length=int(self.max_sequence_length), **self._edit_kwargs())
+
+    def _edit_kwargs(self) -> dict:
+        if self.source_image is None:
+            return {}  # not an edit: the pipeline call of before
+        return dict(image=self.source_image, strength=float(self.strength), mask_image=self.inpaint_region)
 
     # ------------------------------------------------------------------ metadata
     def to_record(self, k: int = 0, provenance: dict | None = None):
@@ -99,23 +148,38 @@ class GenerationRequest:
         models = dict(provenance.pop("models", {}) or {})
         if self.text_adapter:
             models["text_adapter"] = str(self.text_adapter)
+        if self.draft:
+            models["draft"] = True  # with the models: older records and readers keep their fields
         return GenerationRecord(
             prompt=self.prompt, seed=self.image_seed(k), width=int(self.width), height=int(self.height),
             num_inference_steps=int(self.steps), guidance_scale=float(self.guidance), negative_prompt=self.negative,
             true_cfg_scale=float(self.true_cfg_scale), max_sequence_length=int(self.max_sequence_length),
             characters=[CharacterRecord.from_character(c) for c in self.characters],
-            loras=[lora.record() for lora in self.loras], models=models, **provenance)
+            loras=[lora.record() for lora in self.loras], models=models, edit=self.edit_record(), **provenance)
 
     @classmethod
-    def from_record(cls, record, images: int = 1) -> "GenerationRequest":
-        """The request that made ``record``'s image (its seed, so the same image comes out)."""
+    def from_record(cls, record, images: int = 1, folder: str | os.PathLike | None = None) -> "GenerationRequest":
+        """The request that made ``record``'s image (its seed, so the same image comes out). An edit's source is read
+        from ``folder`` (the PNG's own folder), where :func:`core.io.metadata.save_png` saved it."""
+        from core.conditioning.masks import MaskError, RoutingMask
+        from core.io.metadata import MetadataError, read_edit_source
+
+        edit = {}
+        if record.edit:
+            try:
+                region = RoutingMask.from_json(record.edit.get("region"), "the edit's region")
+            except MaskError as exc:
+                raise MetadataError(str(exc)) from None
+            edit = dict(source_image=read_edit_source(record.edit, folder), strength=record.edit["strength"],
+                        inpaint_region=region)
         characters = [c.to_character(f"character {i + 1}") for i, c in enumerate(record.characters)]
         text_adapter = (record.models or {}).get("text_adapter") or None
         return cls(prompt=record.prompt, characters=characters, negative_prompt=record.negative_prompt,
                    true_cfg_scale=record.true_cfg_scale, steps=record.num_inference_steps,
                    guidance=record.guidance_scale, width=record.width, height=record.height, seed=record.seed,
                    images=images, loras=[StyleLora.from_record(d) for d in record.loras],
-                   text_adapter=text_adapter, max_sequence_length=record.max_sequence_length)
+                   text_adapter=text_adapter, max_sequence_length=record.max_sequence_length,
+                   draft=bool((record.models or {}).get("draft", False)), **edit)
 
     def summary(self) -> dict:
         """A comparable description (images as their content keys, masks as their JSON): two requests with equal
@@ -124,13 +188,27 @@ class GenerationRequest:
                     steps=int(self.steps), guidance=float(self.guidance), width=int(self.width),
                     height=int(self.height), seed=self.seed, loras=[lora.record() for lora in self.loras],
                     text_adapter=self.text_adapter, max_sequence_length=int(self.max_sequence_length),
+                    draft=bool(self.draft),
                     characters=[dict(key=c.key, name=c.name, scale=c.scale, description=c.description,
                                      mask=c.mask.to_json() if c.mask is not None else None)
-                                for c in self.characters])
+                                for c in self.characters], **self._edit_summary())
+
+    def _edit_summary(self) -> dict:
+        edit = self.edit_record()
+        return {} if edit is None else {"edit": {k: v for k, v in edit.items() if k != "source_file"}}
 
 
 def request_from_png(source: str | os.PathLike | bytes, images: int = 1) -> GenerationRequest:
     """The request recorded in a PNG made by the studio, the CLI or a story render."""
+    from pathlib import Path
+
     from core.io.metadata import read_record
 
-    return GenerationRequest.from_record(read_record(source), images=images)
+    folder = Path(source).parent if isinstance(source, (str, os.PathLike)) else None
+    return GenerationRequest.from_record(read_record(source), images=images, folder=folder)
+
+
+def _is_pil(value) -> bool:
+    from PIL import Image
+
+    return isinstance(value, Image.Image)

@@ -2,6 +2,10 @@
 
 Each PNG gets two text chunks: ``parameters`` (A1111-style, readable by other tools) and ``instantcharacter``
 (JSON with every setting, character images and masks included, so Recall needs nothing else).
+
+An edit (image-to-image or inpainting) records its source by the digest of its pixels with the source saved beside
+the output as ``source-<digest[:16]>.png`` (:func:`save_png` writes it; :func:`read_edit_source` reads it back and
+checks it), its strength and its region (a mask as ``RoutingMask.to_json`` gives it).
 """
 
 from __future__ import annotations
@@ -137,6 +141,7 @@ class GenerationRecord:
     dtype: str = "bfloat16"
     preset: str | None = None
     version: int = FORMAT_VERSION
+    edit: dict | None = None  # {"source_sha256", "source_file", "strength", "region"} for an edit, else None
 
     def parameters_text(self) -> str:
         """The A1111-style ``parameters`` text."""
@@ -152,11 +157,17 @@ class GenerationRecord:
             fields.append(f"Character {c.name or ''}: scale {c.scale:g}, mask {(c.mask or 'whole')[:40]}".replace("  ", " "))
         for lora in self.loras:
             fields.append(f"LoRA: {lora.get('source')}:{lora.get('weight', 1.0):g}")
+        if self.edit:
+            region = "inpaint " + str(self.edit.get("region"))[:40] if self.edit.get("region") else "whole image"
+            fields.append(f"Edit: {self.edit['source_file']} at strength {self.edit['strength']:g}, {region}")
         lines.append(", ".join(fields))
         return "\n".join(lines)
 
     def to_json(self) -> str:
-        return json.dumps(asdict(self))
+        data = asdict(self)
+        if data["edit"] is None:  # not an edit: the same JSON as before edits existed
+            del data["edit"]
+        return json.dumps(data)
 
     @classmethod
     def from_json(cls, text: str) -> "GenerationRecord":
@@ -196,6 +207,7 @@ class GenerationRecord:
             dtype=check_text(data.get("dtype", "bfloat16"), "dtype", 32, optional=False),
             preset=check_text(data.get("preset"), "preset", 32),
             version=version,
+            edit=_check_edit(data.get("edit")),
         )
 
     def pnginfo(self) -> PngImagePlugin.PngInfo:
@@ -213,12 +225,51 @@ class GenerationRecord:
                     height=self.height, width=self.width, max_sequence_length=self.max_sequence_length)
 
 
-def save_png(image: Image.Image, path: str | os.PathLike, record: GenerationRecord) -> Path:
-    """Saves ``image`` as a PNG carrying ``record``, atomically."""
+def save_png(image: Image.Image, path: str | os.PathLike, record: GenerationRecord,
+             source: Image.Image | None = None) -> Path:
+    """Saves ``image`` as a PNG carrying ``record``, atomically; for an edit, ``source`` (the edit's source image)
+    is saved beside it under the name the record gives, unless that file is already there with the same pixels."""
     path = Path(path)
+    if record.edit and source is not None:
+        save_edit_source(source, path.parent, record.edit)
     with atomic_path(path) as tmp:
         image.save(tmp, format="PNG", pnginfo=record.pnginfo())
     return path
+
+
+def save_edit_source(source: Image.Image, folder: str | os.PathLike, edit: dict) -> Path:
+    """Writes an edit's source image into ``folder`` as ``edit["source_file"]`` (kept when already there)."""
+    from core.conditioning.edit import image_digest
+
+    target = Path(folder) / edit["source_file"]
+    try:
+        if target.is_file() and image_digest(to_rgb(decode(open_image(target), "the source"))) == edit["source_sha256"]:
+            return target
+    except ImageInputError:
+        pass
+    with atomic_path(target) as tmp:
+        source.convert("RGB").save(tmp, format="PNG")
+    return target
+
+
+def read_edit_source(edit: dict, folder: str | os.PathLike | None) -> Image.Image:
+    """The source image of an edit, read from ``folder`` (where its PNG is) and checked against its digest."""
+    from core.conditioning.edit import image_digest
+
+    name = edit["source_file"]
+    if folder is None:
+        raise MetadataError(f"this image is an edit of {name}: recall it from its file, with {name} beside it")
+    path = Path(folder) / name
+    if not path.is_file():
+        raise MetadataError(f"this image is an edit of {name}, which is not beside it in {folder}: put the source "
+                            "back to recall the edit")
+    try:
+        image = to_rgb(decode(open_image(path, name), name))
+    except ImageInputError as exc:
+        raise MetadataError(str(exc)) from None
+    if image_digest(image) != edit["source_sha256"]:
+        raise MetadataError(f"{path} is not the source this image was edited from (its pixels differ)")
+    return image
 
 
 def read_record(source) -> GenerationRecord:
@@ -376,6 +427,26 @@ def _check_lora(value, name: str) -> dict:
     return {"source": check_text(value.get("source", ""), f"{name}'s source", MAX_SOURCE_CHARS, optional=False),
             "weight": check_number(value.get("weight", 1.0), f"{name}'s weight", -MAX_LORA_WEIGHT, MAX_LORA_WEIGHT),
             "trigger": check_text(value.get("trigger") or "", f"{name}'s trigger words", MAX_PROMPT_CHARS)}
+
+
+_SOURCE_FILE = re.compile(r"^source-[0-9a-f]{16}\.png$")
+
+
+def _check_edit(value) -> dict | None:
+    """An edit as stored: the source's digest and file name (a plain name beside the PNG), strength and region."""
+    if value is None:
+        return None
+    if not isinstance(value, dict):
+        raise LimitError(f"edit must be an object, got {type(value).__name__}")
+    digest = value.get("source_sha256")
+    if not isinstance(digest, str) or not re.fullmatch(r"[0-9a-f]{64}", digest):
+        raise LimitError("edit: source_sha256 must be a sha256 hex digest")
+    name = value.get("source_file")
+    if not isinstance(name, str) or not _SOURCE_FILE.match(name) or name != f"source-{digest[:16]}.png":
+        raise LimitError(f"edit: source_file must be source-<digest>.png beside the image, got {_brief(name)}")
+    return {"source_sha256": digest, "source_file": name,
+            "strength": check_number(value.get("strength", 0.6), "edit strength", 0.0, 1.0),
+            "region": _check_mask(value.get("region"), "the edit's region")}
 
 
 def _check_models(value) -> dict:

@@ -8,6 +8,7 @@ time resampler (once per step, before the loop) and the character attention run 
 
 from __future__ import annotations
 
+import contextlib
 import numbers
 import os
 from dataclasses import dataclass, field
@@ -78,6 +79,72 @@ class InstantCharacterPipelineOutput(BaseOutput):
     images: list[PIL.Image.Image] | np.ndarray | torch.Tensor
     prompt: str = ""
     notes: list[str] = field(default_factory=list)
+
+
+@dataclass
+class ImageEdit:
+    """The source, strength and region of one image-to-image or inpainting call, and its latents once prepared."""
+
+    source: PIL.Image.Image
+    strength: float
+    region: object = None  # a RoutingMask, or None for image-to-image on the whole image
+    notes: list[str] = field(default_factory=list)
+    start: torch.Tensor | None = None  # packed starting latents (the source noised to the first timestep)
+    source_latents: torch.Tensor | None = None
+    noise: torch.Tensor | None = None
+    keep: torch.Tensor | None = None  # packed, 1 where the latents follow the source
+
+    def route(self, characters: list[Character]) -> list[Character]:
+        """The characters with the region as the mask of those that have none."""
+        from dataclasses import replace
+
+        from core.conditioning.edit import character_masks
+
+        masks, notes = character_masks([c.mask for c in characters], self.region)
+        self.notes += notes if characters else []
+        return [c if c.mask is m else replace(c, mask=m) for c, m in zip(characters, masks)]
+
+    def prepare(self, pipe, noise: torch.Tensor, height: int, width: int, timesteps) -> None:
+        """Encodes the source (the VAE's mean: no random draw) and noises it to the first timestep with
+        ``noise`` (packed, as ``prepare_latents`` drew it); with no timestep left, starts from the source."""
+        from core.conditioning.edit import latent_region
+
+        batch, device = noise.shape[0], noise.device
+        pixels = pipe.image_processor.preprocess(self.source, height=height, width=width)
+        pixels = pixels.to(device=device, dtype=pipe.vae.dtype)
+        encoded = pipe.vae.encode(pixels).latent_dist.mode()
+        encoded = (encoded - pipe.vae.config.shift_factor) * pipe.vae.config.scaling_factor
+        _, channels, rows, cols = encoded.shape
+        packed = pipe._pack_latents(encoded.to(noise.dtype), 1, channels, rows, cols).expand(batch, -1, -1)
+        self.source_latents, self.noise = packed, noise
+        if len(timesteps):
+            self.start = pipe.scheduler.scale_noise(packed, timesteps[:1].repeat(batch), noise)
+        else:
+            self.start = packed.clone()
+        if self.region is not None:
+            keep = 1.0 - latent_region(self.region, rows, cols, pipe.vae_scale_factor)
+            keep = keep.to(device, noise.dtype)[None, None].expand(1, channels, rows, cols)
+            self.keep = pipe._pack_latents(keep, 1, channels, rows, cols)
+
+    def blend(self, pipe, latents: torch.Tensor, i: int, timesteps) -> torch.Tensor:
+        """After step ``i``: outside the region, the source noised to the next timestep (diffusers' FLUX
+        inpainting); unchanged for image-to-image."""
+        if self.keep is None:
+            return latents
+        proper = self.source_latents
+        if i < len(timesteps) - 1:
+            proper = pipe.scheduler.scale_noise(proper, timesteps[i + 1:i + 2], self.noise)
+        return self.keep * proper.to(latents.dtype) + (1 - self.keep) * latents
+
+    def paste(self, images, output_type: str):
+        """The decoded images on the source, feathered at the region's edge (:func:`core.conditioning.edit.paste_back`)."""
+        from core.conditioning.edit import paste_back
+
+        if output_type == "pil":
+            return [paste_back(im, self.source, self.region) for im in images]
+        pasted = [paste_back(PIL.Image.fromarray(np.round(np.clip(a, 0, 1) * 255).astype(np.uint8)), self.source,
+                             self.region) for a in images]
+        return np.stack([np.asarray(p, dtype=np.float32) / 255.0 for p in pasted])
 
 
 class InstantCharacterPipeline(FluxPipeline):
@@ -226,11 +293,21 @@ class InstantCharacterPipeline(FluxPipeline):
                                 resolved.order, [c.name for c in characters])
 
     # ------------------------------------------------------------------ prompts
-    def cached_prompt_embeds(self, prompt: str, device, max_sequence_length: int):
-        """``encode_prompt`` for one prompt, cached by text so repeated prompts are encoded once."""
+    def cached_prompt_embeds(self, prompt: str, device, max_sequence_length: int, notes: list | None = None):
+        """``encode_prompt`` for one prompt, cached by text so repeated prompts are encoded once.
+
+        CLIP (``prompt``) gets the longest whole-word start of the text that fits its tokenizer, T5 (``prompt_2``)
+        the whole text (:func:`core.conditioning.prompt.clip_text`); a prompt that fits goes to both unchanged.
+        When the text was cut for CLIP, a note says so in ``notes``."""
+        from core.conditioning.prompt import CLIP_CUT_NOTE, clip_text
+
+        clip_prompt, cut = clip_text(self.tokenizer, prompt) if self.tokenizer is not None else (prompt, False)
+        if cut and notes is not None:
+            notes.append(CLIP_CUT_NOTE.format(limit=self.tokenizer.model_max_length))
+
         def make():
-            embeds, pooled, text_ids = self.encode_prompt(prompt=prompt, prompt_2=None, device=device,
-                                                          num_images_per_prompt=1,
+            embeds, pooled, text_ids = self.encode_prompt(prompt=clip_prompt, prompt_2=prompt if cut else None,
+                                                          device=device, num_images_per_prompt=1,
                                                           max_sequence_length=max_sequence_length)
             return embeds, pooled, text_ids
         return self._prompt_cache.get_or_make((prompt, max_sequence_length, str(device)), make)
@@ -261,6 +338,9 @@ class InstantCharacterPipeline(FluxPipeline):
         output_type: str = "pil",
         return_dict: bool = True,
         callback_on_step_end=None,
+        image: PIL.Image.Image | None = None,
+        strength: float = 0.6,
+        mask_image=None,
     ):
         r"""Generates images with the given characters.
 
@@ -280,19 +360,33 @@ class InstantCharacterPipeline(FluxPipeline):
             return_dict: return an :class:`InstantCharacterPipelineOutput` rather than a tuple.
             callback_on_step_end: ``fn(pipe, step, timestep, {"latents": ...}) -> dict`` after each step; return
                 ``{"latents": ...}`` to replace them; set ``pipe._interrupt = True`` to stop early.
+            image: a source image to edit (image-to-image); ``None``: start from noise, as without this argument.
+                Resized to ``width`` x ``height`` when it differs (with a note).
+            strength: how much of the source to redo, 0 (keep it: the VAE round trip) to 1 (ignore it); only the last
+                ``ceil(strength * num_inference_steps)`` steps run, from their noise level.
+            mask_image: with ``image``, the region to redo (inpainting): a
+                :class:`~core.conditioning.masks.RoutingMask`, an image (white = redo) or a layout/box spec.
+                Outside it the latents follow the noised source at every step; the decoded result is pasted on
+                the source so that pixels beyond a feathered edge are the source's exactly. Characters without a
+                mask of their own act in the region.
         """
         characters = list(characters or [])
         self.check_generation_inputs(prompt, characters, height, width, num_inference_steps, guidance_scale,
                                      true_cfg_scale, num_images_per_prompt, max_sequence_length, output_type)
+        edit = self._edit_inputs(image, strength, mask_image, width, height) if image is not None else None
+        if edit is None and mask_image is not None:
+            raise GenerationInputError("mask_image needs a source image to inpaint (image=...)")
+        if edit is not None and edit.region is not None:
+            characters = edit.route(characters)
         resolved: ResolvedPrompt = resolve_prompt(prompt, characters)
-        notes = list(resolved.notes)
+        notes = list(resolved.notes) + (edit.notes if edit is not None else [])
         self._guidance_scale = guidance_scale
         self._current_timestep = None
         self._interrupt = False
         device = self._execution_device
         batch = num_images_per_prompt
 
-        embeds, pooled, text_ids = self.cached_prompt_embeds(resolved.text, device, max_sequence_length)
+        embeds, pooled, text_ids = self.cached_prompt_embeds(resolved.text, device, max_sequence_length, notes)
         prompt_embeds, pooled_prompt_embeds = embeds.repeat(batch, 1, 1), pooled.repeat(batch, 1)
         do_true_cfg = true_cfg_scale > 1 and negative_prompt is not None
         if do_true_cfg:
@@ -309,6 +403,13 @@ class InstantCharacterPipeline(FluxPipeline):
                              self.scheduler.config.get("base_shift", 0.5), self.scheduler.config.get("max_shift", 1.15))
         timesteps, num_inference_steps = retrieve_timesteps(self.scheduler, num_inference_steps, device,
                                                             sigmas=sigmas, mu=mu)
+        begin = 0
+        if edit is not None:
+            # the noise prepare_latents drew is the img2img noise: the source is noised with it to the first step
+            timesteps, begin = self._edit_timesteps(timesteps, num_inference_steps, edit.strength)
+            num_inference_steps = len(timesteps)
+            edit.prepare(self, latents, height, width, timesteps)
+            latents = edit.start
         self._num_timesteps = len(timesteps)
         guidance = None
         if self.transformer.config.guidance_embeds:
@@ -325,7 +426,7 @@ class InstantCharacterPipeline(FluxPipeline):
             step_tokens = self._character_tokens(characters, timesteps, latents.dtype, device, batch,
                                                  [m is not None for m in text_masks])
 
-        self.scheduler.set_begin_index(0)
+        self.scheduler.set_begin_index(begin)
         with self.progress_bar(total=num_inference_steps) as progress_bar:
             for i, t in enumerate(timesteps):
                 if self.interrupt:
@@ -347,6 +448,8 @@ class InstantCharacterPipeline(FluxPipeline):
                                                    negative_conditions)
                     noise_pred = neg_noise_pred + true_cfg_scale * (noise_pred - neg_noise_pred)
                 latents = self.scheduler.step(noise_pred, t, latents, return_dict=False)[0]
+                if edit is not None:
+                    latents = edit.blend(self, latents, i, timesteps)
                 if callback_on_step_end is not None:
                     out = callback_on_step_end(self, i, t, {"latents": latents}) or {}
                     latents = out.pop("latents", latents)
@@ -360,15 +463,54 @@ class InstantCharacterPipeline(FluxPipeline):
             latents = (latents / self.vae.config.scaling_factor) + self.vae.config.shift_factor
             image = self.vae.decode(latents.to(self.vae.dtype), return_dict=False)[0]
             image = self.image_processor.postprocess(image, output_type=output_type)
+            if edit is not None and edit.region is not None:
+                image = edit.paste(image, output_type)
         self.maybe_free_model_hooks()
         if not return_dict:
             return (image,)
         return InstantCharacterPipelineOutput(images=image, prompt=resolved.text, notes=notes)
 
+    # ------------------------------------------------------------------ editing
+    def _edit_inputs(self, image, strength, mask_image, width, height) -> "ImageEdit":
+        """The checked source, strength and region of an edit (:class:`GenerationInputError` naming the bad one)."""
+        from core.conditioning.edit import EditError, check_region, check_strength, fit_source, load_region, load_source
+
+        if self.transformer.config.in_channels != 4 * self.vae.config.latent_channels:
+            raise GenerationInputError(
+                f"this base model takes {self.transformer.config.in_channels} input channels (FLUX.1 Fill?): "
+                "editing with characters needs FLUX.1-dev; load it and use a mask to inpaint")
+        try:
+            strength = check_strength(strength)
+            source = load_source(image)
+            region = None
+            notes: list[str] = []
+            if mask_image is not None:
+                region, notes = load_region(mask_image, source.size)
+                check_region(region, width, height)
+        except EditError as exc:
+            raise GenerationInputError(str(exc)) from None
+        source, fit_notes = fit_source(source, width, height)
+        return ImageEdit(source, strength, region, notes + fit_notes)
+
+    def _edit_timesteps(self, timesteps, num_inference_steps: int, strength: float):
+        """The last ``ceil(strength * steps)`` timesteps (diffusers' img2img ``get_timesteps``) and the
+        scheduler index they begin at."""
+        init = min(num_inference_steps * strength, num_inference_steps)
+        start = int(max(num_inference_steps - init, 0)) * self.scheduler.order
+        return timesteps[start:], start
+
     def _predict(self, latents, timestep, guidance, pooled, embeds, text_ids, image_ids, conditions=None):
         kwargs = None
         if conditions:
             kwargs = {"character_conditions": conditions, "text_seq_len": embeds.shape[1]}
-        return self.transformer(hidden_states=latents, timestep=timestep / 1000, guidance=guidance,
-                                pooled_projections=pooled, encoder_hidden_states=embeds, txt_ids=text_ids,
-                                img_ids=image_ids, joint_attention_kwargs=kwargs, return_dict=False)[0]
+        step_cache = contextlib.nullcontext()
+        if getattr(self.transformer, "_speed_step_cache", None) is not None:  # core.loading.speed.set_step_cache
+            # a step cache keeps one state per context: the step's second call (same timestep tensor) is the
+            # negative prompt's
+            context = "uncond" if timestep is getattr(self, "_last_predict_timestep", None) else "cond"
+            self._last_predict_timestep = timestep
+            step_cache = self.transformer.cache_context(context)
+        with step_cache:
+            return self.transformer(hidden_states=latents, timestep=timestep / 1000, guidance=guidance,
+                                    pooled_projections=pooled, encoder_hidden_states=embeds, txt_ids=text_ids,
+                                    img_ids=image_ids, joint_attention_kwargs=kwargs, return_dict=False)[0]
