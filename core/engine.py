@@ -55,12 +55,18 @@ class Engine:
         dtype: a torch dtype or its name; default: the preset's on a GPU, float32 on the CPU.
         zero_gpu: on ZeroGPU the preset is always ``full``.
         progress_bars: show diffusers' and the hub's progress bars (the command line does).
+        speed: a :class:`core.loading.speed.SpeedOptions` or a speed mode name (``off``, ``full``, ``fast``),
+            applied once after loading (:func:`core.loading.speed.apply_speed`); default off.
     """
 
     def __init__(self, models: str = "default", preset="auto", *, sources: ModelSources | None = None,
                  device=None, dtype=None, zero_gpu: bool = False, progress_bars: bool = False, width: int = 1024,
-                 height: int = 1024):
+                 height: int = 1024, speed=None):
+        from core.loading.speed import SpeedOptions
+
         self.spec = str(models or "default")
+        self.speed = speed if isinstance(speed, SpeedOptions) else SpeedOptions.mode(speed)
+        self._compiled_shapes: set = set()
         self._sources = sources
         self.preset_name = preset
         self._device = device
@@ -149,6 +155,7 @@ class Engine:
                 report(0.1, f"Loading the models (preset {preset.name})")
                 self._pipe, self.steps = load_pipeline(self.sources, preset, self.device, self.dtype,
                                                        text_adapter=text_adapter, progress=self.progress_bars)
+                self.steps += self._apply_speed(self._pipe, report)
                 self._text_adapter = str(text_adapter) if text_adapter else None
                 log.info("models loaded: %s; preset %s (%s): %s", self.sources, preset.name, self.preset_reason,
                          "; ".join(self.steps))
@@ -177,6 +184,31 @@ class Engine:
             pipe.unload_text_adapter()
         self._text_adapter = str(path) if path else None
 
+    # ------------------------------------------------------------------ speed
+    def _apply_speed(self, pipe, report: Report) -> list[str]:
+        from core.loading.speed import apply_speed
+
+        if self.speed.off:
+            return []
+        report(0.9, f"Applying speed mode {self.speed.name}")
+        return apply_speed(pipe, self.speed, self.device)
+
+    def _prepare_speed(self, pipe, request: GenerationRequest, report: Report) -> None:
+        """Per request: the draft step cache on or off, and a message the first time a compiled shape runs."""
+        from core.loading.speed import is_compiled, set_step_cache
+
+        changed = set_step_cache(pipe, bool(getattr(request, "draft", False)), self.speed.draft_threshold)
+        if changed:
+            log.info("%s", changed)
+        if is_compiled(pipe) and not getattr(request, "draft", False):
+            shape = (request.width, request.height, len(request.characters), request.negative is not None)
+            if shape not in self._compiled_shapes:
+                self._compiled_shapes.add(shape)
+                message = (f"Compiling the transformer for {request.width}x{request.height} (first use in this "
+                           "process; about a minute on a GPU, later requests reuse it)")
+                log.info("%s", message)
+                report(0.0, message)
+
     # ------------------------------------------------------------------ generation
     def generate(self, request: GenerationRequest, *, report: Report | None = None,
                  cancel: threading.Event | None = None, pipeline_options: dict | None = None) -> EngineResult:
@@ -199,6 +231,7 @@ class Engine:
                              text_adapter=request.text_adapter)
             self._use_text_adapter(pipe, request.text_adapter)
             self.loras.apply(pipe, request.loras)
+            self._prepare_speed(pipe, request, report)
             provenance = self.provenance()
             for k in range(count):
                 seed = request.image_seed(k)

@@ -47,6 +47,9 @@ class CharacterCondition:
     def __post_init__(self):
         if not isinstance(self.tokens, torch.Tensor):
             raise TypeError(f"a character condition needs its image tokens, got {type(self.tokens).__name__}")
+        # the scale as a 0-dim tensor: a compiled block reads it as an input, not as a constant to recompile for
+        # (multiplying by it rounds exactly as multiplying by the Python float does)
+        self.scale_tensor = torch.tensor(float(self.scale), dtype=torch.float32)
 
 
 class RMSNorm(nn.Module):
@@ -93,7 +96,7 @@ class CharacterAttnProcessor(nn.Module):
             key = self.norm_ip_k(self.to_k_ip(tokens).unflatten(-1, (-1, attn.head_dim)))
             value = self.to_v_ip(tokens).unflatten(-1, (-1, attn.head_dim))
             out = dispatch_attention_fn(query, key, value, backend=self._attention_backend)
-            out = out.flatten(2, 3).to(raw_query.dtype) * cond.scale
+            out = out.flatten(2, 3).to(raw_query.dtype) * cond.scale_tensor
             if cond.mask is not None:
                 out = out * cond.mask[..., None].to(out.dtype)
             total = out if total is None else total + out

@@ -1,0 +1,162 @@
+"""Speed options on the tiny models (CPU, float32): fused QKV exact, compiled within 1e-5 with no recompiles
+across prompts, seeds, character images and scales, the draft step cache's transformer work, fallbacks' lines."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from PIL import Image
+
+from core.conditioning.character import Character
+from core.engine import Engine
+from core.loading.speed import (SPEED_MODES, SpeedOptionError, SpeedOptions, apply_speed, check_attention_backend,
+                                set_step_cache)
+from core.request import GenerationRequest
+
+SIDE = 64  # a 4x4 token grid on the tiny models
+
+
+@pytest.fixture
+def one_thread():
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
+def _character(colour, name="a", scale=0.9, mask=None):
+    return Character(Image.new("RGB", (64, 64), colour), name=name, scale=scale, mask=mask)
+
+
+def _request(characters, prompt="[a] in a park", seed=1, steps=2, **kwargs):
+    return GenerationRequest(prompt, characters=characters, steps=steps, width=SIDE, height=SIDE, seed=seed,
+                             max_sequence_length=32, **kwargs)
+
+
+def _latents(engine, request):
+    return engine.generate(request, pipeline_options={"output_type": "latent"}).images[0]
+
+
+# ------------------------------------------------------------------------------------------------- options
+def test_every_option_is_off_by_default(tiny_models):
+    assert Engine("tiny").speed == SpeedOptions() and SpeedOptions().off
+    assert GenerationRequest("x").draft is False
+    assert SpeedOptions.mode(None) == SPEED_MODES["off"]
+    assert SpeedOptions.mode("full").compile and not SpeedOptions.mode("full").fp8
+    assert SpeedOptions.mode("fast").fp8 and SpeedOptions.mode("fast").name == "fast"
+    assert apply_speed(object(), SpeedOptions()) == []  # nothing touched
+
+
+def test_unknown_mode_and_backend_are_one_line_errors():
+    with pytest.raises(SpeedOptionError, match=r"speed mode 'turbo': use one of off, full, fast"):
+        SpeedOptions.mode("turbo")
+    with pytest.raises(SpeedOptionError, match=r"attention backend 'flash9' is unknown: use one of auto, "):
+        check_attention_backend("flash9")
+    assert check_attention_backend("NATIVE") == "native"
+
+
+def test_fallbacks_say_why_in_one_line(tiny_models, one_thread):
+    engine = Engine("tiny", preset="full", speed=SpeedOptions(fp8=True, attention_backend="auto"))
+    engine.load()
+    if torch.cuda.is_available():
+        pytest.skip("the fallback lines are the CPU's")
+    assert "fp8: off (needs a CUDA GPU of compute capability 8.9 or newer; the device is cpu)" in engine.steps
+    assert "attention: PyTorch's default attention (no CUDA: the device is cpu)" in engine.steps
+    engine = Engine("tiny", preset="full", speed=SpeedOptions(attention_backend="_flash_3"))
+    engine.load()
+    line = engine.steps[-1]
+    assert line.startswith("attention: PyTorch's default (backend _flash_3 unavailable: ") and "\n" not in line
+
+
+# ------------------------------------------------------------------------------------------------- fused QKV
+def test_fused_qkv_is_exact(tiny_models, one_thread):
+    two = [_character((200, 30, 30), "a", 0.9, (0, 0, 0.5, 1)), _character((20, 30, 230), "b", 0.6, (0.5, 0, 1, 1))]
+    eager = Engine("tiny", preset="full")
+    fused = Engine("tiny", preset="full", speed=SpeedOptions(fused_qkv=True))
+    for request in (_request([_character((200, 30, 30))]), _request(two, "[a] and [b]"), _request([], "a park")):
+        assert torch.equal(_latents(fused, request), _latents(eager, request))
+    assert "fused QKV projections (to_qkv, to_added_qkv)" in fused.steps
+    assert all(m.fused_projections for m in fused.pipe.transformer.modules() if hasattr(m, "fused_projections"))
+
+
+# ------------------------------------------------------------------------------------------------- compile
+@pytest.mark.slow
+def test_compiled_matches_eager_without_recompiles(tiny_models, one_thread):
+    from torch._dynamo.utils import counters
+
+    torch._dynamo.reset()
+    counters.clear()
+    eager = Engine("tiny", preset="full")
+    compiled = Engine("tiny", preset="full", speed="full")
+    messages = []
+
+    def generate_both(request):
+        out = compiled.generate(request, report=lambda f, m: messages.append(m),
+                                pipeline_options={"output_type": "latent"}).images[0]
+        ref = _latents(eager, request)
+        assert (out - ref).abs().max().item() < 1e-5
+        return counters["stats"]["unique_graphs"]
+
+    one = generate_both(_request([_character((200, 30, 30))]))
+    assert one == 2  # one graph for the double-stream blocks, one for the single-stream ones
+    assert any(m.startswith("Compiling the transformer for 64x64") for m in messages)
+    # a new prompt, seed, character image and scale: no recompile
+    assert generate_both(_request([_character((20, 230, 30), scale=0.5)], "[a] on a bike", seed=7)) == one
+    assert sum(m.startswith("Compiling") for m in messages) == 1
+
+    masked = [_character((200, 30, 30), "a", 0.8, (0, 0, 0.5, 1)), _character((20, 30, 230), "b", 0.6, (0.5, 0, 1, 1))]
+    two = generate_both(_request(masked, "[a] and [b]"))
+    assert two == one + 2  # two masked characters: once
+    other = [_character((90, 90, 9), "a", 1.1, (0, 0, 1, 0.5)), _character((9, 90, 90), "b", 0.3, (0, 0.5, 1, 1))]
+    assert generate_both(_request(other, "[b] then [a] in town", seed=3)) == two
+
+
+# ------------------------------------------------------------------------------------------------- draft
+class _TailCounter:
+    """Counts the transformer work past the first block: calls of the last single-stream block's MLP."""
+
+    def __init__(self, transformer):
+        self.calls = 0
+        transformer.single_transformer_blocks[-1].proj_mlp.register_forward_hook(self._count)
+
+    def _count(self, *args):
+        self.calls += 1
+
+
+def test_draft_step_cache_skips_the_expected_blocks_and_is_off_unless_asked(tiny_models, one_thread):
+    # a threshold no change reaches: every step after the first reuses the cached tail (the exact expected count)
+    engine = Engine("tiny", preset="full", speed=SpeedOptions(draft_threshold=1e9))
+    tail = _TailCounter(engine.pipe.transformer)
+    steps = 4
+    plain = _latents(engine, _request([_character((200, 30, 30))], steps=steps))
+    assert tail.calls == steps  # no draft asked: every step runs every block
+
+    tail.calls = 0
+    drafted = _latents(engine, _request([_character((200, 30, 30))], steps=steps, draft=True))
+    assert tail.calls == 1 and not torch.equal(drafted, plain)
+
+    tail.calls = 0  # with true CFG the negative prompt's calls keep their own cache
+    _latents(engine, _request([_character((200, 30, 30))], steps=steps, draft=True, negative_prompt="blurry",
+                              true_cfg_scale=2.0))
+    assert tail.calls == 2
+
+    tail.calls = 0  # draft off again: the cache hooks are gone and the image is the exact one
+    assert torch.equal(_latents(engine, _request([_character((200, 30, 30))], steps=steps)), plain)
+    assert tail.calls == steps and getattr(engine.pipe.transformer, "_speed_step_cache") is None
+
+
+def test_draft_at_a_zero_threshold_is_the_full_computation(tiny_models, one_thread):
+    engine = Engine("tiny", preset="full", speed=SpeedOptions(draft_threshold=0.0))
+    request = _request([_character((200, 30, 30))], steps=3)
+    plain = _latents(engine, request)
+    assert set_step_cache(engine.pipe, True, 0.0) == "draft: First Block Cache at threshold 0"
+    assert torch.equal(_latents(engine, _request([_character((200, 30, 30))], steps=3, draft=True)), plain)
+
+
+def test_draft_travels_in_the_record():
+    request = _request([], "a park", draft=True)
+    record = request.to_record(0)
+    assert record.models["draft"] is True
+    assert GenerationRequest.from_record(record).draft is True
+    assert "draft" not in _request([], "a park").to_record(0).models
+    assert GenerationRequest.from_record(_request([], "a park").to_record(0)).draft is False
