@@ -195,11 +195,12 @@ class Engine:
 
     def _prepare_speed(self, pipe, request: GenerationRequest, report: Report) -> None:
         """Per request: the draft step cache on or off, and a message the first time a compiled shape runs."""
-        from core.loading.speed import is_compiled, set_step_cache
+        from core.loading.speed import is_compiled, set_fused_for_loras, set_step_cache
 
-        changed = set_step_cache(pipe, bool(getattr(request, "draft", False)), self.speed.draft_threshold)
-        if changed:
-            log.info("%s", changed)
+        for changed in (set_fused_for_loras(pipe, self.speed, bool(request.loras)),
+                        set_step_cache(pipe, bool(getattr(request, "draft", False)), self.speed.draft_threshold)):
+            if changed:
+                log.info("%s", changed)
         if is_compiled(pipe) and not getattr(request, "draft", False):
             shape = (request.width, request.height, len(request.characters), request.negative is not None)
             if shape not in self._compiled_shapes:

@@ -213,6 +213,23 @@ def _compile(transformer) -> str:
     return "compiled the repeated transformer blocks (fullgraph; once per process and image size, on first use)"
 
 
+def set_fused_for_loras(pipe, options: SpeedOptions, has_loras: bool) -> str | None:
+    """Keeps fused QKV only while no style LoRA is on: a LoRA wraps ``to_q`` / ``to_k`` / ``to_v``, which a fused
+    layer no longer calls. Unfuses when LoRAs come, fuses again when they go; returns a line when it changed."""
+    if not options.fused_qkv or _is_quantized(pipe.transformer):
+        return None
+    attention = [m for m in pipe.transformer.modules() if getattr(m, "_supports_qkv_fusion", False)
+                 and hasattr(m, "to_q")]
+    fused = any(m.fused_projections for m in attention)
+    if has_loras and fused:
+        pipe.transformer.unfuse_qkv_projections()
+        return "fused QKV: off while style LoRAs are on (they change to_q, to_k, to_v)"
+    if not has_loras and not fused:
+        pipe.transformer.fuse_qkv_projections()
+        return "fused QKV projections again (no style LoRA)"
+    return None
+
+
 def is_compiled(pipe) -> bool:
     return bool(getattr(pipe.transformer, "_speed_compiled", False))
 

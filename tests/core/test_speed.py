@@ -160,3 +160,28 @@ def test_draft_travels_in_the_record():
     assert GenerationRequest.from_record(record).draft is True
     assert "draft" not in _request([], "a park").to_record(0).models
     assert GenerationRequest.from_record(_request([], "a park").to_record(0)).draft is False
+
+
+def test_fused_qkv_steps_aside_for_style_loras(tiny_models, tmp_path, one_thread):
+    pytest.importorskip("peft", reason="style LoRAs need peft")
+    from diffusers import FluxPipeline, FluxTransformer2DModel
+    from peft import LoraConfig
+    from peft.utils import get_peft_model_state_dict
+
+    from core.loading.loras import StyleLora
+
+    transformer = FluxTransformer2DModel.from_pretrained(tiny_models / "flux" / "transformer")
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        transformer.add_adapter(LoraConfig(r=4, lora_alpha=4, init_lora_weights=False,
+                                           target_modules=["to_q", "to_k", "to_v"]))
+    FluxPipeline.save_lora_weights(tmp_path, transformer_lora_layers=get_peft_model_state_dict(transformer),
+                                   weight_name="style.safetensors")
+    lora = [StyleLora(str(tmp_path / "style.safetensors"), 1.0)]
+    eager = Engine("tiny", preset="full")
+    fused = Engine("tiny", preset="full", speed=SpeedOptions(fused_qkv=True))
+    with_lora = _request([_character((200, 30, 30))], loras=lora)
+    plain = _request([_character((200, 30, 30))])
+    assert torch.equal(_latents(fused, with_lora), _latents(eager, with_lora))  # the LoRA acts on the fused engine
+    assert torch.equal(_latents(fused, plain), _latents(eager, plain))
+    assert all(m.fused_projections for m in fused.pipe.transformer.modules() if hasattr(m, "to_qkv"))
