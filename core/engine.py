@@ -30,6 +30,11 @@ log = logging.getLogger(__name__)
 Report = Callable[[float, str], None]  # (fraction done, message)
 
 
+class _Cancelled(Exception):
+    """Raised by the step callback when the caller's cancel event is set: it leaves the denoising loop at once, so
+    the rest of the steps and the VAE decode of an image nobody wants are skipped (the engine catches it)."""
+
+
 @dataclass
 class EngineResult:
     """What one request produced: an image per finished run with its seed and PNG record, notes for the user,
@@ -216,7 +221,8 @@ class Engine:
         """Makes ``request.images`` images of ``request`` (its seed fixed first).
 
         ``report(fraction, message)`` hears about loading and every denoising step; setting ``cancel`` stops at
-        the next step (the images finished before are kept). ``pipeline_options`` are passed to the pipeline as
+        the next step: that image's remaining steps and its VAE decode are skipped (the images finished before are
+        kept). ``pipeline_options`` are passed to the pipeline as
         they are (``output_type``, a ``callback_on_step_end`` of the caller's own is not supported).
         """
         import torch
@@ -238,15 +244,22 @@ class Engine:
                 seed = request.image_seed(k)
 
                 def on_step(pipe, i, t, tensors, k=k):
-                    report((k * steps + i + 1) / (count * steps), f"Image {k + 1}/{count}: step {i + 1}/{steps}")
                     if cancel is not None and cancel.is_set():
-                        pipe._interrupt = True
+                        raise _Cancelled
+                    report((k * steps + i + 1) / (count * steps), f"Image {k + 1}/{count}: step {i + 1}/{steps}")
                     return {}
 
-                with out_of_memory_advice(self.preset, width=request.width, height=request.height):
-                    output = pipe(**request.pipeline_kwargs(), generator=torch.Generator("cpu").manual_seed(seed),
-                                  callback_on_step_end=on_step, **(pipeline_options or {}))
                 if cancel is not None and cancel.is_set():
+                    result.cancelled = True
+                    break
+                try:
+                    with out_of_memory_advice(self.preset, width=request.width, height=request.height):
+                        output = pipe(**request.pipeline_kwargs(), generator=torch.Generator("cpu").manual_seed(seed),
+                                      callback_on_step_end=on_step, **(pipeline_options or {}))
+                except _Cancelled:
+                    pipe._current_timestep = None
+                    if hasattr(pipe, "maybe_free_model_hooks"):  # offloading presets: models back as after a run
+                        pipe.maybe_free_model_hooks()
                     result.cancelled = True
                     break
                 result.notes += [n for n in output.notes if n not in result.notes]

@@ -10,11 +10,13 @@ from core.limits import (MAX_GUIDANCE, MAX_IMAGES_PER_RUN, MAX_NAME_CHARS, MAX_P
 from ..components import CharacterImage
 from ..context import MAX_STUDIO_CHARACTERS, StudioContext
 from ..errors import shown_to_user
+from ..running import cancel_button
 from core.loading.loras import MAX_LORAS, MAX_WEIGHT
 from ..mask_canvas import COLOURS, LAYER_NAMES, LAYOUTS, blank_canvas, preview_size
 from . import generate_events as ev
 
 GPU = dict(concurrency_limit=1, concurrency_id="gpu")  # one GPU job at a time across all tabs
+THUMBNAIL_HEIGHT = 300  # as tall as the name, scale and library controls beside it: no dead space under the picture
 
 
 def _character_rows(ctx: StudioContext, defaults: dict) -> SimpleNamespace:
@@ -22,10 +24,12 @@ def _character_rows(ctx: StudioContext, defaults: dict) -> SimpleNamespace:
                            up=[])
     for i in range(MAX_STUDIO_CHARACTERS):
         with gr.Group(visible=i == 0) as group:
-            with gr.Row(equal_height=False):
-                image = CharacterImage(label=f"Character {i + 1} ({LAYER_NAMES[i].split('(')[1]}", type="filepath",
-                                       image_mode=None, format="png", sources=["upload", "clipboard"], height=180,
-                                       elem_id=f"character-image-{i + 1}")
+            # the label above the picture, not over it (a floating label hides the top of a small thumbnail)
+            gr.Markdown(f"**Character {i + 1}** ({LAYER_NAMES[i].split('(')[1]} layer", padding=True)
+            with gr.Row(equal_height=True):
+                image = CharacterImage(label=f"Character {i + 1}", show_label=False, type="filepath",
+                                       image_mode=None, format="png", sources=["upload", "clipboard"],
+                                       height=THUMBNAIL_HEIGHT, elem_id=f"character-image-{i + 1}")
                 with gr.Column(min_width=220):
                     name = gr.Textbox(label="Name (prompt tag)", placeholder="e.g. Mia", max_lines=1,
                                       max_length=MAX_NAME_CHARS, elem_id=f"character-name-{i + 1}")
@@ -73,7 +77,8 @@ def build(ctx: StudioContext) -> SimpleNamespace:
             ui.prompt = gr.Textbox(label="Prompt", lines=3, elem_id="prompt", max_length=MAX_PROMPT_CHARS,
                                    placeholder="[Mia] reading in a sunny café, watercolour")
             with gr.Row():
-                ui.tags = [gr.Button(f"[Character {i + 1}]", size="sm", min_width=80)
+                # one tag button per character row on the page (the others appear with "Add character")
+                ui.tags = [gr.Button(f"[Character {i + 1}]", size="sm", min_width=80, visible=i == 0)
                            for i in range(MAX_STUDIO_CHARACTERS)]
             with gr.Row():
                 ui.generate = gr.Button("Generate", variant="primary", elem_id="generate")
@@ -82,11 +87,12 @@ def build(ctx: StudioContext) -> SimpleNamespace:
                                     elem_id="gallery")
             ui.notes = gr.Markdown()
             with gr.Accordion("Settings", open=True):
-                ui.negative_prompt = gr.Textbox(label="Negative prompt (used when true CFG > 1)", lines=1,
+                ui.negative_prompt = gr.Textbox(label="Negative prompt (used when True CFG is above 1: each step "
+                                                      "then takes twice as long)", lines=1,
                                                 max_length=MAX_PROMPT_CHARS)
                 with gr.Row():
                     ui.true_cfg_scale = gr.Slider(1.0, MAX_TRUE_CFG, value=defaults["true_cfg_scale"], step=0.5,
-                                                  label="True CFG scale (1 = off, 2x slower above)")
+                                                  label="True CFG")
                     ui.guidance = gr.Slider(0.0, MAX_GUIDANCE, value=defaults["guidance"], step=0.1, label="Guidance")
                     ui.steps = gr.Slider(1, MAX_STEPS, value=defaults["steps"], step=1, label="Steps")
                 with gr.Row():
@@ -141,6 +147,8 @@ def _wire(ctx: StudioContext, ui, events: ev.GenerateEvents) -> None:
     slot_values = _slot_components(ui)
     reorder_outputs = slot_values + rows.groups + [ui.count, ui.canvas]
     ui.add.click(ev.add_slot, ui.count, rows.groups + [ui.count], api_visibility="private")
+    # the tag buttons follow the rows shown (add, remove, recall all change the count)
+    ui.count.change(ev.tag_visibility, ui.count, ui.tags, api_visibility="private")
     for i in range(MAX_STUDIO_CHARACTERS):
         remove, move_up = ev.slot_handlers(i)
         head = [ui.count, ui.canvas, ui.width, ui.height]
@@ -167,12 +175,19 @@ def _wire(ctx: StudioContext, ui, events: ev.GenerateEvents) -> None:
                          api_visibility="private").then(ev.follow_size, [ui.canvas, ui.width, ui.height], ui.canvas,
                                                         api_visibility="private")
     for box in (ui.width, ui.height):
+        # a typed size names its preset, or "Custom" (typing fires ``input``; a preset's own values do not)
+        box.input(ev.size_label, [ui.width, ui.height], ui.size_preset, api_visibility="private")
         for trigger in (box.blur, box.submit):
             trigger(ev.follow_size, [ui.canvas, ui.width, ui.height], ui.canvas, api_visibility="private")
-    run = ui.generate.click(events.generate, generate_inputs(ui) + [ui.session_paths, ui.mask_specs],
-                            [ui.gallery, ui.session_paths, ui.notes, ui.seed], api_name="generate", **GPU)
-    # Cancel drops a run still waiting in the queue (``cancels``) and stops a running one after its current step
-    ui.cancel.click(events.cancel, None, None, queue=False, api_name="cancel", cancels=[run])
+    # the progress overlay once, over the gallery (not over the notes and the Seed field too)
+    run = ui.generate.click(events.queued, None, None, queue=False, api_visibility="private").then(
+        events.generate, generate_inputs(ui) + [ui.session_paths, ui.mask_specs],
+        [ui.gallery, ui.session_paths, ui.notes, ui.seed], api_name="generate", show_progress_on=[ui.gallery], **GPU)
+    # Cancel stops a running job at its next denoising step (the run returns, the queue is free at once) and
+    # drops one still waiting in the queue; the button reads "Cancelling..." until this session's job is over
+    ui.cancel.click(events.cancel, None, ui.cancel, queue=False, api_name="cancel").then(
+        events.wait_until_stopped, None, ui.cancel, queue=False, api_visibility="private")
+    run.then(cancel_button, None, ui.cancel, queue=False, api_visibility="private")
     ui.generate_event = run
     ui.gallery.select(_selected_path, ui.session_paths, ui.recall_file, api_visibility="private")
     ui.recall.click(events.recall_with_masks, ui.recall_file, recall_outputs(ui) + [ui.mask_specs],

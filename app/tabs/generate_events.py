@@ -19,6 +19,7 @@ from ..context import MAX_STUDIO_CHARACTERS, StudioContext, uploads_dir
 from ..errors import StudioInputError, shown_to_user
 from ..generation import CharacterSlot, GenerationSettings, check_settings, generate
 from core.loading.loras import MAX_LORAS, StyleLora, parse_rows
+from ..running import SessionRuns, cancel_button, cancelling_button, session_of
 from ..mask_canvas import (blank_canvas, canvas_from_masks, layout_canvas, layout_specs, permute_canvas,
                            resize_canvas)
 from ..spaces import estimate_duration, gpu_function
@@ -91,6 +92,7 @@ class GenerateEvents:
         self._zero_gpu_run = gpu_function(
             lambda slots, canvas, settings, specs=None: generate(ctx, slots, canvas, settings, mask_specs=specs),
             duration=lambda slots, canvas, settings, specs=None: _gpu_duration(slots, canvas, settings))
+        self.runs = SessionRuns(ctx.jobs)
         self.generate = shown_to_user(self._generate)
         self.cancel = shown_to_user(self._cancel)
         self.recall = shown_to_user(self._recall)
@@ -109,13 +111,16 @@ class GenerateEvents:
         if self.ctx.zero_gpu:
             result = self._zero_gpu_run(slots, canvas, settings, specs)
         else:
-            session = getattr(request, "session_hash", None) or "local"
-            cancel = self.ctx.jobs.start(session)
+            session = session_of(request)
+            cancel = self.runs.start(session)
+            if cancel is None:
+                self.runs.finish(session, None)
+                return session_paths, session_paths, "- Cancelled before it started.", settings.seed
             try:
                 result = generate(self.ctx, slots, canvas, settings, mask_specs=specs,
                                   report=lambda fraction, message: progress(fraction, desc=message), cancel=cancel)
             finally:
-                self.ctx.jobs.finish(session, cancel)
+                self.runs.finish(session, cancel)
         notes = list(result.notes)
         if result.paths:
             where = self.ctx.settings.output_dir
@@ -124,13 +129,18 @@ class GenerateEvents:
         seed = result.seeds[0] if result.seeds else settings.seed
         return paths, paths, "\n".join(f"- {n}" for n in notes), seed
 
+    def queued(self, request: gr.Request):
+        """The Generate click, before the queue: a Cancel from now on drops the run if it is still waiting."""
+        self.runs.queued(session_of(request))
+
     def _cancel(self, request: gr.Request):
-        session = getattr(request, "session_hash", None) or "local"
-        # a run still waiting in the queue is dropped by the page (the Cancel button's ``cancels``)
-        if self.ctx.jobs.cancel(session):
-            gr.Info("Cancelling after the current step")
-        else:
-            gr.Info("Nothing was running in this tab; a run still waiting in the queue is cancelled")
+        """The Cancel button: "Cancelling..." while this session's run stops (at its next step)."""
+        return cancelling_button(self.runs.cancel(session_of(request)))
+
+    def wait_until_stopped(self, request: gr.Request):
+        """After Cancel: returns (the button back to "Cancel") once this session's run is over."""
+        self.runs.wait(session_of(request))
+        return cancel_button()
 
     # ------------------------------------------------------------------ recall
     def _recall(self, source):
@@ -287,6 +297,20 @@ def insert_tag(prompt, name, index):
         raise StudioInputError(f"give Character {index} a name first: the prompt refers to it as [Name]")
     prompt = prompt or ""
     return f"{prompt.rstrip()} [{name}]".lstrip()
+
+
+def tag_visibility(count) -> list:
+    """The tag buttons of the character rows shown (``count`` of them)."""
+    count = int(count or 1)
+    return [gr.update(visible=i < count) for i in range(MAX_STUDIO_CHARACTERS)]
+
+
+def size_label(width, height):
+    """The Size dropdown's entry for a typed width and height: their preset, or "Custom"."""
+    try:
+        return size_preset_for(int(width), int(height))
+    except (TypeError, ValueError):
+        return "Custom"
 
 
 def tag_label(name, index) -> dict:

@@ -74,3 +74,29 @@ def token_indices(tokenizer, text: str, char_spans: list[tuple[int, int]], max_l
         if end > start and any(start < s_end and end > s_start for s_start, s_end in char_spans):
             found.append(i)
     return found
+
+
+CLIP_CUT_NOTE = ("the prompt is longer than CLIP's {limit} tokens: CLIP reads its start (the panel or prompt "
+                 "first, then as much of the style as fits), T5 reads the whole text")
+
+
+def clip_text(tokenizer, text: str) -> tuple[str, bool]:
+    """``(text CLIP sees, whether it was cut)``: the longest whole-word start of ``text`` that fits the CLIP
+    tokenizer's ``model_max_length`` (its start and end tokens included), so CLIP never truncates mid-word and
+    warns; T5 gets the whole text separately."""
+    limit = int(getattr(tokenizer, "model_max_length", 77) or 77)
+
+    def fits(candidate: str) -> bool:
+        return len(tokenizer(candidate, truncation=False)["input_ids"]) <= limit
+
+    if fits(text):
+        return text, False
+    words = text.split(" ")
+    low, high = 0, len(words)  # words[:low] fits, words[:high + 1] does not
+    while low < high:
+        mid = (low + high + 1) // 2
+        if fits(" ".join(words[:mid])):
+            low = mid
+        else:
+            high = mid - 1
+    return " ".join(words[:low]).rstrip(" ,;"), True
