@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import sys
 import os
 import re
 from pathlib import Path
 
-from .arguments import DTYPE_CHOICES, PRESET_CHOICES
+from .arguments import DTYPE_CHOICES, PRESET_CHOICES, add_speed_arguments, speed_options
 
 # light at import time: `instantcharacter-studio --help` must not load torch; the heavy modules load in `run`
 _CHARACTER = re.compile(r"^(?:(?P<name>[^=\[\]]+)=)?(?P<path>.+?)(?::(?P<scale>[0-9]*\.?[0-9]+))?$")
@@ -43,6 +44,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--preset", default="auto", choices=PRESET_CHOICES,
                         help="memory preset (default: auto picks from the detected GPU and RAM)")
     parser.add_argument("--out", required=True, help="output PNG path")
+    edit = parser.add_argument_group("editing an image (image-to-image and inpainting)")
+    edit.add_argument("--image", default=None, metavar="PATH",
+                      help="start from this image instead of noise; the output size defaults to its own "
+                           "(rounded to multiples of 16); saved beside the output as source-<digest>.png")
+    edit.add_argument("--strength", type=float, default=None,
+                      help="with --image: how much to change, 0 (keep it) to 1 (ignore it); default 0.6")
+    edit.add_argument("--inpaint-mask", default=None, metavar="PATH",
+                      help="with --image: redo only the white (or opaque) part of this mask image; characters "
+                           "without --mask act there; pixels beyond a small feathered edge stay the source's")
+    add_speed_arguments(parser)
 
 
 def parse_characters(specs: list[str], masks: list[str], default_scale: float, characters=None) -> list:
@@ -137,7 +148,34 @@ def build_request(args: argparse.Namespace):
         base.characters = parse_characters([], args.mask, args.scale, characters=base.characters)
     if args.lora:
         base.loras = parse_loras(args.lora)
+    if getattr(args, "draft", False):
+        base.draft = True
+    for note in _apply_edit(args, base):
+        print(f"note: {note}")
     return base.check()
+
+
+def _apply_edit(args: argparse.Namespace, request) -> list[str]:
+    """Puts ``--image``, ``--strength`` and ``--inpaint-mask`` on ``request``; returns notes for the user."""
+    from core.conditioning.edit import check_strength, load_region, load_source, output_size
+    from core.errors import UsageError
+
+    image, strength, mask = getattr(args, "image", None), getattr(args, "strength", None), getattr(
+        args, "inpaint_mask", None)
+    if image is None and request.source_image is None and (strength is not None or mask is not None):
+        raise UsageError(f"{'--strength' if strength is not None else '--inpaint-mask'} needs --image PATH "
+                         "(the image to edit)")
+    notes = []
+    if image is not None:
+        request.source_image = load_source(image, f"--image {image}")
+        request.inpaint_region = None
+        if args.width is None and args.height is None:
+            request.width, request.height = output_size(request.source_image)
+    if strength is not None:
+        request.strength = check_strength(strength, "--strength")
+    if mask is not None:
+        request.inpaint_region, notes = load_region(mask, request.source_image.size, f"--inpaint-mask {mask}")
+    return notes
 
 
 def run(args: argparse.Namespace) -> int:
@@ -153,12 +191,15 @@ def run(args: argparse.Namespace) -> int:
     check_text(args.negative_prompt, "--negative-prompt", MAX_PROMPT_CHARS)
     request = build_request(args).with_seed()
     engine = Engine(args.models, preset=args.preset, dtype=args.dtype, progress_bars=True,
-                    width=request.width, height=request.height)
+                    width=request.width, height=request.height, speed=speed_options(args))
     print(f"memory preset: {engine.preset.name} ({engine.preset_reason})")
-    result = engine.generate(request)
+    result = engine.generate(request, cancel=getattr(args, "cancel", None))  # Ctrl-C: stop at the next step
+    if result.cancelled:
+        print("stopped: nothing was saved", file=sys.stderr)
+        return 130
     for note in result.notes:
         print(f"note: {note}")
-    path = save_png(result.images[0], args.out, result.records[0])
+    path = save_png(result.images[0], args.out, result.records[0], source=request.source_image)
     print(f"saved {path} (seed {result.seeds[0]})")
     return 0
 

@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from app.arguments import DTYPE_CHOICES, PRESET_CHOICES
+from app.arguments import DTYPE_CHOICES, PRESET_CHOICES, add_speed_arguments, speed_options
 from app.command import run_handler
 from core.limits import MAX_DPI, MAX_OUTPUT_PIXELS, MAX_PANELS, MAX_SIDE, MAX_STEPS, MIN_DPI, MIN_SIDE, LimitError
 
@@ -113,6 +113,33 @@ def add_story_arguments(parser: argparse.ArgumentParser) -> None:
     render.add_argument("--dpi", type=_dpi, default=None,
                         help=f"override the story's page resolution ({MIN_DPI} to {MAX_DPI})")
     render.add_argument("--no-export", action="store_true", help="render panels only; no pages, PDF or ZIP")
+    add_speed_arguments(render, draft=False)
+
+    edit = commands.add_parser(
+        "edit", help="edit a rendered panel (image-to-image or inpainting), recorded in the manifest",
+        description="Redo a rendered panel from its current image: all of it at --strength, or only a region "
+                    "(--inpaint-mask or --region). The edit is recorded in the render folder's manifest: "
+                    "`story render --resume` keeps it and a full `story render` makes it again.")
+    edit.add_argument("story", help="the story file (.story text or .json)")
+    edit.add_argument("--out", required=True, help="the render folder the panel was rendered into")
+    edit.add_argument("--panel", type=lambda t: _whole(t, 1, MAX_PANELS), required=True,
+                      help="the panel to edit (1-based)")
+    edit.add_argument("--strength", type=float, default=0.6, help="0 (keep it) to 1 (ignore it); default 0.6")
+    where = edit.add_mutually_exclusive_group()
+    where.add_argument("--inpaint-mask", default=None, metavar="PATH",
+                       help="redo only the white part of this mask image (the panel's characters act there)")
+    where.add_argument("--region", default=None, metavar="SPEC",
+                       help="redo only this region: left, right, top, bottom, grid:RxC:N or box:x0,y0,x1,y1")
+    edit.add_argument("--seed", type=lambda t: _whole(t, 0, 2**32 - 1), default=None,
+                      help="the edit's seed (default: the panel's)")
+    edit.add_argument("--undo", action="store_true", help="drop the panel's edit and render it from its settings")
+    for flag, kwargs in (("--models", dict(default="default", help="default, tiny or a models folder")),
+                         ("--preset", dict(default="auto", choices=PRESET_CHOICES, help="memory preset")),
+                         ("--dtype", dict(choices=DTYPE_CHOICES, default=None, help="weights dtype"))):
+        edit.add_argument(flag, **kwargs)
+    edit.add_argument("--size", type=_size, default=None, metavar="WxH", help="as given to story render")
+    edit.add_argument("--steps", type=_steps, default=None, help="as given to story render")
+    edit.add_argument("--no-export", action="store_true", help="edit the panel only; no pages, PDF or ZIP")
 
     check = commands.add_parser("check", help="parse a story and list its panels, or every problem with its line")
     check.add_argument("story", help="the story file (.story text or .json)")
@@ -126,7 +153,8 @@ def story_main(args: argparse.Namespace) -> int:
     """Runs ``args.story_command``; a story with problems prints them (one line each) and returns 2."""
     from core.story.format import StoryError
 
-    handler = {"render": run_render, "check": run_check, "to-json": run_to_json}[args.story_command]
+    handler = {"render": run_render, "check": run_check, "to-json": run_to_json,
+               "edit": run_edit}[args.story_command]
     try:
         return handler(args)
     except StoryError as exc:
@@ -231,7 +259,7 @@ def process_state() -> Any:
 
 
 def load_engine(models: str, preset_name: str, dtype_name: str | None, device, width: int = 1024,
-                height: int = 1024, state: Any = None):
+                height: int = 1024, state: Any = None, speed=None):
     """The engine (``core.engine.Engine``), loaded once for a whole story; it records how it was loaded (models,
     dtype, preset) in each panel's PNG. With several processes rank 0 resolves the model sources first (building
     the tiny bundle or filling the hub cache), then the others."""
@@ -244,7 +272,7 @@ def load_engine(models: str, preset_name: str, dtype_name: str | None, device, w
     with first:
         sources = ModelSources.parse(models)
     engine = Engine(models, preset=preset_name, sources=sources, device=device, dtype=dtype_name, width=width,
-                    height=height)
+                    height=height, speed=speed)
     engine.load()
     return engine
 
@@ -305,9 +333,20 @@ def run_render(args: argparse.Namespace) -> int:
         if rank == 0:
             print(f"loading the models ({args.models}) for {len(todo)} of {len(story.panels)} panels"
                   + (f" on {world} processes" if world > 1 else ""), flush=True)
-        engine = load_engine(args.models, args.preset, args.dtype, state.device, story.width, story.height, state)
+        engine = load_engine(args.models, args.preset, args.dtype, state.device, story.width, story.height, state,
+                             speed=speed_options(args))
+    cancel = getattr(args, "cancel", None)  # set by Ctrl-C (app.command.run_handler)
+    if cancel is not None and cancel.is_set():
+        return 130
     result = render_story(story, engine, out, resume=args.resume, state=state, only=only,
-                          progress=_progress_printer(story, rank, world))
+                          progress=_progress_printer(story, rank, world), cancel=cancel)
+    if result.cancelled:
+        done = len(result.manifest.done()) if rank == 0 else len(result.rendered)
+        print(f"{'[rank %d] ' % rank if world > 1 else ''}stopped: {done} of {len(story.panels)} panels done are "
+              f"kept in {out}; run the same command with --resume to continue", flush=True)
+        return 130
+    for note in result.notes if rank == 0 else ():
+        print(f"note: {note}")
     if rank != 0:
         return 0
     manifest = result.manifest
@@ -328,6 +367,58 @@ def run_render(args: argparse.Namespace) -> int:
                   f"{', '.join(str(i + 1) for i in exported.missing_panels)} not rendered: placeholders on the pages; "
                   "run again with --resume")
     return 1 if failed else 0
+
+
+def run_edit(args: argparse.Namespace) -> int:
+    """``story edit``: records the edit of one rendered panel in the manifest, then renders that panel as it."""
+    from core.conditioning.edit import check_region, check_strength, load_region, load_source
+    from core.story.edit import edited_hash, record_edit
+    from core.story.export import export_story
+    from core.story.format import StoryError, load_story, panel_settings_hash
+    from core.story.manifest import file_inside, is_panel_done, load_manifest, save_manifest
+    from core.story.render import render_story
+
+    story = with_overrides(load_story(args.story), args.size, args.steps)
+    if args.panel > len(story.panels):
+        raise StoryError(f"--panel {args.panel}: the story has {len(story.panels)} panels")
+    index, out = args.panel - 1, Path(args.out)
+    panel, manifest = story.panels[index], load_manifest(out)
+    base = panel_settings_hash(story, panel)
+    if args.undo:
+        if manifest.edits.pop(index, None) is None:
+            raise StoryError(f"panel {args.panel} has no edit to undo")
+    else:
+        check_strength(args.strength, "--strength")
+        record = manifest.panels.get(index)
+        if not is_panel_done(record, edited_hash(base, manifest.edits.get(index)), out):
+            raise StoryError(f"panel {args.panel} is not rendered in {out} with these settings: run `story render "
+                             f"{args.story} --out {out} --resume` first")
+        source = load_source(file_inside(out, record.file), f"panel {args.panel}")
+        spec = args.inpaint_mask or args.region
+        region = None
+        if spec is not None:
+            region, notes = load_region(spec, source.size, f"--inpaint-mask {spec}" if args.inpaint_mask else
+                                        f"--region {spec}")
+            check_region(region, *source.size)
+            for note in notes:
+                print(f"note: {note}")
+        manifest.edits[index] = record_edit(out, index, source, args.strength, region, args.seed, base)
+    save_manifest(manifest, out)
+    state = process_state()
+    engine = load_engine(args.models, args.preset, args.dtype, state.device, story.width, story.height, state)
+    result = render_story(story, engine, out, only=[index], state=state)
+    for note in result.notes:
+        print(f"note: {note}")
+    if index in result.failed:
+        print(f"panel {args.panel} failed: {result.failed[index]}")
+        return 1
+    what = "edit undone" if args.undo else f"edited at strength {args.strength:g}" + (" (inpainted)" if
+                                                                                     region is not None else "")
+    print(f"panel {args.panel} {what}: {out / result.manifest.panels[index].file}")
+    if not args.no_export:
+        exported = export_story(story, out, result.manifest)
+        print(f"pages: {len(exported.pages)} in {out / 'pages'}")
+    return 0
 
 
 # --------------------------------------------------------------------------------------------------- entry point

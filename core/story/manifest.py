@@ -72,19 +72,24 @@ class RenderManifest:
 
     story: dict[str, Any] = field(default_factory=dict)
     panels: dict[int, PanelRecord] = field(default_factory=dict)
+    edits: dict[int, dict] = field(default_factory=dict)  # panel edits (core.story.edit), kept by every render
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        data = {
             "format": "instantcharacter-story-manifest",
             "version": 1,
             "story": self.story,
             "panels": [asdict(self.panels[i]) for i in sorted(self.panels)],
         }
+        if self.edits:
+            data["edits"] = {str(i): self.edits[i] for i in sorted(self.edits)}
+        return data
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> RenderManifest:
         records = {int(r["index"]): PanelRecord(**r) for r in data.get("panels", [])}
-        return cls(story=data.get("story", {}), panels=records)
+        edits = {int(k): dict(v) for k, v in (data.get("edits") or {}).items() if isinstance(v, dict)}
+        return cls(story=data.get("story", {}), panels=records, edits=edits)
 
     def record(self, record: PanelRecord) -> None:
         self.panels[record.index] = record
@@ -199,10 +204,13 @@ def is_panel_done(record: PanelRecord | None, settings_hash: str, out_dir: str |
 def panels_to_render(story: Story, manifest: RenderManifest, out_dir: str | os.PathLike,
                      options: dict[str, Any] | None = None) -> list[int]:
     """Indices of the panels that still need rendering: never rendered, failed, changed, or file missing."""
+    from core.story.edit import edited_hash
     from core.story.format import panel_settings_hash
 
     return [
         panel.index
         for panel in story.panels
-        if not is_panel_done(manifest.panels.get(panel.index), panel_settings_hash(story, panel, options), out_dir)
+        if not is_panel_done(manifest.panels.get(panel.index),
+                             edited_hash(panel_settings_hash(story, panel, options), manifest.edits.get(panel.index)),
+                             out_dir)
     ]

@@ -75,6 +75,12 @@ class RenderResult:
     failed: dict[int, str] = field(default_factory=dict)
     skipped: list[int] = field(default_factory=list)
     manifest: RenderManifest = field(default_factory=RenderManifest)
+    notes: list[str] = field(default_factory=list)  # the engine's notes, each once for the whole story
+    cancelled: bool = False  # stopped by ``cancel``: the panels done before are kept, resume continues
+
+
+class RenderCancelled(Exception):
+    """The engine stopped a panel because the render's ``cancel`` event was set (nothing of it was written)."""
 
 
 class _SingleProcess:
@@ -137,17 +143,20 @@ class CharacterLibrary:
         return characters
 
 
-def panel_request(story: Story, panel: Panel, characters: list[Any], options: dict[str, Any] | None = None):
+def panel_request(story: Story, panel: Panel, characters: list[Any], options: dict[str, Any] | None = None,
+                  edit: Any = None):
     """The `core.request.GenerationRequest` of a panel: its engine prompt, characters and seed, the story's
     settings, and the `options` that are request fields (``max_sequence_length``...)."""
     from core.request import GenerationRequest
 
+    width, height = story.panel_size(panel)
     request = GenerationRequest(
         prompt=story.engine_prompt(panel), characters=list(characters), negative_prompt=story.negative or None,
-        true_cfg_scale=story.true_cfg, steps=story.steps, guidance=story.guidance, width=story.width,
-        height=story.height, seed=panel.seed)
+        true_cfg_scale=story.true_cfg, steps=story.steps, guidance=story.guidance, width=width,
+        height=height, seed=panel.seed)
     fields = {_REQUEST_OPTIONS[k]: v for k, v in (options or {}).items() if k in _REQUEST_OPTIONS}
-    return replace(request, **fields) if fields else request
+    request = replace(request, **fields) if fields else request
+    return edit.apply(request) if edit is not None else request  # a core.story.edit.PanelEdit
 
 
 def panel_pnginfo(story: Story, panel: Panel, settings_hash: str, record: Any = None) -> PngImagePlugin.PngInfo:
@@ -168,12 +177,22 @@ def panel_pnginfo(story: Story, panel: Panel, settings_hash: str, record: Any = 
 
 
 def render_panel(story: Story, panel: Panel, engine: Any, characters: list[Any],
-                 options: dict[str, Any] | None = None) -> tuple[Image.Image, Any]:
+                 options: dict[str, Any] | None = None, *, report=None, cancel=None,
+                 notes: list[str] | None = None, edit: Any = None) -> tuple[Image.Image, Any]:
     """Asks the engine for one panel: ``(image, record)``, the record being the engine's `GenerationRecord` of the
-    panel's request (settings, characters, and the models, dtype and preset it was made with)."""
+    panel's request (settings, characters, and the models, dtype and preset it was made with).
+
+    ``report(fraction, message)`` hears each denoising step; a set ``cancel`` event stops the engine at its next
+    step and raises `RenderCancelled`; the engine's notes are added to ``notes`` when given."""
     pipeline_options = {"output_type": "pil",
                         **{k: v for k, v in (options or {}).items() if k not in _REQUEST_OPTIONS}}
-    result = engine.generate(panel_request(story, panel, characters, options), pipeline_options=pipeline_options)
+    control = {k: v for k, v in (("report", report), ("cancel", cancel)) if v is not None}
+    result = engine.generate(panel_request(story, panel, characters, options, edit), pipeline_options=pipeline_options,
+                             **control)
+    if getattr(result, "cancelled", False):
+        raise RenderCancelled
+    if notes is not None:
+        notes += [n for n in result.notes if n not in notes]
     if not result.images:
         raise RuntimeError("the engine returned no image" + (f" ({'; '.join(result.notes)})" if result.notes else ""))
     image = result.images[0]
@@ -203,6 +222,8 @@ def render_story(
     state: Any = None,
     options: dict[str, Any] | None = None,
     only: Iterable[int] | None = None,
+    cancel: Any = None,
+    step_progress: Callable[[int, float, str], None] | None = None,
 ) -> RenderResult:
     """Render the panels of `story` into `out_dir` and record them in its manifest.
 
@@ -220,6 +241,9 @@ def render_story(
             story's values in the request; the others go to the pipeline as they are.
         only: render exactly these panel indices, done or not, keeping the other records (e.g. to regenerate
             one panel after `Story.with_panel_seed`).
+        cancel: a ``threading.Event``: once set, the panel being drawn stops at its next denoising step (nothing of
+            it is written) and the render returns with ``cancelled``; a resumed render continues from there.
+        step_progress: ``fn(panel index, fraction of the panel done, message)`` after every denoising step.
 
     A panel that raises (out of memory, a bad mask...) is recorded as failed with its error and the others go on.
     """
@@ -229,7 +253,7 @@ def render_story(
     out_dir.mkdir(parents=True, exist_ok=True)
 
     keep_records = resume or only is not None
-    manifest = load_manifest(out_dir) if keep_records else RenderManifest()
+    manifest = load_manifest(out_dir) if keep_records else RenderManifest(edits=load_manifest(out_dir).edits)
     manifest.story = story.to_dict(relative_to=out_dir)
     if only is not None:
         todo = sorted({int(i) for i in only if 0 <= int(i) < len(story.panels)})
@@ -261,12 +285,33 @@ def render_story(
     for completed, index in enumerate(mine):
         panel = story.panels[index]
         settings_hash = panel_settings_hash(story, panel, options)
+        edit = None
+        if manifest.edits.get(index):  # an edited panel (core.story.edit): rendered as that edit again
+            from core.story.edit import edited_hash, panel_edit
+
+            try:
+                edit = panel_edit(manifest.edits, index, settings_hash, out_dir)
+            except Exception as exc:  # noqa: BLE001 - a missing or changed source fails this panel only
+                edit = exc
+            if edit is None:
+                result.notes.append(f"panel {panel.number} changed since it was edited: its edit is not applied")
+            settings_hash = edited_hash(settings_hash, manifest.edits[index])
         if progress:
             progress(PanelProgress(index, "rendering", completed, len(mine)))
+        if cancel is not None and cancel.is_set():
+            result.cancelled = True
+            break
+        step = None if step_progress is None else (lambda f, m, index=index: step_progress(index, f, m))
         try:
-            image, metadata = render_panel(story, panel, engine, library.for_panel(panel), options)
+            if isinstance(edit, Exception):
+                raise edit
+            image, metadata = render_panel(story, panel, engine, library.for_panel(panel), options, report=step,
+                                           cancel=cancel, notes=result.notes, edit=edit)
             file = panel_filename(index)
             write_png_atomic(image, out_dir / file, pnginfo=panel_pnginfo(story, panel, settings_hash, metadata))
+        except RenderCancelled:
+            result.cancelled = True
+            break
         except Exception as exc:  # noqa: BLE001 - any engine failure marks this panel, the story goes on
             error = f"{type(exc).__name__}: {exc}"
             record(PanelRecord(index, settings_hash, panel.seed, FAILED, error=error))
