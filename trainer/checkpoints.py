@@ -185,7 +185,7 @@ def export_adapter(output: str | Path, model, metadata: dict | None = None, rele
     info = {"format": "instantcharacter", "metadata": meta}
     for name, part in model.parts.items():
         groups = {g: {k: v.detach().float().cpu() for k, v in sd.items()} for g, sd in part.export_groups().items()}
-        if name == "image_adapter":
+        if name in ("image_adapter", "image_adapter_lora"):  # LoRA exports merged: an ordinary adapter
             path = output.with_suffix(".safetensors")
             save_adapter(path, groups["image_proj"], groups["ip_adapter"], meta)
             config = infer_config(groups["image_proj"], groups["ip_adapter"], str(path))

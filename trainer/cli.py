@@ -3,6 +3,7 @@
     train CONFIG [--resume] [--max-steps N]    run a training job (also under torchrun / accelerate launch)
     train validate DATASET [--kind paired]     list every bad row of a dataset
     train init-config OUT [--preset 24gb]      write a starting config for a card size
+    train plan CONFIG | --preset NAME          GPU and RAM peak per stage, and the card each fits
     train export CHECKPOINT_DIR OUT [--bin]    export the adapter of a checkpoint
     train pairs OUT --models tiny ...          build a multi-character paired dataset (paper 3.3)
     train stop|save-now OUTPUT_DIR             ask a running job to stop / save a checkpoint now
@@ -18,7 +19,7 @@ from pathlib import Path
 
 from core.loading.library_notes import filter_library_notes
 
-COMMANDS = ("validate", "init-config", "export", "pairs", "stop", "save-now")
+COMMANDS = ("validate", "init-config", "plan", "export", "pairs", "stop", "save-now")
 
 
 def _train_parser() -> argparse.ArgumentParser:
@@ -29,6 +30,8 @@ def _train_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in output_dir")
     p.add_argument("--max-steps", type=int, default=None,
                    help="stop (with a checkpoint) after this many optimizer steps in this call")
+    p.add_argument("--vram", type=float, default=None,
+                   help="plan for a card of this many GiB (default: the detected CUDA card; none on the CPU)")
     p.add_argument("--debug", action="store_true", help="show full tracebacks")
     return p
 
@@ -43,7 +46,14 @@ def _command_parser() -> argparse.ArgumentParser:
     v.add_argument("--no-decode", action="store_true", help="check files exist without decoding images")
     i = sub.add_parser("init-config", help="write a starting config")
     i.add_argument("out")
-    i.add_argument("--preset", default="24gb", help="24gb, 48gb or 80gb")
+    i.add_argument("--preset", default="24gb", help="24gb, 48gb, 80gb or multi-gpu (see train plan --preset)")
+    pl = sub.add_parser("plan", help="GPU and RAM peak of each stage, from the component configs (no weights)")
+    pl.add_argument("config", nargs="?", default=None, help="training config (TOML)")
+    pl.add_argument("--preset", default=None, help="plan a preset instead of a config")
+    pl.add_argument("--processes", type=int, default=None,
+                    help="processes (GPUs) to plan for (default: the preset's, else 1)")
+    pl.add_argument("--vram", type=float, default=None, help="also check against a card of this many GiB")
+    pl.add_argument("--cpu", action="store_true", help="plan what the trainer does on the CPU (no bitsandbytes)")
     i.add_argument("--output-dir", default="runs/instantcharacter")
     i.add_argument("--unpaired", default="data/unpaired")
     i.add_argument("--paired", default="data/paired.jsonl")
@@ -83,6 +93,32 @@ def _init_config(args) -> int:
     config = preset_config(args.preset, args.output_dir, args.unpaired, args.paired)
     config.save(args.out)
     print(f"wrote {args.out} ({args.preset} preset, {config.total_steps} steps in {len(config.stages)} stages)")
+    return 0
+
+
+def _plan(args) -> int:
+    from .config import TRAIN_PRESETS, ConfigError, load_config, preset_config
+    from .plan import GiB, fits, plan_training
+
+    if (args.config is None) == (args.preset is None):
+        raise ConfigError(["give a CONFIG or --preset NAME (not both)"], "train plan")
+    if args.preset is not None:
+        config = preset_config(args.preset)
+        processes = args.processes or TRAIN_PRESETS[args.preset].get("processes", 1)
+        title = f"preset {args.preset}: {TRAIN_PRESETS[args.preset]['description']}"
+    else:
+        processes = args.processes or 1
+        config = load_config(args.config, processes)
+        title = str(args.config)
+    if processes < 1:
+        raise ConfigError([f"--processes: {processes}: must be at least 1"], "train plan")
+    plan = plan_training(config, processes, cuda=not args.cpu)
+    print(title)
+    print(plan.table())
+    if args.vram is not None:
+        ok = all(fits(s.gpu_peak_bytes, args.vram) for s in plan.stages)
+        print(f"{'fits' if ok else 'does NOT fit'} a {args.vram:g} GiB card (peak {plan.gpu_peak_bytes / GiB:.1f} GiB)")
+        return 0 if ok else 1
     return 0
 
 
@@ -142,7 +178,7 @@ def _train(args) -> int:
     # the first PartialState fixes the process group for the run: on the CPU it must ask for gloo explicitly
     processes = PartialState(cpu=not torch.cuda.is_available()).num_processes
     config = load_config(args.config, processes)
-    result = Trainer(config, resume=args.resume).run(args.max_steps)
+    result = Trainer(config, resume=args.resume, vram_gib=args.vram).run(args.max_steps)
     if result.state and PartialState().is_main_process:
         what = "stopped" if result.stopped else "finished"
         print(f"{what} at step {result.state.global_step}; " + (
@@ -156,8 +192,8 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] in COMMANDS:
         args = _command_parser().parse_args(argv)
-        handler = {"validate": _validate, "init-config": _init_config, "export": _export, "pairs": _pairs,
-                   "stop": _control, "save-now": _control}[args.command]
+        handler = {"validate": _validate, "init-config": _init_config, "plan": _plan, "export": _export,
+                   "pairs": _pairs, "stop": _control, "save-now": _control}[args.command]
     else:
         args = _train_parser().parse_args(argv)
         handler = _train

@@ -67,8 +67,10 @@ STAGE_DATA = ("unpaired", "paired", "both")
 TIMESTEP_SAMPLING = ("logit_normal", "uniform", "mode")
 LOSS_WEIGHTING = ("none", "sigma_sqrt", "cosmap")
 INIT = ("checkpoint", "fresh")
-KNOWN_TRAINABLE = ("image_adapter", "text_adapter")
+KNOWN_TRAINABLE = ("image_adapter", "image_adapter_lora", "text_adapter")
 SEGMENTERS = ("none", "threshold")
+BASE_QUANTIZATIONS = ("", "quanto-int8", "quanto-fp8", "bnb-nf4", "bnb-int8")
+DISTRIBUTED = ("ddp", "fsdp")
 
 
 class ConfigError(UserError, ValueError):
@@ -91,6 +93,9 @@ class ModelsConfig:
     adapter: str | None = None
     init: str = "checkpoint"  # "checkpoint" (the adapter above) or "fresh" (random init with `seed`)
     text_adapter: str | None = None  # a text adapter file to start from; fresh (zero output) when not set
+    # the frozen FLUX transformer as held in training: "" (the compute dtype), "quanto-int8", "quanto-fp8" (any
+    # device), "bnb-nf4", "bnb-int8" (bitsandbytes, CUDA only)
+    base_quantization: str = ""
 
 
 @dataclass
@@ -151,6 +156,10 @@ class RunConfig:
     checkpoint_every: int = 500
     keep_checkpoints: int = 3
     log_every: int = 1
+    # "ddp": every process holds the trainable weights, gradients and optimizer state whole (accelerate's default);
+    # "fsdp": they are sharded over the processes (torch FSDP2 ``fully_shard``; checkpoints through
+    # torch.distributed.checkpoint)
+    distributed: str = "ddp"
 
 
 @dataclass
@@ -177,6 +186,15 @@ class TextAdapterSizes:
     depth: int = 4
     num_queries: int = 16
     token_dim: int = 768  # width of the character's F_T tokens
+
+
+@dataclass
+class LoraConfig:
+    """LoRA on the image adapter (``trainable = ["image_adapter_lora"]``): rank and alpha of every update."""
+
+    rank: int = 64
+    alpha: float = 0.0  # 0: alpha = rank (scale 1)
+    targets: str = "attention"  # "attention": the character attention K/V; "all": the projector too
 
 
 @dataclass
@@ -221,6 +239,7 @@ class TrainConfig:
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
     validation: ValidationConfig = field(default_factory=ValidationConfig)
     text_adapter: TextAdapterSizes = field(default_factory=TextAdapterSizes)
+    lora: LoraConfig = field(default_factory=LoraConfig)
     export: ExportConfig = field(default_factory=ExportConfig)
     base_dir: str = field(default=".", repr=False)  # folder of the config file; not written to TOML
 
@@ -242,7 +261,8 @@ class TrainConfig:
 
     def part_options(self) -> dict[str, dict]:
         """Keyword arguments of the trainable parts' factories (see :func:`trainer.objective.register_trainable`)."""
-        return {"text_adapter": dataclasses.asdict(self.text_adapter)}
+        return {"text_adapter": dataclasses.asdict(self.text_adapter),
+                "image_adapter_lora": dataclasses.asdict(self.lora)}
 
     def micro_batch(self, stage: StageConfig, num_processes: int) -> int:
         """Images per process per forward pass for ``stage``."""
@@ -260,9 +280,19 @@ class TrainConfig:
         need(bool(str(self.output_dir).strip()), "output_dir", "must not be empty")
         need(isinstance(self.seed, int) and self.seed >= 0, "seed", f"must be a non-negative integer, got {self.seed!r}")
         need(bool(self.trainable), "trainable", "name at least one module to train")
+        need(not {"image_adapter", "image_adapter_lora"} <= set(self.trainable), "trainable",
+             "image_adapter and image_adapter_lora train the same adapter: choose one")
+        need(isinstance(self.lora.rank, int) and self.lora.rank >= 1, "lora.rank",
+             f"{self.lora.rank!r}: must be at least 1")
+        need(self.lora.targets in ("attention", "all"), "lora.targets",
+             f"{self.lora.targets!r}: use 'attention' (character K/V) or 'all' (K/V and projector)")
         for name in self.trainable:
             need(name in KNOWN_TRAINABLE, "trainable", f"unknown module {name!r} (known: {', '.join(KNOWN_TRAINABLE)})")
         need(self.models.init in INIT, "models.init", f"{self.models.init!r}: use one of {', '.join(INIT)}")
+        need(self.models.base_quantization in BASE_QUANTIZATIONS, "models.base_quantization",
+             f"{self.models.base_quantization!r}: use one of {', '.join(repr(q) for q in BASE_QUANTIZATIONS)}")
+        need(self.run.distributed in DISTRIBUTED, "run.distributed",
+             f"{self.run.distributed!r}: use one of {', '.join(DISTRIBUTED)}")
         need(bool(self.stages), "stages", "add at least one [[stages]] table")
         need(1 <= self.data.max_sequence_length <= 512, "data.max_sequence_length", "must be 1 to 512")
         used = set()
@@ -360,7 +390,7 @@ class TrainConfig:
 
 _SECTIONS = {"models": ModelsConfig, "data": DataConfig, "objective": ObjectiveConfig, "optimizer": OptimizerConfig,
              "run": RunConfig, "sampling": SamplingConfig, "validation": ValidationConfig,
-             "text_adapter": TextAdapterSizes, "export": ExportConfig}
+             "text_adapter": TextAdapterSizes, "lora": LoraConfig, "export": ExportConfig}
 
 
 def _drop_none(value):
@@ -477,27 +507,47 @@ def paper_stages(scale: float = 1.0) -> list[StageConfig]:
     ]
 
 
-# Per-card memory presets for full-size FLUX.1-dev (12B) with the 0.9B image adapter trained in fp32 master weights.
-# Batch sizes are global for one card; with N cards multiply them (or add accumulation) to keep the paper's batch.
+# Per-card presets, each sized by ``trainer.plan`` on the full-size models (``instantcharacter-studio train plan
+# --preset NAME``; README's training section has the table). Parameter counts: the released image adapter has
+# 2.79 B parameters (projector 1.36 B, character attention K/V 1.43 B); the text adapter at its default sizes 0.31 B.
+# ``batch_sizes`` are global batches (micro batch x processes x accumulation).
+_CACHED = {"cache_latents": True, "cache_text_embeddings": True, "cache_character_features": True}
 TRAIN_PRESETS: dict[str, dict] = {
-    "24gb": {"run": {"mixed_precision": "bf16", "gradient_checkpointing": True, "gradient_accumulation_steps": 4},
-             "optimizer": {"use_8bit_adam": True},
-             "data": {"cache_latents": True, "cache_text_embeddings": True},
-             "batch_sizes": (4, 4, 4)},
-    "48gb": {"run": {"mixed_precision": "bf16", "gradient_checkpointing": True, "gradient_accumulation_steps": 2},
-             "optimizer": {"use_8bit_adam": True},
-             "data": {"cache_latents": True, "cache_text_embeddings": True},
-             "batch_sizes": (8, 8, 4)},
-    "80gb": {"run": {"mixed_precision": "bf16", "gradient_checkpointing": True, "gradient_accumulation_steps": 1},
-             "optimizer": {"use_8bit_adam": False},
-             "data": {"cache_latents": False, "cache_text_embeddings": True},
-             "batch_sizes": (8, 8, 4)},
+    "24gb": {"description": "one 24 GB card: LoRA rank 64 on the image adapter's character attention K/V "
+                            "(0.05 B trained; the full 2.79 B adapter does not fit 24 GB), FLUX frozen in nf4 "
+                            "(bitsandbytes, CUDA), latents, text embeddings and character features cached (no encoder on the "
+                            "GPU), 8-bit AdamW, gradient checkpointing, micro batch 1",
+             "trainable": ["image_adapter_lora"], "learning_rate": 1e-4,
+             "models": {"base_quantization": "bnb-nf4"}, "lora": {"rank": 64, "targets": "attention"},
+             "run": {"mixed_precision": "bf16", "gradient_checkpointing": True, "gradient_accumulation_steps": 4},
+             "optimizer": {"use_8bit_adam": True}, "data": dict(_CACHED), "batch_sizes": (4, 4, 4)},
+    "48gb": {"description": "one 48 GB card: the full image adapter (2.79 B: projector 1.36 B + attention K/V "
+                            "1.43 B), FLUX frozen in nf4 (bitsandbytes, CUDA), encoders cached, 8-bit AdamW, "
+                            "gradient checkpointing, micro batch 1",
+             "trainable": ["image_adapter"], "models": {"base_quantization": "bnb-nf4"},
+             "run": {"mixed_precision": "bf16", "gradient_checkpointing": True, "gradient_accumulation_steps": 4},
+             "optimizer": {"use_8bit_adam": True}, "data": dict(_CACHED), "batch_sizes": (4, 4, 4)},
+    "80gb": {"description": "one 80 GB card: the image adapter and the text adapter (2.79 B + 0.31 B), FLUX frozen "
+                            "in bf16, encoders cached, AdamW with float32 states, gradient checkpointing, micro "
+                            "batch 1 (8 accumulation steps)",
+             "trainable": ["image_adapter", "text_adapter"], "models": {},
+             "run": {"mixed_precision": "bf16", "gradient_checkpointing": True, "gradient_accumulation_steps": 8},
+             "optimizer": {"use_8bit_adam": False}, "data": dict(_CACHED), "batch_sizes": (8, 8, 8)},
+    "multi-gpu": {"description": "8 GPUs of 48 GB or more (FSDP): the image adapter and the text adapter (3.10 B) with "
+                                 "their float32 weights, gradients and AdamW states sharded over the GPUs, FLUX "
+                                 "frozen in bf16 on each, encoders cached, gradient checkpointing, micro batch 2 "
+                                 "at 512 and 1 at 1024; the same file runs on any number of GPUs that divides the "
+                                 "batch",
+                  "trainable": ["image_adapter", "text_adapter"], "models": {}, "processes": 8,
+                  "run": {"mixed_precision": "bf16", "gradient_checkpointing": True,
+                          "gradient_accumulation_steps": 1, "distributed": "fsdp"},
+                  "optimizer": {"use_8bit_adam": False}, "data": dict(_CACHED), "batch_sizes": (16, 16, 8)},
 }
 
 
 def preset_config(name: str, output_dir: str = "runs/instantcharacter", unpaired: str | None = "data/unpaired",
                   paired: str | None = "data/paired.jsonl", steps_scale: float = 0.01) -> TrainConfig:
-    """A starting config for a card size (``24gb``, ``48gb``, ``80gb``) with the paper's stages.
+    """A starting config for a preset (``24gb``, ``48gb``, ``80gb``, ``multi-gpu``) with the paper's stages.
 
     ``steps_scale`` shrinks the paper's step counts (0.01: 2000/500/500), a fine-tune rather than pre-training.
     """
@@ -507,10 +557,14 @@ def preset_config(name: str, output_dir: str = "runs/instantcharacter", unpaired
     stages = paper_stages(steps_scale)
     for stage, batch in zip(stages, preset["batch_sizes"]):
         stage.batch_size = batch
+        stage.learning_rate = preset.get("learning_rate", stage.learning_rate)
         stage.warmup_steps = min(stage.warmup_steps, max(1, stage.steps // 10))
     config = TrainConfig(
         output_dir=output_dir,
         stages=stages,
+        trainable=list(preset["trainable"]),
+        models=dataclasses.replace(ModelsConfig(), **preset["models"]),
+        lora=dataclasses.replace(LoraConfig(), **preset.get("lora", {})),
         data=dataclasses.replace(DataConfig(unpaired=unpaired, paired=paired), **preset["data"]),
         run=dataclasses.replace(RunConfig(), **preset["run"]),
         optimizer=dataclasses.replace(OptimizerConfig(), **preset["optimizer"]),

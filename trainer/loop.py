@@ -10,6 +10,7 @@ the same global batch compute the same update (up to float summation order).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -97,8 +98,25 @@ def _load_pipeline(config: TrainConfig, dtype: torch.dtype, device):
     if source not in ("default", "tiny") and not Path(source).is_absolute():
         source = str(config.resolve(source))
     sources = ModelSources.parse(source).override(base=m.base, siglip=m.siglip, dinov2=m.dinov2, adapter=m.adapter)
-    pipe = InstantCharacterPipeline.from_pretrained(sources, dtype=dtype, progress=False)
+    quant = m.base_quantization
+    kwargs = {}
+    if quant.startswith("bnb-"):
+        import importlib.util
+
+        if not torch.cuda.is_available() or importlib.util.find_spec("bitsandbytes") is None:
+            raise TrainingRefused(f"models.base_quantization = {quant!r} needs bitsandbytes on a CUDA GPU; on this "
+                                  "machine use 'quanto-int8' or 'quanto-fp8'")
+        from diffusers import BitsAndBytesConfig, PipelineQuantizationConfig
+
+        bnb = (BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=dtype)
+               if quant == "bnb-nf4" else BitsAndBytesConfig(load_in_8bit=True))
+        kwargs["quantization_config"] = PipelineQuantizationConfig(quant_mapping={"transformer": bnb})
+    pipe = InstantCharacterPipeline.from_pretrained(sources, dtype=dtype, progress=False, **kwargs)
     pipe.set_progress_bar_config(disable=True)
+    if quant.startswith("quanto-"):  # FLUX's own Linears only: the adapter's processors stay as they are
+        from core.loading.presets import _adapter_patterns, quantize_with_quanto
+
+        quantize_with_quanto(pipe.transformer, quant, exclude=_adapter_patterns(pipe.transformer))
     pipe = pipe.to(device)
     if m.text_adapter:
         path = config.resolve(m.text_adapter)
@@ -116,11 +134,12 @@ def _load_pipeline(config: TrainConfig, dtype: torch.dtype, device):
 class Trainer:
     """One training job. Build it, then :meth:`run`; all processes of a launch run the same code."""
 
-    def __init__(self, config: TrainConfig, resume: bool = False, accelerator=None):
+    def __init__(self, config: TrainConfig, resume: bool = False, accelerator=None, vram_gib: float | None = None):
         from accelerate import Accelerator
 
         self.config = config
         self.resume = resume
+        self.vram_gib = vram_gib  # plan for this card (GiB) instead of the detected one; see trainer.plan
         run = config.run
         self.accelerator = accelerator or Accelerator(
             mixed_precision=run.mixed_precision if torch.cuda.is_available() or run.mixed_precision != "fp16" else "no",
@@ -153,6 +172,7 @@ class Trainer:
         self.checkpoint = latest_checkpoint(self.out) if self.resume else None
         if acc.is_main_process:
             clear_requests(self.out)
+        self._check_plan()
         from accelerate.utils import set_seed
 
         set_seed(config.seed)
@@ -168,8 +188,51 @@ class Trainer:
                                       ("features", config.data.cache_character_features)) if on)
         self.encoder = BatchEncoder(self.pipe, config.objective, config.data.max_sequence_length,
                                     EncodingCache(cache_dir, kinds), config.seed)
+        if kinds:
+            self._fill_cache(kinds)
         self.model = acc.prepare(model)
         self.digest = config_digest(config)
+
+    def _fill_cache(self, kinds: tuple[str, ...]) -> None:
+        """Encodes every row the stages use once, then moves the encoders whose outputs are all cached off the
+        GPU (what ``trainer.plan`` counts): the VAE for ``latents``, CLIP + T5 for ``text``, SigLIP + DINOv2 for
+        ``features``. Sampling and validation move them back while they run."""
+        for index, stage in enumerate(self.config.stages):
+            for kind in ("unpaired", "paired"):
+                if stage.data in (kind, "both"):
+                    for row in self.datasets[kind]:
+                        self.encoder.encode([row], stage.resolution, [(index, 0, 0)])
+        if self.accelerator.device.type == "cpu":
+            return
+        offload = {"latents": ("vae",), "text": ("text_encoder", "text_encoder_2"), "features": ("siglip", "dinov2")}
+        self.offloaded = [n for k in kinds for n in offload[k] if getattr(self.pipe, n, None) is not None]
+        for name in self.offloaded:
+            getattr(self.pipe, name).to("cpu")
+        torch.cuda.empty_cache()
+
+    @contextlib.contextmanager
+    def _encoders_back(self):
+        """The offloaded encoders on the training device while sampling or validation renders."""
+        names = getattr(self, "offloaded", [])
+        for name in names:
+            getattr(self.pipe, name).to(self.accelerator.device)
+        try:
+            yield
+        finally:
+            for name in names:
+                getattr(self.pipe, name).to("cpu")
+            if names:
+                torch.cuda.empty_cache()
+
+    def _check_plan(self) -> None:
+        """Refuses, before any model loads, a job whose memory plan exceeds the card (``trainer.plan``)."""
+        from .plan import PlanRefused, check_fits
+
+        try:
+            check_fits(self.config, self.accelerator.num_processes, self.vram_gib)
+        except PlanRefused as exc:
+            self.events.emit("error", message="the memory plan does not fit the card", details=str(exc))
+            raise TrainingRefused(str(exc)) from None
 
     # ------------------------------------------------------------------ pieces
     def _requests(self) -> tuple[bool, bool]:
@@ -209,7 +272,7 @@ class Trainer:
             character = Character(self._sample_reference())
             paths = []
             self.pipe.clear_caches()
-            with torch.random.fork_rng(), torch.no_grad(), acc.autocast():
+            with self._encoders_back(), torch.random.fork_rng(), torch.no_grad(), acc.autocast():
                 for i, prompt in enumerate(s.prompts):
                     for seed in s.seeds:
                         image = self.pipe(prompt, characters=[character], height=s.resolution, width=s.resolution,
@@ -227,7 +290,8 @@ class Trainer:
         """Held-out CLIP-I / DINO-I / CLIP-T with the current adapter (main process only; see trainer.validation)."""
         acc = self.accelerator
         if acc.is_main_process:
-            fields = self.validator.run(self.model, self.pipe, step, acc.autocast())
+            with self._encoders_back():
+                fields = self.validator.run(self.model, self.pipe, step, acc.autocast())
             self.events.emit("validation", **fields)
         acc.wait_for_everyone()
 
@@ -351,6 +415,7 @@ class Trainer:
         return written
 
 
-def train(config: TrainConfig, resume: bool = False, max_steps: int | None = None) -> TrainResult:
+def train(config: TrainConfig, resume: bool = False, max_steps: int | None = None,
+          vram_gib: float | None = None) -> TrainResult:
     """Runs a training job (see :class:`Trainer`)."""
-    return Trainer(config, resume).run(max_steps)
+    return Trainer(config, resume, vram_gib=vram_gib).run(max_steps)

@@ -222,6 +222,74 @@ def _text_adapter(pipe, fresh: bool, seed: int, dim: int = 768, depth: int = 4, 
     return part
 
 
+class LoraImageAdapterPart(ImageAdapterPart):
+    """LoRA on the image adapter (``image_adapter_lora``): the projector and character attention K/V stay frozen in
+    the weight dtype, and each ``nn.Linear`` of the character attention K/V (``targets = "attention"``) or of the
+    projector too (``"all"``) gets a trainable low-rank update (peft's LoRA layers). With ``"attention"`` the
+    frozen projector keeps no activations for backward (several GiB at full size, see ``train plan``).
+
+    It trains far fewer parameters than the full adapter (see ``train plan``), which is what lets a fine-tune fit a
+    24 GB card. Export merges the updates into the adapter (``W + scale * B @ A``), so the engine loads an ordinary
+    ``adapter.safetensors``.
+    """
+
+    name = "image_adapter_lora"
+
+    def __init__(self, image_proj: nn.Module, ip_adapter: nn.Module, rank: int = 64, alpha: float | None = None,
+                 seed: int = 0, targets: str = "attention"):
+        super().__init__(image_proj, ip_adapter)
+        from peft import LoraConfig, inject_adapter_in_model
+
+        if targets not in ("attention", "all"):
+            raise UsageError(f"lora.targets {targets!r}: use 'attention' (character K/V) or 'all' (+ projector)")
+        within = self.ip_adapter if targets == "attention" else self
+        prefix = "ip_adapter." if targets == "attention" else ""
+        # full module names: peft matches them exactly (a bare "0" would match blocks too)
+        targets = [prefix + n for n, m in within.named_modules() if isinstance(m, nn.Linear)]
+        with torch.random.fork_rng():
+            torch.manual_seed(seed)
+            inject_adapter_in_model(LoraConfig(r=rank, lora_alpha=alpha or rank, target_modules=targets,
+                                               lora_dropout=0.0), self)
+
+    def prepare_for_training(self, dtype: torch.dtype) -> None:
+        """Freezes the adapter in ``dtype``; only the LoRA factors train (float32 master weights)."""
+        for name, p in self.named_parameters():
+            trainable = "lora_" in name
+            p.requires_grad_(trainable)
+            if not trainable:
+                p.data = p.data.to(dtype)
+
+    def export_groups(self) -> dict[str, dict[str, torch.Tensor]]:
+        from peft.tuners.lora import LoraLayer
+
+        deltas = {}
+        for name, module in self.named_modules():
+            if isinstance(module, LoraLayer):
+                deltas[f"{name}.weight"] = module.get_delta_weight("default")
+        out = {}
+        for group in ("image_proj", "ip_adapter"):
+            merged = {}
+            for key, value in getattr(self, group).state_dict().items():
+                if "lora_" in key:
+                    continue
+                full = f"{group}.{key}".replace(".base_layer", "")
+                value = value.float()
+                if full in deltas:
+                    value = value + deltas[full].float()
+                merged[key.replace(".base_layer", "")] = value
+            out[group] = merged
+        return out
+
+
+def _image_adapter_lora(pipe, fresh: bool, seed: int, rank: int = 64, alpha: float = 0.0,
+                        targets: str = "attention") -> LoraImageAdapterPart:
+    """LoRA on the loaded (or, with ``fresh``, a random) image adapter; the factors are seeded with ``seed``."""
+    base = _image_adapter(pipe, fresh, seed)
+    part = LoraImageAdapterPart(base.image_proj, base.ip_adapter, rank, alpha or None, seed, targets)
+    part.install(pipe)
+    return part
+
+
 def _image_adapter(pipe, fresh: bool, seed: int) -> ImageAdapterPart:
     if fresh:
         from core.models.attention import CharacterAttentionLayers
@@ -245,7 +313,7 @@ def _image_adapter(pipe, fresh: bool, seed: int) -> ImageAdapterPart:
 # name -> factory(pipe, fresh: bool, seed: int, **options) -> TrainablePart
 TRAINABLE_PARTS: dict[str, Callable] = {}
 # parts that replace the attention processors are built first: later parts install onto those processors
-INSTALL_FIRST = ("image_adapter",)
+INSTALL_FIRST = ("image_adapter", "image_adapter_lora")
 
 
 def register_trainable(name: str, factory: Callable) -> None:
@@ -258,6 +326,7 @@ def register_trainable(name: str, factory: Callable) -> None:
 
 
 register_trainable("image_adapter", _image_adapter)
+register_trainable("image_adapter_lora", _image_adapter_lora)
 register_trainable("text_adapter", _text_adapter)
 
 
@@ -529,12 +598,15 @@ def build_training_model(pipe, trainable: list[str], objective: ObjectiveConfig,
     built = {name: TRAINABLE_PARTS[name](pipe, fresh, seed, **part_options.get(name, {})) for name in order}
     parts = {name: built[name] for name in trainable}
     frozen = {}  # what the engine would also run: the loaded adapters that do not train
-    if "image_adapter" not in parts and getattr(pipe, "image_proj", None) is not None:
+    if not {"image_adapter", "image_adapter_lora"} & set(parts) and getattr(pipe, "image_proj", None) is not None:
         frozen["image_adapter"] = ImageAdapterPart(pipe.image_proj, pipe.character_layers).requires_grad_(False)
     if "text_adapter" not in parts and getattr(pipe, "text_adapter", None) is not None:
         frozen["text_adapter"] = TextAdapterPart(pipe.text_adapter).requires_grad_(False)
     model = AdapterTrainingModel(parts, pipe.transformer, objective, frozen)
     model.float().requires_grad_(True).train()
+    for part in parts.values():  # parts that train a subset (LoRA) freeze the rest in the weight dtype
+        if hasattr(part, "prepare_for_training"):
+            part.prepare_for_training(pipe.transformer.dtype)
     return model
 
 
