@@ -10,6 +10,7 @@ import gradio as gr
 from core.limits import MAX_CHARACTERS, MAX_PANELS, MAX_STEPS, MAX_STORY_BYTES
 
 from ..context import StudioContext
+from ..running import cancel_button
 from . import story_events as ev
 from .generate import GPU
 
@@ -24,7 +25,7 @@ FORMAT_HELP = (
 )
 
 
-def _editor(ctx: StudioContext, ui: SimpleNamespace) -> None:
+def _editor(ctx: StudioContext, ui: SimpleNamespace, summary: str) -> None:
     examples = ev.example_names()
     with gr.Row():
         ui.example = gr.Dropdown(choices=examples, value=DEFAULT_EXAMPLE if DEFAULT_EXAMPLE in examples else None,
@@ -36,18 +37,24 @@ def _editor(ctx: StudioContext, ui: SimpleNamespace) -> None:
         ui.add_character = gr.Button("Add to story", size="sm", scale=1)
     text, folder = ev.load_example(DEFAULT_EXAMPLE) if DEFAULT_EXAMPLE in examples else ("", str(ev.STORIES_DIR))
     ui.folder = gr.State(folder)
+    # the story's problems (or its summary) just above the text being typed, not across the page
+    ui.summary = gr.Markdown(summary, elem_id="story-summary")
     ui.text = gr.Textbox(value=text, label="Story", lines=24, max_lines=60, max_length=MAX_STORY_BYTES,
                          elem_id="story-text")
-    gr.Markdown(FORMAT_HELP)
+    with gr.Accordion("How to write a story", open=False):
+        gr.Markdown(FORMAT_HELP)
 
 
-def _results(ui: SimpleNamespace, summary: str, rows: list, pages: list) -> None:
-    ui.summary = gr.Markdown(summary, elem_id="story-summary")
+# the prompt column gets the room: whole prompts, wrapped, never cut off
+PANEL_COLUMN_WIDTHS = ["42px", "52px", "17%", "41%", "19%", "96px", "11%"]
+
+
+def _results(ui: SimpleNamespace, rows: list, pages: list) -> None:
     ui.panels = gr.Dataframe(value=rows or None, headers=ev.PANEL_HEADERS, label="Panels", interactive=False,
-                             wrap=True)
+                             wrap=True, column_widths=PANEL_COLUMN_WIDTHS, max_height=420, elem_id="story-panels")
     with gr.Row():
         ui.render = gr.Button("Render", variant="primary", scale=2)
-        ui.cancel = gr.Button("Cancel", scale=1)
+        ui.cancel = gr.Button("Cancel", variant="stop", scale=1)
         ui.everything = gr.Checkbox(label="Render every panel again", value=False, scale=2)
     with gr.Row():
         ui.panel_number = gr.Number(label="Panel", value=1, precision=0, minimum=1, scale=1)
@@ -67,11 +74,13 @@ def build(ctx: StudioContext) -> SimpleNamespace:
     """Creates the tab's components inside the current Blocks/Tab and wires their events; returns them."""
     events = ev.StoryEvents(ctx)
     ui = SimpleNamespace(events=events)
+    text, folder = ev.load_example(DEFAULT_EXAMPLE) if DEFAULT_EXAMPLE in ev.example_names() else ("", "")
+    summary, rows, pages = events.parse(text, folder or str(ev.STORIES_DIR))
     with gr.Row(equal_height=False):
         with gr.Column(scale=4):
-            _editor(ctx, ui)
+            _editor(ctx, ui, summary)
         with gr.Column(scale=5):
-            _results(ui, *events.parse(ui.text.value, ui.folder.value))
+            _results(ui, rows, pages)
     _wire(ctx, ui, events)
     return ui
 
@@ -83,8 +92,15 @@ def _wire(ctx: StudioContext, ui: SimpleNamespace, events: ev.StoryEvents) -> No
     ui.text.change(events.parse, [ui.text, ui.folder], parsed, trigger_mode="always_last", api_visibility="private")
     ui.library.focus(lambda: gr.update(choices=ctx.library.names()), None, ui.library, api_visibility="private")
     ui.add_character.click(events.add_library_character, [ui.text, ui.library], ui.text, api_visibility="private")
-    ui.render_event = ui.render.click(events.render, [ui.text, ui.folder, ui.everything], rendered,
-                                      api_name="render_story", **GPU)
-    ui.new_seed.click(events.new_seed, [ui.text, ui.folder, ui.panel_number], [ui.text, *rendered],
-                      api_name="regenerate_panel", **GPU)
-    ui.cancel.click(events.cancel, None, None, queue=False, api_visibility="private")
+    # the progress overlay (per panel and per step) over the pages only
+    ui.render_event = ui.render.click(events.queued, None, None, queue=False, api_visibility="private").then(
+        events.render, [ui.text, ui.folder, ui.everything], rendered, api_name="render_story",
+        show_progress_on=[ui.pages], **GPU)
+    ui.new_seed_event = ui.new_seed.click(events.queued, None, None, queue=False, api_visibility="private").then(
+        events.new_seed, [ui.text, ui.folder, ui.panel_number], [ui.text, *rendered], api_name="regenerate_panel",
+        show_progress_on=[ui.pages], **GPU)
+    # Cancel stops the panel being drawn at its next step; the button reads "Cancelling..." until it has
+    ui.cancel.click(events.cancel, None, ui.cancel, queue=False, api_visibility="private").then(
+        events.wait_until_stopped, None, ui.cancel, queue=False, api_visibility="private")
+    for event in (ui.render_event, ui.new_seed_event):
+        event.then(cancel_button, None, ui.cancel, queue=False, api_visibility="private")

@@ -28,6 +28,7 @@ from core.story.manifest import FAILED, file_inside, is_panel_done, load_manifes
 
 from ..context import StudioContext
 from ..errors import StudioInputError, shown_to_user
+from ..running import SessionRuns, cancel_button, cancelling_button, session_of
 from ..spaces import estimate_duration, gpu_function
 
 STORIES_DIR = Path(__file__).resolve().parents[2] / "assets" / "stories"
@@ -40,6 +41,11 @@ _SLUG = re.compile(r"[^a-z0-9]+")
 
 class RenderCancelled(Exception):
     """Raised from the progress callback between panels when the user pressed Cancel."""
+
+
+def engine_notes(notes: list[str]) -> list[str]:
+    """The engine's notes for the whole story, each once (the CLIP note, characters never named...)."""
+    return [n[0].upper() + n[1:] + ("" if n.endswith(".") else ".") for n in notes if n]
 
 
 def example_names() -> list[str]:
@@ -177,6 +183,7 @@ class StoryEvents:
 
     def __init__(self, ctx: StudioContext):
         self.ctx = ctx
+        self.runs = SessionRuns(ctx.jobs)
         # ZeroGPU attaches the GPU only inside this function, for its estimated duration
         self._zero_gpu_render = gpu_function(self._render_panels,
                                              duration=lambda story, out, todo, *rest: _gpu_duration(story, todo))
@@ -226,22 +233,30 @@ class StoryEvents:
 
         report = report or (lambda fraction, message: None)
         finished = 0
+        total = max(1, len(todo))
 
         def on_panel(event):
             nonlocal finished
             panel = story.panels[event.index]
             if event.status == "rendering":
-                if cancel is not None and cancel.is_set():
-                    raise RenderCancelled
-                report(finished / max(1, len(todo)), f"Panel {panel.number} ({finished + 1} of {len(todo)})")
+                report(finished / total, f"Panel {panel.number} ({finished + 1} of {len(todo)})")
             else:
                 finished += 1
-                report(finished / max(1, len(todo)), f"Panel {panel.number} {event.status}")
+                report(finished / total, f"Panel {panel.number} {event.status}")
+
+        def on_step(index, fraction, message):  # inside a panel: "Panel 3 (2 of 8): step 5/28"
+            step = message.rsplit(": ", 1)[-1]
+            report((finished + fraction) / total,
+                   f"Panel {story.panels[index].number} ({finished + 1} of {len(todo)}): {step}")
 
         with self.ctx.gpu_lock:
             engine = self.ctx.engine()
             engine.load(report=lambda fraction, message: report(0.0, message))  # a load failure stops the render
-            return render_story(story, engine, out, resume=resume, only=todo, progress=on_panel)
+            result = render_story(story, engine, out, resume=resume, only=todo, progress=on_panel, cancel=cancel,
+                                  step_progress=on_step)
+        if result.cancelled:
+            raise RenderCancelled
+        return result
 
     def _render_and_export(self, story: Story, todo: list[int], resume: bool, request, progress):
         from core.story.render import RenderResult
@@ -253,15 +268,18 @@ class StoryEvents:
             if self.ctx.zero_gpu:
                 result = self._zero_gpu_render(story, out, todo, resume)
             else:
-                session = getattr(request, "session_hash", None) or "local"
-                cancel = self.ctx.jobs.start(session)
+                session = session_of(request)
+                cancel = self.runs.start(session)
                 try:
+                    if cancel is None:
+                        raise RenderCancelled
                     result = self._render_panels(story, out, todo, resume,
                                                  lambda fraction, message: progress(fraction, desc=message), cancel)
                 except RenderCancelled:
                     notes.append("Cancelled: the panels finished so far are kept; Render continues from there.")
                 finally:
-                    self.ctx.jobs.finish(session, cancel)
+                    self.runs.finish(session, cancel)
+        notes += engine_notes(result.notes)
         exported = export_story(story, out, load_manifest(out))
         notes.insert(0, f"Rendered {len(result.rendered)} panel(s); {len(story.panels) - len(todo)} were already "
                         f"done. Pages, PDF and ZIP are in `{out}`.")
@@ -306,9 +324,14 @@ class StoryEvents:
             raise StudioInputError(f"could not write the seed under panel {number}; add 'seed: {seed}' there yourself")
         return (text, *self._render_and_export(reseeded, [index], True, request, progress))
 
+    def queued(self, request: gr.Request = None):
+        """The Render click, before the queue: a Cancel from now on drops the render if it is still waiting."""
+        self.runs.queued(session_of(request))
+
     def _cancel(self, request: gr.Request = None):
-        session = getattr(request, "session_hash", None) or "local"
-        if self.ctx.jobs.cancel(session):
-            gr.Info("Cancelling after the current panel")
-        else:
-            gr.Info("Nothing is rendering")
+        """The Cancel button: the panel being drawn stops at its next step; "Cancelling..." until it has."""
+        return cancelling_button(self.runs.cancel(session_of(request)))
+
+    def wait_until_stopped(self, request: gr.Request = None):
+        self.runs.wait(session_of(request))
+        return cancel_button()

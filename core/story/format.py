@@ -242,6 +242,13 @@ class Story:
         """The prompt sent to the engine: `[Name@region]` becomes `[Name]`, `[NC]` goes, the style is appended."""
         return _engine_prompt(panel.prompt, self.style)
 
+    def panel_size(self, panel: Panel) -> tuple[int, int]:
+        """``(width, height)`` the panel is rendered at: its page cell's shape at about ``size``'s pixel count
+        (multiples of 16), see `core.story.layout.panel_sizes`."""
+        from core.story.layout import panel_sizes
+
+        return panel_sizes(self).get(panel.index, (self.width, self.height))
+
     def with_panel_seed(self, index: int, seed: int) -> Story:
         """A copy with panel `index` pinned to `seed` (e.g. "regenerate this panel with a new seed")."""
         panels = list(self.panels)
@@ -289,7 +296,7 @@ def panel_settings(story: Story, panel: Panel, options: dict[str, Any] | None = 
         "prompt": story.engine_prompt(panel),
         "negative": story.negative,
         "seed": panel.seed,
-        "size": [story.width, story.height],
+        "size": list(story.panel_size(panel)),
         "steps": story.steps,
         "guidance": story.guidance,
         "true_cfg": story.true_cfg,

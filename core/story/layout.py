@@ -163,6 +163,21 @@ _COMIC_HEIGHTS = {
 }
 
 
+def _last_page_counts(rng: random.Random, left: int, n_rows: int) -> list[int]:
+    """Panels per row for the panels that fit on one page (1 to 3 a row): every one of them goes on it."""
+    rows = min(n_rows, left)
+    options = [c for c in _compositions(left, rows) if c.count(1) < rows or rows == 1]
+    counts = list(rng.choice(options or _compositions(left, rows)))
+    return counts + [0] * (n_rows - rows)
+
+
+def _compositions(total: int, parts: int) -> list[tuple[int, ...]]:
+    """Ways to write ``total`` as ``parts`` numbers from 1 to 3, in order."""
+    if parts == 1:
+        return [(total,)] if 1 <= total <= 3 else []
+    return [(k, *rest) for k in (1, 2, 3) for rest in _compositions(total - k, parts - 1)]
+
+
 def _comic_plans(count: int, seed: int, landscape: bool) -> list[list[_Row]]:
     rng = _rng(seed, "comic")
     plans = []
@@ -173,8 +188,12 @@ def _comic_plans(count: int, seed: int, landscape: bool) -> list[list[_Row]]:
         counts = [rng.choices([1, 2, 3], weights=[2, 5, 3])[0] for _ in range(n_rows)]
         if counts.count(1) == n_rows:  # a page of three full-width panels reads like a strip, not a comic page
             counts[rng.randrange(n_rows)] = 2
+        if left <= 3 * n_rows:  # the rest fits on this page: put all of it there, not a nearly empty page more
+            counts = _last_page_counts(rng, left, n_rows)
+            if counts.count(0):
+                heights = heights[:n_rows - counts.count(0)]
         plan = []
-        for height, k in zip(heights, counts, strict=True):
+        for height, k in zip(heights, counts[:len(heights)], strict=True):
             k = min(k, left)
             widths = rng.choice(_COMIC_WIDTHS[k]) if k else []
             plan.append((height, list(widths) if k else [None]))
@@ -226,15 +245,25 @@ def plan_pages(story: Story, panel_count: int | None = None) -> list[PageLayout]
     """
     count = len(story.panels) if panel_count is None else panel_count
     page = parse_page_spec(story.page)
-    plans = _plans(story.layout, story.seed, page.landscape, count)
-    check_page_limits(page, story.dpi, len(plans))
-    px = story.dpi / MM_PER_INCH
     width, height = page_pixels(page, story.dpi)
-    margin, gutter = round(story.margin_mm * px), round(story.gutter_mm * px)
+    title_height = round(_title_font_px(story.dpi) * 1.8) if story.title else 0
+    cells = _plan_cells(story.layout, story.page, story.seed, story.dpi, story.margin_mm, story.gutter_mm,
+                        bool(story.title), count)
+    return [PageLayout(number, width, height, page_cells, title=story.title if number == 1 else "",
+                       title_height=title_height if number == 1 else 0)
+            for number, page_cells in enumerate(cells, start=1)]
 
-    title_height = 0
-    if story.title:
-        title_height = round(_title_font_px(story.dpi) * 1.8)
+
+def _plan_cells(layout: str, page_spec: str, seed: int, dpi: int, margin_mm: float, gutter_mm: float,
+                titled: bool, count: int) -> list[tuple[Cell, ...]]:
+    """The cells of every page (see `plan_pages`)."""
+    page = parse_page_spec(page_spec)
+    plans = _plans(layout, seed, page.landscape, count)
+    check_page_limits(page, dpi, len(plans))
+    px = dpi / MM_PER_INCH
+    width, height = page_pixels(page, dpi)
+    margin, gutter = round(margin_mm * px), round(gutter_mm * px)
+    title_height = round(_title_font_px(dpi) * 1.8) if titled else 0
     pages = []
     index = 0
     for number, plan in enumerate(plans, start=1):
@@ -258,10 +287,42 @@ def plan_pages(story: Story, panel_count: int | None = None) -> list[PageLayout]
                     index += 1
                 x += cell_w + gutter
             y += cell_h + gutter
-        pages.append(PageLayout(number, width, height, tuple(cells),
-                                title=story.title if number == 1 else "",
-                                title_height=title_height if number == 1 else 0))
+        pages.append(tuple(cells))
     return pages
+
+
+# --- panel sizes -----------------------------------------------------------------------------------------------
+SIZE_MULTIPLE = 16  # FLUX's packed latents: 8x VAE and 2x2 patches
+
+
+def fit_panel_size(aspect: float, pixels: int, multiple: int = SIZE_MULTIPLE) -> tuple[int, int]:
+    """``(width, height)`` in multiples of `multiple` with ``width / height`` close to `aspect` and about
+    `pixels` pixels (the story's ``size`` is its budget), each side within the engine's limits."""
+    from core.limits import MAX_OUTPUT_PIXELS, MAX_SIDE, MIN_SIDE
+
+    aspect = min(max(float(aspect), 1 / 8), 8.0)
+    pixels = min(max(int(pixels), MIN_SIDE * MIN_SIDE), MAX_OUTPUT_PIXELS)
+
+    def side(value: float) -> int:
+        return min(max(multiple * round(value / multiple), max(MIN_SIDE, multiple)), MAX_SIDE)
+
+    return side((pixels * aspect) ** 0.5), side((pixels / aspect) ** 0.5)
+
+
+def panel_sizes(story: Story) -> dict[int, tuple[int, int]]:
+    """The size each panel is rendered at, by index: its cell's shape at the story's pixel budget, so the page
+    shows the whole picture (nothing is cropped away). Captions and bubbles do not change it."""
+    key = (story.layout, story.page, story.seed, story.dpi, story.margin_mm, story.gutter_mm, bool(story.title),
+           len(story.panels), story.width * story.height)
+    return dict(_panel_sizes(key))
+
+
+@functools.lru_cache(maxsize=32)
+def _panel_sizes(key) -> tuple[tuple[int, tuple[int, int]], ...]:
+    layout, page, seed, dpi, margin_mm, gutter_mm, titled, count, pixels = key
+    cells = _plan_cells(layout, page, seed, dpi, margin_mm, gutter_mm, titled, count)
+    return tuple((cell.panel_index, fit_panel_size(cell.w / max(1, cell.h), pixels))
+                 for page_cells in cells for cell in page_cells)
 
 
 # --- drawing ---------------------------------------------------------------------------------------------------
@@ -319,25 +380,58 @@ def _fit_lines(lines: list[str], font, max_width: float, max_lines: int) -> list
     return kept
 
 
-def compose_pages(story: Story, images: Mapping[int, Image.Image | None],
-                  first: int | None = None) -> list[Image.Image]:
+@dataclass(frozen=True)
+class TextRun:
+    """One line of text on a page, for a PDF that keeps text as text: its left end and baseline in page pixels,
+    its size in pixels and the width it takes in the shipped font (DejaVu Sans)."""
+
+    x: float
+    baseline: float
+    text: str
+    size_px: int
+    width: float
+    bold: bool = False
+
+
+def _text(draw, runs: list[TextRun] | None, xy, text: str, font, anchor: str = "la", bold: bool = False) -> None:
+    """Draws `text` with Pillow's `anchor` (``la``, ``ma`` or ``mm``), or adds it to `runs` instead."""
+    if runs is None:
+        draw.text(xy, text, font=font, fill=INK, anchor=anchor)
+        return
+    ascent, descent = font.getmetrics() if hasattr(font, "getmetrics") else (font.size, 0)
+    width = font.getlength(text)
+    x = xy[0] - (width / 2 if anchor[0] == "m" else 0)
+    baseline = xy[1] + (ascent if anchor[1] == "a" else (ascent - descent) / 2)
+    runs.append(TextRun(x, baseline, text, int(getattr(font, "size", 10)), width, bold))
+
+
+def compose_pages(story: Story, images: Mapping[int, Image.Image | None], first: int | None = None,
+                  texts: list[list[TextRun]] | None = None) -> list[Image.Image]:
     """Draw every page (only the `first` ones when given). `images` maps panel index to its rendered image;
-    missing ones get a grey placeholder."""
+    missing ones get a grey placeholder. With `texts` (an empty list), the title, captions and speech are not
+    drawn but listed there, one list of `TextRun` per page (for a PDF with real text)."""
     pages = plan_pages(story)
     shown = pages if first is None else pages[:first]
-    return [compose_page(story, page, images, total_pages=len(pages)) for page in shown]
+    drawn = []
+    for page in shown:
+        runs = [] if texts is not None else None
+        drawn.append(compose_page(story, page, images, total_pages=len(pages), texts=runs))
+        if texts is not None:
+            texts.append(runs)
+    return drawn
 
 
 def compose_page(story: Story, page: PageLayout, images: Mapping[int, Image.Image | None],
-                 total_pages: int | None = None) -> Image.Image:
-    """Draw one page of `plan_pages` (RGB, `page.width` x `page.height`), numbered "n / total_pages"."""
+                 total_pages: int | None = None, texts: list[TextRun] | None = None) -> Image.Image:
+    """Draw one page of `plan_pages` (RGB, `page.width` x `page.height`), numbered "n / total_pages"; the words
+    go to `texts` instead of the pixels when it is a list."""
     canvas = Image.new("RGB", (page.width, page.height), PAPER)
     draw = ImageDraw.Draw(canvas)
     margin = round(story.margin_mm * story.dpi / MM_PER_INCH)
     if page.title:
         font = load_font(_title_font_px(story.dpi), bold=True)
         title = _fit_lines(wrap_text(page.title, font, page.width - 2 * margin), font, page.width - 2 * margin, 1)[0]
-        draw.text((page.width / 2, margin + page.title_height / 2), title, font=font, fill=INK, anchor="mm")
+        _text(draw, texts, (page.width / 2, margin + page.title_height / 2), title, font, "mm", bold=True)
     footer = load_font(_pt_to_px(7, story.dpi))
     if margin >= _line_height(footer):
         total = total_pages if total_pages is not None else len(plan_pages(story))
@@ -345,29 +439,34 @@ def compose_page(story: Story, page: PageLayout, images: Mapping[int, Image.Imag
                   fill=(110, 110, 110), anchor="mm")
     for cell in page.cells:
         panel = story.panels[cell.panel_index] if cell.panel_index < len(story.panels) else None
-        _draw_cell(canvas, story, cell, panel, images.get(cell.panel_index))
+        _draw_cell(canvas, story, cell, panel, images.get(cell.panel_index), texts)
     return canvas
 
 
+def caption_lines(story: Story, cell: Cell, panel: Panel) -> tuple[list[str], object, int, int]:
+    """``(lines, font, line height, box height)`` of a panel's caption box (at the bottom of its cell)."""
+    font = load_font(_pt_to_px(9, story.dpi))
+    lh, pad = _line_height(font), _pad(story)
+    max_lines = max(1, int((cell.h * 0.35 - 2 * pad) // lh))
+    lines = _fit_lines(wrap_text(panel.caption, font, cell.w - 2 * pad), font, cell.w - 2 * pad, max_lines)
+    return lines, font, lh, len(lines) * lh + 2 * pad
+
+
+def _pad(story: Story) -> int:
+    return max(4, round(story.dpi / 30))
+
+
+def bubble_area(story: Story, cell: Cell, panel: Panel | None) -> tuple[int, int, int, int]:
+    """Where a panel's speech bubbles may go: its cell above the caption box (captions never cover bubbles)."""
+    caption_h = caption_lines(story, cell, panel)[3] if panel is not None and panel.caption else 0
+    return (cell.x, cell.y, cell.w, cell.h - caption_h)
+
+
 def _draw_cell(canvas: Image.Image, story: Story, cell: Cell, panel: Panel | None,
-               image: Image.Image | None) -> None:
+               image: Image.Image | None, texts: list[TextRun] | None = None) -> None:
     draw = ImageDraw.Draw(canvas)
     line_w = max(2, round(story.dpi / 75))
-    pad = max(4, round(story.dpi / 30))
-    caption_h = 0
-    if panel is not None and panel.caption:
-        font = load_font(_pt_to_px(9, story.dpi))
-        lh = _line_height(font)
-        max_lines = max(1, int((cell.h * 0.35 - 2 * pad) // lh))
-        lines = _fit_lines(wrap_text(panel.caption, font, cell.w - 2 * pad), font, cell.w - 2 * pad, max_lines)
-        caption_h = len(lines) * lh + 2 * pad
-        top = cell.y + cell.h - caption_h
-        draw.rectangle((cell.x, top, cell.x + cell.w - 1, cell.y + cell.h - 1), fill=CAPTION_FILL)
-        for k, text in enumerate(lines):
-            draw.text((cell.x + pad, top + pad + k * lh), text, font=font, fill=INK)
-        draw.line((cell.x, top, cell.x + cell.w - 1, top), fill=INK, width=line_w)
-
-    area = (cell.x, cell.y, cell.w, cell.h - caption_h)
+    area = (cell.x, cell.y, cell.w, cell.h)  # the picture fills the cell: it was rendered at the cell's shape
     boxes: dict[str, tuple[float, float, float, float]] = {}
     if panel is not None:
         boxes = _panel_boxes(panel)
@@ -378,10 +477,18 @@ def _draw_cell(canvas: Image.Image, story: Story, cell: Cell, panel: Panel | Non
         draw.rectangle((area[0], area[1], area[0] + area[2] - 1, area[1] + area[3] - 1), fill=MISSING_FILL)
         if panel is not None:
             font = load_font(_pt_to_px(10, story.dpi))
-            draw.text((area[0] + area[2] / 2, area[1] + area[3] / 2), f"Panel {panel.number}\nnot rendered",
+            draw.text((area[0] + area[2] / 2, area[1] + area[3] / 3), f"Panel {panel.number}\nnot rendered",
                       font=font, fill=(120, 120, 120), anchor="mm", align="center")
+    if panel is not None and panel.caption:
+        lines, font, lh, caption_h = caption_lines(story, cell, panel)
+        pad = _pad(story)
+        top = cell.y + cell.h - caption_h
+        draw.rectangle((cell.x, top, cell.x + cell.w - 1, cell.y + cell.h - 1), fill=CAPTION_FILL)
+        for k, text in enumerate(lines):
+            _text(draw, texts, (cell.x + pad, top + pad + k * lh), text, font)
+        draw.line((cell.x, top, cell.x + cell.w - 1, top), fill=INK, width=line_w)
     if panel is not None and panel.dialogue:
-        _draw_bubbles(canvas, story, panel, area, boxes_px)
+        _draw_bubbles(canvas, story, plan_bubbles(story, panel, bubble_area(story, cell, panel), boxes_px), texts)
     draw.rectangle((cell.x, cell.y, cell.x + cell.w - 1, cell.y + cell.h - 1), outline=INK, width=line_w)
 
 
@@ -411,7 +518,8 @@ def _box_to_area(box, area, scale, sw, sh, ox, oy) -> tuple[float, float, float,
 
 
 def _paste_cover(canvas: Image.Image, image: Image.Image, area, boxes) -> dict[str, tuple[float, ...]]:
-    """Scale `image` to cover `area` and crop it, keeping the characters' boxes in view; returns them in pixels."""
+    """Scale `image` to cover `area` and crop it, keeping the characters' boxes in view; returns them in pixels.
+    A panel rendered at its cell's shape loses at most the rounding of its sides to multiples of 16."""
     ax, ay, aw, ah = area
     if aw <= 0 or ah <= 0:
         return {}
@@ -436,31 +544,52 @@ def _overlap(a, b) -> float:
     return max(0.0, w) * max(0.0, h)
 
 
-def _speaker_anchor(panel: Panel, speaker: str, area, boxes_px) -> tuple[float, float] | None:
-    """The point a bubble's tail aims at: near the top of the speaker's box (their head), or None off-panel."""
+def speaker_box(panel: Panel, speaker: str, area, boxes_px) -> tuple[float, float, float, float] | None:
+    """The speaker's region in page pixels (its region, or its share of the panel in prompt order); None when
+    the speaker is not in the panel."""
     ax, ay, aw, ah = area
     if speaker not in panel.characters:
         return None
     if speaker in boxes_px:
-        x0, y0, x1, y1 = boxes_px[speaker]
-    else:  # no region given: assume characters stand left to right in the order the prompt names them
-        k, n = panel.characters.index(speaker), len(panel.characters)
-        x0, x1, y0, y1 = ax + aw * k / n, ax + aw * (k + 1) / n, ay + ah * PRESET_HEADROOM, ay + ah
-    return ((x0 + x1) / 2, y0 + (y1 - y0) * 0.08)
+        return boxes_px[speaker]
+    # no region given: assume characters stand left to right in the order the prompt names them
+    k, n = panel.characters.index(speaker), len(panel.characters)
+    return (ax + aw * k / n, ay + ah * PRESET_HEADROOM, ax + aw * (k + 1) / n, ay + ah)
+
+
+def _speaker_anchor(panel: Panel, speaker: str, area, boxes_px) -> tuple[float, float] | None:
+    """The point a bubble's tail aims at: near the top of the speaker's box (their head), or None off-panel."""
+    box = speaker_box(panel, speaker, area, boxes_px)
+    if box is None:
+        return None
+    x0, y0, x1, y1 = box
+    return ((x0 + x1) / 2, min(y0 + (y1 - y0) * 0.08, area[1] + area[3] * 0.9))
+
+
+TAIL_SHARE = 0.15  # a tail is at most this share of its panel's shorter side
+
+
+def _gap(rect, point) -> float:
+    """Distance from `point` to the nearest point of `rect` (0 inside)."""
+    dx = max(rect[0] - point[0], 0, point[0] - rect[2])
+    dy = max(rect[1] - point[1], 0, point[1] - rect[3])
+    return (dx * dx + dy * dy) ** 0.5
 
 
 def plan_bubble(size: tuple[float, float], area, anchor, speaker_box, other_boxes, placed) -> tuple[float, ...]:
     """Choose where a bubble of `size` goes inside `area` (x, y, w, h): away from the characters' boxes and the
-    bubbles already `placed`, near the top, close above its speaker's `anchor`. Returns (x0, y0, x1, y1)."""
+    bubbles already `placed`, near the top, close above its speaker's `anchor` (so its tail stays short).
+    Returns (x0, y0, x1, y1)."""
     ax, ay, aw, ah = area
     bw, bh = size
     inset = min(aw, ah) * 0.03
-    steps_x, steps_y = 9, 7
+    side = min(aw, ah)
+    steps_x, steps_y = 13, 9
     best, best_score = None, float("inf")
     for i in range(steps_x):
-        x = ax + inset + (aw - bw - 2 * inset) * i / (steps_x - 1)
+        x = ax + inset + max(0.0, aw - bw - 2 * inset) * i / (steps_x - 1)
         for j in range(steps_y):
-            y = ay + inset + (ah - bh - 2 * inset) * j / (steps_y - 1)
+            y = ay + inset + max(0.0, ah - bh - 2 * inset) * j / (steps_y - 1)
             rect = (x, y, x + bw, y + bh)
             area_b = bw * bh
             score = 0.0
@@ -474,71 +603,102 @@ def plan_bubble(size: tuple[float, float], area, anchor, speaker_box, other_boxe
             if anchor is not None:
                 score += 1.5 * abs(x + bw / 2 - anchor[0]) / aw
                 if y + bh > anchor[1]:
-                    score += 0.5
+                    score += 0.5  # beside or below the head: the tail would point sideways or up
+                if _gap(rect, anchor) == 0:
+                    score += 20.0  # over the speaker's head
+                score += 2.0 * max(0.0, _gap(rect, anchor) - TAIL_SHARE * side) / side
             if score < best_score - 1e-9:
                 best, best_score = rect, score
     return best
 
 
-def _draw_bubbles(canvas: Image.Image, story: Story, panel: Panel, area, boxes_px) -> None:
-    draw = ImageDraw.Draw(canvas)
+@dataclass(frozen=True)
+class Bubble:
+    """A planned speech bubble: its box and lines, the font size, and its tail (two base points on the bubble's
+    edge and the tip; None for no tail) aimed at `speaker_box`."""
+
+    rect: tuple[float, float, float, float]
+    lines: tuple[str, ...]
+    font_px: int
+    line_height: int
+    pad: int
+    tail: tuple | None
+    speaker_box: tuple[float, float, float, float] | None
+    anchor: tuple[float, float] | None
+
+
+BUBBLE_POINTS = (9, 8, 7)  # speech shrinks to 7 pt at the smallest, then is cut with "…"
+
+
+def plan_bubbles(story: Story, panel: Panel, area, boxes_px) -> list[Bubble]:
+    """Every speech bubble of `panel` inside `area` (x, y, w, h), in reading order."""
     ax, ay, aw, ah = area
-    line_w = max(2, round(story.dpi / 100))
+    bubbles: list[Bubble] = []
     placed: list[tuple[float, ...]] = []
     for dialogue in panel.dialogue:
+        box = speaker_box(panel, dialogue.speaker, area, boxes_px)
         anchor = _speaker_anchor(panel, dialogue.speaker, area, boxes_px)
         text = dialogue.text if anchor is not None else f"{dialogue.speaker}: {dialogue.text}"
-        for points in (9, 8, 7, 6):  # shrink long speeches until they fit in half the panel
+        for points in BUBBLE_POINTS:  # shrink long speeches until they fit in half the panel
             font = load_font(_pt_to_px(points, story.dpi))
             pad = max(4, round(font.size * 0.6))
-            lines = wrap_text(text, font, aw * 0.42 - 2 * pad)
+            # wide enough for a few words a line even in a narrow cell, never wider than the cell
+            wrap = min(aw * 0.92, max(aw * 0.5, font.size * 12.0)) - 2 * pad
+            lines = wrap_text(text, font, wrap)
             lh = _line_height(font)
             if len(lines) * lh + 2 * pad <= ah * 0.45:
                 break
-        lines = _fit_lines(lines, font, aw * 0.42 - 2 * pad, max(1, int((ah * 0.45 - 2 * pad) // lh)))
-        bw = max(font.getlength(t) for t in lines) + 2 * pad
+        lines = _fit_lines(lines, font, wrap, max(1, int((ah * 0.45 - 2 * pad) // lh)))
+        bw = max(max(font.getlength(t) for t in lines) + 2 * pad, font.size * 3.0)  # a size floor for "Ho!"
         bh = len(lines) * lh + 2 * pad
-        bw, bh = min(bw, aw * 0.9), min(bh, ah * 0.9)
-        speaker_box = boxes_px.get(dialogue.speaker)
+        bw, bh = min(bw, aw * 0.92), min(bh, ah * 0.9)
         others = [b for name, b in boxes_px.items() if name != dialogue.speaker]
-        rect = plan_bubble((bw, bh), area, anchor, speaker_box, others, placed)
+        rect = plan_bubble((bw, bh), area, anchor, boxes_px.get(dialogue.speaker, box), others, placed)
         placed.append(rect)
-        x0, y0, x1, y1 = rect
         radius = min(bh / 2, pad * 1.6)
-        tail = _tail(rect, anchor, min(aw, ah), radius) if anchor is not None else None
-        draw.rounded_rectangle(rect, radius=radius, fill=PAPER, outline=INK, width=line_w)
-        if tail is not None:
-            base_a, base_b, tip = tail
+        tail = _tail(rect, anchor, min(aw, ah), radius, font.size) if anchor is not None else None
+        bubbles.append(Bubble(rect, tuple(lines), font.size, lh, pad, tail, box, anchor))
+    return bubbles
+
+
+def _draw_bubbles(canvas: Image.Image, story: Story, bubbles: list[Bubble], texts: list[TextRun] | None) -> None:
+    draw = ImageDraw.Draw(canvas)
+    line_w = max(2, round(story.dpi / 100))
+    for bubble in bubbles:
+        x0, y0, x1, y1 = bubble.rect
+        radius = min((y1 - y0) / 2, bubble.pad * 1.6)
+        draw.rounded_rectangle(bubble.rect, radius=radius, fill=PAPER, outline=INK, width=line_w)
+        if bubble.tail is not None:
+            base_a, base_b, tip = bubble.tail
             draw.polygon([base_a, base_b, tip], fill=PAPER)
             draw.line([base_a, tip], fill=INK, width=line_w)
             draw.line([base_b, tip], fill=INK, width=line_w)
-        for k, t in enumerate(lines):
-            draw.text(((x0 + x1) / 2, y0 + pad + k * lh), t, font=font, fill=INK, anchor="ma")
+        font = load_font(bubble.font_px)
+        for k, t in enumerate(bubble.lines):
+            _text(draw, texts, ((x0 + x1) / 2, y0 + bubble.pad + k * bubble.line_height), t, font, "ma")
 
 
-def _tail(rect, anchor, panel_side: float, radius: float):
-    """The tail triangle (two base points on the bubble's edge, inside its outline, and the tip)."""
+def _tail(rect, anchor, panel_side: float, radius: float, font_px: float = 12.0):
+    """The tail triangle (two base points on the bubble's bottom or top edge, inside its outline, and the tip),
+    aimed at `anchor` and at most TAIL_SHARE of `panel_side` long; None when the anchor is under the bubble."""
     x0, y0, x1, y1 = rect
     tx, ty = anchor
-    half = max(5.0, min((x1 - x0) * 0.18, (y1 - y0) * 0.3))
-    inset = 3.0
-    if ty > y1:
-        bx = min(max(tx, x0 + radius + half), x1 - radius - half)
-        base_a, base_b, base = (bx - half, y1 - inset), (bx + half, y1 - inset), (bx, y1)
-    elif ty < y0:
-        bx = min(max(tx, x0 + radius + half), x1 - radius - half)
-        base_a, base_b, base = (bx - half, y0 + inset), (bx + half, y0 + inset), (bx, y0)
-    elif tx < x0 or tx > x1:
-        edge = x0 if tx < x0 else x1
-        by = min(max(ty, y0 + radius + half), y1 - radius - half)
-        side = inset if tx < x0 else -inset
-        base_a, base_b, base = (edge + side, by - half), (edge + side, by + half), (edge, by)
-    else:
+    if x0 <= tx <= x1 and y0 <= ty <= y1:
         return None  # the speaker's head is under the bubble: no tail
+    # from the bottom edge when the head is lower than the bubble's middle, else from the top: a tail never
+    # leaves a bubble's short side (those were the needle-thin sideways tails)
+    below = ty > (y0 + y1) / 2
+    edge, inset = (y1, -3.0) if below else (y0, 3.0)
+    half = max(font_px * 0.35, min((x1 - x0) * 0.15, (y1 - y0) * 0.35))
+    half = min(half, max(1.0, (x1 - x0) / 2 - radius))
+    bx = min(max(tx, x0 + radius + half), x1 - radius - half)
+    base_a, base_b, base = (bx - half, edge + inset), (bx + half, edge + inset), (bx, edge)
     dx, dy = tx - base[0], ty - base[1]
     length = (dx * dx + dy * dy) ** 0.5
-    longest = max(12.0, panel_side * 0.22)
+    longest = max(font_px * 0.8, panel_side * TAIL_SHARE)
     if length > longest:  # a long tail still points at the speaker but stops short of them
         dx, dy = dx * longest / length, dy * longest / length
+    elif length < font_px * 0.6:  # right next to the head: a short stub in the same direction
+        scale = font_px * 0.6 / max(length, 1e-6)
+        dx, dy = dx * scale, dy * scale
     return base_a, base_b, (base[0] + dx, base[1] + dy)
-

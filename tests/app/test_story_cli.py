@@ -31,7 +31,7 @@ from core.story.manifest import load_manifest, panel_filename
 REPO = Path(__file__).resolve().parents[2]
 COMIC = REPO / "assets" / "stories" / "fishing-trip.story"
 PANELS = 8
-PAGES = 2  # the comic layout puts the 8 panels on two A4 pages
+PAGES = 1  # "a one-page comic": the comic layout puts all 8 panels on one A4 page
 DRAFT = ["--size", "48x32", "--steps", "2", "--dpi", "72"]
 
 
@@ -79,7 +79,7 @@ def reference_render(tiny_models, user_home, tmp_path_factory) -> Path:
 def test_check_lists_panels(capsys):
     assert main(["check", str(COMIC)]) == 0
     out = capsys.readouterr().out
-    assert '"Red and Blue Go Fishing": 8 panels, 2 characters' in out and f"{PAGES} pages" in out
+    assert '"Red and Blue Go Fishing": 8 panels, 2 characters' in out and f"{PAGES} page" in out
     assert "panel 7 (line 39; [Red@left], [Blue@right]; seed 77 (pinned); 2 bubbles)" in out
 
 
@@ -200,20 +200,21 @@ def test_render_to_pages_pdf_zip_then_resume_renders_nothing(tiny_models, tmp_pa
     story = commands.with_overrides(load_story(COMIC), (48, 32), 2, 72)
     assert len(plan_pages(story)) == PAGES
     pages = sorted((out / "pages").glob("page-*.png"))
-    assert [p.name for p in pages] == ["page-01.png", "page-02.png"]
+    assert [p.name for p in pages] == ["page-01.png"]
     assert Image.open(pages[0]).size == (595, 842)  # A4 at 72 dpi
     assert len(PdfReader(out / "story.pdf").pages) == PAGES
     with zipfile.ZipFile(out / "story.zip") as archive:
         names = set(archive.namelist())
     assert {"manifest.json", "story.json", "story.pdf", "fishing-trip.story", "characters/red.png",
-            "characters/blue.png", "pages/page-01.png", "pages/page-02.png"} <= names
+            "characters/blue.png", "pages/page-01.png"} <= names
     assert {panel_filename(i) for i in range(PANELS)} <= names
     manifest = load_manifest(out)
     assert sorted(manifest.done()) == list(range(PANELS)) and not manifest.failed()
 
     record = read_record(out / panel_filename(0))  # the studio's Recall reads a panel like any generation
-    assert (record.width, record.height, record.num_inference_steps, record.seed) == (48, 32, 2,
-                                                                                      story.panels[0].seed)
+    # the panel's own size (its cell's shape at the story's 48x32 budget), what Recall brings back
+    assert (record.width, record.height) == story.panel_size(story.panels[0]) == (32, 48)
+    assert (record.num_inference_steps, record.seed) == (2, story.panels[0].seed)
     assert [(c.name, c.mask) for c in record.characters] == [("Red", "left"), ("Blue", "right")]
     assert (record.models["spec"], record.dtype, record.preset) == ("tiny", "float32", "full")
 

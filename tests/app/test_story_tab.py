@@ -75,7 +75,7 @@ def test_parse_lists_panels_and_previews_pages_with_placeholders(ctx):
     assert "**Red and Blue Go Fishing**: 8 panels, 2 characters" in summary
     assert [row[0] for row in rows] == list(range(1, 9)) and {row[-1] for row in rows} == {"not rendered"}
     assert rows[6][5] == 77 and rows[0][2] == "Red@left, Blue@right"
-    assert len(pages) == 2 and all(isinstance(p, Image.Image) for p in pages)
+    assert len(pages) == 1 and all(isinstance(p, Image.Image) for p in pages)  # "a one-page comic"
 
 
 def test_parse_shows_every_problem_with_its_line(ctx, folder):
@@ -130,7 +130,9 @@ def test_render_regenerate_and_download(ctx, folder, one_thread):
     with zipfile.ZipFile(archive) as z:
         assert {panel_filename(i) for i in range(6)} <= set(z.namelist())
     panel_messages = [desc for _, desc in progress.calls if desc and desc.startswith("Panel ")]
-    assert panel_messages[:2] == ["Panel 1 (1 of 6)", "Panel 1 done"] and panel_messages[-1] == "Panel 6 done"
+    # per panel and, inside each, per denoising step
+    assert panel_messages[:4] == ["Panel 1 (1 of 6)", "Panel 1 (1 of 6): step 1/2", "Panel 1 (1 of 6): step 2/2",
+                                  "Panel 1 done"] and panel_messages[-1] == "Panel 6 done"
     assert progress.calls[-1][0] == 1.0
 
     from core.io.metadata import read_record
