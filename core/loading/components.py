@@ -39,8 +39,20 @@ def load_components(base=None, *, siglip=None, dinov2=None, adapter=None, dtype=
         sources = ModelSources(base=str(base))
     sources = sources.override(siglip=siglip, dinov2=dinov2, adapter=adapter)
 
-    log.info("loading FLUX from %s", sources.base)
-    base_path = resolve_folder(sources.base, "FLUX base model", BASE_PATTERNS)
+    log.info("loading FLUX from %s%s", sources.base, f" (transformer {sources.transformer})" if sources.transformer else "")
+    if sources.transformer:  # a single file: the base supplies everything else (its transformer is not fetched)
+        from core.loading.single_file import load_transformer_file
+
+        base_path = resolve_folder(sources.base, "FLUX base model", BASE_PATTERNS,
+                                   ignore_patterns=["transformer/*.safetensors"])
+        quantization = flux_kwargs.get("quantization_config")
+        mapping = getattr(quantization, "quant_mapping", None) or {}
+        flux_kwargs["transformer"] = load_transformer_file(sources.transformer, dtype, base_path,
+                                                           quantization_config=mapping.pop("transformer", None))
+        if quantization is not None and not mapping:
+            flux_kwargs.pop("quantization_config")
+    else:
+        base_path = resolve_folder(sources.base, "FLUX base model", BASE_PATTERNS)
     flux = _from_pretrained(FluxPipeline.from_pretrained, base_path, "the FLUX base model", dtype=dtype,
                             **flux_kwargs)
     if not progress:

@@ -27,8 +27,13 @@ from core.errors import UserError
 
 GiB = 2**30
 
-QUANTIZATIONS = ("bnb-nf4", "bnb-int8", "quanto-int8", "quanto-fp8")
-OFFLOAD_MODES = ("none", "model", "group")
+# "fp8-layerwise": diffusers layerwise casting, Linear/conv weights stored in float8_e4m3fn and cast to the compute
+# dtype layer by layer as each runs; plain tensors, so group offloading can move them (quantizers' cannot).
+QUANTIZATIONS = ("bnb-nf4", "bnb-int8", "quanto-int8", "quanto-fp8", "fp8-layerwise")
+QUANTIZERS = ("bnb-nf4", "bnb-int8", "quanto-int8", "quanto-fp8")  # tensor subclasses group offload cannot move
+# "group": diffusers group offloading from RAM; "disk": the same with ``offload_to_disk_path`` (weights on disk,
+# read group by group: almost nothing held in RAM).
+OFFLOAD_MODES = ("none", "model", "group", "disk")
 
 # bitsandbytes nf4 (diffusers/transformers defaults: blocksize 64, no double quantization): two weights per
 # byte plus one float32 absmax per 64 weights.
@@ -53,7 +58,11 @@ VAE_TILE_PX = 512  # tile size apply_preset sets; FLUX's VAE would otherwise onl
 # Image encoders see the character at low resolution plus high-resolution crops; 5 images per encoder.
 IMAGE_CROPS = 5
 ENCODER_LIVE_WIDTHS = 6  # live intermediate-wide tensors per token in a ViT/T5 layer
-RAM_BASELINE_BYTES = 3 * GiB  # Python, torch, CUDA libraries, the UI
+RAM_BASELINE_BYTES = int(2.5 * GiB)  # Python, torch, CUDA libraries, the UI
+# diffusers and transformers memory-map safetensors files: a file's pages count in RSS while its tensors are read
+# (moved, cast or copied), but they are clean file pages the kernel drops under pressure, so they are in the RSS
+# figure ("RAM peak") and not in what must fit ("RAM needed"). FLUX.1-dev's folder is sharded at 10 GB.
+SHARD_BYTES = 10 * 10**9
 # Kept for the CUDA context (not in the allocator's statistics) plus a share for fragmentation.
 CUDA_CONTEXT_BYTES = int(0.75 * GiB)
 FRAGMENTATION_SHARE = 0.05
@@ -88,13 +97,13 @@ class MemoryPreset:
         for q in (self.transformer_quantization, self.text_encoder_quantization, self.adapter_quantization):
             if q is not None and q not in QUANTIZATIONS:
                 raise ValueError(f"quantization {q!r} unknown; expected one of {QUANTIZATIONS} or None")
-        if self.adapter_quantization not in (None, "quanto-int8", "quanto-fp8"):
+        if self.adapter_quantization not in (None, "quanto-int8", "quanto-fp8", "fp8-layerwise"):
             raise ValueError(f"adapter_quantization {self.adapter_quantization!r}: the adapter is quantized "
-                             "after loading, so only quanto-int8, quanto-fp8 or None")
+                             "after loading, so only quanto-int8, quanto-fp8, fp8-layerwise or None")
         if self.offload not in OFFLOAD_MODES:
             raise ValueError(f"offload {self.offload!r} unknown; expected one of {OFFLOAD_MODES}")
-        if self.offload == "group" and any((self.transformer_quantization, self.text_encoder_quantization,
-                                            self.adapter_quantization)):
+        if self.offload in ("group", "disk") and any(q in QUANTIZERS for q in (
+                self.transformer_quantization, self.text_encoder_quantization, self.adapter_quantization)):
             # quanto: diffusers issue #12610; bitsandbytes nf4: an illegal memory access on an H200 (our bench)
             raise ValueError("group offloading cannot move quantized weights (quanto or bitsandbytes): "
                              "use offload='group' with the compute dtype")
@@ -112,28 +121,40 @@ class MemoryPreset:
         leaves quanto's inner tensors behind, diffusers issue #12610), so its quanto alternative stays in the
         compute dtype, adapter included: more RAM, the same small GPU peak.
         """
-        if not (self.transformer_quantization or self.text_encoder_quantization):
-            return self
+        if not (self.transformer_quantization in QUANTIZERS or self.text_encoder_quantization in QUANTIZERS):
+            return self  # bf16 or fp8 layerwise casting: no quantizer to swap
         return replace(self, transformer_quantization=quantization, text_encoder_quantization=quantization)
 
 
 MEMORY_PRESETS: dict[str, MemoryPreset] = {
     p.name: p
     for p in (
-        MemoryPreset("full", "bf16, everything on the GPU: fastest"),
+        MemoryPreset("full", "bf16, everything on the GPU: fastest (48 GB+ cards)"),
         MemoryPreset("balanced", "bf16, one model on the GPU at a time (model CPU offload), VAE tiling",
                      offload="model", vae_tiling=True),
+        MemoryPreset("fp8", "transformer, T5 and adapter stored in fp8 (layerwise casting, bf16 compute), "
+                            "model CPU offload, VAE tiling: 24 GB cards",
+                     transformer_quantization="fp8-layerwise", text_encoder_quantization="fp8-layerwise",
+                     adapter_quantization="fp8-layerwise", offload="model", vae_tiling=True),
+        # bf16: group offloading cannot move quantizers' weights (quanto: diffusers issue #12610; bitsandbytes nf4
+        # crashed with an illegal memory access on an H200 in our bench). Blocks stream, so the GPU holds little.
+        MemoryPreset("minimal", "bf16 with group offloading (streamed block by block from RAM), VAE tiling",
+                     offload="group", vae_tiling=True),
+        MemoryPreset("fp8-streamed", "fp8 storage (layerwise casting) streamed block by block from RAM, "
+                                     "VAE tiling: 12-16 GB cards with 32 GB RAM",
+                     transformer_quantization="fp8-layerwise", text_encoder_quantization="fp8-layerwise",
+                     adapter_quantization="fp8-layerwise", offload="group", vae_tiling=True),
         MemoryPreset("low", "transformer and T5 in nf4 (bitsandbytes), adapter int8 (quanto), model CPU offload",
                      transformer_quantization="bnb-nf4", text_encoder_quantization="bnb-nf4",
                      adapter_quantization="quanto-int8", offload="model"),
-        # bf16: group offloading cannot move quantized weights (quanto: diffusers issue #12610; bitsandbytes nf4
-        # crashed with an illegal memory access on an H200 in our bench). Blocks stream, so the GPU holds little.
-        MemoryPreset("minimal", "bf16 with group offloading (streamed block by block), VAE tiling: 8 GB cards",
-                     offload="group", vae_tiling=True),
+        MemoryPreset("streamed", "bf16 streamed block by block from disk (group offloading to the user cache), "
+                                 "T5 in fp8 in RAM, VAE tiling: 8-12 GB cards, 16 GB RAM",
+                     text_encoder_quantization="fp8-layerwise", offload="disk", vae_tiling=True),
     )
 }
-# Fastest first: auto takes the first one that fits, and out-of-memory advice walks down this list.
-PRESET_ORDER = ("full", "balanced", "low", "minimal")
+# Best quality first, then fastest: auto takes the first one that fits both budgets, and out-of-memory advice
+# walks down this list (bf16 before fp8 before nf4; on the GPU before streamed from RAM before streamed from disk).
+PRESET_ORDER = ("full", "balanced", "fp8", "minimal", "fp8-streamed", "low", "streamed")
 QUANTO_ALTERNATIVE = "quanto-int8"
 
 
@@ -178,6 +199,9 @@ def weight_bytes(size: ComponentSize, quantization: str | None, dtype: str = "bf
         quantized = q + rows * BNB_INT8_ROW_BYTES
     elif quantization in ("quanto-int8", "quanto-fp8"):
         quantized = q + rows * b
+    elif quantization == "fp8-layerwise":
+        # one byte per Linear weight; T5's kept ``wo`` is skipped (its parent casts inputs to its dtype)
+        return int(q + (size.other_params) * b)
     else:
         raise ValueError(f"quantization {quantization!r} unknown; expected one of {QUANTIZATIONS}")
     kept_b = _dtype_bytes(kept_dtype) if kept_dtype else b
@@ -274,8 +298,11 @@ class MemoryEstimate:
         preset: the preset's name.
         width, height: image size in pixels.
         gpu_peak_bytes: peak GPU memory allocated by torch (bytes).
-        ram_peak_bytes: peak process RAM (bytes): baseline + the weights held on the CPU (while loading or
-            offloaded, whichever is larger).
+        ram_peak_bytes: peak process RAM as ``ru_maxrss`` counts it (bytes): ``ram_needed_bytes`` plus the pages
+            of the memory-mapped weight file being read while loading.
+        ram_needed_bytes: RAM that must fit (bytes): the baseline plus the weights held in process memory while
+            loading or offloaded, whichever is larger; mapped file pages are left out (the kernel drops them
+            under pressure).
         peak_phase: the phase at which the GPU peaks.
         weight_bytes: per component, bytes of its weights as held (quantized or not).
         activation_bytes: per phase, live activation bytes.
@@ -289,6 +316,11 @@ class MemoryEstimate:
     peak_phase: str
     weight_bytes: dict[str, int] = field(default_factory=dict)
     activation_bytes: dict[str, int] = field(default_factory=dict)
+    ram_needed_bytes: int = 0
+
+    @property
+    def ram_needed_gib(self) -> float:
+        return self.ram_needed_bytes / GiB
 
     @property
     def gpu_peak_gib(self) -> float:
@@ -313,9 +345,76 @@ def _group_resident_bytes(size: ComponentSize, stored_bytes: int, use_stream: bo
     return int(per_param * groups * size.largest_leaf_params)
 
 
+ADAPTER_PARTS = ("projector", "adapter_processors")
+# Components that ``disk`` offloading keeps in RAM (group offloaded leaf by leaf): T5 ties its input embedding
+# to ``shared``, and diffusers' disk offload writes a tied tensor after another group has emptied it (wrong
+# prompt embeddings, seen on the tiny T5).
+DISK_KEPT_IN_RAM = ("text_encoder_2",)
+
+
+@dataclass(frozen=True)
+class WeightFiles:
+    """What the weight files are, for the RAM estimate.
+
+    Attributes:
+        transformer_bytes: bytes of a GGUF transformer's tensors as held (quantized; dequantized layer by layer
+            as it runs), or None: the transformer is counted from its parameters under the preset.
+        largest_file_bytes: the largest file read at once while loading (a shard of a diffusers folder, or a
+            single-file checkpoint).
+        transformer_file: the single file's path, for messages.
+    """
+
+    transformer_bytes: int | None = None
+    largest_file_bytes: int = SHARD_BYTES
+    transformer_file: str | None = None
+
+
+def _ram_bytes(preset: MemoryPreset, sizes: Mapping[str, ComponentSize], stored: Mapping[str, int],
+               files: WeightFiles | None) -> tuple[int, int]:
+    """``(needed, peak)`` process RAM in bytes for ``preset``, as ``load_pipeline`` loads and offloads.
+
+    Loading: safetensors (and GGUF) files are memory-mapped, so a component's weights cost nothing until read;
+    what sits in process memory is the adapter (built from its checkpoint at the compute dtype), weights a
+    quantizer made (bitsandbytes while loading, quanto and fp8 casting after), and, under group offloading from
+    RAM, diffusers' pinned copy of the largest component while it is grouped. ``disk`` streams one component
+    at a time to the user cache, so only the largest quantized copy is held. Running: ``none`` holds no weights
+    on the CPU, ``model`` and ``group`` hold every component as stored, ``disk`` none. The peak adds the
+    largest mapped file read at once (see ``SHARD_BYTES``). Calibrated on the one measured figure: ``full`` on
+    an H200, 16.6 GiB peak RSS (estimate 17.0 GiB).
+    """
+    b = _dtype_bytes(preset.dtype)
+    files = files or WeightFiles()
+    adapter = sum(sizes[c].params * b for c in ADAPTER_PARTS if c in sizes)
+    quantized = {c: stored[c] for c in sizes if _quantization_of(preset, c) and c not in ADAPTER_PARTS}
+    if files.transformer_bytes is not None:
+        quantized.pop("transformer", None)  # a GGUF file stays mapped until it is moved
+    if preset.offload == "disk":
+        in_ram = sum(stored[c] for c in DISK_KEPT_IN_RAM if c in stored)
+        load_held = adapter + in_ram
+        run_held = in_ram
+    else:
+        load_held = adapter + sum(quantized.values())
+        run_held = 0 if preset.offload == "none" else sum(stored.values())
+        if preset.offload == "group" and not group_low_cpu_mem_usage(preset):
+            run_held += max(stored.values())  # pinned copies made while grouping, the originals freed after
+    mapped = min(files.largest_file_bytes, max(s.params * b for s in sizes.values()))
+    if files.transformer_bytes is not None:
+        mapped = max(mapped, files.transformer_bytes)
+    needed = RAM_BASELINE_BYTES + max(load_held, run_held)
+    peak = RAM_BASELINE_BYTES + max(load_held + mapped, run_held)
+    return needed, peak
+
+
+def group_low_cpu_mem_usage(preset: MemoryPreset) -> bool:
+    """Whether group offloading pins on the fly (``low_cpu_mem_usage``): no second copy in RAM. The fp8 and disk
+    presets do (they are for 16-32 GB of RAM); ``minimal`` keeps diffusers' default (pinned copies, faster)."""
+    return preset.offload == "disk" or preset.transformer_quantization == "fp8-layerwise"
+
+
 def estimate(preset: MemoryPreset | str, width: int = 1024, height: int = 1024, *,
              sizes: Mapping[str, ComponentSize] | None = None, adapter: bool = True,
-             use_stream: bool = True, bnb_keeps_float32: bool = False) -> MemoryEstimate:
+             use_stream: bool = True, bnb_keeps_float32: bool = False,
+             files: "WeightFiles | None" = None) -> MemoryEstimate:
     """Estimate the GPU and RAM peaks of ``preset`` for one ``width`` x ``height`` image (pixels, batch 1).
 
     Args:
@@ -327,6 +426,8 @@ def estimate(preset: MemoryPreset | str, width: int = 1024, height: int = 1024, 
         bnb_keeps_float32: model transformers 4.x, whose bitsandbytes loaders kept T5's ``wo`` (1.0 B
             parameters) in float32 (+1.9 GiB): how the published figures were measured. transformers 5 keeps it
             in the compute dtype.
+        files: what the weight files are (a single-file transformer's real size, the largest file mapped at
+            once); default: the diffusers folders of FLUX.1-dev (10 GB shards).
 
     GPU peak, by offload mode: ``none``: all weights + the largest phase activation; ``model``: the largest over
     phases of (that phase's models + its activations); ``group``: small components (< 1 GiB) resident + the
@@ -340,6 +441,8 @@ def estimate(preset: MemoryPreset | str, width: int = 1024, height: int = 1024, 
         quant = _quantization_of(preset, name)
         kept = "float32" if bnb_keeps_float32 and (quant or "").startswith("bnb-") else None
         stored[name] = weight_bytes(s, quant, preset.dtype, kept)
+    if files is not None and files.transformer_bytes is not None and "transformer" in stored:
+        stored["transformer"] = files.transformer_bytes  # a GGUF file: held as its quantized tensors
     acts = phase_activation_bytes(sizes, width, height, preset.vae_tiling, preset.dtype)
     phases = {p: [c for c in comps if c in sizes] for p, comps in PHASE_COMPONENTS.items() if p in acts}
 
@@ -359,14 +462,9 @@ def estimate(preset: MemoryPreset | str, width: int = 1024, height: int = 1024, 
         peak_phase = max(per_phase, key=per_phase.get)
         gpu = per_phase[peak_phase]
 
-    # RAM: diffusers loads every component on the CPU before moving it, except that bitsandbytes quantizes
-    # while loading (so a bnb component costs its quantized size); quanto quantizes after loading (bf16 first).
-    b = _dtype_bytes(preset.dtype)
-    loading = sum(stored[c] if (_quantization_of(preset, c) or "").startswith("bnb-") else sizes[c].params * b
-                  for c in sizes)
-    offloaded = 0 if preset.offload == "none" else sum(stored.values())
-    ram = RAM_BASELINE_BYTES + max(loading, offloaded)
-    return MemoryEstimate(preset.name, width, height, int(gpu), int(ram), peak_phase, stored, acts)
+    ram_needed, ram_peak = _ram_bytes(preset, sizes, stored, files)
+    return MemoryEstimate(preset.name, width, height, int(gpu), int(ram_peak), peak_phase, stored, acts,
+                          int(ram_needed))
 
 
 # ------------------------------------------------------------------------------------------------------ detection
@@ -449,81 +547,103 @@ def usable_vram_bytes(vram_bytes: int) -> int:
 
 def choose_preset(vram_bytes: int | None, ram_bytes: int | None, width: int = 1024, height: int = 1024, *,
                   bitsandbytes_ok: bool = True, sizes: Mapping[str, ComponentSize] | None = None,
-                  ) -> tuple[MemoryPreset, MemoryEstimate, str]:
-    """The fastest preset whose estimate fits: ``(preset, estimate, reason)``. Pure: no detection here.
+                  files: WeightFiles | None = None) -> tuple[MemoryPreset, MemoryEstimate, str]:
+    """The best preset whose estimate fits both budgets: ``(preset, estimate, reason)``. Pure: no detection here.
 
     Args:
         vram_bytes: the GPU's total memory in bytes, or None without a GPU.
         ram_bytes: system RAM in bytes, or None when unknown (then RAM is not checked).
         width, height: image size in pixels.
         bitsandbytes_ok: False swaps nf4 for ``quanto-int8`` (no bitsandbytes, or not on CUDA).
+        files: the weight files (a GGUF transformer's real size); default: FLUX.1-dev's diffusers folders.
 
-    Presets are tried fastest first (full, balanced, low, minimal). One fits when its GPU peak is at most
-    ``usable_vram_bytes(vram_bytes)`` and its RAM peak at most ``ram_bytes``. With the released adapter at
-    1024x1024 the bf16 weights alone are ~39.5 GiB, so a 48 or 80 GB card runs ``full``; ``balanced`` still holds
-    the bf16 transformer and adapter together (~28.6 GiB), which a 24 GB card cannot, so 24, 16 and 12 GB run
-    ``low`` (nf4, ~10 GiB); 8 GB runs ``minimal`` (groups of blocks streamed, ~4 GiB). When nothing fits the
-    smallest preset is returned and the reason says by how much it misses. Without a GPU, memory on the GPU is
-    no constraint: the choice is by RAM only and the reason says that no GPU was found.
+    Presets are tried in ``PRESET_ORDER`` (bf16 on the GPU, fp8, streamed, nf4, streamed from disk). One fits
+    when its GPU peak is at most ``usable_vram_bytes(vram_bytes)`` and the RAM it needs
+    (``MemoryEstimate.ram_needed_bytes``) at most ``ram_bytes``. At 1024x1024 with the released adapter: 48 GB
+    cards run ``full``; 24 GB ``fp8`` (15 GiB GPU, 25 GiB RAM); 12-16 GB with 32 GB RAM ``fp8-streamed``; 8 GB or
+    16 GB of RAM ``streamed`` (from disk: 4 GiB GPU, 8 GiB RAM). When nothing fits, the preset that comes
+    closest is returned and the reason names the budget that is short and what would help. Without a GPU, the
+    choice is by RAM only.
     """
     candidates = [get_preset(n) for n in PRESET_ORDER]
     if not bitsandbytes_ok or vram_bytes is None:
         candidates = [p.with_quantization(QUANTO_ALTERNATIVE) if p.needs_bitsandbytes else p for p in candidates]
-    estimates = [estimate(p, width, height, sizes=sizes) for p in candidates]
+    estimates = [estimate(p, width, height, sizes=sizes, files=files) for p in candidates]
     size = f"{width}x{height}"
 
     def ram_ok(e: MemoryEstimate) -> bool:
-        return ram_bytes is None or e.ram_peak_bytes <= ram_bytes
+        return ram_bytes is None or e.ram_needed_bytes <= ram_bytes
 
     if vram_bytes is None:
         for p, e in zip(candidates, estimates):
             if ram_ok(e):
                 return p, e, (f"no CUDA GPU found: runs on the CPU, so GPU memory is no constraint; '{p.name}' is the "
-                              f"fastest preset whose RAM peak ({e.ram_peak_gib:.1f} GiB) fits the system RAM")
-        p, e = candidates[-1], estimates[-1]
-        return p, e, (f"no CUDA GPU found, and even '{p.name}' needs {e.ram_peak_gib:.1f} GiB of RAM "
-                      f"(have {ram_bytes / GiB:.1f} GiB)")
+                              f"best preset whose RAM ({e.ram_needed_gib:.1f} GiB) fits the system RAM")
+        p, e = min(zip(candidates, estimates), key=lambda pe: pe[1].ram_needed_bytes)
+        return p, e, (f"no CUDA GPU found, and even '{p.name}' needs {e.ram_needed_gib:.1f} GiB of RAM "
+                      f"(have {ram_bytes / GiB:.1f} GiB): {_ram_help(files)}")
 
     usable = usable_vram_bytes(vram_bytes)
     for p, e in zip(candidates, estimates):
         if e.gpu_peak_bytes <= usable and ram_ok(e):
-            faster = [q.name for q in candidates[: candidates.index(p)]]
-            why_not = f" ({', '.join(faster)} would not fit)" if faster else ""
-            return p, e, (f"'{p.name}' is the fastest preset that fits at {size}: GPU peak {e.gpu_peak_gib:.1f} GiB "
-                          f"of {usable / GiB:.1f} GiB usable on a {vram_bytes / GiB:.0f} GiB card{why_not}")
-    p, e = candidates[-1], estimates[-1]
-    short = "GPU memory" if e.gpu_peak_bytes > usable else "system RAM"
-    return p, e, (f"nothing fits at {size}: even '{p.name}' needs {e.gpu_peak_gib:.1f} GiB GPU / "
-                  f"{e.ram_peak_gib:.1f} GiB RAM; short of {short}. Try a smaller image")
+            better = [q.name for q in candidates[: candidates.index(p)]]
+            why_not = f" ({', '.join(better)} would not fit)" if better else ""
+            return p, e, (f"'{p.name}' is the best preset that fits at {size}: GPU peak {e.gpu_peak_gib:.1f} GiB "
+                          f"of {usable / GiB:.1f} GiB usable on a {vram_bytes / GiB:.0f} GiB card, RAM "
+                          f"{e.ram_needed_gib:.1f} GiB{' of ' + format(ram_bytes / GiB, '.0f') + ' GiB' if ram_bytes else ''}"
+                          f"{why_not}")
+    gpu_fits = [pe for pe in zip(candidates, estimates) if pe[1].gpu_peak_bytes <= usable]
+    ram_fits = [pe for pe in zip(candidates, estimates) if ram_ok(pe[1])]
+    if gpu_fits:  # RAM is what is short: the preset needing the least RAM among those the GPU holds
+        p, e = min(gpu_fits, key=lambda pe: pe[1].ram_needed_bytes)
+        return p, e, (f"nothing fits at {size}: short of system RAM; the least, '{p.name}', needs "
+                      f"{e.ram_needed_gib:.1f} GiB of RAM (have {ram_bytes / GiB:.1f} GiB): {_ram_help(files)}")
+    p, e = min(ram_fits or list(zip(candidates, estimates)), key=lambda pe: pe[1].gpu_peak_bytes)
+    both = "" if ram_fits else f" and RAM ({e.ram_needed_gib:.1f} GiB needed; {_ram_help(files)})"
+    return p, e, (f"nothing fits at {size}: short of GPU memory{both}; the smallest, '{p.name}', peaks at "
+                  f"{e.gpu_peak_gib:.1f} GiB of {usable / GiB:.1f} GiB usable: try a smaller image")
+
+
+def _ram_help(files: WeightFiles | None) -> str:
+    gguf = files is not None and files.transformer_bytes is not None
+    advice = "add swap space or close other programs"
+    if not gguf:
+        advice += ", or use a GGUF transformer file (--base flux1-dev-Q4_K_S.gguf: a quarter of the bf16 size)"
+    return advice
 
 
 def format_plan(vram_gb: float | None = None, ram_gb: float | None = None, width: int = 1024, height: int = 1024,
-                *, detect: bool = True) -> str:
-    """The ``plan`` command's table: each preset's GPU and RAM peaks (GiB), and what ``auto`` picks and why.
+                *, detect: bool = True, files: WeightFiles | None = None) -> str:
+    """The ``plan`` command's table: each preset's GPU peak, RAM needed and RAM peak (GiB), and what ``auto``
+    picks and why.
 
     Args:
         vram_gb, ram_gb: GPU memory and RAM in GiB (GPU makers' "GB"); None: detected (when ``detect``).
         width, height: image size in pixels.
+        files: the weight files (``core.loading.single_file.weight_files``); default: FLUX.1-dev's folders.
     """
     detected = detect_memory() if detect and (vram_gb is None or ram_gb is None) else None
     vram = vram_gb * GiB if vram_gb is not None else (detected.vram_total_bytes if detected else None)
     ram = ram_gb * GiB if ram_gb is not None else (detected.ram_total_bytes if detected else None)
     bnb_ok = bitsandbytes_usable() if vram_gb is None else True
-    chosen, _, reason = choose_preset(vram, ram, width, height, bitsandbytes_ok=bnb_ok)
+    chosen, _, reason = choose_preset(vram, ram, width, height, bitsandbytes_ok=bnb_ok, files=files)
     where = (f"GPU {vram / GiB:.1f} GiB" if vram is not None else "no GPU") + \
             (f", RAM {ram / GiB:.1f} GiB" if ram is not None else ", RAM unknown")
-    lines = [f"Memory plan for {width}x{height}, FLUX.1-dev + InstantCharacter ({where})", ""]
-    lines.append(f"  {'preset':<9} {'GPU peak':>9} {'RAM peak':>9}  description")
+    what = f", transformer {files.transformer_file}" if files is not None and files.transformer_file else ""
+    lines = [f"Memory plan for {width}x{height}, FLUX.1-dev + InstantCharacter ({where}{what})", ""]
+    lines.append(f"  {'preset':<13} {'GPU peak':>9} {'RAM need':>9} {'RAM peak':>9}  description")
     for name in PRESET_ORDER:
         p = get_preset(name)
         if name == chosen.name:
             p = chosen  # shows the quanto alternative when auto swapped it in
-        e = estimate(p, width, height)
+        e = estimate(p, width, height, files=files)
         mark = "*" if name == chosen.name else " "
         swapped = p.transformer_quantization != get_preset(name).transformer_quantization
         quant = f" [as {p.transformer_quantization or p.dtype}: no bitsandbytes]" if swapped else ""
-        lines.append(f"{mark} {name:<9} {e.gpu_peak_gib:>5.1f} GiB {e.ram_peak_gib:>5.1f} GiB  {p.description}{quant}")
-    lines += ["", f"auto -> {chosen.name}: {reason}"]
+        lines.append(f"{mark} {name:<13} {e.gpu_peak_gib:>5.1f} GiB {e.ram_needed_gib:>5.1f} GiB "
+                     f"{e.ram_peak_gib:>5.1f} GiB  {p.description}{quant}")
+    lines += ["", "RAM need: what must fit in RAM; RAM peak: peak RSS, which also counts memory-mapped weight "
+              "pages the system drops when short", f"auto -> {chosen.name}: {reason}"]
     return "\n".join(lines)
 
 
@@ -543,34 +663,38 @@ class MemoryAdviceError(UserError, RuntimeError):
 
 def next_preset(preset: MemoryPreset | str, vram_bytes: int | None = None, width: int = 1024,
                 height: int = 1024, *, bitsandbytes_ok: bool | None = None) -> MemoryPreset | None:
-    """The next smaller preset after ``preset``; with ``vram_bytes``, the first smaller one estimated to fit.
+    """The next preset after ``preset`` in ``PRESET_ORDER`` that needs less GPU memory; with ``vram_bytes``, the
+    first such one estimated to fit.
 
     A quanto ``preset`` keeps quanto; ``bitsandbytes_ok`` False (default: ``bitsandbytes_usable()``) swaps
-    bitsandbytes for ``quanto-int8``. Returns None after ``minimal``; when no smaller preset is estimated to
-    fit, the smallest one.
+    bitsandbytes for ``quanto-int8``. Returns None when no later preset needs less GPU memory (``fp8-streamed``,
+    ``streamed``); when none is estimated to fit ``vram_bytes``, the smallest one.
     """
     name = preset.name if isinstance(preset, MemoryPreset) else preset
     quant = preset.transformer_quantization if isinstance(preset, MemoryPreset) else None
+    if quant not in QUANTIZERS:
+        quant = None
     if bitsandbytes_ok is None:
         bitsandbytes_ok = bitsandbytes_usable()
     if quant is None and not bitsandbytes_ok:
         quant = QUANTO_ALTERNATIVE
-    smaller = PRESET_ORDER[PRESET_ORDER.index(name) + 1:]
-    if not smaller:
-        return None
 
     def build(n: str) -> MemoryPreset:
         p = get_preset(n)
         # keep the user's quantization backend (quanto stays quanto)
-        return p.with_quantization(quant) if quant and p.transformer_quantization else p
+        return p.with_quantization(quant) if quant else p
 
+    current = estimate(build(name), width, height).gpu_peak_bytes
+    smaller = [p for p in (build(n) for n in PRESET_ORDER[PRESET_ORDER.index(name) + 1:])
+               if estimate(p, width, height).gpu_peak_bytes < current]
+    if not smaller:
+        return None
     if vram_bytes is not None:
-        for n in smaller:
-            p = build(n)
+        for p in smaller:
             if estimate(p, width, height).gpu_peak_bytes <= usable_vram_bytes(vram_bytes):
                 return p
-        return build(smaller[-1])
-    return build(smaller[0])
+        return min(smaller, key=lambda p: estimate(p, width, height).gpu_peak_bytes)
+    return smaller[0]
 
 
 def free_memory() -> None:

@@ -14,10 +14,12 @@ from __future__ import annotations
 
 import importlib.util
 import logging
+from pathlib import Path
 
 import torch
 
-from core.loading.memory import (GROUP_OFFLOAD_MIN_BYTES, QUANTO_ALTERNATIVE, VAE_TILE_PX, MemoryPreset, get_preset)
+from core.loading.memory import (GROUP_OFFLOAD_MIN_BYTES, QUANTO_ALTERNATIVE, VAE_TILE_PX, MemoryPreset,
+                                 group_low_cpu_mem_usage, get_preset)
 from core.loading.model_sizes import kept_module_names
 from core.errors import UserError
 
@@ -106,18 +108,72 @@ def quantize_with_quanto(module: torch.nn.Module, quantization: str, include: li
     quanto.freeze(module)
 
 
+FP8_STORAGE = torch.float8_e4m3fn
+
+
+def _is_prequantized(module: torch.nn.Module) -> bool:
+    """True for a model loaded already quantized (a GGUF file, bitsandbytes): nothing more to cast."""
+    return getattr(getattr(module, "hf_quantizer", None), "quantization_config", None) is not None
+
+
+def cast_layerwise_fp8(module: torch.nn.Module, compute_dtype: torch.dtype, skip: list[str] | None = None) -> None:
+    """Store ``module``'s Linear/conv weights in float8_e4m3fn, cast to ``compute_dtype`` per layer as it runs.
+
+    diffusers' ``apply_layerwise_casting``, skipping norms and positional embeddings (diffusers' defaults, the
+    model's ``_skip_layerwise_casting_patterns``), embeddings (a model's ``dtype`` is its first parameter's), the modules transformers keeps unconverted (T5's ``wo``, whose
+    parent casts its input to the weight's dtype) and the regular expressions in ``skip``.
+    """
+    import re
+
+    from diffusers.hooks import apply_layerwise_casting
+    from diffusers.hooks.layerwise_casting import DEFAULT_SKIP_MODULES_PATTERN
+
+    patterns = list(DEFAULT_SKIP_MODULES_PATTERN) + list(getattr(module, "_skip_layerwise_casting_patterns", None)
+                                                         or [])
+    patterns += [rf"(^|\.){re.escape(k)}$" for k in kept_module_names(module)] + list(skip or [])
+    apply_layerwise_casting(module, storage_dtype=FP8_STORAGE, compute_dtype=compute_dtype,
+                            skip_modules_pattern=tuple(patterns), skip_modules_classes=(torch.nn.Embedding,))
+
+
+def _compute_dtype(module: torch.nn.Module) -> torch.dtype:
+    return next((p.dtype for p in module.parameters() if p.is_floating_point()), torch.float32)
+
+
+def _quantize_component(module: torch.nn.Module, name: str, quant: str, exclude: list[str]) -> str:
+    """Quantize one loaded component after loading (quanto or fp8 casting); returns the step's line."""
+    if _is_prequantized(module):
+        method = getattr(module.hf_quantizer.quantization_config, "quant_method", "quantized")
+        return f"{name} kept as loaded ({getattr(method, 'value', method)})"
+    if quant == "fp8-layerwise":
+        skip = [rf"^{p[:-2].replace('.', chr(92) + '.')}(\.|$)" for p in exclude]  # "a.b.*" -> ^a\.b(\.|$)
+        cast_layerwise_fp8(module, _compute_dtype(module), skip=skip)
+        return f"{name} stored in fp8 (layerwise casting)"
+    quantize_with_quanto(module, quant, exclude=exclude or None)
+    return f"{name} quantized to {quant}"
+
+
+def _adapter_modules(pipe, transformer) -> list[tuple[str, torch.nn.Module]]:
+    modules = [(n, m) for n, m in (transformer.named_modules() if transformer is not None else [])
+               if n.endswith(".processor") and any(isinstance(c, torch.nn.Linear) for c in m.modules())]
+    return modules + [(n, getattr(pipe, n)) for n in ADAPTER_COMPONENTS
+                      if isinstance(getattr(pipe, n, None), torch.nn.Module)]
+
+
 def _module_bytes(module: torch.nn.Module) -> int:
     return sum(p.numel() * p.element_size() for p in module.parameters())
 
 
 def apply_offload(pipe, mode: str, device: str | torch.device, use_stream: bool | None = None,
-                  group_min_bytes: int = GROUP_OFFLOAD_MIN_BYTES) -> list[str]:
+                  group_min_bytes: int = GROUP_OFFLOAD_MIN_BYTES, low_cpu_mem_usage: bool = False,
+                  disk_path: str | None = None) -> list[str]:
     """Offload ``pipe``'s models: ``none`` (move all to ``device``), ``model`` or ``group``.
 
     ``model``: accelerate hooks via ``pipe.enable_model_cpu_offload`` (one whole model on the device at a time).
     ``group``: ``diffusers.hooks.apply_group_offloading``: the transformer block by block, other models over
     ``group_min_bytes`` (1 GiB) leaf by leaf, smaller ones moved to ``device``; ``use_stream`` (default: when
-    ``device`` is CUDA) prefetches the next group on a CUDA stream. Returns the steps taken, one line each.
+    ``device`` is CUDA) prefetches the next group on a CUDA stream; ``low_cpu_mem_usage`` pins on the fly (no
+    pinned second copy in RAM). ``disk``: the same, each group written to ``disk_path`` (default: a fresh folder
+    in the user cache, removed at exit) and read back when it runs. Returns the steps taken, one line each.
     """
     device = torch.device(device)
     if mode == "none":
@@ -126,8 +182,10 @@ def apply_offload(pipe, mode: str, device: str | torch.device, use_stream: bool 
     if mode == "model":
         pipe.enable_model_cpu_offload(device=device)
         return [f"model CPU offload to {device}"]
-    if mode != "group":
-        raise ValueError(f"offload mode {mode!r} unknown; expected none, model or group")
+    if mode not in ("group", "disk"):
+        raise ValueError(f"offload mode {mode!r} unknown; expected none, model, group or disk")
+    if mode == "disk" and disk_path is None:
+        disk_path = offload_folder()
     from diffusers.hooks import apply_group_offloading
 
     stream = device.type == "cuda" if use_stream is None else use_stream
@@ -140,11 +198,47 @@ def apply_offload(pipe, mode: str, device: str | torch.device, use_stream: bool 
             steps.append(f"{name} on {device}")
             continue
         kind = "block_level" if name == "transformer" else "leaf_level"
+        to_disk = disk_path is not None and not _has_tied_weights(component)
         apply_group_offloading(component, onload_device=device, offload_device=torch.device("cpu"),
                                offload_type=kind, num_blocks_per_group=1 if kind == "block_level" else None,
-                               use_stream=stream)
-        steps.append(f"{name} group offload ({kind}{', stream' if stream else ''})")
+                               use_stream=stream, low_cpu_mem_usage=low_cpu_mem_usage,
+                               offload_to_disk_path=str(Path(disk_path) / name) if to_disk else None)
+        where = f", on disk in {disk_path}" if to_disk else (", in RAM: tied weights" if disk_path else "")
+        steps.append(f"{name} group offload ({kind}{', stream' if stream else ''}{where})")
     return steps
+
+
+def _has_tied_weights(module: torch.nn.Module) -> bool:
+    """True when one parameter is registered under two names (T5's ``shared`` and ``embed_tokens``): diffusers'
+    disk offload would write it after another group emptied it, so such a model is offloaded in RAM."""
+    return len(list(module.named_parameters(remove_duplicate=False))) > len(list(module.parameters()))
+
+
+def offload_folder() -> str:
+    """A fresh folder in the user cache for disk offloading, removed when the process ends.
+
+    Fresh each load: diffusers reuses a group file that exists, so a folder shared between models would serve
+    another model's weights. Folders left by a killed process are removed at the next load.
+    """
+    import atexit
+    import os
+    import shutil
+    import tempfile
+
+    from core.io.paths import cache_dir
+
+    root = cache_dir("offload")
+    for old in root.glob("run-*"):
+        try:
+            pid = int(old.name.split("-")[1])
+            os.kill(pid, 0)
+        except (ValueError, IndexError, ProcessLookupError):
+            shutil.rmtree(old, ignore_errors=True)
+        except PermissionError:
+            pass
+    folder = tempfile.mkdtemp(prefix=f"run-{os.getpid()}-", dir=root)
+    atexit.register(shutil.rmtree, folder, True)
+    return folder
 
 
 def enable_vae_tiling(vae, tile_px: int = VAE_TILE_PX) -> None:
@@ -159,8 +253,9 @@ def apply_preset(pipe, preset: MemoryPreset | str, device: str | torch.device) -
     """Apply ``preset`` to a loaded pipeline for ``device``; returns the steps taken, one line each.
 
     bitsandbytes presets must have been loaded with ``quantization_config_for(preset)`` (checked). Quanto
-    quantization of the transformer/T5 and the adapter is applied here. On a CPU device nothing is offloaded
-    (there is nowhere to offload to).
+    quantization and fp8 layerwise casting of the transformer/T5 and the adapter are applied here; a transformer
+    loaded quantized (a GGUF file) is kept as it is. On a CPU device nothing is offloaded (there is nowhere to
+    offload to).
     """
     if isinstance(preset, str):
         preset = get_preset(preset)
@@ -181,11 +276,14 @@ def apply_preset(pipe, preset: MemoryPreset | str, device: str | torch.device) -
                                  "quantization_config=quantization_config_for(preset)")
             steps.append(f"{name} in {quant} (loaded)")
             continue
-        exclude = adapter_in_transformer if name == "transformer" else None
-        quantize_with_quanto(module, quant, exclude=exclude)
-        steps.append(f"{name} quantized to {quant}")
+        exclude = adapter_in_transformer if name == "transformer" else []
+        steps.append(_quantize_component(module, name, quant, exclude))
 
-    if preset.adapter_quantization:
+    if preset.adapter_quantization == "fp8-layerwise":
+        for name, module in _adapter_modules(pipe, transformer):
+            cast_layerwise_fp8(module, _compute_dtype(module))
+        steps.append("adapter stored in fp8 (layerwise casting)")
+    elif preset.adapter_quantization:
         if transformer is not None and adapter_in_transformer:
             quantize_with_quanto(transformer, preset.adapter_quantization, include=adapter_in_transformer)
             steps.append(f"adapter processors quantized to {preset.adapter_quantization}")
@@ -195,14 +293,14 @@ def apply_preset(pipe, preset: MemoryPreset | str, device: str | torch.device) -
                 quantize_with_quanto(module, preset.adapter_quantization)
                 steps.append(f"{name} quantized to {preset.adapter_quantization}")
 
-    steps += apply_offload(pipe, "none" if device.type == "cpu" else preset.offload, device)
+    steps += apply_offload(pipe, "none" if device.type == "cpu" else preset.offload, device,
+                           low_cpu_mem_usage=group_low_cpu_mem_usage(preset))
 
     if preset.vae_tiling and getattr(pipe, "vae", None) is not None:
         enable_vae_tiling(pipe.vae)
         steps.append(f"VAE tiling ({VAE_TILE_PX} px tiles)")
     logger.info("preset %s: %s", preset.name, "; ".join(steps))
     return steps
-
 
 
 def resolve_preset(name: str, *, tiny: bool = False, zero_gpu: bool = False,

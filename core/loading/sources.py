@@ -27,16 +27,27 @@ class ModelSourceError(UserError, RuntimeError):
 
 @dataclass(frozen=True)
 class ModelSources:
-    """The four model sources; each is a hub id (adapter: ``owner/repo/filename``) or a local path."""
+    """The model sources; each is a hub id (adapter: ``owner/repo/filename``) or a local path.
+
+    ``transformer``, when set, is a single file (BFL-format ``.safetensors``, bf16 or fp8, or ``.gguf``) that
+    replaces the base's transformer; the base still supplies FLUX's VAE, text encoders, tokenizers and scheduler
+    (see :mod:`core.loading.single_file`).
+    """
 
     base: str = DEFAULT_BASE
     siglip: str = DEFAULT_SIGLIP
     dinov2: str = DEFAULT_DINOV2
     adapter: str = DEFAULT_ADAPTER
+    transformer: str | None = None
 
     @classmethod
     def from_models_dir(cls, folder: str | os.PathLike) -> "ModelSources":
-        """A folder laid out as ``flux/``, ``siglip/``, ``dinov2/`` and one adapter file (``.bin``/``.safetensors``)."""
+        """A folder laid out as ``flux/``, ``siglip/``, ``dinov2/`` and one adapter file (``.bin``/``.safetensors``).
+
+        A ``.gguf`` or BFL ``.safetensors`` file directly inside ``flux/`` (``flux/flux1-dev-Q4_K_S.gguf``) is the
+        transformer; ``flux/`` then needs no ``transformer/`` weights (a ``transformer/config.json`` alone sets
+        the file's shape; without one, FLUX.1-dev's bundled config is used).
+        """
         folder = Path(folder)
         if not folder.is_dir():
             raise ModelSourceError(f"models directory not found: {folder}")
@@ -48,7 +59,10 @@ class ModelSources:
             raise ModelSourceError(f"models directory {folder} is missing: {', '.join(missing)}")
         # prefer safetensors when both formats are present
         adapter = next((p for p in adapters if p.suffix == ".safetensors"), adapters[0])
-        return cls(str(folder / "flux"), str(folder / "siglip"), str(folder / "dinov2"), str(adapter))
+        from core.loading.single_file import find_transformer_file
+
+        return cls(str(folder / "flux"), str(folder / "siglip"), str(folder / "dinov2"), str(adapter),
+                   find_transformer_file(folder / "flux"))
 
     @classmethod
     def parse(cls, spec: str | None) -> "ModelSources":
@@ -60,6 +74,19 @@ class ModelSources:
 
             return cls.from_models_dir(ensure_tiny_bundle())
         return cls.from_models_dir(spec)
+
+    def with_base(self, base: str | os.PathLike | None) -> "ModelSources":
+        """``--base``: a single transformer file replaces the transformer only; a folder or hub id the base."""
+        if not base:
+            return self
+        from core.loading.single_file import is_transformer_file
+
+        base = str(Path(base).expanduser()) if is_local(base) else str(base)
+        if is_transformer_file(base):
+            if not Path(base).is_file():
+                raise ModelSourceError(f"transformer file not found: {base}")
+            return replace(self, transformer=base)
+        return replace(self, base=base, transformer=None)
 
     def override(self, **kwargs) -> "ModelSources":
         """A copy with the given sources replaced (``None`` values are ignored)."""
@@ -97,7 +124,8 @@ def _hub_error(exc: Exception, repo: str) -> ModelSourceError:
     return ModelSourceError(f"downloading {repo} failed: {type(exc).__name__}: {exc}")
 
 
-def resolve_folder(spec: str, what: str, allow_patterns: list[str] | None = None) -> str:
+def resolve_folder(spec: str, what: str, allow_patterns: list[str] | None = None,
+                   ignore_patterns: list[str] | None = None) -> str:
     """A local folder for a model given as a folder or a hub id (downloaded into the hub cache, with progress)."""
     path = Path(spec).expanduser()
     if is_local(spec):
@@ -107,7 +135,7 @@ def resolve_folder(spec: str, what: str, allow_patterns: list[str] | None = None
     from huggingface_hub import snapshot_download
 
     try:
-        return snapshot_download(spec, allow_patterns=allow_patterns)
+        return snapshot_download(spec, allow_patterns=allow_patterns, ignore_patterns=ignore_patterns)
     except Exception as exc:  # noqa: BLE001 - every hub failure gets a message that says what to do
         raise _hub_error(exc, spec) from None
 

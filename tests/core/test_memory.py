@@ -79,16 +79,19 @@ def test_model_offload_estimate_matches_published_bf16_offload():
     assert e.peak_phase == "denoise"
 
 
-def test_presets_get_smaller_in_order():
-    peaks = [estimate(name).gpu_peak_bytes for name in memory.PRESET_ORDER]
-    assert peaks == sorted(peaks, reverse=True)
+def test_presets_go_from_best_quality_to_least_memory():
+    assert memory.PRESET_ORDER[0] == "full" and set(memory.PRESET_ORDER) == set(memory.MEMORY_PRESETS)
+    gpu = {name: estimate(name).gpu_peak_gib for name in memory.PRESET_ORDER}
+    ram = {name: estimate(name).ram_needed_gib for name in memory.PRESET_ORDER}
+    assert gpu["full"] > gpu["balanced"] > gpu["fp8"] > gpu["fp8-streamed"]
+    assert ram["streamed"] < ram["fp8-streamed"] < ram["balanced"] < ram["minimal"]
     assert estimate("low").gpu_peak_gib <= 16  # issue 4's goals
     assert estimate("minimal").gpu_peak_gib <= 10
     assert estimate("balanced", 1024, 1024).gpu_peak_bytes < estimate("balanced", 2048, 2048).gpu_peak_bytes
 
 
-@pytest.mark.parametrize("vram_gb, expected", [(80, {"full"}), (48, {"full"}), (24, {"balanced", "low"}),
-                                               (16, {"low"}), (12, {"low", "minimal"}), (8, {"minimal"})])
+@pytest.mark.parametrize("vram_gb, expected", [(80, {"full"}), (48, {"full"}), (24, {"fp8"}),
+                                               (16, {"fp8-streamed"}), (12, {"fp8-streamed"}), (8, {"fp8-streamed"})])
 def test_auto_picks_a_sensible_preset(vram_gb, expected):
     preset, est, reason = choose_preset(vram_gb * GiB, 64 * GiB, 1024, 1024)
     assert preset.name in expected, reason
@@ -104,16 +107,21 @@ def test_auto_without_a_gpu_says_so_and_avoids_bitsandbytes():
 
 
 def test_auto_without_bitsandbytes_uses_quanto_or_bf16_group_offload():
-    preset, _, _ = choose_preset(24 * GiB, 64 * GiB, bitsandbytes_ok=False)
-    assert preset.name == "low" and preset.transformer_quantization == "quanto-int8"
-    preset, est, _ = choose_preset(8 * GiB, 64 * GiB, bitsandbytes_ok=False)
-    assert preset.name == "minimal" and preset.transformer_quantization is None  # group offload needs bf16
+    preset, _, _ = choose_preset(12 * GiB, 20 * GiB, bitsandbytes_ok=True)
+    assert preset.name == "low" and preset.transformer_quantization == "bnb-nf4"
+    preset, _, _ = choose_preset(16 * GiB, 40 * GiB, bitsandbytes_ok=False)  # fp8 needs no bitsandbytes
+    assert preset.name == "fp8-streamed"
+    preset, est, _ = choose_preset(12 * GiB, 20 * GiB, bitsandbytes_ok=False)  # low's quanto int8 would not fit
+    assert preset.name == "streamed" and preset.transformer_quantization is None  # group offload: no quantizer
     assert est.gpu_peak_bytes < 8 * GiB
 
 
 def test_auto_with_too_little_ram_says_what_is_short():
     preset, _, reason = choose_preset(8 * GiB, 4 * GiB)
-    assert preset.name == "minimal" and "system RAM" in reason
+    assert preset.name == "streamed" and "short of system RAM" in reason
+    assert "swap" in reason and "GGUF" in reason and "smaller image" not in reason
+    preset, _, reason = choose_preset(3 * GiB, 64 * GiB)
+    assert "short of GPU memory" in reason and "smaller image" in reason
 
 
 def test_format_plan_lists_every_preset_and_the_choice():
@@ -121,7 +129,7 @@ def test_format_plan_lists_every_preset_and_the_choice():
     print("\n" + text)
     for name in memory.PRESET_ORDER:
         assert f" {name} " in text
-    assert "auto -> low" in text and "GiB" in text
+    assert "auto -> fp8:" in text and "GiB" in text
     assert "no GPU" in format_plan(ram_gb=64, detect=False)
 
 
@@ -134,12 +142,12 @@ def test_detect_memory_reports_ram():
 
 def test_next_preset_walks_down_and_keeps_the_backend():
     assert next_preset("full").name == "balanced"
-    assert next_preset("minimal") is None
+    assert next_preset("balanced").name == "fp8"
+    assert next_preset("fp8-streamed") is None and next_preset("streamed") is None  # nothing needs less GPU
     assert next_preset(get_preset("full")).transformer_quantization is None
-    assert next_preset("balanced", bitsandbytes_ok=False).transformer_quantization == "quanto-int8"
-    assert next_preset("balanced", bitsandbytes_ok=True).transformer_quantization == "bnb-nf4"
+    assert next_preset("low", bitsandbytes_ok=False).name == "streamed"
     assert next_preset(get_preset("low", "quanto-int8")).transformer_quantization is None  # bf16 group offload
-    assert next_preset("full", vram_bytes=12 * GiB, bitsandbytes_ok=True).name == "low"  # balanced would not fit either
+    assert next_preset("full", vram_bytes=12 * GiB, bitsandbytes_ok=True).name == "minimal"  # fp8 would not fit
 
 
 def test_out_of_memory_is_turned_into_advice_and_memory_is_freed(monkeypatch):
@@ -154,7 +162,7 @@ def test_out_of_memory_is_turned_into_advice_and_memory_is_freed(monkeypatch):
     with out_of_memory_advice("full"):  # the next request still works
         pass
     with pytest.raises(MemoryAdviceError, match="smallest"):
-        with out_of_memory_advice("minimal"):
+        with out_of_memory_advice("fp8-streamed"):
             raise torch.cuda.OutOfMemoryError("injected")
     with pytest.raises(ValueError):  # other errors pass through untouched
         with out_of_memory_advice("full"):

@@ -64,7 +64,7 @@ def test_without_bitsandbytes_the_advice_names_the_quanto_alternative_preset(tin
     with pytest.raises(MemoryAdviceError) as info:
         with out_of_memory_advice("balanced", width=32, height=32, bitsandbytes_ok=False):
             _generate(tiny_pipe)
-    assert info.value.next_preset == "low"
+    assert info.value.next_preset == "fp8"
     with pytest.raises(MemoryAdviceError, match="smallest"):
-        with out_of_memory_advice("minimal", width=32, height=32):
+        with out_of_memory_advice("streamed", width=32, height=32):
             _generate(tiny_pipe)
