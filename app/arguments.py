@@ -12,6 +12,34 @@ from core.loading.memory import PRESET_ORDER
 
 PRESET_CHOICES = ("auto",) + PRESET_ORDER
 DTYPE_CHOICES = ("bfloat16", "float16", "float32")
+SPEED_CHOICES = ("off", "full", "fast")  # core.loading.speed.SPEED_MODES
+
+
+def add_speed_arguments(parser: argparse.ArgumentParser, draft: bool = True) -> None:
+    """``--speed``, ``--compile``, ``--attention``, ``--fp8`` (and ``--draft``): see the README's Speed section."""
+    group = parser.add_argument_group("speed (GPU; each falls back with one line where it cannot run)")
+    group.add_argument("--speed", choices=SPEED_CHOICES, default="off",
+                       help="off (default); full: compiled blocks, fused QKV and the fastest exact attention, "
+                            "same images up to bf16 rounding; fast: full + fp8 matmuls (Ada/Hopper GPUs)")
+    group.add_argument("--compile", action="store_true", default=None,
+                       help="compile the transformer's repeated blocks (the first image of a size compiles)")
+    group.add_argument("--attention", default=None, metavar="BACKEND",
+                       help="diffusers attention backend: auto, native, _native_cudnn, _flash_3, flash, sage...")
+    group.add_argument("--fp8", action="store_true", default=None,
+                       help="torchao float8 matmuls in the transformer (compute capability 8.9+)")
+    if draft:
+        group.add_argument("--draft", action="store_true",
+                           help="a step cache (First Block Cache): about 2x faster, a slightly different image; "
+                                "recorded in the PNG")
+
+
+def speed_options(args: argparse.Namespace):
+    """The :class:`core.loading.speed.SpeedOptions` of ``add_speed_arguments``' flags (the flags given override
+    the mode's)."""
+    from core.loading.speed import SpeedOptions
+
+    return SpeedOptions.mode(getattr(args, "speed", None), compile=getattr(args, "compile", None),
+                             attention_backend=getattr(args, "attention", None), fp8=getattr(args, "fp8", None))
 
 
 def add_launch_arguments(parser: argparse.ArgumentParser) -> None:
@@ -28,5 +56,7 @@ def add_launch_arguments(parser: argparse.ArgumentParser) -> None:
                         help="default (Hugging Face Hub), tiny (small random models to try the interface) or a "
                              "models folder (flux/, siglip/, dinov2/, adapter file)")
     parser.add_argument("--preset", default="auto", choices=PRESET_CHOICES, help="memory preset (default: auto)")
+    parser.add_argument("--speed", choices=SPEED_CHOICES, default="off",
+                        help="speed mode: off, full (compiled, lossless) or fast (+ fp8); see the README")
     parser.add_argument("--output-dir", default=None,
                         help="where generated PNGs go (default: outputs/ in the user data folder)")

@@ -42,6 +42,7 @@ class StudioSettings:
         preset: a memory preset name or ``auto``.
         output_dir: where generated PNGs go (default: ``outputs`` in the user data folder).
         clip_model, dino_model: the scoring models (default: the paper's, or the tiny models' own with ``tiny``).
+        speed: the engine's speed mode (``off``, ``full``, ``fast``; :mod:`core.loading.speed`).
     """
 
     models: str = "default"
@@ -53,6 +54,7 @@ class StudioSettings:
     adapter: str | None = None
     clip_model: str | None = None
     dino_model: str | None = None
+    speed: str = "off"
 
     def __post_init__(self):
         self.output_dir = Path(self.output_dir) if self.output_dir else data_dir("outputs")
@@ -62,7 +64,7 @@ class StudioSettings:
                                                         dinov2=self.dinov2 or None, adapter=self.adapter or None)
 
     def key(self) -> tuple:
-        return (self.models, self.base, self.siglip, self.dinov2, self.adapter, self.preset)
+        return (self.models, self.base, self.siglip, self.dinov2, self.adapter, self.preset, self.speed)
 
     @property
     def is_tiny(self) -> bool:
@@ -246,7 +248,8 @@ class StudioContext:
             if self._engine is None or self._engine_key != key:
                 self.unload()
                 self._engine = Engine(self.settings.models, preset=self.settings.preset,
-                                      sources=self.settings.sources(), zero_gpu=self.zero_gpu)
+                                      sources=self.settings.sources(), zero_gpu=self.zero_gpu,
+                                      speed=self.settings.speed)
                 self._engine_key = key
             return self._engine
 

@@ -43,3 +43,127 @@ def gpu_function(fn, duration):
     import spaces  # only on ZeroGPU, where the Space image provides it
 
     return spaces.GPU(duration=duration)(fn)
+
+
+# ------------------------------------------------------------------------ ahead-of-time compilation (ZeroGPU)
+AOT_DURATION = 1500  # seconds of GPU asked once at start-up for exporting and compiling the transformer
+AOT_PROMPT = "a character standing in a park"
+
+
+def _flat_call(transformer, masked: tuple[bool, ...]):
+    """The transformer's call with the characters as flat tensors (what ``torch.export`` takes): ``tokens``,
+    ``scales`` (one 0-dim tensor each) and ``masks`` (for the masked ones, in order)."""
+    import torch
+
+    from core.models.attention import CharacterCondition
+
+    class FlatTransformerCall(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.transformer = transformer
+
+        def forward(self, hidden_states, timestep, guidance, pooled_projections, encoder_hidden_states, txt_ids,
+                    img_ids, tokens, scales, masks):
+            kwargs = None
+            if tokens:
+                masks_left = list(masks)
+                conditions = []
+                for tok, scale, has_mask in zip(tokens, scales, masked):
+                    cond = CharacterCondition(tok, 1.0, masks_left.pop(0) if has_mask else None)
+                    cond.scale_tensor = scale  # the request's scale, an input of the compiled program
+                    conditions.append(cond)
+                kwargs = {"character_conditions": conditions, "text_seq_len": encoder_hidden_states.shape[1]}
+            return self.transformer(hidden_states=hidden_states, timestep=timestep, guidance=guidance,
+                                    pooled_projections=pooled_projections,
+                                    encoder_hidden_states=encoder_hidden_states, txt_ids=txt_ids, img_ids=img_ids,
+                                    joint_attention_kwargs=kwargs, return_dict=False)[0]
+
+    return FlatTransformerCall()
+
+
+_TENSOR_ARGS = ("hidden_states", "timestep", "guidance", "pooled_projections", "encoder_hidden_states", "txt_ids",
+                "img_ids")
+
+
+def _flatten(kwargs: dict):
+    """``(signature, flat kwargs)`` of one transformer call from ``InstantCharacterPipeline._predict``, or
+    ``(None, None)`` when the call has something the compiled program cannot take (text-adapter tokens)."""
+    import torch
+
+    joint = kwargs.get("joint_attention_kwargs") or {}
+    conditions = list(joint.get("character_conditions") or [])
+    if any(c.text_tokens is not None for c in conditions) or any(k not in kwargs for k in _TENSOR_ARGS):
+        return None, None
+    masked = tuple(c.mask is not None for c in conditions)
+    flat = {name: kwargs[name] for name in _TENSOR_ARGS}
+    flat.update(tokens=[c.tokens for c in conditions], scales=[c.scale_tensor for c in conditions],
+                masks=[c.mask for c in conditions if c.mask is not None])
+    shapes = tuple(tuple(t.shape) if isinstance(t, torch.Tensor) else t for t in
+                   [flat[n] for n in _TENSOR_ARGS] + flat["tokens"] + flat["masks"])
+    return (masked, shapes), flat
+
+
+def install_compiled(transformer, compiled, signature) -> None:
+    """Calls of ``transformer`` with ``signature`` (character layout and shapes) go to ``compiled``; any other
+    call (another size, more characters, a text adapter, a draft's step cache) runs the eager forward."""
+    eager = transformer.forward
+
+    def forward(*args, **kwargs):
+        if not args and kwargs.get("return_dict") is False and getattr(transformer, "_speed_step_cache", None) is None:
+            call_signature, flat = _flatten(kwargs)
+            if call_signature == signature:
+                return (compiled(**flat),)
+        return eager(*args, **kwargs)
+
+    transformer.forward = forward
+    transformer._aot_signature = signature
+
+
+def compile_ahead_of_time(engine, width: int = 1024, height: int = 1024, *, force: bool = False) -> list[str]:
+    """On ZeroGPU with a compiling speed mode: exports the transformer's call for one unmasked character at
+    ``width`` x ``height`` and compiles it with the ``spaces`` package's AoT helpers (``aoti_capture``,
+    ``aoti_compile``) in one start-up GPU call, so visitors' GPU seconds are not spent compiling. Other calls run
+    eagerly. Returns lines saying what happened; any failure leaves the eager transformer with one line why.
+
+    ``force`` runs it off ZeroGPU too (tests, with a stand-in ``spaces`` module).
+    """
+    if not engine.speed.compile:
+        return []
+    if not (force or on_zero_gpu()):
+        return []
+    try:
+        import spaces
+    except ImportError:
+        return ["ahead-of-time compile: off (the spaces package is not installed); the transformer runs eagerly"]
+    try:
+        import torch
+
+        from benchmarks.bench import bench_character
+
+        pipe = engine.load()
+        transformer = pipe.transformer
+        for module in transformer.modules():  # the JIT-compiled blocks would compile on a visitor's call
+            if getattr(module, "_compiled_call_impl", None) is not None:
+                module._compiled_call_impl = None
+        transformer._speed_compiled = False
+
+        def build():
+            with spaces.aoti_capture(transformer) as call:
+                pipe(AOT_PROMPT, characters=[bench_character()], num_inference_steps=1, width=width, height=height,
+                     output_type="latent")
+            signature, flat = _flatten(call.kwargs)
+            if signature is None:
+                raise RuntimeError("the captured call has text-adapter tokens")
+            # the character tokens were made under inference_mode: export needs ordinary tensors
+            flat = torch.utils._pytree.tree_map(lambda t: t.clone() if isinstance(t, torch.Tensor) else t, flat)
+            with torch.no_grad():
+                exported = torch.export.export(_flat_call(transformer, signature[0]), args=(), kwargs=flat)
+            return signature, spaces.aoti_compile(exported)
+
+        signature, compiled = spaces.GPU(duration=AOT_DURATION)(build)()
+        install_compiled(transformer, compiled, signature)
+    except Exception as exc:  # noqa: BLE001 - a Space must start: any failure means eager, said in one line
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        return [f"ahead-of-time compile: off ({type(exc).__name__}: {reason[:200]}); the transformer runs eagerly"]
+    return [f"ahead-of-time compiled the transformer for one character at {width}x{height} (spaces.aoti_compile); "
+            "other calls run eagerly"]

@@ -159,7 +159,8 @@ def served_paths(ctx: StudioContext) -> list[str]:
 
 def launch(args: argparse.Namespace, *, block: bool = True):
     """Starts the studio; returns 0 when it stops (``block=False``: returns ``(demo, url)`` at once, for tests)."""
-    ctx = StudioContext(StudioSettings(models=args.models, preset=args.preset, output_dir=args.output_dir),
+    ctx = StudioContext(StudioSettings(models=args.models, preset=args.preset, output_dir=args.output_dir,
+                                       speed=getattr(args, "speed", "off")),
                         access=access_for(args))
     kwargs = launch_kwargs(ctx, args)
     for warning in exposure_warnings(args.host, args.share, args.auth):
@@ -183,9 +184,14 @@ def build_space() -> tuple[gr.Blocks, dict]:
     import os
 
     ctx = StudioContext(StudioSettings(models=os.environ.get("INSTANTCHARACTER_MODELS", "default"),
-                                       preset=os.environ.get("INSTANTCHARACTER_PRESET", "auto")))
+                                       preset=os.environ.get("INSTANTCHARACTER_PRESET", "auto"),
+                                       speed=os.environ.get("INSTANTCHARACTER_SPEED", "off")))
     if ctx.zero_gpu and os.environ.get("INSTANTCHARACTER_PRELOAD", "1") != "0":
         ctx.pipeline()
+        from .spaces import compile_ahead_of_time
+
+        for line in compile_ahead_of_time(ctx.engine()):  # visitors' GPU seconds are not spent compiling
+            print(f"speed: {line}")
     demo = build_studio(ctx)
     # Spaces sets the host and port through GRADIO_SERVER_NAME / GRADIO_SERVER_PORT
     return demo, dict(max_file_size=MAX_UPLOAD, allowed_paths=served_paths(ctx), show_error=False,

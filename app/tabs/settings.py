@@ -7,6 +7,7 @@ from types import SimpleNamespace
 
 import gradio as gr
 
+from ..arguments import SPEED_CHOICES
 from ..context import NO_GPU_NOTICE, PRESET_CHOICES, StudioContext
 from ..errors import StudioInputError, shown_to_user
 from .generate import GPU
@@ -48,7 +49,8 @@ class SettingsEvents:
         self.unload = shown_to_user(self._unload)
         self.estimate = shown_to_user(lambda preset: estimate_text(ctx, preset))
 
-    def _apply(self, models, base, siglip, dinov2, adapter, preset, output_dir, request: gr.Request = None):
+    def _apply(self, models, base, siglip, dinov2, adapter, preset, output_dir, speed=None,
+               request: gr.Request = None):
         """Checks and stores the settings; a change of models or preset unloads the current pipeline.
 
         Owner-only: model sources, preset and output folder belong to whoever started the studio."""
@@ -60,6 +62,8 @@ class SettingsEvents:
             raise StudioInputError(f"models folder not found: {models} (use default, tiny or an existing folder)")
         if preset not in PRESET_CHOICES:
             raise StudioInputError(f"unknown memory preset {preset!r}: choose one of {', '.join(PRESET_CHOICES)}")
+        if speed is not None and speed not in SPEED_CHOICES:
+            raise StudioInputError(f"unknown speed mode {str(speed)[:40]!r}: choose one of {', '.join(SPEED_CHOICES)}")
         folder = Path(os.path.expanduser((output_dir or "").strip() or str(self.ctx.settings.output_dir)))
         try:
             folder.mkdir(parents=True, exist_ok=True)
@@ -70,6 +74,7 @@ class SettingsEvents:
         s = self.ctx.settings
         old_key = s.key()
         s.models, s.preset, s.output_dir = models, preset, folder
+        s.speed = speed or s.speed
         s.base, s.siglip, s.dinov2, s.adapter = ((v or "").strip() or None for v in (base, siglip, dinov2, adapter))
         if s.key() != old_key and self.ctx.unload():
             gr.Info("Settings changed: models unloaded (they load again on the next Generate)")
@@ -110,10 +115,14 @@ def build(ctx: StudioContext) -> SimpleNamespace:
         ui.adapter = gr.Textbox(s.adapter or "", label="Adapter file", interactive=editable, max_lines=1)
     ui.preset = gr.Dropdown(list(PRESET_CHOICES), value=s.preset, label="Memory preset", interactive=editable)
     ui.estimate = gr.Markdown(estimate_text(ctx, s.preset))
+    ui.speed = gr.Dropdown(list(SPEED_CHOICES), value=s.speed, interactive=editable,
+                           label="Speed: off, full (compiled + fused, same images) or fast (+ fp8 on Ada/Hopper)",
+                           info="full and fast compile on the first image of each size (a minute on a GPU)")
     ui.output_dir = gr.Textbox(str(s.output_dir), label="Output folder", interactive=editable, max_lines=1)
     ui.apply = gr.Button("Apply settings", interactive=editable)
     ui.preset.input(events.estimate, ui.preset, ui.estimate, api_visibility="private")
-    ui.apply.click(events.apply, [ui.models, ui.base, ui.siglip, ui.dinov2, ui.adapter, ui.preset, ui.output_dir],
+    ui.apply.click(events.apply, [ui.models, ui.base, ui.siglip, ui.dinov2, ui.adapter, ui.preset, ui.output_dir,
+                                  ui.speed],
                    [ui.status, ui.estimate], api_visibility="private", **GPU)
     ui.load.click(events.load, None, ui.status, api_name="load_models", **GPU)
     ui.unload.click(events.unload, None, ui.status, api_visibility="private", **GPU)

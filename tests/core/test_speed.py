@@ -185,3 +185,23 @@ def test_fused_qkv_steps_aside_for_style_loras(tiny_models, tmp_path, one_thread
     assert torch.equal(_latents(fused, with_lora), _latents(eager, with_lora))  # the LoRA acts on the fused engine
     assert torch.equal(_latents(fused, plain), _latents(eager, plain))
     assert all(m.fused_projections for m in fused.pipe.transformer.modules() if hasattr(m, "to_qkv"))
+
+
+def test_command_line_flags():
+    import argparse
+
+    from app.arguments import speed_options
+    from app.generate import add_arguments, build_request
+
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    args = parser.parse_args(["--prompt", "a park", "--out", "x.png"])
+    assert speed_options(args) == SpeedOptions() and build_request(args).draft is False
+    args = parser.parse_args(["--prompt", "a park", "--out", "x.png", "--speed", "full", "--fp8", "--draft",
+                              "--attention", "_native_cudnn"])
+    assert speed_options(args) == SpeedOptions(compile=True, attention_backend="_native_cudnn", fused_qkv=True,
+                                               fp8=True)
+    assert build_request(args).draft is True
+    assert speed_options(parser.parse_args(["--prompt", "p", "--out", "x", "--compile"])) == SpeedOptions(compile=True)
+    with pytest.raises(SpeedOptionError, match="attention backend 'fa9' is unknown"):
+        speed_options(parser.parse_args(["--prompt", "p", "--out", "x", "--attention", "fa9"]))
