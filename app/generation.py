@@ -60,6 +60,15 @@ class GenerationSettings:
 
 
 @dataclass
+class EditSettings:
+    """The Generate tab's edit: the edit canvas (the image to edit as its background, the region to redo painted
+    on its layer; nothing painted edits the whole image) and the strength (0 keeps the image, 1 ignores it)."""
+
+    canvas: object = None
+    strength: float = 0.6
+
+
+@dataclass
 class GenerationResult:
     """What a run produced: saved PNG paths (one per image), their seeds, notes for the user, and whether the
     user cancelled it (the images finished before the cancel are kept)."""
@@ -214,8 +223,24 @@ def build_request(slots: list[CharacterSlot], canvas, settings: GenerationSettin
     return request.check(), notes  # unknown [tags]: fail before loading anything
 
 
+def build_edit(request, edit: EditSettings) -> tuple[object, list[str]]:
+    """``request`` made an edit of ``edit``'s image (checked: strength, region); ``(request, notes)``."""
+    from dataclasses import replace
+
+    from .mask_canvas import edit_from_canvas
+
+    source, region, notes = edit_from_canvas(edit.canvas)
+    if source is None:
+        raise StudioInputError("pick an image to edit first: upload one, or press 'Edit this' under a gallery or "
+                               "history image")
+    strength = _number(edit.strength, "strength (0 keeps the image, 1 ignores it)", 0.0, 1.0)
+    request = replace(request, source_image=source, strength=strength, inpaint_region=region)
+    return request.check(), notes
+
+
 def generate(ctx: StudioContext, slots: list[CharacterSlot], canvas, settings: GenerationSettings,
-             report=None, cancel: threading.Event | None = None, mask_specs=None) -> GenerationResult:
+             report=None, cancel: threading.Event | None = None, mask_specs=None,
+             edit: EditSettings | None = None) -> GenerationResult:
     """Runs one generation through the studio's engine and saves each image as a PNG with full metadata in the
     output folder.
 
@@ -223,18 +248,21 @@ def generate(ctx: StudioContext, slots: list[CharacterSlot], canvas, settings: G
     current step. Image ``k`` of a run uses seed ``seed + k``, so every PNG reproduces on its own.
     """
     request, notes = build_request(slots, canvas, settings, mask_specs)
+    if edit is not None:
+        request, edit_notes = build_edit(request, edit)
+        notes += edit_notes
     with ctx.gpu_lock:
         result = ctx.engine().generate(request, report=report, cancel=cancel)
     notes += [n for n in result.notes if n not in notes]
     paths = []
     for image, record in zip(result.images, result.records):
-        paths.append(str(_save(ctx, image, record)))
+        paths.append(str(_save(ctx, image, record, request.source_image)))
         ctx.history.add(HistoryEntry(paths[-1], settings.prompt, record.seed, request.width, request.height,
                                      [c.name or f"character {j + 1}" for j, c in enumerate(request.characters)]))
     return GenerationResult(paths, list(result.seeds), notes, result.cancelled)
 
 
-def _save(ctx: StudioContext, image: Image.Image, record: GenerationRecord) -> Path:
+def _save(ctx: StudioContext, image: Image.Image, record: GenerationRecord, source=None) -> Path:
     folder = Path(ctx.settings.output_dir)
     name = f"{time.strftime('%Y%m%d-%H%M%S')}-{record.seed}-{uuid.uuid4().hex[:6]}.png"
-    return save_png(image, folder / name, record)
+    return save_png(image, folder / name, record, source=source)  # an edit's source goes beside it

@@ -219,6 +219,49 @@ def permute_canvas(value, order: list[int | None], width: int, height: int) -> d
     return _editor_value(size, moved)
 
 
+# ---------------------------------------------------------------------- the edit canvas
+EDIT_LAYER = "Region to redo"
+EDIT_BRUSH = (255, 255, 255)
+
+
+def edit_canvas(image, region: RoutingMask | None = None) -> dict:
+    """The edit canvas: ``image`` (a path, bytes or PIL image) as its background and, when given, ``region``
+    painted on its one layer (as Recall restores an inpainting edit)."""
+    from core.conditioning.edit import load_source, region_pixels
+
+    background = load_source(image).convert("RGBA")
+    if region is None:
+        return {"background": background, "layers": [], "composite": background.copy()}
+    painted = region_pixels(region, *background.size)
+    layer = Image.new("RGBA", background.size, EDIT_BRUSH + (0,))
+    layer.putalpha(Image.fromarray((painted * 255).astype(np.uint8), "L"))
+    faded = layer.copy()
+    faded.putalpha(layer.getchannel("A").point(lambda a: a // 2))
+    return {"background": background, "layers": [layer], "composite": Image.alpha_composite(background, faded)}
+
+
+def edit_from_canvas(value) -> tuple[Image.Image | None, RoutingMask | None, list[str]]:
+    """``(source, region, notes)`` of the edit canvas: its background as the source (None when there is none),
+    what is painted on its layer as the region (None when nothing is: the whole image is edited)."""
+    from core.conditioning.edit import load_region, load_source
+
+    if not isinstance(value, dict) or value.get("background") is None:
+        return None, None, []
+    background = value["background"]
+    if not isinstance(background, Image.Image):
+        background = decode(open_image(background, "the image to edit"), "the image to edit")
+    source = load_source(background, "the image to edit")
+    painted = [m for m in layer_masks(value) if m is not None]
+    if not painted:
+        return source, None, []
+    union = np.maximum.reduce(painted) if len(painted) > 1 else painted[0]
+    if union.shape != (source.height, source.width):
+        layer = Image.fromarray((union * 255).astype(np.uint8), "L")
+        region, notes = load_region(layer, source.size, "the painted region")
+        return source, region, notes
+    return source, RoutingMask.from_spec(union), []
+
+
 # Gradio's image editor (6.x) names every layer it loads from a value "Layer 1" (and marks it user-made), whatever
 # ``gr.LayerOptions(layers=...)`` says; only the layers it makes itself carry the configured names. Run once when the
 # page loads, this makes layers loaded from a value take the configured names in order (when no additional layers are

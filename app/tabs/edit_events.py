@@ -1,0 +1,88 @@
+"""The Generate tab's edit mode: an image to edit (uploaded, or "Edit this" on a gallery or history image) on the
+edit canvas, the region to redo painted on its layer, a strength, and the Edit button.
+
+Plain functions of the page's values, like :mod:`app.tabs.generate_events`: the Edit event takes the Generate
+event's inputs (characters, masks, prompt, settings, LoRAs, in :data:`generate_events.GENERATE_FIELDS` order),
+then the session's paths, the mask specs, the edit canvas and the strength. No ``from __future__ import
+annotations`` here: Gradio reads the ``gr.Request`` annotation at runtime.
+"""
+
+import gradio as gr
+
+from core.conditioning.edit import output_size
+from core.conditioning.masks import RoutingMask
+from core.io.metadata import read_record
+
+from ..context import StudioContext
+from ..errors import StudioInputError, shown_to_user
+from ..generation import EditSettings, check_settings, generate
+from ..mask_canvas import edit_canvas
+from ..spaces import gpu_function
+from . import generate_events as ev
+
+DEFAULT_STRENGTH = 0.6
+
+
+class EditEvents:
+    """The edit mode's handlers, bound to one :class:`StudioContext`."""
+
+    def __init__(self, ctx: StudioContext):
+        self.ctx = ctx
+        self._zero_gpu_run = gpu_function(
+            lambda slots, canvas, settings, specs, edit: generate(ctx, slots, canvas, settings, mask_specs=specs,
+                                                                  edit=edit),
+            duration=lambda slots, canvas, settings, specs, edit: ev._gpu_duration(slots, canvas, settings))
+        self.edit = shown_to_user(self._edit)
+        self.edit_this = shown_to_user(self._edit_this)
+        self.recall_edit = shown_to_user(self._recall_edit)
+
+    def _edit(self, request: gr.Request, progress=gr.Progress(), *values):
+        """Returns ``(gallery paths, session paths, notes markdown, seed)``, as the Generate event does."""
+        values = list(values)
+        strength, canvas_value = values.pop(), values.pop()
+        specs, session_paths = values.pop(), list(values.pop() or [])
+        slots, canvas, settings = ev.parse_form(values, self.ctx.paths)
+        check_settings(settings)
+        edit = EditSettings(canvas_value, strength)
+        if self.ctx.zero_gpu:
+            result = self._zero_gpu_run(slots, canvas, settings, specs, edit)
+        else:
+            session = getattr(request, "session_hash", None) or "local"
+            cancel = self.ctx.jobs.start(session)
+            try:
+                result = generate(self.ctx, slots, canvas, settings, mask_specs=specs, edit=edit, cancel=cancel,
+                                  report=lambda fraction, message: progress(fraction, desc=message))
+            finally:
+                self.ctx.jobs.finish(session, cancel)
+        notes = list(result.notes)
+        if result.paths:
+            notes.insert(0, f"Saved {len(result.paths)} edited image(s) to `{self.ctx.settings.output_dir}` (seed "
+                            f"{', '.join(map(str, result.seeds))}); the image edited is saved beside them.")
+        paths = result.paths + session_paths
+        seed = result.seeds[0] if result.seeds else settings.seed
+        return paths, paths, "\n".join(f"- {n}" for n in notes), seed
+
+    def _edit_this(self, path):
+        """``(edit canvas, width, height, size preset)`` to edit the image at ``path`` (a gallery or history image)
+        at its own size."""
+        if not path:
+            raise StudioInputError("pick an image in the gallery (or the history) first, then press 'Edit this'")
+        path = getattr(path, "name", path)
+        canvas = edit_canvas(path)
+        width, height = output_size(canvas["background"])
+        gr.Info("The image is on the edit canvas: paint the region to redo (or nothing, to change all of it), "
+                "then press Edit")
+        return canvas, width, height, ev.size_preset_for(width, height)
+
+    def _recall_edit(self, source):
+        """``(edit canvas, strength)`` of an edit PNG (its source read from beside it); unchanged for other PNGs."""
+        from core.request import request_from_png
+
+        if source is None:
+            return gr.update(), gr.update()
+        path = getattr(source, "name", source)
+        if read_record(path).edit is None:
+            return gr.update(), gr.update()
+        request = request_from_png(path)
+        region = request.inpaint_region if isinstance(request.inpaint_region, RoutingMask) else None
+        return edit_canvas(request.source_image, region), request.strength
