@@ -55,6 +55,9 @@ def add_launch_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--models", default="default",
                         help="default (Hugging Face Hub), tiny (small random models to try the interface) or a "
                              "models folder (flux/, siglip/, dinov2/, adapter file)")
+    parser.add_argument("--base", default=None, metavar="PATH",
+                        help="FLUX.1 base: a diffusers folder or hub id, or one transformer file (BFL .safetensors, "
+                             "bf16 or fp8, or .gguf) used with the other FLUX parts of --models")
     parser.add_argument("--preset", default="auto", choices=PRESET_CHOICES, help="memory preset (default: auto)")
     parser.add_argument("--speed", choices=SPEED_CHOICES, default="off",
                         help="speed mode: off, full (compiled, lossless) or fast (+ fp8); see the README")

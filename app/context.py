@@ -60,8 +60,9 @@ class StudioSettings:
         self.output_dir = Path(self.output_dir) if self.output_dir else data_dir("outputs")
 
     def sources(self) -> ModelSources:
-        return ModelSources.parse(self.models).override(base=self.base or None, siglip=self.siglip or None,
-                                                        dinov2=self.dinov2 or None, adapter=self.adapter or None)
+        # with_base: a single transformer file (.safetensors / .gguf) replaces only the transformer
+        return ModelSources.parse(self.models).with_base(self.base or None).override(
+            siglip=self.siglip or None, dinov2=self.dinov2 or None, adapter=self.adapter or None)
 
     def key(self) -> tuple:
         return (self.models, self.base, self.siglip, self.dinov2, self.adapter, self.preset, self.speed)

@@ -38,6 +38,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--height", type=int, default=None, help="multiple of 16 (default 1024)")
     parser.add_argument("--seed", type=int, default=None, help="random when omitted; recorded in the PNG")
     parser.add_argument("--models", default="default", help="default, tiny, or a models directory")
+    parser.add_argument("--base", default=None, metavar="PATH",
+                        help="FLUX.1 base: a diffusers folder or hub id, or one transformer file (BFL .safetensors, "
+                             "bf16 or fp8, or .gguf) used with the other FLUX parts of --models")
     parser.add_argument("--text-adapter", default=None, help="a trained text adapter (.safetensors)")
     parser.add_argument("--dtype", choices=DTYPE_CHOICES, default=None,
                         help="weights dtype (default: bfloat16 on GPU, float32 on CPU)")
@@ -180,6 +183,7 @@ def _apply_edit(args: argparse.Namespace, request) -> list[str]:
 
 def run(args: argparse.Namespace) -> int:
     from core.engine import Engine
+    from core.loading.sources import ModelSources
     from core.limits import MAX_PROMPT_CHARS, check_seed, check_text
     from core.io.metadata import save_png
 
@@ -190,7 +194,8 @@ def run(args: argparse.Namespace) -> int:
     check_text(args.prompt, "--prompt", MAX_PROMPT_CHARS)
     check_text(args.negative_prompt, "--negative-prompt", MAX_PROMPT_CHARS)
     request = build_request(args).with_seed()
-    engine = Engine(args.models, preset=args.preset, dtype=args.dtype, progress_bars=True,
+    sources = ModelSources.parse(args.models).with_base(args.base) if getattr(args, "base", None) else None
+    engine = Engine(args.models, preset=args.preset, dtype=args.dtype, progress_bars=True, sources=sources,
                     width=request.width, height=request.height, speed=speed_options(args))
     print(f"memory preset: {engine.preset.name} ({engine.preset_reason})")
     result = engine.generate(request, cancel=getattr(args, "cancel", None))  # Ctrl-C: stop at the next step

@@ -7,6 +7,9 @@ from types import SimpleNamespace
 
 import gradio as gr
 
+from core.loading.single_file import inspect_transformer_file, is_transformer_file
+from core.loading.sources import ModelSourceError
+
 from ..arguments import SPEED_CHOICES
 from ..context import NO_GPU_NOTICE, PRESET_CHOICES, StudioContext
 from ..errors import StudioInputError, shown_to_user
@@ -60,6 +63,11 @@ class SettingsEvents:
             raise StudioInputError("model sources are empty: use default, tiny or a models folder")
         if models not in ("default", "tiny") and not Path(models).expanduser().is_dir():
             raise StudioInputError(f"models folder not found: {models} (use default, tiny or an existing folder)")
+        if is_transformer_file((base or "").strip()):  # a single-file transformer: its header checked now
+            try:
+                inspect_transformer_file(os.path.expanduser(base.strip()))
+            except ModelSourceError as exc:
+                raise StudioInputError(str(exc)) from None
         if preset not in PRESET_CHOICES:
             raise StudioInputError(f"unknown memory preset {preset!r}: choose one of {', '.join(PRESET_CHOICES)}")
         if speed is not None and speed not in SPEED_CHOICES:
@@ -109,7 +117,8 @@ def build(ctx: StudioContext) -> SimpleNamespace:
     ui.models = gr.Textbox(s.models, label="Models: default (Hugging Face Hub), tiny (test models) or a models folder",
                            interactive=editable, max_lines=1)
     with gr.Accordion("Single sources (hub ids, local folders or files; empty = from the models above)", open=False):
-        ui.base = gr.Textbox(s.base or "", label="FLUX.1 base", interactive=editable, max_lines=1)
+        ui.base = gr.Textbox(s.base or "", label="FLUX.1 base: folder, hub id or transformer file (.safetensors, .gguf)",
+                             interactive=editable, max_lines=1)
         ui.siglip = gr.Textbox(s.siglip or "", label="SigLIP", interactive=editable, max_lines=1)
         ui.dinov2 = gr.Textbox(s.dinov2 or "", label="DINOv2", interactive=editable, max_lines=1)
         ui.adapter = gr.Textbox(s.adapter or "", label="Adapter file", interactive=editable, max_lines=1)

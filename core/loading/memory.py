@@ -514,6 +514,24 @@ def _torch_may_see_a_gpu() -> bool:
     return bool(getattr(build, "cuda", None) or getattr(build, "hip", None))
 
 
+def swap_free_bytes() -> int:
+    """Free swap space in bytes (psutil or /proc/meminfo); 0 when unknown."""
+    try:
+        import psutil
+
+        return int(psutil.swap_memory().free)
+    except (ImportError, RuntimeError, OSError):
+        pass
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("SwapFree:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
+
+
 def detect_memory() -> DetectedMemory:
     """GPU memory (``torch.cuda.mem_get_info`` of the current device) and system RAM (psutil or /proc/meminfo)."""
     ram_total, ram_available = _meminfo()
@@ -645,6 +663,30 @@ def format_plan(vram_gb: float | None = None, ram_gb: float | None = None, width
     lines += ["", "RAM need: what must fit in RAM; RAM peak: peak RSS, which also counts memory-mapped weight "
               "pages the system drops when short", f"auto -> {chosen.name}: {reason}"]
     return "\n".join(lines)
+
+
+# ------------------------------------------------------------------------------------------------- RAM budget
+class RamBudgetError(UserError, MemoryError):
+    """A load that would not fit the RAM available: refused before it starts (the OS would kill the process)."""
+
+
+def check_ram_budget(e: MemoryEstimate, available_bytes: int, files: WeightFiles | None = None,
+                     sizes: Mapping[str, ComponentSize] | None = None) -> None:
+    """Raise :class:`RamBudgetError` when ``e`` needs more RAM than ``available_bytes`` (free RAM plus free swap).
+
+    The process's own baseline (Python, torch) is already in use when this is asked, so it is not counted
+    again. The message gives both figures and what would help, naming the preset that needs the least RAM.
+    """
+    needed = e.ram_needed_bytes - RAM_BASELINE_BYTES
+    if needed <= available_bytes:
+        return
+    least = min((estimate(n, e.width, e.height, sizes=sizes, files=files) for n in PRESET_ORDER),
+                key=lambda x: x.ram_needed_bytes)
+    alternative = (f"preset '{least.preset}' needs about {(least.ram_needed_bytes - RAM_BASELINE_BYTES) / GiB:.1f} "
+                   f"GiB; " if least.preset != e.preset and least.ram_needed_bytes < e.ram_needed_bytes else "")
+    raise RamBudgetError(f"not loading with preset '{e.preset}': it needs about {needed / GiB:.1f} GiB of RAM and "
+                         f"{available_bytes / GiB:.1f} GiB is available (free RAM + swap); {alternative}"
+                         f"{_ram_help(files)}")
 
 
 # --------------------------------------------------------------------------------------------- out of memory

@@ -331,6 +331,39 @@ def resolve_preset(name: str, *, tiny: bool = False, zero_gpu: bool = False,
     return preset, "chosen by the user"
 
 
+def source_facts(sources):
+    """``(sizes, files)`` for the planner from the sources as given: local folders' configs (else the bundled
+    full-size ones) and a single-file transformer's header (its real size)."""
+    from core.loading.memory import WeightFiles
+    from core.loading.model_sizes import all_sizes
+    from core.loading.single_file import inspect_transformer_file
+    from core.loading.sources import is_local
+
+    def local(spec):
+        return spec if spec and is_local(spec) and Path(spec).is_dir() else None
+
+    files = inspect_transformer_file(sources.transformer).weight_files() if sources.transformer else WeightFiles()
+    sizes = all_sizes(local(sources.base), local(sources.siglip), local(sources.dinov2))
+    return sizes, files
+
+
+def check_ram_before_loading(sources, preset: MemoryPreset, width: int = 1024, height: int = 1024,
+                             available_bytes: int | None = None):
+    """Refuse (``RamBudgetError``, with the figures) a load the available RAM and swap cannot hold; returns the
+    estimate. ``available_bytes`` default: the detected free RAM plus free swap (no check when unknown)."""
+    from core.loading.memory import check_ram_budget, detect_memory, estimate, swap_free_bytes
+
+    sizes, files = source_facts(sources)
+    e = estimate(preset, width, height, sizes=sizes, files=files)
+    if available_bytes is None:
+        found = detect_memory().ram_available_bytes
+        if found is None:
+            return e
+        available_bytes = found + swap_free_bytes()
+    check_ram_budget(e, available_bytes, files=files, sizes=sizes)
+    return e
+
+
 def preset_dtype(preset: MemoryPreset, device: str | torch.device) -> torch.dtype:
     """The preset's weight dtype on a GPU; float32 on the CPU, where bfloat16 matmuls are very slow."""
     return getattr(torch, preset.dtype) if torch.device(device).type == "cuda" else torch.float32
@@ -341,11 +374,14 @@ def load_pipeline(sources, preset: MemoryPreset, device: str | torch.device, dty
     """Loads the engine under a memory preset: ``(pipe, steps)``, ``steps`` saying what was applied.
 
     Quantization happens at load time, offloading after; running out of memory raises
-    :class:`core.loading.memory.MemoryAdviceError` naming the next preset to try.
+    :class:`core.loading.memory.MemoryAdviceError` naming the next preset to try. On a GPU, a load the free RAM
+    and swap cannot hold is refused first (:class:`core.loading.memory.RamBudgetError`).
     """
     from core.loading.memory import out_of_memory_advice
     from core.models.pipeline import InstantCharacterPipeline
 
+    if torch.device(device).type == "cuda":  # the planner models GPU presets; on the CPU all of it is in RAM
+        check_ram_before_loading(sources, preset)
     kwargs = {}
     config = quantization_config_for(preset, device)
     if config is not None:

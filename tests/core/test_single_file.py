@@ -141,3 +141,48 @@ def test_two_files_in_flux_are_ambiguous(tmp_path):
     (tmp_path / "b.safetensors").write_bytes(b"")
     with pytest.raises(SingleFileError, match="several transformer files"):
         find_transformer_file(tmp_path)
+
+
+def test_generate_command_takes_a_base_file(files, tiny_models, tmp_path, capsys):
+    from PIL import Image
+
+    from app.cli import main
+
+    common = ["generate", "--prompt", "a fox", "--steps", "2", "--width", "32", "--height", "32", "--seed", "3",
+              "--models", str(tiny_models), "--preset", "full"]
+    assert main(common + ["--out", str(tmp_path / "folder.png")]) == 0
+    assert main(common + ["--base", str(files["f32"]), "--out", str(tmp_path / "file.png")]) == 0
+    folder, file = (np.asarray(Image.open(tmp_path / n)) for n in ("folder.png", "file.png"))
+    assert np.array_equal(folder, file)  # the float32 file is the folder's transformer, bit for bit
+    capsys.readouterr()
+    code = main(common + ["--base", str(tmp_path / "nothing.gguf"), "--out", str(tmp_path / "x.png")])
+    err = capsys.readouterr().err
+    assert code == 2 and "transformer file not found" in err and "nothing.gguf" in err
+
+
+def test_a_load_that_would_not_fit_ram_is_refused_before_it_starts(files, tiny_models, monkeypatch):
+    from core.loading import memory, presets
+    from core.loading.memory import RamBudgetError
+    from core.loading.presets import check_ram_before_loading, load_pipeline
+
+    sources = ModelSources.parse(str(tiny_models))
+    with pytest.raises(RamBudgetError) as info:  # the released adapter alone is 5.2 GiB at bf16
+        check_ram_before_loading(sources, memory.get_preset("full"), available_bytes=2 * memory.GiB)
+    message = str(info.value)
+    assert "needs about 5.2 GiB" in message and "2.0 GiB is available" in message
+    assert "swap" in message and "GGUF" in message and "smaller image" not in message and "\n" not in message
+    with pytest.raises(RamBudgetError, match="preset 'full' needs about 5.2 GiB"):  # names the one needing less
+        memory.check_ram_budget(memory.estimate("balanced"), 20 * memory.GiB)
+    # load_pipeline asks before anything loads: on a "cuda" device with 1 GiB free it raises at once
+    monkeypatch.setattr(memory, "detect_memory", lambda: memory.DetectedMemory(None, None, 64 * memory.GiB,
+                                                                                memory.GiB))
+    monkeypatch.setattr(memory, "swap_free_bytes", lambda: 0)
+    monkeypatch.setattr(presets, "quantization_config_for", lambda *a, **k: pytest.fail("loading started"))
+    with pytest.raises(RamBudgetError, match="1.0 GiB is available"):
+        load_pipeline(sources, memory.get_preset("full"), "cuda")
+    # a GGUF file: the planner counts its quantized bytes, and the advice does not suggest one
+    gguf = sources.with_base(str(files["q8"]))
+    with pytest.raises(RamBudgetError) as info:
+        check_ram_before_loading(gguf, memory.get_preset("full"), available_bytes=memory.GiB)
+    assert "GGUF" not in str(info.value)
+    assert check_ram_before_loading(gguf, memory.get_preset("full"), available_bytes=64 * memory.GiB)
