@@ -64,6 +64,8 @@ def add_plan_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--vram", type=float, default=None, metavar="GB",
                         help="GPU memory in GB (GiB, as GPU makers count it); default: detected")
     parser.add_argument("--ram", type=float, default=None, metavar="GB", help="system RAM in GB; default: detected")
+    parser.add_argument("--base", default=None, metavar="FILE",
+                        help="plan for this transformer file (.gguf or BFL .safetensors): its real size is read")
     parser.add_argument("--width", type=int, default=1024)
     parser.add_argument("--height", type=int, default=1024)
 
@@ -76,7 +78,12 @@ def plan_main(args: argparse.Namespace) -> int:
         value = getattr(args, name)
         if value is not None and value <= 0:
             raise UsageError(f"--{name} {value}: must be a positive number of GB")
-    print(format_plan(args.vram, args.ram, args.width, args.height))
+    files = None
+    if getattr(args, "base", None):
+        from core.loading.single_file import inspect_transformer_file
+
+        files = inspect_transformer_file(args.base).weight_files()
+    print(format_plan(args.vram, args.ram, args.width, args.height, files=files))
     return 0
 
 
