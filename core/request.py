@@ -99,6 +99,15 @@ class GenerationRequest:
     def is_edit(self) -> bool:
         return self.source_image is not None
 
+    @property
+    def denoising_steps(self) -> int:
+        """The steps that run: all ``steps``, or for an edit the last ``ceil(strength * steps)`` (as the pipeline
+        takes them)."""
+        steps = int(self.steps)
+        if self.source_image is None:
+            return steps
+        return steps - int(max(steps - min(steps * float(self.strength), steps), 0))
+
     def edit_record(self) -> dict | None:
         """The edit as its PNG record stores it (source digest and file name, strength, region), or None."""
         from core.conditioning.edit import image_digest

@@ -119,3 +119,12 @@ def test_a_record_reads_back_with_its_edit(source, tmp_path):
     record = _edit(source).to_record()
     out = save_png(Image.new("RGB", (64, 64)), tmp_path / "e.png", record, source=source)
     assert read_record(out).edit == record.edit
+
+
+@pytest.mark.parametrize("steps, strength, expected", [(10, 1.0, 10), (10, 0.5, 5), (10, 0.25, 3), (8, 0.01, 1),
+                                                       (6, 0.0, 0)])
+def test_denoising_steps_of_an_edit(source, steps, strength, expected):
+    """As the pipeline takes them (tests/core/test_edit.py counts them there): the engine's progress uses it."""
+    request = GenerationRequest("a cat", steps=steps, width=64, height=64, source_image=source, strength=strength)
+    assert request.denoising_steps == expected
+    assert GenerationRequest("a cat", steps=steps).denoising_steps == steps
