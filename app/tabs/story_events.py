@@ -276,13 +276,16 @@ class StoryEvents:
                     result = self._render_panels(story, out, todo, resume,
                                                  lambda fraction, message: progress(fraction, desc=message), cancel)
                 except RenderCancelled:
-                    notes.append("Cancelled: the panels finished so far are kept; Render continues from there.")
+                    # the queue is freed at once: no export now (the next Render exports), a quick preview instead
+                    return ("- Cancelled: the panels finished so far are kept; Render continues from there.",
+                            panel_rows(story, out), panel_gallery(story, out),
+                            preview_pages(story, out), gr.update(), gr.update())
                 finally:
                     self.runs.finish(session, cancel)
         notes += engine_notes(result.notes)
         exported = export_story(story, out, load_manifest(out))
         notes.insert(0, f"Rendered {len(result.rendered)} panel(s); {len(story.panels) - len(todo)} were already "
-                        f"done. Pages, PDF and ZIP are in `{out}`.")
+                        f"done. Pages, PDF, CBZ (comic readers) and ZIP are in `{out}`.")
         for index, error in sorted(result.failed.items()):
             notes.append(f"Panel {index + 1} failed: {error}")
         if exported.missing_panels:

@@ -1,9 +1,13 @@
-"""Export a rendered story: page PNGs, one PDF of all pages, and a ZIP of everything with the manifest.
+"""Export a rendered story: page PNGs, one PDF of all pages, a CBZ for comic readers, and a ZIP of everything
+with the manifest.
 
 Reads the panels the manifest records as done (panels not rendered, or failed, get a grey placeholder), lays out
 the pages with `layout.compose_pages`, and writes every file atomically::
 
-    OUT/pages/page-01.png ...   OUT/story.pdf   OUT/story.zip
+    OUT/pages/page-01.png ...   OUT/story.pdf   OUT/story.cbz   OUT/story.zip
+
+The PDF is printed at the story's dpi with its words as real text (selectable and searchable, see
+`core.story.pdf`); the CBZ is the page PNGs in reading order with a ``ComicInfo.xml``.
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ from PIL import Image
 from core.limits import MAX_FILE_BYTES, MAX_STORY_BYTES
 from core.io.path_policy import PathNotAllowedError
 from core.story.format import Story, StoryError
-from core.story.layout import compose_pages
+from core.story.layout import compose_pages, draw_runs
 from core.story.manifest import (
     DONE,
     MANIFEST_NAME,
@@ -36,6 +40,7 @@ from core.story.manifest import (
 
 PAGES_DIR = "pages"
 PDF_NAME = "story.pdf"
+CBZ_NAME = "story.cbz"
 ZIP_NAME = "story.zip"
 STORY_JSON_NAME = "story.json"
 # Fixed entry times make the ZIP of the same files byte-identical (the PDF carries its own dates).
@@ -48,6 +53,7 @@ class ExportResult:
     pdf: Path
     zip: Path
     missing_panels: list[int]
+    cbz: Path | None = None
 
 
 def load_panel_images(story: Story, out_dir: str | os.PathLike, manifest: RenderManifest | None = None,
@@ -105,15 +111,39 @@ def _pdf_date() -> time.struct_time:
     return time.gmtime(int(epoch) if epoch and epoch.isdigit() else None)
 
 
-def write_pdf(pages: list[Image.Image], path: str | os.PathLike, dpi: int, title: str = "") -> Path:
-    """All `pages` in one PDF at `dpi` (so pages print at their size in millimetres), written atomically."""
+def write_pdf(pages: list[Image.Image], path: str | os.PathLike, dpi: int, title: str = "",
+              texts: list | None = None) -> Path:
+    """All `pages` in one PDF at `dpi` (so pages print at their size in millimetres), written atomically. With
+    `texts` (one list of `layout.TextRun` per page, the pages drawn without them) the words are real PDF text."""
+    from core.story.pdf import story_pdf
+
     if not pages:
         raise ValueError("write_pdf: no pages")
-    date = _pdf_date()
+    data = story_pdf(pages, texts, dpi, title, _pdf_date())
     with atomic_path(path) as tmp:
-        first, *rest = [page.convert("RGB") for page in pages]
-        first.save(tmp, format="PDF", save_all=True, append_images=rest, resolution=float(dpi),
-                   title=title or "Story", creator="InstantCharacter Studio", creationDate=date, modDate=date)
+        Path(tmp).write_bytes(data)
+    return Path(path)
+
+
+def comic_info(story: Story, pages: int) -> str:
+    """The ``ComicInfo.xml`` of the CBZ (the comic readers' common metadata)."""
+    from xml.sax.saxutils import escape
+
+    return ('<?xml version="1.0" encoding="utf-8"?>\n<ComicInfo>\n'
+            f"  <Title>{escape(story.title or 'Story')}</Title>\n  <PageCount>{pages}</PageCount>\n"
+            "  <Manga>No</Manga>\n  <Notes>Made with InstantCharacter Studio</Notes>\n</ComicInfo>\n")
+
+
+def write_cbz(story: Story, page_paths: list[Path], path: str | os.PathLike) -> Path:
+    """A CBZ: the page PNGs in reading order (stored, not compressed again) and ``ComicInfo.xml``."""
+    with atomic_path(path) as tmp, zipfile.ZipFile(tmp, "w") as archive:
+        for page in page_paths:
+            info = zipfile.ZipInfo(page.name, date_time=_ZIP_TIME)
+            info.external_attr = 0o644 << 16
+            archive.writestr(info, _read_plain(page))
+        info = zipfile.ZipInfo("ComicInfo.xml", date_time=_ZIP_TIME)
+        info.compress_type = zipfile.ZIP_DEFLATED
+        archive.writestr(info, comic_info(story, len(page_paths)))
     return Path(path)
 
 
@@ -142,19 +172,23 @@ def export_story(story: Story, out_dir: str | os.PathLike, manifest: RenderManif
     out_dir = Path(out_dir)
     manifest = manifest if manifest is not None else load_manifest(out_dir)
     images = load_panel_images(story, out_dir, manifest)
-    pages = compose_pages(story, images)
+    texts: list = []
+    pages = compose_pages(story, images, texts=texts)  # the pictures; their words apart, for the PDF's real text
 
     page_paths = []
-    for number, page in enumerate(pages, start=1):
+    for number, (page, runs) in enumerate(zip(pages, texts, strict=True), start=1):
         page_path = out_dir / PAGES_DIR / f"page-{number:02d}.png"
         _check_writable(out_dir, page_path)
-        write_png_atomic(page, page_path)
+        write_png_atomic(draw_runs(page.copy(), runs), page_path)
         page_paths.append(page_path)
     for stale in (out_dir / PAGES_DIR).glob("page-*.png"):
         if stale not in page_paths:  # a shorter story than last time: drop pages that no longer exist
             stale.unlink()
     _check_writable(out_dir, out_dir / PDF_NAME)
-    pdf = write_pdf(pages, out_dir / PDF_NAME, story.dpi, story.title)
+    pdf = write_pdf(pages, out_dir / PDF_NAME, story.dpi, story.title, texts)
+    del pages
+    _check_writable(out_dir, out_dir / CBZ_NAME)
+    cbz = write_cbz(story, page_paths, out_dir / CBZ_NAME)
 
     story_json = out_dir / STORY_JSON_NAME
     if not (out_dir / MANIFEST_NAME).is_file():
@@ -202,7 +236,7 @@ def export_story(story: Story, out_dir: str | os.PathLike, manifest: RenderManif
     _check_writable(out_dir, out_dir / ZIP_NAME)
     archive = write_zip(out_dir, files, out_dir / ZIP_NAME)
     missing = [p.index for p in story.panels if p.index not in images]
-    return ExportResult(pages=page_paths, pdf=pdf, zip=archive, missing_panels=missing)
+    return ExportResult(pages=page_paths, pdf=pdf, zip=archive, missing_panels=missing, cbz=cbz)
 
 
 def _check_writable(out_dir: Path, path: Path) -> None:

@@ -405,6 +405,14 @@ def _text(draw, runs: list[TextRun] | None, xy, text: str, font, anchor: str = "
     runs.append(TextRun(x, baseline, text, int(getattr(font, "size", 10)), width, bold))
 
 
+def draw_runs(image: Image.Image, runs: list[TextRun]) -> Image.Image:
+    """`image` with `runs` drawn on it (as `compose_page` draws them without ``texts``)."""
+    draw = ImageDraw.Draw(image)
+    for run in runs:
+        draw.text((run.x, run.baseline), run.text, font=load_font(run.size_px, bold=run.bold), fill=INK, anchor="ls")
+    return image
+
+
 def compose_pages(story: Story, images: Mapping[int, Image.Image | None], first: int | None = None,
                   texts: list[list[TextRun]] | None = None) -> list[Image.Image]:
     """Draw every page (only the `first` ones when given). `images` maps panel index to its rendered image;
@@ -656,7 +664,7 @@ def plan_bubbles(story: Story, panel: Panel, area, boxes_px) -> list[Bubble]:
         rect = plan_bubble((bw, bh), area, anchor, boxes_px.get(dialogue.speaker, box), others, placed)
         placed.append(rect)
         radius = min(bh / 2, pad * 1.6)
-        tail = _tail(rect, anchor, min(aw, ah), radius, font.size) if anchor is not None else None
+        tail = _tail(rect, anchor, min(aw, ah), radius, font.size, box) if anchor is not None else None
         bubbles.append(Bubble(rect, tuple(lines), font.size, lh, pad, tail, box, anchor))
     return bubbles
 
@@ -678,27 +686,36 @@ def _draw_bubbles(canvas: Image.Image, story: Story, bubbles: list[Bubble], text
             _text(draw, texts, ((x0 + x1) / 2, y0 + bubble.pad + k * bubble.line_height), t, font, "ma")
 
 
-def _tail(rect, anchor, panel_side: float, radius: float, font_px: float = 12.0):
+def _tail(rect, anchor, panel_side: float, radius: float, font_px: float = 12.0, box=None):
     """The tail triangle (two base points on the bubble's bottom or top edge, inside its outline, and the tip),
-    aimed at `anchor` and at most TAIL_SHARE of `panel_side` long; None when the anchor is under the bubble."""
+    at most TAIL_SHARE of `panel_side` (and 3.5 lines) long; None when the anchor is under the bubble.
+
+    It aims at `anchor` (the speaker's head) when that is clearly above or below the bubble; a head beside the
+    bubble gets a tail going down into the speaker's `box` instead (a flat tail would be a sideways needle)."""
     x0, y0, x1, y1 = rect
     tx, ty = anchor
     if x0 <= tx <= x1 and y0 <= ty <= y1:
         return None  # the speaker's head is under the bubble: no tail
-    # from the bottom edge when the head is lower than the bubble's middle, else from the top: a tail never
-    # leaves a bubble's short side (those were the needle-thin sideways tails)
-    below = ty > (y0 + y1) / 2
+    longest = max(font_px * 0.8, min(panel_side * TAIL_SHARE, font_px * 3.5))
+    below = ty > y0 + (y1 - y0) * 0.25  # a head level with the bubble counts as below: the tail goes down
     edge, inset = (y1, -3.0) if below else (y0, 3.0)
-    half = max(font_px * 0.35, min((x1 - x0) * 0.15, (y1 - y0) * 0.35))
+    half = max(font_px * 0.45, min((x1 - x0) * 0.18, (y1 - y0) * 0.4))
     half = min(half, max(1.0, (x1 - x0) / 2 - radius))
+    if box is not None and below:
+        margin = min((box[2] - box[0]) * 0.2, font_px)
+        tx = min(max(tx, box[0] + margin), box[2] - margin)
     bx = min(max(tx, x0 + radius + half), x1 - radius - half)
-    base_a, base_b, base = (bx - half, edge + inset), (bx + half, edge + inset), (bx, edge)
-    dx, dy = tx - base[0], ty - base[1]
+    dx, dy = tx - bx, ty - edge
+    if below and box is not None and dy < 0.8 * abs(dx):  # beside, or just below: go down into the speaker's box
+        ty = max(ty, min(edge + longest * 0.9, box[3]))
+        dx, dy = tx - bx, ty - edge
+        if dy < 0.8 * abs(dx):
+            dx = 1.25 * dy * (1 if dx > 0 else -1)
+    base_a, base_b = (bx - half, edge + inset), (bx + half, edge + inset)
     length = (dx * dx + dy * dy) ** 0.5
-    longest = max(font_px * 0.8, panel_side * TAIL_SHARE)
     if length > longest:  # a long tail still points at the speaker but stops short of them
         dx, dy = dx * longest / length, dy * longest / length
     elif length < font_px * 0.6:  # right next to the head: a short stub in the same direction
         scale = font_px * 0.6 / max(length, 1e-6)
         dx, dy = dx * scale, dy * scale
-    return base_a, base_b, (base[0] + dx, base[1] + dy)
+    return base_a, base_b, (bx + dx, edge + dy)
