@@ -87,7 +87,7 @@ def clip_text(tokenizer, text: str) -> tuple[str, bool]:
     limit = int(getattr(tokenizer, "model_max_length", 77) or 77)
 
     def fits(candidate: str) -> bool:
-        return len(tokenizer(candidate, truncation=False)["input_ids"]) <= limit
+        return len(tokenizer(candidate, truncation=False, verbose=False)["input_ids"]) <= limit  # no overlong warning
 
     if fits(text):
         return text, False
