@@ -213,6 +213,33 @@ def bfl_to_diffusers(checkpoint: dict) -> dict:
     return out
 
 
+def gguf_checkpoint(path: str | os.PathLike) -> dict:
+    """A GGUF file's tensors, memory-mapped (no copy): quantized ones as diffusers' ``GGUFParameter``.
+
+    diffusers' own reader copies every tensor out of the mapping, so for a moment the file sits in RAM twice; here
+    the weights stay file pages (the kernel may drop them under pressure) until they are moved to the GPU or run.
+    The mapping is read-only: inference never writes weights in place.
+    """
+    import warnings
+
+    import gguf
+    import torch
+    from diffusers.quantizers.gguf.utils import SUPPORTED_GGUF_QUANT_TYPES, GGUFParameter
+
+    plain = (gguf.GGMLQuantizationType.F32, gguf.GGMLQuantizationType.F16)
+    out = {}
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+        for tensor in gguf.GGUFReader(path).tensors:
+            if tensor.tensor_type not in plain and tensor.tensor_type not in SUPPORTED_GGUF_QUANT_TYPES:
+                raise SingleFileError(f"{path}: tensor {tensor.name} is {tensor.tensor_type.name}, a GGUF type "
+                                      "diffusers cannot dequantize")
+            weights = torch.from_numpy(tensor.data)
+            out[tensor.name] = weights if tensor.tensor_type in plain else GGUFParameter(
+                weights, quant_type=tensor.tensor_type)
+    return out
+
+
 def load_transformer_file(path: str | os.PathLike, dtype, base_folder: str | os.PathLike | None = None,
                           quantization_config=None):
     """A ``FluxTransformer2DModel`` from a single file, in ``dtype`` (GGUF: kept quantized, computing in ``dtype``).
@@ -233,7 +260,10 @@ def load_transformer_file(path: str | os.PathLike, dtype, base_folder: str | os.
     elif quantization_config is not None:
         kwargs["quantization_config"] = quantization_config
     try:
-        checkpoint = load_single_file_checkpoint(info.path, local_files_only=True)
+        if info.format == "gguf":
+            checkpoint = gguf_checkpoint(info.path)
+        else:
+            checkpoint = load_single_file_checkpoint(info.path, local_files_only=True)
         if info.layout == "bfl":
             checkpoint = bfl_to_diffusers(checkpoint)
         return FluxTransformer2DModel.from_single_file(checkpoint, config=config, subfolder=subfolder,
