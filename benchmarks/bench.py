@@ -89,13 +89,22 @@ class MeasuredEngine(Engine):
     """The engine under exactly the preset measured: the bench resolves it itself (``--quantization``, its own auto
     notes, a preset asked for on tiny models, which the engine would run ``full``)."""
 
-    def __init__(self, preset, models: str, **kwargs):
+    def __init__(self, preset, models: str, *, built=None, **kwargs):
         super().__init__(models, preset=preset.name, **kwargs)
         self._measured = preset
+        self._built = built  # a pipeline made in memory (build_random_pipeline), used instead of loading
 
     @property
     def preset(self):
         return self._measured
+
+    def load(self, report=None, text_adapter=None):
+        with self._lock:
+            if self._pipe is None and self._built is not None:
+                self._pipe, self._built = self._built, None
+                self.steps = [f"models built in memory on {self.device}"]
+                self.steps += self._apply_speed(self._pipe, report or (lambda fraction, message: None))
+        return super().load(report, text_adapter)
 
 
 # ------------------------------------------------------------------------------------------- random models
@@ -246,6 +255,55 @@ def build_random_models(folder: str | Path, configs: dict[str, dict] | None = No
     return folder
 
 
+def build_random_pipeline(configs: dict[str, dict] | None = None, projector_config=None,
+                          device: str | torch.device = "cuda", dtype: torch.dtype = torch.bfloat16, seed: int = 0):
+    """An :class:`InstantCharacterPipeline` of random weights made in memory on ``device`` (nothing on disk).
+
+    The same models as :func:`build_random_models` (``configs``: the bundled full-size ones by default), each
+    created directly on ``device`` in ``dtype`` with its classes' own initialisation from ``seed`` (the same
+    weights in every process, so runs can compare latents); the full-size set takes about 40 GB of GPU memory.
+    """
+    from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxTransformer2DModel
+    from transformers import (BitImageProcessor, CLIPTextConfig, CLIPTextModel, Dinov2Config, Dinov2Model,
+                              SiglipImageProcessor, SiglipVisionConfig, SiglipVisionModel, T5Config, T5EncoderModel)
+
+    from core.loading.tiny import build_clip_tokenizer, build_t5_tokenizer
+    from core.models.attention import CharacterAttentionLayers
+    from core.models.projector import CharacterProjector, ProjectorConfig
+
+    configs = configs or full_size_configs()
+    siglip_cfg, dinov2_cfg, tcfg = configs["siglip"], configs["dinov2"], configs["transformer"]
+    projector_config = projector_config or ProjectorConfig(
+        inner_dim=siglip_cfg["hidden_size"] + dinov2_cfg["hidden_size"], output_dim=tcfg["joint_attention_dim"])
+    width, head_dim = tcfg["num_attention_heads"] * tcfg["attention_head_dim"], tcfg["attention_head_dim"]
+    torch.manual_seed(seed)
+    with _building(torch.device(device), dtype):
+        parts = dict(
+            transformer=FluxTransformer2DModel.from_config(tcfg),
+            text_encoder=CLIPTextModel(CLIPTextConfig(**configs["text_encoder"])),
+            text_encoder_2=T5EncoderModel(T5Config(**{**configs["text_encoder_2"], "dropout_rate": 0.0})),
+            vae=AutoencoderKL.from_config(configs["vae"]),
+            siglip=SiglipVisionModel(SiglipVisionConfig(**siglip_cfg)),
+            dinov2=Dinov2Model(Dinov2Config(**dinov2_cfg)),
+            image_proj=CharacterProjector(projector_config),
+            character_layers=CharacterAttentionLayers(tcfg["num_layers"] + tcfg["num_single_layers"], width,
+                                                      projector_config.output_dim, head_dim))
+    for module in parts.values():
+        module.eval()
+    scheduler = FlowMatchEulerDiscreteScheduler(shift=3.0, use_dynamic_shifting=True, base_image_seq_len=256,
+                                                max_image_seq_len=4096, base_shift=0.5, max_shift=1.15)
+    siglip_processor = SiglipImageProcessor(size={"height": 384, "width": 384}, resample=3, image_mean=[0.5] * 3,
+                                            image_std=[0.5] * 3)
+    dinov2_processor = BitImageProcessor(size={"shortest_edge": 256}, crop_size={"height": 224, "width": 224},
+                                         do_center_crop=True, resample=3, image_mean=[0.485, 0.456, 0.406],
+                                         image_std=[0.229, 0.224, 0.225], do_convert_rgb=True)
+    pipe = InstantCharacterPipeline(scheduler=scheduler, tokenizer=build_clip_tokenizer(),
+                                    tokenizer_2=build_t5_tokenizer(), siglip_processor=siglip_processor,
+                                    dinov2_processor=dinov2_processor, **parts)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
 def _version(package: str) -> str:
     from importlib.metadata import version
 
@@ -329,7 +387,9 @@ def run_bench(preset: str = "auto", width: int = 1024, height: int = 1024, steps
               random_weights: bool = False, models_spec: str = "default", as_released: bool = False, *,
               quantization: str | None = None, device: str | torch.device | None = None,
               dtype: torch.dtype | None = None, warmup: bool = True, random_dir: str | Path | None = None,
-              verbose: bool = True) -> dict:
+              verbose: bool = True, speed=None, draft: bool = False, run: str | None = None,
+              in_memory: bool = False, configs: dict | None = None, projector_config=None,
+              latents_path: str | Path | None = None) -> dict:
     """Loads the models with ``preset`` applied, makes a warm-up image and a timed one, and returns the figures.
 
     Args:
@@ -344,6 +404,13 @@ def run_bench(preset: str = "auto", width: int = 1024, height: int = 1024, steps
         warmup: make a 2-step image first, so one-time setup (kernels, autotuning, offload hooks) is not timed.
         random_dir: where the random models are (or will be) written.
         verbose: print the figures (:func:`format_result`).
+        speed: a speed mode name or :class:`core.loading.speed.SpeedOptions` given to the engine (default off).
+        draft: the requests ask for a draft (the step cache).
+        run: the run's name in the record (default ``as-released`` or the preset's name).
+        in_memory: random-weight models built in memory on ``device`` (:func:`build_random_pipeline`, with
+            ``configs`` / ``projector_config``; default the full-size ones), nothing loaded from disk.
+        latents_path: after the timed image, make the same request once more as latents and save them there
+            (safetensors, key ``latents``) so modes can be compared on the same seed.
 
     Returns:
         A JSON-ready dict: ``load_s``, ``s_per_step`` (median of the timed image's steps after the first),
@@ -352,7 +419,8 @@ def run_bench(preset: str = "auto", width: int = 1024, height: int = 1024, steps
         ``s_per_image_at_28`` (extrapolated with ``s_per_step`` when ``steps`` is not 28),
         ``gpu_peak_gib`` (``torch.cuda.max_memory_allocated`` while generating), ``gpu_peak_load_gib``,
         ``ram_peak_gib`` (process max RSS, loading included), the planner's ``estimate_gpu_gib`` /
-        ``estimate_ram_gib`` for full-size models, and the preset, device and notes.
+        ``estimate_ram_gib`` for full-size models, ``compile_s`` (the warm-up image's time beyond the same steps
+        at the timed rate: compiling, autotuning, first CUDA use), and the preset, speed, device and notes.
     """
     from core.loading.memory import estimate, get_preset
     from core.request import GenerationRequest
@@ -366,18 +434,25 @@ def run_bench(preset: str = "auto", width: int = 1024, height: int = 1024, steps
         chosen, notes = get_preset("full"), ["as released: whole projector every step, no caching, no offload"]
     else:
         chosen, notes = resolve_bench_preset(preset, device, width, height, quantization)
-    if random_weights:
+    built = None
+    if in_memory:
+        built = build_random_pipeline(configs, projector_config, device, dtype)
+        models_label = "random full-size in memory" if configs is None else "random small in memory"
+        sources = ModelSources(base=models_label, siglip=models_label, dinov2=models_label, adapter=models_label)
+        models_dir = None
+    elif random_weights:
         models_dir = ensure_random_models(random_dir)
         sources, models_label = ModelSources.from_models_dir(models_dir), "random full-size"
     else:
         sources, models_label = ModelSources.parse(models_spec), models_spec or "default"
-    full_size = random_weights or models_label == "default"
+    full_size = random_weights or models_label == "default" or (in_memory and configs is None)
 
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     start = time.perf_counter()
     engine = MeasuredEngine(chosen, str(models_dir) if random_weights else models_label, sources=sources,
-                            device=device, dtype=dtype)
+                            device=device, dtype=dtype, speed=speed, built=built)
+    built = None
     pipe = engine.load()
     if as_released:
         released_style(pipe)
@@ -393,11 +468,18 @@ def run_bench(preset: str = "auto", width: int = 1024, height: int = 1024, steps
         stamps.append(time.perf_counter())
 
     def generate(n, report=None):
-        request = GenerationRequest(BENCH_PROMPT, characters=[character], steps=n, width=width, height=height, seed=0)
-        return engine.generate(request, report=report, pipeline_options={"output_type": "np"})
+        request = GenerationRequest(BENCH_PROMPT, characters=[character], steps=n, width=width, height=height, seed=0,
+                                    draft=draft)
+        return engine.generate(request, report=report, pipeline_options={"output_type": output_type})
 
+    output_type = "np"
+    warmup_steps, warmup_s = min(2, steps), None
     if warmup:  # out of memory, here or timed: the engine's advice names the next preset
-        generate(min(2, steps))
+        _sync(device)
+        start = time.perf_counter()
+        generate(warmup_steps)
+        _sync(device)
+        warmup_s = time.perf_counter() - start
     pipe.clear_caches()
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
@@ -408,9 +490,17 @@ def run_bench(preset: str = "auto", width: int = 1024, height: int = 1024, steps
     image_s = time.perf_counter() - start
     intervals = [b - a for a, b in itertools.pairwise(stamps)]
     s_per_step = statistics.median(intervals) if intervals else image_s / steps
+    if latents_path is not None:
+        from safetensors.torch import save_file
+
+        output_type = "latent"
+        latents = generate(steps).images[0]
+        save_file({"latents": latents.detach().float().cpu().contiguous()}, str(latents_path))
 
     result = {
-        "run": "as-released" if as_released else chosen.name,
+        "run": run or ("as-released" if as_released else chosen.name),
+        "speed": engine.speed.name,
+        "draft": draft,
         "preset": chosen.name,
         "as_released": as_released,
         "transformer_quantization": chosen.transformer_quantization,
@@ -424,6 +514,8 @@ def run_bench(preset: str = "auto", width: int = 1024, height: int = 1024, steps
         "s_per_step": round(s_per_step, 4),
         "s_per_image": round(image_s, 3),
         "s_per_image_at_28": round(image_s + (REFERENCE_STEPS - steps) * s_per_step, 3),
+        "compile_s": (round(max(0.0, warmup_s - image_s * warmup_steps / steps), 3)
+                      if warmup_s is not None else None),
         "gpu_peak_gib": round(torch.cuda.max_memory_allocated(device) / GiB, 3) if device.type == "cuda" else None,
         "gpu_peak_load_gib": round(gpu_load / GiB, 3) if gpu_load is not None else None,
         "ram_peak_gib": round(peak_ram_bytes() / GiB, 3) if peak_ram_bytes() is not None else None,
@@ -465,7 +557,7 @@ def format_result(r: dict) -> str:
     return "\n".join(lines)
 
 
-RUN_ORDER = ("as-released", "full", "balanced", "low", "minimal")
+RUN_ORDER = ("as-released", "eager", "compiled", "fp8", "draft", "full", "balanced", "low", "minimal")
 
 
 def _cell(value, fmt: str) -> str:
