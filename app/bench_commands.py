@@ -34,6 +34,11 @@ def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-warmup", action="store_true", help="time the first image (one-time setup included)")
     parser.add_argument("--json", default=None, metavar="PATH",
                         help="append the figures (or the error) as one JSON line to PATH")
+    parser.add_argument("--in-memory", action="store_true",
+                        help="full-size random models built in memory on the GPU (nothing written to disk)")
+    from .arguments import add_speed_arguments
+
+    add_speed_arguments(parser)
 
 
 def _append_json(path: str, record: dict) -> None:
@@ -45,10 +50,14 @@ def bench_main(args: argparse.Namespace) -> int:
     """Runs :func:`benchmarks.bench.run_bench` with the command's arguments and prints the figures."""
     from benchmarks.bench import run_bench
 
+    from .arguments import speed_options
+
     try:
+        speed = speed_options(args)
         result = run_bench(args.preset, args.width, args.height, args.steps, random_weights=args.random_weights,
                            models_spec=args.models, as_released=args.as_released, quantization=args.quantization,
-                           warmup=not args.no_warmup, random_dir=args.random_dir, verbose=True)
+                           warmup=not args.no_warmup, random_dir=args.random_dir, verbose=True, speed=speed,
+                           draft=getattr(args, "draft", False), in_memory=getattr(args, "in_memory", False))
     except BaseException as exc:
         if args.json and not isinstance(exc, KeyboardInterrupt):
             message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__

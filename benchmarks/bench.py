@@ -430,6 +430,8 @@ def run_bench(preset: str = "auto", width: int = 1024, height: int = 1024, steps
     dtype = dtype or (torch.bfloat16 if device.type == "cuda" else torch.float32)
     if random_weights and models_spec not in (None, "", "default"):
         raise UsageError(f"--random-weights builds its own full-size models: drop --models {models_spec}")
+    if in_memory and (random_weights or models_spec not in (None, "", "default")):
+        raise UsageError("--in-memory builds its own random models: drop --random-weights and --models")
     if as_released:
         chosen, notes = get_preset("full"), ["as released: whole projector every step, no caching, no offload"]
     else:
@@ -498,7 +500,9 @@ def run_bench(preset: str = "auto", width: int = 1024, height: int = 1024, steps
         save_file({"latents": latents.detach().float().cpu().contiguous()}, str(latents_path))
 
     result = {
-        "run": run or ("as-released" if as_released else chosen.name),
+        "run": run or ("as-released" if as_released else chosen.name + ("" if engine.speed.off else
+                                                                          f"+{engine.speed.name}")
+                       + ("+draft" if draft else "")),
         "speed": engine.speed.name,
         "draft": draft,
         "preset": chosen.name,

@@ -234,3 +234,16 @@ def test_speed_script_dry_run_writes_json_lines(tmp_path):
     assert released["rel_to_as_released"] == 1.0 and eager["latents_rel_diff_to_eager"] == 0
     assert released["latents_rel_diff_to_eager"] < 1e-5  # the released way computes the same function
     assert "| as-released |" in done.stdout
+
+
+def test_bench_speed_flags_on_tiny_models(tiny_models, tmp_path, one_thread):
+    out = tmp_path / "bench.jsonl"
+    args = _bench_args("--models", "tiny", "--width", "32", "--height", "32", "--steps", "2", "--preset", "full",
+                       "--no-warmup", "--json", str(out), "--fp8", "--draft")
+    assert bench_main(args) == 0
+    record = json.loads(out.read_text())
+    assert record["run"] == "full+custom+draft" and record["draft"] is True
+    if not torch.cuda.is_available():
+        assert record["applied"][-1].startswith("fp8: off (needs a CUDA GPU")
+    with pytest.raises(UsageError, match="--in-memory builds its own random models"):
+        bench_main(_bench_args("--in-memory", "--models", "tiny"))
