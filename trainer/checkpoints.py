@@ -12,7 +12,9 @@ A checkpoint is a folder ``output_dir/checkpoints/step-00001234/`` holding
 It is assembled in a hidden staging folder and renamed into place in one step, so a crash (even ``kill -9``)
 leaves either the previous checkpoints or the complete new one. Only the last ``keep`` are kept.
 
-Under DDP every process holds the same weights and optimizer state, so the main process writes them once.
+Under DDP every process holds the same weights and optimizer state, so the main process writes them once. Under
+FSDP (``run.distributed = "fsdp"``) each process writes its shards to ``sharded/`` instead of ``optimizer.pt``
+(``torch.distributed.checkpoint``), and the main process the gathered ``trainable.safetensors``.
 """
 
 from __future__ import annotations
@@ -111,8 +113,12 @@ def _write_json(path: Path, data) -> None:
 
 
 def save_checkpoint(accelerator, output_dir: str | Path, state: TrainingState, model, optimizer, scheduler,
-                    keep: int) -> Path:
-    """Writes a checkpoint from every process (collective: all processes must call it) and prunes old ones."""
+                    keep: int, sharded: bool = False) -> Path:
+    """Writes a checkpoint from every process (collective: all processes must call it) and prunes old ones.
+
+    ``sharded`` (FSDP, :mod:`trainer.sharding`): every process writes its shards of the weights and optimizer
+    state to ``sharded/`` (torch.distributed.checkpoint) and the main process the gathered weights.
+    """
     root = checkpoint_root(output_dir)
     final = root / f"step-{state.global_step:08d}"
     staging = root / f".staging-step-{state.global_step:08d}"
@@ -122,11 +128,19 @@ def save_checkpoint(accelerator, output_dir: str | Path, state: TrainingState, m
         staging.mkdir(parents=True)
     accelerator.wait_for_everyone()
     _write_json(staging / f"rng-rank{accelerator.process_index}.json", rng_state())
+    if sharded:
+        from .sharding import full_state_dict, save_sharded
+
+        save_sharded(staging, model, optimizer.optimizer)
+        weights = full_state_dict(model)
+        if accelerator.is_main_process:
+            save_file({k: v.detach().contiguous() for k, v in weights.items()}, str(staging / "trainable.safetensors"))
     if accelerator.is_main_process:
-        unwrapped = accelerator.unwrap_model(model)
-        save_file({k: v.detach().contiguous().cpu() for k, v in unwrapped.state_dict().items()},
-                  str(staging / "trainable.safetensors"))
-        torch.save(optimizer.state_dict(), staging / "optimizer.pt")
+        if not sharded:
+            unwrapped = accelerator.unwrap_model(model)
+            save_file({k: v.detach().contiguous().cpu() for k, v in unwrapped.state_dict().items()},
+                      str(staging / "trainable.safetensors"))
+            torch.save(optimizer.state_dict(), staging / "optimizer.pt")
         sched = {k: v for k, v in scheduler.state_dict().items() if k != "lr_lambdas"}
         _write_json(staging / "scheduler.json", sched)
         _write_json(staging / STATE_FILE, asdict(state))
@@ -153,11 +167,27 @@ def load_trainable(folder: str | Path, model) -> None:
     model.load_state_dict(weights, strict=True)
 
 
-def load_checkpoint(accelerator, folder: str | Path, model, optimizer, scheduler) -> TrainingState:
-    """Restores weights, optimizer, scheduler and this process's RNG from ``folder``."""
+def load_checkpoint(accelerator, folder: str | Path, model, optimizer, scheduler,
+                    sharded: bool = False) -> TrainingState:
+    """Restores weights, optimizer, scheduler and this process's RNG from ``folder``.
+
+    ``sharded``: from the ``sharded/`` shards (a sharded checkpoint is read by a sharded run on any number of
+    processes). Collective then.
+    """
     folder = Path(folder)
-    load_trainable(folder, accelerator.unwrap_model(model))
-    optimizer.load_state_dict(torch.load(folder / "optimizer.pt", map_location="cpu", weights_only=True))
+    if sharded:
+        from .sharding import SHARDED_DIR, load_sharded
+
+        if not (folder / SHARDED_DIR).is_dir():
+            raise UsageError(f"{folder}: not a sharded checkpoint (written by run.distributed = \"ddp\" or one "
+                             "process); resume it with the same setting")
+        load_sharded(folder, model, optimizer.optimizer)
+    else:
+        if not (folder / "optimizer.pt").is_file():
+            raise UsageError(f"{folder}: a sharded checkpoint (run.distributed = \"fsdp\" on several processes); "
+                             "resume it the same way")
+        load_trainable(folder, accelerator.unwrap_model(model))
+        optimizer.load_state_dict(torch.load(folder / "optimizer.pt", map_location="cpu", weights_only=True))
     sched = json.loads((folder / "scheduler.json").read_text())
     sched["lr_lambdas"] = [None] * len(scheduler.lr_lambdas)
     scheduler.load_state_dict(sched)

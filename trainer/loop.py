@@ -148,6 +148,11 @@ class Trainer:
         )
         acc = self.accelerator
         config.check(acc.num_processes)
+        # one process: the same computation unsharded; N processes with "fsdp": FSDP2 (trainer.sharding)
+        self.sharded = config.run.distributed == "fsdp" and acc.num_processes > 1
+        if self.sharded and (config.sampling.every or config.validation.every):
+            raise TrainingRefused("run.distributed = \"fsdp\" on several processes does not render samples or "
+                                  "validation yet: set sampling.every and validation.every to 0, or use \"ddp\"")
         self.out = config.output_path
         self.events = EventLog(self.out, enabled=acc.is_main_process)
         self.losses: list[float] = []
@@ -190,7 +195,12 @@ class Trainer:
                                     EncodingCache(cache_dir, kinds), config.seed)
         if kinds:
             self._fill_cache(kinds)
-        self.model = acc.prepare(model)
+        if self.sharded:
+            from .sharding import shard_model
+
+            self.model = shard_model(model, acc.device)
+        else:
+            self.model = acc.prepare(model)
         self.digest = config_digest(config)
 
     def _fill_cache(self, kinds: tuple[str, ...]) -> None:
@@ -249,7 +259,7 @@ class Trainer:
     def _save(self, state, optimizer, scheduler, reason: str) -> Path:
         state.losses = self.losses[-RECENT_LOSSES:]
         path = save_checkpoint(self.accelerator, self.out, state, self.model, optimizer, scheduler,
-                               self.config.run.keep_checkpoints)
+                               self.config.run.keep_checkpoints, sharded=self.sharded)
         self.events.emit("checkpoint", step=state.global_step, path=str(path), reason=reason)
         return path
 
@@ -332,7 +342,7 @@ class Trainer:
             # stepped by hand once per optimizer step: accelerate's wrapper would step it once per process
             scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer.optimizer, _warmup(stage.warmup_steps))
             if self.checkpoint is not None and state.stage_index == stage_index and state.stage_step > 0:
-                state = load_checkpoint(acc, self.checkpoint, self.model, optimizer, scheduler)
+                state = load_checkpoint(acc, self.checkpoint, self.model, optimizer, scheduler, sharded=self.sharded)
                 self.losses = list(state.losses)
             elif state.stage_index != stage_index:
                 state.stage_index, state.stage_step = stage_index, 0
@@ -351,7 +361,8 @@ class Trainer:
                         offset = (a * acc.num_processes + acc.process_index) * micro
                         keys = [(stage_index, step, offset + i) for i in range(micro)]
                         inputs = self.encoder.encode(rows[offset:offset + micro], stage.resolution, keys)
-                        loss = self.model(inputs.to(acc.device, self.weight_dtype))
+                        with acc.autocast() if self.sharded else contextlib.nullcontext():  # prepare() adds it
+                            loss = self.model(inputs.to(acc.device, self.weight_dtype))
                         acc.backward(loss)
                         if acc.sync_gradients and config.optimizer.max_grad_norm > 0:
                             acc.clip_grad_norm_(params, config.optimizer.max_grad_norm)
@@ -405,11 +416,19 @@ class Trainer:
         """Writes ``output_dir/adapter.safetensors`` + ``adapter.json`` (and ``.bin`` if configured)."""
         acc = self.accelerator
         written = []
+        model = None
+        if self.sharded:  # gathered to the main process, exported from a CPU copy of the parts
+            from .sharding import export_copy, full_state_dict
+
+            weights = full_state_dict(self.model)
+            if acc.is_main_process:
+                model = export_copy(self.config, weights)
+        elif acc.is_main_process:
+            model = acc.unwrap_model(self.model)
         if acc.is_main_process:
             meta = {"source": "instantcharacter-studio trainer", "config_digest": self.digest,
                     "stages": ",".join(s.name for s in self.config.stages)}
-            written = export_adapter(self.out / "adapter", acc.unwrap_model(self.model), meta,
-                                     self.config.export.released_bin)
+            written = export_adapter(self.out / "adapter", model, meta, self.config.export.released_bin)
             self.events.emit("export", paths=[str(p) for p in written])
         acc.wait_for_everyone()
         return written
