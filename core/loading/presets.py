@@ -281,7 +281,8 @@ def apply_preset(pipe, preset: MemoryPreset | str, device: str | torch.device) -
 
     if preset.adapter_quantization == "fp8-layerwise":
         for name, module in _adapter_modules(pipe, transformer):
-            cast_layerwise_fp8(module, _compute_dtype(module))
+            # the projector's dtype is its proj.fc1 weight's, which the pipeline casts features to: kept
+            cast_layerwise_fp8(module, _compute_dtype(module), skip=[r"^proj\.fc1$"])
         steps.append("adapter stored in fp8 (layerwise casting)")
     elif preset.adapter_quantization:
         if transformer is not None and adapter_in_transformer:

@@ -1,0 +1,59 @@
+"""The fp8 and streamed presets on the tiny InstantCharacter pipeline: images close to (fp8) or equal to (streamed
+from disk) the float32 ones, with a character."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from core.loading.memory import get_preset
+from core.loading.presets import apply_offload, apply_preset
+
+
+def _generate(pipe, hero):
+    return pipe("a [hero] in a park", characters=[hero], num_inference_steps=2, width=32, height=32,
+                generator=torch.Generator().manual_seed(0), output_type="np").images[0]
+
+
+@pytest.fixture
+def hero():
+    from benchmarks.bench import bench_character
+
+    return bench_character(64)
+
+
+@pytest.fixture
+def fresh_pipe(tiny_models):
+    from core.models.pipeline import InstantCharacterPipeline
+
+    pipe = InstantCharacterPipeline.from_pretrained(str(tiny_models), dtype=torch.float32, progress=False)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+@pytest.mark.slow
+def test_fp8_preset_stores_weights_in_fp8_and_stays_close(fresh_pipe, hero):
+    reference = _generate(fresh_pipe, hero)
+    steps = apply_preset(fresh_pipe, get_preset("fp8"), "cpu")
+    assert "transformer stored in fp8 (layerwise casting)" in steps and "adapter stored in fp8 (layerwise casting)" in steps
+    block = fresh_pipe.transformer.transformer_blocks[0]
+    assert block.ff.net[2].weight.dtype == torch.float8_e4m3fn
+    assert block.attn.processor.to_k_ip.weight.dtype == torch.float8_e4m3fn  # the adapter's K/V projections
+    assert fresh_pipe.text_encoder_2.encoder.block[0].layer[0].SelfAttention.q.weight.dtype == torch.float8_e4m3fn
+    assert fresh_pipe.text_encoder_2.shared.weight.dtype == torch.float32  # embeddings kept (a model's dtype)
+    assert fresh_pipe.image_proj.dtype == torch.float32  # the features are cast to it
+    image = _generate(fresh_pipe, hero)
+    difference = float(np.abs(image - reference).max())
+    print(f"\nfp8 preset vs float32, tiny pipeline with a character, 32x32: max |difference| {difference:.4f}")
+    assert difference < 0.1
+
+
+@pytest.mark.slow
+def test_disk_offload_makes_the_same_image(fresh_pipe, hero, tmp_path):
+    reference = _generate(fresh_pipe, hero)
+    steps = apply_offload(fresh_pipe, "disk", "cpu", group_min_bytes=0, disk_path=str(tmp_path))
+    assert any(s.startswith("transformer group offload (block_level, on disk") for s in steps)
+    assert "text_encoder_2 group offload (leaf_level, in RAM: tied weights)" in steps  # see DISK_KEPT_IN_RAM
+    assert list((tmp_path / "transformer").glob("*.safetensors"))
+    np.testing.assert_array_equal(_generate(fresh_pipe, hero), reference)
