@@ -78,6 +78,12 @@ def _link_tabs(demo, tabs, library_tab, history_tab) -> None:
     hist.recall.click(gen.recall_event_handler, hist.selected, generate.recall_outputs(gen) + [gen.mask_specs],
                       api_visibility="private").success(lambda: gr.Tabs(selected="generate"), None,
                                                         demo.studio_tab_bar, api_visibility="private")
+    hist.recall.click(gen.edit_events.recall_edit, hist.selected, [gen.edit.canvas, gen.edit.strength],
+                      api_visibility="private")  # an edit PNG: its source, region and strength too
+    hist.edit.click(gen.edit_events.edit_this, hist.selected, [gen.edit.canvas, gen.width, gen.height, gen.size_preset],
+                    api_visibility="private").success(lambda: (gr.Tabs(selected="generate"), gr.Accordion(open=True)),
+                                                      None, [demo.studio_tab_bar, gen.edit.accordion],
+                                                      api_visibility="private")
 
 
 # ---------------------------------------------------------------------------------------------------- launching

@@ -11,12 +11,13 @@ import gradio as gr
 
 from core.conditioning.edit import output_size
 from core.conditioning.masks import RoutingMask
-from core.io.metadata import read_record
+from core.io.metadata import MetadataError, read_record
 
 from ..context import StudioContext
 from ..errors import StudioInputError, shown_to_user
 from ..generation import EditSettings, check_settings, generate
 from ..mask_canvas import edit_canvas
+from ..running import SessionRuns, session_of
 from ..spaces import gpu_function
 from . import generate_events as ev
 
@@ -26,8 +27,9 @@ DEFAULT_STRENGTH = 0.6
 class EditEvents:
     """The edit mode's handlers, bound to one :class:`StudioContext`."""
 
-    def __init__(self, ctx: StudioContext):
+    def __init__(self, ctx: StudioContext, runs: SessionRuns | None = None):
         self.ctx = ctx
+        self.runs = runs if runs is not None else SessionRuns(ctx.jobs)  # the Generate tab's: one Cancel for both
         self._zero_gpu_run = gpu_function(
             lambda slots, canvas, settings, specs, edit: generate(ctx, slots, canvas, settings, mask_specs=specs,
                                                                   edit=edit),
@@ -47,13 +49,16 @@ class EditEvents:
         if self.ctx.zero_gpu:
             result = self._zero_gpu_run(slots, canvas, settings, specs, edit)
         else:
-            session = getattr(request, "session_hash", None) or "local"
-            cancel = self.ctx.jobs.start(session)
+            session = session_of(request)
+            cancel = self.runs.start(session)
+            if cancel is None:
+                self.runs.finish(session, None)
+                return session_paths, session_paths, "- Cancelled before it started.", settings.seed
             try:
                 result = generate(self.ctx, slots, canvas, settings, mask_specs=specs, edit=edit, cancel=cancel,
                                   report=lambda fraction, message: progress(fraction, desc=message))
             finally:
-                self.ctx.jobs.finish(session, cancel)
+                self.runs.finish(session, cancel)
         notes = list(result.notes)
         if result.paths:
             notes.insert(0, f"Saved {len(result.paths)} edited image(s) to `{self.ctx.settings.output_dir}` (seed "
@@ -83,6 +88,10 @@ class EditEvents:
         path = getattr(source, "name", source)
         if read_record(path).edit is None:
             return gr.update(), gr.update()
-        request = request_from_png(path)
+        try:
+            request = request_from_png(path)
+        except MetadataError as exc:  # the settings were recalled; only the edit's source is missing
+            gr.Warning(f"The edit was not recalled: {exc}")
+            return gr.update(), gr.update()
         region = request.inpaint_region if isinstance(request.inpaint_region, RoutingMask) else None
         return edit_canvas(request.source_image, region), request.strength

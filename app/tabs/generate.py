@@ -13,6 +13,7 @@ from ..errors import shown_to_user
 from ..running import cancel_button
 from core.loading.loras import MAX_LORAS, MAX_WEIGHT
 from ..mask_canvas import COLOURS, LAYER_NAMES, LAYOUTS, blank_canvas, preview_size
+from . import edit_section
 from . import generate_events as ev
 
 GPU = dict(concurrency_limit=1, concurrency_id="gpu")  # one GPU job at a time across all tabs
@@ -119,6 +120,7 @@ def build(ctx: StudioContext) -> SimpleNamespace:
                 ui.recall_file = gr.File(label="A PNG made by the studio (or click a gallery image)",
                                          file_types=[".png"], type="filepath")
                 ui.recall = gr.Button("Recall settings")
+            ui.edit = edit_section.build()  # edit mode: image-to-image and inpainting
     _wire(ctx, ui, events)
     return ui
 
@@ -193,6 +195,7 @@ def _wire(ctx: StudioContext, ui, events: ev.GenerateEvents) -> None:
     ui.recall.click(events.recall_with_masks, ui.recall_file, recall_outputs(ui) + [ui.mask_specs],
                     api_name="recall")
     ui.recall_event_handler = events.recall_with_masks
+    ui.edit_events = edit_section.wire(ctx, ui, events, generate_inputs(ui), GPU)
 
 
 def _selected_path(paths, evt: gr.SelectData):

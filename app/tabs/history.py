@@ -76,6 +76,7 @@ def build(ctx: StudioContext) -> SimpleNamespace:
             ui.selected = gr.State(None)  # server-side: a client cannot name a file here
             ui.details = gr.Markdown()
             ui.recall = gr.Button("Recall in Generate", variant="primary")
+            ui.edit = gr.Button("Edit in Generate", size="sm")  # wired by app.studio (the Generate tab's edit mode)
             ui.score = gr.Button("Score: CLIP-I, DINO-I, CLIP-T", size="sm")
             ui.scores = gr.Markdown()
     ui.refresh.click(events.gallery, None, ui.gallery, api_visibility="private")
