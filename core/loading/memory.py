@@ -599,7 +599,7 @@ def choose_preset(vram_bytes: int | None, ram_bytes: int | None, width: int = 10
                               f"best preset whose RAM ({e.ram_needed_gib:.1f} GiB) fits the system RAM")
         p, e = min(zip(candidates, estimates), key=lambda pe: pe[1].ram_needed_bytes)
         return p, e, (f"no CUDA GPU found, and even '{p.name}' needs {e.ram_needed_gib:.1f} GiB of RAM "
-                      f"(have {ram_bytes / GiB:.1f} GiB): {_ram_help(files)}")
+                      f"(have {ram_bytes / GiB:.1f} GiB): {_ram_help(files, ram_bytes, None, width, height, sizes)}")
 
     usable = usable_vram_bytes(vram_bytes)
     for p, e in zip(candidates, estimates):
@@ -615,18 +615,30 @@ def choose_preset(vram_bytes: int | None, ram_bytes: int | None, width: int = 10
     if gpu_fits:  # RAM is what is short: the preset needing the least RAM among those the GPU holds
         p, e = min(gpu_fits, key=lambda pe: pe[1].ram_needed_bytes)
         return p, e, (f"nothing fits at {size}: short of system RAM; the least, '{p.name}', needs "
-                      f"{e.ram_needed_gib:.1f} GiB of RAM (have {ram_bytes / GiB:.1f} GiB): {_ram_help(files)}")
+                      f"{e.ram_needed_gib:.1f} GiB of RAM (have {ram_bytes / GiB:.1f} GiB): "
+                      f"{_ram_help(files, ram_bytes, vram_bytes, width, height, sizes)}")
     p, e = min(ram_fits or list(zip(candidates, estimates)), key=lambda pe: pe[1].gpu_peak_bytes)
     both = "" if ram_fits else f" and RAM ({e.ram_needed_gib:.1f} GiB needed; {_ram_help(files)})"
     return p, e, (f"nothing fits at {size}: short of GPU memory{both}; the smallest, '{p.name}', peaks at "
                   f"{e.gpu_peak_gib:.1f} GiB of {usable / GiB:.1f} GiB usable: try a smaller image")
 
 
-def _ram_help(files: WeightFiles | None) -> str:
-    gguf = files is not None and files.transformer_bytes is not None
+# city96's flux1-dev-Q4_K_S.gguf, the usual 4-bit file: about 6.8 GB
+GGUF_Q4_BYTES = 6_810_000_000
+
+
+def _ram_help(files: WeightFiles | None, ram_bytes: int | None = None, vram_bytes: int | None = None,
+              width: int = 1024, height: int = 1024, sizes: Mapping[str, ComponentSize] | None = None) -> str:
+    """What would help a RAM shortage: swap, and a 4-bit GGUF transformer file only where one would make some
+    preset fit ``ram_bytes`` (and ``vram_bytes``); a smaller image never helps RAM."""
     advice = "add swap space or close other programs"
-    if not gguf:
-        advice += ", or use a GGUF transformer file (--base flux1-dev-Q4_K_S.gguf: a quarter of the bf16 size)"
+    if files is not None and files.transformer_bytes is not None or ram_bytes is None:
+        return advice
+    gguf = replace(files or WeightFiles(), transformer_bytes=GGUF_Q4_BYTES, largest_file_bytes=GGUF_Q4_BYTES)
+    for name in PRESET_ORDER:
+        e = estimate(name, width, height, sizes=sizes, files=gguf)
+        if e.ram_needed_bytes <= ram_bytes and (vram_bytes is None or e.gpu_peak_bytes <= usable_vram_bytes(vram_bytes)):
+            return advice + f", or use a 4-bit GGUF transformer file (--base flux1-dev-Q4_K_S.gguf: '{name}' fits)"
     return advice
 
 
@@ -686,7 +698,7 @@ def check_ram_budget(e: MemoryEstimate, available_bytes: int, files: WeightFiles
                    f"GiB; " if least.preset != e.preset and least.ram_needed_bytes < e.ram_needed_bytes else "")
     raise RamBudgetError(f"not loading with preset '{e.preset}': it needs about {needed / GiB:.1f} GiB of RAM and "
                          f"{available_bytes / GiB:.1f} GiB is available (free RAM + swap); {alternative}"
-                         f"{_ram_help(files)}")
+                         f"{_ram_help(files, available_bytes + RAM_BASELINE_BYTES, None, e.width, e.height, sizes)}")
 
 
 # --------------------------------------------------------------------------------------------- out of memory
