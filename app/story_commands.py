@@ -371,39 +371,30 @@ def run_render(args: argparse.Namespace) -> int:
 
 def run_edit(args: argparse.Namespace) -> int:
     """``story edit``: records the edit of one rendered panel in the manifest, then renders that panel as it."""
-    from core.conditioning.edit import check_region, check_strength, load_region, load_source
-    from core.story.edit import edited_hash, record_edit
+    from core.conditioning.edit import check_strength
+    from core.story.edit import prepare_panel_edit
     from core.story.export import export_story
-    from core.story.format import StoryError, load_story, panel_settings_hash
-    from core.story.manifest import file_inside, is_panel_done, load_manifest, save_manifest
+    from core.story.format import StoryError, load_story
     from core.story.render import render_story
 
     story = with_overrides(load_story(args.story), args.size, args.steps)
     if args.panel > len(story.panels):
         raise StoryError(f"--panel {args.panel}: the story has {len(story.panels)} panels")
     index, out = args.panel - 1, Path(args.out)
-    panel, manifest = story.panels[index], load_manifest(out)
-    base = panel_settings_hash(story, panel)
-    if args.undo:
-        if manifest.edits.pop(index, None) is None:
-            raise StoryError(f"panel {args.panel} has no edit to undo")
-    else:
+    if not args.undo:
         check_strength(args.strength, "--strength")
-        record = manifest.panels.get(index)
-        if not is_panel_done(record, edited_hash(base, manifest.edits.get(index)), out):
-            raise StoryError(f"panel {args.panel} is not rendered in {out} with these settings: run `story render "
-                             f"{args.story} --out {out} --resume` first")
-        source = load_source(file_inside(out, record.file), f"panel {args.panel}")
-        spec = args.inpaint_mask or args.region
-        region = None
-        if spec is not None:
-            region, notes = load_region(spec, source.size, f"--inpaint-mask {spec}" if args.inpaint_mask else
-                                        f"--region {spec}")
-            check_region(region, *source.size)
-            for note in notes:
-                print(f"note: {note}")
-        manifest.edits[index] = record_edit(out, index, source, args.strength, region, args.seed, base)
-    save_manifest(manifest, out)
+    spec = args.inpaint_mask or args.region
+    where = f"--inpaint-mask {spec}" if args.inpaint_mask else f"--region {spec}"
+    try:
+        notes = prepare_panel_edit(story, out, index, args.strength, spec, args.seed, args.undo, where)
+    except StoryError as exc:
+        if "render it first" not in str(exc):
+            raise
+        raise StoryError(f"panel {args.panel} is not rendered in {out} with these settings: run `story render "
+                         f"{args.story} --out {out} --resume` first") from None
+    for note in notes:
+        print(f"note: {note}")
+    region = spec
     state = process_state()
     engine = load_engine(args.models, args.preset, args.dtype, state.device, story.width, story.height, state)
     result = render_story(story, engine, out, only=[index], state=state)

@@ -11,6 +11,7 @@ from core.limits import MAX_CHARACTERS, MAX_PANELS, MAX_STEPS, MAX_STORY_BYTES
 
 from ..context import StudioContext
 from ..running import cancel_button
+from . import story_edit
 from . import story_events as ev
 from .generate import GPU
 
@@ -59,6 +60,7 @@ def _results(ui: SimpleNamespace, rows: list, pages: list) -> None:
     with gr.Row():
         ui.panel_number = gr.Number(label="Panel", value=1, precision=0, minimum=1, scale=1)
         ui.new_seed = gr.Button("Regenerate with a new seed", scale=2)
+    ui.edit = story_edit.build()  # "Edit this panel" (app/tabs/story_edit.py)
     ui.notes = gr.Markdown()
     with gr.Tabs():
         with gr.Tab("Pages"):
@@ -82,6 +84,7 @@ def build(ctx: StudioContext) -> SimpleNamespace:
         with gr.Column(scale=5):
             _results(ui, rows, pages)
     _wire(ctx, ui, events)
+    ui.edit_events = story_edit.wire(ui, GPU)
     return ui
 
 

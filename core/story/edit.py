@@ -92,3 +92,37 @@ def record_edit(out_dir: str | os.PathLike, index: int, source, strength: float,
     save_edit_source(source, Path(out_dir) / PANELS_DIR, {"source_file": name, "source_sha256": digest})
     return {"source_file": f"{PANELS_DIR}/{name}", "source_sha256": digest, "strength": check_strength(strength),
             "region": region.to_json() if region is not None else None, "seed": seed, "base_hash": base_hash}
+
+
+def prepare_panel_edit(story, out_dir: str | os.PathLike, index: int, strength: float = 0.6, region=None,
+                       seed: int | None = None, undo: bool = False, region_name: str = "the region") -> list[str]:
+    """Records (or with ``undo`` drops) the edit of panel ``index`` in the manifest of ``out_dir``; the next
+    render of that panel makes it. The source is the panel as it is now (edited or not). ``region``: a mask image
+    path, a layout or box spec, or None for the whole panel. Returns notes; raises ``StoryError`` for a panel not
+    rendered with these settings or nothing to undo, ``EditError`` / ``ImageInputError`` for a bad edit."""
+    from core.conditioning.edit import check_region, check_strength, load_region, load_source
+    from core.story.format import StoryError, panel_settings_hash
+    from core.story.manifest import is_panel_done, load_manifest, save_manifest
+
+    if not 0 <= index < len(story.panels):
+        raise StoryError(f"panel {index + 1}: the story has {len(story.panels)} panels")
+    number, out_dir = index + 1, Path(out_dir)
+    manifest = load_manifest(out_dir)
+    base = panel_settings_hash(story, story.panels[index])
+    notes: list[str] = []
+    if undo:
+        if manifest.edits.pop(index, None) is None:
+            raise StoryError(f"panel {number} has no edit to undo")
+    else:
+        strength = check_strength(strength)
+        record = manifest.panels.get(index)
+        if not is_panel_done(record, edited_hash(base, manifest.edits.get(index)), out_dir):
+            raise StoryError(f"panel {number} is not rendered in {out_dir} with these settings: render it first")
+        source = load_source(file_inside(out_dir, record.file), f"panel {number}")
+        mask = None
+        if region is not None:
+            mask, notes = load_region(region, source.size, region_name)
+            check_region(mask, *source.size)
+        manifest.edits[index] = record_edit(out_dir, index, source, strength, mask, seed, base)
+    save_manifest(manifest, out_dir)
+    return notes

@@ -1,0 +1,98 @@
+"""The Story tab's "Edit this panel": redo a rendered panel from its current image, all of it at a strength or only
+a region (a layout name or box), recorded in the render manifest as ``story edit`` records it
+(:func:`core.story.edit.prepare_panel_edit`), so Render keeps it and "Render every panel again" makes it again.
+
+No ``from __future__ import annotations`` here: Gradio reads the ``gr.Request`` annotation at runtime.
+"""
+
+import math
+from types import SimpleNamespace
+
+import gradio as gr
+
+from ..errors import StudioInputError, shown_to_user
+from .edit_events import DEFAULT_STRENGTH
+
+REGIONS = ["whole panel", "left", "right", "top", "bottom", "left-third", "center-third", "right-third"]
+
+
+def build() -> SimpleNamespace:
+    """The controls, in an accordion under the panel number."""
+    section = SimpleNamespace()
+    with gr.Accordion("Edit this panel (image-to-image, inpainting)", open=False):
+        with gr.Row():
+            section.strength = gr.Slider(0.0, 1.0, value=DEFAULT_STRENGTH, step=0.05, scale=2,
+                                         label="Strength (0 keeps the panel, 1 ignores it)")
+            section.region = gr.Dropdown(REGIONS, value="whole panel", allow_custom_value=True, scale=2,
+                                         label="Region to redo (or box:x0,y0,x1,y1)")
+        with gr.Row():
+            section.edit = gr.Button("Edit this panel", scale=2)
+            section.undo = gr.Button("Undo its edit", size="sm", scale=1)
+    return section
+
+
+class StoryEditEvents:
+    """The handlers, on top of the tab's :class:`app.tabs.story_events.StoryEvents` (its parsing, rendering,
+    export and Cancel)."""
+
+    def __init__(self, story_events):
+        self.events = story_events
+        self.edit_panel = shown_to_user(self._edit_panel)
+        self.undo_edit = shown_to_user(self._undo_edit)
+
+    def _edit_panel(self, text, folder, number, strength, region, request: gr.Request = None,
+                    progress=gr.Progress()):
+        """Records the edit of panel ``number`` (1-based) and renders it; the outputs of Render."""
+        return self._run(text, folder, number, request, progress, strength=strength, region=region)
+
+    def _undo_edit(self, text, folder, number, request: gr.Request = None, progress=gr.Progress()):
+        return self._run(text, folder, number, request, progress, undo=True)
+
+    def _run(self, text, folder, number, request, progress, strength=DEFAULT_STRENGTH, region=None, undo=False):
+        from core.story.edit import prepare_panel_edit
+        from core.story.format import StoryError
+
+        from .story_events import render_dir_for
+
+        story = self.events._story(text, folder)
+        index = _panel_index(number, len(story.panels))
+        try:
+            strength = float(strength)
+        except (TypeError, ValueError):
+            raise StudioInputError(f"strength must be a number from 0 to 1, got {str(strength)[:20]!r}") from None
+        spec = None if not region or str(region).strip() == "whole panel" else str(region).strip()
+        try:
+            notes = prepare_panel_edit(story, render_dir_for(self.events.ctx, story), index, strength, spec,
+                                       undo=undo, region_name=f"the region {spec!r}")
+        except StoryError as exc:
+            raise StudioInputError(str(exc).replace("render it first", "press Render first")) from None
+        outputs = list(self.events._render_and_export(story, [index], True, request, progress))
+        if notes:
+            outputs[0] = "\n".join([outputs[0], *(f"- {n}" for n in notes)])
+        return tuple(outputs)
+
+
+def _panel_index(number, count: int) -> int:
+    if (not isinstance(number, (int, float)) or isinstance(number, bool) or not math.isfinite(number)
+            or int(number) != number or not 1 <= int(number) <= count):
+        shown = repr(number)[:20] if isinstance(number, (int, float)) else type(number).__name__
+        raise StudioInputError(f"panel number must be 1 to {count}, got {shown}")
+    return int(number) - 1
+
+
+def wire(ui, gpu: dict) -> StoryEditEvents:
+    """Connects ``ui.edit`` to the Story tab ``ui`` (its text, panel number, outputs and Cancel)."""
+    from ..running import cancel_button
+
+    events = StoryEditEvents(ui.events)
+    rendered = [ui.notes, ui.panels, ui.panel_images, ui.pages, ui.pdf, ui.zip]
+    section = ui.edit
+    edit = section.edit.click(ui.events.queued, None, None, queue=False, api_visibility="private").then(
+        events.edit_panel, [ui.text, ui.folder, ui.panel_number, section.strength, section.region], rendered,
+        api_name="edit_panel", show_progress_on=[ui.pages], **gpu)
+    undo = section.undo.click(ui.events.queued, None, None, queue=False, api_visibility="private").then(
+        events.undo_edit, [ui.text, ui.folder, ui.panel_number], rendered, api_visibility="private",
+        show_progress_on=[ui.pages], **gpu)
+    for event in (edit, undo):
+        event.then(cancel_button, None, ui.cancel, queue=False, api_visibility="private")
+    return events
