@@ -522,9 +522,9 @@ TRAIN_PRESETS: dict[str, dict] = {
              "run": {"mixed_precision": "bf16", "gradient_checkpointing": True, "gradient_accumulation_steps": 4},
              "optimizer": {"use_8bit_adam": True}, "data": dict(_CACHED), "batch_sizes": (4, 4, 4)},
     "48gb": {"description": "one 48 GB card: the full image adapter (2.79 B: projector 1.36 B + attention K/V "
-                            "1.43 B), FLUX frozen in nf4 (bitsandbytes, CUDA), encoders cached, 8-bit AdamW, "
+                            "1.43 B), FLUX frozen in int8 (quanto), encoders cached, 8-bit AdamW, "
                             "gradient checkpointing, micro batch 1",
-             "trainable": ["image_adapter"], "models": {"base_quantization": "bnb-nf4"},
+             "trainable": ["image_adapter"], "models": {"base_quantization": "quanto-int8"},
              "run": {"mixed_precision": "bf16", "gradient_checkpointing": True, "gradient_accumulation_steps": 4},
              "optimizer": {"use_8bit_adam": True}, "data": dict(_CACHED), "batch_sizes": (4, 4, 4)},
     "80gb": {"description": "one 80 GB card: the image adapter and the text adapter (2.79 B + 0.31 B), FLUX frozen "
@@ -533,7 +533,7 @@ TRAIN_PRESETS: dict[str, dict] = {
              "trainable": ["image_adapter", "text_adapter"], "models": {},
              "run": {"mixed_precision": "bf16", "gradient_checkpointing": True, "gradient_accumulation_steps": 8},
              "optimizer": {"use_8bit_adam": False}, "data": dict(_CACHED), "batch_sizes": (8, 8, 8)},
-    "multi-gpu": {"description": "8 GPUs of 48 GB or more (FSDP): the image adapter and the text adapter (3.10 B) with "
+    "multi-gpu": {"description": "8 GPUs of 80 GB (FSDP): the image adapter and the text adapter (3.10 B) with "
                                  "their float32 weights, gradients and AdamW states sharded over the GPUs, FLUX "
                                  "frozen in bf16 on each, encoders cached, gradient checkpointing, micro batch 2 "
                                  "at 512 and 1 at 1024; the same file runs on any number of GPUs that divides the "

@@ -21,7 +21,9 @@ layout) and from one forward pass of the training model built on the ``meta`` de
   a time (its saved bytes on top).
 
 Under FSDP (``run.distributed = "fsdp"``) the trainable weights, gradients and optimizer state are divided by
-the number of processes; each process holds the frozen model whole.
+the number of processes; each process holds the frozen model whole, plus the float32 weights FSDP gathers
+while they compute: the root group (the character attention K/V, gathered for the whole step) and the larger of
+the projector and the text adapter (see ``trainer.sharding``).
 
 Peak = frozen + trainable + optimizer + max(activations + autocast copies, gradients) + the largest block's
 saved bytes (backward's working set). A card fits a stage when the peak plus the CUDA context (0.75 GiB) stays
@@ -72,11 +74,12 @@ class StagePlan:
     activation_bytes_checkpointing: int
     working_bytes: int
     ram_peak_bytes: int
+    gathered_bytes: int = 0  # FSDP: the float32 weights gathered whole while a group computes
     details: dict = field(default_factory=dict)
 
     @property
     def gpu_peak_bytes(self) -> int:
-        return (self.frozen_bytes + self.trainable_bytes + self.optimizer_bytes
+        return (self.frozen_bytes + self.trainable_bytes + self.optimizer_bytes + self.gathered_bytes
                 + max(self.activation_bytes + self.autocast_bytes, self.gradient_bytes) + self.working_bytes)
 
     @property
@@ -121,7 +124,7 @@ class TrainingPlan:
         for s in self.stages:
             acts = f"{s.activation_bytes_checkpointing / GiB:.1f}/{s.activation_bytes_no_checkpointing / GiB:.1f}"
             lines.append(
-                f"{s.name:<16} {s.resolution:>5} {s.micro_batch:>3}  {s.frozen_bytes / GiB:>7.2f} "
+                f"{s.name[:16]:<16} {s.resolution:>5} {s.micro_batch:>3}  {s.frozen_bytes / GiB:>7.2f} "
                 f"{s.trainable_bytes / GiB:>6.2f} {s.gradient_bytes / GiB:>6.2f} {s.optimizer_bytes / GiB:>6.2f} "
                 f"{s.activation_bytes / GiB:>6.2f} {acts:>13}   GPU peak {s.gpu_peak_gib:5.1f} GiB"
                 f"   RAM peak {s.ram_peak_bytes / GiB:5.1f} GiB   {smallest_card(s.gpu_peak_bytes)}")
@@ -443,6 +446,11 @@ def plan_training(config, num_processes: int = 1, cuda: bool = True) -> Training
     master = trainable_params * 4 // shards
     grads = trainable_params * 4 // shards
     autocast = linear_params * 2 if dtype != torch.float32 else 0
+    gathered = 0
+    if shards > 1:  # trainer.sharding's groups: projector and text adapter on their own, the rest in the root
+        groups = [sum(p.numel() for p in getattr(part, n).parameters() if p.requires_grad)
+                  for part in model.parts.values() for n in ("image_proj", "text_adapter") if hasattr(part, n)]
+        gathered = ((trainable_params - sum(groups)) + max(groups, default=0)) * 4
     load_dtype_bytes = 2 if dtype != torch.float32 else 4
     ram = RAM_BASELINE_BYTES + sum(s.params for s in sizes.values()) * load_dtype_bytes
     stages = []
@@ -452,7 +460,7 @@ def plan_training(config, num_processes: int = 1, cuda: bool = True) -> Training
         planned = acts["checkpointing"] if config.run.gradient_checkpointing else acts["total"]
         stages.append(StagePlan(stage.name, stage.resolution, micro, frozen_total, master, grads, opt, autocast,
                                 planned, acts["total"], acts["checkpointing"], acts["largest_block"], ram,
-                                {"frozen": frozen, "block_inputs": acts["block_inputs"]}))
+                                gathered, {"frozen": frozen, "block_inputs": acts["block_inputs"]}))
     params = dict(trained)
     params.update({f"frozen:{k}": s.params for k, s in sizes.items()})
     return TrainingPlan(stages, num_processes, params, notes)
