@@ -216,11 +216,16 @@ def _compile(transformer) -> str:
 def set_fused_for_loras(pipe, options: SpeedOptions, has_loras: bool) -> str | None:
     """Keeps fused QKV only while no style LoRA is on: a LoRA wraps ``to_q`` / ``to_k`` / ``to_v``, which a fused
     layer no longer calls. Unfuses when LoRAs come, fuses again when they go; returns a line when it changed."""
-    if not options.fused_qkv or _is_quantized(pipe.transformer):
+    if not options.fused_qkv:
         return None
     attention = [m for m in pipe.transformer.modules() if getattr(m, "_supports_qkv_fusion", False)
                  and hasattr(m, "to_q")]
     fused = any(m.fused_projections for m in attention)
+    if _is_quantized(pipe.transformer):
+        if has_loras and fused:
+            raise SpeedOptionError("style LoRAs change to_q, to_k and to_v, which speed mode fast has fused and "
+                                   "quantized to fp8: use speed full or off with LoRAs")
+        return None
     if has_loras and fused:
         pipe.transformer.unfuse_qkv_projections()
         return "fused QKV: off while style LoRAs are on (they change to_q, to_k, to_v)"

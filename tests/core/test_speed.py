@@ -162,6 +162,7 @@ def test_draft_travels_in_the_record():
     assert GenerationRequest.from_record(_request([], "a park").to_record(0)).draft is False
 
 
+@pytest.mark.slow
 def test_fused_qkv_steps_aside_for_style_loras(tiny_models, tmp_path, one_thread):
     pytest.importorskip("peft", reason="style LoRAs need peft")
     from diffusers import FluxPipeline, FluxTransformer2DModel
@@ -205,3 +206,34 @@ def test_command_line_flags():
     assert speed_options(parser.parse_args(["--prompt", "p", "--out", "x", "--compile"])) == SpeedOptions(compile=True)
     with pytest.raises(SpeedOptionError, match="attention backend 'fa9' is unknown"):
         speed_options(parser.parse_args(["--prompt", "p", "--out", "x", "--attention", "fa9"]))
+
+
+@pytest.mark.slow
+def test_a_draft_on_a_compiled_engine_runs_its_blocks_eagerly(tiny_models, one_thread):
+    from torch._dynamo.utils import counters
+
+    torch._dynamo.reset()
+    counters.clear()
+    options = SpeedOptions(compile=True, draft_threshold=1e9)
+    compiled = Engine("tiny", preset="full", speed=options)
+    eager = Engine("tiny", preset="full", speed=SpeedOptions(draft_threshold=1e9))
+    request = _request([_character((200, 30, 30))], steps=3)
+    draft = _request([_character((200, 30, 30))], steps=3, draft=True)
+    plain = _latents(compiled, request)
+    graphs = counters["stats"]["unique_graphs"]
+    eager_draft = _latents(eager, draft)  # the same cache on an engine that never compiled
+    assert torch.equal(_latents(compiled, draft), eager_draft)  # the compiled engine's draft ran eagerly
+    assert torch.equal(_latents(compiled, request), plain)  # compiled again, the same latents
+    assert counters["stats"]["unique_graphs"] == graphs  # and nothing compiled for or after the draft
+
+
+def test_loras_on_fp8_fused_projections_are_refused_in_one_line(tiny_models, monkeypatch, one_thread):
+    from core.loading import speed
+
+    engine = Engine("tiny", preset="full", speed=SpeedOptions(fused_qkv=True))
+    engine.load()
+    monkeypatch.setattr(speed, "_is_quantized", lambda module: True)  # as after fp8 (CUDA only)
+    with pytest.raises(SpeedOptionError, match="style LoRAs change to_q, to_k and to_v, which speed mode fast has "
+                                               "fused and quantized to fp8: use speed full or off with LoRAs"):
+        speed.set_fused_for_loras(engine.pipe, engine.speed, has_loras=True)
+    assert speed.set_fused_for_loras(engine.pipe, engine.speed, has_loras=False) is None
