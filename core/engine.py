@@ -135,6 +135,8 @@ class Engine:
         """Where an image was made, for its PNG record: model sources, dtype and preset."""
         s = self.sources
         models = {"base": s.base, "siglip": s.siglip, "dinov2": s.dinov2, "adapter": s.adapter, "spec": self.spec}
+        if getattr(s, "transformer", None):  # a single-file transformer replaced the base's
+            models["transformer"] = s.transformer
         return {"models": models, "dtype": self.dtype_name, "preset": self.preset.name}
 
     # ------------------------------------------------------------------ loading
@@ -231,7 +233,7 @@ class Engine:
 
         report = report or (lambda fraction, message: None)
         request = request.check().with_seed()
-        steps, count = int(request.steps), int(request.images)
+        steps, count = max(1, request.denoising_steps), int(request.images)  # an edit runs fewer steps
         result = EngineResult()
         with self._lock:
             pipe = self.load(report=lambda fraction, message: report(0.0, message),

@@ -186,3 +186,10 @@ def test_a_load_that_would_not_fit_ram_is_refused_before_it_starts(files, tiny_m
         check_ram_before_loading(gguf, memory.get_preset("full"), available_bytes=memory.GiB)
     assert "GGUF" not in str(info.value)
     assert check_ram_before_loading(gguf, memory.get_preset("full"), available_bytes=64 * memory.GiB)
+
+
+def test_png_record_names_the_transformer_file(files, tiny_models):
+    sources = ModelSources.parse(str(tiny_models)).with_base(str(files["q8"]))
+    engine = Engine(str(tiny_models), sources=sources, preset="full", device="cpu")
+    assert engine.provenance()["models"]["transformer"] == str(files["q8"])
+    assert "transformer" not in Engine(str(tiny_models), preset="full", device="cpu").provenance()["models"]
