@@ -63,3 +63,57 @@ def cached_sha256(path: str | os.PathLike, max_bytes: int | None = None) -> str:
         with _DIGESTS_LOCK:
             _DIGESTS.get_or_make(key, lambda: value)
     return value
+
+
+class DiskBackedCache(LRUCache):
+    """An :class:`LRUCache` whose values also live on disk, one safetensors file per key, so that a restart or a
+    story resume reads them back instead of running the model again.
+
+    Args:
+        size: values kept in memory (least recently used dropped first; the files stay).
+        folder: where the files go (e.g. ``core.io.paths.cache_dir("embeddings", namespace)``).
+        pack: value -> ``{name: tensor}``; unpack: ``{name: tensor}`` -> value.
+        namespace: what the values depend on besides the key (model identity, dtype): part of each file's name,
+            so another model never reads these values.
+
+    Files are written atomically; one that cannot be read is made again (and rewritten). :meth:`clear` (what the
+    pipeline calls when a LoRA changes the encoders) also stops using the disk for the rest of the process: the
+    files hold values of the encoders without it.
+    """
+
+    def __init__(self, size: int, folder, pack, unpack, namespace: str = ""):
+        super().__init__(size)
+        self.folder = os.fspath(folder)
+        self.pack, self.unpack, self.namespace = pack, unpack, namespace
+        self.use_disk = True
+
+    def clear(self) -> None:
+        super().clear()
+        self.use_disk = False
+
+    def path_for(self, key) -> str:
+        digest = hashlib.sha256(f"{self.namespace}\0{key!r}".encode()).hexdigest()[:32]
+        return os.path.join(self.folder, f"{digest}.safetensors")
+
+    def get_or_make(self, key, make):
+        if key in self:
+            self.move_to_end(key)
+            return self[key]
+        return super().get_or_make(key, lambda: self._read_or_make(key, make) if self.use_disk else make())
+
+    def _read_or_make(self, key, make):
+        from safetensors.torch import load_file, save_file
+
+        path = self.path_for(key)
+        if os.path.isfile(path):
+            try:
+                return self.unpack(load_file(path))
+            except Exception:  # noqa: BLE001 - a damaged or foreign file: make the value again
+                pass
+        value = make()
+        from core.io.paths import atomic_path
+
+        os.makedirs(self.folder, exist_ok=True)
+        with atomic_path(path) as tmp:
+            save_file({k: t.detach().contiguous().cpu() for k, t in self.pack(value).items()}, str(tmp))
+        return value

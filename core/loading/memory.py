@@ -82,6 +82,8 @@ class MemoryPreset:
             (diffusers group offloading moves blocks/leaves, prefetching on a CUDA stream where there is one).
         vae_tiling: decode in ``VAE_TILE_PX`` tiles.
         dtype: compute dtype name.
+        disk_cache: keep prompt embeddings and character features on disk too (``load_pipeline``), so T5 and
+            the image encoders run once per prompt and per character across restarts.
     """
 
     name: str
@@ -92,6 +94,7 @@ class MemoryPreset:
     offload: str = "none"
     vae_tiling: bool = False
     dtype: str = "bfloat16"
+    disk_cache: bool = False
 
     def __post_init__(self) -> None:
         for q in (self.transformer_quantization, self.text_encoder_quantization, self.adapter_quantization):
@@ -149,7 +152,7 @@ MEMORY_PRESETS: dict[str, MemoryPreset] = {
                      adapter_quantization="quanto-int8", offload="model"),
         MemoryPreset("streamed", "bf16 streamed block by block from disk (group offloading to the user cache), "
                                  "T5 in fp8 in RAM, VAE tiling: 8-12 GB cards, 16 GB RAM",
-                     text_encoder_quantization="fp8-layerwise", offload="disk", vae_tiling=True),
+                     text_encoder_quantization="fp8-layerwise", offload="disk", vae_tiling=True, disk_cache=True),
     )
 }
 # Best quality first, then fastest: auto takes the first one that fits both budgets, and out-of-memory advice

@@ -365,6 +365,48 @@ def check_ram_before_loading(sources, preset: MemoryPreset, width: int = 1024, h
     return e
 
 
+def _weights_stamp(folder) -> str:
+    """Sizes and modification times of a local model folder's weight files (a changed model, new namespace)."""
+    if folder is None or not Path(folder).is_dir():
+        return str(folder)
+    files = sorted(p for p in Path(folder).rglob("*") if p.suffix in (".safetensors", ".bin", ".gguf"))
+    return ";".join(f"{p.relative_to(folder)}:{p.stat().st_size}:{p.stat().st_mtime_ns}" for p in files)
+
+
+def install_disk_caches(pipe, sources, preset: MemoryPreset, folder=None) -> list[str]:
+    """Replace the pipeline's prompt-embedding and character-feature caches with disk-backed ones of the same
+    interface (:class:`core.io.cache.DiskBackedCache`), so T5/CLIP and SigLIP/DINOv2 run once per prompt and per
+    character image across restarts and story resumes. Their namespaces hold what the values depend on: the
+    encoders' sources and weight files, the dtype and the preset's T5 storage. Returns the steps taken."""
+    import hashlib
+
+    from core.io.cache import DiskBackedCache
+    from core.io.paths import cache_dir
+    from core.models.encoders import CharacterFeatures
+
+    def namespace(*parts) -> str:
+        return hashlib.sha256("\n".join(map(str, parts)).encode()).hexdigest()[:16]
+
+    base = sources.base if Path(str(sources.base)).is_dir() else None
+    dtype = str(getattr(pipe.transformer, "dtype", ""))
+    prompts = namespace("prompts", sources.base, _weights_stamp(base and Path(base) / "text_encoder"),
+                        _weights_stamp(base and Path(base) / "text_encoder_2"), dtype,
+                        preset.text_encoder_quantization)
+    features = namespace("features", sources.siglip, sources.dinov2, _weights_stamp(sources.siglip),
+                         _weights_stamp(sources.dinov2), dtype)
+    root = Path(folder) if folder is not None else cache_dir("embeddings")
+    pipe._prompt_cache = DiskBackedCache(
+        pipe._prompt_cache.size, root / prompts, namespace=prompts,
+        pack=lambda v: {"embeds": v[0], "pooled": v[1], "text_ids": v[2]},
+        unpack=lambda d: tuple(d[k].to(pipe._execution_device) for k in ("embeds", "pooled", "text_ids")))
+    pipe._feature_cache = DiskBackedCache(
+        pipe._feature_cache.size, root / features, namespace=features,
+        pack=lambda v: {"low_res_deep": v.low_res_deep, "low_res_shallow": v.low_res_shallow,
+                        "high_res_deep": v.high_res_deep},
+        unpack=lambda d: CharacterFeatures(**d))  # on the CPU: the pipeline moves features where it uses them
+    return [f"prompt embeddings and character features kept on disk in {root}"]
+
+
 def preset_dtype(preset: MemoryPreset, device: str | torch.device) -> torch.dtype:
     """The preset's weight dtype on a GPU; float32 on the CPU, where bfloat16 matmuls are very slow."""
     return getattr(torch, preset.dtype) if torch.device(device).type == "cuda" else torch.float32
@@ -391,6 +433,8 @@ def load_pipeline(sources, preset: MemoryPreset, device: str | torch.device, dty
         pipe = InstantCharacterPipeline.from_pretrained(sources, dtype=dtype or preset_dtype(preset, device),
                                                         text_adapter=text_adapter, progress=progress, **kwargs)
         steps = apply_preset(pipe, preset, device)
+    if preset.disk_cache and getattr(pipe, "character_encoder", None) is not None:
+        steps += install_disk_caches(pipe, sources, preset)
     if not progress:
         pipe.set_progress_bar_config(disable=True)
     return pipe, steps

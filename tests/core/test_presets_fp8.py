@@ -57,3 +57,30 @@ def test_disk_offload_makes_the_same_image(fresh_pipe, hero, tmp_path):
     assert "text_encoder_2 group offload (leaf_level, in RAM: tied weights)" in steps  # see DISK_KEPT_IN_RAM
     assert list((tmp_path / "transformer").glob("*.safetensors"))
     np.testing.assert_array_equal(_generate(fresh_pipe, hero), reference)
+
+
+@pytest.mark.slow
+def test_streamed_preset_keeps_prompt_embeddings_and_features_on_disk(tiny_models, hero, tmp_path):
+    from core.io.cache import DiskBackedCache
+    from core.loading.presets import install_disk_caches
+    from core.loading.sources import ModelSources
+    from core.models.pipeline import InstantCharacterPipeline
+
+    sources = ModelSources.parse(str(tiny_models))
+    assert get_preset("streamed").disk_cache and not get_preset("full").disk_cache  # off: today's caches
+
+    def loaded():
+        pipe = InstantCharacterPipeline.from_pretrained(sources, dtype=torch.float32, progress=False)
+        pipe.set_progress_bar_config(disable=True)
+        install_disk_caches(pipe, sources, get_preset("streamed"), folder=tmp_path)
+        assert isinstance(pipe._prompt_cache, DiskBackedCache) and isinstance(pipe._feature_cache, DiskBackedCache)
+        return pipe
+
+    first = _generate(loaded(), hero)
+    assert len(list(tmp_path.rglob("*.safetensors"))) == 2  # one prompt, one character
+    again = loaded()  # a restart: the encoders must not run
+    again.encode_prompt = lambda *a, **k: pytest.fail("T5 ran again")
+    again.character_encoder.encode = lambda *a, **k: pytest.fail("the image encoders ran again")
+    np.testing.assert_array_equal(_generate(again, hero), first)
+    again._prompt_cache.clear()  # a LoRA changed the encoders: the files are not used any more
+    assert not again._prompt_cache.use_disk
