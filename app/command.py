@@ -4,9 +4,10 @@ User errors (:class:`core.errors.UserError`, and file-system errors such as a mi
 name the file) print ``error: <one line>`` and exit 2. Anything else is a bug: one line saying so, with the hint
 to rerun with ``--debug`` for the traceback, and exit 1.
 
-Ctrl-C (SIGINT) asks the command to stop: the handler finds a ``threading.Event`` in ``args.cancel`` that the
-first Ctrl-C sets (the engine stops at its next denoising step; files already written stay as they are) and the
-command exits 130, the shell's code for an interrupt. A second Ctrl-C stops at once.
+Ctrl-C (SIGINT) asks the command to stop. A command whose parser sets ``stops_on_cancel`` finds a
+``threading.Event`` in ``args.cancel`` that the first Ctrl-C sets (the engine stops at its next denoising step;
+files already written stay as they are); a second Ctrl-C stops at once. Other commands stop at once (Python's
+``KeyboardInterrupt``). Either way the exit status is 130, the shell's code for an interrupt.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ def run_handler(handler, args: argparse.Namespace) -> int:
     stop = threading.Event()
     args.cancel = stop
     try:
-        with _ctrl_c_sets(stop):
+        with _ctrl_c_sets(stop) if getattr(args, "stops_on_cancel", False) else contextlib.nullcontext():
             code = handler(args) or 0
         if stop.is_set():
             return INTERRUPTED

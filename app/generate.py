@@ -16,6 +16,7 @@ _LORA = re.compile(r"^(?P<source>.+?)(?::(?P<weight>-?[0-9]*\.?[0-9]+))?$")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.set_defaults(stops_on_cancel=True)  # Ctrl-C: stop at the next step, exit 130 (app.command)
     parser.add_argument("--prompt", default=None,
                         help="what to draw; name characters with [Name] tags (required unless --recall)")
     parser.add_argument("--recall", default=None, metavar="PNG",

@@ -96,6 +96,7 @@ def add_story_arguments(parser: argparse.ArgumentParser) -> None:
         description="Render a story (text or JSON) into --out: panels/, pages/, story.pdf, story.zip and "
                     "manifest.json. Re-running with --resume renders only what is missing or changed.")
     render.add_argument("story", help="the story file (.story text or .json)")
+    render.set_defaults(stops_on_cancel=True)  # Ctrl-C: stop at the next step, exit 130 (app.command)
     render.add_argument("--out", required=True, help="the render folder (created if needed)")
     render.add_argument("--models", default="default",
                         help="default (Hugging Face Hub), tiny (small random models) or a models folder")

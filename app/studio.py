@@ -174,11 +174,26 @@ def launch(args: argparse.Namespace, *, block: bool = True):
     if not ctx.has_cuda and not ctx.settings.is_tiny:
         print(f"note: {NO_GPU_NOTICE}", file=sys.stderr)
     demo = build_studio(ctx)
+    # quiet: Gradio's own start-up lines would tell a studio user to "set `share=True` in `launch()`"
+    _, url, share_url = demo.launch(prevent_thread_lock=True, quiet=True, **kwargs)
     if not block:
-        _, url, _ = demo.launch(prevent_thread_lock=True, quiet=True, **kwargs)
         return demo, url
-    demo.launch(**kwargs)
+    for line in launch_messages(url, share_url, args.share):
+        print(line, flush=True)
+    demo.block_thread()
     return 0
+
+
+def launch_messages(url: str, share_url: str | None, share: bool) -> list[str]:
+    """What the studio says once it listens: where to open it, and how to share it (our option, not Gradio's)."""
+    lines = [f"{TITLE} is running at {url} (open it in a browser; Ctrl-C stops it)"]
+    if share_url:
+        lines.append(f"public link (for about a week): {share_url}")
+    elif share:
+        lines.append("no public link could be made (no connection to gradio.live?): the studio is local only")
+    else:
+        lines.append("to share it with a public link, start it with --share (add --auth USER:PASS for a login)")
+    return lines
 
 
 def build_space() -> tuple[gr.Blocks, dict]:

@@ -25,6 +25,8 @@ def machine_text(ctx: StudioContext) -> str:
     mem = detect_memory()
     ram = f"{mem.ram_total_bytes / GiB:.0f} GiB RAM" if mem.ram_total_bytes else "RAM unknown"
     if mem.vram_total_bytes is None:
+        if ctx.settings.is_tiny:  # already on the tiny models: nothing to advise
+            return f"No CUDA GPU found ({ram}): the tiny test models run on the CPU."
         return f"**{NO_GPU_NOTICE}** ({ram})"
     return f"GPU: **{mem.gpu_name}**, {mem.vram_total_bytes / GiB:.1f} GiB ({ram})"
 

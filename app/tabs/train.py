@@ -285,19 +285,28 @@ def build(ctx) -> SimpleNamespace:
     access = getattr(ctx, "access", None)
     if access is not None and access.notice():
         gr.Markdown(f"> {access.notice()}", elem_id="train-owner-notice")
-    gr.Markdown(f"Run folders and configs live in `{events.runs_dir}`; names below are relative to it. ")
-    gr.Markdown("Fine-tune the character adapter on your own images (paper section 3.2: unpaired reconstruction, "
-                "then paired, then high resolution). Training runs in a separate process; this page only watches "
-                "its folder.")
+    runs_dir = Path(events.runs_dir).expanduser().resolve()  # where a relative name below lands, in full
+    gr.Markdown(f"Runs and their configs are saved in **`{runs_dir}`**: a folder or file name below is a name "
+                "inside it.")
+    gr.Markdown("Teach the character adapter from your own pictures. Training goes in three stages: first each "
+                "picture is redrawn from itself, then one picture of a character from another of the same "
+                "character, then at high resolution. It runs as a program of its own: this page starts it and "
+                "follows its folder, and closing the page does not stop it.")
     with gr.Accordion("1. Config", open=True):
         with gr.Row():
-            ui.preset = gr.Dropdown(list(TRAIN_PRESETS), value="24gb", label="GPU memory preset")
-            ui.output_dir_new = gr.Textbox("my-character", label="Run folder (output_dir)", max_lines=1)
-            ui.steps_scale = gr.Number(0.01, label="Steps as a fraction of the paper's (200K/50K/50K)")
-            ui.sample_every = gr.Number(500, label="Sample every N steps (0: off)", precision=0)
+            ui.preset = gr.Dropdown(list(TRAIN_PRESETS), value="24gb", label="Your GPU's memory")
+            ui.output_dir_new = gr.Textbox("my-character", label="Run folder name",
+                                            info=f"saved as {runs_dir}/<name>", max_lines=1)
+            ui.steps_scale = gr.Number(0.01, label="Training length",
+                                       info="1 = the full schedule of the paper; 0.01 = a short trial run")
+            ui.sample_every = gr.Number(500, label="Show sample pictures every N steps",
+                                         info="0: no samples", precision=0)
         with gr.Row():
-            ui.unpaired = gr.Textbox("", label="Unpaired data (folder with .txt captions, or JSONL)", max_lines=1)
-            ui.paired = gr.Textbox("", label="Paired data (JSONL)", max_lines=1)
+            ui.unpaired = gr.Textbox("", label="Pictures with captions",
+                                    info="a folder of images, each with a .txt caption beside it (or a JSONL list)",
+                                    max_lines=1)
+            ui.paired = gr.Textbox("", label="Pairs of pictures of one character",
+                                  info="a JSONL list (optional: the second stage)", max_lines=1)
         ui.build_config = gr.Button("Build config")
         ui.config_text = gr.Code("", language=None, label="Config (TOML, editable)", lines=18)
         with gr.Row():
@@ -308,7 +317,7 @@ def build(ctx) -> SimpleNamespace:
     with gr.Accordion("2. Validate a dataset", open=False):
         with gr.Row():
             ui.dataset = gr.Textbox("", label="Dataset", max_lines=1)
-            ui.kind = gr.Radio(["any", "unpaired", "paired"], value="any", label="Layout")
+            ui.kind = gr.Radio(["any", "unpaired", "paired"], value="any", label="Kind of data")
             ui.validate = gr.Button("Validate")
         ui.validation = gr.Textbox(label="Report", lines=8, interactive=False)
     with gr.Accordion("3. Run", open=True):
