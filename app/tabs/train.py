@@ -75,6 +75,24 @@ def build_config_text(preset: str, models: str, output_dir: str, unpaired: str, 
     return config.to_toml()
 
 
+def plan_config_text(text: str, runs_dir: str | Path, processes: int = 1) -> str:
+    """The memory plan (``trainer.plan``: GPU and RAM peak per stage, the card each fits) of a config's TOML text."""
+    import tomllib
+
+    from trainer.config import config_from_dict
+    from trainer.plan import plan_training
+
+    try:
+        data = tomllib.loads(text or "")
+    except tomllib.TOMLDecodeError as exc:
+        raise StudioInputError(f"the config is not valid TOML ({exc})") from None
+    try:
+        config = config_from_dict(data, Path(runs_dir), "config").check(max(1, int(processes or 1)))
+    except ConfigError as exc:
+        raise StudioInputError("; ".join(exc.problems[:5])) from None
+    return plan_training(config, max(1, int(processes or 1))).table()
+
+
 def runs_policy(runs_dir: str | Path) -> PathPolicy:
     """Configs and run folders handled by the studio live under its runs folder, and nowhere else."""
     return PathPolicy([runs_dir], labels={str(Path(runs_dir).resolve()): f"the runs folder {runs_dir}"})
@@ -204,6 +222,8 @@ class TrainEvents:
         self.build_config = shown_to_user(self._owner(self._build_config, "Building training configs"))
         self.load_config = shown_to_user(self._owner(self._load_config, "Loading training configs"))
         self.save_config = shown_to_user(self._owner(self._save_config, "Saving training configs"))
+        self.plan = shown_to_user(self._owner(lambda text, n: plan_config_text(text, self.runs_dir, n),
+                                              "Planning training memory"))
         self.validate = shown_to_user(self._owner(validate_text, "Validating datasets"))
         self.start = shown_to_user(self._owner(lambda path: self._start(path, False), "Starting training"))
         self.resume = shown_to_user(self._owner(lambda path: self._start(path, True), "Resuming training"))
@@ -294,7 +314,8 @@ def build(ctx) -> SimpleNamespace:
                 "follows its folder, and closing the page does not stop it.")
     with gr.Accordion("1. Config", open=True):
         with gr.Row():
-            ui.preset = gr.Dropdown(list(TRAIN_PRESETS), value="24gb", label="Your GPU's memory")
+            ui.preset = gr.Dropdown([(f"{k}: {v['description']}", k) for k, v in TRAIN_PRESETS.items()],
+                                    value="24gb", label="Your GPU's memory")
             ui.output_dir_new = gr.Textbox("my-character", label="Run folder name",
                                             info=f"saved as {runs_dir}/<name>", max_lines=1)
             ui.steps_scale = gr.Number(0.01, label="Training length",
@@ -314,6 +335,11 @@ def build(ctx) -> SimpleNamespace:
             ui.load_config = gr.Button("Load")
             ui.save_config = gr.Button("Save")
         ui.config_status = gr.Markdown()
+        with gr.Row():
+            ui.plan_processes = gr.Number(1, label="GPUs", precision=0, minimum=1)
+            ui.plan = gr.Button("Check memory")
+        ui.plan_table = gr.Code("", language=None, label="Memory plan: GPU peak per stage and the card it fits",
+                                lines=8)
     with gr.Accordion("2. Validate a dataset", open=False):
         with gr.Row():
             ui.dataset = gr.Textbox("", label="Dataset", max_lines=1)
@@ -337,6 +363,7 @@ def build(ctx) -> SimpleNamespace:
                           [ui.preset, ui.output_dir_new, ui.unpaired, ui.paired, ui.steps_scale, ui.sample_every],
                           ui.config_text, api_visibility="private")
     ui.load_config.click(events.load_config, ui.config_path, ui.config_text, api_visibility="private")
+    ui.plan.click(events.plan, [ui.config_text, ui.plan_processes], ui.plan_table, api_visibility="private")
     ui.save_config.click(events.save_config, [ui.config_text, ui.config_path], ui.config_status,
                          api_visibility="private")
     ui.validate.click(events.validate, [ui.dataset, ui.kind], ui.validation, api_visibility="private")

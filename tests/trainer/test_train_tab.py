@@ -101,3 +101,11 @@ def test_validate_text_and_tab_builds(tmp_path):
     with gr.Blocks():
         ui = tab.build(SimpleNamespace(settings=SimpleNamespace(models="tiny")))
     assert ui.events.models() == "tiny"
+
+
+def test_memory_plan_of_the_config_text(trainer_home, tmp_path):
+    text = tab.build_config_text("48gb", "tiny", "run", str(tmp_path / "u"), "", 0.001, 0)
+    table = tab.plan_config_text(text, tmp_path)
+    assert "GPU peak" in table and "unpaired-512" in table
+    with pytest.raises(StudioInputError, match="resolution"):
+        tab.plan_config_text(text.replace("resolution = 512", "resolution = 500"), tmp_path)
