@@ -196,3 +196,19 @@ def test_fill_base_is_refused_plainly(source):
 def test_output_size_follows_the_source():
     assert output_size(Image.new("RGB", (100, 70))) == (96, 64)
     assert output_size(Image.new("RGB", (3000, 1500))) == (1024, 512)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("preset", __import__("core.loading.memory", fromlist=["PRESET_ORDER"]).PRESET_ORDER)
+def test_inpainting_under_every_memory_preset(tiny_models, source, region, preset):
+    """Through the engine, as every surface runs it (on this CPU a preset's GPU placement is not exercised)."""
+    from core.engine import Engine
+    from core.request import GenerationRequest
+
+    mia = Character(Image.new("RGB", (32, 32), (200, 0, 0)), name="Mia")
+    result = Engine(str(tiny_models), preset=preset).generate(GenerationRequest(
+        "[Mia] waves", characters=[mia], steps=4, width=SIZE, height=SIZE, seed=1, source_image=source,
+        strength=0.75, inpaint_region=region))
+    keep = outside(region, SIZE, SIZE)
+    assert np.array_equal(np.asarray(result.images[0])[keep], np.asarray(source)[keep])
+    assert result.records[0].edit["strength"] == 0.75
