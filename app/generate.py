@@ -55,8 +55,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     edit.add_argument("--strength", type=float, default=None,
                       help="with --image: how much to change, 0 (keep it) to 1 (ignore it); default 0.6")
     edit.add_argument("--inpaint-mask", default=None, metavar="PATH",
-                      help="with --image: redo only the white (or opaque) part of this mask image; characters "
-                           "without --mask act there; pixels beyond a small feathered edge stay the source's")
+                      help="with --image: redo only the white (or opaque) part of this mask image (or a region "
+                           "such as left or box:x0,y0,x1,y1); characters without --mask act there; pixels beyond "
+                           "a small feathered edge stay the source's")
     add_speed_arguments(parser)
 
 
