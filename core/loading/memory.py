@@ -151,8 +151,8 @@ MEMORY_PRESETS: dict[str, MemoryPreset] = {
                      transformer_quantization="bnb-nf4", text_encoder_quantization="bnb-nf4",
                      adapter_quantization="quanto-int8", offload="model"),
         MemoryPreset("streamed", "bf16 streamed block by block from disk (group offloading to the user cache), "
-                                 "T5 in fp8 in RAM, VAE tiling: 8-12 GB cards, 16 GB RAM",
-                     text_encoder_quantization="fp8-layerwise", offload="disk", vae_tiling=True, disk_cache=True),
+                                 "embeddings kept on disk, VAE tiling: 8-12 GB cards, 16 GB RAM",
+                     offload="disk", vae_tiling=True, disk_cache=True),
     )
 }
 # Best quality first, then fastest: auto takes the first one that fits both budgets, and out-of-memory advice
@@ -349,10 +349,9 @@ def _group_resident_bytes(size: ComponentSize, stored_bytes: int, use_stream: bo
 
 
 ADAPTER_PARTS = ("projector", "adapter_processors")
-# Components that ``disk`` offloading keeps in RAM (group offloaded leaf by leaf): T5 ties its input embedding
-# to ``shared``, and diffusers' disk offload writes a tied tensor after another group has emptied it (wrong
-# prompt embeddings, seen on the tiny T5).
-DISK_KEPT_IN_RAM = ("text_encoder_2",)
+# Components that ``disk`` offloading keeps in RAM: none (T5's tied embedding is untied first, see
+# ``core.loading.presets.untie_weights``).
+DISK_KEPT_IN_RAM: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)

@@ -198,20 +198,31 @@ def apply_offload(pipe, mode: str, device: str | torch.device, use_stream: bool 
             steps.append(f"{name} on {device}")
             continue
         kind = "block_level" if name == "transformer" else "leaf_level"
-        to_disk = disk_path is not None and not _has_tied_weights(component)
+        to_disk = disk_path is not None
+        if to_disk:
+            untie_weights(component)
         apply_group_offloading(component, onload_device=device, offload_device=torch.device("cpu"),
                                offload_type=kind, num_blocks_per_group=1 if kind == "block_level" else None,
                                use_stream=stream, low_cpu_mem_usage=low_cpu_mem_usage,
                                offload_to_disk_path=str(Path(disk_path) / name) if to_disk else None)
-        where = f", on disk in {disk_path}" if to_disk else (", in RAM: tied weights" if disk_path else "")
+        where = f", on disk in {disk_path}" if to_disk else ""
         steps.append(f"{name} group offload ({kind}{', stream' if stream else ''}{where})")
     return steps
 
 
-def _has_tied_weights(module: torch.nn.Module) -> bool:
-    """True when one parameter is registered under two names (T5's ``shared`` and ``embed_tokens``): diffusers'
-    disk offload would write it after another group emptied it, so such a model is offloaded in RAM."""
-    return len(list(module.named_parameters(remove_duplicate=False))) > len(list(module.parameters()))
+def untie_weights(module: torch.nn.Module) -> int:
+    """Give each second registration of a parameter (T5's ``encoder.embed_tokens`` tied to ``shared``) its own
+    ``Parameter`` over the same storage; returns how many. diffusers' disk offload otherwise writes a tied tensor
+    after another group has emptied it (wrong prompt embeddings, seen on the tiny T5). Values are unchanged."""
+    seen, untied = set(), 0
+    for _, owner in module.named_modules(remove_duplicate=False):
+        for name, param in list(owner.named_parameters(recurse=False)):
+            if id(param) in seen:
+                setattr(owner, name, torch.nn.Parameter(param.data, requires_grad=param.requires_grad))
+                untied += 1
+            else:
+                seen.add(id(param))
+    return untied
 
 
 def offload_folder() -> str:

@@ -61,7 +61,7 @@ def test_command_answers_quickly_and_quietly(command):
 
 def test_plan_prints_the_table_and_the_choice():
     proc, _ = _run(["-m", "app.cli", "plan", "--vram", "24", "--ram", "32"])
-    assert "auto -> low" in proc.stdout and proc.stderr == ""
+    assert "auto -> fp8:" in proc.stdout and proc.stderr == ""  # issue 12: 8-bit, not nf4, on 24 GB
 
 
 def test_parsing_the_command_line_imports_nothing_heavy():

@@ -54,7 +54,7 @@ def test_disk_offload_makes_the_same_image(fresh_pipe, hero, tmp_path):
     reference = _generate(fresh_pipe, hero)
     steps = apply_offload(fresh_pipe, "disk", "cpu", group_min_bytes=0, disk_path=str(tmp_path))
     assert any(s.startswith("transformer group offload (block_level, on disk") for s in steps)
-    assert "text_encoder_2 group offload (leaf_level, in RAM: tied weights)" in steps  # see DISK_KEPT_IN_RAM
+    assert any(s.startswith("text_encoder_2 group offload (leaf_level, on disk") for s in steps)  # untied first
     assert list((tmp_path / "transformer").glob("*.safetensors"))
     np.testing.assert_array_equal(_generate(fresh_pipe, hero), reference)
 
