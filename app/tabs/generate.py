@@ -17,7 +17,7 @@ from . import edit_section
 from . import generate_events as ev
 
 GPU = dict(concurrency_limit=1, concurrency_id="gpu")  # one GPU job at a time across all tabs
-THUMBNAIL_HEIGHT = 300  # as tall as the name, scale and library controls beside it: no dead space under the picture
+THUMBNAIL_HEIGHT = 396  # with its toolbar as tall as the name, scale and library controls beside it: no dead space
 
 
 def _character_rows(ctx: StudioContext, defaults: dict) -> SimpleNamespace:
@@ -97,7 +97,7 @@ def build(ctx: StudioContext) -> SimpleNamespace:
                     ui.guidance = gr.Slider(0.0, MAX_GUIDANCE, value=defaults["guidance"], step=0.1, label="Guidance")
                     ui.steps = gr.Slider(1, MAX_STEPS, value=defaults["steps"], step=1, label="Steps")
                 with gr.Row():
-                    ui.size_preset = gr.Dropdown(list(ev.SIZE_PRESETS), label="Size",
+                    ui.size_preset = gr.Dropdown(list(ev.SIZE_PRESETS), label="Size", elem_id="size-preset",
                                                  value=ev.size_preset_for(defaults["width"], defaults["height"]))
                     ui.width = gr.Number(value=defaults["width"], label="Width", precision=0, step=16, minimum=MIN_SIDE,
                                          maximum=MAX_SIDE)

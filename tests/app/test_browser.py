@@ -1,6 +1,7 @@
 """A real browser (Debian's chromium through Playwright): upload a character, paint a mask stroke on its layer,
 Generate, and see the image in the gallery with the painted mask in its metadata. Saves ``test-artifacts/studio.png``
-and the README screenshot ``assets/screenshot.png``."""
+and the README screenshot ``assets/screenshot.png``; a screenshot of every tab goes to ``assets/screenshots/`` (the
+README shows them), after checking the rough edges an illustrator met there are gone."""
 
 from __future__ import annotations
 
@@ -90,3 +91,58 @@ def test_generate_in_a_real_browser(studio, character_files):
     assert weights[middle - 1:middle + 2, GRID * 2 // 5:GRID * 3 // 5].min() > 0
     assert weights[:GRID // 4].max() == 0 and weights[-GRID // 4:].max() == 0
     assert weights[:, :GRID // 8].max() == 0 and weights[:, -GRID // 8:].max() == 0
+
+
+TABS = ("Generate", "Story", "Trainer", "Library", "History", "Settings")
+SHOTS = ROOT / "assets" / "screenshots"
+
+
+def save_small(path: Path, png: bytes) -> None:
+    """A screenshot as a 256-colour PNG: the studio's flat colours survive, the file stays small."""
+    import io
+
+    from PIL import Image
+
+    Image.open(io.BytesIO(png)).convert("RGB").quantize(256, dither=Image.Dither.NONE).save(path, optimize=True)
+
+
+@pytest.mark.skipif(not CHROMIUM.is_file(), reason="needs Debian's chromium at /usr/bin/chromium (apt-get install chromium)")
+def test_every_tab_without_the_rough_edges(studio):
+    sync_api = pytest.importorskip("playwright.sync_api", reason="needs the playwright package")
+    expect = sync_api.expect
+    _, _, url = studio
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    with sync_api.sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=str(CHROMIUM), args=FLAGS)
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 1000})
+            page.goto(url)
+            page.wait_for_selector("#mask-canvas canvas", timeout=60_000)
+            page.locator("#character-image-1 input[type=file]").set_input_files(
+                str(ROOT / "assets" / "stories" / "characters" / "red.png"))
+            page.wait_for_selector("#character-image-1 img", timeout=30_000)
+            page.locator("#character-name-1 textarea, #character-name-1 input").first.fill("Red")
+            # one character row, one tag button; it names the character
+            expect(page.get_by_role("button", name="[Red]")).to_be_visible(timeout=10_000)
+            for hidden in ("[Character 2]", "[Character 3]", "[Character 4]"):
+                expect(page.get_by_role("button", name=hidden)).to_be_hidden()
+            # a typed size is no longer the preset's
+            width = page.locator("input[aria-label='Width']").first
+            width.fill("320")
+            width.press("Tab")
+            expect(page.locator("#size-preset input")).to_have_value("Custom", timeout=10_000)
+            assert page.get_by_text("True CFG", exact=True).count() == 1
+            page.wait_for_timeout(500)
+            for tab in TABS:
+                page.get_by_role("tab", name=tab, exact=True).click()
+                page.wait_for_timeout(1500)
+                if tab == "Story":
+                    expect(page.locator("#story-summary")).to_contain_text("1 page", timeout=10_000)
+                if tab == "Settings":
+                    assert "--models tiny" not in page.inner_text("body")
+                page.evaluate("window.scrollTo(0, 0)")
+                save_small(SHOTS / f"{tab.lower()}.png", page.screenshot(full_page=True))
+        finally:
+            browser.close()
+    for tab in TABS:
+        assert (SHOTS / f"{tab.lower()}.png").stat().st_size < 400_000
