@@ -200,7 +200,12 @@ def run(args: argparse.Namespace) -> int:
     engine = Engine(args.models, preset=args.preset, dtype=args.dtype, progress_bars=True, sources=sources,
                     width=request.width, height=request.height, speed=speed_options(args))
     print(f"memory preset: {engine.preset.name} ({engine.preset_reason})")
+    if not engine.speed.off:
+        print(f"speed mode {engine.speed.name}" + (": the first image of a size compiles the transformer first"
+                                                   if engine.speed.compile else ""))
     result = engine.generate(request, cancel=getattr(args, "cancel", None))  # Ctrl-C: stop at the next step
+    for line in engine.speed_steps:
+        print(f"speed: {line}")
     if result.cancelled:
         print("stopped: nothing was saved", file=sys.stderr)
         return 130

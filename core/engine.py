@@ -72,6 +72,7 @@ class Engine:
         self.spec = str(models or "default")
         self.speed = speed if isinstance(speed, SpeedOptions) else SpeedOptions.mode(speed)
         self._compiled_shapes: set = set()
+        self.speed_steps: list[str] = []  # what apply_speed did or left off, one line each
         self._sources = sources
         self.preset_name = preset
         self._device = device
@@ -198,7 +199,8 @@ class Engine:
         if self.speed.off:
             return []
         report(0.9, f"Applying speed mode {self.speed.name}")
-        return apply_speed(pipe, self.speed, self.device)
+        self.speed_steps = apply_speed(pipe, self.speed, self.device)
+        return list(self.speed_steps)
 
     def _prepare_speed(self, pipe, request: GenerationRequest, report: Report) -> None:
         """Per request: the draft step cache on or off, and a message the first time a compiled shape runs."""

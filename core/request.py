@@ -158,7 +158,7 @@ class GenerationRequest:
         if self.text_adapter:
             models["text_adapter"] = str(self.text_adapter)
         if self.draft:
-            models["draft"] = True  # with the models: older records and readers keep their fields
+            models["draft"] = "first-block-cache"  # beside the models: older records and readers keep their fields
         return GenerationRecord(
             prompt=self.prompt, seed=self.image_seed(k), width=int(self.width), height=int(self.height),
             num_inference_steps=int(self.steps), guidance_scale=float(self.guidance), negative_prompt=self.negative,

@@ -249,6 +249,8 @@ def set_step_cache(pipe, draft: bool, threshold: float = DRAFT_THRESHOLD) -> str
     from diffusers.hooks import FirstBlockCacheConfig
 
     transformer = pipe.transformer
+    if is_compiled(pipe):  # every request: the stance is process-wide (another engine may have left it)
+        torch.compiler.set_stance("force_eager" if draft else "default")
     current = getattr(transformer, "_speed_step_cache", None)
     wanted = float(threshold) if draft else None
     if current == wanted:
@@ -258,6 +260,4 @@ def set_step_cache(pipe, draft: bool, threshold: float = DRAFT_THRESHOLD) -> str
     if wanted is not None:
         transformer.enable_cache(FirstBlockCacheConfig(threshold=wanted))
     transformer._speed_step_cache = wanted
-    if is_compiled(pipe):
-        torch.compiler.set_stance("force_eager" if draft else "default")
     return f"draft: First Block Cache at threshold {wanted:g}" if draft else "draft: off"

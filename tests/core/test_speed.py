@@ -156,7 +156,7 @@ def test_draft_at_a_zero_threshold_is_the_full_computation(tiny_models, one_thre
 def test_draft_travels_in_the_record():
     request = _request([], "a park", draft=True)
     record = request.to_record(0)
-    assert record.models["draft"] is True
+    assert record.models["draft"] == "first-block-cache"
     assert GenerationRequest.from_record(record).draft is True
     assert "draft" not in _request([], "a park").to_record(0).models
     assert GenerationRequest.from_record(_request([], "a park").to_record(0)).draft is False
@@ -237,3 +237,18 @@ def test_loras_on_fp8_fused_projections_are_refused_in_one_line(tiny_models, mon
                                                "fused and quantized to fp8: use speed full or off with LoRAs"):
         speed.set_fused_for_loras(engine.pipe, engine.speed, has_loras=True)
     assert speed.set_fused_for_loras(engine.pipe, engine.speed, has_loras=False) is None
+
+
+def test_generate_prints_the_speed_lines_and_records_the_draft(tiny_models, tmp_path, capsys, one_thread):
+    from app.cli import main
+    from core.request import request_from_png
+
+    out = tmp_path / "draft.png"
+    code = main(["generate", "--prompt", "a park", "--steps", "2", "--width", "64", "--height", "64", "--seed", "3",
+                 "--models", "tiny", "--preset", "full", "--fp8", "--draft", "--out", str(out)])
+    assert code == 0
+    printed = capsys.readouterr().out
+    assert "speed mode custom" in printed
+    if not torch.cuda.is_available():
+        assert "speed: fp8: off (needs a CUDA GPU of compute capability 8.9 or newer; the device is cpu)" in printed
+    assert request_from_png(out).draft is True
