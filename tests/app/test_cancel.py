@@ -147,3 +147,32 @@ def test_cancel_while_queued_drops_the_render(ctx, folder, quiet):
     notes, rows, *_ = events.render(STORY, str(folder), False, None, Clock())
     assert "Cancelled" in notes and {row[-1] for row in rows} == {"not rendered"}
     assert quiet == ["Cancelled before it started"]
+
+
+@pytest.mark.slow
+def test_cancel_on_the_launched_studio_frees_the_queue_for_the_next_job(studio):
+    """Through the server (gradio_client, one session): Cancel during a long Generate; that job returns within
+    about a step, and the next one runs at once on the same queue."""
+    from gradio_client import Client
+
+    from app.tabs.generate_events import form_values
+
+    _, _, url = studio
+    client = Client(url, verbose=False)
+    long_run = client.submit(*form_values(prompt="a hill", steps=100, width=128, height=128, seed=1,
+                                          randomize_seed=False), api_name="/generate")
+    deadline = time.monotonic() + 120
+    while not any("step" in str(getattr(s, "progress_data", "") or "") for s in [long_run.status()]):
+        assert time.monotonic() < deadline and not long_run.done()
+        time.sleep(0.05)
+    cancelled = time.perf_counter()
+    client.predict(api_name="/cancel")
+    gallery, notes, seed = long_run.result(timeout=120)
+    freed = time.perf_counter() - cancelled
+    assert "cancelled: 0 of 1 images finished" in notes and gallery == []
+    started = time.perf_counter()
+    gallery, notes, seed = client.predict(*form_values(prompt="a hill", steps=2, width=64, height=64, seed=2,
+                                                       randomize_seed=False), api_name="/generate")
+    print(f"\nlaunched studio: Generate freed {freed * 1000:.0f} ms after Cancel; the next job took "
+          f"{time.perf_counter() - started:.1f} s")
+    assert len(gallery) == 1 and freed < 5.0
