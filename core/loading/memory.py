@@ -203,8 +203,10 @@ def weight_bytes(size: ComponentSize, quantization: str | None, dtype: str = "bf
     elif quantization in ("quanto-int8", "quanto-fp8"):
         quantized = q + rows * b
     elif quantization == "fp8-layerwise":
-        # one byte per Linear weight; T5's kept ``wo`` is skipped (its parent casts inputs to its dtype)
-        return int(q + (size.other_params) * b)
+        # one byte per Linear weight but those the cast skips (norm-named modulation, see ComponentSize) and
+        # T5's kept ``wo`` (its parent casts inputs to its dtype)
+        skipped = size.cast_skipped_params
+        return int(q - skipped + (size.other_params + skipped) * b)
     else:
         raise ValueError(f"quantization {quantization!r} unknown; expected one of {QUANTIZATIONS}")
     kept_b = _dtype_bytes(kept_dtype) if kept_dtype else b

@@ -21,6 +21,7 @@ import fnmatch
 import hashlib
 import json
 import math
+import re
 import sys
 from dataclasses import dataclass
 from functools import lru_cache
@@ -63,6 +64,9 @@ class ComponentSize:
         largest_leaf_params: elements of the largest module's own parameters (what leaf-level group offloading
             moves at once).
         config: the config the counts came from (for activation shapes).
+        cast_skipped_params: elements of the converted Linear weights that diffusers' layerwise casting leaves
+            in the compute dtype because their module names match its skip patterns (``norm``: FLUX's AdaLN
+            modulation ``norm1.linear``, 3.2 B of its 11.9 B parameters; ``pos_embed``, ``proj_in``...).
     """
 
     name: str
@@ -74,6 +78,7 @@ class ComponentSize:
     ungrouped_params: int
     largest_leaf_params: int
     config: Mapping
+    cast_skipped_params: int = 0
 
     @property
     def other_params(self) -> int:
@@ -141,12 +146,20 @@ def _is_kept(module_name: str, kept: list[str]) -> bool:
     return any(k in parts or fnmatch.fnmatch(module_name, k) for k in kept)
 
 
+def _cast_skip_patterns(model) -> list[str]:
+    """diffusers' layerwise-casting skip patterns for ``model`` (its defaults plus the class's own)."""
+    from diffusers.hooks.layerwise_casting import DEFAULT_SKIP_MODULES_PATTERN
+
+    return list(DEFAULT_SKIP_MODULES_PATTERN) + list(getattr(model, "_skip_layerwise_casting_patterns", None) or [])
+
+
 def size_of_module(name: str, model: torch.nn.Module, config: Mapping) -> ComponentSize:
     """Count a built (meta or real) module's parameters the way quantizers and group offloading see them."""
     import torch
 
     kept = kept_module_names(model)
-    quant = rows = kept_params = 0
+    skip = _cast_skip_patterns(model)
+    quant = rows = kept_params = skipped = 0
     for module_name, module in model.named_modules():
         if isinstance(module, torch.nn.Linear):
             if _is_kept(module_name, kept):
@@ -154,6 +167,8 @@ def size_of_module(name: str, model: torch.nn.Module, config: Mapping) -> Compon
             else:
                 quant += module.weight.numel()
                 rows += module.out_features
+                if any(re.search(p, module_name) for p in skip):
+                    skipped += module.weight.numel()
     total = sum(p.numel() for p in model.parameters())
     block_sizes: list[int] = []
     grouped = 0
@@ -176,6 +191,7 @@ def size_of_module(name: str, model: torch.nn.Module, config: Mapping) -> Compon
         ungrouped_params=total - grouped,
         largest_leaf_params=leaf,
         config=dict(config),
+        cast_skipped_params=skipped,
     )
 
 

@@ -78,3 +78,46 @@ def test_loading_a_gguf_transformer_peaks_near_its_quantized_size(tmp_path):
     assert quantized["rise"] < 1.25 * q8_bytes + 30 * MB  # near the quantized size...
     assert quantized["rise"] < 0.4 * full["rise"]  # ...and far from the float32 one
     assert full["rise"] > 0.8 * f32_bytes  # (the measurement sees a model's weights)
+
+
+CAST = textwrap.dedent("""
+    import json, sys
+    import torch, diffusers
+    from diffusers import FluxTransformer2DModel
+    from diffusers.hooks import apply_layerwise_casting
+    from core.loading.presets import cast_layerwise_fp8
+
+    def status(key):
+        for line in open("/proc/self/status"):
+            if line.startswith(key + ":"):
+                return int(line.split()[1]) * 1024
+
+    anon = status("RssAnon")
+    model = FluxTransformer2DModel.from_pretrained(sys.argv[1], torch_dtype=torch.bfloat16)
+    loaded = status("RssAnon") - anon
+    cast_layerwise_fp8(model, torch.bfloat16)
+    fp8 = sum(p.numel() for p in model.parameters() if p.dtype == torch.float8_e4m3fn)
+    print(json.dumps({"anon_loaded": loaded, "anon_cast": status("RssAnon") - anon, "fp8_params": fp8,
+                      "params": sum(p.numel() for p in model.parameters())}))
+""")
+
+
+@pytest.mark.slow
+def test_fp8_casting_holds_the_weights_in_process_memory_at_one_byte(tmp_path):
+    """The fp8 presets load a bf16 folder memory-mapped and cast layer by layer: what the process holds
+    (``RssAnon``; the bf16 pages are the file's, dropped under pressure) is about one byte per weight."""
+    import torch
+    from diffusers import FluxTransformer2DModel
+
+    torch.manual_seed(0)
+    FluxTransformer2DModel(**WIDE).to(torch.bfloat16).save_pretrained(tmp_path / "transformer")
+    out = subprocess.run([sys.executable, "-c", CAST, str(tmp_path / "transformer")], capture_output=True,
+                         text=True, timeout=600, check=True).stdout
+    r = json.loads(out.strip().splitlines()[-1])
+    MB = 1e6
+    print(f"\nwide FLUX transformer, bf16 folder ({2 * r['params'] / MB:.0f} MB): process memory after loading "
+          f"{r['anon_loaded'] / MB:.0f} MB, after fp8 casting {r['anon_cast'] / MB:.0f} MB "
+          f"({r['fp8_params'] / MB:.0f} M weights in fp8)")
+    # the AdaLN modulation (norm1.linear, ...) stays bf16 as diffusers' skip patterns say, still file pages
+    assert r["fp8_params"] > 0.7 * r["params"]
+    assert r["anon_cast"] < 1.25 * r["fp8_params"] + 40 * MB  # ~1 byte per cast weight, not the 2 of bf16
