@@ -106,7 +106,10 @@ def check_attention_backend(name: str) -> str:
 def _cuda_capability(device: torch.device) -> tuple[int, int] | None:
     if device.type != "cuda" or not torch.cuda.is_available():
         return None
-    return torch.cuda.get_device_capability(device)
+    try:
+        return torch.cuda.get_device_capability(device)
+    except (RuntimeError, AssertionError):  # ZeroGPU before a GPU is attached
+        return None
 
 
 def choose_attention_backend(device: torch.device) -> tuple[str | None, str]:
