@@ -50,8 +50,9 @@ def _layer(size: tuple[int, int], mask: np.ndarray | None, index: int) -> Image.
     return layer
 
 
-def _editor_value(size: tuple[int, int], masks: list[np.ndarray | None]) -> dict:
-    background = Image.new("RGBA", size, (255, 255, 255, 255))
+def _editor_value(size: tuple[int, int], masks: list[np.ndarray | None], image: Image.Image | None = None) -> dict:
+    background = (Image.new("RGBA", size, (255, 255, 255, 255)) if image is None
+                  else image.convert("RGBA").resize(size, Image.Resampling.LANCZOS))  # an edit's image, as a guide
     if all(m is None for m in masks):
         # No layer images: the browser keeps (or re-creates, blank) its named layers. Layer images sent to the
         # browser replace them with layers all called "Layer 1" (see CANVAS_JS), and on the first render they race
@@ -238,6 +239,16 @@ def edit_canvas(image, region: RoutingMask | None = None) -> dict:
     faded = layer.copy()
     faded.putalpha(layer.getchannel("A").point(lambda a: a // 2))
     return {"background": background, "layers": [layer], "composite": Image.alpha_composite(background, faded)}
+
+
+def canvas_on_image(value, image: Image.Image, width: int, height: int) -> dict:
+    """The routing canvas at the output size with ``image`` (the image being edited) as its background, so the
+    characters' masks are painted on the picture; what was painted on each layer is kept."""
+    masks = layer_masks(value)
+    size = preview_size(width, height)
+    resized = [None if m is None else np.asarray(Image.fromarray(m.astype(np.float32), mode="F").resize(
+        size, Image.Resampling.BILINEAR), dtype=np.float32) for m in masks]
+    return _editor_value(size, resized, image)
 
 
 def edit_from_canvas(value) -> tuple[Image.Image | None, RoutingMask | None, list[str]]:

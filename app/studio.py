@@ -83,7 +83,9 @@ def _link_tabs(demo, tabs, library_tab, history_tab) -> None:
     hist.edit.click(gen.edit_events.edit_this, hist.selected, [gen.edit.canvas, gen.width, gen.height, gen.size_preset],
                     api_visibility="private").success(lambda: (gr.Tabs(selected="generate"), gr.Accordion(open=True)),
                                                       None, [demo.studio_tab_bar, gen.edit.accordion],
-                                                      api_visibility="private")
+                                                      api_visibility="private").then(
+        gen.edit_events.routing_on_image, [gen.canvas, gen.edit.canvas, gen.width, gen.height], gen.canvas,
+        api_visibility="private")
 
 
 # ---------------------------------------------------------------------------------------------------- launching

@@ -37,6 +37,8 @@ class EditEvents:
         self.edit = shown_to_user(self._edit)
         self.edit_this = shown_to_user(self._edit_this)
         self.recall_edit = shown_to_user(self._recall_edit)
+        self.routing_on_image = shown_to_user(self._routing_on_image)
+        self.uploaded = shown_to_user(self._uploaded)
 
     def _edit(self, request: gr.Request, progress=gr.Progress(), *values):
         """Returns ``(gallery paths, session paths, notes markdown, seed)``, as the Generate event does."""
@@ -78,6 +80,28 @@ class EditEvents:
         gr.Info("The image is on the edit canvas: paint the region to redo (or nothing, to change all of it), "
                 "then press Edit")
         return canvas, width, height, ev.size_preset_for(width, height)
+
+    def _uploaded(self, edit):
+        """``(width, height, size preset)`` of an image uploaded to the edit canvas: the output follows it."""
+        from ..mask_canvas import edit_from_canvas
+
+        source = edit_from_canvas(edit)[0]
+        if source is None:
+            return gr.update(), gr.update(), gr.update()
+        width, height = output_size(source)
+        return width, height, ev.size_preset_for(width, height)
+
+    def _routing_on_image(self, routing, edit, width, height):
+        """The routing canvas with the image being edited as its background (unchanged without one)."""
+        from ..mask_canvas import canvas_on_image, edit_from_canvas
+
+        if not isinstance(edit, dict) or edit.get("background") is None:
+            return gr.update()
+        try:
+            w, h = int(width), int(height)
+        except (TypeError, ValueError):
+            return gr.update()
+        return canvas_on_image(routing, edit_from_canvas(edit)[0], w, h)
 
     def _recall_edit(self, source):
         """``(edit canvas, strength)`` of an edit PNG (its source read from beside it); unchanged for other PNGs."""

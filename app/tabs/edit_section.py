@@ -39,7 +39,6 @@ def wire(ctx: StudioContext, ui, generate_events, inputs: list, gpu: dict) -> Ed
     """Connects the section ``ui.edit`` to the tab ``ui``; ``inputs`` are the Generate event's inputs and
     ``generate_events`` its handlers (an edit is a run of the tab: the same Cancel stops it)."""
     from ..running import cancel_button
-    from . import generate_events as ev
 
     events = EditEvents(ctx, generate_events.runs)
     section = ui.edit
@@ -50,7 +49,11 @@ def wire(ctx: StudioContext, ui, generate_events, inputs: list, gpu: dict) -> Ed
     section.edit_this.click(events.edit_this, ui.recall_file, [section.canvas, ui.width, ui.height, ui.size_preset],
                             api_visibility="private").success(
         lambda: gr.Accordion(open=True), None, section.accordion, api_visibility="private").then(
-        ev.follow_size, [ui.canvas, ui.width, ui.height], ui.canvas, api_visibility="private")
+        events.routing_on_image, [ui.canvas, section.canvas, ui.width, ui.height], ui.canvas,
+        api_visibility="private")  # the characters' masks are painted on the picture being edited
+    section.canvas.upload(events.uploaded, section.canvas, [ui.width, ui.height, ui.size_preset],
+                          api_visibility="private").then(
+        events.routing_on_image, [ui.canvas, section.canvas, ui.width, ui.height], ui.canvas, api_visibility="private")
     ui.recall.click(events.recall_edit, ui.recall_file, [section.canvas, section.strength],
                     api_visibility="private")
     return events

@@ -97,3 +97,20 @@ def test_edit_bad_inputs(ctx, picture):
     assert error_of(_edit, ctx, canvas, 1.5) == "strength (0 keeps the image, 1 ignores it) 1.5 is outside 0 to 1"
     assert error_of(_edit, ctx, canvas, "x").startswith("strength (0 keeps the image, 1 ignores it) must be a number")
     assert "is 64x64: resized to 96x64 (the output size)" in _edit(ctx, canvas, 0.3, width=96)[2]
+
+
+def test_the_routing_canvas_shows_the_image_being_edited(ctx, tmp_path):
+    from app.mask_canvas import layer_masks, layout_canvas
+
+    path = tmp_path / "wide.png"
+    Image.new("RGB", (100, 60), (0, 0, 128)).save(path)
+    events = EditEvents(ctx)
+    edit = edit_canvas(str(path))
+    assert events.uploaded(edit) == (96, 48, "Custom")
+    routing = layout_canvas("Left / right", 2, 64, 64)
+    shown = events.routing_on_image(routing, edit, 96, 48)
+    assert shown["background"].size == (512, 256)
+    assert np.asarray(shown["background"].convert("RGB"))[128, 256].tolist() == [0, 0, 128]
+    masks = layer_masks(shown)  # the painted layers are kept, at the new size
+    assert masks[0][:, :200].all() and not masks[0][:, 312:].any() and masks[1][:, 312:].all()
+    assert events.routing_on_image(routing, None, 96, 48) == gr.update()
