@@ -5,6 +5,7 @@ Layout of a render folder::
     OUT/manifest.json            the story (as JSON) and one record per finished panel
     OUT/manifest.part-RANK.json  records of one process of a multi-process render, merged into manifest.json
     OUT/panels/panel-001.png     panel images, 1-based numbers
+    OUT/panels/source-*.png      the sources of panel edits (``edits`` in the manifest, see core.story.edit)
 
 Every file is written to a temporary name in the same folder and moved into place with `os.replace`, so a
 reader (or a resumed render after `kill -9`) sees either the old file or the new one, never half of one. A panel
