@@ -47,7 +47,7 @@ def _editor(ctx: StudioContext, ui: SimpleNamespace, summary: str) -> None:
 
 
 # the prompt column gets the room: whole prompts, wrapped, never cut off
-PANEL_COLUMN_WIDTHS = ["36px", "44px", "13%", "34%", "15%", "112px", "11%"]
+PANEL_COLUMN_WIDTHS = ["36px", "56px", "16%", "30%", "13%", "108px", "104px"]
 
 
 def _results(ui: SimpleNamespace, rows: list, pages: list) -> None:
