@@ -115,7 +115,7 @@ class Engine:
 
             self._preset, self.preset_reason = resolve_preset(
                 self.preset_name, tiny=self.is_tiny, zero_gpu=self.zero_gpu, device=self.device,
-                width=self._size[0], height=self._size[1])
+                width=self._size[0], height=self._size[1], sources=lambda: self.sources)
         return self._preset
 
     @property

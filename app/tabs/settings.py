@@ -41,9 +41,15 @@ def estimate_text(ctx: StudioContext, preset_name: str, width: int = 1024, heigh
         raise StudioInputError(f"unknown memory preset {str(preset_name)[:40]!r}: choose one of "
                                f"{', '.join(PRESET_CHOICES)}")
     preset, reason = ctx.resolve_preset(width, height, name=preset_name)
-    e = estimate(preset, width, height)
+    try:  # a single-file transformer: the planner counts its real size
+        transformer = ctx.settings.sources().transformer
+        files = inspect_transformer_file(transformer).weight_files() if transformer else None
+    except ModelSourceError:
+        files = None
+    e = estimate(preset, width, height, files=files)
     return (f"Preset **{preset.name}** ({preset.description}) at {width}x{height}: GPU peak about "
-            f"**{e.gpu_peak_gib:.1f} GiB**, RAM peak about **{e.ram_peak_gib:.1f} GiB**.  \n{reason}")
+            f"**{e.gpu_peak_gib:.1f} GiB**, RAM needed about **{e.ram_needed_gib:.1f} GiB** (peak RSS "
+            f"{e.ram_peak_gib:.1f} GiB).  \n{reason}")
 
 
 class SettingsEvents:

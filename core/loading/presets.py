@@ -316,10 +316,12 @@ def apply_preset(pipe, preset: MemoryPreset | str, device: str | torch.device) -
 
 
 def resolve_preset(name: str, *, tiny: bool = False, zero_gpu: bool = False,
-                   device: str | torch.device | None = None, width: int = 1024, height: int = 1024):
+                   device: str | torch.device | None = None, width: int = 1024, height: int = 1024,
+                   sources=None):
     """``(MemoryPreset, reason)`` for a preset name as the user gave it.
 
-    ``auto`` asks the planner with the detected memory; a bitsandbytes preset falls back to its quanto alternative
+    ``auto`` asks the planner with the detected memory (and, with ``sources`` (or a callable giving them) holding a
+    single-file transformer, that file's real size); a bitsandbytes preset falls back to its quanto alternative
     where bitsandbytes cannot run; tiny test models and ZeroGPU (a large GPU per request) always run ``full``.
     """
     from core.loading.memory import bitsandbytes_usable, choose_preset, detect_memory
@@ -334,8 +336,17 @@ def resolve_preset(name: str, *, tiny: bool = False, zero_gpu: bool = False,
         return get_preset("full"), "no CUDA GPU: everything stays in system memory (slow; try --models tiny)"
     if name == "auto":
         mem = detect_memory()
+        files = None
+        try:  # ``sources`` may be a callable (the engine's, parsed on first use); a bad one fails at load
+            found = sources() if callable(sources) else sources
+            if getattr(found, "transformer", None):
+                from core.loading.single_file import inspect_transformer_file
+
+                files = inspect_transformer_file(found.transformer).weight_files()
+        except UserError:
+            files = None
         preset, _, reason = choose_preset(mem.vram_total_bytes, mem.ram_total_bytes, width, height,
-                                          bitsandbytes_ok=bnb_ok)
+                                          bitsandbytes_ok=bnb_ok, files=files)
         return preset, reason
     preset = get_preset(name)
     if preset.needs_bitsandbytes and not bnb_ok:

@@ -193,3 +193,16 @@ def test_png_record_names_the_transformer_file(files, tiny_models):
     engine = Engine(str(tiny_models), sources=sources, preset="full", device="cpu")
     assert engine.provenance()["models"]["transformer"] == str(files["q8"])
     assert "transformer" not in Engine(str(tiny_models), preset="full", device="cpu").provenance()["models"]
+
+
+def test_auto_counts_a_gguf_transformers_real_size(files, monkeypatch):
+    from core.loading import memory
+    from core.loading.presets import resolve_preset
+
+    monkeypatch.setattr(memory, "detect_memory", lambda: memory.DetectedMemory(
+        26 * memory.GiB, 26 * memory.GiB, 64 * memory.GiB, 60 * memory.GiB))
+    folder = ModelSources()
+    assert resolve_preset("auto", device="cuda", sources=folder)[0].name == "fp8"  # bf16 22 GiB transformer
+    with_file = ModelSources().with_base(str(files["q8"]))
+    preset, reason = resolve_preset("auto", device="cuda", sources=lambda: with_file)
+    assert preset.name == "full", reason  # the quantized file leaves room for everything on a 26 GB card
