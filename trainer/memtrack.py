@@ -18,6 +18,7 @@ class LiveTensorBytes(TorchDispatchMode):
     def __init__(self):
         super().__init__()
         self._live: dict[int, tuple[StorageWeakRef, int]] = {}
+        self._total = 0  # bytes added since the last pruning, freed ones included: an upper bound of live
         self.peak = 0
 
     def _add(self, t) -> None:
@@ -26,12 +27,14 @@ class LiveTensorBytes(TorchDispatchMode):
             key = storage._cdata
             if key not in self._live:
                 self._live[key] = (StorageWeakRef(storage), storage.nbytes())
+                self._total += storage.nbytes()
 
     @property
     def live(self) -> int:
         for key in [k for k, (ref, _) in self._live.items() if ref.expired()]:
             del self._live[key]
-        return sum(n for _, n in self._live.values())
+        self._total = sum(n for _, n in self._live.values())
+        return self._total
 
     def track(self, tensors) -> "LiveTensorBytes":
         """Counts tensors that already exist (module parameters and buffers, inputs)."""
@@ -44,5 +47,6 @@ class LiveTensorBytes(TorchDispatchMode):
         out = func(*args, **(kwargs or {}))
         for t in tree_flatten(out)[0]:
             self._add(t)
-        self.peak = max(self.peak, self.live)
+        if self._total > self.peak:  # the live bytes can only be a new peak when the upper bound is
+            self.peak = max(self.peak, self.live)
         return out
