@@ -83,7 +83,8 @@ class MemoryPreset:
         vae_tiling: decode in ``VAE_TILE_PX`` tiles.
         dtype: compute dtype name.
         disk_cache: keep prompt embeddings and character features on disk too (``load_pipeline``), so T5 and
-            the image encoders run once per prompt and per character across restarts.
+            the image encoders run once per prompt and per character across restarts; under ``group``
+            offloading the encoders themselves then stream from disk (``ENCODERS``), leaving RAM.
     """
 
     name: str
@@ -143,10 +144,11 @@ MEMORY_PRESETS: dict[str, MemoryPreset] = {
         # crashed with an illegal memory access on an H200 in our bench). Blocks stream, so the GPU holds little.
         MemoryPreset("minimal", "bf16 with group offloading (streamed block by block from RAM), VAE tiling",
                      offload="group", vae_tiling=True),
-        MemoryPreset("fp8-streamed", "fp8 storage (layerwise casting) streamed block by block from RAM, "
-                                     "VAE tiling: 12-16 GB cards with 32 GB RAM",
+        MemoryPreset("fp8-streamed", "fp8 storage (layerwise casting) streamed block by block from RAM; text and "
+                                     "image encoders streamed from disk, their results kept on disk; VAE tiling: "
+                                     "12-16 GB cards with 32 GB RAM",
                      transformer_quantization="fp8-layerwise", text_encoder_quantization="fp8-layerwise",
-                     adapter_quantization="fp8-layerwise", offload="group", vae_tiling=True),
+                     adapter_quantization="fp8-layerwise", offload="group", vae_tiling=True, disk_cache=True),
         MemoryPreset("low", "transformer and T5 in nf4 (bitsandbytes), adapter int8 (quanto), model CPU offload",
                      transformer_quantization="bnb-nf4", text_encoder_quantization="bnb-nf4",
                      adapter_quantization="quanto-int8", offload="model"),
@@ -354,6 +356,9 @@ ADAPTER_PARTS = ("projector", "adapter_processors")
 # Components that ``disk`` offloading keeps in RAM: none (T5's tied embedding is untied first, see
 # ``core.loading.presets.untie_weights``).
 DISK_KEPT_IN_RAM: tuple[str, ...] = ()
+# Models used once per prompt or per character: with ``disk_cache`` under group offloading they stream from disk
+# (their results are kept on disk too), so they leave RAM after their work.
+ENCODERS = ("text_encoder", "text_encoder_2", "siglip", "dinov2")
 
 
 @dataclass(frozen=True)
@@ -397,8 +402,9 @@ def _ram_bytes(preset: MemoryPreset, sizes: Mapping[str, ComponentSize], stored:
         load_held = adapter + in_ram
         run_held = in_ram
     else:
-        load_held = adapter + sum(quantized.values())
-        run_held = 0 if preset.offload == "none" else sum(stored.values())
+        on_disk = set(ENCODERS) if preset.offload == "group" and preset.disk_cache else set()
+        load_held = adapter + sum(quantized.values())  # apply_preset casts every model before offloading
+        run_held = 0 if preset.offload == "none" else sum(v for c, v in stored.items() if c not in on_disk)
         if preset.offload == "group" and not group_low_cpu_mem_usage(preset):
             run_held += max(stored.values())  # pinned copies made while grouping, the originals freed after
     mapped = min(files.largest_file_bytes, max(s.params * b for s in sizes.values()))

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from core.loading.memory import (GROUP_OFFLOAD_MIN_BYTES, QUANTO_ALTERNATIVE, VAE_TILE_PX, MemoryPreset,
+from core.loading.memory import (ENCODERS, GROUP_OFFLOAD_MIN_BYTES, QUANTO_ALTERNATIVE, VAE_TILE_PX, MemoryPreset,
                                  group_low_cpu_mem_usage, get_preset)
 from core.loading.model_sizes import kept_module_names
 from core.errors import UserError
@@ -165,7 +165,7 @@ def _module_bytes(module: torch.nn.Module) -> int:
 
 def apply_offload(pipe, mode: str, device: str | torch.device, use_stream: bool | None = None,
                   group_min_bytes: int = GROUP_OFFLOAD_MIN_BYTES, low_cpu_mem_usage: bool = False,
-                  disk_path: str | None = None) -> list[str]:
+                  disk_path: str | None = None, disk_components: tuple[str, ...] = ()) -> list[str]:
     """Offload ``pipe``'s models: ``none`` (move all to ``device``), ``model`` or ``group``.
 
     ``model``: accelerate hooks via ``pipe.enable_model_cpu_offload`` (one whole model on the device at a time).
@@ -173,7 +173,8 @@ def apply_offload(pipe, mode: str, device: str | torch.device, use_stream: bool 
     ``group_min_bytes`` (1 GiB) leaf by leaf, smaller ones moved to ``device``; ``use_stream`` (default: when
     ``device`` is CUDA) prefetches the next group on a CUDA stream; ``low_cpu_mem_usage`` pins on the fly (no
     pinned second copy in RAM). ``disk``: the same, each group written to ``disk_path`` (default: a fresh folder
-    in the user cache, removed at exit) and read back when it runs. Returns the steps taken, one line each.
+    in the user cache, removed at exit) and read back when it runs; under ``group``, only the models named in
+    ``disk_components`` go to disk. Returns the steps taken, one line each.
     """
     device = torch.device(device)
     if mode == "none":
@@ -184,7 +185,7 @@ def apply_offload(pipe, mode: str, device: str | torch.device, use_stream: bool 
         return [f"model CPU offload to {device}"]
     if mode not in ("group", "disk"):
         raise ValueError(f"offload mode {mode!r} unknown; expected none, model, group or disk")
-    if mode == "disk" and disk_path is None:
+    if disk_path is None and (mode == "disk" or disk_components):
         disk_path = offload_folder()
     from diffusers.hooks import apply_group_offloading
 
@@ -198,7 +199,7 @@ def apply_offload(pipe, mode: str, device: str | torch.device, use_stream: bool 
             steps.append(f"{name} on {device}")
             continue
         kind = "block_level" if name == "transformer" else "leaf_level"
-        to_disk = disk_path is not None
+        to_disk = disk_path is not None and (mode == "disk" or name in disk_components)
         if to_disk:
             untie_weights(component)
         apply_group_offloading(component, onload_device=device, offload_device=torch.device("cpu"),
@@ -306,7 +307,8 @@ def apply_preset(pipe, preset: MemoryPreset | str, device: str | torch.device) -
                 steps.append(f"{name} quantized to {preset.adapter_quantization}")
 
     steps += apply_offload(pipe, "none" if device.type == "cpu" else preset.offload, device,
-                           low_cpu_mem_usage=group_low_cpu_mem_usage(preset))
+                           low_cpu_mem_usage=group_low_cpu_mem_usage(preset),
+                           disk_components=ENCODERS if preset.disk_cache else ())
 
     if preset.vae_tiling and getattr(pipe, "vae", None) is not None:
         enable_vae_tiling(pipe.vae)

@@ -84,3 +84,17 @@ def test_streamed_preset_keeps_prompt_embeddings_and_features_on_disk(tiny_model
     np.testing.assert_array_equal(_generate(again, hero), first)
     again._prompt_cache.clear()  # a LoRA changed the encoders: the files are not used any more
     assert not again._prompt_cache.use_disk
+
+
+@pytest.mark.slow
+def test_fp8_streamed_sends_the_encoders_to_disk_and_makes_the_same_image(fresh_pipe, hero, tmp_path):
+    from core.loading.memory import ENCODERS
+
+    apply_preset(fresh_pipe, get_preset("fp8-streamed"), "cpu")  # on the CPU: the casts, no offloading
+    reference = _generate(fresh_pipe, hero)
+    steps = apply_offload(fresh_pipe, "group", "cpu", group_min_bytes=0, low_cpu_mem_usage=True,
+                          disk_path=str(tmp_path), disk_components=ENCODERS)
+    for name in ENCODERS:
+        assert any(s.startswith(f"{name} group offload (leaf_level, on disk") for s in steps), steps
+    assert "transformer group offload (block_level)" in steps  # streamed from RAM
+    np.testing.assert_array_equal(_generate(fresh_pipe, hero), reference)
