@@ -86,7 +86,7 @@ def build(ctx: StudioContext) -> SimpleNamespace:
                 ui.cancel = gr.Button("Cancel", variant="stop")
             ui.gallery = gr.Gallery(label="Results", columns=2, height=420, format="png", type="filepath",
                                     elem_id="gallery")
-            ui.notes = gr.Markdown()
+            ui.notes = gr.Markdown(elem_id="notes")
             with gr.Accordion("Settings", open=True):
                 ui.negative_prompt = gr.Textbox(label="Negative prompt (used when True CFG is above 1: each step "
                                                       "then takes twice as long)", lines=1,

@@ -5,6 +5,7 @@ README shows them), after checking the rough edges an illustrator met there are 
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -132,7 +133,32 @@ def test_every_tab_without_the_rough_edges(studio):
             width.press("Tab")
             expect(page.locator("#size-preset input")).to_have_value("Custom", timeout=10_000)
             assert page.get_by_text("True CFG", exact=True).count() == 1
-            page.wait_for_timeout(500)
+
+            # Cancel during a long run: "Cancelling..." until the job is over, then the next job runs
+            page.locator("#size-preset input").click()
+            page.get_by_role("option", name="Square 1024x1024").click()
+            expect(page.locator("input[aria-label='Width']").first).to_have_value("1024", timeout=10_000)
+            page.locator("#prompt textarea").fill("[Red] on a hill")
+            steps = page.get_by_role("spinbutton", name=re.compile("Steps"))
+            steps.fill("100")
+            steps.press("Enter")
+            page.locator("#generate").click()
+            expect(page.locator("#gallery").get_by_text(re.compile("processing|step"))).to_be_visible(timeout=60_000)
+            page.wait_for_timeout(1500)
+            cancel = page.get_by_role("button", name=re.compile("^Cancel"))
+            cancel.click()
+            expect(cancel).to_have_text("Cancelling...", timeout=10_000)
+            expect(cancel).to_have_text("Cancel", timeout=180_000)
+            expect(page.locator("#notes")).to_contain_text("cancelled", timeout=30_000)
+            page.locator("#size-preset input").click()
+            page.get_by_role("option", name="Tiny test 128x128").click()
+            steps.fill("4")
+            steps.press("Enter")
+            expect(page.locator("input[aria-label='Width']").first).to_have_value("128", timeout=10_000)
+            page.locator("#generate").click()
+            page.wait_for_selector("#gallery img", timeout=120_000)
+            page.wait_for_selector("#mask-canvas canvas", timeout=60_000)  # redrawn at the new size
+            page.wait_for_timeout(2500)
             for tab in TABS:
                 page.get_by_role("tab", name=tab, exact=True).click()
                 page.wait_for_timeout(1500)
