@@ -160,6 +160,7 @@ class Trainer:
     # ------------------------------------------------------------------ setup
     def _prepare(self):
         acc, config = self.accelerator, self.config
+        self._check_plan()  # before any model (the validator's metric models included) loads
         try:
             self.datasets = load_datasets(config)
         except ValueError as exc:
@@ -177,7 +178,6 @@ class Trainer:
         self.checkpoint = latest_checkpoint(self.out) if self.resume else None
         if acc.is_main_process:
             clear_requests(self.out)
-        self._check_plan()
         from accelerate.utils import set_seed
 
         set_seed(config.seed)
