@@ -15,14 +15,17 @@ from torch.utils._pytree import tree_flatten
 
 
 class LiveTensorBytes(TorchDispatchMode):
-    def __init__(self):
+    """``meta``: also count meta tensors (their storages have sizes but no memory), as ``trainer.plan`` does."""
+
+    def __init__(self, meta: bool = False):
         super().__init__()
+        self.meta = meta
         self._live: dict[int, tuple[StorageWeakRef, int]] = {}
         self._total = 0  # bytes added since the last pruning, freed ones included: an upper bound of live
         self.peak = 0
 
     def _add(self, t) -> None:
-        if isinstance(t, torch.Tensor) and t.device.type != "meta":
+        if isinstance(t, torch.Tensor) and (self.meta or t.device.type != "meta"):
             storage = t.untyped_storage()
             key = storage._cdata
             if key not in self._live:

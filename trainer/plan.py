@@ -25,8 +25,9 @@ the number of processes; each process holds the frozen model whole, plus the flo
 while they compute: the root group (the character attention K/V, gathered for the whole step) and the larger of
 the projector and the text adapter (see ``trainer.sharding``).
 
-Peak = frozen + trainable + optimizer + max(activations + autocast copies, gradients) + the largest block's
-saved bytes (backward's working set). A card fits a stage when the peak plus the CUDA context (0.75 GiB) stays
+Peak = frozen + trainable + optimizer + max(activations + autocast copies, gradients) + a working set: the larger
+of the largest block's saved bytes (backward recomputes or walks one block at a time) and the forward pass's
+temporaries (the largest excess of live over saved bytes, counted by ``trainer.memtrack`` on the meta tensors). A card fits a stage when the peak plus the CUDA context (0.75 GiB) stays
 under 95 % of the card (fragmentation). The RAM peak is the loader's: the whole pipeline is read into RAM in
 the load dtype before it moves to the GPU, plus a 3 GiB baseline (Python, torch, CUDA libraries).
 """
@@ -308,6 +309,22 @@ class _FusedAttention:
         F.scaled_dot_product_attention = self.original
 
 
+def _tensors(value):
+    import torch
+
+    if isinstance(value, torch.Tensor):
+        yield value
+    elif isinstance(value, (list, tuple)):
+        for v in value:
+            yield from _tensors(v)
+    elif isinstance(value, dict):
+        for v in value.values():
+            yield from _tensors(v)
+    elif dataclasses.is_dataclass(value):
+        for f in dataclasses.fields(value):
+            yield from _tensors(getattr(value, f.name))
+
+
 def measure_activations(model, transformer, inputs) -> dict:
     """Saved-for-backward bytes of one forward pass of ``model`` on ``inputs`` (meta or real tensors).
 
@@ -338,10 +355,29 @@ def measure_activations(model, transformer, inputs) -> dict:
     def post(module, args, kwargs, output):
         inside.append(sum(seen.values()) - marks[id(module)])
 
+    from .memtrack import LiveTensorBytes
+
+    class Transients(LiveTensorBytes):
+        """The largest excess of live bytes over the saved ones during the forward pass (temporaries)."""
+
+        excess = 0
+        static = 0  # weights and inputs (their views are not new memory)
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            out = super().__torch_dispatch__(func, types, args, kwargs)
+            floor = sum(seen.values()) + self.static
+            if self._total - floor > self.excess:  # an upper bound; prune to the exact figure only then
+                self.excess = max(self.excess, self.live - floor)
+            return out
+
     handles = [b.register_forward_pre_hook(pre, with_kwargs=True) for b in blocks]
     handles += [b.register_forward_hook(post, with_kwargs=True) for b in blocks]
     try:
-        with _FusedAttention(), saved_tensors_hooks(pack, lambda t: t), torch.enable_grad():
+        with _FusedAttention(), saved_tensors_hooks(pack, lambda t: t), torch.enable_grad(), \
+                Transients(meta=True) as transients:
+            transients.track(list(model.parameters()) + list(transformer.parameters()) + list(transformer.buffers())
+                             + [t for t in _tensors(inputs)])
+            transients.static = transients.live
             model(inputs)
     finally:
         for h in handles:
@@ -350,7 +386,7 @@ def measure_activations(model, transformer, inputs) -> dict:
     inputs_bytes = sum(v for k, v in block_inputs.items() if k not in params)
     ckpt = total - sum(inside) + inputs_bytes + max(inside, default=0)
     return {"total": total, "blocks": inside, "block_inputs": inputs_bytes, "checkpointing": ckpt,
-            "largest_block": max(inside, default=0)}
+            "largest_block": max(inside, default=0), "transient": transients.excess}
 
 
 def meta_inputs(desc: ModelDescription, config, batch: int, resolution: int, dtype):
@@ -459,7 +495,8 @@ def plan_training(config, num_processes: int = 1, cuda: bool = True) -> Training
         acts = measure_activations(model, transformer, meta_inputs(desc, config, micro, stage.resolution, dtype))
         planned = acts["checkpointing"] if config.run.gradient_checkpointing else acts["total"]
         stages.append(StagePlan(stage.name, stage.resolution, micro, frozen_total, master, grads, opt, autocast,
-                                planned, acts["total"], acts["checkpointing"], acts["largest_block"], ram,
+                                planned, acts["total"], acts["checkpointing"],
+                                max(acts["largest_block"], acts["transient"]), ram,
                                 gathered, {"frozen": frozen, "block_inputs": acts["block_inputs"]}))
     params = dict(trained)
     params.update({f"frozen:{k}": s.params for k, s in sizes.items()})

@@ -60,6 +60,8 @@ def _tiny_config(tmp_path, unpaired, cache, trainable, checkpointing):
 
 @pytest.mark.parametrize("trainable,checkpointing", [(["image_adapter"], False),
                                                      pytest.param(["image_adapter", "text_adapter"], True,
+                                                                  marks=pytest.mark.slow),
+                                                     pytest.param(["image_adapter_lora"], True,
                                                                   marks=pytest.mark.slow)])
 def test_tiny_plan_matches_the_measured_peak(trainer_home, unpaired_data, encoder_cache, tmp_path, trainable,
                                             checkpointing):
