@@ -215,7 +215,7 @@ class Engine:
             if shape not in self._compiled_shapes:
                 self._compiled_shapes.add(shape)
                 message = (f"Compiling the transformer for {request.width}x{request.height} (first use in this "
-                           "process; about a minute on a GPU, later requests reuse it)")
+                           "process: it takes a while, later requests of this size reuse it)")
                 log.info("%s", message)
                 report(0.0, message)
 
