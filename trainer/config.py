@@ -5,11 +5,12 @@ A job names the models, the datasets, the paper's stages (section 3.2: 1) unpair
 
     output_dir = "runs/my-character"
     seed = 0
-    trainable = ["image_adapter", "text_adapter"]   # either or both
+    trainable = ["image_adapter", "text_adapter"]   # either or both; "image_adapter_lora": LoRA on it ([lora])
 
     [models]
     source = "default"            # "default", "tiny", or a models directory
     init = "checkpoint"           # "checkpoint": start from the adapter; "fresh": random initialization
+    base_quantization = ""        # frozen FLUX as held: "", "quanto-int8", "quanto-fp8", "bnb-nf4", "bnb-int8"
     # text_adapter = "runs/old/adapter.text_adapter.safetensors"   # start from a text adapter; default: fresh
 
     [text_adapter]                # sizes of a fresh text adapter (the rest follows the base model)
@@ -38,6 +39,7 @@ A job names the models, the datasets, the paper's stages (section 3.2: 1) unpair
     mixed_precision = "bf16"
     gradient_accumulation_steps = 1
     gradient_checkpointing = true
+    distributed = "ddp"           # "fsdp": shard trainable weights, gradients, optimizer state (trainer.sharding)
 
     [[stages]]
     name = "unpaired-512"
