@@ -70,6 +70,11 @@ def request(folder: str | Path, name: str) -> Path:
     return path
 
 
+def requested(folder: str | Path, name: str) -> bool:
+    """True while a ``stop`` / ``save-now`` request waits for the trainer to take it."""
+    return _control(folder, name).exists()
+
+
 def take_request(folder: str | Path, name: str) -> bool:
     """True (and the request is consumed) if ``name`` was requested."""
     path = _control(folder, name)

@@ -20,7 +20,7 @@ from PIL import Image, ImageDraw
 from core.limits import MAX_STORY_BYTES
 from core.io.path_policy import PathPolicy
 from trainer.config import TRAIN_PRESETS, ConfigError, load_config, preset_config
-from trainer.events import SAVE_NOW, STOP, request, run_status
+from trainer.events import SAVE_NOW, STOP, request, requested, run_status
 
 from ..errors import StudioInputError, shown_to_user
 
@@ -192,6 +192,8 @@ def progress(output_dir: str | Path, returncode: int | None = None):
     state = run.state
     if returncode not in (None, 0) and state in ("running", "starting"):
         state = f"crashed (exit {returncode}; see trainer.log)"
+    elif state in ("running", "starting") and requested(output_dir, STOP):
+        state = "cancelling... (the trainer stops after its current step and saves a checkpoint)"
     line = f"**{state}**"
     last_step = run.last_step
     if last_step:
@@ -290,6 +292,8 @@ class TrainEvents:
         if not output_dir:
             raise StudioInputError("no run folder: start a training first or type its output folder")
         request(self._run_dir(output_dir), name)
+        if name == STOP:
+            return "Cancelling...: the trainer stops after its current step and saves a checkpoint"
         return f"{name} requested: the trainer acts after its current step"
 
     def _refresh(self, output_dir: str):

@@ -94,6 +94,18 @@ def test_progress_from_events(tmp_path):
     assert "crashed" in status
 
 
+def test_stop_shows_cancelling_until_the_trainer_takes_it(tmp_path):
+    from trainer.events import STOP, take_request
+
+    (tmp_path / "events.jsonl").write_text(json.dumps({"event": "start", "global_step": 0}) + "\n" + json.dumps(
+        {"event": "step", "step": 1, "total_steps": 4, "stage": 0, "loss": 1.0, "lr": 1e-5}) + "\n")
+    events = tab.TrainEvents(SimpleNamespace(runs_dir=tmp_path.parent))
+    assert events._request(str(tmp_path), STOP).startswith("Cancelling...")
+    assert "cancelling..." in tab.progress(tmp_path)[0]
+    assert take_request(tmp_path, STOP)  # the trainer takes it after its step
+    assert "cancelling" not in tab.progress(tmp_path)[0]
+
+
 def test_validate_text_and_tab_builds(tmp_path):
     from .conftest import make_unpaired
 
