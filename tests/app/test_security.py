@@ -274,8 +274,12 @@ def _apply_settings(client: RawClient, out_dir: Path) -> tuple[bool, str]:
     for i in dep["inputs"]:
         component = client.components[i]
         label = component.get("props", {}).get("label", "")
+        if component["type"] == "dropdown":  # "auto" where it is a choice (the preset), else the first (speed: off)
+            choices = [c[1] if isinstance(c, (list, tuple)) else c for c in component["props"].get("choices", [])]
+            data.append("auto" if "auto" in choices or not choices else choices[0])
+            continue
         data.append(str(out_dir) if label == "Output folder" else
-                    "tiny" if label.startswith("Models") else "auto" if component["type"] == "dropdown" else
+                    "tiny" if label.startswith("Models") else
                     values.get(component["type"], "") if not label.startswith(("FLUX", "SigLIP", "DINO", "Adapter"))
                     else "")
     return _outcome(client.call(dep, data))
