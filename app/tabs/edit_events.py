@@ -15,9 +15,9 @@ from core.io.metadata import MetadataError, read_record
 
 from ..context import StudioContext
 from ..errors import StudioInputError, shown_to_user
-from ..generation import EditSettings, check_settings, generate
+from ..generation import EditSettings, generate
 from ..mask_canvas import edit_canvas
-from ..running import SessionRuns, session_of
+from ..running import SessionRuns
 from ..spaces import gpu_function
 from . import generate_events as ev
 
@@ -45,29 +45,8 @@ class EditEvents:
         values = list(values)
         strength, canvas_value = values.pop(), values.pop()
         specs, session_paths = values.pop(), list(values.pop() or [])
-        slots, canvas, settings = ev.parse_form(values, self.ctx.paths)
-        check_settings(settings)
-        edit = EditSettings(canvas_value, strength)
-        if self.ctx.zero_gpu:
-            result = self._zero_gpu_run(slots, canvas, settings, specs, edit)
-        else:
-            session = session_of(request)
-            cancel = self.runs.start(session)
-            if cancel is None:
-                self.runs.finish(session, None)
-                return session_paths, session_paths, "- Cancelled before it started.", settings.seed
-            try:
-                result = generate(self.ctx, slots, canvas, settings, mask_specs=specs, edit=edit, cancel=cancel,
-                                  report=lambda fraction, message: progress(fraction, desc=message))
-            finally:
-                self.runs.finish(session, cancel)
-        notes = list(result.notes)
-        if result.paths:
-            notes.insert(0, f"Saved {len(result.paths)} edited image(s) to `{self.ctx.settings.output_dir}` (seed "
-                            f"{', '.join(map(str, result.seeds))}); the image edited is saved beside them.")
-        paths = result.paths + session_paths
-        seed = result.seeds[0] if result.seeds else settings.seed
-        return paths, paths, "\n".join(f"- {n}" for n in notes), seed
+        return ev.run_form(self.ctx, self.runs, self._zero_gpu_run, request, progress, values, specs, session_paths,
+                           edit=EditSettings(canvas_value, strength))
 
     def _edit_this(self, path):
         """``(edit canvas, width, height, size preset)`` to edit the image at ``path`` (a gallery or history image)

@@ -83,6 +83,36 @@ def _gpu_duration(slots, canvas, settings) -> int:
                              int(settings.images or 1), (settings.true_cfg_scale or 1) > 1, used)
 
 
+def run_form(ctx, runs: SessionRuns, zero_gpu_run, request, progress, values: list, specs, session_paths: list,
+             edit=None):
+    """One Generate (or Edit, with ``edit``) run of the form ``values`` (GENERATE_FIELDS order) under the session's
+    Cancel: ``(gallery paths, session paths, notes markdown, seed)``. On ZeroGPU ``zero_gpu_run`` runs it."""
+    slots, canvas, settings = parse_form(values, ctx.paths)
+    check_settings(settings)  # before a ZeroGPU slot is asked for with these numbers
+    if ctx.zero_gpu:
+        result = zero_gpu_run(slots, canvas, settings, specs, edit)
+    else:
+        session = session_of(request)
+        cancel = runs.start(session)
+        if cancel is None:
+            runs.finish(session, None)
+            return session_paths, session_paths, "- Cancelled before it started.", settings.seed
+        try:
+            result = generate(ctx, slots, canvas, settings, mask_specs=specs, edit=edit, cancel=cancel,
+                              report=lambda fraction, message: progress(fraction, desc=message))
+        finally:
+            runs.finish(session, cancel)
+    notes = list(result.notes)
+    if result.paths:
+        what = "edited image(s)" if edit is not None else "image(s)"
+        beside = "; the image edited is saved beside them" if edit is not None else ""
+        notes.insert(0, f"Saved {len(result.paths)} {what} to `{ctx.settings.output_dir}` (seed "
+                        f"{', '.join(map(str, result.seeds))}){beside}.")
+    paths = result.paths + session_paths
+    seed = result.seeds[0] if result.seeds else settings.seed
+    return paths, paths, "\n".join(f"- {n}" for n in notes), seed
+
+
 class GenerateEvents:
     """The handlers, bound to one :class:`StudioContext`."""
 
@@ -90,8 +120,9 @@ class GenerateEvents:
         self.ctx = ctx
         # On ZeroGPU the GPU is attached only inside this function; per-step progress and Cancel are local-only
         self._zero_gpu_run = gpu_function(
-            lambda slots, canvas, settings, specs=None: generate(ctx, slots, canvas, settings, mask_specs=specs),
-            duration=lambda slots, canvas, settings, specs=None: _gpu_duration(slots, canvas, settings))
+            lambda slots, canvas, settings, specs=None, edit=None: generate(ctx, slots, canvas, settings,
+                                                                            mask_specs=specs, edit=edit),
+            duration=lambda slots, canvas, settings, specs=None, edit=None: _gpu_duration(slots, canvas, settings))
         self.runs = SessionRuns(ctx.jobs)
         self.generate = shown_to_user(self._generate)
         self.cancel = shown_to_user(self._cancel)
@@ -106,28 +137,7 @@ class GenerateEvents:
         values = list(values)
         specs = values.pop() if len(values) == len(GENERATE_FIELDS) + 2 else None
         session_paths = list(values.pop() or [])
-        slots, canvas, settings = parse_form(values, self.ctx.paths)
-        check_settings(settings)  # before a ZeroGPU slot is asked for with these numbers
-        if self.ctx.zero_gpu:
-            result = self._zero_gpu_run(slots, canvas, settings, specs)
-        else:
-            session = session_of(request)
-            cancel = self.runs.start(session)
-            if cancel is None:
-                self.runs.finish(session, None)
-                return session_paths, session_paths, "- Cancelled before it started.", settings.seed
-            try:
-                result = generate(self.ctx, slots, canvas, settings, mask_specs=specs,
-                                  report=lambda fraction, message: progress(fraction, desc=message), cancel=cancel)
-            finally:
-                self.runs.finish(session, cancel)
-        notes = list(result.notes)
-        if result.paths:
-            where = self.ctx.settings.output_dir
-            notes.insert(0, f"Saved {len(result.paths)} image(s) to `{where}` (seed {', '.join(map(str, result.seeds))}).")
-        paths = result.paths + session_paths
-        seed = result.seeds[0] if result.seeds else settings.seed
-        return paths, paths, "\n".join(f"- {n}" for n in notes), seed
+        return run_form(self.ctx, self.runs, self._zero_gpu_run, request, progress, values, specs, session_paths)
 
     def queued(self, request: gr.Request):
         """The Generate click, before the queue: a Cancel from now on drops the run if it is still waiting."""

@@ -9,26 +9,8 @@ import torch
 from app.bench_commands import add_bench_arguments, add_plan_arguments, bench_main, build_parser, plan_main
 from benchmarks import bench as benchmark
 from benchmarks.bench import build_random_models, format_markdown, read_jsonl
+from benchmarks.speed_gpu import DRY_RUN_CONFIGS as SMALL_CONFIGS  # small stand-ins for the full-size configs
 from core.errors import UsageError
-
-# Small stand-ins for the bundled full-size configs (same keys); encoder depths keep the shallow layers read.
-SMALL_CONFIGS = {
-    "transformer": dict(patch_size=1, in_channels=4, num_layers=1, num_single_layers=1, attention_head_dim=16,
-                        num_attention_heads=2, joint_attention_dim=32, pooled_projection_dim=32,
-                        guidance_embeds=True, axes_dims_rope=[4, 6, 6]),
-    "text_encoder": dict(vocab_size=600, hidden_size=32, intermediate_size=37, num_hidden_layers=2,
-                         num_attention_heads=4, max_position_embeddings=77, projection_dim=32),
-    "text_encoder_2": dict(vocab_size=200, d_model=32, d_ff=37, d_kv=8, num_layers=2, num_heads=4,
-                           relative_attention_num_buckets=8, feed_forward_proj="gated-gelu"),
-    "vae": dict(in_channels=3, out_channels=3, down_block_types=["DownEncoderBlock2D"],
-                up_block_types=["UpDecoderBlock2D"], block_out_channels=[4], layers_per_block=1, latent_channels=1,
-                norm_num_groups=1, sample_size=32, use_quant_conv=False, use_post_quant_conv=False,
-                shift_factor=0.1159, scaling_factor=0.3611),
-    "siglip": dict(hidden_size=64, intermediate_size=32, num_hidden_layers=27, num_attention_heads=2,
-                   image_size=384, patch_size=14),
-    "dinov2": dict(hidden_size=64, num_hidden_layers=30, num_attention_heads=2, mlp_ratio=2, patch_size=14,
-                   image_size=518),
-}
 
 
 @pytest.fixture
