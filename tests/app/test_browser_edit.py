@@ -1,6 +1,6 @@
 """A real browser edits a generated image: Generate, select it in the gallery, "Edit this", paint a region on the
 edit canvas, Edit; the new PNG is an inpainting edit of the first whose pixels outside the feathered region are the
-first image's. Saves the README screenshot ``assets/screenshots/edit.png``."""
+first image's. Saves the README screenshot ``screenshots/edit.png`` (under ``assets/`` with ``STUDIO_SCREENSHOTS=1``)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.app.test_browser import CHROMIUM, FLAGS, ROOT, paint_stroke
+from tests.app.test_browser import CHROMIUM, FLAGS, SCREENSHOT_ROOT, paint_stroke
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
@@ -51,7 +51,7 @@ def test_edit_a_painted_region_in_a_real_browser(studio):
             page.locator("#edit").click()
             [edited] = wait_for_new(out_dir, before | {first}, 1)
             page.wait_for_timeout(800)
-            save_screenshot(page, ROOT / "assets" / "screenshots" / "edit.png")
+            save_screenshot(page, SCREENSHOT_ROOT / "screenshots" / "edit.png")
         finally:
             browser.close()
 
@@ -85,6 +85,7 @@ def save_screenshot(page, path: Path) -> None:
     """The gallery (the generated image and its edit) beside the edit section (the painted region), one picture."""
     import io
 
+    path.parent.mkdir(parents=True, exist_ok=True)
     shots = [Image.open(io.BytesIO(page.locator(selector).screenshot())).convert("RGB")
              for selector in ("#gallery", "#edit-section")]
     height = max(s.height for s in shots)
