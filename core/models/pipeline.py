@@ -445,7 +445,7 @@ class InstantCharacterPipeline(FluxPipeline):
                 if do_true_cfg:
                     neg_noise_pred = self._predict(latents, timestep, guidance, negative_pooled,
                                                    negative_prompt_embeds, negative_text_ids, latent_image_ids,
-                                                   negative_conditions)
+                                                   negative_conditions, context="uncond")
                     noise_pred = neg_noise_pred + true_cfg_scale * (noise_pred - neg_noise_pred)
                 latents = self.scheduler.step(noise_pred, t, latents, return_dict=False)[0]
                 if edit is not None:
@@ -499,16 +499,15 @@ class InstantCharacterPipeline(FluxPipeline):
         start = int(max(num_inference_steps - init, 0)) * self.scheduler.order
         return timesteps[start:], start
 
-    def _predict(self, latents, timestep, guidance, pooled, embeds, text_ids, image_ids, conditions=None):
+    def _predict(self, latents, timestep, guidance, pooled, embeds, text_ids, image_ids, conditions=None,
+                 context: str = "cond"):
+        """One transformer call; ``context`` (``cond`` or ``uncond``, the negative prompt's) names the state a step
+        cache keeps for it (:func:`core.loading.speed.set_step_cache`)."""
         kwargs = None
         if conditions:
             kwargs = {"character_conditions": conditions, "text_seq_len": embeds.shape[1]}
         step_cache = contextlib.nullcontext()
-        if getattr(self.transformer, "_speed_step_cache", None) is not None:  # core.loading.speed.set_step_cache
-            # a step cache keeps one state per context: the step's second call (same timestep tensor) is the
-            # negative prompt's
-            context = "uncond" if timestep is getattr(self, "_last_predict_timestep", None) else "cond"
-            self._last_predict_timestep = timestep
+        if getattr(self.transformer, "_speed_step_cache", None) is not None:
             step_cache = self.transformer.cache_context(context)
         with step_cache:
             return self.transformer(hidden_states=latents, timestep=timestep / 1000, guidance=guidance,
