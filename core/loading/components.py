@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 
@@ -76,3 +77,35 @@ def load_components(base=None, *, siglip=None, dinov2=None, adapter=None, dtype=
     components.update(siglip=siglip_model.eval(), siglip_processor=siglip_processor, dinov2=dinov2_model.eval(),
                       dinov2_processor=dinov2_processor, image_proj=image_proj, character_layers=layers)
     return components
+
+
+CONTROLNET_CONFIG = "flux1-dev-controlnet-union-pro-2.0.json"  # in assets/configs: the config of a lone file
+
+
+def load_controlnet(spec: str, dtype=torch.bfloat16):
+    """A ``FluxControlNetModel`` from a hub id, a diffusers folder or a single ``.safetensors`` file in diffusers
+    keys (a ComfyUI ``models/controlnet/`` file); a lone file takes the ``config.json`` beside it, else
+    Union-Pro-2.0's. Failures are :class:`ModelSourceError` (one line)."""
+    from diffusers import FluxControlNetModel
+
+    path = Path(str(spec)).expanduser()
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        from core.loading.model_sizes import CONFIG_DIR
+
+        if not path.is_file():
+            raise ModelSourceError(f"ControlNet file not found: {spec}")
+        beside = path.parent / "config.json"
+        config = json.loads((beside if beside.is_file() else CONFIG_DIR / CONTROLNET_CONFIG).read_text())
+        with torch.device("meta"):
+            net = FluxControlNetModel.from_config(config)
+        try:
+            state = load_file(str(path))
+            net.load_state_dict(state, strict=True, assign=True)
+        except (OSError, RuntimeError, ValueError) as exc:
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise ModelSourceError(f"cannot load the ControlNet from {spec}: {first[:300]}") from None
+        return net.to(dtype).eval()
+    folder = resolve_folder(str(spec), "ControlNet", ["*.json", "*.safetensors"])
+    return _from_pretrained(FluxControlNetModel.from_pretrained, folder, "the ControlNet", dtype=dtype).eval()

@@ -15,6 +15,8 @@ DEFAULT_BASE = "black-forest-labs/FLUX.1-dev"
 DEFAULT_SIGLIP = "google/siglip-so400m-patch14-384"
 DEFAULT_DINOV2 = "facebook/dinov2-giant"
 DEFAULT_ADAPTER = "tencent/InstantCharacter/instantcharacter_ip-adapter.bin"
+# loaded on the first request with a control image, when no other ControlNet is given
+DEFAULT_CONTROLNET = "Shakker-Labs/FLUX.1-dev-ControlNet-Union-Pro-2.0"
 ADAPTER_SUFFIXES = (".bin", ".safetensors")
 
 # the diffusers-layout files of a FLUX repo; skips the single-file checkpoints at the repo root (another 30 GB)
@@ -32,6 +34,10 @@ class ModelSources:
     ``transformer``, when set, is a single file (BFL-format ``.safetensors``, bf16 or fp8, or ``.gguf``) that
     replaces the base's transformer; the base still supplies FLUX's VAE, text encoders, tokenizers and scheduler
     (see :mod:`core.loading.single_file`).
+
+    ``controlnet``, when set, is the ControlNet for control images (a hub id, a diffusers folder or a
+    ``.safetensors`` file); otherwise a models directory's ``controlnet/`` folder, else :data:`DEFAULT_CONTROLNET`,
+    loaded on the first request with a control image.
     """
 
     base: str = DEFAULT_BASE
@@ -39,6 +45,7 @@ class ModelSources:
     dinov2: str = DEFAULT_DINOV2
     adapter: str = DEFAULT_ADAPTER
     transformer: str | None = None
+    controlnet: str | None = None
 
     @classmethod
     def from_models_dir(cls, folder: str | os.PathLike) -> "ModelSources":
@@ -61,8 +68,10 @@ class ModelSources:
         adapter = next((p for p in adapters if p.suffix == ".safetensors"), adapters[0])
         from core.loading.single_file import find_transformer_file
 
+        controlnet = folder / "controlnet"
         return cls(str(folder / "flux"), str(folder / "siglip"), str(folder / "dinov2"), str(adapter),
-                   find_transformer_file(folder / "flux"))
+                   find_transformer_file(folder / "flux"),
+                   controlnet=str(controlnet) if (controlnet / "config.json").is_file() else None)
 
     @classmethod
     def parse(cls, spec: str | None) -> "ModelSources":

@@ -1,7 +1,8 @@
 """Tiny random-weight models for trying the studio and for tests: no download, seconds on a CPU.
 
 :func:`build_tiny_bundle` writes a models directory laid out like the real one (``flux/``, ``siglip/``,
-``dinov2/``, ``adapter.safetensors``; ``metrics/clip`` and ``metrics/dino`` for the scores), which then loads through the same ``from_pretrained`` path as real models.
+``dinov2/``, ``adapter.safetensors``; ``controlnet/`` for control images; ``metrics/clip`` and ``metrics/dino`` for
+the scores), which then loads through the same ``from_pretrained`` path as real models.
 Shapes follow FLUX.1-dev and the released adapter, shrunk; the images it makes are noise-like by nature. The VAE
 compresses 8x with 16 latent channels as FLUX's does, so the real settings (1024x1024: 4096 image tokens, 28 steps)
 take seconds on a CPU.
@@ -18,7 +19,7 @@ import torch
 
 from core.io.paths import cache_dir
 
-TINY_VERSION = "4"
+TINY_VERSION = "5"
 _MARKER = "tiny-bundle.json"
 
 T5_WIDTH = 32
@@ -97,6 +98,29 @@ def build_tiny_flux(folder: Path) -> None:
                                                 max_image_seq_len=4096, base_shift=0.5, max_shift=1.15)
     FluxPipeline(scheduler=scheduler, vae=vae, text_encoder=text_encoder, tokenizer=clip_tokenizer,
                  text_encoder_2=text_encoder_2, tokenizer_2=t5_tokenizer, transformer=transformer).save_pretrained(folder)
+
+
+def build_tiny_controlnet(folder: Path | None = None, num_layers: int = 1, num_single_layers: int = 1,
+                          num_mode: int | None = None, seed: int = 2):
+    """A random ``FluxControlNetModel`` for the tiny transformer (its widths), saved to ``folder`` when given.
+
+    Its output projections (``controlnet_blocks``, ``controlnet_x_embedder``) start at zero in diffusers, which
+    would make it do nothing: here they are random too, so control images change the tiny images."""
+    from diffusers import FluxControlNetModel
+
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        net = FluxControlNetModel(
+            patch_size=1, in_channels=4 * LATENT_CHANNELS, num_layers=num_layers, num_single_layers=num_single_layers,
+            attention_head_dim=HEAD_DIM, num_attention_heads=HEADS, joint_attention_dim=T5_WIDTH,
+            pooled_projection_dim=CLIP_WIDTH, guidance_embeds=True, axes_dims_rope=ROPE_AXES, num_mode=num_mode)
+        zeroed = [net.controlnet_x_embedder, *net.controlnet_blocks, *net.controlnet_single_blocks]
+        for module in zeroed:
+            torch.nn.init.normal_(module.weight, std=0.05)
+    net.eval()
+    if folder is not None:
+        net.save_pretrained(folder)
+    return net
 
 
 def build_tiny_encoders(folder: Path) -> None:
@@ -186,6 +210,7 @@ def build_tiny_bundle(folder: str | Path, seed: int = 0) -> Path:
         metrics = tiny_metric_models(folder)
         build_tiny_clip(metrics["clip"])
         build_tiny_dino(metrics["dino"])
+    build_tiny_controlnet(folder / "controlnet")  # its own seed: the other models are those of before
     (folder / _MARKER).write_text(json.dumps({"version": TINY_VERSION, "seed": seed}))
     return folder
 

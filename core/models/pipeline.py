@@ -22,6 +22,8 @@ from diffusers.utils import BaseOutput
 
 from core.io.cache import LRUCache
 from core.models.attention import CharacterAttentionLayers, CharacterCondition
+from core.conditioning.control import MAX_CONTROLS, ControlError, ControlImage
+from core.models.controlnet import ControlGuide, check_controlnet
 from core.conditioning.character import Character, check_characters
 from core.conditioning.routing import Routing, route_characters, tag_weights, token_grid
 from core.models.encoders import CharacterEncoder, CharacterFeatures
@@ -156,11 +158,13 @@ class InstantCharacterPipeline(FluxPipeline):
         image_proj (`CharacterProjector`): the projector of the adapter checkpoint.
         character_layers (`CharacterAttentionLayers`): the attention processors of the adapter checkpoint;
             they are installed on ``transformer``.
+        controlnet (`FluxControlNetModel` or `FluxMultiControlNetModel`, optional): reads the control images
+            (:meth:`load_controlnet` adds one later).
     """
 
-    model_cpu_offload_seq = "text_encoder->text_encoder_2->siglip->dinov2->image_proj->transformer->vae"
+    model_cpu_offload_seq = "text_encoder->text_encoder_2->siglip->dinov2->image_proj->controlnet->transformer->vae"
     _optional_components = ["image_encoder", "feature_extractor", "siglip", "siglip_processor", "dinov2",
-                            "dinov2_processor", "image_proj", "text_adapter"]
+                            "dinov2_processor", "image_proj", "text_adapter", "controlnet"]
     # the text adapter's layers run inside the transformer's forward: keep it beside the transformer
     _exclude_from_cpu_offload = ["text_adapter"]
 
@@ -169,11 +173,12 @@ class InstantCharacterPipeline(FluxPipeline):
                  image_proj: CharacterProjector | None = None,
                  character_layers: CharacterAttentionLayers | None = None,
                  text_adapter: TextAdapter | None = None,
-                 image_encoder=None, feature_extractor=None):
+                 image_encoder=None, feature_extractor=None, controlnet=None):
         super().__init__(scheduler, vae, text_encoder, tokenizer, text_encoder_2, tokenizer_2, transformer,
                          image_encoder, feature_extractor)
         self.register_modules(siglip=siglip, siglip_processor=siglip_processor, dinov2=dinov2,
-                              dinov2_processor=dinov2_processor, image_proj=image_proj, text_adapter=None)
+                              dinov2_processor=dinov2_processor, image_proj=image_proj, text_adapter=None,
+                              controlnet=controlnet)
         self.character_layers = character_layers
         if character_layers is not None:
             character_layers.install(transformer)
@@ -231,6 +236,14 @@ class InstantCharacterPipeline(FluxPipeline):
         """Removes the text adapter; generation is then exactly as without one."""
         TextAdapter.uninstall(self.transformer)
         self.register_modules(text_adapter=None)
+
+    def load_controlnet(self, controlnet) -> None:
+        """Adds a ``FluxControlNetModel`` (or a ``FluxMultiControlNetModel`` of several) for control images."""
+        self.register_modules(controlnet=controlnet)
+
+    def unload_controlnet(self) -> None:
+        """Removes the ControlNet; generation without control images never used it."""
+        self.register_modules(controlnet=None)
 
     # ------------------------------------------------------------------ characters
     def clear_caches(self) -> None:
@@ -341,6 +354,7 @@ class InstantCharacterPipeline(FluxPipeline):
         image: PIL.Image.Image | None = None,
         strength: float = 0.6,
         mask_image=None,
+        control: list[ControlImage] | None = None,
     ):
         r"""Generates images with the given characters.
 
@@ -369,6 +383,10 @@ class InstantCharacterPipeline(FluxPipeline):
                 Outside it the latents follow the noised source at every step; the decoded result is pasted on
                 the source so that pixels beyond a feathered edge are the source's exactly. Characters without a
                 mask of their own act in the region.
+            control: control images (:class:`~core.conditioning.control.ControlImage`: kind, scale, step range)
+                read by ``self.controlnet`` (:mod:`core.models.controlnet`); ``None`` or empty: no ControlNet
+                runs. Each is resized to the output size when it differs (with a note). As in diffusers'
+                ``FluxControlNetPipeline``, their VAE latents are sampled with ``generator`` before the noise.
         """
         characters = list(characters or [])
         self.check_generation_inputs(prompt, characters, height, width, num_inference_steps, guidance_scale,
@@ -378,8 +396,9 @@ class InstantCharacterPipeline(FluxPipeline):
             raise GenerationInputError("mask_image needs a source image to inpaint (image=...)")
         if edit is not None and edit.region is not None:
             characters = edit.route(characters)
+        control, control_notes = self._control_inputs(control, width, height)
         resolved: ResolvedPrompt = resolve_prompt(prompt, characters)
-        notes = list(resolved.notes) + (edit.notes if edit is not None else [])
+        notes = list(resolved.notes) + (edit.notes if edit is not None else []) + control_notes
         self._guidance_scale = guidance_scale
         self._current_timestep = None
         self._interrupt = False
@@ -394,6 +413,9 @@ class InstantCharacterPipeline(FluxPipeline):
                                                                               max_sequence_length)
             negative_prompt_embeds, negative_pooled = n_embeds.repeat(batch, 1, 1), n_pooled.repeat(batch, 1)
 
+        guide = None
+        if control:  # encoded first: the control latents are drawn from the generator before the noise
+            guide = ControlGuide.prepare(self, control, batch, height, width, generator, device)
         num_channels_latents = self.transformer.config.in_channels // 4
         latents, latent_image_ids = self.prepare_latents(batch, num_channels_latents, height, width,
                                                          prompt_embeds.dtype, device, generator, latents)
@@ -411,6 +433,8 @@ class InstantCharacterPipeline(FluxPipeline):
             edit.prepare(self, latents, height, width, timesteps)
             latents = edit.start
         self._num_timesteps = len(timesteps)
+        if guide is not None:
+            guide.set_steps(len(timesteps))
         guidance = None
         if self.transformer.config.guidance_embeds:
             guidance = torch.full([1], guidance_scale, device=device, dtype=torch.float32).expand(batch)
@@ -440,12 +464,18 @@ class InstantCharacterPipeline(FluxPipeline):
                                   in zip(step_tokens[i], characters, routing, text_masks)]
                     # the negative prompt has no tags: it gets the image tokens only, as in the released code
                     negative_conditions = [CharacterCondition(c.tokens, c.scale, c.mask) for c in conditions]
+                residuals = None
+                if guide is not None:
+                    # read with the prompt; the negative prompt's pass adds the same residuals, as in diffusers
+                    residuals = guide.residuals(i, latents, timestep / 1000, guidance_scale, pooled_prompt_embeds,
+                                                prompt_embeds, text_ids, latent_image_ids)
+                    residuals = residuals + (guide.repeats_blocks,)
                 noise_pred = self._predict(latents, timestep, guidance, pooled_prompt_embeds, prompt_embeds,
-                                           text_ids, latent_image_ids, conditions)
+                                           text_ids, latent_image_ids, conditions, residuals=residuals)
                 if do_true_cfg:
                     neg_noise_pred = self._predict(latents, timestep, guidance, negative_pooled,
                                                    negative_prompt_embeds, negative_text_ids, latent_image_ids,
-                                                   negative_conditions, context="uncond")
+                                                   negative_conditions, context="uncond", residuals=residuals)
                     noise_pred = neg_noise_pred + true_cfg_scale * (noise_pred - neg_noise_pred)
                 latents = self.scheduler.step(noise_pred, t, latents, return_dict=False)[0]
                 if edit is not None:
@@ -499,17 +529,45 @@ class InstantCharacterPipeline(FluxPipeline):
         start = int(max(num_inference_steps - init, 0)) * self.scheduler.order
         return timesteps[start:], start
 
+    def _control_inputs(self, control, width: int, height: int) -> tuple[list[ControlImage], list[str]]:
+        """The checked control inputs at the output size, and the notes of those resized."""
+        control = list(control or [])
+        if not control:
+            return [], []
+        if len(control) > MAX_CONTROLS:
+            raise GenerationInputError(f"{len(control)} control images given: at most {MAX_CONTROLS}")
+        if any(not isinstance(c, ControlImage) for c in control):
+            raise GenerationInputError("control must be a list of ControlImage (core.conditioning.control)")
+        if self.controlnet is None:
+            raise GenerationInputError("control images need a ControlNet: none is loaded (load_controlnet)")
+        fitted, notes = [], []
+        for i, c in enumerate(control):
+            c, note = c.fitted(width, height, f"{c.kind} ({i + 1})" if len(control) > 1 else "")
+            fitted.append(c)
+            notes += note
+        try:
+            check_controlnet(self.controlnet, fitted)
+        except ControlError as exc:
+            raise GenerationInputError(str(exc)) from None
+        return fitted, notes
+
     def _predict(self, latents, timestep, guidance, pooled, embeds, text_ids, image_ids, conditions=None,
-                 context: str = "cond"):
+                 context: str = "cond", residuals=None):
         """One transformer call; ``context`` (``cond`` or ``uncond``, the negative prompt's) names the state a step
-        cache keeps for it (:func:`core.loading.speed.set_step_cache`)."""
+        cache keeps for it (:func:`core.loading.speed.set_step_cache`); ``residuals`` are a ControlNet's
+        ``(block_samples, single_block_samples, repeat)`` (:class:`core.models.controlnet.ControlGuide`)."""
         kwargs = None
         if conditions:
             kwargs = {"character_conditions": conditions, "text_seq_len": embeds.shape[1]}
+        control = {}
+        if residuals is not None:
+            control = dict(controlnet_block_samples=residuals[0], controlnet_single_block_samples=residuals[1],
+                           controlnet_blocks_repeat=residuals[2])
         step_cache = contextlib.nullcontext()
         if getattr(self.transformer, "_speed_step_cache", None) is not None:
             step_cache = self.transformer.cache_context(context)
         with step_cache:
             return self.transformer(hidden_states=latents, timestep=timestep / 1000, guidance=guidance,
                                     pooled_projections=pooled, encoder_hidden_states=embeds, txt_ids=text_ids,
-                                    img_ids=image_ids, joint_attention_kwargs=kwargs, return_dict=False)[0]
+                                    img_ids=image_ids, joint_attention_kwargs=kwargs, return_dict=False,
+                                    **control)[0]
