@@ -183,6 +183,29 @@ class Engine:
             free_memory()
             return True
 
+    @property
+    def controlnet_source(self) -> str:
+        """The ControlNet control images use: the sources' (``--controlnet``, a models directory's
+        ``controlnet/``), else :data:`core.loading.sources.DEFAULT_CONTROLNET`."""
+        from core.loading.sources import DEFAULT_CONTROLNET
+
+        return self.sources.controlnet or DEFAULT_CONTROLNET
+
+    def _use_controlnet(self, pipe, report: Report) -> None:
+        """Loads the ControlNet on the first request with a control image, under the engine's preset."""
+        if getattr(pipe, "controlnet", None) is not None:
+            return
+        from core.loading.components import load_controlnet
+        from core.loading.memory import out_of_memory_advice
+        from core.loading.presets import attach_controlnet
+
+        report(0.0, f"Loading the ControlNet ({self.controlnet_source})")
+        with out_of_memory_advice(self.preset):
+            net = load_controlnet(self.controlnet_source, self.dtype)
+            steps = attach_controlnet(pipe, net, self.preset, self.device)
+        self.steps += steps
+        log.info("ControlNet loaded from %s: %s", self.controlnet_source, "; ".join(steps))
+
     def _use_text_adapter(self, pipe, path: str | None) -> None:
         if (path or None) == self._text_adapter:
             return
@@ -241,9 +264,13 @@ class Engine:
             pipe = self.load(report=lambda fraction, message: report(0.0, message),
                              text_adapter=request.text_adapter)
             self._use_text_adapter(pipe, request.text_adapter)
+            if request.controls:
+                self._use_controlnet(pipe, report)
             self.loras.apply(pipe, request.loras)
             self._prepare_speed(pipe, request, report)
             provenance = self.provenance()
+            if request.controls:
+                provenance["models"]["controlnet"] = self.controlnet_source
             for k in range(count):
                 seed = request.image_seed(k)
 

@@ -11,6 +11,9 @@ Editing: ``source_image`` (off by default) makes the request image-to-image at `
 ignores it), and ``inpaint_region`` (a :class:`~core.conditioning.masks.RoutingMask`) redoes only that region. A
 request without a source means exactly what it meant before editing existed: the same pipeline call, record and
 summary.
+
+Control: ``controls`` (none by default) are :class:`~core.conditioning.control.ControlImage` inputs (a pose, depth
+or edge image with its scale and step range) a ControlNet reads; a request without them is the request of before.
 """
 
 from __future__ import annotations
@@ -50,6 +53,7 @@ class GenerationRequest:
     source_image: object = None  # a PIL image (paths and bytes are read) to edit; None: from noise
     strength: float = 0.6  # only with a source: 0 keeps it, 1 ignores it
     inpaint_region: object = None  # only with a source: a RoutingMask (or mask image / spec) of the region to redo
+    controls: list = field(default_factory=list)  # ControlImage inputs (core.conditioning.control); []: none
 
     def __post_init__(self):
         if self.source_image is None and self.inpaint_region is None:
@@ -82,7 +86,17 @@ class GenerationRequest:
         check_characters(self.characters)
         resolve_prompt(self.engine_prompt, self.characters)  # unknown [tags], duplicate names
         self._check_edit()
+        self._check_controls()
         return self
+
+    def _check_controls(self) -> None:
+        from core.conditioning.control import MAX_CONTROLS, ControlError, ControlImage
+
+        if len(self.controls) > MAX_CONTROLS:
+            raise ControlError(f"{len(self.controls)} control images given: at most {MAX_CONTROLS}")
+        for c in self.controls:
+            if not isinstance(c, ControlImage):
+                raise ControlError(f"a control is a {type(c).__name__}, not a ControlImage")
 
     def _check_edit(self) -> None:
         from core.conditioning.edit import EditError, check_region, check_strength
@@ -140,7 +154,8 @@ class GenerationRequest:
         return dict(prompt=self.engine_prompt, characters=list(self.characters), negative_prompt=self.negative,
                     true_cfg_scale=float(self.true_cfg_scale), num_inference_steps=int(self.steps),
                     guidance_scale=float(self.guidance), height=int(self.height), width=int(self.width),
-                    max_sequence_length=int(self.max_sequence_length), **self._edit_kwargs())
+                    max_sequence_length=int(self.max_sequence_length), **self._edit_kwargs(),
+                    **({"control": list(self.controls)} if self.controls else {}))
 
     def _edit_kwargs(self) -> dict:
         if self.source_image is None:
@@ -164,14 +179,15 @@ class GenerationRequest:
             num_inference_steps=int(self.steps), guidance_scale=float(self.guidance), negative_prompt=self.negative,
             true_cfg_scale=float(self.true_cfg_scale), max_sequence_length=int(self.max_sequence_length),
             characters=[CharacterRecord.from_character(c) for c in self.characters],
-            loras=[lora.record() for lora in self.loras], models=models, edit=self.edit_record(), **provenance)
+            loras=[lora.record() for lora in self.loras], models=models, edit=self.edit_record(),
+            control=[c.record() for c in self.controls] or None, **provenance)
 
     @classmethod
     def from_record(cls, record, images: int = 1, folder: str | os.PathLike | None = None) -> "GenerationRequest":
         """The request that made ``record``'s image (its seed, so the same image comes out). An edit's source is read
         from ``folder`` (the PNG's own folder), where :func:`core.io.metadata.save_png` saved it."""
         from core.conditioning.masks import MaskError, RoutingMask
-        from core.io.metadata import MetadataError, read_edit_source
+        from core.io.metadata import MetadataError, read_control_image, read_edit_source
 
         edit = {}
         if record.edit:
@@ -182,6 +198,8 @@ class GenerationRequest:
             edit = dict(source_image=read_edit_source(record.edit, folder), strength=record.edit["strength"],
                         inpaint_region=region)
         characters = [c.to_character(f"character {i + 1}") for i, c in enumerate(record.characters)]
+        if record.control:
+            edit["controls"] = [read_control_image(c, folder) for c in record.control]
         text_adapter = (record.models or {}).get("text_adapter") or None
         return cls(prompt=record.prompt, characters=characters, negative_prompt=record.negative_prompt,
                    true_cfg_scale=record.true_cfg_scale, steps=record.num_inference_steps,
@@ -200,7 +218,8 @@ class GenerationRequest:
                     draft=bool(self.draft),
                     characters=[dict(key=c.key, name=c.name, scale=c.scale, description=c.description,
                                      mask=c.mask.to_json() if c.mask is not None else None)
-                                for c in self.characters], **self._edit_summary())
+                                for c in self.characters], **self._edit_summary(),
+                    **({"control": [c.record() for c in self.controls]} if self.controls else {}))
 
     def _edit_summary(self) -> dict:
         edit = self.edit_record()

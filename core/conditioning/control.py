@@ -18,7 +18,9 @@ from dataclasses import dataclass
 
 from PIL import Image
 
+from core.conditioning.edit import image_digest
 from core.errors import UserError
+from core.io.images import load_image
 
 CONTROL_KINDS = ("pose", "depth", "canny", "soft-edge", "gray")
 # the names users write for the same kinds
@@ -98,8 +100,6 @@ class ControlImage:
 
     @property
     def digest(self) -> str:
-        from core.conditioning.edit import image_digest
-
         return image_digest(self.image)
 
     @property
@@ -158,8 +158,6 @@ def parse_control_spec(spec: str, option: str = "--control") -> tuple[str, str, 
 def load_control(source, kind: str = "pose", scale: float = DEFAULT_SCALE, start: float = 0.0, end: float = 1.0,
                  name: str | None = None) -> ControlImage:
     """A :class:`ControlImage` from a path, bytes or PIL image (read with the project's one image loader)."""
-    from core.io.images import load_image
-
     kind = check_kind(kind)
     image = source if isinstance(source, Image.Image) else load_image(source, name=name or f"the {kind} control image")
     return ControlImage(image.convert("RGB"), kind, scale, start, end)

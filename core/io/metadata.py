@@ -5,7 +5,8 @@ Each PNG gets two text chunks: ``parameters`` (A1111-style, readable by other to
 
 An edit (image-to-image or inpainting) records its source by the digest of its pixels with the source saved beside
 the output as ``source-<digest[:16]>.png`` (:func:`save_png` writes it; :func:`read_edit_source` reads it back and
-checks it), its strength and its region (a mask as ``RoutingMask.to_json`` gives it).
+checks it), its strength and its region (a mask as ``RoutingMask.to_json`` gives it). Control images are kept the
+same way, as ``control-<digest[:16]>.png`` beside the output (:meth:`core.conditioning.control.ControlImage.record`).
 """
 
 from __future__ import annotations
@@ -142,6 +143,7 @@ class GenerationRecord:
     preset: str | None = None
     version: int = FORMAT_VERSION
     edit: dict | None = None  # {"source_sha256", "source_file", "strength", "region"} for an edit, else None
+    control: list[dict] | None = None  # [{"kind", "scale", "start", "end", "sha256", "file"}], else None
 
     def parameters_text(self) -> str:
         """The A1111-style ``parameters`` text."""
@@ -160,6 +162,8 @@ class GenerationRecord:
         if self.edit:
             region = "inpaint " + str(self.edit.get("region"))[:40] if self.edit.get("region") else "whole image"
             fields.append(f"Edit: {self.edit['source_file']} at strength {self.edit['strength']:g}, {region}")
+        for c in self.control or []:
+            fields.append(f"Control {c['kind']}: {c['file']} at scale {c['scale']:g}, steps {c['start']:g}-{c['end']:g}")
         lines.append(", ".join(fields))
         return "\n".join(lines)
 
@@ -167,6 +171,8 @@ class GenerationRecord:
         data = asdict(self)
         if data["edit"] is None:  # not an edit: the same JSON as before edits existed
             del data["edit"]
+        if data["control"] is None:  # no control image: the same JSON as before control existed
+            del data["control"]
         return json.dumps(data)
 
     @classmethod
@@ -208,6 +214,7 @@ class GenerationRecord:
             preset=check_text(data.get("preset"), "preset", 32),
             version=version,
             edit=_check_edit(data.get("edit")),
+            control=_check_controls(data.get("control")),
         )
 
     def pnginfo(self) -> PngImagePlugin.PngInfo:
@@ -226,12 +233,15 @@ class GenerationRecord:
 
 
 def save_png(image: Image.Image, path: str | os.PathLike, record: GenerationRecord,
-             source: Image.Image | None = None) -> Path:
+             source: Image.Image | None = None, controls: list | None = None) -> Path:
     """Saves ``image`` as a PNG carrying ``record``, atomically; for an edit, ``source`` (the edit's source image)
-    is saved beside it under the name the record gives, unless that file is already there with the same pixels."""
+    is saved beside it under the name the record gives, unless that file is already there with the same pixels;
+    so are the ``controls`` (:class:`~core.conditioning.control.ControlImage`) the record names."""
     path = Path(path)
     if record.edit and source is not None:
         save_edit_source(source, path.parent, record.edit)
+    for control in controls or []:
+        _save_beside(control.image, path.parent, control.file_name, control.digest)
     with atomic_path(path) as tmp:
         image.save(tmp, format="PNG", pnginfo=record.pnginfo())
     return path
@@ -239,16 +249,21 @@ def save_png(image: Image.Image, path: str | os.PathLike, record: GenerationReco
 
 def save_edit_source(source: Image.Image, folder: str | os.PathLike, edit: dict) -> Path:
     """Writes an edit's source image into ``folder`` as ``edit["source_file"]`` (kept when already there)."""
+    return _save_beside(source, folder, edit["source_file"], edit["source_sha256"])
+
+
+def _save_beside(image: Image.Image, folder: str | os.PathLike, name: str, digest: str) -> Path:
+    """Writes ``image`` as ``folder/name`` (kept when a file of the same pixels is already there)."""
     from core.conditioning.edit import image_digest
 
-    target = Path(folder) / edit["source_file"]
+    target = Path(folder) / name
     try:
-        if target.is_file() and image_digest(to_rgb(decode(open_image(target), "the source"))) == edit["source_sha256"]:
+        if target.is_file() and image_digest(to_rgb(decode(open_image(target), name))) == digest:
             return target
     except ImageInputError:
         pass
     with atomic_path(target) as tmp:
-        source.convert("RGB").save(tmp, format="PNG")
+        image.convert("RGB").save(tmp, format="PNG")
     return target
 
 
@@ -270,6 +285,28 @@ def read_edit_source(edit: dict, folder: str | os.PathLike | None) -> Image.Imag
     if image_digest(image) != edit["source_sha256"]:
         raise MetadataError(f"{path} is not the source this image was edited from (its pixels differ)")
     return image
+
+
+def read_control_image(control: dict, folder: str | os.PathLike | None):
+    """The :class:`~core.conditioning.control.ControlImage` a record's control entry names, its image read from
+    ``folder`` (where its PNG is) and checked against its digest."""
+    from core.conditioning.control import ControlImage
+    from core.conditioning.edit import image_digest
+
+    name = control["file"]
+    if folder is None:
+        raise MetadataError(f"this image used the control image {name}: recall it from its file, with {name} beside it")
+    path = Path(folder) / name
+    if not path.is_file():
+        raise MetadataError(f"this image used the control image {name}, which is not beside it in {folder}: put it "
+                            "back to recall the image")
+    try:
+        image = to_rgb(decode(open_image(path, name), name))
+    except ImageInputError as exc:
+        raise MetadataError(str(exc)) from None
+    if image_digest(image) != control["sha256"]:
+        raise MetadataError(f"{path} is not the control image this image was made with (its pixels differ)")
+    return ControlImage(image, control["kind"], control["scale"], control["start"], control["end"])
 
 
 def read_record(source) -> GenerationRecord:
@@ -447,6 +484,19 @@ def _check_edit(value) -> dict | None:
     return {"source_sha256": digest, "source_file": name,
             "strength": check_number(value.get("strength", 0.6), "edit strength", 0.0, 1.0),
             "region": _check_mask(value.get("region"), "the edit's region")}
+
+
+def _check_controls(value) -> list[dict] | None:
+    """Control entries as stored (:func:`core.conditioning.control.check_record`), at most ``MAX_CONTROLS``."""
+    from core.conditioning.control import MAX_CONTROLS, ControlError, check_record
+
+    if value is None:
+        return None
+    entries = _check_list(value, "control images", MAX_CONTROLS)
+    try:
+        return [check_record(c, f"control {i + 1}") for i, c in enumerate(entries)] or None
+    except ControlError as exc:
+        raise LimitError(str(exc)) from None
 
 
 def _check_models(value) -> dict:

@@ -317,6 +317,40 @@ def apply_preset(pipe, preset: MemoryPreset | str, device: str | torch.device) -
     return steps
 
 
+def attach_controlnet(pipe, controlnet, preset: MemoryPreset | str, device: str | torch.device) -> list[str]:
+    """Adds a ControlNet to a loaded pipeline under ``preset``: stored as the transformer is (fp8 layerwise casting
+    or quanto; a bitsandbytes preset's quanto alternative, as the net is loaded unquantized) and offloaded as the
+    rest (model offload is set up again over every model; group offload groups the net leaf by leaf). Returns the
+    steps taken, one line each."""
+    if isinstance(preset, str):
+        preset = get_preset(preset)
+    device = torch.device(device)
+    steps = []
+    quant = preset.transformer_quantization
+    if quant is not None and quant.startswith("bnb-"):
+        quant = QUANTO_ALTERNATIVE  # bitsandbytes quantizes while loading, and the net is loaded already
+    if quant is not None:
+        steps.append(_quantize_component(controlnet, "controlnet", quant, []))
+    pipe.load_controlnet(controlnet)
+    offload = "none" if device.type == "cpu" else preset.offload
+    if offload == "model":
+        pipe.enable_model_cpu_offload(device=device)  # removes the old hooks, chains every model again
+        steps.append(f"model CPU offload to {device}, ControlNet included")
+    elif offload in ("group", "disk") and _module_bytes(controlnet) >= GROUP_OFFLOAD_MIN_BYTES:
+        from diffusers.hooks import apply_group_offloading
+
+        to_disk = offload == "disk"
+        apply_group_offloading(controlnet, onload_device=device, offload_device=torch.device("cpu"),
+                               offload_type="leaf_level", use_stream=device.type == "cuda",
+                               low_cpu_mem_usage=group_low_cpu_mem_usage(preset),
+                               offload_to_disk_path=str(Path(offload_folder()) / "controlnet") if to_disk else None)
+        steps.append(f"controlnet group offload (leaf_level{', on disk' if to_disk else ''})")
+    else:
+        controlnet.to(device)
+        steps.append(f"controlnet on {device}")
+    return steps
+
+
 def resolve_preset(name: str, *, tiny: bool = False, zero_gpu: bool = False,
                    device: str | torch.device | None = None, width: int = 1024, height: int = 1024,
                    sources=None):
