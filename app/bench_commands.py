@@ -77,6 +77,8 @@ def add_plan_arguments(parser: argparse.ArgumentParser) -> None:
                         help="plan for this transformer file (.gguf or BFL .safetensors): its real size is read")
     parser.add_argument("--width", type=int, default=1024)
     parser.add_argument("--height", type=int, default=1024)
+    parser.add_argument("--controlnet", action="store_true",
+                        help="count a ControlNet for control images (Union-Pro-2.0's size: 6 double blocks)")
 
 
 def plan_main(args: argparse.Namespace) -> int:
@@ -92,7 +94,8 @@ def plan_main(args: argparse.Namespace) -> int:
         from core.loading.single_file import inspect_transformer_file
 
         files = inspect_transformer_file(args.base).weight_files()
-    print(format_plan(args.vram, args.ram, args.width, args.height, files=files))
+    print(format_plan(args.vram, args.ram, args.width, args.height, files=files,
+                      controlnet=bool(getattr(args, "controlnet", False))))
     return 0
 
 

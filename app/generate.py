@@ -58,7 +58,37 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                       help="with --image: redo only the white (or opaque) part of this mask image (or a region "
                            "such as left or box:x0,y0,x1,y1); characters without --mask act there; pixels beyond "
                            "a small feathered edge stay the source's")
+    control = parser.add_argument_group("control (pose, depth, edges: a ControlNet, loaded on first use)")
+    control.add_argument("--control", action="append", default=[], metavar="KIND:FILE[:SCALE]",
+                         help="a ready control image: KIND is pose, depth, canny, soft-edge or gray; SCALE 0 to 2 "
+                              "(default 0.7; 0.3-0.8 usually); repeat for several; saved beside the output")
+    control.add_argument("--control-from-photo", action="append", default=[], metavar="KIND:FILE[:SCALE]",
+                         help="make the control image from a photo or drawing first (pose: ViTPose, depth: Depth "
+                              "Anything, canny/soft-edge/gray: image filters)")
+    control.add_argument("--controlnet", default=None, metavar="SOURCE",
+                         help="the ControlNet: a hub id, diffusers folder or .safetensors file (default: a models "
+                              "directory's controlnet/, else Shakker-Labs/FLUX.1-dev-ControlNet-Union-Pro-2.0)")
     add_speed_arguments(parser)
+
+
+def parse_controls(specs: list[str], from_photo: list[str], models: str = "default") -> tuple[list, list[str]]:
+    """``--control`` and ``--control-from-photo`` values as control images (photos preprocessed); returns
+    ``(controls, notes)``."""
+    from core.conditioning.control import load_control, parse_control_spec
+
+    controls, notes = [], []
+    for spec in specs:
+        kind, path, scale = parse_control_spec(spec, "--control")
+        controls.append(load_control(path, kind, scale, name=f"--control {path}"))
+    for spec in from_photo:
+        from core.conditioning.preprocessors import make_control
+
+        kind, path, scale = parse_control_spec(spec, "--control-from-photo")
+        control, made = make_control(load_control(path, "gray", name=f"--control-from-photo {path}").image, kind,
+                                     scale, models=models)
+        controls.append(control)
+        notes += made
+    return controls, notes
 
 
 def parse_characters(specs: list[str], masks: list[str], default_scale: float, characters=None) -> list:
@@ -157,6 +187,10 @@ def build_request(args: argparse.Namespace):
         base.draft = True
     for note in _apply_edit(args, base):
         print(f"note: {note}")
+    if getattr(args, "control", None) or getattr(args, "control_from_photo", None):
+        base.controls, notes = parse_controls(args.control, args.control_from_photo, getattr(args, "models", ""))
+        for note in notes:
+            print(f"note: {note}")
     return base.check()
 
 
@@ -197,6 +231,8 @@ def run(args: argparse.Namespace) -> int:
     check_text(args.negative_prompt, "--negative-prompt", MAX_PROMPT_CHARS)
     request = build_request(args).with_seed()
     sources = ModelSources.parse(args.models).with_base(args.base) if getattr(args, "base", None) else None
+    if getattr(args, "controlnet", None):
+        sources = (sources or ModelSources.parse(args.models)).override(controlnet=args.controlnet)
     engine = Engine(args.models, preset=args.preset, dtype=args.dtype, progress_bars=True, sources=sources,
                     width=request.width, height=request.height, speed=speed_options(args))
     print(f"memory preset: {engine.preset.name} ({engine.preset_reason})")
@@ -211,7 +247,8 @@ def run(args: argparse.Namespace) -> int:
         return 130
     for note in result.notes:
         print(f"note: {note}")
-    path = save_png(result.images[0], args.out, result.records[0], source=request.source_image)
+    path = save_png(result.images[0], args.out, result.records[0], source=request.source_image,
+                    controls=request.controls)
     print(f"saved {path} (seed {result.seeds[0]})")
     return 0
 

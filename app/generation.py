@@ -256,13 +256,13 @@ def generate(ctx: StudioContext, slots: list[CharacterSlot], canvas, settings: G
     notes += [n for n in result.notes if n not in notes]
     paths = []
     for image, record in zip(result.images, result.records):
-        paths.append(str(_save(ctx, image, record, request.source_image)))
+        paths.append(str(_save(ctx, image, record, request.source_image, request.controls)))
         ctx.history.add(HistoryEntry(paths[-1], settings.prompt, record.seed, request.width, request.height,
                                      [c.name or f"character {j + 1}" for j, c in enumerate(request.characters)]))
     return GenerationResult(paths, list(result.seeds), notes, result.cancelled)
 
 
-def _save(ctx: StudioContext, image: Image.Image, record: GenerationRecord, source=None) -> Path:
+def _save(ctx: StudioContext, image: Image.Image, record: GenerationRecord, source=None, controls=None) -> Path:
     folder = Path(ctx.settings.output_dir)
     name = f"{time.strftime('%Y%m%d-%H%M%S')}-{record.seed}-{uuid.uuid4().hex[:6]}.png"
-    return save_png(image, folder / name, record, source=source)  # an edit's source goes beside it
+    return save_png(image, folder / name, record, source=source, controls=controls)  # sources go beside it

@@ -47,9 +47,11 @@ def estimate_text(ctx: StudioContext, preset_name: str, width: int = 1024, heigh
     except ModelSourceError:
         files = None
     e = estimate(preset, width, height, files=files)
+    c = estimate(preset, width, height, files=files, controlnet=True)
     return (f"Preset **{preset.name}** ({preset.description}) at {width}x{height}: GPU peak about "
             f"**{e.gpu_peak_gib:.1f} GiB**, RAM needed about **{e.ram_needed_gib:.1f} GiB** (peak RSS "
-            f"{e.ram_peak_gib:.1f} GiB).  \n{reason}")
+            f"{e.ram_peak_gib:.1f} GiB); with a ControlNet (control images) about {c.gpu_peak_gib:.1f} GiB GPU, "
+            f"{c.ram_needed_gib:.1f} GiB RAM.  \n{reason}")
 
 
 class SettingsEvents:

@@ -222,6 +222,9 @@ def _quantization_of(preset: MemoryPreset, component: str) -> str | None:
         return preset.text_encoder_quantization
     if component in ("projector", "adapter_processors"):
         return preset.adapter_quantization
+    if component == "controlnet":  # stored as the transformer; loaded unquantized, so quanto for bitsandbytes
+        quant = preset.transformer_quantization
+        return QUANTO_ALTERNATIVE if quant is not None and quant.startswith("bnb-") else quant
     return None
 
 
@@ -263,6 +266,11 @@ def phase_activation_bytes(sizes: Mapping[str, ComponentSize], width: int, heigh
         enc_tokens = IMAGE_CROPS * sum((sizes[n].config["image_size"] // sizes[n].config["patch_size"]) ** 2 + 1
                                        for n in ("siglip", "dinov2"))
         denoise = max(denoise, 3 * enc_tokens * ff * b)
+    if "controlnet" in sizes:
+        # its residuals (one image-token-wide tensor per block) live through the transformer's call
+        ccfg = sizes["controlnet"].config
+        blocks = ccfg.get("num_layers", 0) + ccfg.get("num_single_layers", 0)
+        denoise += blocks * (height // 16) * (width // 16) * inner * b
     out["denoise"] = denoise
     vcfg = sizes["vae"].config
     full_res_channels = vcfg["block_out_channels"][min(1, len(vcfg["block_out_channels"]) - 1)]
@@ -290,7 +298,7 @@ PHASE_COMPONENTS = {
     "text_encoder_2": ("text_encoder_2",),
     "siglip": ("siglip",),
     "dinov2": ("dinov2",),
-    "denoise": ("transformer", "adapter_processors", "projector"),
+    "denoise": ("transformer", "adapter_processors", "projector", "controlnet"),
     "vae": ("vae",),
 }
 # Under group offloading, components this small are simply kept on the GPU.
@@ -424,7 +432,7 @@ def group_low_cpu_mem_usage(preset: MemoryPreset) -> bool:
 def estimate(preset: MemoryPreset | str, width: int = 1024, height: int = 1024, *,
              sizes: Mapping[str, ComponentSize] | None = None, adapter: bool = True,
              use_stream: bool = True, bnb_keeps_float32: bool = False,
-             files: "WeightFiles | None" = None) -> MemoryEstimate:
+             files: "WeightFiles | None" = None, controlnet: bool = False) -> MemoryEstimate:
     """Estimate the GPU and RAM peaks of ``preset`` for one ``width`` x ``height`` image (pixels, batch 1).
 
     Args:
@@ -438,6 +446,8 @@ def estimate(preset: MemoryPreset | str, width: int = 1024, height: int = 1024, 
             in the compute dtype.
         files: what the weight files are (a single-file transformer's real size, the largest file mapped at
             once); default: the diffusers folders of FLUX.1-dev (10 GB shards).
+        controlnet: count a ControlNet (Union-Pro-2.0's size) when ``sizes`` is not given: stored as the
+            transformer, on the GPU with it while denoising, its residuals live through the transformer's call.
 
     GPU peak, by offload mode: ``none``: all weights + the largest phase activation; ``model``: the largest over
     phases of (that phase's models + its activations); ``group``: small components (< 1 GiB) resident + the
@@ -445,7 +455,7 @@ def estimate(preset: MemoryPreset | str, width: int = 1024, height: int = 1024, 
     """
     if isinstance(preset, str):
         preset = get_preset(preset)
-    sizes = dict(sizes) if sizes is not None else all_sizes(adapter=adapter)
+    sizes = dict(sizes) if sizes is not None else all_sizes(adapter=adapter, controlnet=controlnet)
     stored = {}
     for name, s in sizes.items():
         quant = _quantization_of(preset, name)
@@ -575,7 +585,8 @@ def usable_vram_bytes(vram_bytes: int) -> int:
 
 def choose_preset(vram_bytes: int | None, ram_bytes: int | None, width: int = 1024, height: int = 1024, *,
                   bitsandbytes_ok: bool = True, sizes: Mapping[str, ComponentSize] | None = None,
-                  files: WeightFiles | None = None) -> tuple[MemoryPreset, MemoryEstimate, str]:
+                  files: WeightFiles | None = None, controlnet: bool = False
+                  ) -> tuple[MemoryPreset, MemoryEstimate, str]:
     """The best preset whose estimate fits both budgets: ``(preset, estimate, reason)``. Pure: no detection here.
 
     Args:
@@ -584,6 +595,7 @@ def choose_preset(vram_bytes: int | None, ram_bytes: int | None, width: int = 10
         width, height: image size in pixels.
         bitsandbytes_ok: False swaps nf4 for ``quanto-int8`` (no bitsandbytes, or not on CUDA).
         files: the weight files (a GGUF transformer's real size); default: FLUX.1-dev's diffusers folders.
+        controlnet: count a ControlNet for control images (:func:`estimate`).
 
     Presets are tried in ``PRESET_ORDER`` (bf16 on the GPU, fp8, streamed, nf4, streamed from disk). One fits
     when its GPU peak is at most ``usable_vram_bytes(vram_bytes)`` and the RAM it needs
@@ -596,7 +608,7 @@ def choose_preset(vram_bytes: int | None, ram_bytes: int | None, width: int = 10
     candidates = [get_preset(n) for n in PRESET_ORDER]
     if not bitsandbytes_ok or vram_bytes is None:
         candidates = [p.with_quantization(QUANTO_ALTERNATIVE) if p.needs_bitsandbytes else p for p in candidates]
-    estimates = [estimate(p, width, height, sizes=sizes, files=files) for p in candidates]
+    estimates = [estimate(p, width, height, sizes=sizes, files=files, controlnet=controlnet) for p in candidates]
     size = f"{width}x{height}"
 
     def ram_ok(e: MemoryEstimate) -> bool:
@@ -653,7 +665,7 @@ def _ram_help(files: WeightFiles | None, ram_bytes: int | None = None, vram_byte
 
 
 def format_plan(vram_gb: float | None = None, ram_gb: float | None = None, width: int = 1024, height: int = 1024,
-                *, detect: bool = True, files: WeightFiles | None = None) -> str:
+                *, detect: bool = True, files: WeightFiles | None = None, controlnet: bool = False) -> str:
     """The ``plan`` command's table: each preset's GPU peak, RAM needed and RAM peak (GiB), and what ``auto``
     picks and why.
 
@@ -661,22 +673,25 @@ def format_plan(vram_gb: float | None = None, ram_gb: float | None = None, width
         vram_gb, ram_gb: GPU memory and RAM in GiB (GPU makers' "GB"); None: detected (when ``detect``).
         width, height: image size in pixels.
         files: the weight files (``core.loading.single_file.weight_files``); default: FLUX.1-dev's folders.
+        controlnet: count a ControlNet of Union-Pro-2.0's size (control images).
     """
     detected = detect_memory() if detect and (vram_gb is None or ram_gb is None) else None
     vram = vram_gb * GiB if vram_gb is not None else (detected.vram_total_bytes if detected else None)
     ram = ram_gb * GiB if ram_gb is not None else (detected.ram_total_bytes if detected else None)
     bnb_ok = bitsandbytes_usable() if vram_gb is None else True
-    chosen, _, reason = choose_preset(vram, ram, width, height, bitsandbytes_ok=bnb_ok, files=files)
+    chosen, _, reason = choose_preset(vram, ram, width, height, bitsandbytes_ok=bnb_ok, files=files,
+                                      controlnet=controlnet)
     where = (f"GPU {vram / GiB:.1f} GiB" if vram is not None else "no GPU") + \
             (f", RAM {ram / GiB:.1f} GiB" if ram is not None else ", RAM unknown")
     what = f", transformer {files.transformer_file}" if files is not None and files.transformer_file else ""
-    lines = [f"Memory plan for {width}x{height}, FLUX.1-dev + InstantCharacter ({where}{what})", ""]
+    control = " + ControlNet (Union-Pro-2.0)" if controlnet else ""
+    lines = [f"Memory plan for {width}x{height}, FLUX.1-dev + InstantCharacter{control} ({where}{what})", ""]
     lines.append(f"  {'preset':<13} {'GPU peak':>9} {'RAM need':>9} {'RAM peak':>9}  description")
     for name in PRESET_ORDER:
         p = get_preset(name)
         if name == chosen.name:
             p = chosen  # shows the quanto alternative when auto swapped it in
-        e = estimate(p, width, height, files=files)
+        e = estimate(p, width, height, files=files, controlnet=controlnet)
         mark = "*" if name == chosen.name else " "
         swapped = p.transformer_quantization != get_preset(name).transformer_quantization
         quant = f" [as {p.transformer_quantization or p.dtype}: no bitsandbytes]" if swapped else ""

@@ -42,6 +42,8 @@ BUNDLED_CONFIGS = {
     "vae": ("flux1-dev-vae.json", "vae"),
     "siglip": ("siglip-so400m-patch14-384-vision.json", ""),
     "dinov2": ("dinov2-giant.json", ""),
+    # Shakker-Labs' FLUX.1-dev-ControlNet-Union-Pro-2.0 (6 double blocks, no single ones, no mode embedding)
+    "controlnet": ("flux1-dev-controlnet-union-pro-2.0.json", ""),
 }
 ADAPTER_LAYOUT = CONFIG_DIR / "instantcharacter-adapter-layout.json"
 
@@ -110,6 +112,10 @@ def _build_on_meta(name: str, config: dict) -> torch.nn.Module:
             from diffusers import FluxTransformer2DModel
 
             return FluxTransformer2DModel.from_config(cfg)
+        if name == "controlnet":
+            from diffusers import FluxControlNetModel
+
+            return FluxControlNetModel.from_config(cfg)
         if name == "vae":
             from diffusers import AutoencoderKL
 
@@ -289,13 +295,17 @@ def adapter_sizes() -> tuple[ComponentSize, ComponentSize]:
 
 
 def all_sizes(flux_dir: str | Path | None = None, siglip_dir: str | Path | None = None,
-              dinov2_dir: str | Path | None = None, adapter: bool = True) -> dict[str, ComponentSize]:
-    """Counts of every component the studio loads; without ``adapter``, plain FLUX.1-dev (4 components)."""
+              dinov2_dir: str | Path | None = None, adapter: bool = True, controlnet: bool = False,
+              controlnet_dir: str | Path | None = None) -> dict[str, ComponentSize]:
+    """Counts of every component the studio loads; without ``adapter``, plain FLUX.1-dev (4 components); with
+    ``controlnet``, the ControlNet control images use (``controlnet_dir``'s config, else Union-Pro-2.0's)."""
     sizes = {name: model_size(name, flux_dir) for name in ("transformer", "text_encoder", "text_encoder_2", "vae")}
     if adapter:
         sizes["siglip"] = model_size("siglip", siglip_dir)
         sizes["dinov2"] = model_size("dinov2", dinov2_dir)
         sizes["projector"], sizes["adapter_processors"] = adapter_sizes()
+    if controlnet:
+        sizes["controlnet"] = model_size("controlnet", controlnet_dir)
     return sizes
 
 

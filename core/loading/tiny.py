@@ -123,6 +123,43 @@ def build_tiny_controlnet(folder: Path | None = None, num_layers: int = 1, num_s
     return net
 
 
+def build_tiny_preprocessors(folder: Path, seed: int = 3) -> Path:
+    """Tiny random models of the preprocessors' classes (``depth/``: DepthAnythingForDepthEstimation, ``pose/``:
+    VitPoseForPoseEstimation, ``person/``: RTDetrForObjectDetection) with their image processors; their outputs
+    are noise, their shapes and code paths the real ones'."""
+    from transformers import (DepthAnythingConfig, DepthAnythingForDepthEstimation, Dinov2Config, DPTImageProcessor,
+                              RTDetrConfig, RTDetrForObjectDetection, RTDetrImageProcessor, RTDetrResNetConfig,
+                              VitPoseBackboneConfig, VitPoseConfig, VitPoseForPoseEstimation, VitPoseImageProcessor)
+
+    folder = Path(folder)
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        backbone = Dinov2Config(hidden_size=32, num_hidden_layers=4, num_attention_heads=2, intermediate_size=64,
+                                patch_size=14, image_size=518, out_features=["stage1", "stage2", "stage3", "stage4"],
+                                reshape_hidden_states=False)
+        DepthAnythingForDepthEstimation(DepthAnythingConfig(
+            backbone_config=backbone, reassemble_hidden_size=32, neck_hidden_sizes=[8, 16, 32, 32],
+            fusion_hidden_size=16, head_hidden_size=8)).eval().save_pretrained(folder / "depth")
+        DPTImageProcessor(size={"height": 70, "width": 70}, keep_aspect_ratio=True, ensure_multiple_of=14,
+                          do_pad=False, image_mean=[0.485, 0.456, 0.406], image_std=[0.229, 0.224, 0.225],
+                          resample=3).save_pretrained(folder / "depth")
+        pose_backbone = VitPoseBackboneConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, mlp_ratio=2,
+                                              image_size=[64, 48], patch_size=[16, 16], out_indices=[2])
+        VitPoseForPoseEstimation(VitPoseConfig(backbone_config=pose_backbone, num_labels=17)).eval().save_pretrained(
+            folder / "pose")
+        VitPoseImageProcessor(size={"height": 64, "width": 48}).save_pretrained(folder / "pose")
+        resnet = RTDetrResNetConfig(embedding_size=8, hidden_sizes=[8, 16, 32, 64], depths=[1, 1, 1, 1],
+                                    layer_type="basic", out_features=["stage2", "stage3", "stage4"])
+        detector = RTDetrForObjectDetection(RTDetrConfig(
+            backbone_config=resnet, encoder_hidden_dim=16, encoder_in_channels=[16, 32, 64], encoder_ffn_dim=32,
+            d_model=16, decoder_in_channels=[16, 16, 16], decoder_ffn_dim=32, num_queries=10, decoder_layers=1,
+            encoder_layers=1, decoder_attention_heads=2, encoder_attention_heads=2, num_labels=80,
+            decoder_n_points=2)).eval()
+        detector.save_pretrained(folder / "person")
+        RTDetrImageProcessor(size={"height": 64, "width": 64}).save_pretrained(folder / "person")
+    return folder
+
+
 def build_tiny_encoders(folder: Path) -> None:
     from transformers import (
         BitImageProcessorPil,
@@ -211,6 +248,7 @@ def build_tiny_bundle(folder: str | Path, seed: int = 0) -> Path:
         build_tiny_clip(metrics["clip"])
         build_tiny_dino(metrics["dino"])
     build_tiny_controlnet(folder / "controlnet")  # its own seed: the other models are those of before
+    build_tiny_preprocessors(folder / "preprocessors")
     (folder / _MARKER).write_text(json.dumps({"version": TINY_VERSION, "seed": seed}))
     return folder
 

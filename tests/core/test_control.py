@@ -124,3 +124,15 @@ def test_a_record_with_a_bad_control_is_refused():
     entry.update(scale=0.5, file="../x.png")
     with pytest.raises(MetadataError, match="file must be control-<digest>.png"):
         GenerationRecord.from_json(GenerationRecord("a cat", 1, control=[entry]).to_json())
+
+
+def test_the_planner_counts_the_controlnet():
+    from core.loading.memory import estimate, format_plan
+
+    plain, control = estimate("full"), estimate("full", controlnet=True)
+    assert control.weight_bytes["controlnet"] == 2_140_876_800 * 2  # Union-Pro-2.0's parameters in bf16
+    assert control.gpu_peak_bytes > plain.gpu_peak_bytes + control.weight_bytes["controlnet"]  # + its residuals
+    fp8 = estimate("fp8", controlnet=True)
+    assert fp8.weight_bytes["controlnet"] < control.weight_bytes["controlnet"] * 0.7  # stored as the transformer
+    assert estimate("low", controlnet=True).weight_bytes["controlnet"] < control.weight_bytes["controlnet"] * 0.6
+    assert "+ ControlNet (Union-Pro-2.0)" in format_plan(24, 64, detect=False, controlnet=True)
