@@ -87,12 +87,15 @@ _TENSOR_ARGS = ("hidden_states", "timestep", "guidance", "pooled_projections", "
 
 def _flatten(kwargs: dict):
     """``(signature, flat kwargs)`` of one transformer call from ``InstantCharacterPipeline._predict``, or
-    ``(None, None)`` when the call has something the compiled program cannot take (text-adapter tokens)."""
+    ``(None, None)`` when the call has something the compiled program cannot take (text-adapter tokens, a
+    ControlNet's residuals)."""
     import torch
 
     joint = kwargs.get("joint_attention_kwargs") or {}
     conditions = list(joint.get("character_conditions") or [])
     if any(c.text_tokens is not None for c in conditions) or any(k not in kwargs for k in _TENSOR_ARGS):
+        return None, None
+    if kwargs.get("controlnet_block_samples") is not None or kwargs.get("controlnet_single_block_samples") is not None:
         return None, None
     masked = tuple(c.mask is not None for c in conditions)
     flat = {name: kwargs[name] for name in _TENSOR_ARGS}

@@ -470,12 +470,13 @@ class InstantCharacterPipeline(FluxPipeline):
                     residuals = guide.residuals(i, latents, timestep / 1000, guidance_scale, pooled_prompt_embeds,
                                                 prompt_embeds, text_ids, latent_image_ids)
                     residuals = residuals + (guide.repeats_blocks,)
+                control = {} if residuals is None else {"residuals": residuals}  # none: the call of before
                 noise_pred = self._predict(latents, timestep, guidance, pooled_prompt_embeds, prompt_embeds,
-                                           text_ids, latent_image_ids, conditions, residuals=residuals)
+                                           text_ids, latent_image_ids, conditions, **control)
                 if do_true_cfg:
                     neg_noise_pred = self._predict(latents, timestep, guidance, negative_pooled,
                                                    negative_prompt_embeds, negative_text_ids, latent_image_ids,
-                                                   negative_conditions, context="uncond", residuals=residuals)
+                                                   negative_conditions, context="uncond", **control)
                     noise_pred = neg_noise_pred + true_cfg_scale * (noise_pred - neg_noise_pred)
                 latents = self.scheduler.step(noise_pred, t, latents, return_dict=False)[0]
                 if edit is not None:
