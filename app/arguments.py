@@ -42,6 +42,26 @@ def speed_options(args: argparse.Namespace):
                              attention_backend=getattr(args, "attention", None), fp8=getattr(args, "fp8", None))
 
 
+def add_file_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--vae``, ``--clip``, ``--t5``: FLUX's other parts as the single files ComfyUI and Forge use."""
+    parser.add_argument("--vae", default=None, metavar="FILE", help="FLUX VAE file (ae.safetensors, BFL/ldm layout)")
+    parser.add_argument("--clip", default=None, metavar="FILE", help="CLIP-L text encoder file (clip_l.safetensors)")
+    parser.add_argument("--t5", default=None, metavar="FILE",
+                        help="T5-XXL text encoder file (t5xxl_fp16 / bf16 / fp8_e4m3fn .safetensors)")
+
+
+def file_sources(args: argparse.Namespace):
+    """The sources of ``--models`` with ``--base`` / ``--vae`` / ``--clip`` / ``--t5`` applied (each file's header
+    checked now), or None when none of them is given and ``--models`` says it all."""
+    from core.loading.sources import ModelSources
+
+    given = {k: getattr(args, k, None) for k in ("base", "vae", "clip", "t5")}
+    sources = ModelSources.parse(args.models)
+    if not any(given.values()) and not sources.notes:
+        return None
+    return sources.with_base(given["base"]).with_files(vae=given["vae"], clip=given["clip"], t5=given["t5"])
+
+
 def add_launch_arguments(parser: argparse.ArgumentParser) -> None:
     """The studio's options (the command's defaults when no subcommand is given)."""
     parser.add_argument("--host", default="127.0.0.1",
@@ -54,10 +74,11 @@ def add_launch_arguments(parser: argparse.ArgumentParser) -> None:
                         help="another login (repeatable) that may generate but not change settings or train")
     parser.add_argument("--models", default="default",
                         help="default (Hugging Face Hub), tiny (small random models to try the interface) or a "
-                             "models folder (flux/, siglip/, dinov2/, adapter file)")
+                             "models folder (flux/, siglip/, dinov2/, adapter file), or a ComfyUI/Forge models folder")
     parser.add_argument("--base", default=None, metavar="PATH",
                         help="FLUX.1 base: a diffusers folder or hub id, or one transformer file (BFL .safetensors, "
                              "bf16 or fp8, or .gguf) used with the other FLUX parts of --models")
+    add_file_arguments(parser)
     parser.add_argument("--preset", default="auto", choices=PRESET_CHOICES, help="memory preset (default: auto)")
     parser.add_argument("--speed", choices=SPEED_CHOICES, default="off",
                         help="speed mode: off, full (compiled, lossless) or fast (+ fp8); see the README")

@@ -39,6 +39,7 @@ class StudioSettings:
     Attributes:
         models: ``default`` (hub models), ``tiny`` (random test models) or a models directory.
         base, siglip, dinov2, adapter: optional overrides of single sources (hub ids or local paths).
+        vae, clip, t5: FLUX's VAE, CLIP-L and T5-XXL as single files (ComfyUI/Forge's), or None.
         preset: a memory preset name or ``auto``.
         output_dir: where generated PNGs go (default: ``outputs`` in the user data folder).
         clip_model, dino_model: the scoring models (default: the paper's, or the tiny models' own with ``tiny``).
@@ -52,6 +53,9 @@ class StudioSettings:
     siglip: str | None = None
     dinov2: str | None = None
     adapter: str | None = None
+    vae: str | None = None
+    clip: str | None = None
+    t5: str | None = None
     clip_model: str | None = None
     dino_model: str | None = None
     speed: str = "off"
@@ -61,11 +65,13 @@ class StudioSettings:
 
     def sources(self) -> ModelSources:
         # with_base: a single transformer file (.safetensors / .gguf) replaces only the transformer
-        return ModelSources.parse(self.models).with_base(self.base or None).override(
+        return ModelSources.parse(self.models).with_base(self.base or None).with_files(
+            vae=self.vae or None, clip=self.clip or None, t5=self.t5 or None).override(
             siglip=self.siglip or None, dinov2=self.dinov2 or None, adapter=self.adapter or None)
 
     def key(self) -> tuple:
-        return (self.models, self.base, self.siglip, self.dinov2, self.adapter, self.preset, self.speed)
+        return (self.models, self.base, self.siglip, self.dinov2, self.adapter, self.vae, self.clip, self.t5,
+                self.preset, self.speed)
 
     @property
     def is_tiny(self) -> bool:

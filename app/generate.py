@@ -8,7 +8,8 @@ import os
 import re
 from pathlib import Path
 
-from .arguments import DTYPE_CHOICES, PRESET_CHOICES, add_speed_arguments, speed_options
+from .arguments import (DTYPE_CHOICES, PRESET_CHOICES, add_file_arguments, add_speed_arguments, file_sources,
+                        speed_options)
 
 # light at import time: `instantcharacter-studio --help` must not load torch; the heavy modules load in `run`
 _CHARACTER = re.compile(r"^(?:(?P<name>[^=\[\]]+)=)?(?P<path>.+?)(?::(?P<scale>[0-9]*\.?[0-9]+))?$")
@@ -38,10 +39,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--width", type=int, default=None, help="multiple of 16 (default 1024)")
     parser.add_argument("--height", type=int, default=None, help="multiple of 16 (default 1024)")
     parser.add_argument("--seed", type=int, default=None, help="random when omitted; recorded in the PNG")
-    parser.add_argument("--models", default="default", help="default, tiny, or a models directory")
+    parser.add_argument("--models", default="default", help="default, tiny, a models directory, or a ComfyUI/Forge models folder")
     parser.add_argument("--base", default=None, metavar="PATH",
                         help="FLUX.1 base: a diffusers folder or hub id, or one transformer file (BFL .safetensors, "
                              "bf16 or fp8, or .gguf) used with the other FLUX parts of --models")
+    add_file_arguments(parser)
     parser.add_argument("--text-adapter", default=None, help="a trained text adapter (.safetensors)")
     parser.add_argument("--dtype", choices=DTYPE_CHOICES, default=None,
                         help="weights dtype (default: bfloat16 on GPU, float32 on CPU)")
@@ -230,7 +232,9 @@ def run(args: argparse.Namespace) -> int:
     check_text(args.prompt, "--prompt", MAX_PROMPT_CHARS)
     check_text(args.negative_prompt, "--negative-prompt", MAX_PROMPT_CHARS)
     request = build_request(args).with_seed()
-    sources = ModelSources.parse(args.models).with_base(args.base) if getattr(args, "base", None) else None
+    sources = file_sources(args)
+    for note in sources.notes if sources is not None else ():
+        print(f"models: {note}")
     if getattr(args, "controlnet", None):
         sources = (sources or ModelSources.parse(args.models)).override(controlnet=args.controlnet)
     engine = Engine(args.models, preset=args.preset, dtype=args.dtype, progress_bars=True, sources=sources,

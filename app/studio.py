@@ -168,7 +168,9 @@ def served_paths(ctx: StudioContext) -> list[str]:
 def launch(args: argparse.Namespace, *, block: bool = True):
     """Starts the studio; returns 0 when it stops (``block=False``: returns ``(demo, url)`` at once, for tests)."""
     ctx = StudioContext(StudioSettings(models=args.models, preset=args.preset, output_dir=args.output_dir,
-                                       speed=getattr(args, "speed", "off"), base=getattr(args, "base", None)),
+                                       speed=getattr(args, "speed", "off"), base=getattr(args, "base", None),
+                                       vae=getattr(args, "vae", None), clip=getattr(args, "clip", None),
+                                       t5=getattr(args, "t5", None)),
                         access=access_for(args))
     kwargs = launch_kwargs(ctx, args)
     for warning in exposure_warnings(args.host, args.share, args.auth):

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 
 from core.loading.loras import LoadedLoras
 from core.request import GenerationRequest
+from core.loading.component_files import file_digest
 from core.loading.sources import ModelSources
 
 log = logging.getLogger(__name__)
@@ -136,8 +137,10 @@ class Engine:
         """Where an image was made, for its PNG record: model sources, dtype and preset."""
         s = self.sources
         models = {"base": s.base, "siglip": s.siglip, "dinov2": s.dinov2, "adapter": s.adapter, "spec": self.spec}
-        if getattr(s, "transformer", None):  # a single-file transformer replaced the base's
-            models["transformer"] = s.transformer
+        for part, path in s.part_files().items():  # single files replaced these parts: name and fingerprint
+            models[part] = {"file": os.path.basename(path), "digest": file_digest(path)}
+        if os.path.isfile(s.siglip):
+            models["siglip"] = {"file": os.path.basename(s.siglip), "digest": file_digest(s.siglip)}
         return {"models": models, "dtype": self.dtype_name, "preset": self.preset.name}
 
     # ------------------------------------------------------------------ loading

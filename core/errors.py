@@ -18,3 +18,9 @@ class UserError(Exception):
 
 class UsageError(UserError, ValueError):
     """A command or option used wrongly (a missing argument, options that do not go together)."""
+
+
+class ModelSourceError(UserError, RuntimeError):
+    """A model that cannot be found or fetched, or a weight file that is not what it was given as; the message
+    says what to do. (Here rather than in ``core.loading.sources`` so the file readers that raise it need not
+    import the sources.)"""

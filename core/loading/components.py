@@ -9,7 +9,12 @@ from pathlib import Path
 import torch
 
 from core.loading.checkpoint import build_adapter, check_compatible, read_adapter
-from core.loading.sources import BASE_PATTERNS, ModelSourceError, ModelSources, resolve_file, resolve_folder
+from core.loading.component_files import (FLUX_TOKENIZERS, PART_NAME, PARTS, TOKENIZER_PATTERNS,
+                                          bundled_flux_folder, inspect_file, load_part,
+                                          vision_tower_folder)
+from core.loading.single_file import load_transformer_file
+from core.loading.sources import (BASE_PATTERNS, DEFAULT_BASE, ModelSourceError, ModelSources, resolve_file,
+                                  resolve_folder)
 
 log = logging.getLogger(__name__)
 
@@ -20,6 +25,21 @@ def _from_pretrained(load, path: str, what: str, **kwargs):
     except (OSError, ValueError, KeyError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ModelSourceError(f"cannot load {what} from {path}: {first}") from None
+
+
+def _base_folder(sources: ModelSources, files: dict) -> tuple[str, dict]:
+    """``(folder, tokenizers)``: the base's folder, fetched without the weights files replace; with every FLUX part
+    from a file and the default (gated) base, the bundled configs and the tokenizers from ungated repositories."""
+    if sources.base == DEFAULT_BASE and set(files) == set(PARTS):
+        from transformers import CLIPTokenizer, T5TokenizerFast
+
+        tokenizers = {}
+        for name, cls in (("tokenizer", CLIPTokenizer), ("tokenizer_2", T5TokenizerFast)):
+            folder = resolve_folder(FLUX_TOKENIZERS[name], f"the {name} of FLUX.1", TOKENIZER_PATTERNS)
+            tokenizers[name] = _from_pretrained(cls.from_pretrained, folder, f"the tokenizer {FLUX_TOKENIZERS[name]}")
+        return str(bundled_flux_folder()), tokenizers
+    ignore = [f"{part}/*.safetensors" for part in files]
+    return resolve_folder(sources.base, "FLUX base model", BASE_PATTERNS, ignore_patterns=ignore or None), {}
 
 
 def load_components(base=None, *, siglip=None, dinov2=None, adapter=None, dtype=torch.bfloat16,
@@ -40,25 +60,31 @@ def load_components(base=None, *, siglip=None, dinov2=None, adapter=None, dtype=
         sources = ModelSources(base=str(base))
     sources = sources.override(siglip=siglip, dinov2=dinov2, adapter=adapter)
 
-    log.info("loading FLUX from %s%s", sources.base, f" (transformer {sources.transformer})" if sources.transformer else "")
-    if sources.transformer:  # a single file: the base supplies everything else (its transformer is not fetched)
-        from core.loading.single_file import load_transformer_file
-
-        base_path = resolve_folder(sources.base, "FLUX base model", BASE_PATTERNS,
-                                   ignore_patterns=["transformer/*.safetensors"])
-        quantization = flux_kwargs.get("quantization_config")
-        mapping = getattr(quantization, "quant_mapping", None) or {}
-        flux_kwargs["transformer"] = load_transformer_file(sources.transformer, dtype, base_path,
+    files = sources.part_files()
+    log.info("loading FLUX from %s%s", sources.base,
+             "".join(f" ({part} {path})" for part, path in files.items()))
+    base_path, tokenizers = _base_folder(sources, files)
+    quantization = flux_kwargs.get("quantization_config")
+    mapping = getattr(quantization, "quant_mapping", None) or {}
+    if "transformer" in files:
+        flux_kwargs["transformer"] = load_transformer_file(files["transformer"], dtype, base_path,
                                                            quantization_config=mapping.pop("transformer", None))
-        if quantization is not None and not mapping:
-            flux_kwargs.pop("quantization_config")
-    else:
-        base_path = resolve_folder(sources.base, "FLUX base model", BASE_PATTERNS)
+    for part in ("vae", "text_encoder", "text_encoder_2"):
+        if part not in files:
+            continue
+        if part in mapping:  # bitsandbytes quantizes while transformers loads a folder, not a single file
+            raise ModelSourceError(f"{files[part]}: a {PART_NAME[part]} file cannot be loaded under a preset that "
+                                   "quantizes it with bitsandbytes; choose the fp8 or a quanto preset")
+        config = base_path if (Path(base_path) / part / "config.json").is_file() else bundled_flux_folder()
+        flux_kwargs[part] = load_part(inspect_file(files[part]), part, dtype, config)
+    if quantization is not None and not mapping:
+        flux_kwargs.pop("quantization_config")
     flux = _from_pretrained(FluxPipeline.from_pretrained, base_path, "the FLUX base model", dtype=dtype,
-                            **flux_kwargs)
+                            **tokenizers, **flux_kwargs)
     if not progress:
         flux.set_progress_bar_config(disable=True)
-    siglip_path = resolve_folder(sources.siglip, "SigLIP")
+    siglip_file = Path(sources.siglip).expanduser()
+    siglip_path = vision_tower_folder(siglip_file) if siglip_file.is_file() else resolve_folder(sources.siglip, "SigLIP")
     dinov2_path = resolve_folder(sources.dinov2, "DINOv2")
     siglip_model = _from_pretrained(SiglipVisionModel.from_pretrained, siglip_path, "SigLIP", dtype=dtype)
     # the PIL processors always: the released numbers (and the golden outputs) come from them, and with

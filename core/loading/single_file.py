@@ -23,7 +23,7 @@ from pathlib import Path
 
 from core.loading.memory import WeightFiles
 from core.loading.model_sizes import CONFIG_DIR
-from core.loading.sources import ModelSourceError
+from core.errors import ModelSourceError
 
 SINGLE_FILE_SUFFIXES = (".safetensors", ".gguf")
 # A key present in every FLUX.1 transformer file, per layout (BFL files may carry ComfyUI's prefix).
@@ -50,6 +50,8 @@ class TransformerFile:
         tensor_bytes: bytes of all its tensors as stored (quantized for GGUF, fp8 or bf16 for safetensors).
         dtypes: the stored dtypes or GGUF quantization types, e.g. ``{"Q8_0", "F32"}`` or ``{"BF16"}``.
         file_bytes: the file's size on disk.
+        prefix: the transformer's key prefix in an all-in-one checkpoint (``model.diffusion_model.``, with
+            other parts beside it; its ``tensor_bytes`` count the transformer's tensors only), else ``""``.
     """
 
     path: str
@@ -58,6 +60,7 @@ class TransformerFile:
     tensor_bytes: int
     dtypes: frozenset[str]
     file_bytes: int
+    prefix: str = ""
 
     @property
     def quantized(self) -> bool:
@@ -84,7 +87,7 @@ def _layout(path: Path, names) -> str:
                           f"{DIFFUSERS_KEY} (diffusers layout) tensor")
 
 
-def _safetensors_header(path: Path) -> dict:
+def safetensors_header(path: Path) -> dict:
     size = path.stat().st_size
     with open(path, "rb") as f:
         head = f.read(8)
@@ -113,11 +116,16 @@ def inspect_transformer_file(path: str | os.PathLike) -> TransformerFile:
         raise SingleFileError(f"transformer file not found: {path}")
     suffix = path.suffix.lower()
     if suffix == ".safetensors":
-        header = _safetensors_header(path)
+        header = safetensors_header(path)
         layout = _layout(path, header)
+        prefix = "model.diffusion_model."
+        if layout == "bfl" and prefix + BFL_KEY in header and not all(k.startswith(prefix) for k in header):
+            header = {k: v for k, v in header.items() if k.startswith(prefix)}  # the other parts are not its size
+        else:
+            prefix = ""
         dtypes = frozenset(v["dtype"] for v in header.values())
         nbytes = sum(v["data_offsets"][1] - v["data_offsets"][0] for v in header.values())
-        return TransformerFile(str(path), "safetensors", layout, nbytes, dtypes, path.stat().st_size)
+        return TransformerFile(str(path), "safetensors", layout, nbytes, dtypes, path.stat().st_size, prefix)
     if suffix == ".gguf":
         from gguf import GGUFReader
 
@@ -262,6 +270,11 @@ def load_transformer_file(path: str | os.PathLike, dtype, base_folder: str | os.
     try:
         if info.format == "gguf":
             checkpoint = gguf_checkpoint(info.path)
+        elif info.prefix:  # an all-in-one checkpoint: only the transformer's tensors are read (memory-mapped)
+            from safetensors import safe_open
+
+            with safe_open(info.path, framework="pt") as f:
+                checkpoint = {k: f.get_tensor(k) for k in f.keys() if k.startswith(info.prefix)}
         else:
             checkpoint = load_single_file_checkpoint(info.path, local_files_only=True)
         if info.layout == "bfl":

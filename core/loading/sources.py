@@ -9,7 +9,10 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, replace
 from pathlib import Path
-from core.errors import UserError
+from core.errors import ModelSourceError
+from core.loading.comfyui_folder import check_part_file, choose_files, comfyui_models_folder, find_part_files
+from core.loading.component_files import check_file
+from core.loading.single_file import inspect_transformer_file, is_transformer_file
 
 DEFAULT_BASE = "black-forest-labs/FLUX.1-dev"
 DEFAULT_SIGLIP = "google/siglip-so400m-patch14-384"
@@ -23,17 +26,16 @@ ADAPTER_SUFFIXES = (".bin", ".safetensors")
 BASE_PATTERNS = ["model_index.json", "*/*.json", "*/*.safetensors", "*/*.model", "*/*.txt"]
 
 
-class ModelSourceError(UserError, RuntimeError):
-    """A model that cannot be found or fetched; the message says what to do."""
-
-
 @dataclass(frozen=True)
 class ModelSources:
     """The model sources; each is a hub id (adapter: ``owner/repo/filename``) or a local path.
 
-    ``transformer``, when set, is a single file (BFL-format ``.safetensors``, bf16 or fp8, or ``.gguf``) that
-    replaces the base's transformer; the base still supplies FLUX's VAE, text encoders, tokenizers and scheduler
-    (see :mod:`core.loading.single_file`).
+    ``transformer``, ``vae``, ``clip`` and ``t5``, when set, are single files that replace that FLUX part's weights
+    (see :mod:`core.loading.single_file` and :mod:`core.loading.component_files`); an all-in-one checkpoint is
+    named for every part it holds. The base still supplies the parts given no file, and the configs, tokenizers
+    and scheduler; with every part from a file and the default base, the bundled FLUX.1-dev configs and the
+    tokenizers' ungated repositories do, so nothing gated is fetched. ``notes`` say which file was taken for each
+    part of a ComfyUI/Forge folder and why.
 
     ``controlnet``, when set, is the ControlNet for control images (a hub id, a diffusers folder or a
     ``.safetensors`` file); otherwise a models directory's ``controlnet/`` folder, else :data:`DEFAULT_CONTROLNET`,
@@ -46,14 +48,25 @@ class ModelSources:
     adapter: str = DEFAULT_ADAPTER
     transformer: str | None = None
     controlnet: str | None = None
+    vae: str | None = None
+    clip: str | None = None
+    t5: str | None = None
+    notes: tuple[str, ...] = ()
+
+    def part_files(self) -> dict[str, str]:
+        """The FLUX parts given as files, by pipeline component name (``text_encoder`` is CLIP, ``..._2`` T5)."""
+        files = {"transformer": self.transformer, "vae": self.vae, "text_encoder": self.clip,
+                 "text_encoder_2": self.t5}
+        return {part: path for part, path in files.items() if path}
 
     @classmethod
     def from_models_dir(cls, folder: str | os.PathLike) -> "ModelSources":
         """A folder laid out as ``flux/``, ``siglip/``, ``dinov2/`` and one adapter file (``.bin``/``.safetensors``).
 
-        A ``.gguf`` or BFL ``.safetensors`` file directly inside ``flux/`` (``flux/flux1-dev-Q4_K_S.gguf``) is the
-        transformer; ``flux/`` then needs no ``transformer/`` weights (a ``transformer/config.json`` alone sets
-        the file's shape; without one, FLUX.1-dev's bundled config is used).
+        Single files directly inside ``flux/`` replace the parts they hold (found by their headers): a ``.gguf``
+        or BFL ``.safetensors`` transformer, ``ae.safetensors``, ``clip_l.safetensors``, a ``t5xxl`` file, an
+        all-in-one checkpoint; ``flux/`` then needs only the configs and tokenizers of those parts (without a
+        ``transformer/config.json``, FLUX.1-dev's bundled one is used).
         """
         folder = Path(folder)
         if not folder.is_dir():
@@ -66,36 +79,64 @@ class ModelSources:
             raise ModelSourceError(f"models directory {folder} is missing: {', '.join(missing)}")
         # prefer safetensors when both formats are present
         adapter = next((p for p in adapters if p.suffix == ".safetensors"), adapters[0])
-        from core.loading.single_file import find_transformer_file
-
+        parts = find_part_files(folder / "flux")
         controlnet = folder / "controlnet"
         return cls(str(folder / "flux"), str(folder / "siglip"), str(folder / "dinov2"), str(adapter),
-                   find_transformer_file(folder / "flux"),
+                   transformer=parts.get("transformer"), vae=parts.get("vae"), clip=parts.get("text_encoder"),
+                   t5=parts.get("text_encoder_2"),
                    controlnet=str(controlnet) if (controlnet / "config.json").is_file() else None)
 
     @classmethod
+    def from_comfyui_folder(cls, folder: str | os.PathLike) -> "ModelSources":
+        """A ComfyUI or Forge ``models`` folder: each FLUX part from the file its folders hold (see
+        :mod:`core.loading.comfyui_folder`), SigLIP from ``clip_vision/`` when there; the rest from the hub."""
+        found = choose_files(folder)
+        return cls(siglip=found.siglip or DEFAULT_SIGLIP, transformer=found.parts.get("transformer"),
+                   vae=found.parts.get("vae"), clip=found.parts.get("text_encoder"),
+                   t5=found.parts.get("text_encoder_2"), notes=tuple(found.notes))
+
+    @classmethod
     def parse(cls, spec: str | None) -> "ModelSources":
-        """``default``, ``tiny`` (random-weight models for trying the app), or a models directory."""
+        """``default``, ``tiny`` (random-weight models for trying the app), a models directory, or a ComfyUI /
+        Forge models folder."""
         if spec in (None, "", "default"):
             return cls()
         if spec == "tiny":
             from core.loading.tiny import ensure_tiny_bundle
 
             return cls.from_models_dir(ensure_tiny_bundle())
+        if comfyui_models_folder(spec) is not None:
+            return cls.from_comfyui_folder(spec)
         return cls.from_models_dir(spec)
 
     def with_base(self, base: str | os.PathLike | None) -> "ModelSources":
-        """``--base``: a single transformer file replaces the transformer only; a folder or hub id the base."""
+        """``--base``: a single file replaces the transformer, an all-in-one checkpoint every part it holds (parts
+        already given a file keep theirs); a folder or hub id is the base."""
         if not base:
             return self
-        from core.loading.single_file import is_transformer_file
-
         base = str(Path(base).expanduser()) if is_local(base) else str(base)
         if is_transformer_file(base):
             if not Path(base).is_file():
                 raise ModelSourceError(f"transformer file not found: {base}")
-            return replace(self, transformer=base)
+            if Path(base).suffix.lower() == ".gguf":
+                inspect_transformer_file(base)
+                return replace(self, transformer=base)
+            held = check_file(base, "transformer").prefixes
+            files = {"vae": self.vae, "clip": self.clip, "t5": self.t5}
+            for field, part in (("vae", "vae"), ("clip", "text_encoder"), ("t5", "text_encoder_2")):
+                if part in held and not files[field]:
+                    files[field] = base
+            return replace(self, transformer=base, **files)
         return replace(self, base=base, transformer=None)
+
+    def with_files(self, vae: str | None = None, clip: str | None = None, t5: str | None = None) -> "ModelSources":
+        """``--vae``, ``--clip``, ``--t5``: each file's header is checked to hold that part (one line naming the
+        file and what it looks like otherwise) before anything loads."""
+        given = {}
+        for field, part, path in (("vae", "vae", vae), ("clip", "text_encoder", clip), ("t5", "text_encoder_2", t5)):
+            if path:
+                given[field] = check_part_file(str(Path(path).expanduser()), part)
+        return replace(self, **given)
 
     def override(self, **kwargs) -> "ModelSources":
         """A copy with the given sources replaced (``None`` values are ignored)."""
