@@ -71,7 +71,7 @@ def _identify(path: Path) -> tuple[dict, int]:
         info = inspect_file(path)
     except SingleFileError:
         return {}, 0
-    return {p: max(_PRECISION.get(d, 1) for d in info.dtypes[p]) for p in info.prefixes}, len(info.prefixes)
+    return {p: min(_PRECISION.get(d, 1) for d in info.dtypes[p]) for p in info.prefixes}, len(info.prefixes)
 
 
 def _pick(path_list: list[tuple[Path, int, int]]) -> tuple[Path, str]:

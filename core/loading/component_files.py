@@ -113,9 +113,23 @@ def _what_else(names: set[str], shapes: dict) -> str:
     return f"no FLUX part (tensors such as {sample})"
 
 
+# Tensors of other model families that also carry a CLIP or VAE under the same prefixes (an SD1.5 checkpoint
+# holds ``cond_stage_model.transformer.``): such a file is that family's, not a FLUX file.
+OTHER_FAMILIES = ("model.diffusion_model.input_blocks.", "model.diffusion_model.joint_blocks.",
+                  "conditioner.embedders.")
+
+
 def inspect_file(path: str | os.PathLike) -> ComponentFile:
     """Read a ``.safetensors`` file's header and say which FLUX parts it holds; raises :class:`SingleFileError`
     naming the file when it is missing, truncated, not safetensors, or holds no FLUX part."""
+    found = _inspect(path)
+    if isinstance(found, str):
+        raise SingleFileError(f"{path} is not a FLUX file: it looks like {found}")
+    return found
+
+
+def _inspect(path: str | os.PathLike) -> ComponentFile | str:
+    """What the file holds, or a description of what it looks like when it holds no FLUX part."""
     path = Path(path).expanduser()
     if not path.is_file():
         raise SingleFileError(f"file not found: {path}")
@@ -124,6 +138,8 @@ def inspect_file(path: str | os.PathLike) -> ComponentFile:
     header = safetensors_header(path)
     names = set(header)
     shapes = {k: v["shape"] for k, v in header.items()}
+    if any(n.startswith(OTHER_FAMILIES) for n in names):
+        return _what_else(names, shapes)
     prefixes, part_bytes, dtypes = {}, {}, {}
     for part in PARTS:
         prefix = next((p for p in PREFIXES[part] if any(p + m in names for m in MARKERS[part])), None)
@@ -138,7 +154,7 @@ def inspect_file(path: str | os.PathLike) -> ComponentFile:
         part_bytes[part] = sum(header[k]["data_offsets"][1] - header[k]["data_offsets"][0] for k in own)
         dtypes[part] = frozenset(header[k]["dtype"] for k in own)
     if not prefixes:
-        raise SingleFileError(f"{path} is not a FLUX file: it looks like {_what_else(names, shapes)}")
+        return _what_else(names, shapes)
     return ComponentFile(str(path), prefixes, part_bytes, dtypes, path.stat().st_size)
 
 
@@ -153,10 +169,12 @@ def _part_keys(part: str, prefix: str, names, others: dict) -> list[str]:
 def check_file(path: str | os.PathLike, part: str) -> ComponentFile:
     """:func:`inspect_file`, refusing a file that does not hold ``part`` in one line naming the file, the option
     and what the file looks like."""
-    info = inspect_file(path)
+    info = _inspect(path)
+    wanted = f"{_article(PART_NAME[part])} {PART_NAME[part]}"
+    if isinstance(info, str):
+        raise SingleFileError(f"{path} given as {OPTION[part]} looks like {info}, not {wanted}")
     if part not in info.prefixes:
-        raise SingleFileError(f"{info.path} given as {OPTION[part]} is {info.describe()}, not "
-                              f"{_article(PART_NAME[part])} {PART_NAME[part]}")
+        raise SingleFileError(f"{info.path} given as {OPTION[part]} is {info.describe()}, not {wanted}")
     return info
 
 
