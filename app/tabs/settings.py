@@ -7,6 +7,7 @@ from types import SimpleNamespace
 
 import gradio as gr
 
+from core.loading.component_files import check_file, weight_files
 from core.loading.single_file import inspect_transformer_file, is_transformer_file
 from core.loading.sources import ModelSourceError
 
@@ -42,8 +43,8 @@ def estimate_text(ctx: StudioContext, preset_name: str, width: int = 1024, heigh
                                f"{', '.join(PRESET_CHOICES)}")
     preset, reason = ctx.resolve_preset(width, height, name=preset_name)
     try:  # a single-file transformer: the planner counts its real size
-        transformer = ctx.settings.sources().transformer
-        files = inspect_transformer_file(transformer).weight_files() if transformer else None
+        given = ctx.settings.sources().part_files()
+        files = weight_files(given) if given else None
     except ModelSourceError:
         files = None
     e = estimate(preset, width, height, files=files)
@@ -62,8 +63,8 @@ class SettingsEvents:
         self.unload = shown_to_user(self._unload)
         self.estimate = shown_to_user(lambda preset: estimate_text(ctx, preset))
 
-    def _apply(self, models, base, siglip, dinov2, adapter, preset, output_dir, speed=None,
-               request: gr.Request = None):
+    def _apply(self, models, base, siglip, dinov2, adapter, preset, output_dir, speed=None, vae=None, clip=None,
+               t5=None, request: gr.Request = None):
         """Checks and stores the settings; a change of models or preset unloads the current pipeline.
 
         Owner-only: model sources, preset and output folder belong to whoever started the studio."""
@@ -78,6 +79,12 @@ class SettingsEvents:
                 inspect_transformer_file(os.path.expanduser(base.strip()))
             except ModelSourceError as exc:
                 raise StudioInputError(str(exc)) from None
+        for part, path in (("vae", vae), ("text_encoder", clip), ("text_encoder_2", t5)):
+            if (path or "").strip():  # a FLUX part's file: its header checked now (one line naming it otherwise)
+                try:
+                    check_file(os.path.expanduser(str(path).strip()), part)
+                except ModelSourceError as exc:
+                    raise StudioInputError(str(exc)) from None
         if preset not in PRESET_CHOICES:
             raise StudioInputError(f"unknown memory preset {preset!r}: choose one of {', '.join(PRESET_CHOICES)}")
         if speed is not None and speed not in SPEED_CHOICES:
@@ -94,6 +101,7 @@ class SettingsEvents:
         s.models, s.preset, s.output_dir = models, preset, folder
         s.speed = speed or s.speed
         s.base, s.siglip, s.dinov2, s.adapter = ((v or "").strip() or None for v in (base, siglip, dinov2, adapter))
+        s.vae, s.clip, s.t5 = ((v or "").strip() or None for v in (vae, clip, t5))
         if s.key() != old_key and self.ctx.unload():
             gr.Info("Settings changed: models unloaded (they load again on the next Generate)")
         else:
@@ -124,11 +132,16 @@ def build(ctx: StudioContext) -> SimpleNamespace:
     with gr.Row():
         ui.load = gr.Button("Load models", variant="primary")
         ui.unload = gr.Button("Unload models", interactive=editable)
-    ui.models = gr.Textbox(s.models, label="Models: default (Hugging Face Hub), tiny (test models) or a models folder",
-                           interactive=editable, max_lines=1)
+    ui.models = gr.Textbox(s.models, label="Models: default (Hugging Face Hub), tiny (test models), a models folder "
+                                           "or a ComfyUI/Forge models folder", interactive=editable, max_lines=1)
     with gr.Accordion("Single sources (hub ids, local folders or files; empty = from the models above)", open=False):
         ui.base = gr.Textbox(s.base or "", label="FLUX.1 base: folder, hub id or transformer file (.safetensors, .gguf)",
                              interactive=editable, max_lines=1)
+        ui.vae = gr.Textbox(s.vae or "", label="FLUX VAE file (ae.safetensors)", interactive=editable, max_lines=1)
+        ui.clip = gr.Textbox(s.clip or "", label="FLUX CLIP-L file (clip_l.safetensors)", interactive=editable,
+                             max_lines=1)
+        ui.t5 = gr.Textbox(s.t5 or "", label="FLUX T5-XXL file (t5xxl_fp16 / fp8_e4m3fn .safetensors)",
+                           interactive=editable, max_lines=1)
         ui.siglip = gr.Textbox(s.siglip or "", label="SigLIP", interactive=editable, max_lines=1)
         ui.dinov2 = gr.Textbox(s.dinov2 or "", label="DINOv2", interactive=editable, max_lines=1)
         ui.adapter = gr.Textbox(s.adapter or "", label="Adapter file", interactive=editable, max_lines=1)
@@ -141,7 +154,7 @@ def build(ctx: StudioContext) -> SimpleNamespace:
     ui.apply = gr.Button("Apply settings", interactive=editable)
     ui.preset.input(events.estimate, ui.preset, ui.estimate, api_visibility="private")
     ui.apply.click(events.apply, [ui.models, ui.base, ui.siglip, ui.dinov2, ui.adapter, ui.preset, ui.output_dir,
-                                  ui.speed],
+                                  ui.speed, ui.vae, ui.clip, ui.t5],
                    [ui.status, ui.estimate], api_visibility="private", **GPU)
     ui.load.click(events.load, None, ui.status, api_name="load_models", **GPU)
     ui.unload.click(events.unload, None, ui.status, api_visibility="private", **GPU)

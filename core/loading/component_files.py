@@ -22,7 +22,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from core.loading.model_sizes import CONFIG_DIR
-from core.loading.single_file import BFL_KEY, DIFFUSERS_KEY, SingleFileError, safetensors_header
+from core.loading.memory import WeightFiles
+from core.loading.single_file import (BFL_KEY, DIFFUSERS_KEY, SingleFileError, inspect_transformer_file,
+                                      safetensors_header)
 
 # The FLUX parts a file can replace, in pipeline order, with the option naming each.
 PARTS = ("transformer", "vae", "text_encoder", "text_encoder_2")
@@ -316,3 +318,19 @@ def vision_tower_folder(path: str | os.PathLike) -> str:
         link.unlink(missing_ok=True)
         link.symlink_to(path)
     return str(folder)
+
+
+def weight_files(part_files: dict[str, str]) -> WeightFiles:
+    """The planner's view of the FLUX parts given as files (``ModelSources.part_files()``): a GGUF transformer's
+    quantized bytes as held, and the most bytes read from one file at once, each part's real stored bytes (an fp8
+    T5 counts one byte per weight; an all-in-one file is read part by part, not whole)."""
+    from dataclasses import replace
+
+    files = WeightFiles()
+    if part_files.get("transformer"):
+        files = inspect_transformer_file(part_files["transformer"]).weight_files()
+    read = [files.largest_file_bytes] if part_files.get("transformer") else []
+    for part, path in part_files.items():
+        if part != "transformer":
+            read.append(inspect_file(path).part_bytes[part])
+    return replace(files, largest_file_bytes=max(read)) if read else files

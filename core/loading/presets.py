@@ -375,10 +375,10 @@ def resolve_preset(name: str, *, tiny: bool = False, zero_gpu: bool = False,
         files = None
         try:  # ``sources`` may be a callable (the engine's, parsed on first use); a bad one fails at load
             found = sources() if callable(sources) else sources
-            if getattr(found, "transformer", None):
-                from core.loading.single_file import inspect_transformer_file
+            if found is not None and found.part_files():
+                from core.loading.component_files import weight_files
 
-                files = inspect_transformer_file(found.transformer).weight_files()
+                files = weight_files(found.part_files())
         except UserError:
             files = None
         preset, _, reason = choose_preset(mem.vram_total_bytes, mem.ram_total_bytes, width, height,
@@ -395,13 +395,13 @@ def source_facts(sources):
     full-size ones) and a single-file transformer's header (its real size)."""
     from core.loading.memory import WeightFiles
     from core.loading.model_sizes import all_sizes
-    from core.loading.single_file import inspect_transformer_file
+    from core.loading.component_files import weight_files
     from core.loading.sources import is_local
 
     def local(spec):
         return spec if spec and is_local(spec) and Path(spec).is_dir() else None
 
-    files = inspect_transformer_file(sources.transformer).weight_files() if sources.transformer else WeightFiles()
+    files = weight_files(sources.part_files()) if sources.part_files() else WeightFiles()
     sizes = all_sizes(local(sources.base), local(sources.siglip), local(sources.dinov2))
     return sizes, files
 

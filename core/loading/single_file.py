@@ -70,7 +70,8 @@ class TransformerFile:
     def weight_files(self) -> WeightFiles:
         """The planner's view: a GGUF's quantized bytes as held; the file as the largest one mapped at once."""
         return WeightFiles(transformer_bytes=self.tensor_bytes if self.format == "gguf" else None,
-                           largest_file_bytes=self.file_bytes, transformer_file=os.path.basename(self.path))
+                           largest_file_bytes=self.tensor_bytes if self.prefix else self.file_bytes,
+                           transformer_file=os.path.basename(self.path))
 
 
 def is_transformer_file(path: str | os.PathLike) -> bool:

@@ -191,7 +191,11 @@ def test_a_load_that_would_not_fit_ram_is_refused_before_it_starts(files, tiny_m
 def test_png_record_names_the_transformer_file(files, tiny_models):
     sources = ModelSources.parse(str(tiny_models)).with_base(str(files["q8"]))
     engine = Engine(str(tiny_models), sources=sources, preset="full", device="cpu")
-    assert engine.provenance()["models"]["transformer"] == str(files["q8"])
+    from core.loading.component_files import file_digest
+
+    # the file's name and fingerprint, never its absolute path
+    assert engine.provenance()["models"]["transformer"] == {"file": "flux1-tiny-Q8_0.gguf",
+                                                            "digest": file_digest(files["q8"])}
     assert "transformer" not in Engine(str(tiny_models), preset="full", device="cpu").provenance()["models"]
 
 
