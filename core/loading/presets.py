@@ -425,6 +425,8 @@ def check_ram_before_loading(sources, preset: MemoryPreset, width: int = 1024, h
 
 def _weights_stamp(folder) -> str:
     """Sizes and modification times of a local model folder's weight files (a changed model, new namespace)."""
+    if folder is not None and Path(folder).is_file():  # a single-file part (ae.safetensors, t5xxl_fp8...)
+        return f"{folder}:{Path(folder).stat().st_size}:{Path(folder).stat().st_mtime_ns}"
     if folder is None or not Path(folder).is_dir():
         return str(folder)
     files = sorted(p for p in Path(folder).rglob("*") if p.suffix in (".safetensors", ".bin", ".gguf"))
@@ -447,8 +449,10 @@ def install_disk_caches(pipe, sources, preset: MemoryPreset, folder=None) -> lis
 
     base = sources.base if Path(str(sources.base)).is_dir() else None
     dtype = str(getattr(pipe.transformer, "dtype", ""))
-    prompts = namespace("prompts", sources.base, _weights_stamp(base and Path(base) / "text_encoder"),
-                        _weights_stamp(base and Path(base) / "text_encoder_2"), dtype,
+    files = sources.part_files()  # text encoders given as files replace the base's (their stamps instead)
+    prompts = namespace("prompts", sources.base,
+                        _weights_stamp(files.get("text_encoder") or base and Path(base) / "text_encoder"),
+                        _weights_stamp(files.get("text_encoder_2") or base and Path(base) / "text_encoder_2"), dtype,
                         preset.text_encoder_quantization)
     features = namespace("features", sources.siglip, sources.dinov2, _weights_stamp(sources.siglip),
                          _weights_stamp(sources.dinov2), dtype)
