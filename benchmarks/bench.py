@@ -310,11 +310,13 @@ def _version(package: str) -> str:
     return version(package)
 
 
-def ensure_random_models(folder: str | Path | None = None, *, min_free_gib: float = 41.0) -> Path:
+def ensure_random_models(folder: str | Path | None = None, *, min_free_gib: float = 41.0, configs=None,
+                         projector_config=None) -> Path:
     """The full-size random models directory, written on first use (about 42 GB; a minute or two on a GPU).
 
     ``folder`` defaults to ``<user cache>/random-models/full-v<N>``. Raises ``UsageError`` when the disk has
-    less than ``min_free_gib`` free for a first build.
+    less than ``min_free_gib`` free for a first build. ``configs`` / ``projector_config``: smaller stand-ins
+    (:func:`build_random_models`), for rehearsals on the CPU.
     """
     folder = Path(folder) if folder else cache_dir("random-models") / f"full-v{RANDOM_VERSION}"
     if (folder / _RANDOM_MARKER).is_file():
@@ -324,7 +326,10 @@ def ensure_random_models(folder: str | Path | None = None, *, min_free_gib: floa
     if free < min_free_gib:
         raise UsageError(f"random full-size models need about 42 GB on disk; {folder} has {free:.0f} GiB free")
     start = time.perf_counter()
-    build_random_models(folder)
+    if configs is None and projector_config is None:
+        build_random_models(folder)
+    else:
+        build_random_models(folder, configs=configs, projector_config=projector_config)
     (folder / _RANDOM_MARKER).write_text(json.dumps({"version": RANDOM_VERSION,
                                                      "seconds": round(time.perf_counter() - start, 1)}))
     return folder
@@ -334,6 +339,39 @@ def ensure_random_models(folder: str | Path | None = None, *, min_free_gib: floa
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
+
+
+class TokensAhead:
+    """Times the per-step character tokens that ``pipe`` makes ahead of its denoising loop.
+
+    The pipeline makes every step's character tokens (the time resampler, the text adapter) before the loop; the
+    released way makes them inside each step (:class:`ReleasedStylePipeline`, whose call returns at once). After
+    a generation, :meth:`seconds` runs the last such call again with the caches it filled still warm (encoder
+    features, projector context), so it times the per-step work alone: ``s_per_step`` then holds the same work
+    in both ways.
+    """
+
+    def __init__(self, pipe, device: torch.device):
+        self.device, self._last = device, None
+        self._make = pipe._character_tokens  # the bench's instrumentation seam, as ReleasedStylePipeline overrides
+
+        def remember(*args, **kwargs):
+            self._last = (args, kwargs)
+            return self._make(*args, **kwargs)
+
+        pipe._character_tokens = remember
+
+    def seconds(self) -> float:
+        if self._last is None:
+            return 0.0
+        args, kwargs = self._last
+        _sync(self.device)
+        start = time.perf_counter()
+        tokens = self._make(*args, **kwargs)
+        if isinstance(tokens, list):  # a lazy sequence (the released way) makes nothing ahead
+            _sync(self.device)
+            return time.perf_counter() - start
+        return 0.0
 
 
 def peak_ram_bytes() -> int | None:
@@ -389,7 +427,7 @@ def run_bench(preset: str = "auto", width: int = 1024, height: int = 1024, steps
               dtype: torch.dtype | None = None, warmup: bool = True, random_dir: str | Path | None = None,
               verbose: bool = True, speed=None, draft: bool = False, run: str | None = None,
               in_memory: bool = False, configs: dict | None = None, projector_config=None,
-              latents_path: str | Path | None = None) -> dict:
+              latents_path: str | Path | None = None, base: str | Path | None = None) -> dict:
     """Loads the models with ``preset`` applied, makes a warm-up image and a timed one, and returns the figures.
 
     Args:
@@ -411,9 +449,13 @@ def run_bench(preset: str = "auto", width: int = 1024, height: int = 1024, steps
             ``configs`` / ``projector_config``; default the full-size ones), nothing loaded from disk.
         latents_path: after the timed image, make the same request once more as latents and save them there
             (safetensors, key ``latents``) so modes can be compared on the same seed.
+        base: a single transformer file (``.gguf``, BFL ``.safetensors``) replacing the models' transformer.
 
     Returns:
-        A JSON-ready dict: ``load_s``, ``s_per_step`` (median of the timed image's steps after the first),
+        A JSON-ready dict: ``load_s``, ``s_per_step`` (median of the timed image's steps after the first, plus the
+        per-step character tokens the pipeline makes ahead of the loop divided by the steps, so that a step
+        always counts its time resampler, as the released way does inside the step; ``tokens_ahead_s``,
+        :class:`TokensAhead`),
         ``s_per_image`` (the timed ``Engine.generate``: prompt and character encoding, ``steps`` steps, VAE
         decode, and the request's checks and PNG record, a few tens of ms; caches cleared first),
         ``s_per_image_at_28`` (extrapolated with ``s_per_step`` when ``steps`` is not 28),
@@ -447,6 +489,8 @@ def run_bench(preset: str = "auto", width: int = 1024, height: int = 1024, steps
         sources, models_label = ModelSources.from_models_dir(models_dir), "random full-size"
     else:
         sources, models_label = ModelSources.parse(models_spec), models_spec or "default"
+    if base:
+        sources = sources.with_base(str(base))
     full_size = random_weights or models_label == "default" or (in_memory and configs is None)
 
     if device.type == "cuda":
@@ -458,6 +502,7 @@ def run_bench(preset: str = "auto", width: int = 1024, height: int = 1024, steps
     pipe = engine.load()
     if as_released:
         released_style(pipe)
+    tokens_ahead = TokensAhead(pipe, device)
     _sync(device)
     load_s = time.perf_counter() - start
     gpu_load = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None
@@ -491,7 +536,8 @@ def run_bench(preset: str = "auto", width: int = 1024, height: int = 1024, steps
     _sync(device)
     image_s = time.perf_counter() - start
     intervals = [b - a for a, b in itertools.pairwise(stamps)]
-    s_per_step = statistics.median(intervals) if intervals else image_s / steps
+    ahead_s = tokens_ahead.seconds()
+    s_per_step = (statistics.median(intervals) + ahead_s / steps) if intervals else image_s / steps
     if latents_path is not None:
         from safetensors.torch import save_file
 
@@ -510,12 +556,14 @@ def run_bench(preset: str = "auto", width: int = 1024, height: int = 1024, steps
         "transformer_quantization": chosen.transformer_quantization,
         "offload": chosen.offload,
         "models": models_label,
+        "base": Path(base).name if base else None,
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
         "dtype": str(dtype).removeprefix("torch."),
         "torch": torch.__version__,
         "width": width, "height": height, "steps": steps,
         "load_s": round(load_s, 3),
         "s_per_step": round(s_per_step, 4),
+        "tokens_ahead_s": round(ahead_s, 4),
         "s_per_image": round(image_s, 3),
         "s_per_image_at_28": round(image_s + (REFERENCE_STEPS - steps) * s_per_step, 3),
         "compile_s": (round(max(0.0, warmup_s - image_s * warmup_steps / steps), 3)

@@ -355,6 +355,25 @@ def _bfl_state_dict(transformer) -> dict:
     return {k: v.contiguous() for k, v in out.items()}
 
 
+def quantize_q8_0(tensor):
+    """GGML Q8_0 blocks of a 2-D ``tensor`` (last dimension a multiple of 32) as a uint8 numpy array of shape
+    ``(rows, columns // 32 * 34)``: per block of 32, a float16 scale (max |x| / 127) and 32 int8 values rounded
+    half away from zero. The same bytes as ``gguf.quants.quantize(array, Q8_0)``, computed by torch on the
+    tensor's device (a GPU quantizes FLUX.1-dev's 12 B weights in seconds; gguf's numpy takes minutes)."""
+    import torch
+
+    rows, columns = tensor.shape
+    blocks = tensor.detach().float().reshape(-1, 32)
+    d = blocks.abs().amax(dim=1, keepdim=True) / 127
+    inverse = torch.where(d == 0, torch.zeros_like(d), 1 / d)
+    scaled = blocks * inverse
+    a = scaled.abs()
+    floored = torch.floor(a)
+    q = torch.sign(scaled) * (floored + torch.floor(2 * (a - floored)))  # gguf's np_roundf
+    packed = torch.cat([d.to(torch.float16).view(torch.uint8), q.to(torch.int8).view(torch.uint8)], dim=1)
+    return packed.reshape(rows, columns // 32 * 34).cpu().numpy()
+
+
 def write_transformer_file(transformer, path: str | os.PathLike, *, dtype=None, gguf_type: str = "Q8_0") -> Path:
     """Write ``transformer`` (a diffusers ``FluxTransformer2DModel``) as one BFL-layout file at ``path``.
 
@@ -386,6 +405,9 @@ def write_transformer_file(transformer, path: str | os.PathLike, *, dtype=None, 
             block = gguf.GGML_QUANT_SIZES[qtype][0]
             writer = gguf.GGUFWriter(str(tmp), arch="flux")
             for key, tensor in state.items():
+                if tensor.ndim == 2 and tensor.shape[1] % block == 0 and qtype == gguf.GGMLQuantizationType.Q8_0:
+                    writer.add_tensor(key, quantize_q8_0(tensor), raw_dtype=qtype)  # on the tensor's device
+                    continue
                 array = tensor.detach().float().cpu().numpy()
                 if array.ndim == 2 and array.shape[1] % block == 0:
                     writer.add_tensor(key, gguf.quants.quantize(array, qtype), raw_dtype=qtype)

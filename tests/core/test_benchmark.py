@@ -9,7 +9,7 @@ import torch
 from app.bench_commands import add_bench_arguments, add_plan_arguments, bench_main, build_parser, plan_main
 from benchmarks import bench as benchmark
 from benchmarks.bench import build_random_models, format_markdown, read_jsonl
-from benchmarks.speed_gpu import DRY_RUN_CONFIGS as SMALL_CONFIGS  # small stand-ins for the full-size configs
+from benchmarks.gpu_check import DRY_RUN_CONFIGS as SMALL_CONFIGS  # small stand-ins for the full-size configs
 from core.errors import UsageError
 
 
@@ -172,50 +172,6 @@ def test_bench_in_memory_models_with_a_draft_saves_latents(tmp_path, one_thread)
     assert record["models"] == "random small in memory" and record["applied"] == ["models built in memory on cpu"]
     assert record["compile_s"] is not None and record["compile_s"] >= 0
     assert load_file(str(out))["latents"].shape == (256, 4)  # packed: 16x16 tokens (a 1x VAE) of 4 channels
-
-
-def test_speed_records_get_their_ratios_and_table(tmp_path):
-    from safetensors.torch import save_file
-
-    from benchmarks.speed_gpu import add_ratios, format_table
-
-    base = torch.ones(1, 4, 4)
-    save_file({"latents": base}, str(tmp_path / "eager.safetensors"))
-    save_file({"latents": base * 1.01}, str(tmp_path / "compiled.safetensors"))
-    common = dict(device="H200", torch="2", models="random full-size in memory", dtype="bfloat16", width=1024,
-                  height=1024, steps=28, gpu_peak_gib=40.0, compile_s=0.1, applied=[])
-    records = [dict(common, run="as-released", s_per_step=0.2, s_per_image_at_28=6.0),
-               dict(common, run="eager", s_per_step=0.19, s_per_image_at_28=5.5),
-               dict(common, run="compiled", s_per_step=0.12, s_per_image_at_28=3.6, compile_s=50.0,
-                    applied=["fp8: off (needs a CUDA GPU)"]),
-               {"run": "fp8", "error": "timed out after 150 s"}]
-    add_ratios(records, tmp_path)
-    assert records[2]["rel_to_as_released"] == 0.6 and records[2]["latents_rel_diff_to_eager"] == 0.01
-    assert records[1]["latents_rel_diff_to_eager"] == 0 and records[0]["latents_rel_diff_to_eager"] is None
-    table = format_table(records)
-    assert "| compiled | 0.1200 | 3.60 | 0.600 | <= 0.65 (met) | 50.0 | 40.0 | 0.01 |" in table
-    assert "| fp8 | | | | | | | failed: timed out after 150 s |" in table
-    assert "Fallbacks: fp8: off (needs a CUDA GPU)." in table
-
-
-@pytest.mark.slow
-def test_speed_script_dry_run_writes_json_lines(tmp_path):
-    import subprocess
-    import sys
-
-    out = tmp_path / "speed.jsonl"
-    done = subprocess.run([sys.executable, "-m", "benchmarks.speed_gpu", "--dry-run", "--runs", "as-released,eager",
-                           "--out", str(out)], capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stderr[-2000:]
-    released, eager = read_jsonl(out)
-    for record in (released, eager):
-        for key in ("run", "s_per_step", "s_per_image_at_28", "compile_s", "gpu_peak_gib", "rel_to_as_released",
-                    "latents_rel_diff_to_eager"):
-            assert key in record
-    assert (released["run"], eager["run"]) == ("as-released", "eager")
-    assert released["rel_to_as_released"] == 1.0 and eager["latents_rel_diff_to_eager"] == 0
-    assert released["latents_rel_diff_to_eager"] < 1e-5  # the released way computes the same function
-    assert "| as-released |" in done.stdout
 
 
 def test_bench_speed_flags_on_tiny_models(tiny_models, tmp_path, one_thread):
