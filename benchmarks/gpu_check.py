@@ -82,13 +82,14 @@ SPEED_MODES = {  # run_bench arguments of each speed run
     "draft": dict(speed="fast", draft=True),
 }
 MODELS = "models/random"
+GGUF = "models/gguf"
 PLAN = (
     Run("speed/as-released", 1, 40), Run("speed/eager", 1, 40), Run("speed/compiled", 1, 75),
     Run("speed/fp8", 1, 75), Run("speed/draft", 1, 45),
-    Run(MODELS, 2, 60),
-    Run("preset/streamed@8", 2, 55, MODELS), Run("preset/fp8-streamed@16", 2, 50, MODELS),
-    Run("preset/fp8@24", 2, 45, MODELS), Run("preset/low@12", 2, 50, MODELS),
-    Run("gguf/fp8-streamed@16", 3, 70, MODELS),
+    Run(MODELS, 2, 75),
+    Run("preset/fp8-streamed@16", 2, 50, MODELS), Run("preset/fp8@24", 2, 45, MODELS),
+    Run("preset/streamed@8", 2, 55, MODELS), Run("preset/low@12", 2, 50, MODELS),
+    Run(GGUF, 3, 45, MODELS), Run("gguf/fp8-streamed@16", 3, 50, GGUF),
     Run("train/24gb", 4, 55), Run("train/48gb", 4, 50), Run("train/80gb", 4, 50),
     Run("preset/streamed@12", 5, 55, MODELS), Run("preset/minimal@8", 5, 55, MODELS),
     Run("preset/balanced@40", 5, 50, MODELS),
@@ -211,10 +212,12 @@ def _speed(mode: str, args) -> dict:
     from benchmarks.bench import run_bench
 
     small = _small() if args.dry_run else {}
+    probe = MemoryProbe(not args.dry_run, period=0.1)  # sparser: the timed steps share the CPU with it
     record = run_bench("full", args.size, args.size, args.speed_steps, in_memory=True, run=mode, verbose=False,
                        device="cpu" if args.dry_run else "cuda",
                        dtype=torch.float32 if args.dry_run else torch.bfloat16,
                        latents_path=Path(args.work) / "latents" / f"{mode}.safetensors", **small, **SPEED_MODES[mode])
+    record.update(probe.stop())
     record["ran_as"] = speed_ran_as(mode, record)
     return record
 
@@ -314,32 +317,27 @@ def preset_ran_as(name: str, record: dict) -> str:
     return label + (" + GGUF Q8_0" if record.get("base") else "")
 
 
-def _gguf(what: str, args) -> dict:
-    """A FLUX.1-dev-shaped GGUF Q8_0 file (random weights, BFL layout, written next to the random models), then
-    the preset run with it as the transformer."""
+def _gguf_file(args) -> Path:
+    return _models_folder(args) / "flux1-dev-random-Q8_0.gguf"
+
+
+def _write_gguf(args) -> dict:
+    """A FLUX.1-dev-shaped GGUF Q8_0 file of random weights (BFL layout, quantized on the GPU), written next to the
+    random models; its own run, so the preset run's RAM peak does not count the writing."""
     import torch
     from diffusers import FluxTransformer2DModel
 
     from benchmarks.bench import _building, full_size_configs
     from core.loading.single_file import write_transformer_file
 
-    folder = _models_folder(args)
-    path = folder / "flux1-dev-random-Q8_0.gguf"
     start = time.perf_counter()
-    if not path.is_file():
-        config = (DRY_RUN_CONFIGS if args.dry_run else full_size_configs())["transformer"]
-        device = torch.device("cpu" if args.dry_run else "cuda")
-        torch.manual_seed(1)
-        with _building(device, torch.float32 if args.dry_run else torch.bfloat16):
-            transformer = FluxTransformer2DModel.from_config(config).eval()
-        write_transformer_file(transformer, path, gguf_type="Q8_0")
-        del transformer
-        if not args.dry_run:
-            torch.cuda.empty_cache()
-    written = round(time.perf_counter() - start, 2)
-    record = _preset(what, args, base=path)
-    record.update(gguf_file_gib=round(path.stat().st_size / GiB, 3), gguf_write_s=written)
-    return record
+    config = (DRY_RUN_CONFIGS if args.dry_run else full_size_configs())["transformer"]
+    torch.manual_seed(1)
+    with _building(torch.device("cpu" if args.dry_run else "cuda"), torch.float32 if args.dry_run else torch.bfloat16):
+        transformer = FluxTransformer2DModel.from_config(config).eval()
+    path = write_transformer_file(transformer, _gguf_file(args), gguf_type="Q8_0")
+    return {"ran_as": "GGUF Q8_0 written", "folder": str(path), "written_gib": round(path.stat().st_size / GiB, 3),
+            "write_s": round(time.perf_counter() - start, 2)}
 
 
 def _train(preset: str, args) -> dict:
@@ -505,12 +503,14 @@ def run_child(name: str, args) -> dict:
     try:
         if run.kind == "speed":
             record.update(_speed(run.what, args))
+        elif run.name == GGUF:
+            record.update(_write_gguf(args))
         elif run.kind == "models":
             record.update(_models(args))
         elif run.kind == "preset":
             record.update(_preset(run.what, args))
         elif run.kind == "gguf":
-            record.update(_gguf(run.what, args))
+            record.update(_preset(run.what, args, base=_gguf_file(args)))
         elif run.kind == "train":
             record.update(_train(run.what, args))
     except Exception as exc:  # noqa: BLE001 - one failing run is a row, not the end of the check
@@ -584,7 +584,7 @@ def run_parent(args) -> list[dict]:
         if run.needs and run.needs not in ok:
             record["skipped"] = f"needs {run.needs}, which did not succeed"
         elif left < need:
-            record["skipped"] = f"{left:.0f} s of the budget left, the run needs {need} s"
+            record["skipped"] = f"{max(0.0, left):.0f} s of the budget left, the run needs {need} s"
         else:
             limit = int(min(limit, left))
             say(f"{run.name}: starting (limit {limit} s)")
@@ -660,7 +660,7 @@ def format_table(records: list[dict]) -> str:
             note = (note + "; " if note else "") + f"latents vs eager {r['latents_rel_diff_to_eager']:.3g}"
         if r["run"].startswith("train/") and "planned_gib" in r:
             note = (note + "; " if note else "") + f"planned {r['planned_gib']:.1f} GiB, card {r['card_gib']} GiB"
-        if r["run"] == MODELS and "written_gib" in r:
+        if r["run"] in (MODELS, GGUF) and "written_gib" in r:
             note = (note + "; " if note else "") + f"{r['written_gib']:.1f} GiB in {r['write_s']:.0f} s"
         step = r.get("s_per_step", r.get("s_per_micro_step"))
         gpu = "-" if r.get("gpu_peak_gib") is None else (

@@ -46,23 +46,24 @@ say "installing $(ls "$WHEELS"/*.whl 2>/dev/null | wc -l) wheels from $WHEELS in
   >>"$OUT/gpu-check.log" 2>&1 || { say "wheel install failed (see gpu-check.log)"; exit 1; }
 export PYTHONPATH="$SITE:$PWD${PYTHONPATH:+:$PYTHONPATH}"
 "$PY" - <<'EOF' 2>&1 | tee -a "$OUT/gpu-check.log"
-import importlib, os
-names = ["torch", "diffusers", "transformers", "accelerate", "peft", "torchao", "optimum.quanto", "bitsandbytes",
-         "gguf", "platformdirs"]
-if os.environ.get("DRY_RUN"):
-    names.append("gpu_check_stand_in")
+# versions from the installed metadata (importing them all would cost each run's import time once more)
+import os
+from importlib.metadata import PackageNotFoundError, version
+names = ["torch", "diffusers", "transformers", "accelerate", "peft", "torchao", "optimum-quanto", "bitsandbytes",
+         "gguf", "platformdirs"] + (["gpu_check_stand_in"] if os.environ.get("DRY_RUN") else [])
 found = []
 for name in names:
     try:
-        module = importlib.import_module(name)
-        found.append(f"{name} {getattr(module, '__version__', '(installed)')}")
-    except Exception as exc:  # a missing package: its runs say so in their rows
-        found.append(f"{name} MISSING ({type(exc).__name__})")
+        found.append(f"{name} {version(name)}")
+    except PackageNotFoundError:  # a missing package: the runs that need it say so in their rows
+        found.append(f"{name} MISSING")
 print("packages:", "; ".join(found))
-import torch
-print("GPU:", torch.cuda.get_device_name() if torch.cuda.is_available() else "none", "| torch CUDA", torch.version.cuda)
 EOF
-nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader >>"$OUT/gpu-check.log" 2>&1 || true
+if command -v nvidia-smi >/dev/null 2>&1; then
+  nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>&1 | tee -a "$OUT/gpu-check.log"
+else
+  echo "GPU: none (no nvidia-smi)" | tee -a "$OUT/gpu-check.log"
+fi
 df -h /dev/shm "$WORK" >>"$OUT/gpu-check.log" 2>&1 || true
 
 # --- the runs -------------------------------------------------------------------------------------------------
