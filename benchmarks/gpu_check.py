@@ -531,8 +531,9 @@ def relative_difference(path: Path, reference: Path) -> float | None:
 
 
 def add_speed_figures(record: dict, earlier: list[dict], latents_dir: Path) -> dict:
-    """``rel_to_as_released`` (s/image at 28 steps over as-released's), ``latents_rel_diff_to_eager`` and
-    ``goal``: judged only when the run ran what its mode names (a fallback is not judged against its goal)."""
+    """``rel_to_as_released`` (s/image at 28 steps over as-released's), ``latents_rel_diff_to_eager`` (eager's
+    record also holds as-released's, ``as_released_latents_rel_diff_to_eager``) and ``goal``: judged only when
+    the run ran what its mode names (a fallback is not judged against its goal)."""
     mode = record["run"].split("/", 1)[1]
     released = next((r for r in earlier if r.get("run") == "speed/as-released" and "s_per_image_at_28" in r), None)
     if "s_per_image_at_28" not in record:
@@ -541,6 +542,9 @@ def add_speed_figures(record: dict, earlier: list[dict], latents_dir: Path) -> d
                                     if released else None)
     diff = relative_difference(latents_dir / f"{mode}.safetensors", latents_dir / "eager.safetensors")
     record["latents_rel_diff_to_eager"] = None if diff is None else float(f"{diff:.3g}")
+    if mode == "eager":  # as-released ran first, before eager's latents existed: its difference goes here
+        diff = relative_difference(latents_dir / "as-released.safetensors", latents_dir / "eager.safetensors")
+        record["as_released_latents_rel_diff_to_eager"] = None if diff is None else float(f"{diff:.3g}")
     goal = GOALS.get(mode)
     if goal is not None:
         if record.get("ran_as") != intended(mode):
@@ -656,6 +660,9 @@ def format_table(records: list[dict]) -> str:
              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in records:
         note = r.get("skipped") and f"skipped: {r['skipped']}" or r.get("error") and f"failed: {r['error']}" or ""
+        if r.get("as_released_latents_rel_diff_to_eager") is not None:
+            note = (note + "; " if note else "") + \
+                f"as-released latents vs eager {r['as_released_latents_rel_diff_to_eager']:.3g}"
         if r.get("latents_rel_diff_to_eager") is not None:
             note = (note + "; " if note else "") + f"latents vs eager {r['latents_rel_diff_to_eager']:.3g}"
         if r["run"].startswith("train/") and "planned_gib" in r:

@@ -21,9 +21,9 @@ mkdir -p "$OUT"
 : >"$OUT/gpu-check.log"
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/gpu-check.XXXXXX")
 cleanup() {
+  # the random models (about 42 GB, in /dev/shm when it has room: RAM) go with the check
+  [ -f "$WORK/random-models.path" ] && rm -rf "$(cat "$WORK/random-models.path")"
   rm -rf "$WORK"
-  # the random models written to /dev/shm hold RAM until removed
-  [ -n "${DRY_RUN:-}" ] || rm -rf /dev/shm/instantcharacter-gpu-check
 }
 trap cleanup EXIT
 export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false

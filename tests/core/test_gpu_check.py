@@ -155,11 +155,15 @@ def test_the_dry_run_rehearses_the_whole_check(tmp_path):
     by_run = {r["run"]: r for r in records}
     released, eager = by_run["speed/as-released"], by_run["speed/eager"]
     assert "error" not in released and "error" not in eager, (released, eager)
-    assert eager["latents_rel_diff_to_eager"] == 0 and released["latents_rel_diff_to_eager"] < 1e-5
+    assert eager["latents_rel_diff_to_eager"] == 0
+    assert eager["as_released_latents_rel_diff_to_eager"] < 1e-5  # the released way computes the same function
     assert released["rel_to_as_released"] == 1.0 and eager["tokens_ahead_s"] > 0
-    assert "error" not in by_run[gpu_check.MODELS]
+    # on a busy machine later runs may time out or be skipped for the budget (the in-process test below runs
+    # them), but none may crash
+    for record in records:
+        assert record.get("error", "timed out").startswith("timed out"), record
     assert "| run | ran as |" in printed and (out / "gpu-check.md").is_file()
-    assert seconds < 300 + 60, f"the rehearsal took {seconds:.0f} s"  # its budget is 270 s; setup on a busy machine
+    assert seconds < 300, f"the rehearsal took {seconds:.0f} s"  # its budget, 270 s, counts from the shell's start
 
 
 @pytest.mark.slow
