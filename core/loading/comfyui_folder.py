@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from core.loading.component_files import OPTION, PART_NAME, PARTS, check_file, inspect_file
-from core.loading.single_file import SingleFileError, inspect_transformer_file, safetensors_header
+from core.loading.single_file import SingleFileError, safetensors_header
 
 # ComfyUI's folder names, then Forge's; each FLUX part is looked for in all of them (headers decide).
 FOLDERS = ("diffusion_models", "unet", "checkpoints", "vae", "text_encoders", "clip", "Stable-diffusion", "VAE",
@@ -65,9 +65,6 @@ def _candidates(folder: Path) -> list[Path]:
 def _identify(path: Path) -> tuple[dict, int]:
     """``({part: precision}, parts held)`` of one file; a file that is no FLUX part gives ``({}, 0)``."""
     try:
-        if path.suffix.lower() == ".gguf":
-            inspect_transformer_file(path)
-            return {"transformer": 1}, 1
         info = inspect_file(path)
     except SingleFileError:
         return {}, 0
@@ -132,9 +129,6 @@ def find_part_files(flux_folder: str | os.PathLike) -> dict[str, str]:
         return {}
     found: dict[str, list] = {}
     for path in sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in SUFFIXES):
-        if path.suffix.lower() == ".gguf":
-            found.setdefault("transformer", []).append((path, 1))
-            continue
         info = inspect_file(path)
         for part in info.prefixes:
             found.setdefault(part, []).append((path, len(info.prefixes)))
@@ -150,8 +144,5 @@ def find_part_files(flux_folder: str | os.PathLike) -> dict[str, str]:
 
 def check_part_file(path: str, part: str) -> str:
     """``path`` when it holds ``part`` (header checked), else :class:`SingleFileError` in one line."""
-    if Path(path).suffix.lower() == ".gguf":
-        raise SingleFileError(f"{path} given as {OPTION[part]}: a GGUF {PART_NAME[part]} is not supported yet "
-                              "(use its .safetensors file)")
     check_file(path, part)
     return path

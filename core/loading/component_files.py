@@ -135,8 +135,10 @@ def _inspect(path: str | os.PathLike) -> ComponentFile | str:
     path = Path(path).expanduser()
     if not path.is_file():
         raise SingleFileError(f"file not found: {path}")
+    if path.suffix.lower() == ".gguf":
+        return _inspect_gguf(path)
     if path.suffix.lower() not in (".safetensors", ".sft"):
-        raise SingleFileError(f"{path}: expected a .safetensors file")
+        raise SingleFileError(f"{path}: expected a .safetensors or .gguf file")
     header = safetensors_header(path)
     names = set(header)
     shapes = {k: v["shape"] for k, v in header.items()}
@@ -158,6 +160,49 @@ def _inspect(path: str | os.PathLike) -> ComponentFile | str:
     if not prefixes:
         return _what_else(names, shapes)
     return ComponentFile(str(path), prefixes, part_bytes, dtypes, path.stat().st_size)
+
+
+# A tensor every T5 encoder GGUF has, under llama.cpp's names (city96's t5-v1_1-xxl-encoder-gguf files).
+T5_GGUF_KEY = "enc.blk.0.attn_q.weight"
+
+
+def _inspect_gguf(path: Path) -> ComponentFile | str:
+    """A GGUF file: a FLUX transformer (city96's layout, see :mod:`core.loading.single_file`) or a T5 encoder."""
+    from gguf import GGUFReader
+
+    try:
+        reader = GGUFReader(path)
+    except Exception as exc:  # noqa: BLE001 - gguf raises ValueError, struct.error, IndexError... on bad files
+        raise SingleFileError(f"{path} is not a valid GGUF file ({type(exc).__name__})") from None
+    names = {t.name for t in reader.tensors}
+    part = ("text_encoder_2" if T5_GGUF_KEY in names else
+            "transformer" if BFL_KEY in names or "model.diffusion_model." + BFL_KEY in names or DIFFUSERS_KEY in names
+            else None)
+    if part is None:
+        return f"a GGUF of another model (tensors such as {', '.join(sorted(names)[:2]) or 'none'})"
+    return ComponentFile(str(path), {part: ""}, {part: sum(int(t.n_bytes) for t in reader.tensors)},
+                         {part: frozenset(t.tensor_type.name for t in reader.tensors)}, path.stat().st_size)
+
+
+def gguf_t5_tensors(path: str | os.PathLike, config, dtype) -> dict:
+    """A T5 encoder GGUF's tensors under transformers' names, each dequantized (gguf's own dequantizer) and cast
+    to ``dtype`` one at a time, so no whole float32 copy is ever held. The names come from transformers' own GGUF
+    table (``get_gguf_hf_weights_map``, built on gguf-py's tensor-name map for T5)."""
+    import gguf
+    import torch
+    from transformers import T5EncoderModel
+    from transformers.modeling_gguf_pytorch_utils import T5TensorProcessor, get_gguf_hf_weights_map
+
+    with torch.device("meta"):
+        model = T5EncoderModel(config)
+    names = get_gguf_hf_weights_map(model, T5TensorProcessor(), model_type="t5", num_layers=config.num_layers)
+    out = {}
+    for tensor in gguf.GGUFReader(path).tensors:
+        if tensor.name not in names:
+            raise SingleFileError(f"{path}: tensor {tensor.name} is not part of a T5 encoder of the config")
+        array = gguf.quants.dequantize(tensor.data, tensor.tensor_type)
+        out[names[tensor.name]] = torch.from_numpy(array.copy()).to(dtype)
+    return out
 
 
 def _part_keys(part: str, prefix: str, names, others: dict) -> list[str]:
@@ -221,8 +266,14 @@ def load_part(info: ComponentFile, part: str, dtype, config_folder: str | os.Pat
     from transformers import CLIPTextModel, T5EncoderModel
 
     prefix = info.prefixes[part]
-    tensors = read_part(info, part)
+    gguf_file = info.path.lower().endswith(".gguf")
+    tensors = {} if gguf_file else read_part(info, part)
     try:
+        if gguf_file:  # a T5 GGUF: dequantized tensor by tensor under transformers' names (inspect_file checked)
+            from transformers import T5Config
+
+            config = T5Config.from_pretrained(str(config_folder), subfolder="text_encoder_2", local_files_only=True)
+            tensors = gguf_t5_tensors(info.path, config, dtype)
         if part == "vae":
             # diffusers' converter finds the ldm prefix itself (LDM_VAE_KEYS); a bare ae.safetensors needs none
             return AutoencoderKL.from_single_file(tensors, config=str(config_folder), subfolder="vae",

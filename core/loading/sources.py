@@ -12,7 +12,7 @@ from pathlib import Path
 from core.errors import ModelSourceError
 from core.loading.comfyui_folder import check_part_file, choose_files, comfyui_models_folder, find_part_files
 from core.loading.component_files import check_file
-from core.loading.single_file import inspect_transformer_file, is_transformer_file
+from core.loading.single_file import is_transformer_file
 
 DEFAULT_BASE = "black-forest-labs/FLUX.1-dev"
 DEFAULT_SIGLIP = "google/siglip-so400m-patch14-384"
@@ -118,9 +118,6 @@ class ModelSources:
         if is_transformer_file(base):
             if not Path(base).is_file():
                 raise ModelSourceError(f"transformer file not found: {base}")
-            if Path(base).suffix.lower() == ".gguf":
-                inspect_transformer_file(base)
-                return replace(self, transformer=base)
             held = check_file(base, "transformer").prefixes
             files = {"vae": self.vae, "clip": self.clip, "t5": self.t5}
             for field, part in (("vae", "vae"), ("clip", "text_encoder"), ("t5", "text_encoder_2")):

@@ -110,3 +110,43 @@ def all_in_one(transformer, vae, clip, t5, dtype=None) -> dict:
 def write(tensors: dict, path: Path) -> Path:
     save_file({k: v.contiguous() for k, v in tensors.items()}, str(path), metadata={"format": "pt"})
     return path
+
+
+def write_t5_gguf(t5, path: Path, qtype: str = "Q8_0") -> Path:
+    """A ``T5EncoderModel`` as a T5 encoder GGUF (city96's ``t5-v1_1-xxl-encoder-Q8_0.gguf`` layout): tensor names
+    from gguf-py's own T5-encoder name map (the table llama.cpp's converter applies), 2-D weights quantized by
+    gguf-py's quantizer where their rows allow, the rest float32, and the metadata transformers' GGUF reader needs
+    to rebuild the config (so transformers' own ``from_pretrained(gguf_file=...)`` can read the file as a check)."""
+    import gguf
+    import numpy as np
+
+    config = t5.config
+    names = gguf.get_tensor_name_map(gguf.MODEL_ARCH.T5ENCODER, config.num_layers)
+    quant = gguf.GGMLQuantizationType[qtype]
+    block = gguf.GGML_QUANT_SIZES[quant][0]
+    writer = gguf.GGUFWriter(str(path), arch="t5encoder")
+    writer.add_name("t5-v1_1-tiny-encoder")
+    writer.add_context_length(512)
+    writer.add_embedding_length(config.d_model)
+    writer.add_feed_forward_length(config.d_ff)
+    writer.add_block_count(config.num_layers)
+    writer.add_head_count(config.num_heads)
+    writer.add_key_length(config.d_kv)
+    writer.add_value_length(config.d_kv)
+    writer.add_layer_norm_rms_eps(config.layer_norm_epsilon)
+    writer.add_relative_attn_buckets_count(config.relative_attention_num_buckets)
+    writer.add_vocab_size(config.vocab_size)
+    for key, tensor in t5.state_dict().items():
+        if key == "encoder.embed_tokens.weight":
+            continue  # the same tensor as shared.weight (token_embd)
+        name = names.get_name(key.removesuffix(".weight")) + ".weight"
+        array = tensor.detach().float().numpy()
+        if array.ndim == 2 and array.shape[1] % block == 0:
+            writer.add_tensor(name, gguf.quants.quantize(array, quant), raw_dtype=quant)
+        else:
+            writer.add_tensor(name, np.ascontiguousarray(array, dtype=np.float32))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return path

@@ -45,6 +45,7 @@ def files(parts, tmp_path_factory):
         "t5": layouts.write(layouts.t5_to_original(parts["t5"]), folder / "t5xxl_fp32.safetensors"),
         "t5-fp8": layouts.write(layouts.t5_to_original(parts["t5"], torch.float8_e4m3fn),
                                 folder / "t5xxl_fp8_e4m3fn.safetensors"),
+        "t5-q8": layouts.write_t5_gguf(parts["t5"], folder / "t5-v1_1-xxl-encoder-Q8_0.gguf"),
         "all-in-one": layouts.write(layouts.all_in_one(*parts.values()), folder / "flux1-dev-aio.safetensors"),
         "all-in-one-fp8": layouts.write(layouts.all_in_one(*parts.values(), dtype=torch.float8_e4m3fn),
                                         folder / "flux1-dev-fp8.safetensors"),
@@ -92,6 +93,7 @@ def test_headers_say_which_parts_a_file_holds(files):
 # mantissa bits: the tolerance the single-file transformer test found for fp8 (0.08 of [0, 1]).
 @pytest.mark.parametrize("given, tolerance", [
     ({"vae": "vae"}, 0.0), ({"clip": "clip"}, 0.0), ({"t5": "t5"}, 0.0), ({"t5": "t5-fp8"}, 0.08),
+    ({"t5": "t5-q8"}, 0.02),  # Q8_0: 8-bit weights with a scale per 32, as the GGUF transformer test allows
     ({"base": "transformer", "vae": "vae", "clip": "clip", "t5": "t5"}, 1e-5),
     ({"base": "all-in-one"}, 1e-5), ({"base": "all-in-one-fp8"}, 0.08),
 ])
@@ -116,6 +118,21 @@ def test_each_file_makes_the_folder_image_with_no_weights_in_the_folder(given, t
     models_record = engine.provenance()["models"]
     for part, path in sources.part_files().items():  # the PNG names each file by name and digest, no path
         assert models_record[part] == {"file": Path(path).name, "digest": file_digest(path)}
+
+
+def test_a_t5_gguf_reads_as_transformers_own_gguf_loader_reads_it(files, tiny_models):
+    """Ours dequantizes tensor by tensor (no whole float32 copy); transformers' ``from_pretrained(gguf_file=...)``
+    dequantizes the whole file with the config from its metadata: the weights must be the same."""
+    from transformers import T5EncoderModel
+
+    from core.loading.component_files import load_part
+
+    info = inspect_file(files["t5-q8"])
+    assert info.prefixes == {"text_encoder_2": ""} and "Q8_0" in info.dtypes["text_encoder_2"]
+    ours = load_part(info, "text_encoder_2", torch.float32, Path(tiny_models) / "flux").state_dict()
+    theirs = T5EncoderModel.from_pretrained(Path(files["t5-q8"]).parent, gguf_file=Path(files["t5-q8"]).name,
+                                            dtype=torch.float32).state_dict()
+    assert ours.keys() == theirs.keys() and all(torch.equal(ours[k], theirs[k]) for k in ours)
 
 
 def test_files_in_the_models_directory_replace_their_parts(files, tiny_models, folder_image, tmp_path):
@@ -146,6 +163,7 @@ def _comfyui_tree(root: Path, files: dict, tiny_models) -> Path:
     shutil.copy(files["clip"], models / "clip" / "clip_l.safetensors")
     shutil.copy(files["t5-fp8"], models / "clip" / "t5xxl_fp8_e4m3fn.safetensors")
     shutil.copy(files["t5"], models / "text_encoders" / "t5xxl_fp16.safetensors")
+    shutil.copy(files["t5-q8"], models / "text_encoders" / "t5-v1_1-xxl-encoder-Q8_0.gguf")
     save_file({"vision_model.embeddings.position_embedding.weight": torch.zeros(729, 1152)},
               str(models / "clip_vision" / "sigclip_vision_patch14_384.safetensors"))
     save_file({"lora_unet_double_blocks_0.lora_down.weight": torch.zeros(2, 2)},
@@ -168,7 +186,7 @@ def test_a_comfyui_folder_gives_the_right_file_for_each_part(files, tiny_models,
     assert ("FLUX.1 transformer: unet/flux1-dev.safetensors (a file of this part alone before an all-in-one "
             "checkpoint; also fit: flux1-dev-fp8.safetensors)") in notes
     assert ("T5-XXL text encoder: text_encoders/t5xxl_fp16.safetensors (the highest precision; also fit: "
-            "t5xxl_fp8_e4m3fn.safetensors, flux1-dev-fp8.safetensors)") in notes
+            "t5xxl_fp8_e4m3fn.safetensors, t5-v1_1-xxl-encoder-Q8_0.gguf, flux1-dev-fp8.safetensors)") in notes
     assert "SigLIP: clip_vision/sigclip_vision_patch14_384.safetensors (so400m-patch14-384)" in notes
     assert sources.base == "black-forest-labs/FLUX.1-dev" and sources.adapter.startswith("tencent/")
     # with only diffusion_models/ and the fp8 T5 left, those are taken, the precision rule named
@@ -180,7 +198,7 @@ def test_a_comfyui_folder_gives_the_right_file_for_each_part(files, tiny_models,
     assert sources.transformer == str(models / "diffusion_models" / "flux1-dev.safetensors")
     assert sources.t5 == str(models / "clip" / "t5xxl_fp32.safetensors")
     assert ("T5-XXL text encoder: clip/t5xxl_fp32.safetensors (the highest precision; also fit: "
-            "t5xxl_fp8_e4m3fn.safetensors)") in sources.notes
+            "t5xxl_fp8_e4m3fn.safetensors, t5-v1_1-xxl-encoder-Q8_0.gguf)") in sources.notes
 
 
 def test_a_comfyui_folder_loads_with_configs_from_a_base_folder(files, tiny_models, folder_image, tmp_path):
@@ -232,6 +250,9 @@ def test_wrong_files_are_named_in_one_line(files, tmp_path):
         inspect_file(lora)
     with pytest.raises(SingleFileError, match="file not found"):
         ModelSources().with_files(clip=str(tmp_path / "missing.safetensors"))
+    with pytest.raises(SingleFileError, match=r"t5-v1_1-xxl-encoder-Q8_0\.gguf given as --base is a T5-XXL text "
+                                              r"encoder \(.*Q8_0.*\), not a FLUX\.1 transformer"):
+        ModelSources().with_base(str(files["t5-q8"]))
 
 
 def test_a_wrong_file_stops_the_generate_command_with_exit_2(files, tiny_models, tmp_path, capsys):
