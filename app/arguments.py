@@ -47,7 +47,7 @@ def add_file_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--vae", default=None, metavar="FILE", help="FLUX VAE file (ae.safetensors, BFL/ldm layout)")
     parser.add_argument("--clip", default=None, metavar="FILE", help="CLIP-L text encoder file (clip_l.safetensors)")
     parser.add_argument("--t5", default=None, metavar="FILE",
-                        help="T5-XXL text encoder file (t5xxl_fp16 / bf16 / fp8_e4m3fn .safetensors)")
+                        help="T5-XXL text encoder file (t5xxl_fp16 / bf16 / fp8_e4m3fn .safetensors, or .gguf)")
 
 
 def file_sources(args: argparse.Namespace):

@@ -14,6 +14,8 @@ from pathlib import Path
 from core.loading.memory import PRESET_ORDER, QUANTIZATIONS
 from core.errors import UsageError
 
+from .arguments import add_file_arguments
+
 
 
 def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
@@ -74,7 +76,11 @@ def add_plan_arguments(parser: argparse.ArgumentParser) -> None:
                         help="GPU memory in GB (GiB, as GPU makers count it); default: detected")
     parser.add_argument("--ram", type=float, default=None, metavar="GB", help="system RAM in GB; default: detected")
     parser.add_argument("--base", default=None, metavar="FILE",
-                        help="plan for this transformer file (.gguf or BFL .safetensors): its real size is read")
+                        help="plan for this transformer or all-in-one file (.gguf or .safetensors): its real size is "
+                             "read")
+    parser.add_argument("--models", default=None, metavar="FOLDER",
+                        help="plan for the FLUX files of a ComfyUI/Forge models folder (or a models directory)")
+    add_file_arguments(parser)
     parser.add_argument("--width", type=int, default=1024)
     parser.add_argument("--height", type=int, default=1024)
     parser.add_argument("--controlnet", action="store_true",
@@ -90,10 +96,17 @@ def plan_main(args: argparse.Namespace) -> int:
         if value is not None and value <= 0:
             raise UsageError(f"--{name} {value}: must be a positive number of GB")
     files = None
-    if getattr(args, "base", None):
-        from core.loading.single_file import inspect_transformer_file
+    if any(getattr(args, k, None) for k in ("base", "models", "vae", "clip", "t5")):
+        from core.loading.component_files import weight_files
+        from core.loading.sources import ModelSources
 
-        files = inspect_transformer_file(args.base).weight_files()
+        sources = ModelSources.parse(getattr(args, "models", None)).with_base(getattr(args, "base", None))
+        sources = sources.with_files(vae=getattr(args, "vae", None), clip=getattr(args, "clip", None),
+                                     t5=getattr(args, "t5", None))
+        given = sources.part_files()
+        files = weight_files(given) if given else None
+        for note in sources.notes:
+            print(f"models: {note}")
     print(format_plan(args.vram, args.ram, args.width, args.height, files=files,
                       controlnet=bool(getattr(args, "controlnet", False))))
     return 0

@@ -300,3 +300,21 @@ def test_every_part_from_files_asks_no_gated_repository(files, monkeypatch):
     folder = components.bundled_flux_folder()
     assert {p.name for p in folder.iterdir()} >= {"model_index.json", "transformer", "vae", "text_encoder",
                                                    "text_encoder_2", "scheduler"}
+
+
+def test_the_planner_counts_each_files_stored_bytes(files, capsys):
+    from app.cli import main
+    from core.loading.component_files import weight_files
+
+    aio = inspect_file(files["all-in-one-fp8"])
+    counted = weight_files(ModelSources().with_base(str(files["all-in-one-fp8"])).part_files())
+    # an all-in-one file is read part by part: the most read at once is its largest part, not the whole file
+    assert counted.largest_file_bytes == max(aio.part_bytes.values()) < aio.file_bytes
+    fp8 = weight_files({"text_encoder_2": str(files["t5-fp8"])})
+    assert fp8.largest_file_bytes == inspect_file(files["t5-fp8"]).part_bytes["text_encoder_2"]
+    q8 = weight_files({"text_encoder_2": str(files["t5-q8"])})
+    assert q8.largest_file_bytes == inspect_file(files["t5-q8"]).part_bytes["text_encoder_2"]
+    assert main(["plan", "--vram", "24", "--ram", "32", "--t5", str(files["t5-fp8"])]) == 0
+    assert "auto ->" in capsys.readouterr().out
+    assert main(["plan", "--vram", "24", "--ram", "32", "--t5", str(files["clip"])]) == 2
+    assert "given as --t5 is a CLIP-L text encoder" in capsys.readouterr().err
