@@ -165,25 +165,70 @@ def _control(args) -> int:
 
 
 def _train(args) -> int:
-    from diffusers.utils import logging as diffusers_logging
+    import os
 
     from .config import load_config
 
-    diffusers_logging.set_verbosity_error()  # per-caption truncation notes would drown the progress
-    from .loop import Trainer
+    # typos are reported before torch and diffusers load (tens of seconds); torchrun and accelerate launch set
+    # WORLD_SIZE, which the batch checks need
+    load_config(args.config, int(os.environ.get("WORLD_SIZE", "1") or 1))
+    from diffusers.utils import logging as diffusers_logging
 
+    diffusers_logging.set_verbosity_error()  # per-caption truncation notes would drown the progress
     import torch
     from accelerate import PartialState
 
+    from .loop import Trainer
+    from .progress import TerminalProgress
+
     # the first PartialState fixes the process group for the run: on the CPU it must ask for gloo explicitly
-    processes = PartialState(cpu=not torch.cuda.is_available()).num_processes
-    config = load_config(args.config, processes)
-    result = Trainer(config, resume=args.resume, vram_gib=args.vram).run(args.max_steps)
-    if result.state and PartialState().is_main_process:
+    state = PartialState(cpu=not torch.cuda.is_available())
+    config = load_config(args.config, state.num_processes)
+    trainer = Trainer(config, resume=args.resume, vram_gib=args.vram,
+                      listeners=[TerminalProgress()] if state.is_main_process else [])
+    with _first_interrupt_stops(trainer, state.is_main_process):
+        result = trainer.run(args.max_steps)
+    if result.state and state.is_main_process:
         what = "stopped" if result.stopped else "finished"
-        print(f"{what} at step {result.state.global_step}; " + (
+        print(f"{what} at step {result.state.global_step} of {config.total_steps}; " + (
             f"adapter: {result.exported[0]}" if result.exported else f"checkpoints in {config.output_path}"))
-    return 0
+        if result.stopped:
+            print(f"resume with: instantcharacter-studio train {args.config} --resume")
+    return 130 if trainer.stop_asked and result.stopped else 0
+
+
+class _first_interrupt_stops:
+    """Ctrl-C while training asks ``trainer`` to stop at the end of the current step with a checkpoint; a second
+    Ctrl-C (or one before the first step) stops at once, as Python's default does."""
+
+    def __init__(self, trainer, talk: bool):
+        self.trainer, self.talk = trainer, talk
+
+    def _handle(self, signum, frame):
+        import signal
+
+        if not self.trainer.stepping or self.trainer.stop_asked:
+            signal.signal(signal.SIGINT, self.previous)
+            raise KeyboardInterrupt
+        self.trainer.ask_stop()
+        if self.talk:
+            print("\nCtrl-C: saving a checkpoint at the end of this step (Ctrl-C again to stop at once)", flush=True)
+
+    def __enter__(self):
+        import signal
+        import threading
+
+        self.previous = None
+        if threading.current_thread() is threading.main_thread():
+            self.previous = signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def __exit__(self, *exc):
+        import signal
+
+        if self.previous is not None:
+            signal.signal(signal.SIGINT, self.previous)
+        return False
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -200,7 +245,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return handler(args) or 0
     except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
+        print("interrupted: nothing saved since the last checkpoint" + (
+            f" (resume from it with: instantcharacter-studio train {args.config} --resume)"
+            if handler is _train else ""), file=sys.stderr)
         return 130
     except (ValueError, RuntimeError, FileNotFoundError, PermissionError, OSError) as exc:
         if args.debug:

@@ -1,7 +1,7 @@
 """How a training process reports to the outside world, and how it is asked to stop or save: files only.
 
 The trainer appends JSON lines to ``output_dir/events.jsonl`` (one object per line, each with ``"event"`` and
-``"time"``): ``start``, ``step`` (step, stage, loss, lr, it_s, eta_s), ``sample`` (step, images), ``validation``
+``"time"``): ``loading`` and ``caching`` (setup, with ``message``), ``start``, ``step`` (step, stage, loss, lr, it_s, eta_s), ``sample`` (step, images), ``validation``
 (step, clip_i, dino_i, clip_t, cases, images; see :mod:`trainer.validation`), ``checkpoint``, ``export``,
 ``stopped``, ``done`` and ``error``. The studio (or anyone) reads the file; the trainer knows nothing
 of them. Requests go the other way as empty files in ``output_dir/control/``: ``stop`` and ``save-now``, honoured
@@ -24,9 +24,10 @@ STOP, SAVE_NOW = "stop", "save-now"
 class EventLog:
     """Appends events to ``folder/events.jsonl``; each line is flushed so readers see it at once."""
 
-    def __init__(self, folder: str | Path, enabled: bool = True):
+    def __init__(self, folder: str | Path, enabled: bool = True, listeners=()):
         self.path = Path(folder) / EVENTS_FILE
         self.enabled = enabled
+        self.listeners = list(listeners)  # called with each record after it is written (the terminal's progress)
         if enabled:
             self.path.parent.mkdir(parents=True, exist_ok=True)
 
@@ -36,6 +37,8 @@ class EventLog:
             with open(self.path, "a", encoding="utf-8") as f:
                 f.write(json.dumps(record, default=str) + "\n")
                 f.flush()
+            for listener in self.listeners:
+                listener(record)
         return record
 
 

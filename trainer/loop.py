@@ -16,6 +16,7 @@ import hashlib
 import json
 import logging
 import math
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -134,7 +135,9 @@ def _load_pipeline(config: TrainConfig, dtype: torch.dtype, device):
 class Trainer:
     """One training job. Build it, then :meth:`run`; all processes of a launch run the same code."""
 
-    def __init__(self, config: TrainConfig, resume: bool = False, accelerator=None, vram_gib: float | None = None):
+    def __init__(self, config: TrainConfig, resume: bool = False, accelerator=None, vram_gib: float | None = None,
+                 listeners=()):
+        """``listeners`` hear every event record as it is written (the command line prints them)."""
         from accelerate import Accelerator
 
         self.config = config
@@ -154,8 +157,15 @@ class Trainer:
             raise TrainingRefused("run.distributed = \"fsdp\" on several processes does not render samples or "
                                   "validation yet: set sampling.every and validation.every to 0, or use \"ddp\"")
         self.out = config.output_path
-        self.events = EventLog(self.out, enabled=acc.is_main_process)
+        self.events = EventLog(self.out, enabled=acc.is_main_process, listeners=listeners)
         self.losses: list[float] = []
+        self.stepping = False  # True once the step loop runs: a stop asked for then ends at the next step's end
+        self.stop_asked = False  # ask_stop() was called (Ctrl-C in the terminal); honoured like a stop request
+
+    def ask_stop(self) -> None:
+        """Stop at the end of the current optimizer step with a checkpoint, as a ``stop`` request does (safe to
+        call from a signal handler: it only sets a flag)."""
+        self.stop_asked = True
 
     # ------------------------------------------------------------------ setup
     def _prepare(self):
@@ -182,7 +192,11 @@ class Trainer:
 
         set_seed(config.seed)
         self.weight_dtype = _weight_dtype(acc.mixed_precision)
+        started = time.monotonic()
+        self.events.emit("loading", message=f"loading the models ({config.models.source}, "
+                                            f"{str(self.weight_dtype).removeprefix('torch.')} on {acc.device.type})")
         self.pipe = _load_pipeline(config, self.weight_dtype, acc.device)
+        self.events.emit("loading", message=f"models loaded in {time.monotonic() - started:.1f} s")
         model = build_training_model(self.pipe, config.trainable, config.objective, config.models.init == "fresh",
                                      config.seed, config.part_options())
         if config.run.gradient_checkpointing:
@@ -207,11 +221,17 @@ class Trainer:
         """Encodes every row the stages use once, then moves the encoders whose outputs are all cached off the
         GPU (what ``trainer.plan`` counts): the VAE for ``latents``, CLIP + T5 for ``text``, SigLIP + DINOv2 for
         ``features``. Sampling and validation move them back while they run."""
-        for index, stage in enumerate(self.config.stages):
-            for kind in ("unpaired", "paired"):
-                if stage.data in (kind, "both"):
-                    for row in self.datasets[kind]:
-                        self.encoder.encode([row], stage.resolution, [(index, 0, 0)])
+        jobs = [(index, stage, row) for index, stage in enumerate(self.config.stages)
+                for kind in ("unpaired", "paired") if stage.data in (kind, "both") for row in self.datasets[kind]]
+        started, shown = time.monotonic(), time.monotonic()
+        self.events.emit("caching", message=f"caching the frozen encoders' {', '.join(kinds)} for {len(jobs)} "
+                                            "row(s) x stage (once per image; later runs read the cache)")
+        for done, (index, stage, row) in enumerate(jobs, 1):
+            self.encoder.encode([row], stage.resolution, [(index, 0, 0)])
+            if time.monotonic() - shown > 10 and done < len(jobs):
+                shown = time.monotonic()
+                self.events.emit("caching", message=f"caching: {done}/{len(jobs)}")
+        self.events.emit("caching", message=f"cached {len(jobs)} in {time.monotonic() - started:.1f} s")
         if self.accelerator.device.type == "cpu":
             return
         offload = {"latents": ("vae",), "text": ("text_encoder", "text_encoder_2"), "features": ("siglip", "dinov2")}
@@ -247,9 +267,9 @@ class Trainer:
     # ------------------------------------------------------------------ pieces
     def _requests(self) -> tuple[bool, bool]:
         """(stop, save_now) as seen by the main process, shared with every process."""
-        flags = [False, False]
+        flags = [self.stop_asked, False]
         if self.accelerator.is_main_process:
-            flags = [take_request(self.out, STOP), take_request(self.out, SAVE_NOW)]
+            flags = [take_request(self.out, STOP) or self.stop_asked, take_request(self.out, SAVE_NOW)]
         if self.accelerator.num_processes > 1:
             from accelerate.utils import broadcast_object_list
 
@@ -352,6 +372,7 @@ class Trainer:
             accumulation = config.run.gradient_accumulation_steps
             self.events.emit("stage", stage=stage_index, name=stage.name, steps=stage.steps,
                              start_step=state.stage_step, micro_batch=micro)
+            self.stepping = True
             while state.stage_step < stage.steps:
                 step = state.stage_step
                 rows = schedule.global_batch(step)
