@@ -198,23 +198,27 @@ def load_checkpoint(accelerator, folder: str | Path, model, optimizer, scheduler
 
 
 # ---------------------------------------------------------------------- export
-def export_adapter(output: str | Path, model, metadata: dict | None = None, released_bin: bool = False) -> list[Path]:
+def export_adapter(output: str | Path, model, metadata: dict | None = None, released_bin: bool = False,
+                   source_adapter: str | Path | None = None) -> list[Path]:
     """Writes the trained adapter for the engine: ``<output>.safetensors`` + ``<output>.json``.
 
     ``output`` is a path without suffix (e.g. ``run/adapter``). With ``released_bin`` also ``<output>.bin`` in the
     released layout (``torch.save({"image_proj": ..., "ip_adapter": ...})``). Parts other than the image adapter
     are written as ``<output>.<part>.safetensors``: the text adapter in :meth:`core.models.text_adapter.TextAdapter.save`'s
     format (with its ``<output>.text_adapter.json`` config), which ``InstantCharacterPipeline.from_pretrained(...,
-    text_adapter=PATH)`` and the CLI's ``--text-adapter`` read.
+    text_adapter=PATH)`` and the CLI's ``--text-adapter`` read. ``source_adapter``: the adapter file a LoRA run
+    started from, whose frozen weights the export keeps as they are there (see ``LoraImageAdapterPart``).
     """
-    from core.loading.checkpoint import infer_config, save_adapter
+    from core.loading.checkpoint import infer_config, read_adapter, save_adapter
 
     output = Path(output)
     written = []
     meta = {k: str(v) for k, v in (metadata or {}).items()}
     info = {"format": "instantcharacter", "metadata": meta}
     for name, part in model.parts.items():
-        groups = {g: {k: v.detach().float().cpu() for k, v in sd.items()} for g, sd in part.export_groups().items()}
+        raw = (part.export_groups(read_adapter(source_adapter) if source_adapter else None)
+               if name == "image_adapter_lora" else part.export_groups())
+        groups = {g: {k: v.detach().float().cpu() for k, v in sd.items()} for g, sd in raw.items()}
         if name in ("image_adapter", "image_adapter_lora"):  # LoRA exports merged: an ordinary adapter
             path = output.with_suffix(".safetensors")
             save_adapter(path, groups["image_proj"], groups["ip_adapter"], meta)

@@ -41,7 +41,8 @@ def _command_parser() -> argparse.ArgumentParser:
     p.add_argument("--debug", action="store_true")
     sub = p.add_subparsers(dest="command", required=True)
     v = sub.add_parser("validate", help="check a dataset and list every bad row")
-    v.add_argument("dataset", help="folder with .txt captions or a JSONL file")
+    v.add_argument("dataset", help="folder with .txt captions, a JSONL file, or a training config (.toml): the "
+                                   "datasets its stages use")
     v.add_argument("--kind", choices=("paired", "unpaired"), default=None)
     v.add_argument("--no-decode", action="store_true", help="check files exist without decoding images")
     i = sub.add_parser("init-config", help="write a starting config")
@@ -80,11 +81,26 @@ def _command_parser() -> argparse.ArgumentParser:
 
 
 def _validate(args) -> int:
+    """Checks a dataset, or every dataset a training config (``.toml``) names; status 2 when any has bad rows."""
     from .data import validate
 
-    report = validate(args.dataset, args.kind, check_images=not args.no_decode)
-    print(report.summary())
-    return 0 if report.ok else 1
+    if Path(args.dataset).suffix.lower() == ".toml":
+        from .config import load_config
+
+        config = load_config(args.dataset)
+        used = {kind for s in config.stages for kind in (("unpaired", "paired") if s.data == "both" else (s.data,))}
+        datasets = [(config.resolve(getattr(config.data, kind)), kind) for kind in ("unpaired", "paired")
+                    if kind in used]
+        if config.validation.every and config.validation.data:
+            datasets.append((config.resolve(config.validation.data), None))
+    else:
+        datasets = [(args.dataset, args.kind)]
+    ok = True
+    for dataset, kind in datasets:
+        report = validate(dataset, kind, check_images=not args.no_decode)
+        print(report.summary())
+        ok = ok and report.ok
+    return 0 if ok else 2
 
 
 def _init_config(args) -> int:
@@ -127,7 +143,7 @@ def _export(args) -> int:
 
     from .checkpoints import export_adapter, latest_checkpoint, load_trainable
     from .config import load_config
-    from .loop import _load_pipeline
+    from .loop import _load_pipeline, source_adapter
     from .objective import build_training_model
 
     config = load_config(args.config)
@@ -141,7 +157,8 @@ def _export(args) -> int:
     model = build_training_model(pipe, config.trainable, config.objective, config.models.init == "fresh", config.seed,
                                  config.part_options())
     load_trainable(folder, model)
-    for path in export_adapter(args.out, model, {"source": str(folder)}, args.bin):
+    source = source_adapter(config) if "image_adapter_lora" in model.parts else None
+    for path in export_adapter(args.out, model, {"source": folder.name}, args.bin, source):
         print(path)
     return 0
 

@@ -302,7 +302,8 @@ class TrainConfig:
         for i, s in enumerate(self.stages):
             key = f"stages[{i}]"
             need(s.data in STAGE_DATA, f"{key}.data", f"{s.data!r}: use one of {', '.join(STAGE_DATA)}")
-            used.update(("unpaired", "paired") if s.data == "both" else (s.data,))
+            if s.data in STAGE_DATA:
+                used.update(("unpaired", "paired") if s.data == "both" else (s.data,))
             need(isinstance(s.resolution, int) and s.resolution >= 16 and s.resolution % 16 == 0,
                  f"{key}.resolution", f"{s.resolution!r}: must be a multiple of 16 (at least 16)")
             need(isinstance(s.steps, int) and s.steps >= 1, f"{key}.steps", f"{s.steps!r}: must be at least 1")

@@ -90,15 +90,28 @@ def _warmup(steps: int):
     return lambda step: 1.0 if steps <= 0 else min(1.0, (step + 1) / steps)
 
 
-def _load_pipeline(config: TrainConfig, dtype: torch.dtype, device):
-    from core.models.pipeline import InstantCharacterPipeline
+def _model_sources(config: TrainConfig):
     from core.loading.sources import ModelSources
 
     m = config.models
     source = m.source
     if source not in ("default", "tiny") and not Path(source).is_absolute():
         source = str(config.resolve(source))
-    sources = ModelSources.parse(source).override(base=m.base, siglip=m.siglip, dinov2=m.dinov2, adapter=m.adapter)
+    return ModelSources.parse(source).override(base=m.base, siglip=m.siglip, dinov2=m.dinov2, adapter=m.adapter)
+
+
+def source_adapter(config: TrainConfig) -> str | None:
+    """The adapter file a run starts from (``models.init = "checkpoint"``), else None."""
+    from core.loading.sources import resolve_file
+
+    return resolve_file(_model_sources(config).adapter) if config.models.init == "checkpoint" else None
+
+
+def _load_pipeline(config: TrainConfig, dtype: torch.dtype, device):
+    from core.models.pipeline import InstantCharacterPipeline
+
+    m = config.models
+    sources = _model_sources(config)
     quant = m.base_quantization
     kwargs = {}
     if quant.startswith("bnb-"):
@@ -449,7 +462,8 @@ class Trainer:
         if acc.is_main_process:
             meta = {"source": "instantcharacter-studio trainer", "config_digest": self.digest,
                     "stages": ",".join(s.name for s in self.config.stages)}
-            written = export_adapter(self.out / "adapter", model, meta, self.config.export.released_bin)
+            written = export_adapter(self.out / "adapter", model, meta, self.config.export.released_bin,
+                                     source_adapter(self.config) if "image_adapter_lora" in model.parts else None)
             self.events.emit("export", paths=[str(p) for p in written])
         acc.wait_for_everyone()
         return written

@@ -259,7 +259,10 @@ class LoraImageAdapterPart(ImageAdapterPart):
             if not trainable:
                 p.data = p.data.to(dtype)
 
-    def export_groups(self) -> dict[str, dict[str, torch.Tensor]]:
+    def export_groups(self, source=None) -> dict[str, dict[str, torch.Tensor]]:
+        """The merged adapter in float32. ``source`` (the :class:`core.loading.checkpoint.AdapterWeights` the run
+        started from) gives the frozen weights as the file holds them, not as trained (rounded to the weight
+        dtype): untouched weights export bit for bit, and updated ones are ``source + delta``."""
         from peft.tuners.lora import LoraLayer
 
         deltas = {}
@@ -273,6 +276,9 @@ class LoraImageAdapterPart(ImageAdapterPart):
                 if "lora_" in key:
                     continue
                 full = f"{group}.{key}".replace(".base_layer", "")
+                original = getattr(source, group, {}).get(key.replace(".base_layer", "")) if source else None
+                if original is not None and original.shape == value.shape:
+                    value = original
                 value = value.float()
                 if full in deltas:
                     value = value + deltas[full].float()

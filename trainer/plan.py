@@ -95,7 +95,14 @@ def fits(peak_bytes: int, card_gib: float) -> bool:
     return peak_bytes + CUDA_CONTEXT_BYTES <= card_gib * GiB * USABLE_SHARE
 
 
+SMALL_JOB_GIB = 8  # a job that fits a card this small is not labelled with the 24 GB cards of the presets
+
+
 def smallest_card(peak_bytes: int) -> str:
+    """The smallest card of ``CARDS`` that fits ``peak_bytes``; for a small job, the memory it needs instead."""
+    if fits(peak_bytes, SMALL_JOB_GIB):
+        needed = (peak_bytes + CUDA_CONTEXT_BYTES) / USABLE_SHARE / GiB
+        return f"any GPU with {max(needed, 0.1):.1f} GiB"
     for label, gib in CARDS:
         if fits(peak_bytes, gib):
             return label
@@ -241,7 +248,8 @@ def build_meta_model(desc: ModelDescription, config, dtype):
         if hasattr(part, "prepare_for_training"):
             part.prepare_for_training(dtype)
     model.to(dtype)
-    transformer.to(dtype)
+    # torch's own cast: diffusers' ModelMixin.to warns about float32 modules even when the list is empty ([])
+    torch.nn.Module.to(transformer, dtype)
     for part in frozen.values():
         part.to(dtype)
     return model, transformer

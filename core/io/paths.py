@@ -81,6 +81,8 @@ def atomic_path(path: str | os.PathLike):
     os.close(fd)
     try:
         yield Path(tmp)
+        # mkstemp makes the file 0600 (and a writer may replace it): give it the mode an ordinary write would
+        os.chmod(tmp, _kept_mode(path))
         with open(tmp, "rb+") as handle:  # on disk before the rename, so a crash never leaves an empty file
             os.fsync(handle.fileno())
         os.replace(tmp, path)
@@ -88,6 +90,28 @@ def atomic_path(path: str | os.PathLike):
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
+
+
+def _umask() -> int:
+    """The process's umask, read without changing it where Linux shows it (``/proc/self/status``)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)  # elsewhere: read by setting it, and put it back at once
+    os.umask(mask)
+    return mask
+
+
+def _kept_mode(path: Path) -> int:
+    """The permission bits a write to ``path`` leaves: an existing file's, else ``0o666`` less the umask."""
+    try:
+        return stat.S_IMODE(path.stat().st_mode)
+    except FileNotFoundError:
+        return 0o666 & ~_umask()
 
 
 def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> Path:
