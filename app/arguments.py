@@ -51,15 +51,24 @@ def add_file_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def file_sources(args: argparse.Namespace):
-    """The sources of ``--models`` with ``--base`` / ``--vae`` / ``--clip`` / ``--t5`` applied (each file's header
-    checked now), or None when none of them is given and ``--models`` says it all."""
+    """The sources of ``--models`` with ``--base`` / ``--vae`` / ``--clip`` / ``--t5`` / ``--adapter`` applied (each
+    file checked now), or None when none of them is given and ``--models`` says it all."""
     from core.loading.sources import ModelSources
 
-    given = {k: getattr(args, k, None) for k in ("base", "vae", "clip", "t5")}
+    given = {k: getattr(args, k, None) for k in ("base", "vae", "clip", "t5", "adapter")}
     sources = ModelSources.parse(args.models)
     if not any(given.values()) and not sources.notes:
         return None
-    return sources.with_base(given["base"]).with_files(vae=given["vae"], clip=given["clip"], t5=given["t5"])
+    return (sources.with_base(given["base"]).with_files(vae=given["vae"], clip=given["clip"], t5=given["t5"])
+            .with_adapter(given["adapter"]))
+
+
+def add_adapter_argument(parser: argparse.ArgumentParser) -> None:
+    """``--adapter FILE``: a trained image adapter (``train export``, or a run's ``adapter.safetensors``) in place of
+    the models' own; recorded in each PNG by file name and SHA-256."""
+    parser.add_argument("--adapter", default=None, metavar="FILE",
+                        help="a trained image adapter (.safetensors or .bin, e.g. runs/NAME/adapter.safetensors) "
+                             "instead of the models' own; recorded in the PNG by name and SHA-256")
 
 
 def add_launch_arguments(parser: argparse.ArgumentParser) -> None:

@@ -12,6 +12,8 @@ import sys
 from pathlib import Path
 
 from core.loading.memory import PRESET_ORDER, QUANTIZATIONS
+
+from .arguments import add_adapter_argument, add_speed_arguments, speed_options
 from core.errors import UsageError
 
 from .arguments import add_file_arguments
@@ -30,6 +32,7 @@ def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--as-released", action="store_true",
                         help="measure the released code's way: projector every step, no caching, bf16, no offload")
     parser.add_argument("--models", default="default", help="default, tiny, or a models directory")
+    add_adapter_argument(parser)
     parser.add_argument("--quantization", choices=QUANTIZATIONS, default=None,
                         help="replace the preset's transformer/T5 quantization (e.g. quanto-int8)")
     parser.add_argument("--random-dir", default=None, help="where the random full-size models are kept")
@@ -38,8 +41,6 @@ def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
                         help="append the figures (or the error) as one JSON line to PATH")
     parser.add_argument("--in-memory", action="store_true",
                         help="full-size random models built in memory on the GPU (nothing written to disk)")
-    from .arguments import add_speed_arguments
-
     add_speed_arguments(parser)
 
 
@@ -52,14 +53,13 @@ def bench_main(args: argparse.Namespace) -> int:
     """Runs :func:`benchmarks.bench.run_bench` with the command's arguments and prints the figures."""
     from benchmarks.bench import run_bench
 
-    from .arguments import speed_options
-
     try:
         speed = speed_options(args)
         result = run_bench(args.preset, args.width, args.height, args.steps, random_weights=args.random_weights,
                            models_spec=args.models, as_released=args.as_released, quantization=args.quantization,
                            warmup=not args.no_warmup, random_dir=args.random_dir, verbose=True, speed=speed,
-                           draft=getattr(args, "draft", False), in_memory=getattr(args, "in_memory", False))
+                           draft=getattr(args, "draft", False), in_memory=getattr(args, "in_memory", False),
+                           adapter=args.adapter)
     except BaseException as exc:
         if args.json and not isinstance(exc, KeyboardInterrupt):
             message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__

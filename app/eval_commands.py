@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import argparse
 
-from app.arguments import DTYPE_CHOICES, PRESET_CHOICES
+from app.arguments import DTYPE_CHOICES, PRESET_CHOICES, add_adapter_argument, file_sources
 from core.errors import UsageError
 
 
@@ -20,6 +20,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="compare two run folders metric by metric (paired t-test)")
     parser.add_argument("--models", default="default", help="default, tiny, or a models directory")
     parser.add_argument("--preset", default="auto", choices=PRESET_CHOICES, help="memory preset (default: auto)")
+    add_adapter_argument(parser)
     parser.add_argument("--text-adapter", default=None, help="a text adapter (file or hub id) for every case")
     parser.add_argument("--clip-model", default=None, help="CLIP model (hub id or folder); default: the scorer's")
     parser.add_argument("--dino-model", default=None, help="DINO model (hub id or folder); default: the scorer's")
@@ -37,7 +38,8 @@ def engine_for(args: argparse.Namespace):
     """The engine ``eval`` renders with (its models load when the first case needs rendering)."""
     from core.engine import Engine
 
-    return Engine(args.models, preset=args.preset, dtype=args.dtype, width=args.width, height=args.height)
+    return Engine(args.models, preset=args.preset, dtype=args.dtype, width=args.width, height=args.height,
+                  sources=file_sources(args))
 
 
 def run(args: argparse.Namespace) -> int:
@@ -59,8 +61,10 @@ def run(args: argparse.Namespace) -> int:
                               scale=args.scale)
     # the preset as resolved (auto's choice, the quanto alternative) and the dtype: a run re-renders when they change
     preset = engine.preset
+    adapter = engine.provenance()["models"]  # a run re-renders when the adapter file changes
     label = (f"models={args.models} preset={preset.name} quantization={preset.transformer_quantization} "
-             f"dtype={engine.dtype_name} text_adapter={args.text_adapter}")
+             f"dtype={engine.dtype_name} text_adapter={args.text_adapter}"
+             + (f" adapter={adapter['adapter']}:{adapter['adapter_sha256'][:16]}" if args.adapter else ""))
     print(eval_command(args.bench, args.out, engine, clip_model=args.clip_model or DEFAULT_CLIP_MODEL,
                        dino_model=args.dino_model or DEFAULT_DINO_MODEL,
                        segmenter=None if args.no_segment else "threshold", settings=settings, label=label,

@@ -8,8 +8,8 @@ import os
 import re
 from pathlib import Path
 
-from .arguments import (DTYPE_CHOICES, PRESET_CHOICES, add_file_arguments, add_speed_arguments, file_sources,
-                        speed_options)
+from .arguments import (DTYPE_CHOICES, PRESET_CHOICES, add_adapter_argument, add_file_arguments,
+                        add_speed_arguments, file_sources, speed_options)
 
 # light at import time: `instantcharacter-studio --help` must not load torch; the heavy modules load in `run`
 _CHARACTER = re.compile(r"^(?:(?P<name>[^=\[\]]+)=)?(?P<path>.+?)(?::(?P<scale>[0-9]*\.?[0-9]+))?$")
@@ -44,6 +44,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="FLUX.1 base: a diffusers folder or hub id, or one transformer file (BFL .safetensors, "
                              "bf16 or fp8, or .gguf) used with the other FLUX parts of --models")
     add_file_arguments(parser)
+    add_adapter_argument(parser)
     parser.add_argument("--text-adapter", default=None, help="a trained text adapter (.safetensors)")
     parser.add_argument("--dtype", choices=DTYPE_CHOICES, default=None,
                         help="weights dtype (default: bfloat16 on GPU, float32 on CPU)")
@@ -221,9 +222,9 @@ def _apply_edit(args: argparse.Namespace, request) -> list[str]:
 
 def run(args: argparse.Namespace) -> int:
     from core.engine import Engine
-    from core.loading.sources import ModelSources
     from core.limits import MAX_PROMPT_CHARS, check_seed, check_text
     from core.io.metadata import save_png
+    from core.loading.sources import ModelSources
 
     # fail fast, before minutes of model loading
     check_output(args.out)

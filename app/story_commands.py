@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from app.arguments import DTYPE_CHOICES, PRESET_CHOICES, add_speed_arguments, speed_options
+from app.arguments import DTYPE_CHOICES, PRESET_CHOICES, add_adapter_argument, add_speed_arguments, speed_options
 from app.command import run_handler
 from core.limits import MAX_DPI, MAX_OUTPUT_PIXELS, MAX_PANELS, MAX_SIDE, MAX_STEPS, MIN_DPI, MIN_SIDE, LimitError
 
@@ -101,6 +101,7 @@ def add_story_arguments(parser: argparse.ArgumentParser) -> None:
     render.add_argument("--models", default="default",
                         help="default (Hugging Face Hub), tiny (small random models) or a models folder")
     render.add_argument("--preset", default="auto", choices=PRESET_CHOICES, help="memory preset (default: auto)")
+    add_adapter_argument(render)
     render.add_argument("--dtype", choices=DTYPE_CHOICES, default=None,
                         help="weights dtype (default: the preset's on GPU, float32 on CPU)")
     render.add_argument("--resume", action="store_true",
@@ -260,7 +261,7 @@ def process_state() -> Any:
 
 
 def load_engine(models: str, preset_name: str, dtype_name: str | None, device, width: int = 1024,
-                height: int = 1024, state: Any = None, speed=None):
+                height: int = 1024, state: Any = None, speed=None, adapter: str | None = None):
     """The engine (``core.engine.Engine``), loaded once for a whole story; it records how it was loaded (models,
     dtype, preset) in each panel's PNG. With several processes rank 0 resolves the model sources first (building
     the tiny bundle or filling the hub cache), then the others."""
@@ -271,7 +272,7 @@ def load_engine(models: str, preset_name: str, dtype_name: str | None, device, w
 
     first = state.main_process_first() if hasattr(state, "main_process_first") else contextlib.nullcontext()
     with first:
-        sources = ModelSources.parse(models)
+        sources = ModelSources.parse(models).with_adapter(adapter)
     engine = Engine(models, preset=preset_name, sources=sources, device=device, dtype=dtype_name, width=width,
                     height=height, speed=speed)
     engine.load()
@@ -335,7 +336,7 @@ def run_render(args: argparse.Namespace) -> int:
             print(f"loading the models ({args.models}) for {len(todo)} of {len(story.panels)} panels"
                   + (f" on {world} processes" if world > 1 else ""), flush=True)
         engine = load_engine(args.models, args.preset, args.dtype, state.device, story.width, story.height, state,
-                             speed=speed_options(args))
+                             speed=speed_options(args), adapter=args.adapter)
     cancel = getattr(args, "cancel", None)  # set by Ctrl-C (app.command.run_handler)
     if cancel is not None and cancel.is_set():
         return 130

@@ -427,7 +427,8 @@ def run_bench(preset: str = "auto", width: int = 1024, height: int = 1024, steps
               dtype: torch.dtype | None = None, warmup: bool = True, random_dir: str | Path | None = None,
               verbose: bool = True, speed=None, draft: bool = False, run: str | None = None,
               in_memory: bool = False, configs: dict | None = None, projector_config=None,
-              latents_path: str | Path | None = None, base: str | Path | None = None) -> dict:
+              latents_path: str | Path | None = None, base: str | Path | None = None,
+              adapter: str | None = None) -> dict:
     """Loads the models with ``preset`` applied, makes a warm-up image and a timed one, and returns the figures.
 
     Args:
@@ -450,6 +451,7 @@ def run_bench(preset: str = "auto", width: int = 1024, height: int = 1024, steps
         latents_path: after the timed image, make the same request once more as latents and save them there
             (safetensors, key ``latents``) so modes can be compared on the same seed.
         base: a single transformer file (``.gguf``, BFL ``.safetensors``) replacing the models' transformer.
+        adapter: a trained image adapter file in place of the models' own (``bench --adapter``).
 
     Returns:
         A JSON-ready dict: ``load_s``, ``s_per_step`` (median of the timed image's steps after the first, plus the
@@ -491,6 +493,10 @@ def run_bench(preset: str = "auto", width: int = 1024, height: int = 1024, steps
         sources, models_label = ModelSources.parse(models_spec), models_spec or "default"
     if base:
         sources = sources.with_base(str(base))
+    if adapter:  # a trained adapter (``--adapter``) of the models' shape
+        if in_memory:
+            raise UsageError("--in-memory builds its own random models: drop --adapter")
+        sources = sources.with_adapter(adapter)
     full_size = random_weights or models_label == "default" or (in_memory and configs is None)
 
     if device.type == "cuda":

@@ -18,6 +18,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+from pathlib import Path
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -86,6 +87,7 @@ class Engine:
         self.preset_reason = ""
         self.steps: list[str] = []
         self._text_adapter: str | None = None
+        self._adapter_digest: tuple = (None, None)  # (file key, SHA-256) of a local adapter file
         self.loras = LoadedLoras()
         self._lock = threading.RLock()
 
@@ -136,12 +138,28 @@ class Engine:
     def provenance(self) -> dict:
         """Where an image was made, for its PNG record: model sources, dtype and preset."""
         s = self.sources
-        models = {"base": s.base, "siglip": s.siglip, "dinov2": s.dinov2, "adapter": s.adapter, "spec": self.spec}
+        models = {"base": s.base, "siglip": s.siglip, "dinov2": s.dinov2, "spec": self.spec, **self._adapter_record()}
         for part, path in s.part_files().items():  # single files replaced these parts: name and fingerprint
             models[part] = {"file": os.path.basename(path), "digest": file_digest(path)}
         if os.path.isfile(s.siglip):
             models["siglip"] = {"file": os.path.basename(s.siglip), "digest": file_digest(s.siglip)}
         return {"models": models, "dtype": self.dtype_name, "preset": self.preset.name}
+
+    def _adapter_record(self) -> dict:
+        """The image adapter for a PNG record: a hub source as given; a local file by its name and SHA-256 (a
+        path on this machine means nothing elsewhere), hashed once per file version."""
+        from core.io.paths import sha256_file
+        from core.loading.sources import is_local
+
+        spec = self.sources.adapter
+        path = Path(spec).expanduser()
+        if not is_local(spec) or not path.is_file():
+            return {"adapter": spec}
+        info = path.stat()
+        key = (str(path.resolve()), info.st_size, info.st_mtime_ns)
+        if self._adapter_digest[0] != key:
+            self._adapter_digest = (key, sha256_file(path))
+        return {"adapter": path.name, "adapter_sha256": self._adapter_digest[1]}
 
     # ------------------------------------------------------------------ loading
     @property

@@ -135,6 +135,22 @@ class ModelSources:
                 given[field] = check_part_file(str(Path(path).expanduser()), part)
         return replace(self, **given)
 
+    def with_adapter(self, adapter: str | os.PathLike | None) -> "ModelSources":
+        """``--adapter``: a trained image adapter (a local ``.safetensors`` / ``.bin`` file, or
+        ``owner/repo/filename``) instead of the models' own."""
+        if not adapter:
+            return self
+        adapter = str(adapter)
+        if is_local(adapter):
+            path = Path(adapter).expanduser()
+            if not path.is_file():
+                raise ModelSourceError(f"adapter file not found: {adapter}")
+            if path.suffix not in ADAPTER_SUFFIXES:
+                raise ModelSourceError(f"adapter file {adapter}: use a .safetensors or .bin adapter "
+                                       "(`train export` writes one)")
+            adapter = str(path)
+        return replace(self, adapter=adapter)
+
     def override(self, **kwargs) -> "ModelSources":
         """A copy with the given sources replaced (``None`` values are ignored)."""
         return replace(self, **{k: v for k, v in kwargs.items() if v is not None})
