@@ -249,3 +249,12 @@ def export_adapter(output: str | Path, model, metadata: dict | None = None, rele
     _write_json(json_path, info)
     written.append(json_path)
     return written
+
+
+def latest_export(runs_dir: str | Path) -> Path | None:
+    """The newest ``adapter.safetensors`` a run under ``runs_dir`` exported (``runs_dir/NAME/adapter.safetensors``,
+    one or two folders down), or None."""
+    runs_dir = Path(runs_dir)
+    found = [p for pattern in ("*/adapter.safetensors", "*/*/adapter.safetensors") for p in runs_dir.glob(pattern)
+             if p.is_file()]
+    return max(found, key=lambda p: p.stat().st_mtime_ns, default=None)

@@ -62,6 +62,20 @@ class SettingsEvents:
         self.load = shown_to_user(self._load)
         self.unload = shown_to_user(self._unload)
         self.estimate = shown_to_user(lambda preset: estimate_text(ctx, preset))
+        self.last_run_adapter = shown_to_user(self._last_run_adapter)
+
+    def _last_run_adapter(self, request: gr.Request = None) -> str:
+        """The newest adapter a training run exported under the runs folder, for the Adapter file field (applied
+        with Apply settings). Owner-only, as the settings are."""
+        from trainer.checkpoints import latest_export
+
+        self.ctx.access.check_owner(request, "Changing the settings")
+        found = latest_export(self.ctx.runs_dir)
+        if found is None:
+            raise StudioInputError("no training run has exported an adapter yet (Train tab: a finished run writes "
+                                   "runs/NAME/adapter.safetensors)")
+        gr.Info(f"Adapter of run {found.parent.name}: press Apply settings to use it")
+        return str(found)
 
     def _apply(self, models, base, siglip, dinov2, adapter, preset, output_dir, speed=None, vae=None, clip=None,
                t5=None, request: gr.Request = None):
@@ -144,7 +158,10 @@ def build(ctx: StudioContext) -> SimpleNamespace:
                            interactive=editable, max_lines=1)
         ui.siglip = gr.Textbox(s.siglip or "", label="SigLIP", interactive=editable, max_lines=1)
         ui.dinov2 = gr.Textbox(s.dinov2 or "", label="DINOv2", interactive=editable, max_lines=1)
-        ui.adapter = gr.Textbox(s.adapter or "", label="Adapter file", interactive=editable, max_lines=1)
+        with gr.Row():
+            ui.adapter = gr.Textbox(s.adapter or "", label="Adapter file", interactive=editable, max_lines=1,
+                                    scale=4)
+            ui.last_run_adapter = gr.Button("Use the last run's adapter", interactive=editable, scale=1)
     ui.preset = gr.Dropdown(list(PRESET_CHOICES), value=s.preset, label="Memory preset", interactive=editable)
     ui.estimate = gr.Markdown(estimate_text(ctx, s.preset))
     ui.speed = gr.Dropdown(list(SPEED_CHOICES), value=s.speed, interactive=editable,
@@ -156,6 +173,7 @@ def build(ctx: StudioContext) -> SimpleNamespace:
     ui.apply.click(events.apply, [ui.models, ui.base, ui.siglip, ui.dinov2, ui.adapter, ui.preset, ui.output_dir,
                                   ui.speed, ui.vae, ui.clip, ui.t5],
                    [ui.status, ui.estimate], api_visibility="private", **GPU)
+    ui.last_run_adapter.click(events.last_run_adapter, None, ui.adapter, api_visibility="private")
     ui.load.click(events.load, None, ui.status, api_name="load_models", **GPU)
     ui.unload.click(events.unload, None, ui.status, api_visibility="private", **GPU)
     return ui
