@@ -1,6 +1,16 @@
-"""Hugging Face Spaces entry point (``app_file`` in README.md's front matter): the studio with the Space's settings."""
+"""Hugging Face Spaces entry point (``app_file`` in README.md's front matter): the studio with the Space's settings.
 
-from core.loading.library_notes import filter_library_notes
+On ZeroGPU the ``spaces`` package must be imported before torch (and anything that imports it) so it can patch
+CUDA; it is imported first here whenever it is installed (a Space installs it from requirements.txt). Elsewhere
+it is absent or inert, and the studio runs the same.
+"""
+
+import importlib.util
+
+if importlib.util.find_spec("spaces") is not None:
+    import spaces  # noqa: F401  (first: before torch)
+
+from core.loading.library_notes import filter_library_notes  # noqa: E402
 
 filter_library_notes()  # before diffusers loads: its import-time notes are not for visitors
 

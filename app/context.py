@@ -126,6 +126,10 @@ def uploads_dir() -> Path:
     return Path(os.environ.get("GRADIO_TEMP_DIR") or Path(tempfile.gettempdir()) / "gradio")
 
 
+SPACE_OWNER_ADVICE = ("the Space's owner sets the models with its INSTANTCHARACTER_MODELS variable; to train, run the "
+                      "studio on your own machine")
+
+
 @dataclass(frozen=True)
 class Access:
     """Who may do what on this studio.
@@ -138,6 +142,7 @@ class Access:
     exposed: bool = False
     owner: str | None = None
     why: str = ""
+    space: bool = False  # a Hugging Face Space: no --auth to restart with; its owner sets the Space's variables
 
     def is_owner(self, request=None) -> bool:
         if not self.exposed:
@@ -149,6 +154,9 @@ class Access:
         """Raises :class:`OwnerOnlyError` (one line saying why and how) unless ``request`` comes from the owner."""
         if self.is_owner(request):
             return
+        if self.owner is None and self.space:
+            raise OwnerOnlyError(f"{action} is turned off on a Hugging Face Space, whose visitors share one studio "
+                                 f"({SPACE_OWNER_ADVICE})")
         if self.owner is None:
             raise OwnerOnlyError(f"{action} is turned off: this studio is {self.why}, and only its owner may do "
                                  "that (restart it with --auth USER:PASS to use it from here)")
@@ -158,6 +166,9 @@ class Access:
         """One line for the pages that hold owner-only controls."""
         if not self.exposed:
             return ""
+        if self.owner is None and self.space:
+            return (f"This studio is {self.why}: model settings, output folder and training are turned off here "
+                    f"({SPACE_OWNER_ADVICE}).")
         if self.owner is None:
             return (f"This studio is {self.why}: model settings, output folder and training are turned off here "
                     "(restart with --auth USER:PASS to use them remotely).")
@@ -171,7 +182,8 @@ class StudioContext:
     def __init__(self, settings: StudioSettings | None = None, *, library: CharacterLibrary | None = None,
                  history: GenerationHistory | None = None, access: Access | None = None):
         self.settings = settings or StudioSettings()
-        self.access = access or Access(exposed=on_spaces(), why="a Hugging Face Space" if on_spaces() else "")
+        self.access = access or Access(exposed=on_spaces(), why="a Hugging Face Space" if on_spaces() else "",
+                                       space=on_spaces())
         self.library = library or CharacterLibrary(data_dir("library"))
         self.history = history or GenerationHistory(data_dir() / "history.jsonl")
         self.jobs = JobControl()

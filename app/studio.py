@@ -130,7 +130,8 @@ def access_for(args: argparse.Namespace) -> Access:
     if on_spaces():
         reasons.append("a Hugging Face Space")
     owner = parse_auth(getattr(args, "auth", None))
-    return Access(exposed=bool(reasons), owner=owner[0] if owner else None, why=" and ".join(reasons))
+    return Access(exposed=bool(reasons), owner=owner[0] if owner else None, why=" and ".join(reasons),
+                  space=on_spaces())
 
 
 VISITOR_RIGHTS = ("visitors can generate, write stories, use the library and history, and download what the "
