@@ -63,8 +63,11 @@ class TrainingProcesses:
 
 # ---------------------------------------------------------------------- plain functions (tested without a browser)
 def build_config_text(preset: str, models: str, output_dir: str, unpaired: str, paired: str, steps_scale: float,
-                      sample_every: int) -> str:
-    """A config for ``preset`` with the paper's stages, as TOML text (stages without data are dropped)."""
+                      sample_every: int, cuda: bool | None = None) -> str:
+    """A config for ``preset`` with the paper's stages, as TOML text (stages without data are dropped).
+
+    Without a CUDA GPU (``cuda``: default, this machine's) the config is one that runs here: bitsandbytes' nf4 /
+    int8 FLUX becomes quanto int8 and 8-bit AdamW torch's AdamW, each said in a comment at the top."""
     config = preset_config(preset, output_dir or "runs/instantcharacter", unpaired or None, paired or None,
                            float(steps_scale))
     config.models.source = models or "default"
@@ -72,7 +75,34 @@ def build_config_text(preset: str, models: str, output_dir: str, unpaired: str, 
                      if (s.data != "paired" or paired) and (s.data != "unpaired" or unpaired)
                      and (s.data != "both" or (paired and unpaired))]
     config.sampling.every = int(sample_every)
-    return config.to_toml()
+    changes = [] if _has_cuda(cuda) else runnable_without_cuda(config)
+    return "".join(f"# {line}\n" for line in changes) + config.to_toml()
+
+
+def _has_cuda(cuda: bool | None) -> bool:
+    if cuda is not None:
+        return cuda
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def runnable_without_cuda(config) -> list[str]:
+    """Changes ``config`` (a :class:`trainer.config.TrainConfig`) so it runs on a machine without CUDA; returns one
+    line per change, saying why."""
+    lines = []
+    quant = config.models.base_quantization
+    if quant.startswith("bnb-"):
+        config.models.base_quantization = "quanto-int8"
+        lines.append(f"No CUDA GPU on this machine: FLUX held in quanto-int8 instead of {quant} (bitsandbytes "
+                     "needs CUDA).")
+    if config.optimizer.use_8bit_adam:
+        config.optimizer.use_8bit_adam = False
+        lines.append("No CUDA GPU on this machine: torch AdamW instead of 8-bit AdamW (bitsandbytes needs CUDA).")
+    if config.run.mixed_precision == "fp16":
+        config.run.mixed_precision = "no"
+        lines.append("No CUDA GPU on this machine: float32 instead of fp16 mixed precision.")
+    return lines
 
 
 def plan_config_text(text: str, runs_dir: str | Path, processes: int = 1) -> str:
@@ -184,15 +214,39 @@ def loss_plot(losses: list[float], width: int = 480, height: int = 200) -> Image
     return image
 
 
+LOG_TAIL_LINES = 15
+
+
+def log_tail(output_dir: str | Path, lines: int = LOG_TAIL_LINES) -> str:
+    """The last ``lines`` lines of a run's ``trainer.log`` (progress bars' carriage returns resolved)."""
+    path = Path(output_dir) / "trainer.log"
+    if not path.is_file():
+        return ""
+    with open(path, "rb") as f:
+        f.seek(max(0, path.stat().st_size - 64 * 1024))
+        text = f.read().decode("utf-8", errors="replace")
+    shown = [line.rsplit("\r", 1)[-1] for line in text.split("\n")]
+    return "\n".join([line for line in shown if line.strip()][-lines:])
+
+
 def progress(output_dir: str | Path, returncode: int | None = None):
-    """(status markdown, loss plot, sample image paths) from a run folder's events (read by ``trainer.events``)."""
+    """(status markdown, loss plot, sample image paths) from a run folder's events (read by ``trainer.events``);
+    ``returncode``: the trainer process's exit status when it has ended (a run that died says so, with the last
+    lines of its log, whether or not it wrote an event)."""
     run = run_status(output_dir)
+    died = returncode not in (None, 0) and run.state in ("not started", "running", "starting", "error")
+    if died:
+        line = f"**exited with code {returncode}**"
+        if run.error:
+            line += f": {run.error.splitlines()[0]}"
+        tail = log_tail(output_dir)
+        if tail:
+            line += f"\n\nlast lines of trainer.log:\n```\n{tail}\n```"
+        return line, loss_plot(run.losses), [p for p in run.samples if Path(p).is_file()][-12:]
     if run.state == "not started":
         return "No events yet.", None, []
     state = run.state
-    if returncode not in (None, 0) and state in ("running", "starting"):
-        state = f"crashed (exit {returncode}; see trainer.log)"
-    elif state in ("running", "starting") and requested(output_dir, STOP):
+    if state in ("running", "starting") and requested(output_dir, STOP):
         state = "cancelling... (the trainer stops after its current step and saves a checkpoint)"
     line = f"**{state}**"
     last_step = run.last_step

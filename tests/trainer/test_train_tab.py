@@ -91,7 +91,7 @@ def test_progress_from_events(tmp_path):
     assert "validation at step 2: CLIP-I 0.812, DINO-I 0.600" in status and "CLIP-T" not in status
     assert plot.size == (480, 200)
     status, _, _ = tab.progress(tmp_path, returncode=1)
-    assert "crashed" in status
+    assert status.startswith("**exited with code 1**")
 
 
 def test_stop_shows_cancelling_until_the_trainer_takes_it(tmp_path):
