@@ -318,3 +318,35 @@ def test_the_planner_counts_each_files_stored_bytes(files, capsys):
     assert "auto ->" in capsys.readouterr().out
     assert main(["plan", "--vram", "24", "--ram", "32", "--t5", str(files["clip"])]) == 2
     assert "given as --t5 is a CLIP-L text encoder" in capsys.readouterr().err
+
+
+def test_a_siglip_file_from_clip_vision_makes_the_folder_image(tiny_models, folder_image, tmp_path, monkeypatch):
+    """ComfyUI keeps SigLIP as one file (``clip_vision/sigclip_vision_patch14_384.safetensors``): it is loaded
+    through a linked folder with the bundled config and processor settings. The bundled config is the full-size
+    one, so the tiny SigLIP's config stands in for it here."""
+    from core.loading import component_files
+
+    configs = tmp_path / "configs"
+    configs.mkdir()
+    shutil.copy(Path(tiny_models) / "siglip" / "config.json", configs / "siglip-so400m-patch14-384-vision.json")
+    monkeypatch.setattr(component_files, "CONFIG_DIR", configs)
+    tower = tmp_path / "clip_vision" / "sigclip_vision_patch14_384.safetensors"
+    tower.parent.mkdir()
+    shutil.copy(Path(tiny_models) / "siglip" / "model.safetensors", tower)
+    from PIL import Image
+
+    from core.conditioning.character import Character
+
+    hero = Image.fromarray((np.arange(48 * 48 * 3) % 251).astype(np.uint8).reshape(48, 48, 3))
+    request = GenerationRequest("a [hero] on a hill", characters=[Character(hero, name="hero")], steps=2,
+                                width=64, height=64, seed=7)
+
+    def image(engine):
+        return np.asarray(engine.generate(request, pipeline_options={"output_type": "np"}).images[0])
+
+    sources = ModelSources.parse(str(tiny_models)).override(siglip=str(tower))
+    engine = Engine(str(tiny_models), sources=sources, preset="full", device="cpu")
+    with_file = image(engine)
+    assert np.array_equal(with_file, image(Engine(str(tiny_models), preset="full", device="cpu")))
+    assert not np.array_equal(with_file, folder_image)  # the character did count
+    assert engine.provenance()["models"]["siglip"] == {"file": tower.name, "digest": file_digest(tower)}
