@@ -7,7 +7,9 @@ the pages with `layout.compose_pages`, and writes every file atomically::
     OUT/pages/page-01.png ...   OUT/story.pdf   OUT/story.cbz   OUT/story.zip
 
 The PDF is printed at the story's dpi with its words as real text (selectable and searchable, see
-`core.story.pdf`); the CBZ is the page PNGs in reading order with a ``ComicInfo.xml``.
+`core.story.pdf`); the CBZ is the page PNGs in reading order with a ``ComicInfo.xml``. A webtoon is one long
+``OUT/strip.png``, and its pages are slices of it at most ``webtoon_slice`` pixels tall, cut between panels
+where one fits.
 """
 
 from __future__ import annotations
@@ -26,7 +28,8 @@ from PIL import Image
 from core.limits import MAX_FILE_BYTES, MAX_STORY_BYTES
 from core.io.path_policy import PathNotAllowedError
 from core.story.format import Story, StoryError
-from core.story.layout import compose_pages, draw_runs
+from core.story.layout import WEBTOON, compose_pages, plan_pages, webtoon_slices
+from core.story.typeset import TextRun
 from core.story.manifest import (
     DONE,
     MANIFEST_NAME,
@@ -42,6 +45,7 @@ PAGES_DIR = "pages"
 PDF_NAME = "story.pdf"
 CBZ_NAME = "story.cbz"
 ZIP_NAME = "story.zip"
+STRIP_NAME = "strip.png"
 STORY_JSON_NAME = "story.json"
 # Fixed entry times make the ZIP of the same files byte-identical (the PDF carries its own dates).
 _ZIP_TIME = (1980, 1, 1, 0, 0, 0)
@@ -54,6 +58,7 @@ class ExportResult:
     zip: Path
     missing_panels: list[int]
     cbz: Path | None = None
+    strip: Path | None = None
 
 
 def load_panel_images(story: Story, out_dir: str | os.PathLike, manifest: RenderManifest | None = None,
@@ -126,12 +131,14 @@ def write_pdf(pages: list[Image.Image], path: str | os.PathLike, dpi: int, title
 
 
 def comic_info(story: Story, pages: int) -> str:
-    """The ``ComicInfo.xml`` of the CBZ (the comic readers' common metadata)."""
+    """The ``ComicInfo.xml`` of the CBZ (the comic readers' common metadata): a right-to-left story is marked
+    as manga read right to left, so readers turn its pages that way."""
     from xml.sax.saxutils import escape
 
+    manga = "YesAndRightToLeft" if story.reading == "right-to-left" else "No"
     return ('<?xml version="1.0" encoding="utf-8"?>\n<ComicInfo>\n'
             f"  <Title>{escape(story.title or 'Story')}</Title>\n  <PageCount>{pages}</PageCount>\n"
-            "  <Manga>No</Manga>\n  <Notes>Made with InstantCharacter Studio</Notes>\n</ComicInfo>\n")
+            f"  <Manga>{manga}</Manga>\n  <Notes>Made with InstantCharacter Studio</Notes>\n</ComicInfo>\n")
 
 
 def write_cbz(story: Story, page_paths: list[Path], path: str | os.PathLike) -> Path:
@@ -173,13 +180,19 @@ def export_story(story: Story, out_dir: str | os.PathLike, manifest: RenderManif
     manifest = manifest if manifest is not None else load_manifest(out_dir)
     images = load_panel_images(story, out_dir, manifest)
     texts: list = []
-    pages = compose_pages(story, images, texts=texts)  # the pictures; their words apart, for the PDF's real text
+    pages = compose_pages(story, images, texts=texts)  # the pictures, and their words for the PDF's text layer
+    strip_path = None
+    if story.layout == WEBTOON:
+        strip_path = out_dir / STRIP_NAME
+        _check_writable(out_dir, strip_path)
+        write_png_atomic(pages[0], strip_path)
+        pages, texts = slice_strip(story, pages[0], texts[0])
 
     page_paths = []
-    for number, (page, runs) in enumerate(zip(pages, texts, strict=True), start=1):
+    for number, page in enumerate(pages, start=1):
         page_path = out_dir / PAGES_DIR / f"page-{number:02d}.png"
         _check_writable(out_dir, page_path)
-        write_png_atomic(draw_runs(page.copy(), runs), page_path)
+        write_png_atomic(page, page_path)
         page_paths.append(page_path)
     for stale in (out_dir / PAGES_DIR).glob("page-*.png"):
         if stale not in page_paths:  # a shorter story than last time: drop pages that no longer exist
@@ -194,7 +207,7 @@ def export_story(story: Story, out_dir: str | os.PathLike, manifest: RenderManif
     if not (out_dir / MANIFEST_NAME).is_file():
         _check_writable(out_dir, out_dir / MANIFEST_NAME)
         write_json_atomic(manifest.to_dict(), out_dir / MANIFEST_NAME)
-    files = [out_dir / MANIFEST_NAME, pdf, *page_paths]
+    files = [out_dir / MANIFEST_NAME, pdf, *page_paths, *([strip_path] if strip_path is not None else [])]
     for record in manifest.panels.values():
         panel_file = file_inside(out_dir, record.file) if record.status == DONE else None
         if panel_file is not None:
@@ -236,7 +249,20 @@ def export_story(story: Story, out_dir: str | os.PathLike, manifest: RenderManif
     _check_writable(out_dir, out_dir / ZIP_NAME)
     archive = write_zip(out_dir, files, out_dir / ZIP_NAME)
     missing = [p.index for p in story.panels if p.index not in images]
-    return ExportResult(pages=page_paths, pdf=pdf, zip=archive, missing_panels=missing, cbz=cbz)
+    return ExportResult(pages=page_paths, pdf=pdf, zip=archive, missing_panels=missing, cbz=cbz, strip=strip_path)
+
+
+def slice_strip(story: Story, strip: Image.Image, runs: list[TextRun]) -> tuple[list[Image.Image], list[list]]:
+    """A webtoon strip cut into slices at most ``story.webtoon_slice`` px tall (between panels where one fits),
+    with each slice's text runs moved into its own pixels."""
+    cells = plan_pages(story)[0].cells
+    cuts = [(a.y + a.h + b.y) // 2 for a, b in zip(cells, cells[1:])]
+    slices, texts = [], []
+    for top, bottom in webtoon_slices(strip.height, story.webtoon_slice, cuts):
+        slices.append(strip.crop((0, top, strip.width, bottom)))
+        texts.append([dataclasses.replace(run, baseline=run.baseline - top) for run in runs
+                      if top <= run.baseline < bottom])
+    return slices, texts
 
 
 def _check_writable(out_dir: Path, path: Path) -> None:

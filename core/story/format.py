@@ -62,7 +62,21 @@ from core.limits import (
     check_text,
 )
 from core.io.path_policy import UNRESTRICTED, PathNotAllowedError, PathPolicy
-from core.story.layout import check_page_limits, count_pages, parse_layout_spec, parse_length_mm, parse_page_spec
+from core.story.layout import (
+    PANEL_HEIGHTS,
+    WEBTOON,
+    WEBTOON_SLICE,
+    WEBTOON_WIDTH,
+    check_page_limits,
+    count_pages,
+    parse_bubbles,
+    parse_layout_spec,
+    parse_length_mm,
+    parse_page_spec,
+    parse_reading,
+    parse_webtoon_spec,
+    webtoon_cells,
+)
 from core.errors import UserError
 
 FORMAT_VERSION = 1
@@ -72,19 +86,19 @@ FORMAT_VERSION = 1
 REGION_PRESETS = NAMED_LAYOUTS
 
 NO_CHARACTER_TAG = "NC"
-_NAME = r"[A-Za-z][A-Za-z0-9_\-]*"
+_NAME = r"[^\W\d_][\w\-]*"  # a letter of any script, then letters, digits, "_" or "-"
 _NAME_RE = re.compile(rf"^{_NAME}$")
 # [Name] or [Name@region]; a region may hold commas and dots ("box:0,0,0.5,1") but no "]".
 _TAG_RE = re.compile(r"\[([^\[\]@]*?)(?:@([^\[\]]*))?\]")
 _HEADER_RE = re.compile(r"^([A-Za-z_][A-Za-z0-9_ ]*?)\s*:\s*(.*)$")
 _CHARACTER_RE = re.compile(r"^character\s+(\S+?)\s*:\s*(.*)$")
-_PANEL_OPTION_RE = re.compile(r"^(seed|caption)\s*:\s*(.*)$")
+_PANEL_OPTION_RE = re.compile(r"^(seed|caption|height)\s*:\s*(.*)$")
 _GRID_RE = GRID_PATTERN
 _SIZE_RE = re.compile(r"^(\d+)\s*[xX×]\s*(\d+)$")
 
 HEADER_KEYS = (
     "title", "style", "negative", "size", "seed", "layout", "page", "dpi", "margin", "gutter",
-    "steps", "guidance", "true_cfg",
+    "steps", "guidance", "true_cfg", "reading", "bubbles", "webtoon", "font",
 )
 MAX_PROBLEMS = 50  # a story with more problems lists these and stops: the output stays short
 MAX_PATH_CHARS = 4096  # a character image path as written (the usual PATH_MAX)
@@ -151,6 +165,7 @@ class Panel:
     seed: int = 0
     seed_pinned: bool = False
     line: int = 0
+    height: int | None = None
 
     @property
     def number(self) -> int:
@@ -176,6 +191,11 @@ class Story:
     steps: int = 28
     guidance: float = 3.5
     true_cfg: float = 1.0
+    reading: str = "left-to-right"
+    bubbles: str = "horizontal"
+    webtoon_width: int = WEBTOON_WIDTH
+    webtoon_slice: int = WEBTOON_SLICE
+    font: Path | None = None
     characters: dict[str, StoryCharacter] = field(default_factory=dict)
     panels: tuple[Panel, ...] = ()
     source: Path | None = None
@@ -205,6 +225,10 @@ class Story:
             "steps": self.steps,
             "guidance": self.guidance,
             "true_cfg": self.true_cfg,
+            "reading": self.reading,
+            "bubbles": self.bubbles,
+            "webtoon": [self.webtoon_width, self.webtoon_slice],
+            "font": image_path(self.font) if self.font is not None else None,
             "characters": [
                 {
                     "name": c.name,
@@ -225,6 +249,7 @@ class Story:
                     "seed": p.seed,
                     "seed_pinned": p.seed_pinned,
                     "line": p.line,
+                    "height": p.height,
                 }
                 for p in self.panels
             ],
@@ -489,6 +514,15 @@ def _parse_seed(value: str) -> int:
     return _whole(_parse_int(value, "seed"), "seed", 0, MAX_SEED)
 
 
+def _panel_height(value: Any, layout: str) -> int:
+    """A webtoon panel's ``height:`` in strip pixels."""
+    if layout != WEBTOON:
+        raise ValueError("height: sets a panel's height in a webtoon strip: write 'layout: webtoon' in the header "
+                         "(other layouts take the height from the page)")
+    height = _parse_int(value, "height") if isinstance(value, str) else value
+    return _whole(height, "height", *PANEL_HEIGHTS)
+
+
 _HEADER_LIMITS = {"title": MAX_CAPTION_CHARS, "style": MAX_PROMPT_CHARS, "negative": MAX_PROMPT_CHARS}
 _NUMBER_LIMITS = {"guidance": (0.0, MAX_GUIDANCE), "true_cfg": (1.0, MAX_TRUE_CFG)}
 _NUMBER_DEFAULTS = {"guidance": 3.5, "true_cfg": 1.0}
@@ -517,7 +551,55 @@ def _header_value(key: str, value: str, line: int, fields: dict[str, Any], probl
             fields["steps"] = _whole(_parse_int(value, "steps"), "steps", 1, MAX_STEPS)
         elif key in _NUMBER_LIMITS:
             fields[key] = _number(_parse_float(value, key), key, *_NUMBER_LIMITS[key])
+        elif key == "reading":
+            fields["reading"] = parse_reading(value[:80])
+        elif key == "bubbles":
+            fields["bubbles"] = parse_bubbles(value[:80])
+        elif key == "webtoon":
+            fields["webtoon_width"], fields["webtoon_slice"] = parse_webtoon_spec(value[:80])
     except ValueError as exc:
+        problems.add(line, str(exc))
+
+
+def _font_file(value: str, base_dir: Path, line: int | None, where: str, problems: _Problems,
+               paths: PathPolicy) -> Path | None:
+    """The story's ``font:`` file, relative to the story and allowed by `paths`: a font file of at most
+    MAX_FILE_BYTES that has glyphs (read through fontTools)."""
+    from core.story.fonts import FontFace, coverage
+
+    if len(value) > MAX_PATH_CHARS:
+        problems.add(line, f"{where}the font path is {len(value):,} characters long: the limit is {MAX_PATH_CHARS:,}")
+        return None
+    try:
+        path = paths.resolve(value, base=base_dir, what="font")
+    except PathNotAllowedError as exc:
+        problems.add(line, f"{where}{exc}")
+        return None
+    try:
+        info = path.stat()
+    except OSError:
+        info = None
+    if info is None or not stat.S_ISREG(info.st_mode):
+        problems.add(line, f"{where}missing font file: {value} (looked in {path.parent})")
+        return None
+    if info.st_size > MAX_FILE_BYTES:
+        problems.add(line, f"{where}the font file is {info.st_size:,} bytes: the limit is {MAX_FILE_BYTES:,}")
+        return None
+    if not coverage(FontFace(path)):
+        problems.add(line, f"{where}{value} is not a font file with a character map (TrueType or OpenType: "
+                           ".ttf, .otf, .ttc)")
+        return None
+    return path
+
+
+def _webtoon_problems(fields: dict[str, Any], heights: list[int | None], line: int | None,
+                      problems: _Problems) -> None:
+    """A webtoon strip over the pixel limit, as a problem on the layout line."""
+    try:
+        webtoon_cells(fields.get("webtoon_width", WEBTOON_WIDTH), fields.get("height", 1024) /
+                      fields.get("width", 1024), tuple(heights), fields.get("dpi", 150),
+                      fields.get("margin_mm", 10.0), fields.get("gutter_mm", 4.0), bool(fields.get("title")))
+    except LimitError as exc:
         problems.add(line, str(exc))
 
 
@@ -667,6 +749,7 @@ def _parse_story(text: str, base_dir: Path, source, paths: PathPolicy, problems:
     char_specs: dict[str, list[Any]] = {}
     over_limit: set[str] = set()  # characters past MAX_CHARACTERS: known by name, never resolved
     current_char: str | None = None
+    font_spec: tuple[int, str] | None = None
 
     i = 0
     in_header = True
@@ -724,6 +807,9 @@ def _parse_story(text: str, base_dir: Path, source, paths: PathPolicy, problems:
             continue
         header_lines[key] = number
         before = len(problems.items)
+        if key == "font":
+            font_spec = (number, match.group(2).strip())
+            continue
         _header_value(key, match.group(2).strip(), number, fields, problems)
         if len(problems.items) > before:
             bad_keys.add(key)
@@ -735,6 +821,10 @@ def _parse_story(text: str, base_dir: Path, source, paths: PathPolicy, problems:
             characters[name] = character
     # unknown-name checks use what was written, even if broken or over the limit
     known = {name: None for name in [*char_specs, *over_limit]}
+    if font_spec is not None:
+        font = _font_file(font_spec[1], base_dir, font_spec[0], "", problems, paths)
+        if font is not None:
+            fields["font"] = font
 
     panels: list[dict[str, Any]] = []
     current: dict[str, Any] | None = None
@@ -789,6 +879,11 @@ def _parse_story(text: str, base_dir: Path, source, paths: PathPolicy, problems:
                     current["seed"] = _parse_seed(value)
                 except ValueError as exc:
                     problems.add(number, str(exc))
+            elif key == "height":
+                try:
+                    current["height"] = _panel_height(value, fields.get("layout", "comic"))
+                except ValueError as exc:
+                    problems.add(number, str(exc))
             elif current["caption"]:
                 problems.add(number, "this panel already has a caption (after '#')")
             else:
@@ -796,14 +891,15 @@ def _parse_story(text: str, base_dir: Path, source, paths: PathPolicy, problems:
             continue
         if raw[:1].isspace() and current is not None:
             problems.add(number, f"indented line '{_clip(stripped)}' in a panel: expected '> Name: text', "
-                                 f"'@ Name: region', 'seed: N' or 'caption: text' (a new panel starts unindented)")
+                                 f"'@ Name: region', 'seed: N', 'caption: text' or 'height: N' (a new panel starts "
+                                 "unindented)")
             continue
         if len(panels) >= MAX_PANELS:
             problems.add(number, f"panel {len(panels) + 1}: a story has at most {MAX_PANELS} panels")
             break  # nothing after it is read
         prompt, caption = _split_caption(stripped)
         current = {"line": number, "prompt": prompt, "caption": caption, "dialogue": [], "pending_regions": [],
-                   "seed": None}
+                   "seed": None, "height": None}
         panels.append(current)
 
     if not panels and not problems.items:
@@ -818,6 +914,8 @@ def _parse_story(text: str, base_dir: Path, source, paths: PathPolicy, problems:
             parsed.append(panel)
     if not bad_keys & {"page", "dpi", "margin", "gutter", "layout", "seed"}:
         _page_problems(fields, header_lines, len(panels), problems)
+    if fields.get("layout") == WEBTOON and not bad_keys & {"dpi", "margin", "gutter", "webtoon", "size"}:
+        _webtoon_problems(fields, [p["height"] for p in panels], header_lines.get("layout"), problems)
 
     problems.raise_if_any(source, sort=True)
     return Story(**fields, characters=characters, panels=tuple(parsed), source=Path(source) if source else None)
@@ -878,6 +976,7 @@ def _build_panel(index: int, spec: dict[str, Any], known: dict[str, Any], story_
         seed=seed if seed is not None else derive_panel_seed(story_seed, index),
         seed_pinned=seed is not None,
         line=line,
+        height=spec["height"],
     )
 
 
@@ -968,6 +1067,21 @@ def _story_from_dict(data: dict[str, Any], base_dir: Path, source, paths: PathPo
     for key, (low, high) in _NUMBER_LIMITS.items():
         header(key, lambda key=key, low=low, high=high: _number(data.get(key, _NUMBER_DEFAULTS[key]), key, low,
                                                                             high))
+    header("reading", lambda: parse_reading(_text(data.get("reading", "left-to-right"), "reading", 80)))
+    header("bubbles", lambda: parse_bubbles(_text(data.get("bubbles", "horizontal"), "bubbles", 80)))
+    webtoon = data.get("webtoon", [WEBTOON_WIDTH, WEBTOON_SLICE])
+    if isinstance(webtoon, list) and len(webtoon) == 2 and all(type(v) is int for v in webtoon):
+        sides = _check(problems, "", lambda: parse_webtoon_spec(f"{webtoon[0]}x{webtoon[1]}"))
+        if sides is not None:
+            fields["webtoon_width"], fields["webtoon_slice"] = sides
+    else:
+        problems.add(None, f"webtoon must be [WIDTH, SLICE] in pixels, got {_show(webtoon)}")
+    if data.get("font") is not None:
+        font = _check(problems, "", lambda: _text(data.get("font"), "font", MAX_PATH_CHARS))
+        if font:
+            font_path = _font_file(font, base_dir, None, "", problems, paths)
+            if font_path is not None:
+                fields["font"] = font_path
 
     characters: dict[str, StoryCharacter] = {}
     known: dict[str, None] = {}
@@ -1004,6 +1118,8 @@ def _story_from_dict(data: dict[str, Any], base_dir: Path, source, paths: PathPo
             panels.append(panel)
     if not bad:
         _page_problems(fields, {}, len(raw_panels or []), problems)
+        if fields.get("layout") == WEBTOON:
+            _webtoon_problems(fields, [p.height for p in panels], None, problems)
     problems.raise_if_any(source, sort=False)
     return Story(**fields, characters=characters, panels=tuple(panels), source=Path(source) if source else None)
 
@@ -1063,13 +1179,16 @@ def _panel_from_dict(index: int, raw: Any, known: dict[str, None], fields: dict[
     else:
         seed = derive_panel_seed(fields.get("seed", 0), index)
     line = _check(problems, where, lambda: _whole(entry.get("line", 0) or 0, "line", 0, MAX_STORY_BYTES))
+    height = None
+    if entry.get("height") is not None:
+        height = _check(problems, where, lambda: _panel_height(entry.get("height"), fields.get("layout", "comic")))
     if len(problems.items) > before:
         return None
     return Panel(index=index, prompt=prompt, characters=tuple(names), regions=regions, caption=caption,
-                 dialogue=tuple(dialogue), seed=seed, seed_pinned=pinned, line=line)
+                 dialogue=tuple(dialogue), seed=seed, seed_pinned=pinned, line=line, height=height)
 
 
-_OPTION_LINE = re.compile(r"^\s*(?:>|@|(?:seed|caption)\s*:|//)")
+_OPTION_LINE = re.compile(r"^\s*(?:>|@|(?:seed|caption|height)\s*:|//)")
 _SEED_LINE = re.compile(r"^(\s*)seed\s*:")
 
 

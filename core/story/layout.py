@@ -16,14 +16,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from PIL import Image, ImageDraw, ImageFont
+from PIL import Image, ImageDraw
 
 from core.limits import MAX_EXPORT_PIXELS, MAX_IMAGE_PIXELS, MAX_PAGES, LimitError
+from core.story.fonts import FontChain, FontFace
+from core.story.typeset import ChainFont, TextRun
 
 if TYPE_CHECKING:
     from core.story.format import Panel, Story
 
-FONT_DIR = Path(__file__).resolve().parents[2] / "assets" / "fonts"
 MM_PER_INCH = 25.4
 PAGE_SIZES_MM = {
     "A3": (297.0, 420.0),
@@ -95,16 +96,75 @@ def parse_page_spec(text: str) -> PageSpec:
 
 
 def parse_layout_spec(text: str) -> str:
-    """``comic``, ``strip`` or ``grid RxC`` (rows x columns), returned in canonical form."""
+    """``comic``, ``strip``, ``webtoon`` or ``grid RxC`` (rows x columns), returned in canonical form."""
     value = text.strip().lower()
-    if value in ("comic", "strip"):
+    if value in ("comic", "strip", WEBTOON):
         return value
     match = re.fullmatch(r"grid[\s:]*(\d+)\s*[x×]\s*(\d+)", value)
     if match:
         rows, cols = int(match.group(1)), int(match.group(2))
         if 1 <= rows <= 8 and 1 <= cols <= 8:
             return f"grid {rows}x{cols}"
-    raise ValueError(f"bad layout '{text}': expected comic, strip or grid RxC (e.g. grid 2x3, at most 8x8)")
+    raise ValueError(f"bad layout '{text}': expected comic, strip, webtoon or grid RxC (e.g. grid 2x3, at most 8x8)")
+
+
+READING_ORDERS = ("left-to-right", "right-to-left")
+BUBBLE_DIRECTIONS = ("horizontal", "vertical")
+
+
+def parse_reading(text: str) -> str:
+    """``left-to-right`` or ``right-to-left`` (also ``ltr`` / ``rtl``)."""
+    value = {"ltr": "left-to-right", "rtl": "right-to-left"}.get(text.strip().lower(), text.strip().lower())
+    if value not in READING_ORDERS:
+        raise ValueError(f"bad reading '{text[:60]}': expected left-to-right or right-to-left")
+    return value
+
+
+def parse_bubbles(text: str) -> str:
+    """``horizontal`` or ``vertical``."""
+    value = text.strip().lower()
+    if value not in BUBBLE_DIRECTIONS:
+        raise ValueError(f"bad bubbles '{text[:60]}': expected horizontal or vertical (top to bottom, for "
+                         "Japanese and Chinese)")
+    return value
+
+
+# --- webtoon strips ------------------------------------------------------------------------------------------
+WEBTOON = "webtoon"
+WEBTOON_WIDTH, WEBTOON_SLICE = 800, 1280  # px: the common platforms' strip width and image height limit
+WEBTOON_WIDTHS, WEBTOON_SLICES = (160, 4000), (160, 20000)
+PANEL_HEIGHTS = (64, 8000)  # a webtoon panel's own `height:` in strip pixels
+
+
+def parse_webtoon_spec(text: str) -> tuple[int, int]:
+    """``WIDTHxSLICE`` in pixels (e.g. ``800x1280``): the strip's width and the most height of one slice."""
+    match = re.fullmatch(r"\s*(\d{1,6})\s*[xX×]\s*(\d{1,6})\s*(?:px)?\s*", text)
+    if not match:
+        raise ValueError(f"bad webtoon '{text[:60]}': expected WIDTHxSLICE in pixels, e.g. 800x1280")
+    width, slice_height = int(match.group(1)), int(match.group(2))
+    if not WEBTOON_WIDTHS[0] <= width <= WEBTOON_WIDTHS[1]:
+        raise LimitError(f"bad webtoon '{text[:60]}': the width must be from {WEBTOON_WIDTHS[0]} to "
+                         f"{WEBTOON_WIDTHS[1]} px")
+    if not WEBTOON_SLICES[0] <= slice_height <= WEBTOON_SLICES[1]:
+        raise LimitError(f"bad webtoon '{text[:60]}': the slice height must be from {WEBTOON_SLICES[0]} to "
+                         f"{WEBTOON_SLICES[1]} px")
+    return width, slice_height
+
+
+def webtoon_slices(strip_height: int, limit: int, cuts: list[int] = ()) -> list[tuple[int, int]]:
+    """``(top, bottom)`` of the slices a strip `strip_height` px tall is cut into: each at most `limit` px,
+    together the whole strip, cut at the lowest of `cuts` (gaps between panels) that fits, else at the limit."""
+    slices = []
+    top = 0
+    while top < strip_height:
+        bottom = min(top + limit, strip_height)
+        if bottom < strip_height:
+            fitting = [c for c in cuts if top + limit // 3 <= c < bottom]
+            if fitting:
+                bottom = max(fitting)
+        slices.append((top, bottom))
+        top = bottom
+    return slices
 
 
 # --- planning --------------------------------------------------------------------------------------------------
@@ -213,6 +273,8 @@ def _plans(layout: str, seed: int, landscape: bool, count: int) -> list[list[_Ro
 
 def count_pages(layout: str, page: str, seed: int, panel_count: int) -> int:
     """How many pages `panel_count` panels take with `layout` on `page` (canonical specs); nothing is drawn."""
+    if layout == WEBTOON:
+        return 1
     return len(_plans(layout, seed, parse_page_spec(page).landscape, panel_count))
 
 
@@ -239,24 +301,55 @@ def check_page_limits(page: PageSpec, dpi: int, pages: int | None = None) -> Non
 
 
 def plan_pages(story: Story, panel_count: int | None = None) -> list[PageLayout]:
-    """Place `panel_count` panels (default: all of the story's) on pages; deterministic for a story.
+    """Place `panel_count` panels (default: all of the story's) on pages; deterministic for a story. A webtoon is
+    one page: the whole strip.
 
     Raises `LimitError` (nothing planned) when the pages would be over `check_page_limits`.
     """
     count = len(story.panels) if panel_count is None else panel_count
-    page = parse_page_spec(story.page)
-    width, height = page_pixels(page, story.dpi)
     title_height = round(_title_font_px(story.dpi) * 1.8) if story.title else 0
-    cells = _plan_cells(story.layout, story.page, story.seed, story.dpi, story.margin_mm, story.gutter_mm,
-                        bool(story.title), count)
+    planned = _plan_cells(_plan_key(story, count))
     return [PageLayout(number, width, height, page_cells, title=story.title if number == 1 else "",
                        title_height=title_height if number == 1 else 0)
-            for number, page_cells in enumerate(cells, start=1)]
+            for number, (width, height, page_cells) in enumerate(planned, start=1)]
 
 
-def _plan_cells(layout: str, page_spec: str, seed: int, dpi: int, margin_mm: float, gutter_mm: float,
-                titled: bool, count: int) -> list[tuple[Cell, ...]]:
-    """The cells of every page (see `plan_pages`)."""
+def _plan_key(story: Story, count: int | None = None) -> tuple:
+    """Everything of `story` that places its cells (hashable, for the caches)."""
+    count = len(story.panels) if count is None else count
+    heights = tuple(p.height for p in story.panels[:count]) if story.layout == WEBTOON else ()
+    heights += (None,) * (count - len(heights)) if story.layout == WEBTOON else ()
+    return (story.layout, story.page, story.seed, story.dpi, story.margin_mm, story.gutter_mm, bool(story.title),
+            count, story.reading, story.webtoon_width, story.height / story.width, heights)
+
+
+def webtoon_cells(width: int, aspect: float, heights: tuple, dpi: int, margin_mm: float, gutter_mm: float,
+                  titled: bool) -> tuple[int, tuple[Cell, ...]]:
+    """``(strip height, cells)``: panels `width` px wide stacked with gutters, each `heights[i]` px tall or,
+    when that is None, ``width * aspect`` (the story size's height / width)."""
+    px = dpi / MM_PER_INCH
+    margin, gutter = round(margin_mm * px), round(gutter_mm * px)
+    y = margin + (round(_title_font_px(dpi) * 1.8) if titled else 0)
+    cells = []
+    for index, height in enumerate(heights):
+        h = int(height) if height else max(PANEL_HEIGHTS[0], round(width * aspect))
+        cells.append(Cell(index, 0, y, width, h))
+        y += h + gutter
+    total = y - (gutter if cells else 0) + margin
+    if width * total > MAX_IMAGE_PIXELS:
+        raise LimitError(f"the webtoon strip is {width}x{total} pixels ({width * total / 1e6:.1f} million): the "
+                         f"limit is {MAX_IMAGE_PIXELS / 1e6:g} million; use fewer or shorter panels")
+    return total, tuple(cells)
+
+
+@functools.lru_cache(maxsize=32)
+def _plan_cells(key: tuple) -> list[tuple[int, int, tuple[Cell, ...]]]:
+    """``(width, height, cells)`` of every page (see `plan_pages`)."""
+    (layout, page_spec, seed, dpi, margin_mm, gutter_mm, titled, count, reading, strip_width, aspect,
+     heights) = key
+    if layout == WEBTOON:
+        total, cells = webtoon_cells(strip_width, aspect, heights, dpi, margin_mm, gutter_mm, titled)
+        return [(strip_width, total, cells)]
     page = parse_page_spec(page_spec)
     plans = _plans(layout, seed, page.landscape, count)
     check_page_limits(page, dpi, len(plans))
@@ -287,7 +380,9 @@ def _plan_cells(layout: str, page_spec: str, seed: int, dpi: int, margin_mm: flo
                     index += 1
                 x += cell_w + gutter
             y += cell_h + gutter
-        pages.append(tuple(cells))
+        if reading == "right-to-left":  # the same cells seen in a mirror: panel 1 top right
+            cells = [Cell(c.panel_index, width - c.x - c.w, c.y, c.w, c.h) for c in cells]
+        pages.append((width, height, tuple(cells)))
     return pages
 
 
@@ -312,28 +407,21 @@ def fit_panel_size(aspect: float, pixels: int, multiple: int = SIZE_MULTIPLE) ->
 def panel_sizes(story: Story) -> dict[int, tuple[int, int]]:
     """The size each panel is rendered at, by index: its cell's shape at the story's pixel budget, so the page
     shows the whole picture (nothing is cropped away). Captions and bubbles do not change it."""
-    key = (story.layout, story.page, story.seed, story.dpi, story.margin_mm, story.gutter_mm, bool(story.title),
-           len(story.panels), story.width * story.height)
-    return dict(_panel_sizes(key))
-
-
-@functools.lru_cache(maxsize=32)
-def _panel_sizes(key) -> tuple[tuple[int, tuple[int, int]], ...]:
-    layout, page, seed, dpi, margin_mm, gutter_mm, titled, count, pixels = key
-    cells = _plan_cells(layout, page, seed, dpi, margin_mm, gutter_mm, titled, count)
-    return tuple((cell.panel_index, fit_panel_size(cell.w / max(1, cell.h), pixels))
-                 for page_cells in cells for cell in page_cells)
+    pixels = story.width * story.height
+    return {cell.panel_index: fit_panel_size(cell.w / max(1, cell.h), pixels)
+            for _, _, page_cells in _plan_cells(_plan_key(story)) for cell in page_cells}
 
 
 # --- drawing ---------------------------------------------------------------------------------------------------
 @functools.lru_cache(maxsize=64)
-def load_font(size_px: int, bold: bool = False) -> ImageFont.FreeTypeFont | ImageFont.ImageFont:
-    """The shipped DejaVu Sans at `size_px`; Pillow's built-in font when the assets are not installed."""
-    path = FONT_DIR / ("DejaVuSans-Bold.ttf" if bold else "DejaVuSans.ttf")
-    try:
-        return ImageFont.truetype(str(path), size_px)
-    except OSError:
-        return ImageFont.load_default(size_px)
+def load_font(size_px: int, bold: bool = False, chain: FontChain = FontChain()) -> ChainFont:
+    """Text at `size_px` in `chain` (DejaVu Sans first, then the fonts for scripts it lacks)."""
+    return ChainFont(chain, size_px, bold)
+
+
+def font_chain(story: Story) -> FontChain:
+    """The fonts of `story`'s text: the shipped and system ones, then its ``font:`` file."""
+    return FontChain(FontFace(Path(story.font)) if story.font else None)
 
 
 def _pt_to_px(points: float, dpi: int) -> int:
@@ -380,44 +468,18 @@ def _fit_lines(lines: list[str], font, max_width: float, max_lines: int) -> list
     return kept
 
 
-@dataclass(frozen=True)
-class TextRun:
-    """One line of text on a page, for a PDF that keeps text as text: its left end and baseline in page pixels,
-    its size in pixels and the width it takes in the shipped font (DejaVu Sans)."""
-
-    x: float
-    baseline: float
-    text: str
-    size_px: int
-    width: float
-    bold: bool = False
-
-
-def _text(draw, runs: list[TextRun] | None, xy, text: str, font, anchor: str = "la", bold: bool = False) -> None:
-    """Draws `text` with Pillow's `anchor` (``la``, ``ma`` or ``mm``), or adds it to `runs` instead."""
-    if runs is None:
-        draw.text(xy, text, font=font, fill=INK, anchor=anchor)
-        return
-    ascent, descent = font.getmetrics() if hasattr(font, "getmetrics") else (font.size, 0)
-    width = font.getlength(text)
-    x = xy[0] - (width / 2 if anchor[0] == "m" else 0)
-    baseline = xy[1] + (ascent if anchor[1] == "a" else (ascent - descent) / 2)
-    runs.append(TextRun(x, baseline, text, int(getattr(font, "size", 10)), width, bold))
-
-
-def draw_runs(image: Image.Image, runs: list[TextRun]) -> Image.Image:
-    """`image` with `runs` drawn on it (as `compose_page` draws them without ``texts``)."""
-    draw = ImageDraw.Draw(image)
-    for run in runs:
-        draw.text((run.x, run.baseline), run.text, font=load_font(run.size_px, bold=run.bold), fill=INK, anchor="ls")
-    return image
+def _text(draw, runs: list[TextRun] | None, xy, text: str, font: ChainFont, anchor: str = "la") -> None:
+    """Draws `text` with Pillow's `anchor` (``la``, ``ma`` or ``mm``) and adds its runs to `runs` when given."""
+    drawn = font.draw_line(draw, xy, text, anchor)
+    if runs is not None:
+        runs.extend(drawn)
 
 
 def compose_pages(story: Story, images: Mapping[int, Image.Image | None], first: int | None = None,
                   texts: list[list[TextRun]] | None = None) -> list[Image.Image]:
     """Draw every page (only the `first` ones when given). `images` maps panel index to its rendered image;
-    missing ones get a grey placeholder. With `texts` (an empty list), the title, captions and speech are not
-    drawn but listed there, one list of `TextRun` per page (for a PDF with real text)."""
+    missing ones get a grey placeholder. With `texts` (an empty list), the title, captions and speech drawn are
+    also listed there, one list of `TextRun` per page (the PDF's text layer)."""
     pages = plan_pages(story)
     shown = pages if first is None else pages[:first]
     drawn = []
@@ -432,18 +494,18 @@ def compose_pages(story: Story, images: Mapping[int, Image.Image | None], first:
 def compose_page(story: Story, page: PageLayout, images: Mapping[int, Image.Image | None],
                  total_pages: int | None = None, texts: list[TextRun] | None = None) -> Image.Image:
     """Draw one page of `plan_pages` (RGB, `page.width` x `page.height`), numbered "n / total_pages"; the words
-    go to `texts` instead of the pixels when it is a list."""
+    drawn are also added to `texts` when it is a list."""
     canvas = Image.new("RGB", (page.width, page.height), PAPER)
     draw = ImageDraw.Draw(canvas)
     margin = round(story.margin_mm * story.dpi / MM_PER_INCH)
     if page.title:
-        font = load_font(_title_font_px(story.dpi), bold=True)
+        font = load_font(_title_font_px(story.dpi), True, font_chain(story))
         title = _fit_lines(wrap_text(page.title, font, page.width - 2 * margin), font, page.width - 2 * margin, 1)[0]
-        _text(draw, texts, (page.width / 2, margin + page.title_height / 2), title, font, "mm", bold=True)
+        _text(draw, texts, (page.width / 2, margin + page.title_height / 2), title, font, "mm")
     footer = load_font(_pt_to_px(7, story.dpi))
-    if margin >= _line_height(footer):
+    if margin >= _line_height(footer) and story.layout != WEBTOON:
         total = total_pages if total_pages is not None else len(plan_pages(story))
-        draw.text((page.width / 2, page.height - margin / 2), f"{page.number} / {total}", font=footer,
+        draw.text((page.width / 2, page.height - margin / 2), f"{page.number} / {total}", font=footer.base,
                   fill=(110, 110, 110), anchor="mm")
     for cell in page.cells:
         panel = story.panels[cell.panel_index] if cell.panel_index < len(story.panels) else None
@@ -453,7 +515,7 @@ def compose_page(story: Story, page: PageLayout, images: Mapping[int, Image.Imag
 
 def caption_lines(story: Story, cell: Cell, panel: Panel) -> tuple[list[str], object, int, int]:
     """``(lines, font, line height, box height)`` of a panel's caption box (at the bottom of its cell)."""
-    font = load_font(_pt_to_px(9, story.dpi))
+    font = load_font(_pt_to_px(9, story.dpi), False, font_chain(story))
     lh, pad = _line_height(font), _pad(story)
     max_lines = max(1, int((cell.h * 0.35 - 2 * pad) // lh))
     lines = _fit_lines(wrap_text(panel.caption, font, cell.w - 2 * pad), font, cell.w - 2 * pad, max_lines)
@@ -486,7 +548,7 @@ def _draw_cell(canvas: Image.Image, story: Story, cell: Cell, panel: Panel | Non
         if panel is not None:
             font = load_font(_pt_to_px(10, story.dpi))
             draw.text((area[0] + area[2] / 2, area[1] + area[3] / 3), f"Panel {panel.number}\nnot rendered",
-                      font=font, fill=(120, 120, 120), anchor="mm", align="center")
+                      font=font.base, fill=(120, 120, 120), anchor="mm", align="center")
     if panel is not None and panel.caption:
         lines, font, lh, caption_h = caption_lines(story, cell, panel)
         pad = _pad(story)
@@ -584,9 +646,11 @@ def _gap(rect, point) -> float:
     return (dx * dx + dy * dy) ** 0.5
 
 
-def plan_bubble(size: tuple[float, float], area, anchor, speaker_box, other_boxes, placed) -> tuple[float, ...]:
+def plan_bubble(size: tuple[float, float], area, anchor, speaker_box, other_boxes, placed,
+                right_to_left: bool = False) -> tuple[float, ...]:
     """Choose where a bubble of `size` goes inside `area` (x, y, w, h): away from the characters' boxes and the
-    bubbles already `placed`, near the top, close above its speaker's `anchor` (so its tail stays short).
+    bubbles already `placed`, near the top, close above its speaker's `anchor` (so its tail stays short), after
+    the earlier bubbles in reading order (left to right, or right to left with `right_to_left`).
     Returns (x0, y0, x1, y1)."""
     ax, ay, aw, ah = area
     bw, bh = size
@@ -594,7 +658,7 @@ def plan_bubble(size: tuple[float, float], area, anchor, speaker_box, other_boxe
     side = min(aw, ah)
     steps_x, steps_y = 13, 9
     best, best_score = None, float("inf")
-    for i in range(steps_x):
+    for i in (reversed(range(steps_x)) if right_to_left else range(steps_x)):  # ties go to the reading start
         x = ax + inset + max(0.0, aw - bw - 2 * inset) * i / (steps_x - 1)
         for j in range(steps_y):
             y = ay + inset + max(0.0, ah - bh - 2 * inset) * j / (steps_y - 1)
@@ -605,8 +669,9 @@ def plan_bubble(size: tuple[float, float], area, anchor, speaker_box, other_boxe
                 score += 10.0 * _overlap(rect, speaker_box) / area_b
             score += sum(4.0 * _overlap(rect, box) / area_b for box in other_boxes)
             score += sum(50.0 * _overlap(rect, box) / area_b for box in placed)
-            # Reading order: a later bubble should not sit left of an earlier one on the same band.
-            score += sum(0.8 for box in placed if x + bw / 2 < (box[0] + box[2]) / 2 and y < box[3])
+            # Reading order: a later bubble should not sit before an earlier one on the same band.
+            score += sum(0.8 for box in placed if ((x + bw / 2 > (box[0] + box[2]) / 2) if right_to_left
+                                                   else (x + bw / 2 < (box[0] + box[2]) / 2)) and y < box[3])
             score += 1.0 * (y - ay) / ah
             if anchor is not None:
                 score += 1.5 * abs(x + bw / 2 - anchor[0]) / aw
@@ -623,7 +688,8 @@ def plan_bubble(size: tuple[float, float], area, anchor, speaker_box, other_boxe
 @dataclass(frozen=True)
 class Bubble:
     """A planned speech bubble: its box and lines, the font size, and its tail (two base points on the bubble's
-    edge and the tip; None for no tail) aimed at `speaker_box`."""
+    edge and the tip; None for no tail) aimed at `speaker_box`. A `vertical` bubble's lines are its columns,
+    in reading order (right to left), each `line_height` wide."""
 
     rect: tuple[float, float, float, float]
     lines: tuple[str, ...]
@@ -633,6 +699,7 @@ class Bubble:
     tail: tuple | None
     speaker_box: tuple[float, float, float, float] | None
     anchor: tuple[float, float] | None
+    vertical: bool = False
 
 
 BUBBLE_POINTS = (9, 8, 7)  # speech shrinks to 7 pt at the smallest, then is cut with "…"
@@ -643,30 +710,69 @@ def plan_bubbles(story: Story, panel: Panel, area, boxes_px) -> list[Bubble]:
     ax, ay, aw, ah = area
     bubbles: list[Bubble] = []
     placed: list[tuple[float, ...]] = []
+    chain = font_chain(story)
+    vertical = story.bubbles == "vertical"
     for dialogue in panel.dialogue:
         box = speaker_box(panel, dialogue.speaker, area, boxes_px)
         anchor = _speaker_anchor(panel, dialogue.speaker, area, boxes_px)
         text = dialogue.text if anchor is not None else f"{dialogue.speaker}: {dialogue.text}"
-        for points in BUBBLE_POINTS:  # shrink long speeches until they fit in half the panel
-            font = load_font(_pt_to_px(points, story.dpi))
-            pad = max(4, round(font.size * 0.6))
-            # wide enough for a few words a line even in a narrow cell, never wider than the cell
-            wrap = min(aw * 0.92, max(aw * 0.5, font.size * 12.0)) - 2 * pad
-            lines = wrap_text(text, font, wrap)
-            lh = _line_height(font)
-            if len(lines) * lh + 2 * pad <= ah * 0.45:
-                break
-        lines = _fit_lines(lines, font, wrap, max(1, int((ah * 0.45 - 2 * pad) // lh)))
-        bw = max(max(font.getlength(t) for t in lines) + 2 * pad, font.size * 3.0)  # a size floor for "Ho!"
-        bh = len(lines) * lh + 2 * pad
-        bw, bh = min(bw, aw * 0.92), min(bh, ah * 0.9)
+        if vertical:
+            lines, font, lh, pad, bw, bh = _vertical_bubble(text, chain, story.dpi, aw, ah)
+        else:
+            lines, font, lh, pad, bw, bh = _horizontal_bubble(text, chain, story.dpi, aw, ah)
         others = [b for name, b in boxes_px.items() if name != dialogue.speaker]
-        rect = plan_bubble((bw, bh), area, anchor, boxes_px.get(dialogue.speaker, box), others, placed)
+        rect = plan_bubble((bw, bh), area, anchor, boxes_px.get(dialogue.speaker, box), others, placed,
+                           story.reading == "right-to-left")
         placed.append(rect)
-        radius = min(bh / 2, pad * 1.6)
+        radius = min(bh / 2, bw / 2, pad * 1.6)
         tail = _tail(rect, anchor, min(aw, ah), radius, font.size, box) if anchor is not None else None
-        bubbles.append(Bubble(rect, tuple(lines), font.size, lh, pad, tail, box, anchor))
+        bubbles.append(Bubble(rect, tuple(lines), font.size, lh, pad, tail, box, anchor, vertical))
     return bubbles
+
+
+def _horizontal_bubble(text: str, chain: FontChain, dpi: int, aw: float, ah: float):
+    """``(lines, font, line height, pad, width, height)`` of a bubble of lines."""
+    for points in BUBBLE_POINTS:  # shrink long speeches until they fit in half the panel
+        font = load_font(_pt_to_px(points, dpi), False, chain)
+        pad = max(4, round(font.size * 0.6))
+        # wide enough for a few words a line even in a narrow cell, never wider than the cell
+        wrap = min(aw * 0.92, max(aw * 0.5, font.size * 12.0)) - 2 * pad
+        lines = wrap_text(text, font, wrap)
+        lh = _line_height(font)
+        if len(lines) * lh + 2 * pad <= ah * 0.45:
+            break
+    lines = _fit_lines(lines, font, wrap, max(1, int((ah * 0.45 - 2 * pad) // lh)))
+    bw = max(max(font.getlength(t) for t in lines) + 2 * pad, font.size * 3.0)  # a size floor for "Ho!"
+    bh = len(lines) * lh + 2 * pad
+    return lines, font, lh, pad, min(bw, aw * 0.92), min(bh, ah * 0.9)
+
+
+def _vertical_bubble(text: str, chain: FontChain, dpi: int, aw: float, ah: float):
+    """``(columns, font, column width, pad, width, height)`` of a bubble of vertical columns (top to bottom,
+    read right to left): columns hold up to 60% of the panel's height, a bubble at most half its width."""
+    for points in BUBBLE_POINTS:
+        font = load_font(_pt_to_px(points, dpi), False, chain)
+        pad = max(4, round(font.size * 0.6))
+        column_w = round(font.size * 1.3)
+        per_column = max(1, int((ah * 0.6 - 2 * pad) // font.column_advance))
+        columns = _columns(text, per_column)
+        if len(columns) * column_w + 2 * pad <= aw * 0.5:
+            break
+    columns = columns[:max(1, int((aw * 0.5 - 2 * pad) // column_w))]
+    if "".join(columns) != "".join(_columns(text, per_column)):
+        columns[-1] = columns[-1][:-1] + "…"
+    longest = max(font.column_length(c) for c in columns)
+    bw = len(columns) * column_w + 2 * pad
+    bh = max(longest + 2 * pad, bw + font.size)  # a column bubble is taller than wide, even for one character
+    return columns, font, column_w, pad, min(bw, aw * 0.92), min(bh, ah * 0.9)
+
+
+def _columns(text: str, per_column: int) -> list[str]:
+    """`text` cut into columns of at most `per_column` characters; a line break or a space starts a new one."""
+    columns = []
+    for part in text.split():
+        columns += [part[k:k + per_column] for k in range(0, len(part), per_column)]
+    return columns or [""]
 
 
 def _draw_bubbles(canvas: Image.Image, story: Story, bubbles: list[Bubble], texts: list[TextRun] | None) -> None:
@@ -681,7 +787,14 @@ def _draw_bubbles(canvas: Image.Image, story: Story, bubbles: list[Bubble], text
             draw.polygon([base_a, base_b, tip], fill=PAPER)
             draw.line([base_a, tip], fill=INK, width=line_w)
             draw.line([base_b, tip], fill=INK, width=line_w)
-        font = load_font(bubble.font_px)
+        font = load_font(bubble.font_px, False, font_chain(story))
+        if bubble.vertical:  # columns from the right edge leftwards, each from the top down
+            for k, column in enumerate(bubble.lines):
+                x = x1 - bubble.pad - (k + 0.5) * bubble.line_height
+                drawn = font.draw_column(draw, (x, y0 + bubble.pad), column)
+                if texts is not None:
+                    texts.extend(drawn)
+            continue
         for k, t in enumerate(bubble.lines):
             _text(draw, texts, ((x0 + x1) / 2, y0 + bubble.pad + k * bubble.line_height), t, font, "ma")
 

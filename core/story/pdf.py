@@ -1,155 +1,172 @@
-"""A small PDF writer for story pages: each page's picture as one image, its words as real text on top.
+"""The story PDF, written with fpdf2: each page's picture at the story's dpi, with its words as a text layer.
 
-Pillow writes a PDF of rasters only; here the title, captions and speech (the `layout.TextRun` lines of
-`layout.compose_pages(..., texts=...)`) are PDF text in the shipped DejaVu Sans, embedded as a TrueType font with
-its own glyph widths, so the words print sharp at any size, can be selected and searched, and sit exactly where
-the page PNGs draw them. Characters outside Windows-1252 (the font's PDF encoding here) are written as "?".
+The page pictures are the page PNGs themselves (words drawn, in any script, by `core.story.typeset`); on top of
+each, every line of the title, captions and speech is written as invisible PDF text (render mode 3) at the place
+and width the picture shows it, in the font that drew it, embedded as a subset with a Unicode map. So the words
+can be selected, searched and copied in every script, and the page looks exactly like the PNG.
+
+Text is stored in visual order, as PDF readers expect (a right-to-left line is written left to right as it
+appears; readers turn it back into reading order). Fonts with PostScript (CFF) outlines, such as Noto CJK, are
+embedded with their outlines converted to TrueType, which every PDF reader maps back to Unicode the same way.
 Pages print at the story's size: ``points = pixels * 72 / dpi``.
 """
 
 from __future__ import annotations
 
+import calendar
+import datetime
 import io
+import logging
+import tempfile
 import time
-import zlib
+import unicodedata
 from collections.abc import Sequence
 from pathlib import Path
 
-from PIL import Image, ImageFont
+from fpdf import FPDF
+from fpdf.bidi import BidiParagraph
+from fpdf.enums import TextDirection, TextMode
+from PIL import Image
 
-from core.story.layout import FONT_DIR, TextRun
+from core.story.fonts import FontFace
+from core.story.typeset import TextRun, starts_right_to_left
 
-ENCODING = "cp1252"  # the PDF's WinAnsiEncoding
 JPEG_QUALITY = 92
-_FONTS = {False: ("F1", "DejaVuSans", "DejaVuSans.ttf"), True: ("F2", "DejaVuSans-Bold", "DejaVuSans-Bold.ttf")}
+CREATOR = "InstantCharacter Studio"
 
 
-def _pdf_string(text: str) -> bytes:
-    data = text.encode(ENCODING, "replace")
-    return b"(" + data.replace(b"\\", b"\\\\").replace(b"(", b"\\(").replace(b")", b"\\)") + b")"
+def visual_order(text: str) -> str:
+    """`text` (one line, in reading order) in the order its characters appear left to right on the page."""
+    if not any(_is_right_to_left(char) for char in text):
+        return text
+    base = TextDirection.RTL if starts_right_to_left(text) else TextDirection.LTR
+    fragments = BidiParagraph(text=text, base_direction=base).get_bidi_fragments()
+    parts = [part[::-1] if direction == TextDirection.RTL else part for part, direction in fragments]
+    return "".join(reversed(parts) if base == TextDirection.RTL else parts)
 
 
-def _info_string(text: str) -> bytes:
-    """A text string of the document information (UTF-16 with its byte-order mark)."""
-    data = "\ufeff".encode("utf-16-be") + text.encode("utf-16-be")
-    return b"<" + data.hex().encode() + b">"
+def _is_right_to_left(char: str) -> bool:
+    return unicodedata.bidirectional(char) in ("R", "AL")
 
 
-def _widths(path: Path) -> list[int]:
-    """Glyph widths (1/1000 em) of codes 32..255 in Windows-1252, as the font draws them."""
-    font = ImageFont.truetype(str(path), 1000)
-    widths = []
-    for code in range(32, 256):
-        try:
-            char = bytes([code]).decode(ENCODING)
-        except UnicodeDecodeError:
-            char = "?"
-        widths.append(round(font.getlength(char)))
-    return widths
+def embeddable_font(face: FontFace, chars: str, folder: Path) -> Path:
+    """A TrueType file in `folder` with the glyphs of `chars` from `face` (a subset; CFF outlines converted to
+    TrueType ones), for fpdf2 to embed."""
+    from fontTools import subset
+    from fontTools.ttLib import TTFont
+
+    font = TTFont(str(face.path), fontNumber=face.index, lazy=False)
+    options = subset.Options()
+    options.layout_features = []  # the text layer is not shaped: its glyphs only need their Unicode
+    options.name_IDs = ["*"]
+    options.notdef_outline = True
+    subsetter = subset.Subsetter(options)
+    subsetter.populate(unicodes={ord(c) for c in chars})
+    quiet = logging.getLogger("fontTools.subset")
+    level = quiet.level
+    quiet.setLevel(logging.ERROR)  # "FFTM NOT subset" and the like: tables a text layer does not need
+    try:
+        subsetter.subset(font)
+    finally:
+        quiet.setLevel(level)
+    if "CFF " in font:
+        _cff_to_truetype(font)
+    path = folder / f"font-{len(list(folder.iterdir()))}.ttf"
+    font.save(str(path))
+    return path
 
 
-class _Writer:
-    def __init__(self):
-        self.objects: list[bytes | None] = []
+def _cff_to_truetype(font) -> None:
+    """Replace `font`'s CFF outlines with quadratic TrueType ones (``glyf``), in place."""
+    from fontTools.pens.cu2quPen import Cu2QuPen
+    from fontTools.pens.ttGlyphPen import TTGlyphPen
+    from fontTools.ttLib import newTable
 
-    def reserve(self) -> int:
-        self.objects.append(None)
-        return len(self.objects)
-
-    def put(self, number: int, body: bytes) -> int:
-        self.objects[number - 1] = body
-        return number
-
-    def add(self, body: bytes) -> int:
-        return self.put(self.reserve(), body)
-
-    def stream(self, meta: bytes, data: bytes, number: int | None = None) -> int:
-        body = b"<< " + meta + b" /Length %d >>\nstream\n" % len(data) + data + b"\nendstream"
-        return self.put(number, body) if number is not None else self.add(body)
-
-    def bytes(self, root: int, info: int) -> bytes:
-        out = io.BytesIO()
-        out.write(b"%PDF-1.4\n%\xe2\xe3\xcf\xd3\n")
-        offsets = []
-        for number, body in enumerate(self.objects, start=1):
-            offsets.append(out.tell())
-            out.write(b"%d 0 obj\n" % number + body + b"\nendobj\n")
-        xref = out.tell()
-        out.write(b"xref\n0 %d\n0000000000 65535 f \n" % (len(self.objects) + 1))
-        for offset in offsets:
-            out.write(b"%010d 00000 n \n" % offset)
-        out.write(b"trailer\n<< /Size %d /Root %d 0 R /Info %d 0 R >>\nstartxref\n%d\n%%%%EOF\n"
-                  % (len(self.objects) + 1, root, info, xref))
-        return out.getvalue()
-
-
-def _font_objects(writer: _Writer, bold: bool) -> int:
-    name, base, file = _FONTS[bold]
-    path = FONT_DIR / file
-    data = path.read_bytes()
-    font_file = writer.stream(b"/Filter /FlateDecode /Length1 %d" % len(data), zlib.compress(data, 9))
-    pil = ImageFont.truetype(str(path), 1000)
-    ascent, descent = pil.getmetrics()
-    descriptor = writer.add(
-        b"<< /Type /FontDescriptor /FontName /%s /Flags 32 /FontBBox [-1021 -463 1793 1232] /ItalicAngle 0 "
-        b"/Ascent %d /Descent %d /CapHeight 729 /StemV %d /FontFile2 %d 0 R >>"
-        % (base.encode(), ascent, -descent, 120 if bold else 80, font_file))
-    widths = b" ".join(b"%d" % w for w in _widths(path))
-    return writer.add(b"<< /Type /Font /Subtype /TrueType /BaseFont /%s /FirstChar 32 /LastChar 255 "
-                      b"/Widths [%s] /Encoding /WinAnsiEncoding /FontDescriptor %d 0 R >>"
-                      % (base.encode(), widths, descriptor))
-
-
-def _page_text(runs: Sequence[TextRun], height_pt: float, scale: float) -> bytes:
-    out = [b"BT 0 g"]
-    for run in runs:
-        name = _FONTS[run.bold][0].encode()
-        out.append(b"/%s %.3f Tf 1 0 0 1 %.3f %.3f Tm %s Tj" % (
-            name, run.size_px * scale, run.x * scale, height_pt - run.baseline * scale, _pdf_string(run.text)))
-    out.append(b"ET")
-    return b"\n".join(out)
-
-
-def pdf_date(when: time.struct_time) -> bytes:
-    return time.strftime("D:%Y%m%d%H%M%SZ", when).encode()
+    order = font.getGlyphOrder()
+    glyph_set = font.getGlyphSet()
+    glyf = newTable("glyf")
+    glyf.glyphOrder = order
+    glyf.glyphs = {}
+    for name in order:
+        pen = TTGlyphPen(glyph_set)
+        # 1 font unit of error at the usual 1000-2048 units per em: invisible at any print size
+        glyph_set[name].draw(Cu2QuPen(pen, max_err=1.0, reverse_direction=True))
+        glyf[name] = pen.glyph()
+    font["glyf"] = glyf
+    font["loca"] = newTable("loca")
+    del font["CFF "]
+    for table in ("VORG", "vmtx", "vhea"):
+        if table in font:
+            del font[table]
+    maxp = font["maxp"]
+    maxp.tableVersion = 0x00010000
+    for field in ("maxZones", "maxTwilightPoints", "maxStorage", "maxFunctionDefs", "maxInstructionDefs",
+                  "maxStackElements", "maxSizeOfInstructions", "maxComponentElements", "maxPoints", "maxContours",
+                  "maxCompositePoints", "maxCompositeContours", "maxComponentDepth"):
+        setattr(maxp, field, 1 if field == "maxZones" else 0)
+    font["head"].glyphDataFormat = 0
+    font["post"].formatType = 3.0  # no glyph names: CID fonts have none worth keeping
+    font.sfntVersion = "\x00\x01\x00\x00"
 
 
 def story_pdf(pages: Sequence[Image.Image], texts: Sequence[Sequence[TextRun]] | None, dpi: int, title: str = "",
               when: time.struct_time | None = None) -> bytes:
-    """The bytes of a PDF of `pages` (pictures without their words) with `texts` (one list of runs per page) as
-    real text on them."""
+    """The bytes of a PDF of `pages` (pictures with their words drawn) with `texts` (one list of runs per page,
+    in the pages' pixels) as their invisible text layer."""
     if not pages:
         raise ValueError("story_pdf: no pages")
     texts = list(texts) if texts is not None else [[] for _ in pages]
-    writer = _Writer()
-    catalog, tree = writer.reserve(), writer.reserve()
-    used = {run.bold for runs in texts for run in runs}
-    fonts = {bold: _font_objects(writer, bold) for bold in sorted(used)} if (FONT_DIR / _FONTS[False][2]).is_file() \
-        else {}
-    if used and not fonts:  # the fonts are not installed: the words go unembedded, in the standard Helvetica
-        fonts = {bold: writer.add(b"<< /Type /Font /Subtype /Type1 /BaseFont /%s /Encoding /WinAnsiEncoding >>"
-                                  % (b"Helvetica-Bold" if bold else b"Helvetica")) for bold in used}
-    font_dict = b" ".join(b"/%s %d 0 R" % (_FONTS[bold][0].encode(), number) for bold, number in fonts.items())
     scale = 72.0 / dpi
-    kids = []
-    for image, runs in zip(pages, texts, strict=True):
-        rgb = image.convert("RGB")
-        jpeg = io.BytesIO()
-        rgb.save(jpeg, format="JPEG", quality=JPEG_QUALITY, subsampling=0, dpi=(dpi, dpi))
-        picture = writer.stream(b"/Type /XObject /Subtype /Image /Width %d /Height %d /ColorSpace /DeviceRGB "
-                                b"/BitsPerComponent 8 /Filter /DCTDecode" % rgb.size, jpeg.getvalue())
-        width_pt, height_pt = rgb.width * scale, rgb.height * scale
-        content = b"q %.3f 0 0 %.3f 0 0 cm /Im0 Do Q\n" % (width_pt, height_pt) + _page_text(runs, height_pt, scale)
-        contents = writer.stream(b"/Filter /FlateDecode", zlib.compress(content, 9))
-        kids.append(writer.add(
-            b"<< /Type /Page /Parent %d 0 R /MediaBox [0 0 %.3f %.3f] /Contents %d 0 R "
-            b"/Resources << /XObject << /Im0 %d 0 R >> /Font << %s >> >> >>"
-            % (tree, width_pt, height_pt, contents, picture, font_dict)))
-    writer.put(tree, b"<< /Type /Pages /Kids [%s] /Count %d >>"
-               % (b" ".join(b"%d 0 R" % k for k in kids), len(kids)))
-    writer.put(catalog, b"<< /Type /Catalog /Pages %d 0 R >>" % tree)
-    date = pdf_date(when or time.gmtime())
-    info = writer.add(b"<< /Title %s /Creator %s /Producer %s /CreationDate (%s) /ModDate (%s) >>"
-                      % (_info_string(title or "Story"), _info_string("InstantCharacter Studio"),
-                         _info_string("InstantCharacter Studio"), date, date))
-    return writer.bytes(catalog, info)
+    pdf = FPDF(unit="pt")
+    pdf.set_auto_page_break(False)
+    pdf.set_margin(0)
+    pdf.set_title(title or "Story")
+    pdf.set_creator(CREATOR)
+    pdf.set_producer(CREATOR)
+    stamp = calendar.timegm(when) if when is not None else int(time.time())
+    pdf.set_creation_date(datetime.datetime.fromtimestamp(stamp, datetime.timezone.utc))
+    used: dict[FontFace, set[str]] = {}
+    for runs in texts:
+        for run in runs:
+            used.setdefault(run.face, set()).update(run.text)
+    with tempfile.TemporaryDirectory(prefix="story-pdf-") as folder:
+        families = {}
+        for number, (face, chars) in enumerate(sorted(used.items(), key=lambda item: item[0].name)):
+            families[face] = f"F{number}"
+            pdf.add_font(families[face], "", str(embeddable_font(face, "".join(sorted(chars)), Path(folder))))
+        for image, runs in zip(pages, texts, strict=True):
+            width_pt, height_pt = image.width * scale, image.height * scale
+            pdf.add_page(format=(width_pt, height_pt))
+            jpeg = io.BytesIO()
+            image.convert("RGB").save(jpeg, format="JPEG", quality=JPEG_QUALITY, subsampling=0, dpi=(dpi, dpi))
+            jpeg.seek(0)
+            pdf.image(jpeg, x=0, y=0, w=width_pt, h=height_pt)
+            pdf.text_mode = TextMode.INVISIBLE
+            for run in runs:
+                _write_run(pdf, run, families[run.face], scale)
+            pdf.text_mode = TextMode.FILL
+        # fpdf2 logs each character a font lacks; the story check has warned about them already
+        logger = logging.getLogger("fpdf")
+        level = logger.level
+        logger.setLevel(logging.ERROR)
+        try:
+            return bytes(pdf.output())
+        finally:
+            logger.setLevel(level)
+
+
+def _write_run(pdf: FPDF, run: TextRun, family: str, scale: float) -> None:
+    """One run as invisible text, stretched to the width the picture gives it."""
+    text = visual_order(run.text) if not run.vertical else run.text
+    if not text.strip():
+        return
+    pdf.set_font(family, size=run.size_px * scale)
+    natural = pdf.get_string_width(text)
+    pdf.set_stretching(100.0 * run.width * scale / natural if natural > 0 else 100.0)
+    x, y = run.x * scale, run.baseline * scale
+    if run.vertical:  # down the column: the line turned a quarter clockwise about the column's top
+        with pdf.rotation(-90, x, y):
+            pdf.text(x, y + run.size_px * scale * 0.35, text)
+    else:
+        pdf.text(x, y, text)
+    pdf.set_stretching(100.0)

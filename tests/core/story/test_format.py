@@ -99,7 +99,7 @@ def test_style_appended_and_defaults(story_dir):
         ("character Ann: chars/nobody.png\n---\n[Ann] x\n", "line 1: missing image for [Ann]: chars/nobody.png"),
         ("character Ann:\n---\n[Ann] x\n", "line 1: character [Ann] has no image"),
         ("colour: red\n---\n[NC] x\n", "line 1: unknown header key 'colour'"),
-        ("layout: spiral\n---\n[NC] x\n", "line 1: bad layout 'spiral': expected comic, strip or grid RxC"),
+        ("layout: spiral\n---\n[NC] x\n", "line 1: bad layout 'spiral': expected comic, strip, webtoon or grid RxC"),
         ("page: B7\n---\n[NC] x\n", "line 1: bad page 'B7'"),
         ("margin: wide\n---\n[NC] x\n", "line 1: bad length 'wide'"),
         ("character Ann: chars/ann.png\n    scale: lots\n---\n[Ann] x\n", "line 2: bad scale 'lots' for [Ann]"),
