@@ -197,14 +197,23 @@ def describe_story(story: Story) -> list[str]:
 
     pages = len(plan_pages(story))
     title = f'"{story.title}"' if story.title else "(untitled)"
+    if story.layout == "webtoon":
+        where = (f"layout webtoon, {story.webtoon_width} px wide in slices of at most {story.webtoon_slice} px, "
+                 f"text at {story.dpi} dpi")
+    else:
+        where = f"layout {story.layout} on {story.page} at {story.dpi} dpi: {pages} page{'s' * (pages != 1)}"
     lines = [f"{title}: {len(story.panels)} panels, {len(story.characters)} characters, "
-             f"{story.width}x{story.height}, {story.steps} steps, seed {story.seed}, "
-             f"layout {story.layout} on {story.page} at {story.dpi} dpi: {pages} page{'s' * (pages != 1)}"]
+             f"{story.width}x{story.height}, {story.steps} steps, seed {story.seed}, {where}"]
+    if story.reading != "left-to-right" or story.bubbles != "horizontal" or story.font is not None:
+        lines.append(f"  read {story.reading}, {story.bubbles} bubbles"
+                     + (f", font {story.font}" if story.font is not None else ""))
     for c in story.characters.values():
         lines.append(f"  character [{c.name}]: {c.image} (scale {c.scale:g})")
     for p in story.panels:
         who = ", ".join(f"[{n}@{p.regions[n]}]" if n in p.regions else f"[{n}]" for n in p.characters) or "[NC]"
         extras = [f"seed {p.seed}{' (pinned)' if p.seed_pinned else ''}"]
+        if p.height:
+            extras.append(f"{p.height} px tall")
         if p.dialogue:
             extras.append(f"{len(p.dialogue)} bubble{'s' * (len(p.dialogue) != 1)}")
         where = f"line {p.line}" if p.line else "json"
@@ -217,8 +226,12 @@ def describe_story(story: Story) -> list[str]:
 def run_check(args: argparse.Namespace) -> int:
     from core.story.format import load_story
 
+    from core.story.layout import missing_glyph_warnings
+
     story = load_story(args.story)
     print("\n".join(describe_story(story)))
+    for warning in missing_glyph_warnings(story):
+        print(f"warning: {warning}")
     print("ok")
     return 0
 
@@ -304,7 +317,7 @@ def run_render(args: argparse.Namespace) -> int:
     """Renders, then (rank 0) exports; 0 when every panel is done, 1 when some failed (the rest are exported)."""
     from core.story.export import export_story
     from core.story.format import StoryError, load_story
-    from core.story.layout import plan_pages
+    from core.story.layout import missing_glyph_warnings, plan_pages
     from core.story.manifest import load_manifest, panels_to_render
     from core.story.render import render_story
 
@@ -316,6 +329,8 @@ def run_render(args: argparse.Namespace) -> int:
         raise StoryError(f"--dpi {story.dpi}: {exc}" if args.dpi is not None else str(exc)) from None
     if not story.panels:
         raise StoryError("the story has no panels: write one panel per line after the '---' line")
+    for warning in missing_glyph_warnings(story):
+        print(f"warning: {warning}", flush=True)
     only = args.panels
     if only is not None and only[-1] >= len(story.panels):
         raise StoryError(f"--panels: the story has {len(story.panels)} panels, got panel {only[-1] + 1}")

@@ -20,7 +20,9 @@ FORMAT_HELP = (
     "One `key: value` header per line (`title`, `style`, `size: 1024x768`, `seed`, `layout: comic` / `strip` / "
     "`grid 2x3`, `page: A4 portrait`), `character Name: image.png`, then `---` and one panel per line: "
     "`[Name@left] does something  # caption`, `[NC]` for no character, `> Name: words` for a speech bubble, "
-    "`seed: 123` to pin a panel's seed. The full format is in `core/story/FORMAT.md`. "
+    "`seed: 123` to pin a panel's seed. Manga: `reading: right-to-left`, `bubbles: vertical`; web comics: "
+    "`layout: webtoon` (`webtoon: 800x1280`, a panel's own `height: 1200`); `font: file.ttf` for a script the "
+    "system has no font for. The full format is in `core/story/FORMAT.md`. "
     f"At most {MAX_PANELS} panels, {MAX_CHARACTERS} characters and {MAX_STEPS} steps; character images come from "
     "the studio's folders (library, outputs, stories, uploads, `assets/`)."
 )
@@ -64,6 +66,8 @@ def _results(ui: SimpleNamespace, rows: list, pages: list) -> None:
     ui.notes = gr.Markdown()
     with gr.Tabs():
         with gr.Tab("Pages"):
+            # a webtoon scrolls as one strip here (its slices, the exported pages, are in the gallery below)
+            ui.strip = gr.HTML(value="", visible=False, elem_id="story-strip")
             ui.pages = gr.Gallery(value=pages or None, label="Pages", columns=2, height=560, object_fit="contain")
         with gr.Tab("Panels"):
             ui.panel_images = gr.Gallery(label="Rendered panels", columns=4, height=560)
@@ -92,7 +96,8 @@ def _wire(ctx: StudioContext, ui: SimpleNamespace, events: ev.StoryEvents) -> No
     parsed = [ui.summary, ui.panels, ui.pages]
     rendered = [ui.notes, ui.panels, ui.panel_images, ui.pages, ui.pdf, ui.zip]
     ui.load_example.click(events.load_example, ui.example, [ui.text, ui.folder, *parsed], api_visibility="private")
-    ui.text.change(events.parse, [ui.text, ui.folder], parsed, trigger_mode="always_last", api_visibility="private")
+    ui.text.change(events.parse, [ui.text, ui.folder], parsed, trigger_mode="always_last", api_visibility="private"
+                   ).then(events.strip, [ui.text, ui.folder], ui.strip, api_visibility="private")
     ui.library.focus(lambda: gr.update(choices=ctx.library.names()), None, ui.library, api_visibility="private")
     ui.add_character.click(events.add_library_character, [ui.text, ui.library], ui.text, api_visibility="private")
     # the progress overlay (per panel and per step) over the pages only
@@ -107,3 +112,4 @@ def _wire(ctx: StudioContext, ui: SimpleNamespace, events: ev.StoryEvents) -> No
         events.wait_until_stopped, None, ui.cancel, queue=False, api_visibility="private")
     for event in (ui.render_event, ui.new_seed_event):
         event.then(cancel_button, None, ui.cancel, queue=False, api_visibility="private")
+        event.then(events.strip, [ui.text, ui.folder], ui.strip, api_visibility="private")

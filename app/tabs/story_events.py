@@ -9,7 +9,10 @@ be inside the studio's own folders, and the story's limits (``core/limits.py``) 
 No ``from __future__ import annotations`` here: Gradio reads the ``gr.Request`` annotations at runtime.
 """
 
+import base64
 import dataclasses
+import html
+import io
 import math
 import random
 import re
@@ -23,7 +26,7 @@ from core.story import Story, StoryError, parse_story
 from core.story.format import pin_seed
 from core.story.export import export_story, load_panel_images
 from core.story.format import check_story_text, panel_settings_hash
-from core.story.layout import compose_page, plan_pages
+from core.story.layout import WEBTOON, compose_page, missing_glyph_warnings, plan_pages
 from core.story.manifest import FAILED, file_inside, is_panel_done, load_manifest
 
 from ..context import StudioContext
@@ -84,9 +87,17 @@ def story_summary(story: Story, render_dir: Path) -> str:
     title = story.title or "Untitled story"
     pages = len(plan_pages(story))
     shown = f" (the preview shows the first {PREVIEW_PAGES})" if pages > PREVIEW_PAGES else ""
-    return (f"**{title}**: {len(story.panels)} panels, {len(story.characters)} characters, "
-            f"{story.width}x{story.height}, {story.steps} steps, layout `{story.layout}` on {story.page}, "
-            f"{pages} page{'s' * (pages != 1)}{shown}. Renders go to `{render_dir}`.")
+    if story.layout == WEBTOON:
+        where = (f"layout `webtoon`, {story.webtoon_width} px wide in slices of at most {story.webtoon_slice} px "
+                 "(the strip scrolls under Pages)")
+    else:
+        where = f"layout `{story.layout}` on {story.page}, {pages} page{'s' * (pages != 1)}{shown}"
+    reading = "" if story.reading == "left-to-right" else ", read right to left"
+    reading += "" if story.bubbles == "horizontal" else ", vertical bubbles"
+    summary = (f"**{title}**: {len(story.panels)} panels, {len(story.characters)} characters, "
+               f"{story.width}x{story.height}, {story.steps} steps, {where}{reading}. Renders go to `{render_dir}`.")
+    warnings = missing_glyph_warnings(story)
+    return summary + "".join(f"\n- **warning** {html.escape(w)}" for w in warnings)
 
 
 def render_dir_for(ctx: StudioContext, story: Story) -> Path:
@@ -126,12 +137,39 @@ def done_images(story: Story, render_dir: Path, only: set[int] | None = None, ma
 def preview_pages(story: Story, render_dir: Path) -> list:
     """The first PREVIEW_PAGES pages at preview resolution, with the panels rendered so far (shrunk) and grey
     placeholders for the rest: the same small cost on every edit, however many pages the story has."""
+    if story.layout == WEBTOON:
+        from core.story.export import slice_strip
+
+        return slice_strip(story, webtoon_preview(story, render_dir), [])[0]
     preview = dataclasses.replace(story, dpi=min(story.dpi, PREVIEW_DPI))
     pages = plan_pages(preview)
     shown = pages[:PREVIEW_PAGES]
     wanted = {cell.panel_index for page in shown for cell in page.cells}
     images = done_images(story, render_dir, only=wanted, max_side=PREVIEW_PANEL_SIDE)
     return [compose_page(preview, page, images, total_pages=len(pages)) for page in shown]
+
+
+def webtoon_preview(story: Story, render_dir: Path):
+    """A webtoon's whole strip at its own width (its text at the story's dpi), with the panels rendered so far."""
+    page = plan_pages(story)[0]
+    images = done_images(story, render_dir, max_side=max(story.webtoon_width, PREVIEW_PANEL_SIDE))
+    return compose_page(story, page, images, total_pages=1)
+
+
+STRIP_VIEW_HEIGHT = 620  # px of the page the strip preview scrolls in
+
+
+def strip_html(story: Story | None, render_dir: Path | None) -> str:
+    """The webtoon strip as readers see it: one column, scrolled; empty for other layouts."""
+    if story is None or story.layout != WEBTOON:
+        return ""
+    strip = webtoon_preview(story, render_dir)
+    data = io.BytesIO()
+    strip.convert("RGB").save(data, format="JPEG", quality=85)
+    source = "data:image/jpeg;base64," + base64.b64encode(data.getvalue()).decode()
+    return (f'<div id="story-strip-scroll" style="max-height:{STRIP_VIEW_HEIGHT}px;overflow-y:auto;'
+            f'border:1px solid #8884;border-radius:6px;max-width:{min(story.webtoon_width, 480)}px;margin:auto">'
+            f'<img alt="webtoon strip preview" src="{source}" style="width:100%;display:block"></div>')
 
 
 def panel_gallery(story: Story, render_dir: Path) -> list[tuple[str, str]]:
@@ -189,6 +227,7 @@ class StoryEvents:
                                              duration=lambda story, out, todo, *rest: _gpu_duration(story, todo))
         self.load_example = shown_to_user(self._load_example)
         self.parse = shown_to_user(self._parse)
+        self.strip = shown_to_user(self._strip)
         self.render = shown_to_user(self._render)
         self.new_seed = shown_to_user(self._new_seed)
         self.cancel = shown_to_user(self._cancel)
@@ -208,6 +247,15 @@ class StoryEvents:
             return problems_markdown(exc), [], []
         out = render_dir_for(self.ctx, story)
         return story_summary(story, out), panel_rows(story, out), preview_pages(story, out)
+
+    def _strip(self, text, folder):
+        """The webtoon strip preview (``strip_html``) of the text as it is now, shown only for a webtoon."""
+        try:
+            story = parse_text(text, folder, self.ctx.paths)
+        except StoryError:
+            return gr.update(value="", visible=False)
+        html_text = strip_html(story, render_dir_for(self.ctx, story))
+        return gr.update(value=html_text, visible=bool(html_text))
 
     def _add_library_character(self, text, name):
         if not name:

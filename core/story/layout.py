@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 from PIL import Image, ImageDraw
 
 from core.limits import MAX_EXPORT_PIXELS, MAX_IMAGE_PIXELS, MAX_PAGES, LimitError
-from core.story.fonts import FontChain, FontFace
+from core.story.fonts import MISSING_FONT_FIX, FontChain, FontFace, describe_characters
 from core.story.typeset import ChainFont, TextRun
 
 if TYPE_CHECKING:
@@ -424,6 +424,29 @@ def font_chain(story: Story) -> FontChain:
     return FontChain(FontFace(Path(story.font)) if story.font else None)
 
 
+def missing_glyph_warnings(story: Story) -> list[str]:
+    """One warning per title, caption or speech that has characters no font of the story's chain can draw,
+    naming them and the fix (they would print as empty boxes)."""
+    found: list[tuple[str, str]] = []
+
+    def check(where: str, text: str, bold: bool = False) -> None:
+        missing = chain.missing_characters(text, bold)
+        if missing:
+            found.append((where, missing))
+
+    chain = font_chain(story)
+    if story.title:
+        check("title", story.title, bold=True)
+    for panel in story.panels:
+        where = f"line {panel.line}" if panel.line else f"panel {panel.number}"
+        if panel.caption:
+            check(f"{where} (caption)", panel.caption)
+        for dialogue in panel.dialogue:
+            check(f"{where} ({dialogue.speaker}'s speech)", f"{dialogue.speaker}: {dialogue.text}")
+    return [f"{where}: no font has {describe_characters(missing)}, which would print as boxes: {MISSING_FONT_FIX}"
+            for where, missing in found]
+
+
 def _pt_to_px(points: float, dpi: int) -> int:
     return max(8, round(points / 72 * dpi))
 
@@ -614,9 +637,10 @@ def _overlap(a, b) -> float:
     return max(0.0, w) * max(0.0, h)
 
 
-def speaker_box(panel: Panel, speaker: str, area, boxes_px) -> tuple[float, float, float, float] | None:
-    """The speaker's region in page pixels (its region, or its share of the panel in prompt order); None when
-    the speaker is not in the panel."""
+def speaker_box(panel: Panel, speaker: str, area, boxes_px,
+                right_to_left: bool = False) -> tuple[float, float, float, float] | None:
+    """The speaker's region in page pixels (its region, or its share of the panel in prompt order, from the
+    right when the story reads `right_to_left`); None when the speaker is not in the panel."""
     ax, ay, aw, ah = area
     if speaker not in panel.characters:
         return None
@@ -624,12 +648,15 @@ def speaker_box(panel: Panel, speaker: str, area, boxes_px) -> tuple[float, floa
         return boxes_px[speaker]
     # no region given: assume characters stand left to right in the order the prompt names them
     k, n = panel.characters.index(speaker), len(panel.characters)
+    if right_to_left:
+        k = n - 1 - k
     return (ax + aw * k / n, ay + ah * PRESET_HEADROOM, ax + aw * (k + 1) / n, ay + ah)
 
 
-def _speaker_anchor(panel: Panel, speaker: str, area, boxes_px) -> tuple[float, float] | None:
+def _speaker_anchor(panel: Panel, speaker: str, area, boxes_px,
+                    right_to_left: bool = False) -> tuple[float, float] | None:
     """The point a bubble's tail aims at: near the top of the speaker's box (their head), or None off-panel."""
-    box = speaker_box(panel, speaker, area, boxes_px)
+    box = speaker_box(panel, speaker, area, boxes_px, right_to_left)
     if box is None:
         return None
     x0, y0, x1, y1 = box
@@ -712,17 +739,17 @@ def plan_bubbles(story: Story, panel: Panel, area, boxes_px) -> list[Bubble]:
     placed: list[tuple[float, ...]] = []
     chain = font_chain(story)
     vertical = story.bubbles == "vertical"
+    rtl = story.reading == "right-to-left"
     for dialogue in panel.dialogue:
-        box = speaker_box(panel, dialogue.speaker, area, boxes_px)
-        anchor = _speaker_anchor(panel, dialogue.speaker, area, boxes_px)
+        box = speaker_box(panel, dialogue.speaker, area, boxes_px, rtl)
+        anchor = _speaker_anchor(panel, dialogue.speaker, area, boxes_px, rtl)
         text = dialogue.text if anchor is not None else f"{dialogue.speaker}: {dialogue.text}"
         if vertical:
             lines, font, lh, pad, bw, bh = _vertical_bubble(text, chain, story.dpi, aw, ah)
         else:
             lines, font, lh, pad, bw, bh = _horizontal_bubble(text, chain, story.dpi, aw, ah)
         others = [b for name, b in boxes_px.items() if name != dialogue.speaker]
-        rect = plan_bubble((bw, bh), area, anchor, boxes_px.get(dialogue.speaker, box), others, placed,
-                           story.reading == "right-to-left")
+        rect = plan_bubble((bw, bh), area, anchor, boxes_px.get(dialogue.speaker, box), others, placed, rtl)
         placed.append(rect)
         radius = min(bh / 2, bw / 2, pad * 1.6)
         tail = _tail(rect, anchor, min(aw, ah), radius, font.size, box) if anchor is not None else None

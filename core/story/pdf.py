@@ -55,7 +55,17 @@ def embeddable_font(face: FontFace, chars: str, folder: Path) -> Path:
     from fontTools import subset
     from fontTools.ttLib import TTFont
 
-    font = TTFont(str(face.path), fontNumber=face.index, lazy=False)
+    font = TTFont(str(face.path), fontNumber=face.index, lazy=True)
+    # Unread tables the text layer has no use for are dropped before the subsetter would parse them (CJK fonts'
+    # layout tables and seldom-used character maps take most of the time)
+    for tag in ("GSUB", "GPOS", "GDEF", "BASE", "JSTF", "MATH", "VORG", "vhea", "vmtx", "DSIG"):
+        if tag in font:
+            del font[tag]
+    cmap = font["cmap"]
+    best = [t for t in cmap.tables if (t.platformID, t.platEncID) in ((3, 10), (0, 4))][:1] or \
+        [t for t in cmap.tables if (t.platformID, t.platEncID) in ((3, 1), (0, 3))][:1]
+    if best:
+        cmap.tables = best
     options = subset.Options()
     options.layout_features = []  # the text layer is not shaped: its glyphs only need their Unicode
     options.name_IDs = ["*"]

@@ -22,6 +22,10 @@ from PIL import ImageDraw, ImageFont, features
 from core.story.fonts import BUNDLED, BUNDLED_BOLD, FontChain, FontFace
 
 INK = (20, 20, 20)
+# Punctuation the shipped (horizontal) font has, in the vertical forms CJK fonts draw down a column; the CJK
+# fonts turn their own punctuation (、。「」ー...) through their "vert" feature.
+VERTICAL_FORMS = str.maketrans({"…": "︙", "‥": "︰", "—": "︱", "–": "︲", "(": "︵", ")": "︶", "[": "﹇",
+                                "]": "﹈", "{": "︷", "}": "︸"})
 LAYOUT_ENGINE = ImageFont.Layout.RAQM if features.check("raqm") else ImageFont.Layout.BASIC
 
 
@@ -78,7 +82,8 @@ class ChainFont:
         """The length of `text` set as one vertical column, in pixels."""
         if _direction(True) is None:
             return self.column_advance * len(text)
-        return sum(font.getlength(part, direction="ttb") for part, font in self.segments(text))
+        return sum(font.getlength(part, direction="ttb")
+                   for part, font in self.segments(text.translate(VERTICAL_FORMS)))
 
     @property
     def column_advance(self) -> float:
@@ -107,10 +112,15 @@ class ChainFont:
         return runs
 
     def draw_column(self, draw: ImageDraw.ImageDraw, top_center, text: str, fill=INK) -> list[TextRun]:
-        """Draw `text` as one vertical column, top to bottom, centred on ``top_center[0]``; returns its runs."""
+        """Draw `text` as one vertical column, top to bottom, centred on ``top_center[0]``; returns its runs (with
+        the characters as written: "…" drawn as "︙" is still "…" in the text layer)."""
         x, y = top_center
         runs = []
-        for (part, font), (_, face) in zip(self.segments(text), self.chain.segments(text, self.bold), strict=True):
+        shown = text.translate(VERTICAL_FORMS)  # one character for one: positions stay the same
+        start = 0
+        for (part, font), (_, face) in zip(self.segments(shown), self.chain.segments(shown, self.bold), strict=True):
+            written = text[start:start + len(part)]
+            start += len(part)
             if _direction(True) is None:
                 length = 0.0
                 for char in part:
@@ -119,7 +129,7 @@ class ChainFont:
             else:
                 draw.text((x, y), part, font=font, fill=fill, anchor="mt", direction="ttb")
                 length = font.getlength(part, direction="ttb")
-            runs.append(TextRun(x, y, part, self.size, length, self.bold, face, vertical=True))
+            runs.append(TextRun(x, y, written, self.size, length, self.bold, face, vertical=True))
             y += length
         return runs
 
