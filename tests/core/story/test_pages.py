@@ -155,6 +155,9 @@ def test_bubbles_are_readable_and_clear_of_captions(path):
             caption_top = cell.y + cell.h - caption_lines(story, cell, panel)[3]
             assert y1 <= caption_top + 1e-6, (panel.number, "a caption covers a bubble")
         assert bubble.font_px >= round(7 / 72 * story.dpi)  # the size floor: 7 pt
+        if bubble.vertical:  # columns of characters (Japanese, Chinese): taller than wide
+            assert y1 - y0 > x1 - x0, (panel.number, bubble.lines)
+            continue
         words = sum(len(line.split()) for line in bubble.lines)
         assert len(bubble.lines) == 1 or words / len(bubble.lines) >= 2, (panel.number, bubble.lines)
         assert x1 - x0 >= bubble.font_px * 3 - 1e-6
