@@ -97,7 +97,7 @@ def story_summary(story: Story, render_dir: Path) -> str:
     summary = (f"**{title}**: {len(story.panels)} panels, {len(story.characters)} characters, "
                f"{story.width}x{story.height}, {story.steps} steps, {where}{reading}. Renders go to `{render_dir}`.")
     warnings = missing_glyph_warnings(story)
-    return summary + "".join(f"\n- **warning** {html.escape(w)}" for w in warnings)
+    return summary + "".join(f"\n- **warning** {html.escape(w, quote=False)}" for w in warnings)
 
 
 def render_dir_for(ctx: StudioContext, story: Story) -> Path:

@@ -88,7 +88,7 @@ def file_data(path: Path | str) -> dict:
 def payloads(secret: dict) -> dict[str, dict]:
     """Named payload families: a value per component type, each naming something outside the roots."""
     outside, target = secret["dir"], secret["dir"] / "written"
-    story = (f"title: leak\nsteps: 1000000000\nsize: 64x64\ncharacter Spy: {secret['png']}\n"
+    story = (f"title: leak\nsteps: 1000000000\nsize: 64x64\nfont: {secret['txt']}\ncharacter Spy: {secret['png']}\n"
              f"character Up: {'../' * 12}{str(secret['png']).lstrip('/')}\n---\n[Spy] reads [Up]\n")
     toml = (f'output_dir = "{target}"\n[models]\nsource = "tiny"\n[[stages]]\nname = "x"\ndata = "unpaired"\n'
             f'resolution = 512\nsteps = 1\n[data]\nunpaired = "{outside}"\n')

@@ -11,6 +11,7 @@ import argparse
 import contextlib
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -81,6 +82,24 @@ def test_check_lists_panels(capsys):
     out = capsys.readouterr().out
     assert '"Red and Blue Go Fishing": 8 panels, 2 characters' in out and f"{PAGES} page" in out
     assert "panel 7 (line 39; [Red@left], [Blue@right]; seed 77 (pinned); 2 bubbles)" in out
+
+
+def test_check_warns_of_characters_no_font_has_and_knows_the_new_keys(tmp_path, capsys):
+    manga = COMIC.parent / "manga-page.story"
+    assert main(["check", str(manga)]) == 0
+    out = capsys.readouterr().out
+    assert "  read right-to-left, vertical bubbles" in out and "warning" not in out
+    assert main(["check", str(COMIC.parent / "webtoon-strip.story")]) == 0
+    out = capsys.readouterr().out
+    assert "layout webtoon, 800 px wide in slices of at most 1280 px" in out and "(line 14; [NC]; seed" in out and "1100 px tall" in out
+    odd = tmp_path / "odd.story"
+    odd.write_text(COMIC.read_text().replace("Today is the day.", "Today is the day \U000F0001."),
+                   encoding="utf-8")
+    (tmp_path / "characters").symlink_to(COMIC.parent / "characters")
+    assert main(["check", str(odd)]) == 0
+    out = capsys.readouterr().out
+    assert re.search(r"^warning: line \d+ \(Red's speech\): no font has '.' \(U\+F0001", out, re.M), out
+    assert out.rstrip().endswith("ok")
 
 
 def test_problems_print_one_line_each_with_file_and_line_and_exit_2(tmp_path, capsys):

@@ -78,6 +78,30 @@ def test_parse_lists_panels_and_previews_pages_with_placeholders(ctx):
     assert len(pages) == 1 and all(isinstance(p, Image.Image) for p in pages)  # "a one-page comic"
 
 
+
+def test_a_webtoon_previews_as_one_scrolling_strip_and_a_manga_says_how_it_reads(ctx):
+    events = ev.StoryEvents(ctx)
+    text, folder = ev.load_example("webtoon-strip.story")
+    summary, rows, pages = events.parse(text, folder)
+    assert "layout `webtoon`, 800 px wide in slices of at most 1280 px" in summary
+    assert all(p.width == 800 and p.height <= 1280 for p in pages)  # the slices, as exported
+    strip = events.strip(text, folder)
+    assert strip["visible"] is True
+    assert 'id="story-strip-scroll"' in strip["value"] and "overflow-y:auto" in strip["value"]
+    assert 'src="data:image/jpeg;base64,' in strip["value"]
+    text, folder = ev.load_example("manga-page.story")
+    summary, _, pages = events.parse(text, folder)
+    assert "read right to left, vertical bubbles" in summary and "warning" not in summary
+    assert events.strip(text, folder) == gr.update(value="", visible=False)  # pages, not a strip
+
+
+def test_a_character_no_font_has_shows_a_warning_with_the_fix(ctx, folder):
+    summary, rows, _ = ev.StoryEvents(ctx).parse(STORY.replace("Hello!", "Hello \U000F0001"), str(folder))
+    assert len(rows) == 6
+    assert "**warning** line 12 (Ann's speech): no font has" in summary and "U+F0001" in summary
+    assert "font: path/to/font.ttf" in summary
+
+
 def test_parse_shows_every_problem_with_its_line(ctx, folder):
     bad = STORY.replace("size: 32x32", "size: 30x32").replace("[Bob] swims", "[Bobb] swims")
     summary, rows, pages = ev.StoryEvents(ctx).parse(bad, str(folder))
