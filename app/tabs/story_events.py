@@ -39,7 +39,7 @@ PANEL_HEADERS = ["#", "line", "characters", "prompt", "caption", "seed", "status
 PREVIEW_DPI = 60  # page previews while editing: enough to see the layout, quick to draw on every edit
 PREVIEW_PAGES = 4  # the preview draws only the first pages, so an edit costs the same however long the story
 PREVIEW_PANEL_SIDE = 512  # rendered panels are shrunk to this before they go on a preview page
-_SLUG = re.compile(r"[^a-z0-9]+")
+_SLUG = re.compile(r"[\W_]+")  # any script's letters and digits stay: "赤いポストマン" is its own folder
 
 
 class RenderCancelled(Exception):
