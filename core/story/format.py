@@ -62,6 +62,7 @@ from core.limits import (
     check_text,
 )
 from core.io.path_policy import UNRESTRICTED, PathNotAllowedError, PathPolicy
+from core.story.fonts import FontFace, coverage
 from core.story.layout import (
     PANEL_HEIGHTS,
     WEBTOON,
