@@ -48,7 +48,10 @@ def test_strength_zero_returns_the_vae_round_trip(tiny_pipe, source):
         pixels = tiny_pipe.image_processor.preprocess(source, SIZE, SIZE)
         decoded = tiny_pipe.vae.decode(tiny_pipe.vae.encode(pixels).latent_dist.mode(), return_dict=False)[0]
     round_trip = tiny_pipe.image_processor.postprocess(decoded)[0]
-    assert np.array_equal(np.asarray(out), np.asarray(round_trip))
+    # the pipeline scales and shifts the latents and packs them (and back) before decoding: float32 rounding of
+    # about 1e-7 that can move a pixel across a rounding boundary of the 8-bit image, so one level is allowed
+    difference = np.abs(np.asarray(out).astype(int) - np.asarray(round_trip).astype(int))
+    assert difference.max() <= 1
 
 
 @pytest.mark.parametrize("steps, strength, expected", [(10, 1.0, 10), (10, 0.5, 5), (10, 0.25, 3), (8, 0.01, 1),

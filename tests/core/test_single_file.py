@@ -2,8 +2,8 @@
 
 The files are written by the test in the layout people's files have (BFL keys, ``double_blocks.0.img_attn.qkv``;
 city96-style GGUF with quantized 2-D weights), put into a models directory's ``flux/`` or given as ``--base``, and
-must make the image the diffusers folder makes: exactly for the float32 file, within quantization tolerance for
-fp8 and Q8_0.
+must make the image the diffusers folder makes: the float32 file with the folder's exact weights and within float32
+rounding, fp8 and Q8_0 within quantization tolerance.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import torch
 
 from core.engine import Engine
 from core.loading.single_file import (SingleFileError, find_transformer_file, inspect_transformer_file,
-                                      write_transformer_file)
+                                      load_transformer_file, write_transformer_file)
 from core.loading.sources import ModelSourceError, ModelSources
 from core.request import GenerationRequest
 
@@ -71,7 +71,11 @@ def test_headers_give_format_layout_and_real_size(files):
     assert f32.weight_files().transformer_bytes is None  # a safetensors file loads to the compute dtype
 
 
-@pytest.mark.parametrize("kind, tolerance", [("f32", 0.0), ("fp8", 0.08), ("q8", 0.02)])
+# The float32 file holds the folder's weights bit for bit (checked below), but memory-mapped from the file at other
+# byte offsets: the CPU kernels take another vectorized path for tensors aligned differently (cloning the parameters
+# makes the outputs equal again), so float32 rounding, about 1e-6 on [0, 1] pixels after 2 steps, is allowed with a
+# margin (1e-5). fp8 and Q8_0 allow their quantization error.
+@pytest.mark.parametrize("kind, tolerance", [("f32", 1e-5), ("fp8", 0.08), ("q8", 0.02)])
 def test_a_file_in_the_models_directory_makes_the_folder_image(kind, tolerance, files, tiny_models, folder_image,
                                                                 tmp_path):
     models = _models_dir_with(tiny_models, files[kind], tmp_path)
@@ -80,8 +84,14 @@ def test_a_file_in_the_models_directory_makes_the_folder_image(kind, tolerance, 
     difference = float(np.abs(image - folder_image).max())
     print(f"\n{kind} file vs diffusers folder, 64x64, 2 steps: max |difference| {difference:.4f}")
     assert difference <= tolerance
-    if kind == "f32":
-        assert np.array_equal(image, folder_image)
+
+
+def test_the_float32_file_holds_the_folder_weights_exactly(files, tiny_transformer, tiny_models):
+    """Renaming and slicing change no value: the same numbers, compared exactly."""
+    loaded = load_transformer_file(files["f32"], torch.float32, Path(tiny_models) / "flux").state_dict()
+    expected = tiny_transformer.state_dict()
+    assert loaded.keys() == expected.keys()
+    assert all(torch.equal(loaded[k], expected[k]) for k in expected)
 
 
 def test_base_file_overrides_the_folder_transformer(files, tiny_models, folder_image):
@@ -153,7 +163,9 @@ def test_generate_command_takes_a_base_file(files, tiny_models, tmp_path, capsys
     assert main(common + ["--out", str(tmp_path / "folder.png")]) == 0
     assert main(common + ["--base", str(files["f32"]), "--out", str(tmp_path / "file.png")]) == 0
     folder, file = (np.asarray(Image.open(tmp_path / n)) for n in ("folder.png", "file.png"))
-    assert np.array_equal(folder, file)  # the float32 file is the folder's transformer, bit for bit
+    # the float32 file is the folder's transformer bit for bit, but its tensors lie at other memory alignments (see
+    # above): float32 rounding (about 1e-6) can move a pixel across a rounding boundary of the 8-bit PNG: one level
+    assert int(np.abs(folder.astype(int) - file.astype(int)).max()) <= 1
     capsys.readouterr()
     code = main(common + ["--base", str(tmp_path / "nothing.gguf"), "--out", str(tmp_path / "x.png")])
     err = capsys.readouterr().err

@@ -69,12 +69,21 @@ def test_fallbacks_say_why_in_one_line(tiny_models, one_thread):
 
 
 # ------------------------------------------------------------------------------------------------- fused QKV
-def test_fused_qkv_is_exact(tiny_models, one_thread):
+# Fused projections run one matrix product over the concatenated weights where eager runs three: the same sums,
+# but the CPU's GEMM may block them differently by width, so float32 rounding (about 1e-7 relative) is allowed.
+FUSED_ATOL = 1e-5
+
+
+def _close(a, b):
+    return torch.allclose(a, b, rtol=0, atol=FUSED_ATOL)
+
+
+def test_fused_qkv_matches_eager(tiny_models, one_thread):
     two = [_character((200, 30, 30), "a", 0.9, (0, 0, 0.5, 1)), _character((20, 30, 230), "b", 0.6, (0.5, 0, 1, 1))]
     eager = Engine("tiny", preset="full")
     fused = Engine("tiny", preset="full", speed=SpeedOptions(fused_qkv=True))
     for request in (_request([_character((200, 30, 30))]), _request(two, "[a] and [b]"), _request([], "a park")):
-        assert torch.equal(_latents(fused, request), _latents(eager, request))
+        assert _close(_latents(fused, request), _latents(eager, request))
     assert "fused QKV projections (to_qkv, to_added_qkv)" in fused.steps
     assert all(m.fused_projections for m in fused.pipe.transformer.modules() if hasattr(m, "fused_projections"))
 
@@ -183,8 +192,9 @@ def test_fused_qkv_steps_aside_for_style_loras(tiny_models, tmp_path, one_thread
     fused = Engine("tiny", preset="full", speed=SpeedOptions(fused_qkv=True))
     with_lora = _request([_character((200, 30, 30))], loras=lora)
     plain = _request([_character((200, 30, 30))])
-    assert torch.equal(_latents(fused, with_lora), _latents(eager, with_lora))  # the LoRA acts on the fused engine
-    assert torch.equal(_latents(fused, plain), _latents(eager, plain))
+    assert _close(_latents(fused, with_lora), _latents(eager, with_lora))  # the LoRA acts on the fused engine
+    assert _close(_latents(fused, plain), _latents(eager, plain))
+    assert not _close(_latents(eager, with_lora), _latents(eager, plain))  # and the LoRA changes the latents
     assert all(m.fused_projections for m in fused.pipe.transformer.modules() if hasattr(m, "to_qkv"))
 
 
