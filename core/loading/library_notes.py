@@ -11,6 +11,12 @@ libraries log still reaches the user. Each line is filtered because its cause is
   when bitsandbytes is imported on a CPU with AVX-512 BF16 and no ``kernels`` package; diffusers imports bitsandbytes
   whenever it is installed (``diffusers.quantizers``, reached from every diffusers model class), while the studio
   quantizes with bitsandbytes on CUDA only.
+* kernels: ``Skipping publisher trust check for 'kernels-community/quantization-bitsandbytes' because Hugging Face
+  Hub is in offline mode.`` Written by the same bitsandbytes import (it asks ``kernels`` for that CPU kernel) when the
+  ``kernels`` package is installed and the hub is offline; only that repository's line is dropped.
+* diffusers: ``There are modules in FluxTransformer2DModel that should be kept in float32: []``. Written by
+  ``ModelMixin.to`` on every dtype cast (diffusers 0.42 tests its list against None after turning None into ``[]``),
+  including the cast ``from_single_file`` makes itself; only the empty list is dropped, a real one still shows.
 
 Entry points call :func:`filter_library_notes` before anything imports those libraries.
 """
@@ -25,6 +31,8 @@ UNACTIONABLE_NOTES = (
     ("transformers.utils.import_utils",
      r"`\w+ImageProcessor` requires torchvision \(not installed\); falling back to `\w+ImageProcessorPil`"),
     ("bitsandbytes.backends.cpu.ops", r"Failed to load CPU gemm_4bit_forward from kernels-community"),
+    ("kernels._internals.hf_hub", r"Skipping publisher trust check for 'kernels-community/quantization-bitsandbytes'"),
+    ("diffusers.models.modeling_utils", r"There are modules in \w+ that should be kept in float32: \[\]\."),
 )
 
 

@@ -7,6 +7,7 @@ Each command runs in a fresh interpreter (``python -m app.cli``), as a user star
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 import time
@@ -42,9 +43,9 @@ COMMANDS = [
 ]
 
 
-def _run(args: list[str]) -> tuple[subprocess.CompletedProcess, float]:
+def _run(args: list[str], timeout: float = 120) -> tuple[subprocess.CompletedProcess, float]:
     started = time.perf_counter()
-    proc = subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    proc = subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True, text=True, timeout=timeout)
     return proc, time.perf_counter() - started
 
 
@@ -137,3 +138,31 @@ def test_plan_without_sizes_reads_the_torch_build_instead_of_importing_torch():
         pytest.skip("torch is built for a GPU here: plan asks it")
     assert not torch.cuda.is_available() and not imported_torch
     assert "no GPU" in plan and "auto -> " in plan
+
+
+def _third_party_lines(stderr: str) -> list[str]:
+    """stderr's lines less the progress bars (tqdm redraws them with carriage returns): what is left is a note."""
+    progress = re.compile(r".*\d+%\|.*\| *\d+/\d+ \[")
+    return [line for line in re.split(r"[\r\n]+", stderr) if line.strip() and not progress.match(line)]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("command", [
+    ["generate", "--models", "tiny", "--prompt", "a cat", "--width", "64", "--height", "64", "--steps", "2"],
+    ["train", "plan", "--preset", "24gb"],
+], ids=["generate", "train plan"])
+def test_generate_and_train_plan_print_no_third_party_notes(command, tiny_models, tmp_path):
+    """The real commands, as a user runs them: stderr holds progress bars and nothing else (issue 22: the processors'
+    torchvision notes, bitsandbytes' kernel lookup, diffusers' "should be kept in float32: []")."""
+    if command[0] == "generate":
+        command = [*command, "--out", str(tmp_path / "cat.png")]
+    proc, _ = _run(["-m", "app.cli", *command], timeout=600)  # loads torch and diffusers: slow on a busy machine
+    assert proc.returncode == 0, proc.stderr
+    assert _third_party_lines(proc.stderr) == [], proc.stderr
+
+
+def test_progress_bars_are_told_from_notes():
+    bars = "Loading weights:   0%|          | 0/21 [00:00<?, ?it/s]\rLoading weights: 100%|##| 21/21 [00:00<00:00]\n"
+    assert _third_party_lines(bars) == []
+    assert _third_party_lines(bars + "There are modules in X that should be kept in float32: []\n") == [
+        "There are modules in X that should be kept in float32: []"]
