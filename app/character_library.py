@@ -7,6 +7,7 @@ Features are not stored: the pipeline caches them by image content while the stu
 from __future__ import annotations
 
 import json
+import logging
 import re
 import shutil
 import threading
@@ -16,10 +17,11 @@ from pathlib import Path
 from PIL import Image
 
 from core.conditioning.character import Character
-from core.io.paths import atomic_path, write_bytes_atomic
+from core.io.paths import atomic_path, remove_stale_temporaries, set_aside, write_bytes_atomic
 
 from .errors import StudioInputError
 
+log = logging.getLogger(__name__)
 _UNSAFE = re.compile(r"[^a-z0-9_-]+")
 
 
@@ -36,13 +38,49 @@ class LibraryCharacter:
         return Image.open(self.image_path).convert("RGB")
 
 
+DAMAGED = ".damaged"  # inside the library: entries that could not be read, kept for the user, never listed
+
+
 class CharacterLibrary:
-    """The characters saved under ``folder`` (normally ``data_dir("library")``)."""
+    """The characters saved under ``folder`` (normally ``data_dir() / "library"``).
+
+    Damage is survived: a file where the folder should be, an entry whose ``character.json`` or image cannot be
+    read, is moved aside (never deleted) with a note in :attr:`notes` naming it, and the rest loads."""
 
     def __init__(self, folder: str | Path):
         self.folder = Path(folder)
-        self.folder.mkdir(parents=True, exist_ok=True)
+        self.notes: list[str] = []
         self._lock = threading.Lock()
+        if self.folder.exists() and not self.folder.is_dir():
+            kept = set_aside(self.folder)
+            self._note(f"the library folder {self.folder} was a file: kept aside as {kept}, a new library started")
+        self.folder.mkdir(parents=True, exist_ok=True)
+        remove_stale_temporaries(self.folder, recursive=True)
+        self._checked: dict[Path, tuple[int, int]] = {}  # image -> (mtime_ns, size) when it last decoded fine
+
+    def _note(self, text: str) -> None:
+        self.notes.append(text)
+        log.warning("%s", text)
+
+    def _set_aside(self, entry: Path, why: str) -> None:
+        with self._lock:
+            try:
+                kept = set_aside(entry, self.folder / DAMAGED)
+            except OSError as exc:
+                self._note(f"library character {entry.name!r} skipped ({why}); it could not be moved aside: "
+                           f"{exc.strerror}")
+                return
+        self._note(f"library character {entry.name!r} skipped ({why}); kept aside as {kept}")
+
+    def _image_ok(self, image_path: Path) -> bool:
+        stat = image_path.stat()
+        key = (stat.st_mtime_ns, stat.st_size)
+        if self._checked.get(image_path) == key:
+            return True
+        with Image.open(image_path) as image:
+            image.load()  # decodes every byte: a cut or corrupt PNG fails here, not when a tab shows it
+        self._checked[image_path] = key
+        return True
 
     @staticmethod
     def _slug(name: str) -> str:
@@ -68,18 +106,27 @@ class CharacterLibrary:
         return LibraryCharacter(character.name, character.scale, folder / "image.png", character.description)
 
     def entries(self) -> list[LibraryCharacter]:
-        """Every saved character, sorted by name; unreadable entries are skipped."""
+        """Every saved character, sorted by name; an entry that cannot be read is moved aside with a note."""
         found = []
         for meta_path in sorted(self.folder.glob("*/character.json")):
-            image_path = meta_path.parent / "image.png"
+            entry = meta_path.parent
+            image_path = entry / "image.png"
             try:
-                meta = json.loads(meta_path.read_text())
-                found.append(LibraryCharacter(str(meta["name"]), float(meta.get("scale", 0.9)), image_path,
-                                              meta.get("description")))
-            except (OSError, ValueError, KeyError, TypeError):
+                meta = json.loads(meta_path.read_text(encoding="utf-8"))
+                character = LibraryCharacter(str(meta["name"]), float(meta.get("scale", 0.9)), image_path,
+                                             meta.get("description"))
+            except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+                self._set_aside(entry, f"character.json cannot be read: {type(exc).__name__}")
                 continue
-            if not image_path.is_file():
-                found.pop()
+            try:
+                self._image_ok(image_path)
+            except FileNotFoundError:
+                self._set_aside(entry, "image.png is missing")
+                continue
+            except (OSError, ValueError, SyntaxError) as exc:  # PIL: UnidentifiedImageError, truncated data
+                self._set_aside(entry, f"image.png cannot be decoded: {str(exc).splitlines()[0][:80]}")
+                continue
+            found.append(character)
         return sorted(found, key=lambda c: c.name.lower())
 
     def names(self) -> list[str]:

@@ -184,7 +184,7 @@ class StudioContext:
         self.settings = settings or StudioSettings()
         self.access = access or Access(exposed=on_spaces(), why="a Hugging Face Space" if on_spaces() else "",
                                        space=on_spaces())
-        self.library = library or CharacterLibrary(data_dir("library"))
+        self.library = library or CharacterLibrary(data_dir() / "library")
         self.history = history or GenerationHistory(data_dir() / "history.jsonl")
         self.jobs = JobControl()
         self.gpu_lock = threading.RLock()

@@ -6,6 +6,7 @@ unexpected errors are logged in full to the terminal.
 
 from __future__ import annotations
 
+import errno
 import functools
 import logging
 
@@ -33,6 +34,19 @@ def one_line(exc: BaseException) -> str:
     return text.splitlines()[0] if text else type(exc).__name__
 
 
+# The machine's state, not a bug: said as the CLI says it (its strerror), with what to do
+MACHINE_ERRNOS = {errno.ENOSPC: "free some space and try again", errno.EDQUOT: "free some space and try again",
+                  errno.EROFS: "choose a folder that can be written", errno.EACCES: "check the folder's permissions"}
+
+
+def machine_error_message(exc: OSError) -> str | None:
+    """A one-line message for an OSError the user can act on (a full disk, a read-only folder), else None."""
+    if exc.errno not in MACHINE_ERRNOS:
+        return None
+    where = f" ({exc.filename})" if exc.filename else ""
+    return f"{exc.strerror or type(exc).__name__}{where}: {MACHINE_ERRNOS[exc.errno]}"
+
+
 def shown_to_user(fn):
     """Wraps an event handler: known errors become ``gr.Error(one line)``; others are logged, then summarized."""
 
@@ -45,6 +59,9 @@ def shown_to_user(fn):
         except USER_ERRORS as exc:
             raise gr.Error(one_line(exc), print_exception=False) from None
         except Exception as exc:  # noqa: BLE001 - the page gets one line, the terminal the traceback
+            if isinstance(exc, OSError) and (message := machine_error_message(exc)):
+                log.warning("%s in %s", message, fn.__name__)
+                raise gr.Error(message, print_exception=False) from None
             log.exception("unexpected error in %s", fn.__name__)
             raise gr.Error(f"Unexpected error ({type(exc).__name__}: {one_line(exc)}); details are in the terminal",
                            print_exception=False) from None

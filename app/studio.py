@@ -162,8 +162,9 @@ def launch_kwargs(ctx: StudioContext, args: argparse.Namespace) -> dict:
 
 
 def served_paths(ctx: StudioContext) -> list[str]:
-    """The folders Gradio may serve files from (besides its own upload cache): outputs and ``assets/``."""
-    return [str(ctx.settings.output_dir), str(ASSETS)]
+    """The folders Gradio may serve files from (besides its own upload cache): outputs, the library's folder (its
+    characters' images show in the Library tab and in Generate's "From library") and ``assets/``."""
+    return [str(ctx.settings.output_dir), str(ctx.library.folder), str(ASSETS)]
 
 
 def launch(args: argparse.Namespace, *, block: bool = True):
@@ -179,6 +180,8 @@ def launch(args: argparse.Namespace, *, block: bool = True):
     if not ctx.has_cuda and not ctx.settings.is_tiny:
         print(f"note: {NO_GPU_NOTICE}", file=sys.stderr)
     demo = build_studio(ctx)
+    for note in ctx.library.notes + ctx.history.notes:  # damaged user data, skipped and kept aside while building
+        print(f"note: {note}", file=sys.stderr)
     # quiet: Gradio's own start-up lines would tell a studio user to "set `share=True` in `launch()`"
     _, url, share_url = demo.launch(prevent_thread_lock=True, quiet=True, **kwargs)
     if not block:

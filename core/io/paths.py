@@ -10,6 +10,7 @@ import hashlib
 import os
 import stat
 import tempfile
+import time
 from pathlib import Path
 
 import platformdirs
@@ -112,6 +113,42 @@ def _kept_mode(path: Path) -> int:
         return stat.S_IMODE(path.stat().st_mode)
     except FileNotFoundError:
         return 0o666 & ~_umask()
+
+
+TEMPORARY_PATTERN = ".*.tmp"  # what atomic_path leaves behind when its process is killed mid-write
+STALE_AFTER_S = 3600.0  # no write of the project takes an hour: an older temporary file belongs to a dead process
+
+
+def remove_stale_temporaries(folder: str | os.PathLike, *, recursive: bool = False,
+                             older_than_s: float = STALE_AFTER_S) -> list[Path]:
+    """Deletes the temporary files (``.NAME.*.tmp``) a killed process left in ``folder``; returns what was removed.
+
+    Only files older than ``older_than_s`` go, so a write in progress elsewhere (another tab, another process) keeps
+    its file. Nothing else is touched."""
+    folder = Path(folder)
+    now = time.time()
+    removed = []
+    for path in (folder.rglob if recursive else folder.glob)(TEMPORARY_PATTERN):
+        with contextlib.suppress(OSError):
+            if path.is_file() and now - path.stat().st_mtime > older_than_s:
+                path.unlink()
+                removed.append(path)
+    return removed
+
+
+def set_aside(path: str | os.PathLike, folder: str | os.PathLike | None = None) -> Path:
+    """Moves a damaged file or folder out of the way, never deleting it: to ``folder`` (default: beside it) as
+    ``NAME.damaged`` (``NAME.damaged-2``, ... when taken); returns where it went."""
+    path = Path(path)
+    folder = Path(folder) if folder is not None else path.parent
+    folder.mkdir(parents=True, exist_ok=True)
+    target = folder / f"{path.name}.damaged"
+    number = 2
+    while target.exists() or target.is_symlink():
+        target = folder / f"{path.name}.damaged-{number}"
+        number += 1
+    os.replace(path, target)
+    return target
 
 
 def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> Path:
