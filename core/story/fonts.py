@@ -141,10 +141,36 @@ def _collection_size(path: Path) -> int:
         return 1
 
 
+# Faces found so far, by (language, bold): a later text in the same script is served from them without asking
+# fontconfig again (a long story has as many distinct lines as panels).
+_FOUND: dict[tuple[str | None, bool], list[FontFace]] = {}
+_UNDRAWABLE: set[int] = set()  # code points no system font has: not looked for again
+
+
 @functools.lru_cache(maxsize=256)
 def system_faces(codes: frozenset[int], lang: str | None, bold: bool = False) -> tuple[FontFace, ...]:
     """System faces that together have as many of `codes` as the system can draw, best first."""
     left = set(codes)
+    chosen: list[FontFace] = []
+    found = _FOUND.setdefault((lang, bold), [])
+    for face in found:
+        got = left & coverage(face)
+        if got:
+            chosen.append(face)
+            left -= got
+    left -= _UNDRAWABLE
+    if not left:
+        return tuple(chosen)
+    before = len(chosen)
+    chosen += _search_system(left, lang, bold)
+    found += [face for face in chosen[before:] if face not in found]
+    _UNDRAWABLE.update(left)
+    return tuple(chosen)
+
+
+def _search_system(left: set[int], lang: str | None, bold: bool) -> list[FontFace]:
+    """Faces for the code points in `left` (which it empties as it finds them): fontconfig's best, or the font
+    folders' fonts in order."""
     chosen: list[FontFace] = []
     if shutil.which("fc-list"):
         for attempt_lang in ((lang, None) if lang else (None,)):
@@ -163,7 +189,7 @@ def system_faces(codes: frozenset[int], lang: str | None, bold: bool = False) ->
                     break
                 chosen.append(face)
                 left -= got
-        return tuple(chosen)
+        return chosen
     for path in _folder_fonts():
         if not left:
             break
@@ -173,7 +199,7 @@ def system_faces(codes: frozenset[int], lang: str | None, bold: bool = False) ->
             if got:
                 chosen.append(face)
                 left -= got
-    return tuple(chosen)
+    return chosen
 
 
 # --- the chain -----------------------------------------------------------------------------------------------

@@ -1,8 +1,10 @@
 """Page layouts for a rendered story: panels placed on printable pages with captions and speech bubbles.
 
-Three layouts: ``grid RxC`` (equal cells), ``strip`` (four panels a page: a column on portrait pages, a row on
-landscape ones) and ``comic`` (rows of one to three panels with varied sizes, chosen from the story seed so the
-same story always gives the same pages). Pages are sized in millimetres and drawn at the story's DPI.
+Four layouts: ``grid RxC`` (equal cells), ``strip`` (four panels a page: a column on portrait pages, a row on
+landscape ones), ``comic`` (rows of one to three panels with varied sizes, chosen from the story seed so the
+same story always gives the same pages) and ``webtoon`` (one vertical strip of full-width panels, sliced at export).
+Pages are sized in millimetres and drawn at the story's DPI; a right-to-left story's pages are mirrored. Text is
+drawn in any script through `core.story.typeset` with the story's font chain (`core.story.fonts`).
 """
 
 from __future__ import annotations
