@@ -193,6 +193,17 @@ class StudioContext:
         self._engine_key: tuple | None = None
         self._scorer = None
         self._scorer_lock = threading.Lock()
+        self._preprocessors = None
+
+    def preprocessors(self):
+        """The control preprocessors (depth, pose) for the current models, their models loaded on first use."""
+        from core.conditioning.preprocessors import Preprocessors
+
+        with self._scorer_lock:
+            models = self.settings.models
+            if self._preprocessors is None or self._preprocessors[0] != models:
+                self._preprocessors = (models, Preprocessors.for_models(models))
+            return self._preprocessors[1]
 
     def scorer(self):
         """The CLIP/DINO scorer, created on first use (its models load lazily on the first score)."""

@@ -57,6 +57,7 @@ class GenerationSettings:
     randomize_seed: bool = True
     images: int = 1
     loras: list[StyleLora] = field(default_factory=list)
+    controls: list = field(default_factory=list)  # ControlImage inputs (app.tabs.control_events.parse_controls)
 
 
 @dataclass
@@ -219,7 +220,7 @@ def build_request(slots: list[CharacterSlot], canvas, settings: GenerationSettin
         prompt=settings.prompt, characters=characters, negative_prompt=settings.negative_prompt,
         true_cfg_scale=float(settings.true_cfg_scale), steps=int(settings.steps), guidance=float(settings.guidance),
         width=width, height=height, seed=choose_seed(settings.seed, settings.randomize_seed),
-        images=int(settings.images), loras=list(settings.loras))
+        images=int(settings.images), loras=list(settings.loras), controls=list(settings.controls))
     return request.check(), notes  # unknown [tags]: fail before loading anything
 
 

@@ -20,6 +20,7 @@ from ..mask_canvas import edit_canvas
 from ..running import SessionRuns
 from ..spaces import gpu_function
 from . import generate_events as ev
+from .control_events import split_controls
 
 DEFAULT_STRENGTH = 0.6
 
@@ -42,11 +43,11 @@ class EditEvents:
 
     def _edit(self, request: gr.Request, progress=gr.Progress(), *values):
         """Returns ``(gallery paths, session paths, notes markdown, seed)``, as the Generate event does."""
-        values = list(values)
+        values, controls = split_controls(values, len(ev.GENERATE_FIELDS) + 4)
         strength, canvas_value = values.pop(), values.pop()
         specs, session_paths = values.pop(), list(values.pop() or [])
         return ev.run_form(self.ctx, self.runs, self._zero_gpu_run, request, progress, values, specs, session_paths,
-                           edit=EditSettings(canvas_value, strength))
+                           edit=EditSettings(canvas_value, strength), controls=controls)
 
     def _edit_this(self, path):
         """``(edit canvas, width, height, size preset)`` to edit the image at ``path`` (a gallery or history image)

@@ -13,7 +13,7 @@ from ..errors import shown_to_user
 from ..running import cancel_button
 from core.loading.loras import MAX_LORAS, MAX_WEIGHT
 from ..mask_canvas import COLOURS, LAYER_NAMES, LAYOUTS, blank_canvas, preview_size
-from . import edit_section
+from . import control_section, edit_section
 from . import generate_events as ev
 
 GPU = dict(concurrency_limit=1, concurrency_id="gpu")  # one GPU job at a time across all tabs
@@ -121,6 +121,7 @@ def build(ctx: StudioContext) -> SimpleNamespace:
                                          file_types=[".png"], type="filepath")
                 ui.recall = gr.Button("Recall settings")
             ui.edit = edit_section.build()  # edit mode: image-to-image and inpainting
+            ui.control = control_section.build()  # pose, depth and edge control (ControlNet)
     _wire(ctx, ui, events)
     return ui
 
@@ -183,7 +184,7 @@ def _wire(ctx: StudioContext, ui, events: ev.GenerateEvents) -> None:
             trigger(ev.follow_size, [ui.canvas, ui.width, ui.height], ui.canvas, api_visibility="private")
     # the progress overlay once, over the gallery (not over the notes and the Seed field too)
     run = ui.generate.click(events.queued, None, None, queue=False, api_visibility="private").then(
-        events.generate, generate_inputs(ui) + [ui.session_paths, ui.mask_specs],
+        events.generate, generate_inputs(ui) + [ui.session_paths, ui.mask_specs] + control_section.inputs(ui.control),
         [ui.gallery, ui.session_paths, ui.notes, ui.seed], api_name="generate", show_progress_on=[ui.gallery], **GPU)
     # Cancel stops a running job at its next denoising step (the run returns, the queue is free at once) and
     # drops one still waiting in the queue; the button reads "Cancelling..." until this session's job is over
@@ -196,6 +197,7 @@ def _wire(ctx: StudioContext, ui, events: ev.GenerateEvents) -> None:
                     api_name="recall")
     ui.recall_event_handler = events.recall_with_masks
     ui.edit_events = edit_section.wire(ctx, ui, events, generate_inputs(ui), GPU)
+    ui.control_events = control_section.wire(ctx, ui)
 
 
 def _selected_path(paths, evt: gr.SelectData):

@@ -23,6 +23,7 @@ from ..running import SessionRuns, cancel_button, cancelling_button, session_of
 from ..mask_canvas import (blank_canvas, canvas_from_masks, layout_canvas, layout_specs, permute_canvas,
                            resize_canvas)
 from ..spaces import estimate_duration, gpu_function
+from .control_events import parse_controls, split_controls
 
 SLOT_FIELDS = ("image", "name", "scale", "remove_background")
 LORA_FIELDS = ("source", "weight", "trigger")
@@ -84,10 +85,12 @@ def _gpu_duration(slots, canvas, settings) -> int:
 
 
 def run_form(ctx, runs: SessionRuns, zero_gpu_run, request, progress, values: list, specs, session_paths: list,
-             edit=None):
+             edit=None, controls: list | None = None):
     """One Generate (or Edit, with ``edit``) run of the form ``values`` (GENERATE_FIELDS order) under the session's
-    Cancel: ``(gallery paths, session paths, notes markdown, seed)``. On ZeroGPU ``zero_gpu_run`` runs it."""
+    Cancel: ``(gallery paths, session paths, notes markdown, seed)``. On ZeroGPU ``zero_gpu_run`` runs it.
+    ``controls``: the control panel's values (:data:`app.tabs.control_events.CONTROL_KEYS` order), or None."""
     slots, canvas, settings = parse_form(values, ctx.paths)
+    settings.controls = parse_controls(controls, ctx.paths)
     check_settings(settings)  # before a ZeroGPU slot is asked for with these numbers
     if ctx.zero_gpu:
         result = zero_gpu_run(slots, canvas, settings, specs, edit)
@@ -134,10 +137,11 @@ class GenerateEvents:
     def _generate(self, request: gr.Request, progress=gr.Progress(), *values):
         """Returns ``(gallery paths, session paths, notes markdown, seed)``; ``values`` in GENERATE_FIELDS order,
         then the session's paths and (from the page) the mask specs that drew the canvas."""
-        values = list(values)
+        values, controls = split_controls(values, len(GENERATE_FIELDS) + 2)
         specs = values.pop() if len(values) == len(GENERATE_FIELDS) + 2 else None
         session_paths = list(values.pop() or [])
-        return run_form(self.ctx, self.runs, self._zero_gpu_run, request, progress, values, specs, session_paths)
+        return run_form(self.ctx, self.runs, self._zero_gpu_run, request, progress, values, specs, session_paths,
+                        controls=controls)
 
     def queued(self, request: gr.Request):
         """The Generate click, before the queue: a Cancel from now on drops the run if it is still waiting."""
