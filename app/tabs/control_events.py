@@ -1,9 +1,11 @@
 """The Generate tab's control panel handlers: plain functions of the page's values, testable without a browser.
 
 Each of :data:`MAX_STUDIO_CONTROLS` rows has a control image (uploaded ready: a skeleton, depth or edge map; or
-made from a photo with "Make from photo"), a kind, a scale and a step range. They travel after the Generate (or
-Edit) event's own inputs in :data:`CONTROL_KEYS` order; :func:`parse_controls` turns them into
-:class:`~core.conditioning.control.ControlImage` inputs, each value checked as its own kind in that one place.
+made from a photo with "Make from photo"), a kind, a scale and a step range. The page keeps them in a session
+state (a list in :data:`CONTROL_KEYS` order, each component's change writes its place), which the Generate and
+Edit events take after their own inputs: their public API (gradio_client's ``/generate``) is the one of before.
+:func:`parse_controls` turns the list into :class:`~core.conditioning.control.ControlImage` inputs, each value
+checked as its own kind in that one place.
 No ``from __future__ import annotations`` here: Gradio reads annotations at runtime.
 """
 
@@ -34,12 +36,23 @@ def control_values(**given) -> list:
 
 
 def split_controls(values: list, own: int) -> tuple[list, list | None]:
-    """``(the event's own values, the control values or None)``: the controls are the last ``len(CONTROL_KEYS)``
-    values when there are ``own + len(CONTROL_KEYS)`` of them (clients of before send only their ``own``)."""
+    """``(the event's own values, the control values or None)``: the controls are the last value (the panel's
+    state) when there are ``own + 1`` values."""
     values = list(values)
-    if len(values) == own + len(CONTROL_KEYS):
-        return values[:own], values[own:]
+    if len(values) == own + 1:
+        return values[:own], values[own]
     return values, None
+
+
+def set_value(index: int):
+    """The change handler of the panel's ``index``-th component: the state with that value replaced."""
+
+    def update(state, value):
+        state = list(state) if isinstance(state, list) and len(state) == len(CONTROL_KEYS) else control_values()
+        state[index] = value
+        return state
+
+    return update
 
 
 def parse_controls(values: list | None, paths=None) -> list[ControlImage]:
@@ -47,7 +60,7 @@ def parse_controls(values: list | None, paths=None) -> list[ControlImage]:
     image is off. ``paths``: the studio's path policy for image paths."""
     if not values:
         return []
-    if len(values) != len(CONTROL_KEYS):
+    if not isinstance(values, list) or len(values) != len(CONTROL_KEYS):
         raise StudioInputError(f"control panel: {len(values)} values sent, {len(CONTROL_KEYS)} expected")
     controls = []
     for i in range(MAX_STUDIO_CONTROLS):

@@ -12,11 +12,12 @@ import gradio as gr
 from core.conditioning.control import MAX_SCALE
 
 from ..context import StudioContext
-from .control_events import CONTROL_DEFAULTS, KIND_CHOICES, MAX_STUDIO_CONTROLS, ControlEvents
+from .control_events import (CONTROL_DEFAULTS, KIND_CHOICES, MAX_STUDIO_CONTROLS, ControlEvents, control_values,
+                             set_value)
 
 
 def build() -> SimpleNamespace:
-    section = SimpleNamespace(rows=[])
+    section = SimpleNamespace(rows=[], state=gr.State(control_values()))
     with gr.Accordion("Pose and layout control (ControlNet)", open=False, elem_id="control-section") as section.accordion:
         gr.Markdown("The picture follows a pose skeleton, a depth map or edges. Upload a ready control image "
                     "(an OpenPose-style skeleton, a depth map, an edge map) on the right, or a photo or drawing on "
@@ -44,9 +45,14 @@ def build() -> SimpleNamespace:
     return section
 
 
-def inputs(section) -> list:
-    """The panel's values in :data:`app.tabs.control_events.CONTROL_KEYS` order."""
+def components(section) -> list:
+    """The panel's components in :data:`app.tabs.control_events.CONTROL_KEYS` order."""
     return [c for row in section.rows for c in (row.image, row.kind, row.scale, row.start, row.end)]
+
+
+def inputs(section) -> list:
+    """What the Generate and Edit events take after their own inputs: the panel's state."""
+    return [section.state]
 
 
 def wire(ctx: StudioContext, ui) -> ControlEvents:
@@ -54,5 +60,8 @@ def wire(ctx: StudioContext, ui) -> ControlEvents:
     section = ui.control
     for row in section.rows:
         row.make.click(events.make, [row.photo, row.kind], row.image, api_visibility="private")
-    ui.recall.click(events.recall, ui.recall_file, inputs(section), api_visibility="private")
+    for index, component in enumerate(components(section)):
+        component.change(set_value(index), [section.state, component], section.state, api_visibility="private",
+                         queue=False)
+    ui.recall.click(events.recall, ui.recall_file, components(section), api_visibility="private")
     return events

@@ -137,7 +137,7 @@ class GenerateEvents:
     def _generate(self, request: gr.Request, progress=gr.Progress(), *values):
         """Returns ``(gallery paths, session paths, notes markdown, seed)``; ``values`` in GENERATE_FIELDS order,
         then the session's paths and (from the page) the mask specs that drew the canvas."""
-        values, controls = split_controls(values, len(GENERATE_FIELDS) + 2)
+        values, controls = split_controls(values, len(GENERATE_FIELDS) + 2)  # the control panel's state
         specs = values.pop() if len(values) == len(GENERATE_FIELDS) + 2 else None
         session_paths = list(values.pop() or [])
         return run_form(self.ctx, self.runs, self._zero_gpu_run, request, progress, values, specs, session_paths,

@@ -38,7 +38,7 @@ def _generate(ctx, controls, **fields):
     fields.setdefault("height", 64)
     fields.setdefault("steps", 2)
     fields.setdefault("randomize_seed", False)
-    return ev.GenerateEvents(ctx).generate(None, NoProgress(), *ev.form_values(**fields), [], None, *controls)
+    return ev.GenerateEvents(ctx).generate(None, NoProgress(), *ev.form_values(**fields), [], None, controls)
 
 
 def error_of(fn, *args, **kwargs) -> str:
@@ -90,3 +90,24 @@ def test_bad_control_values(ctx, picture, tmp_path):
     assert "is outside the folders this studio may use" in error_of(
         _generate, ctx, control_values(control2_image=str(outside)))
     assert parse_controls(None) == [] and len(CONTROL_KEYS) == 10
+
+
+def test_the_panel_state_follows_each_component():
+    from app.tabs.control_events import set_value
+
+    state = control_values()
+    state = set_value(0)(state, "/uploads/a.png")
+    state = set_value(7)(state, 0.4)  # control 2's scale
+    assert state == control_values(control1_image="/uploads/a.png", control2_scale=0.4)
+    assert set_value(1)(None, "depth") == control_values(control1_kind="depth")  # a state sent wrong: rebuilt
+
+
+def test_edit_with_a_control_image(ctx, picture):
+    from app.mask_canvas import edit_canvas
+    from app.tabs.edit_events import EditEvents
+
+    fields = ev.form_values(prompt="a portrait", width=64, height=64, steps=2, randomize_seed=False)
+    gallery, _, _, _ = EditEvents(ctx).edit(None, NoProgress(), *fields, [], None, edit_canvas(str(picture)), 0.8,
+                                            control_values(control1_image=str(picture), control1_kind="pose"))
+    record = read_record(gallery[0])
+    assert record.edit["strength"] == 0.8 and record.control[0]["kind"] == "pose"
