@@ -240,8 +240,7 @@ def save_png(image: Image.Image, path: str | os.PathLike, record: GenerationReco
     path = Path(path)
     if record.edit and source is not None:
         save_edit_source(source, path.parent, record.edit)
-    for control in controls or []:
-        _save_beside(control.image, path.parent, control.file_name, control.digest)
+    save_controls_beside(controls or [], path.parent)
     with atomic_path(path) as tmp:
         image.save(tmp, format="PNG", pnginfo=record.pnginfo())
     return path
@@ -250,6 +249,13 @@ def save_png(image: Image.Image, path: str | os.PathLike, record: GenerationReco
 def save_edit_source(source: Image.Image, folder: str | os.PathLike, edit: dict) -> Path:
     """Writes an edit's source image into ``folder`` as ``edit["source_file"]`` (kept when already there)."""
     return _save_beside(source, folder, edit["source_file"], edit["source_sha256"])
+
+
+def save_controls_beside(controls: list, folder: str | os.PathLike) -> None:
+    """Writes each :class:`~core.conditioning.control.ControlImage` into ``folder`` under its ``file_name`` (kept
+    when already there), where a PNG's record names it."""
+    for control in controls:
+        _save_beside(control.image, folder, control.file_name, control.digest)
 
 
 def _save_beside(image: Image.Image, folder: str | os.PathLike, name: str, digest: str) -> Path:

@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from core.io.cache import FileTooLargeError, cached_sha256
+from core.conditioning.control import DEFAULT_SCALE, MAX_CONTROLS, ControlError, check_kind, check_scale
 from core.conditioning.layouts import GRID_PATTERN, NAMED_LAYOUTS, parse_layout
 from core.limits import (
     MAX_BUBBLES_PER_PANEL,
@@ -93,7 +94,7 @@ _NAME_RE = re.compile(rf"^{_NAME}$")
 _TAG_RE = re.compile(r"\[([^\[\]@]*?)(?:@([^\[\]]*))?\]")
 _HEADER_RE = re.compile(r"^([A-Za-z_][A-Za-z0-9_ ]*?)\s*:\s*(.*)$")
 _CHARACTER_RE = re.compile(r"^character\s+(\S+?)\s*:\s*(.*)$")
-_PANEL_OPTION_RE = re.compile(r"^(seed|caption|height)\s*:\s*(.*)$")
+_PANEL_OPTION_RE = re.compile(r"^(seed|caption|height|control)\s*:\s*(.*)$")
 _GRID_RE = GRID_PATTERN
 _SIZE_RE = re.compile(r"^(\d+)\s*[xX×]\s*(\d+)$")
 
@@ -148,6 +149,17 @@ class Dialogue:
 
 
 @dataclass(frozen=True)
+class PanelControl:
+    """A panel's control image (``control: pose poses/p3.png 0.6``): `image` is an absolute path, `image_sha256`
+    its content; `kind` and `scale` as `core.conditioning.control.ControlImage` takes them."""
+
+    kind: str
+    image: Path
+    scale: float
+    image_sha256: str
+
+
+@dataclass(frozen=True)
 class Panel:
     """One panel. `prompt` is as written (tags included, caption removed); `characters` in order of appearance.
 
@@ -167,6 +179,7 @@ class Panel:
     seed_pinned: bool = False
     line: int = 0
     height: int | None = None
+    controls: tuple[PanelControl, ...] = ()
 
     @property
     def number(self) -> int:
@@ -251,6 +264,8 @@ class Story:
                     "seed_pinned": p.seed_pinned,
                     "line": p.line,
                     "height": p.height,
+                    **({"controls": [{"kind": c.kind, "image": image_path(c.image), "scale": c.scale,
+                                      "image_sha256": c.image_sha256} for c in p.controls]} if p.controls else {}),
                 }
                 for p in self.panels
             ],
@@ -336,6 +351,9 @@ def panel_settings(story: Story, panel: Panel, options: dict[str, Any] | None = 
             for name in panel.characters
         ],
         "options": {k: options[k] for k in sorted(options or {})},
+        # only with control images: the hashes of the panels of before stay as they were
+        **({"controls": [{"kind": c.kind, "image_sha256": c.image_sha256, "scale": c.scale} for c in panel.controls]}
+           if panel.controls else {}),
     }
 
 
@@ -885,6 +903,10 @@ def _parse_story(text: str, base_dir: Path, source, paths: PathPolicy, problems:
                     current["height"] = _panel_height(value, fields.get("layout", "comic"))
                 except ValueError as exc:
                     problems.add(number, str(exc))
+            elif key == "control":
+                control = _panel_control(value, base_dir, paths, number, "", problems, len(current["controls"]))
+                if control is not None:
+                    current["controls"].append(control)
             elif current["caption"]:
                 problems.add(number, "this panel already has a caption (after '#')")
             else:
@@ -892,7 +914,8 @@ def _parse_story(text: str, base_dir: Path, source, paths: PathPolicy, problems:
             continue
         if raw[:1].isspace() and current is not None:
             problems.add(number, f"indented line '{_clip(stripped)}' in a panel: expected '> Name: text', "
-                                 f"'@ Name: region', 'seed: N', 'caption: text' or 'height: N' (a new panel starts "
+                                 f"'@ Name: region', 'seed: N', 'caption: text', 'height: N' or "
+                                 f"'control: KIND path' (a new panel starts "
                                  "unindented)")
             continue
         if len(panels) >= MAX_PANELS:
@@ -900,7 +923,7 @@ def _parse_story(text: str, base_dir: Path, source, paths: PathPolicy, problems:
             break  # nothing after it is read
         prompt, caption = _split_caption(stripped)
         current = {"line": number, "prompt": prompt, "caption": caption, "dialogue": [], "pending_regions": [],
-                   "seed": None, "height": None}
+                   "seed": None, "height": None, "controls": []}
         panels.append(current)
 
     if not panels and not problems.items:
@@ -978,7 +1001,50 @@ def _build_panel(index: int, spec: dict[str, Any], known: dict[str, Any], story_
         seed_pinned=seed is not None,
         line=line,
         height=spec["height"],
+        controls=tuple(spec["controls"]),
     )
+
+
+def _panel_control(value: str, base_dir: Path, paths: PathPolicy, line: int | None, where: str,
+                   problems: _Problems, count: int, scale=None) -> PanelControl | None:
+    """A ``control: KIND PATH [SCALE]`` value (the path relative to the story, through `paths`), checked."""
+    if count >= MAX_CONTROLS:
+        problems.add(line, f"{where}a panel has at most {MAX_CONTROLS} control images")
+        return None
+    parts = value.split()
+    if scale is None and len(parts) >= 3 and re.fullmatch(r"[-+]?(\d+\.?\d*|\.\d+)", parts[-1]):
+        scale, parts = parts[-1], parts[:-1]
+    if len(parts) < 2:
+        problems.add(line, f"{where}bad control '{_clip(value)}': expected 'control: KIND path/to/image.png [SCALE]'")
+        return None
+    kind, image = parts[0], " ".join(parts[1:])
+    try:
+        kind = check_kind(kind)
+        scale = check_scale(DEFAULT_SCALE if scale is None else scale)
+    except ControlError as exc:
+        problems.add(line, f"{where}{exc}")
+        return None
+    if len(image) > MAX_PATH_CHARS:
+        problems.add(line, f"{where}the control image path is {len(image):,} characters long: the limit is "
+                           f"{MAX_PATH_CHARS:,}")
+        return None
+    try:
+        path = paths.resolve(image, base=base_dir, what=f"{kind} control image")
+    except PathNotAllowedError as exc:
+        problems.add(line, f"{where}{exc}")
+        return None
+    if not path.is_file():
+        problems.add(line, f"{where}missing {kind} control image: {image} (looked in {path.parent})")
+        return None
+    message = _image_header_problem(path)
+    try:
+        digest = None if message else cached_sha256(path, max_bytes=MAX_FILE_BYTES)
+    except (OSError, FileTooLargeError) as exc:
+        message = f"cannot be read: {getattr(exc, 'strerror', None) or exc}"
+    if message:
+        problems.add(line, f"{where}the {kind} control image {message}")
+        return None
+    return PanelControl(kind, path, scale, digest)
 
 
 def _set_region(regions: dict[str, str], name: str, region: str, line: int | None, problems: _Problems) -> bool:
@@ -1114,7 +1180,7 @@ def _story_from_dict(data: dict[str, Any], base_dir: Path, source, paths: PathPo
     if raw_panels == []:
         problems.add(None, "empty story: no panels")
     for index, raw in enumerate(raw_panels or []):
-        panel = _panel_from_dict(index, raw, known, fields, problems)
+        panel = _panel_from_dict(index, raw, known, fields, problems, base_dir, paths)
         if panel is not None:
             panels.append(panel)
     if not bad:
@@ -1126,7 +1192,8 @@ def _story_from_dict(data: dict[str, Any], base_dir: Path, source, paths: PathPo
 
 
 def _panel_from_dict(index: int, raw: Any, known: dict[str, None], fields: dict[str, Any],
-                     problems: _Problems) -> Panel | None:
+                     problems: _Problems, base_dir: Path = Path("."), paths: PathPolicy = UNRESTRICTED
+                     ) -> Panel | None:
     where = f"panels[{index}]: "
     before = len(problems.items)
     entry = _check(problems, where, lambda: _object(raw, "a panel"))
@@ -1183,13 +1250,27 @@ def _panel_from_dict(index: int, raw: Any, known: dict[str, None], fields: dict[
     height = None
     if entry.get("height") is not None:
         height = _check(problems, where, lambda: _panel_height(entry.get("height"), fields.get("layout", "comic")))
+    controls = []
+    for c, item in enumerate(_check(problems, where, lambda: _list(entry.get("controls"), "controls", 4)) or []):
+        spec = _check(problems, f"{where}controls[{c}]: ", lambda item=item: _object(item, "a control"))
+        if spec is None:
+            continue
+        kind, image = spec.get("kind"), spec.get("image")
+        if not isinstance(kind, str) or not isinstance(image, str) or not image.strip():
+            problems.add(None, f"{where}controls[{c}]: needs a kind and an image path")
+            continue
+        control = _panel_control(f"{kind} {image}", base_dir, paths, None, f"{where}controls[{c}]: ", problems,
+                                 len(controls), scale=spec.get("scale", 0.7))
+        if control is not None:
+            controls.append(control)
     if len(problems.items) > before:
         return None
     return Panel(index=index, prompt=prompt, characters=tuple(names), regions=regions, caption=caption,
-                 dialogue=tuple(dialogue), seed=seed, seed_pinned=pinned, line=line, height=height)
+                 dialogue=tuple(dialogue), seed=seed, seed_pinned=pinned, line=line, height=height,
+                 controls=tuple(controls))
 
 
-_OPTION_LINE = re.compile(r"^\s*(?:>|@|(?:seed|caption|height)\s*:|//)")
+_OPTION_LINE = re.compile(r"^\s*(?:>|@|(?:seed|caption|height|control)\s*:|//)")
 _SEED_LINE = re.compile(r"^(\s*)seed\s*:")
 
 

@@ -28,6 +28,8 @@ from typing import Any
 
 from PIL import Image, PngImagePlugin
 
+from core.conditioning.control import load_control
+from core.io.metadata import save_controls_beside
 from core.story.format import Panel, Story, engine_mask, panel_settings_hash
 from core.story.manifest import (
     DONE,
@@ -155,6 +157,9 @@ def panel_request(story: Story, panel: Panel, characters: list[Any], options: di
         true_cfg_scale=story.true_cfg, steps=story.steps, guidance=story.guidance, width=width,
         height=height, seed=panel.seed)
     fields = {_REQUEST_OPTIONS[k]: v for k, v in (options or {}).items() if k in _REQUEST_OPTIONS}
+    if panel.controls:
+        fields["controls"] = [load_control(c.image, c.kind, c.scale, name=f"the {c.kind} control image of panel "
+                                                                          f"{panel.number}") for c in panel.controls]
     request = replace(request, **fields) if fields else request
     return edit.apply(request) if edit is not None else request  # a core.story.edit.PanelEdit
 
@@ -309,6 +314,9 @@ def render_story(
                                            cancel=cancel, notes=result.notes, edit=edit)
             file = panel_filename(index)
             write_png_atomic(image, out_dir / file, pnginfo=panel_pnginfo(story, panel, settings_hash, metadata))
+            if panel.controls:  # beside the panel, as the record names them, so Recall finds them
+                save_controls_beside([load_control(c.image, c.kind, c.scale) for c in panel.controls],
+                                     (out_dir / file).parent)
         except RenderCancelled:
             result.cancelled = True
             break

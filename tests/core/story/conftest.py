@@ -25,6 +25,8 @@ class FakePipe:
     image once per distinct content, like the real pipeline's content-keyed cache. `fail_on` makes prompts
     containing that text raise (an out-of-memory stand-in)."""
 
+    controlnet = "fake"  # control images need no ControlNet to be loaded
+
     def __init__(self, fail_on: str | None = None):
         self.calls: list[dict] = []
         self.encoded: dict[bytes, int] = {}  # image content digest -> times its features were computed
