@@ -1,7 +1,7 @@
 """Control images made from what users have: a photo or drawing turned into edges, depth or a pose skeleton.
 
-- ``canny``: Canny edges (Gaussian blur, Sobel gradients, thinning to local maxima, two thresholds joined by
-  hysteresis) in numpy and Pillow; white edges on black, as the Union ControlNets were trained on.
+- ``canny``: Canny edges (Sobel gradients, thinning to local maxima, two thresholds joined by hysteresis) in numpy
+  and Pillow (no OpenCV here); white edges on black, as the Union ControlNets were trained on.
 - ``soft-edge``: the blurred image's gradient magnitude, normalised (a soft edge map; not the HED network).
 - ``gray``: the image in grayscale.
 - ``depth``: transformers' ``DepthAnythingForDepthEstimation`` (default Depth Anything V2 Small, Apache-2.0),
@@ -62,8 +62,9 @@ def _sobel(gray: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return gx, gy
 
 
-def canny(image: Image.Image, low: float = 100.0, high: float = 200.0, blur: float = 1.4) -> Image.Image:
-    """Canny edges of ``image`` (thresholds on the Sobel magnitude of 0-255 pixels, as OpenCV's defaults)."""
+def canny(image: Image.Image, low: float = 100.0, high: float = 200.0, blur: float = 0.0) -> Image.Image:
+    """Canny edges of ``image``: thresholds on the 3x3 Sobel magnitude of 0-255 pixels and no blur first, as
+    ``cv2.Canny(image, 100, 200)`` in the Union ControlNets' examples (``blur``: a Gaussian sigma for noisy photos)."""
     gx, gy = _sobel(_gray(image, blur))
     magnitude = np.hypot(gx, gy)
     # thin: keep pixels that are the maximum along their gradient direction (4 directions)
