@@ -131,7 +131,8 @@ def test_the_planner_counts_the_controlnet():
 
     plain, control = estimate("full"), estimate("full", controlnet=True)
     assert control.weight_bytes["controlnet"] == 2_140_876_800 * 2  # Union-Pro-2.0's parameters in bf16
-    assert control.gpu_peak_bytes > plain.gpu_peak_bytes + control.weight_bytes["controlnet"]  # + its residuals
+    assert control.gpu_peak_bytes >= plain.gpu_peak_bytes + control.weight_bytes["controlnet"]
+    assert control.activation_bytes["denoise"] > plain.activation_bytes["denoise"]  # its residuals
     fp8 = estimate("fp8", controlnet=True)
     assert fp8.weight_bytes["controlnet"] < control.weight_bytes["controlnet"] * 0.7  # stored as the transformer
     assert estimate("low", controlnet=True).weight_bytes["controlnet"] < control.weight_bytes["controlnet"] * 0.6
