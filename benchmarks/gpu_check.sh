@@ -9,7 +9,9 @@
 #
 # Writes $OUT/gpu-check.jsonl (commit it as benchmarks/results/<card>-<date>.jsonl, then
 # `python -m benchmarks.render_results` updates the README), $OUT/gpu-check.md and $OUT/gpu-check.log.
-# Settings (environment): OUT, DRY_RUN, BUDGET (default 540 s; dry run 270 s), PYTHON (default python3), WHEELS (default .whl).
+# Settings (environment): OUT, DRY_RUN, BUDGET (default 540 s; dry run 270 s), PYTHON (default python3), WHEELS (default
+# .whl), GPU_CHECK_CODE (the commit measured, recorded in each line; default `git rev-parse --short HEAD`, so give it
+# where the tree travels without .git: GPU_CHECK_CODE=$(git rev-parse --short HEAD) on the machine that sends it).
 set -u
 STARTED=$(date +%s.%N)
 cd "$(dirname "$0")/.."

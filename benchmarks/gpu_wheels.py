@@ -47,9 +47,14 @@ STAND_IN = "gpu_check_stand_in"
 
 
 def tree_bytes(root: Path = ROOT) -> int:
-    """Bytes of the files that travel with a device call: tracked and untracked-not-ignored (git's view)."""
-    listed = subprocess.run(["git", "-C", str(root), "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
-                            capture_output=True, check=True).stdout.split(b"\0")
+    """Bytes of the files that travel with a device call: tracked and untracked-not-ignored (git's view); where
+    there is no git checkout (the device machine's copy), every file but ``.git`` and ``.whl``."""
+    try:
+        listed = subprocess.run(["git", "-C", str(root), "ls-files", "-z", "--cached", "--others",
+                                 "--exclude-standard"], capture_output=True, check=True).stdout.split(b"\0")
+    except (OSError, subprocess.CalledProcessError):
+        return sum(p.stat().st_size for p in root.rglob("*") if p.is_file() and not p.is_symlink()
+                   and not {".git", ".whl"} & set(p.relative_to(root).parts))
     total = 0
     for name in listed:
         path = root / os.fsdecode(name)
