@@ -84,8 +84,8 @@ SPEED_MODES = {  # run_bench arguments of each speed run
 MODELS = "models/random"
 GGUF = "models/gguf"
 PLAN = (
-    Run("speed/as-released", 1, 40), Run("speed/eager", 1, 40), Run("speed/compiled", 1, 75),
-    Run("speed/fp8", 1, 75), Run("speed/draft", 1, 45),
+    Run("speed/as-released", 1, 50), Run("speed/eager", 1, 45), Run("speed/compiled", 1, 70),
+    Run("speed/fp8", 1, 70), Run("speed/draft", 1, 45),
     Run(MODELS, 2, 75),
     Run("preset/fp8-streamed@16", 2, 50, MODELS), Run("preset/fp8@24", 2, 45, MODELS),
     Run("preset/streamed@8", 2, 55, MODELS), Run("preset/low@12", 2, 50, MODELS),

@@ -132,6 +132,7 @@ def test_the_readme_tables_are_the_renderer_s():
     assert render_results.render(text, render_results.tables()) == text, \
         "README.md is out of date: python -m benchmarks.render_results"
     assert "| run (code of commit 18a4912) |" in text  # the first round's figures are labelled with their code
+    assert f"The planned part is {gpu_check.planned()[1]} s" in text
 
 
 @pytest.mark.slow
