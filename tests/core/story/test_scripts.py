@@ -299,3 +299,26 @@ def test_new_keys_round_trip_through_json(story_dir, tmp_path):
     again = load_story(story.save_json(story_dir / "s.json"))
     assert (again.webtoon_width, again.webtoon_slice, again.reading, again.bubbles, again.panels[0].height) == (
         640, 1000, "right-to-left", "vertical", 700)
+
+
+def test_without_fontconfig_the_font_folders_are_searched(monkeypatch):
+    """Windows and macOS have no fc-list: the usual font folders are read instead (here: the folder fontconfig
+    names for a Japanese font, searched as if it were the system's only one)."""
+    import subprocess
+    from pathlib import Path
+
+    from core.story import fonts
+
+    found = subprocess.run(["fc-match", "-f", "%{file}", ":lang=ja"], capture_output=True, text=True, check=True)
+    folder = Path(found.stdout).parent
+    monkeypatch.setattr(fonts.shutil, "which", lambda name: None)
+    monkeypatch.setattr(fonts, "font_folders", lambda: [folder])
+    fonts._folder_fonts.cache_clear()
+    try:
+        text = "こんにちは世界"
+        left = {ord(c) for c in text}
+        faces = fonts._search_system(left, "ja", False)
+        assert faces and not left  # every character found a face
+        assert all(ord(c) in fonts.coverage(faces[0]) for c in text)
+    finally:
+        fonts._folder_fonts.cache_clear()
