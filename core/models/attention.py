@@ -10,6 +10,16 @@ where ``Q_raw`` is the image tokens' ``to_q`` output split into heads, before th
 without rotary embedding, ``c_i`` the character's per-step tokens and ``M_i`` its optional routing mask over the
 image tokens (paper Eq. 3). Each character attends only among its own tokens. With one unmasked character this
 is the released computation. Double-stream layers add before ``to_out``; single-stream layers to the image part.
+
+Per-region work: a masked character's attention runs only for the image tokens its mask reaches (weight above 0,
+soft edges included) and is scattered back; elsewhere ``M_i`` is 0, so the sum is the same. Each row of an
+attention depends on its own query only, so this equals attending from every token within float error (the
+kernels may block a shorter query differently; measured equal on the CPU). The character's K/V are computed once
+per layer and step: from batch-1 tokens they are broadcast to every image of the batch, and a condition's
+``kv_cache`` (shared by the true-CFG passes of a step) hands them from the first pass to the second.
+
+Regional text (:mod:`core.conditioning.regional_text`): with a ``regional_text`` mask, the layers it applies to
+run the joint attention under that mask.
 """
 
 from __future__ import annotations
@@ -21,6 +31,8 @@ from diffusers.models.attention_dispatch import dispatch_attention_fn
 from diffusers.models.embeddings import apply_rotary_emb
 from diffusers.models.transformers.transformer_flux import _get_qkv_projections
 from torch import nn
+
+from core.conditioning.regional_text import RegionalTextMask, masked_backend
 
 
 @dataclass
@@ -36,6 +48,10 @@ class CharacterCondition:
         text_tokens: the text adapter's tokens for this step (B, Q_T, D_T), or ``None`` without a text adapter.
         text_mask: weights over the text tokens, 1 on the tokens that came from the character's tag (B or 1, L);
             ``None``: the text tokens are left alone (so are they without ``text_tokens``).
+        reach: indices (K,) of the image tokens ``mask`` reaches (:func:`mask_reach`): the attention runs for
+            those only; ``None``: for every image token (then multiplied by ``mask``).
+        kv_cache: a dict shared by the conditions of one step's passes (true CFG): the first pass stores each
+            layer's K/V of these tokens, the second takes them; ``None``: computed in every pass.
     """
 
     tokens: torch.Tensor
@@ -43,6 +59,8 @@ class CharacterCondition:
     mask: torch.Tensor | None = None
     text_tokens: torch.Tensor | None = None
     text_mask: torch.Tensor | None = None
+    reach: torch.Tensor | None = None
+    kv_cache: dict | None = None
 
     def __post_init__(self):
         if not isinstance(self.tokens, torch.Tensor):
@@ -50,6 +68,15 @@ class CharacterCondition:
         # the scale as a 0-dim tensor: a compiled block reads it as an input, not as a constant to recompile for
         # (multiplying by it rounds exactly as multiplying by the Python float does)
         self.scale_tensor = torch.tensor(float(self.scale), dtype=torch.float32)
+
+
+def mask_reach(mask: torch.Tensor | None) -> torch.Tensor | None:
+    """Indices of the image tokens where routing weights ``mask`` ((B or 1, N) or (N,)) are above 0 in any row;
+    ``None`` when that is every token (or there is no mask)."""
+    if mask is None:
+        return None
+    reached = (mask > 0).reshape(-1, mask.shape[-1]).any(0)
+    return None if bool(reached.all()) else reached.nonzero().squeeze(1)
 
 
 class RMSNorm(nn.Module):
@@ -78,29 +105,71 @@ class CharacterAttnProcessor(nn.Module):
     _parallel_config = None
     text_injection = None  # set by core.models.text_adapter.TextAdapter.install on double-stream layers
 
-    def __init__(self, hidden_size: int, token_dim: int, head_dim: int = 128):
+    def __init__(self, hidden_size: int, token_dim: int, head_dim: int = 128, layer_index: int = 0):
         super().__init__()
+        self.layer_index = layer_index  # position among the transformer's attention layers (regional text)
         self.norm_ip_q = RMSNorm(head_dim)
         self.to_k_ip = nn.Linear(token_dim, hidden_size)
         self.norm_ip_k = RMSNorm(head_dim)
         self.to_v_ip = nn.Linear(token_dim, hidden_size)
+
+    def character_kv(self, attn, cond: CharacterCondition, dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        """The character's (key, value), each (B_tokens, Q, heads, head_dim), from ``cond.kv_cache`` when an
+        earlier pass of the step left them there."""
+        cache = cond.kv_cache
+        found = cache.pop(id(self), None) if cache is not None else None
+        if found is not None and found[0].dtype == dtype:
+            return found
+        tokens = cond.tokens.to(dtype)
+        key = self.norm_ip_k(self.to_k_ip(tokens).unflatten(-1, (-1, attn.head_dim)))
+        value = self.to_v_ip(tokens).unflatten(-1, (-1, attn.head_dim))
+        if cache is not None:
+            cache[id(self)] = (key, value)
+        return key, value
 
     def character_attention(self, attn, raw_query: torch.Tensor, conditions) -> torch.Tensor | None:
         """Sum over characters of their weighted attention outputs, (B, N_image, heads * head_dim)."""
         if not conditions:
             return None
         query = self.norm_ip_q(raw_query)
+        batch = query.shape[0]
         total = None
         for cond in conditions:
-            tokens = cond.tokens.to(query.dtype)
-            key = self.norm_ip_k(self.to_k_ip(tokens).unflatten(-1, (-1, attn.head_dim)))
-            value = self.to_v_ip(tokens).unflatten(-1, (-1, attn.head_dim))
-            out = dispatch_attention_fn(query, key, value, backend=self._attention_backend)
+            key, value = self.character_kv(attn, cond, query.dtype)
+            if key.shape[0] != batch:  # batch-1 tokens: the same K/V for every image
+                key, value = key.expand(batch, -1, -1, -1), value.expand(batch, -1, -1, -1)
+            reach = cond.reach
+            if reach is not None and reach.device != query.device:
+                reach = reach.to(query.device)
+            q = query if reach is None else query.index_select(1, reach)
+            out = dispatch_attention_fn(q, key, value, backend=self._attention_backend)
             out = out.flatten(2, 3).to(raw_query.dtype) * cond.scale_tensor
             if cond.mask is not None:
-                out = out * cond.mask[..., None].to(out.dtype)
-            total = out if total is None else total + out
+                mask = cond.mask if reach is None else cond.mask.index_select(1, reach.to(cond.mask.device))
+                out = out * mask[..., None].to(out.dtype)
+            if reach is not None:
+                # adding exact zeros where the mask is 0 is what the multiply by M_i did there
+                base = torch.zeros_like(raw_query.flatten(2, 3)) if total is None else total
+                out = base.index_add(1, reach, out)
+                total = out
+            else:
+                total = out if total is None else total + out
         return total
+
+    def regional_attention(self, query, key, value, regional_text: RegionalTextMask) -> torch.Tensor:
+        """The joint attention under the regional-text mask, the image tokens blended with an unmasked pass by
+        the base ratio; (B, T+N, heads, head_dim)."""
+        mask = regional_text.mask.to(query.device)
+        masked = dispatch_attention_fn(query, key, value, attn_mask=mask,
+                                       backend=masked_backend(self._attention_backend))
+        ratio = regional_text.settings.base_ratio
+        if ratio <= 0:
+            return masked
+        text_len = regional_text.text_len
+        plain = dispatch_attention_fn(query, key, value, backend=self._attention_backend,
+                                      parallel_config=self._parallel_config)
+        image = (1 - ratio) * masked[:, text_len:] + ratio * plain[:, text_len:].to(masked.dtype)
+        return torch.cat([masked[:, :text_len], image], dim=1)
 
     def inject_text(self, raw_text_query, text_out, conditions):
         """Adds each character's text-adapter output to the text tokens of its tag (paper Eq. 4)."""
@@ -120,11 +189,14 @@ class CharacterAttnProcessor(nn.Module):
         image_rotary_emb: torch.Tensor | None = None,
         character_conditions: list[CharacterCondition] | None = None,
         text_seq_len: int | None = None,
+        regional_text: RegionalTextMask | None = None,
     ):
         """Args beyond diffusers' processor signature (passed through ``joint_attention_kwargs``):
 
         character_conditions: the characters for this step (empty or ``None``: plain FLUX attention).
         text_seq_len: number of text tokens at the front of single-stream ``hidden_states``.
+        regional_text: the joint attention mask binding characters' words to their regions for this step
+            (``None``: unmasked, today's attention).
         """
         query, key, value, encoder_query, encoder_key, encoder_value = _get_qkv_projections(
             attn, hidden_states, encoder_hidden_states
@@ -149,10 +221,14 @@ class CharacterAttnProcessor(nn.Module):
             query = apply_rotary_emb(query, image_rotary_emb, sequence_dim=1)
             key = apply_rotary_emb(key, image_rotary_emb, sequence_dim=1)
 
-        hidden_states = dispatch_attention_fn(
-            query, key, value, attn_mask=attention_mask, backend=self._attention_backend,
-            parallel_config=self._parallel_config,
-        )
+        if regional_text is not None and attention_mask is None and regional_text.applies_to(self.layer_index,
+                                                                                               single_stream):
+            hidden_states = self.regional_attention(query, key, value, regional_text)
+        else:
+            hidden_states = dispatch_attention_fn(
+                query, key, value, attn_mask=attention_mask, backend=self._attention_backend,
+                parallel_config=self._parallel_config,
+            )
         hidden_states = hidden_states.flatten(2, 3).to(query.dtype)
         extra = self.character_attention(attn, raw_image_query, character_conditions)
 
@@ -181,7 +257,8 @@ class CharacterAttentionLayers(nn.ModuleList):
     """
 
     def __init__(self, num_layers: int, hidden_size: int, token_dim: int, head_dim: int = 128):
-        super().__init__(CharacterAttnProcessor(hidden_size, token_dim, head_dim) for _ in range(num_layers))
+        super().__init__(CharacterAttnProcessor(hidden_size, token_dim, head_dim, layer_index=n)
+                         for n in range(num_layers))
 
     def install(self, transformer) -> None:
         """Sets these processors on every attention layer of a ``FluxTransformer2DModel``."""

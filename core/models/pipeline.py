@@ -21,10 +21,12 @@ from diffusers.pipelines.flux.pipeline_flux import calculate_shift, retrieve_tim
 from diffusers.utils import BaseOutput
 
 from core.io.cache import LRUCache
-from core.models.attention import CharacterAttentionLayers, CharacterCondition
+from core.models.attention import CharacterAttentionLayers, CharacterCondition, mask_reach
 from core.conditioning.control import MAX_CONTROLS, ControlError, ControlImage
 from core.models.controlnet import ControlGuide, check_controlnet
 from core.conditioning.character import Character, check_characters
+from core.conditioning.regional_text import (RegionalText, RegionalTextMask, bound_characters,
+                                             joint_attention_mask)
 from core.conditioning.routing import Routing, route_characters, tag_weights, token_grid
 from core.models.encoders import CharacterEncoder, CharacterFeatures
 from core.limits import MAX_GUIDANCE, MAX_PROMPT_CHARS, MAX_SIDE, MAX_STEPS, MAX_TRUE_CFG, MIN_SIDE
@@ -283,8 +285,8 @@ class InstantCharacterPipeline(FluxPipeline):
             for t in timesteps:
                 # the released code conditions the resampler on the timestep in the latents' dtype
                 step_t = t.expand(1).to(dtype)
-                image = [self.image_proj(context=ctx, timestep=step_t).to(device).expand(batch, -1, -1)
-                         for ctx in contexts]
+                # batch 1: the attention broadcasts each character's K/V to every image of the batch
+                image = [self.image_proj(context=ctx, timestep=step_t).to(device) for ctx in contexts]
                 text = [self.text_adapter(f, step_t).expand(batch, -1, -1) if f is not None else None
                         for f in siglip_feats]
                 per_step.append(list(zip(image, text)))
@@ -299,6 +301,21 @@ class InstantCharacterPipeline(FluxPipeline):
                 continue
             masks.append(tag_weights(self.tokenizer_2, resolved.text, resolved.spans[i], length)[None].to(device))
         return masks
+
+    def _regional_text(self, settings: RegionalText, resolved: ResolvedPrompt, order: list[int], routing: list,
+                       length: int, device) -> RegionalTextMask | None:
+        """The joint attention mask binding each character's words to its region, or ``None`` when ``settings``
+        leave it off for these characters (:mod:`core.conditioning.regional_text`); ``order`` and ``routing`` as the
+        conditions are applied."""
+        if settings.mode == "off":
+            return None
+        words = [tag_weights(self.tokenizer_2, resolved.text, resolved.spans[i], length) > 0
+                 if i in resolved.spans else None for i in order]
+        bound = bound_characters(words, routing)
+        if not settings.active_for(len(bound)):
+            return None
+        mask = joint_attention_mask([words[i] for i in bound], [routing[i].reshape(-1) > 0 for i in bound])
+        return RegionalTextMask(mask[None, None].to(device), length, settings)
 
     def _routing(self, characters, resolved: ResolvedPrompt, height: int, width: int) -> Routing:
         """Where each character acts (:func:`core.conditioning.routing.route_characters`, the trainer's rules too)."""
@@ -355,6 +372,7 @@ class InstantCharacterPipeline(FluxPipeline):
         strength: float = 0.6,
         mask_image=None,
         control: list[ControlImage] | None = None,
+        regional_text: RegionalText | str | bool | None = None,
     ):
         r"""Generates images with the given characters.
 
@@ -387,8 +405,13 @@ class InstantCharacterPipeline(FluxPipeline):
                 read by ``self.controlnet`` (:mod:`core.models.controlnet`); ``None`` or empty: no ControlNet
                 runs. Each is resized to the output size when it differs (with a note). As in diffusers'
                 ``FluxControlNetPipeline``, their VAE latents are sampled with ``generator`` before the noise.
+            regional_text: bind each character's words to its region
+                (:class:`~core.conditioning.regional_text.RegionalText`, or ``"auto"``/``"on"``/``"off"``); ``None``:
+                ``auto``, on when two or more characters have both a region and words in the prompt. ``"off"`` is
+                the attention of before, bit for bit.
         """
         characters = list(characters or [])
+        regional_settings = RegionalText.parse(regional_text)
         self.check_generation_inputs(prompt, characters, height, width, num_inference_steps, guidance_scale,
                                      true_cfg_scale, num_images_per_prompt, max_sequence_length, output_type)
         edit = self._edit_inputs(image, strength, mask_image, width, height) if image is not None else None
@@ -439,7 +462,8 @@ class InstantCharacterPipeline(FluxPipeline):
         if self.transformer.config.guidance_embeds:
             guidance = torch.full([1], guidance_scale, device=device, dtype=torch.float32).expand(batch)
 
-        step_tokens = None
+        step_tokens = regional = None
+        masked_steps = 0
         if characters:
             text_masks = self._text_masks(resolved, len(characters), prompt_embeds.shape[1], device)
             placed = self._routing(characters, resolved, height, width)
@@ -447,8 +471,15 @@ class InstantCharacterPipeline(FluxPipeline):
             characters = [characters[i] for i in placed.order]
             text_masks = [text_masks[i] for i in placed.order]
             routing = [None if w is None else w.to(device)[None] for w in placed.weights]
+            reaches = [mask_reach(w) for w in routing]
             step_tokens = self._character_tokens(characters, timesteps, latents.dtype, device, batch,
                                                  [m is not None for m in text_masks])
+            regional = self._regional_text(regional_settings, resolved, placed.order, placed.weights,
+                                           prompt_embeds.shape[1], device)
+            if regional is not None:
+                masked_steps = regional_settings.masked_steps(len(timesteps))
+                notes.append(f"regional text: each character's words act in its region only, for the first "
+                             f"{masked_steps} of {len(timesteps)} steps")
 
         self.scheduler.set_begin_index(begin)
         with self.progress_bar(total=num_inference_steps) as progress_bar:
@@ -459,11 +490,14 @@ class InstantCharacterPipeline(FluxPipeline):
                 timestep = t.expand(batch).to(latents.dtype)
                 conditions = negative_conditions = None
                 if step_tokens is not None:
-                    conditions = [CharacterCondition(tok, c.scale, w, text_tok, text_mask)
-                                  for (tok, text_tok), c, w, text_mask
-                                  in zip(step_tokens[i], characters, routing, text_masks)]
+                    # with true CFG, each character's K/V go from the first pass to the second (one dict each)
+                    conditions = [CharacterCondition(tok, c.scale, w, text_tok, text_mask, reach,
+                                                     {} if do_true_cfg else None)
+                                  for (tok, text_tok), c, w, text_mask, reach
+                                  in zip(step_tokens[i], characters, routing, text_masks, reaches)]
                     # the negative prompt has no tags: it gets the image tokens only, as in the released code
-                    negative_conditions = [CharacterCondition(c.tokens, c.scale, c.mask) for c in conditions]
+                    negative_conditions = [CharacterCondition(c.tokens, c.scale, c.mask, reach=c.reach,
+                                                              kv_cache=c.kv_cache) for c in conditions]
                 residuals = None
                 if guide is not None:
                     # read with the prompt; the negative prompt's pass adds the same residuals, as in diffusers
@@ -471,8 +505,10 @@ class InstantCharacterPipeline(FluxPipeline):
                                                 prompt_embeds, text_ids, latent_image_ids)
                     residuals = residuals + (guide.repeats_blocks,)
                 control = {} if residuals is None else {"residuals": residuals}  # none: the call of before
+                # the prompt's pass only: the negative prompt has no character words to bind
+                bound = {"regional": regional} if regional is not None and i < masked_steps else {}
                 noise_pred = self._predict(latents, timestep, guidance, pooled_prompt_embeds, prompt_embeds,
-                                           text_ids, latent_image_ids, conditions, **control)
+                                           text_ids, latent_image_ids, conditions, **control, **bound)
                 if do_true_cfg:
                     neg_noise_pred = self._predict(latents, timestep, guidance, negative_pooled,
                                                    negative_prompt_embeds, negative_text_ids, latent_image_ids,
@@ -553,13 +589,16 @@ class InstantCharacterPipeline(FluxPipeline):
         return fitted, notes
 
     def _predict(self, latents, timestep, guidance, pooled, embeds, text_ids, image_ids, conditions=None,
-                 context: str = "cond", residuals=None):
+                 context: str = "cond", residuals=None, regional: RegionalTextMask | None = None):
         """One transformer call; ``context`` (``cond`` or ``uncond``, the negative prompt's) names the state a step
         cache keeps for it (:func:`core.loading.speed.set_step_cache`); ``residuals`` are a ControlNet's
-        ``(block_samples, single_block_samples, repeat)`` (:class:`core.models.controlnet.ControlGuide`)."""
+        ``(block_samples, single_block_samples, repeat)`` (:class:`core.models.controlnet.ControlGuide`);
+        ``regional``: the regional-text mask of this step, if any."""
         kwargs = None
         if conditions:
             kwargs = {"character_conditions": conditions, "text_seq_len": embeds.shape[1]}
+            if regional is not None:
+                kwargs["regional_text"] = regional
         control = {}
         if residuals is not None:
             control = dict(controlnet_block_samples=residuals[0], controlnet_single_block_samples=residuals[1],
