@@ -88,7 +88,7 @@ _TENSOR_ARGS = ("hidden_states", "timestep", "guidance", "pooled_projections", "
 def _flatten(kwargs: dict):
     """``(signature, flat kwargs)`` of one transformer call from ``InstantCharacterPipeline._predict``, or
     ``(None, None)`` when the call has something the compiled program cannot take (text-adapter tokens, a
-    ControlNet's residuals)."""
+    ControlNet's residuals, a regional-text mask, a per-region character)."""
     import torch
 
     joint = kwargs.get("joint_attention_kwargs") or {}
@@ -96,6 +96,8 @@ def _flatten(kwargs: dict):
     if any(c.text_tokens is not None for c in conditions) or any(k not in kwargs for k in _TENSOR_ARGS):
         return None, None
     if kwargs.get("controlnet_block_samples") is not None or kwargs.get("controlnet_single_block_samples") is not None:
+        return None, None
+    if joint.get("regional_text") is not None or any(c.reach is not None for c in conditions):
         return None, None
     masked = tuple(c.mask is not None for c in conditions)
     flat = {name: kwargs[name] for name in _TENSOR_ARGS}

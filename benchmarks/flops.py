@@ -217,5 +217,165 @@ def count_adapter_flops(width: int = 1024, height: int = 1024, text_tokens: int 
     return AdapterFlops(width, height, with_attention.base, with_attention.adapter, resampler, whole)
 
 
+# ------------------------------------------------------------------------------------------- several characters
+@dataclass(frozen=True)
+class CharactersFlops:
+    """FLOPs of one step (batch 1, no true CFG) with ``characters`` characters whose regions partition the image.
+
+    Attributes:
+        base: the plain FLUX transformer call.
+        attention: the characters' attention in all layers, each from the image tokens of its own region only.
+        attention_everywhere: the same attending from every image token (before per-region attention).
+        resampler: the time resampler, once per character.
+        regional_text: what the regional-text mask adds in a masked step (0 unless ``base_ratio`` > 0: a masked
+            attention costs the counter what an unmasked one does).
+    """
+
+    width: int
+    height: int
+    characters: int
+    layout: str
+    base_ratio: float
+    base: int
+    attention: int
+    attention_everywhere: int
+    resampler: int
+    regional_text: int
+
+    @property
+    def adapter(self) -> int:
+        return self.attention + self.resampler
+
+    def to_json(self) -> dict:
+        def tflop(flops: int) -> float:
+            return round(flops / 1e12, 3)
+
+        return {"width": self.width, "height": self.height, "characters": self.characters, "layout": self.layout,
+                "base_tflop": tflop(self.base), "adapter_tflop": tflop(self.adapter),
+                "adapter_share": round(self.adapter / self.base, 4),
+                "attention_tflop": tflop(self.attention), "resampler_tflop": tflop(self.resampler),
+                "adapter_tflop_attending_everywhere": tflop(self.attention_everywhere + self.resampler),
+                "adapter_share_attending_everywhere": round((self.attention_everywhere + self.resampler) / self.base,
+                                                            4),
+                "regional_text_base_ratio": self.base_ratio,
+                "regional_text_tflop_per_masked_step": tflop(self.regional_text)}
+
+
+def partition_masks(count: int, rows: int, cols: int, layout: str = "strips") -> list[torch.Tensor]:
+    """(rows*cols,) routing weights of ``count`` regions partitioning the token grid: vertical ``strips`` or a
+    ``grid`` (as square as the count allows), through the engine's own routing."""
+    from core.conditioning.masks import RoutingMask, auto_layout
+    from core.conditioning.routing import route_characters
+
+    if layout == "strips":
+        masks = auto_layout(count)
+    elif layout == "grid":
+        grid_rows = max(r for r in range(1, int(count ** 0.5) + 1) if count % r == 0)
+        grid_cols = count // grid_rows
+        masks = [RoutingMask.from_spec(f"grid:{grid_rows}x{grid_cols}:{i + 1}") for i in range(count)]
+    else:
+        raise ValueError(f"layout {layout!r}: use strips or grid")
+    weights = route_characters(masks, rows, cols).weights
+    return [torch.ones(rows * cols) if w is None else w for w in weights]
+
+
+def count_characters_flops(width: int = 1024, height: int = 1024, characters: int = 1, layout: str = "strips",
+                           base_ratio: float = 0.0, text_tokens: int = TEXT_TOKENS, config: dict | None = None,
+                           projector_config=None) -> CharactersFlops:
+    """Count one step with ``characters`` characters (released adapter shapes, FLUX.1-dev by default), each
+    routed to its part of a partition of the image, through the real modules on meta tensors (as the pipeline
+    passes them: batch-1 tokens, each condition's ``reach``; one character covers the whole image)."""
+    from core.conditioning.regional_text import RegionalText, RegionalTextMask
+    from core.models.attention import CharacterAttentionLayers, CharacterCondition, mask_reach
+    from core.models.projector import CharacterProjector, ProjectorConfig
+
+    if config is None:
+        config = json.loads((CONFIG_DIR / "flux1-dev-transformer.json").read_text())
+    projector_config = projector_config or ProjectorConfig()
+    heads, head_dim = config["num_attention_heads"], config["attention_head_dim"]
+    layers = config["num_layers"] + config["num_single_layers"]
+    rows, cols = height // 16, width // 16
+    masks = [None] if characters == 1 else partition_masks(characters, rows, cols, layout)
+    with torch.device("meta"):
+        projector = CharacterProjector(projector_config).eval().requires_grad_(False)
+        processors = CharacterAttentionLayers(layers, heads * head_dim, projector_config.output_dim, head_dim)
+        context = torch.empty(1, 2 * 729, projector_config.inner_dim)
+        timestep = torch.empty(1)
+        tokens = torch.empty(1, projector_config.num_queries, projector_config.output_dim)
+
+    def conditions(per_region: bool, regional: bool = False) -> dict:
+        reaches = [mask_reach(m) if per_region else None for m in masks]
+        conds = [CharacterCondition(tokens, 0.9, None if m is None else m.to("meta")[None],
+                                    reach=None if r is None else r.to("meta")) for m, r in zip(masks, reaches)]
+        kwargs = {"character_conditions": conds, "text_seq_len": text_tokens}
+        if regional:
+            size = text_tokens + rows * cols
+            kwargs["regional_text"] = RegionalTextMask(torch.empty(1, 1, size, size, dtype=torch.bool, device="meta"),
+                                                       text_tokens, RegionalText("on", base_ratio=base_ratio))
+        return kwargs
+
+    from diffusers import FluxTransformer2DModel
+
+    config = {k: v for k, v in config.items() if not k.startswith("_")}
+    with torch.device("meta"):
+        transformer = FluxTransformer2DModel.from_config(config).eval()
+    inputs = _flux_inputs(config, width, height, text_tokens)
+    base, _ = _count(lambda: transformer(**inputs))
+    processors.install(transformer)
+
+    def attention(per_region: bool, regional: bool = False) -> int:
+        kwargs = conditions(per_region, regional)
+        return _count(lambda: transformer(**inputs, joint_attention_kwargs=kwargs))[0] - base
+
+    ours, everywhere = attention(True), attention(False)
+    masked = attention(True, regional=True) if characters > 1 else ours
+    resampler, _ = _count(lambda: projector(context=context, timestep=timestep))
+    return CharactersFlops(width, height, characters, layout, base_ratio, base, ours, everywhere,
+                           characters * resampler, masked - ours)
+
+
+def _size(text: str) -> tuple[int, int]:
+    """``1024`` or ``1024x768`` (width x height) -> (width, height)."""
+    import argparse
+
+    try:
+        parts = [int(p) for p in text.lower().split("x")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"size {text!r}: use N or WxH in pixels") from None
+    if len(parts) == 1:
+        parts *= 2
+    if len(parts) != 2 or any(p < 16 or p % 16 for p in parts):
+        raise argparse.ArgumentTypeError(f"size {text!r}: use N or WxH, multiples of 16")
+    return parts[0], parts[1]
+
+
+def main(argv=None) -> None:
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.flops",
+                                     description="FLOPs of one FLUX.1-dev + InstantCharacter step (meta tensors)")
+    parser.add_argument("--size", type=_size, default=(1024, 1024), help="N or WxH pixels (default 1024)")
+    parser.add_argument("--characters", type=int, default=None,
+                        help="count this many characters, regions partitioning the image (1 to 8)")
+    parser.add_argument("--layout", choices=("strips", "grid"), default="strips")
+    parser.add_argument("--base-ratio", type=float, default=0.0, help="regional text's base ratio (0 to 1)")
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
+    args = parser.parse_args(argv)
+    width, height = args.size
+    if args.characters is None:
+        result = count_adapter_flops(width, height)
+        print(json.dumps({"base_tflop": round(result.base / 1e12, 3), "adapter_tflop": round(result.ours / 1e12, 3),
+                          "adapter_share": round(result.share(result.ours), 4)}) if args.json else result.table())
+        return
+    if not 1 <= args.characters <= 8:
+        parser.error(f"--characters {args.characters}: must be 1 to 8")
+    result = count_characters_flops(width, height, args.characters, args.layout, args.base_ratio)
+    if args.json:
+        print(json.dumps(result.to_json()))
+    else:
+        for key, value in result.to_json().items():
+            print(f"{key:<40} {value}")
+
+
 if __name__ == "__main__":
-    print(count_adapter_flops().table())
+    main()

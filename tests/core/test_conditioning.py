@@ -97,10 +97,10 @@ def _engine_conditions(pipe, caption, characters, monkeypatch):
     seen = {}
     predict = pipe._predict
 
-    def spy(latents, timestep, *args):
+    def spy(latents, timestep, *args, **kwargs):
         seen.setdefault("conditions", args[-1])
         seen.setdefault("timestep", timestep)
-        return predict(latents, timestep, *args)
+        return predict(latents, timestep, *args, **kwargs)
 
     monkeypatch.setattr(pipe, "_predict", spy)
     pipe(caption, characters=characters, num_inference_steps=1, height=SIZE, width=SIZE, max_sequence_length=LENGTH,
