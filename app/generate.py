@@ -32,6 +32,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--mask", action="append", default=[], metavar="NAME=SPEC",
                         help="where a character goes: an image file, left/right/top/bottom, left-third, "
                              "center-third, right-third, grid:RxC:N or box:x0,y0,x1,y1")
+    parser.add_argument("--description", action="append", default=[], metavar="NAME=TEXT",
+                        help="the words that replace [NAME] in the prompt (what that character is, in words)")
+    regional = parser.add_argument_group("regional text (each character's words act in its region only)")
+    regional.add_argument("--regional-text", choices=("auto", "on", "off"), default=None,
+                          help="auto (default): on for two or more characters with masks and words of their own")
+    regional.add_argument("--regional-steps", type=float, default=None, metavar="FRACTION",
+                          help="fraction of the steps that use it, from the first (default 0.4)")
+    regional.add_argument("--regional-blocks", choices=("all", "double", "single", "alternate"), default=None,
+                          help="attention layers that use it (default all)")
+    regional.add_argument("--regional-base-ratio", type=float, default=None, metavar="RATIO",
+                          help="blend of an unmasked pass into the image tokens, 0 to 1 (default 0; costs a pass)")
     parser.add_argument("--negative-prompt", default=None)
     parser.add_argument("--true-cfg", type=float, default=None, help="true CFG scale (1 = off; default 1)")
     parser.add_argument("--steps", type=int, default=None, help="denoising steps (default 28)")
@@ -149,6 +160,38 @@ def check_output(path: str) -> Path:
     return target
 
 
+def apply_descriptions(characters: list, specs: list[str]) -> list:
+    """The characters with ``--description NAME=TEXT`` values as their words (checked as a Character checks them)."""
+    from dataclasses import replace
+
+    from core.conditioning.character import CharacterError
+
+    by_name = {c.name.lower(): i for i, c in enumerate(characters) if c.name}
+    characters = list(characters)
+    for spec in specs:
+        name, sep, text = spec.partition("=")
+        if not sep or not name.strip() or not text.strip():
+            raise CharacterError(f"--description {spec[:40]!r}: use NAME=TEXT")
+        if name.strip().lower() not in by_name:
+            raise CharacterError(f"--description {spec[:40]!r}: no character is named {name.strip()!r}")
+        i = by_name[name.strip().lower()]
+        characters[i] = replace(characters[i], description=" ".join(text.split()))
+    return characters
+
+
+def regional_settings(args: argparse.Namespace, current):
+    """The request's :class:`~core.conditioning.regional_text.RegionalText` with the ``--regional-*`` flags given
+    on top of ``current`` (a recalled PNG's, or the default)."""
+    from dataclasses import replace
+
+    from core.conditioning.regional_text import RegionalText
+
+    given = {"mode": getattr(args, "regional_text", None), "steps": getattr(args, "regional_steps", None),
+             "blocks": getattr(args, "regional_blocks", None), "base_ratio": getattr(args, "regional_base_ratio", None)}
+    given = {k: v for k, v in given.items() if v is not None}
+    return RegionalText.parse({**RegionalText.parse(current).to_json(), **given}) if given else current
+
+
 def parse_loras(specs: list[str]) -> list:
     """``--lora SOURCE[:WEIGHT]`` values as style LoRAs (checked: files exist, weights in range)."""
     from core.loading.loras import parse_rows
@@ -184,6 +227,9 @@ def build_request(args: argparse.Namespace):
         base.characters = parse_characters(args.character, args.mask, args.scale)
     elif args.mask:
         base.characters = parse_characters([], args.mask, args.scale, characters=base.characters)
+    if getattr(args, "description", None):
+        base.characters = apply_descriptions(base.characters, args.description)
+    base.regional_text = regional_settings(args, base.regional_text)
     if args.lora:
         base.loras = parse_loras(args.lora)
     if getattr(args, "draft", False):

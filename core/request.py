@@ -14,6 +14,11 @@ summary.
 
 Control: ``controls`` (none by default) are :class:`~core.conditioning.control.ControlImage` inputs (a pose, depth
 or edge image with its scale and step range) a ControlNet reads; a request without them is the request of before.
+
+Regional text (:mod:`core.conditioning.regional_text`): ``regional_text`` binds each character's words to its
+region; ``auto`` (the default) turns it on for two or more characters with regions and words of their own. A record
+keeps the setting whenever the request has characters; a record of characters without it predates regional text
+and is recalled with it ``off``, so Recall makes the same image as before.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ import random
 from dataclasses import dataclass, field, replace
 
 from core.conditioning.character import Character, check_characters
+from core.conditioning.regional_text import RegionalText
 from core.limits import (MAX_IMAGES_PER_RUN, MAX_LORAS, MAX_PROMPT_CHARS, MAX_SEED, LimitError, check_int, check_seed,
                      check_text)
 from core.loading.loras import StyleLora, with_triggers
@@ -54,8 +60,10 @@ class GenerationRequest:
     strength: float = 0.6  # only with a source: 0 keeps it, 1 ignores it
     inpaint_region: object = None  # only with a source: a RoutingMask (or mask image / spec) of the region to redo
     controls: list = field(default_factory=list)  # ControlImage inputs (core.conditioning.control); []: none
+    regional_text: RegionalText = field(default_factory=RegionalText)  # or "auto"/"on"/"off", True/False, a dict
 
     def __post_init__(self):
+        self.regional_text = RegionalText.parse(self.regional_text)
         if self.source_image is None and self.inpaint_region is None:
             return
         from core.conditioning.edit import load_region, load_source
@@ -155,7 +163,18 @@ class GenerationRequest:
                     true_cfg_scale=float(self.true_cfg_scale), num_inference_steps=int(self.steps),
                     guidance_scale=float(self.guidance), height=int(self.height), width=int(self.width),
                     max_sequence_length=int(self.max_sequence_length), **self._edit_kwargs(),
-                    **({"control": list(self.controls)} if self.controls else {}))
+                    **({"control": list(self.controls)} if self.controls else {}), **self._regional_kwargs())
+
+    def _regional_kwargs(self) -> dict:
+        # the default is the pipeline's own: left out, the call is the one of before regional text
+        return {} if self.regional_text == RegionalText() else {"regional_text": self.regional_text}
+
+    def regional_record(self) -> dict | None:
+        """The regional-text setting as a record stores it: always with characters, else only when not the
+        default."""
+        if self.characters or self.regional_text != RegionalText():
+            return self.regional_text.to_json()
+        return None
 
     def _edit_kwargs(self) -> dict:
         if self.source_image is None:
@@ -180,7 +199,8 @@ class GenerationRequest:
             true_cfg_scale=float(self.true_cfg_scale), max_sequence_length=int(self.max_sequence_length),
             characters=[CharacterRecord.from_character(c) for c in self.characters],
             loras=[lora.record() for lora in self.loras], models=models, edit=self.edit_record(),
-            control=[c.record() for c in self.controls] or None, **provenance)
+            control=[c.record() for c in self.controls] or None, regional_text=self.regional_record(),
+            **provenance)
 
     @classmethod
     def from_record(cls, record, images: int = 1, folder: str | os.PathLike | None = None) -> "GenerationRequest":
@@ -201,12 +221,15 @@ class GenerationRequest:
         if record.control:
             edit["controls"] = [read_control_image(c, folder) for c in record.control]
         text_adapter = (record.models or {}).get("text_adapter") or None
+        regional = record.regional_text
+        if regional is None and record.characters:
+            regional = "off"  # recorded before regional text existed: made without it
         return cls(prompt=record.prompt, characters=characters, negative_prompt=record.negative_prompt,
                    true_cfg_scale=record.true_cfg_scale, steps=record.num_inference_steps,
                    guidance=record.guidance_scale, width=record.width, height=record.height, seed=record.seed,
                    images=images, loras=[StyleLora.from_record(d) for d in record.loras],
                    text_adapter=text_adapter, max_sequence_length=record.max_sequence_length,
-                   draft=bool((record.models or {}).get("draft", False)), **edit)
+                   draft=bool((record.models or {}).get("draft", False)), regional_text=regional, **edit)
 
     def summary(self) -> dict:
         """A comparable description (images as their content keys, masks as their JSON): two requests with equal
@@ -218,7 +241,8 @@ class GenerationRequest:
                     draft=bool(self.draft),
                     characters=[dict(key=c.key, name=c.name, scale=c.scale, description=c.description,
                                      mask=c.mask.to_json() if c.mask is not None else None)
-                                for c in self.characters], **self._edit_summary(),
+                                for c in self.characters], regional_text=self.regional_text.to_json(),
+                    **self._edit_summary(),
                     **({"control": [c.record() for c in self.controls]} if self.controls else {}))
 
     def _edit_summary(self) -> dict:

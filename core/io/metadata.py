@@ -144,6 +144,7 @@ class GenerationRecord:
     version: int = FORMAT_VERSION
     edit: dict | None = None  # {"source_sha256", "source_file", "strength", "region"} for an edit, else None
     control: list[dict] | None = None  # [{"kind", "scale", "start", "end", "sha256", "file"}], else None
+    regional_text: dict | None = None  # core.conditioning.regional_text.RegionalText's fields; None: not recorded
 
     def parameters_text(self) -> str:
         """The A1111-style ``parameters`` text."""
@@ -159,6 +160,8 @@ class GenerationRecord:
             fields.append(f"Character {c.name or ''}: scale {c.scale:g}, mask {(c.mask or 'whole')[:40]}".replace("  ", " "))
         for lora in self.loras:
             fields.append(f"LoRA: {lora.get('source')}:{lora.get('weight', 1.0):g}")
+        if self.regional_text and len(self.characters) > 1:
+            fields.append(f"Regional text: {self.regional_text.get('mode', 'auto')}")
         if self.edit:
             region = "inpaint " + str(self.edit.get("region"))[:40] if self.edit.get("region") else "whole image"
             fields.append(f"Edit: {self.edit['source_file']} at strength {self.edit['strength']:g}, {region}")
@@ -173,6 +176,8 @@ class GenerationRecord:
             del data["edit"]
         if data["control"] is None:  # no control image: the same JSON as before control existed
             del data["control"]
+        if data["regional_text"] is None:
+            del data["regional_text"]
         return json.dumps(data)
 
     @classmethod
@@ -215,6 +220,7 @@ class GenerationRecord:
             version=version,
             edit=_check_edit(data.get("edit")),
             control=_check_controls(data.get("control")),
+            regional_text=_check_regional_text(data.get("regional_text")),
         )
 
     def pnginfo(self) -> PngImagePlugin.PngInfo:
@@ -229,7 +235,22 @@ class GenerationRecord:
         return dict(prompt=self.prompt, characters=characters,
                     negative_prompt=self.negative_prompt, true_cfg_scale=self.true_cfg_scale,
                     num_inference_steps=self.num_inference_steps, guidance_scale=self.guidance_scale,
-                    height=self.height, width=self.width, max_sequence_length=self.max_sequence_length)
+                    height=self.height, width=self.width, max_sequence_length=self.max_sequence_length,
+                    **({"regional_text": self.regional_text} if self.regional_text is not None else {}))
+
+
+def _check_regional_text(value) -> dict | None:
+    """A recorded regional-text setting as its fields, checked; ``None`` stays ``None``."""
+    from core.conditioning.regional_text import RegionalText, RegionalTextError
+
+    if value is None:
+        return None
+    if not isinstance(value, dict):
+        raise LimitError(f"regional_text must be an object, got {type(value).__name__}")
+    try:
+        return RegionalText.parse(value).to_json()
+    except (RegionalTextError, TypeError) as exc:
+        raise LimitError(str(exc)) from None
 
 
 def save_png(image: Image.Image, path: str | os.PathLike, record: GenerationRecord,
