@@ -40,6 +40,7 @@ class CharacterSlot:
     name: str | None = None
     scale: float = 0.9
     remove_background: bool = False
+    description: str | None = None  # the words that replace [name] in the prompt; empty: the name
 
 
 @dataclass
@@ -58,6 +59,7 @@ class GenerationSettings:
     images: int = 1
     loras: list[StyleLora] = field(default_factory=list)
     controls: list = field(default_factory=list)  # ControlImage inputs (app.tabs.control_events.parse_controls)
+    regional_text: str = "auto"  # auto, on or off (core.conditioning.regional_text)
 
 
 @dataclass
@@ -188,9 +190,11 @@ def _character(slot: CharacterSlot, label: str, scale: float, mask) -> Character
     image = load_image(source, name=label)
     if slot.remove_background:
         image = remove_background(image)
-    if slot.name is not None and not isinstance(slot.name, str):
-        raise StudioInputError(f"{label}: the name must be text, got {type(slot.name).__name__}")
-    return Character(image, name=(slot.name or "").strip() or None, scale=scale, mask=mask)
+    for what, value in (("name", slot.name), ("description", slot.description)):
+        if value is not None and not isinstance(value, str):
+            raise StudioInputError(f"{label}: the {what} must be text, got {type(value).__name__}")
+    description = " ".join((slot.description or "").split()) or None  # one line, as the prompt has it
+    return Character(image, name=(slot.name or "").strip() or None, scale=scale, mask=mask, description=description)
 
 
 def check_settings(settings: GenerationSettings) -> tuple[int, int]:
@@ -220,8 +224,18 @@ def build_request(slots: list[CharacterSlot], canvas, settings: GenerationSettin
         prompt=settings.prompt, characters=characters, negative_prompt=settings.negative_prompt,
         true_cfg_scale=float(settings.true_cfg_scale), steps=int(settings.steps), guidance=float(settings.guidance),
         width=width, height=height, seed=choose_seed(settings.seed, settings.randomize_seed),
-        images=int(settings.images), loras=list(settings.loras), controls=list(settings.controls))
+        images=int(settings.images), loras=list(settings.loras), controls=list(settings.controls),
+        regional_text=_regional_mode(settings.regional_text))
     return request.check(), notes  # unknown [tags]: fail before loading anything
+
+
+def _regional_mode(value):
+    """The page's Regional text choice (auto, on or off) as the request's setting; one-line errors otherwise."""
+    from core.conditioning.regional_text import RegionalText
+
+    if not isinstance(value, str):
+        raise StudioInputError(f"regional text must be auto, on or off, got {_brief(value)}")
+    return RegionalText.parse(value)
 
 
 def build_edit(request, edit: EditSettings) -> tuple[object, list[str]]:

@@ -4,12 +4,12 @@ from types import SimpleNamespace
 
 import gradio as gr
 
-from core.limits import (MAX_GUIDANCE, MAX_IMAGES_PER_RUN, MAX_NAME_CHARS, MAX_PROMPT_CHARS, MAX_SCALE, MAX_SEED,
-                         MAX_SIDE, MAX_STEPS, MAX_TRUE_CFG, MIN_SIDE)
+from core.limits import (MAX_DESCRIPTION_CHARS, MAX_GUIDANCE, MAX_IMAGES_PER_RUN, MAX_NAME_CHARS, MAX_PROMPT_CHARS,
+                         MAX_SCALE, MAX_SEED, MAX_SIDE, MAX_STEPS, MAX_TRUE_CFG, MIN_SIDE)
 
 from ..components import CharacterImage
 from ..context import MAX_STUDIO_CHARACTERS, StudioContext
-from ..errors import shown_to_user
+from ..errors import StudioInputError, shown_to_user
 from ..running import cancel_button
 from core.loading.loras import MAX_LORAS, MAX_WEIGHT
 from ..mask_canvas import COLOURS, LAYER_NAMES, LAYOUTS, blank_canvas, preview_size
@@ -21,8 +21,8 @@ THUMBNAIL_HEIGHT = 396  # with its toolbar as tall as the name, scale and librar
 
 
 def _character_rows(ctx: StudioContext, defaults: dict) -> SimpleNamespace:
-    rows = SimpleNamespace(groups=[], images=[], names=[], scales=[], backgrounds=[], library=[], save=[], remove=[],
-                           up=[])
+    rows = SimpleNamespace(groups=[], images=[], names=[], scales=[], backgrounds=[], descriptions=[], library=[],
+                           save=[], remove=[], up=[])
     for i in range(MAX_STUDIO_CHARACTERS):
         with gr.Group(visible=i == 0) as group:
             # the label above the picture, not over it (a floating label hides the top of a small thumbnail)
@@ -34,6 +34,9 @@ def _character_rows(ctx: StudioContext, defaults: dict) -> SimpleNamespace:
                 with gr.Column(min_width=220):
                     name = gr.Textbox(label="Name (prompt tag)", placeholder="e.g. Mia", max_lines=1,
                                       max_length=MAX_NAME_CHARS, elem_id=f"character-name-{i + 1}")
+                    description = gr.Textbox(label="Description (replaces [Name] in the prompt)", max_lines=1,
+                                             max_length=MAX_DESCRIPTION_CHARS, placeholder="e.g. a girl in a red coat",
+                                             elem_id=f"character-description-{i + 1}")
                     scale = gr.Slider(0.0, MAX_SCALE, value=defaults["scale"], step=0.05, label="Scale")
                     background = gr.Checkbox(label="Remove plain background", value=False)
                     library = gr.Dropdown(choices=ctx.library.names(), value=None, label="From library",
@@ -42,8 +45,9 @@ def _character_rows(ctx: StudioContext, defaults: dict) -> SimpleNamespace:
                         save = gr.Button("Save to library", size="sm")
                         up = gr.Button("Move up", size="sm", visible=i > 0)
                         remove = gr.Button("Remove", size="sm")
-        for attr, value in zip(("groups", "images", "names", "scales", "backgrounds", "library", "save", "up", "remove"),
-                               (group, image, name, scale, background, library, save, up, remove)):
+        for attr, value in zip(("groups", "images", "names", "scales", "backgrounds", "descriptions", "library", "save",
+                                "up", "remove"),
+                               (group, image, name, scale, background, description, library, save, up, remove)):
             getattr(rows, attr).append(value)
     return rows
 
@@ -107,6 +111,10 @@ def build(ctx: StudioContext) -> SimpleNamespace:
                     ui.seed = gr.Number(value=defaults["seed"], label="Seed", precision=0, minimum=0, maximum=MAX_SEED)
                     ui.randomize_seed = gr.Checkbox(value=True, label="Randomize seed")
                     ui.images = gr.Slider(1, MAX_IMAGES_PER_RUN, value=1, step=1, label="Images per run")
+                ui.regional_text = gr.Radio(["auto", "on", "off"], value=defaults["regional_text"],
+                                            label="Regional text: each character's words act in its region only "
+                                                  "(auto: with two or more characters in regions)",
+                                            elem_id="regional-text")
             with gr.Accordion("Style LoRAs", open=False):
                 gr.Markdown("A `.safetensors` file, `owner/repo` or `owner/repo/file.safetensors`; trigger words "
                             "are added to the prompt.")
@@ -129,20 +137,22 @@ def build(ctx: StudioContext) -> SimpleNamespace:
 def _slot_components(ui) -> list:
     r = ui.rows
     return [c for i in range(MAX_STUDIO_CHARACTERS)
-            for c in (r.images[i], r.names[i], r.scales[i], r.backgrounds[i])]
+            for c in (r.images[i], r.names[i], r.scales[i], r.backgrounds[i], r.descriptions[i])]
 
 
 def generate_inputs(ui) -> list:
     """The Generate event's inputs, in :data:`generate_events.GENERATE_FIELDS` order."""
     return _slot_components(ui) + [ui.canvas, ui.prompt, ui.negative_prompt, ui.true_cfg_scale, ui.steps,
-                                   ui.guidance, ui.width, ui.height, ui.seed, ui.randomize_seed, ui.images] + ui.loras
+                                   ui.guidance, ui.width, ui.height, ui.seed, ui.randomize_seed, ui.images,
+                                   ui.regional_text] + ui.loras
 
 
 def recall_outputs(ui) -> list:
     """The Recall event's outputs, in :data:`generate_events.RECALL_FIELDS` order."""
     return (_slot_components(ui) + ui.rows.groups + [ui.count, ui.canvas, ui.prompt, ui.negative_prompt,
                                                      ui.true_cfg_scale, ui.steps, ui.guidance, ui.width, ui.height,
-                                                     ui.seed, ui.randomize_seed, ui.size_preset] + ui.loras)
+                                                     ui.seed, ui.randomize_seed, ui.regional_text,
+                                                     ui.size_preset] + ui.loras)
 
 
 def _wire(ctx: StudioContext, ui, events: ev.GenerateEvents) -> None:
@@ -162,12 +172,13 @@ def _wire(ctx: StudioContext, ui, events: ev.GenerateEvents) -> None:
         rows.names[i].change(ev.tag_label, [rows.names[i], gr.State(i + 1)], ui.tags[i], api_visibility="private")
         ui.tags[i].click(ev.insert_tag, [ui.prompt, rows.names[i], gr.State(i + 1)], ui.prompt,
                          api_visibility="private")
-        rows.save[i].click(_library_saver(ctx),
-                           [rows.images[i], rows.names[i], rows.scales[i]], rows.library[i], api_visibility="private")
+        rows.save[i].click(_library_saver(ctx), [rows.images[i], rows.names[i], rows.scales[i], rows.descriptions[i]],
+                           rows.library[i], api_visibility="private")
         rows.library[i].focus(lambda: gr.update(choices=ctx.library.names()), None, rows.library[i],
                               api_visibility="private")
         rows.library[i].input(shown_to_user(lambda name: _from_library(ctx, name)), rows.library[i],
-                              [rows.images[i], rows.names[i], rows.scales[i]], api_visibility="private")
+                              [rows.images[i], rows.names[i], rows.scales[i], rows.descriptions[i]],
+                              api_visibility="private")
     ui.apply_layout.click(ev.apply_layout_with_specs, [ui.layout, ui.count, ui.width, ui.height],
                           [ui.canvas, ui.mask_specs], api_visibility="private")
     ui.whole.click(ev.apply_layout_with_specs, [gr.State("Whole image"), ui.count, ui.width, ui.height],
@@ -207,22 +218,24 @@ def _selected_path(paths, evt: gr.SelectData):
 def _library_saver(ctx: StudioContext):
     """The "save to library" handler: anyone may add a character; replacing one is for the owner."""
 
-    def save(request: gr.Request, image, name, scale):
-        return _save_to_library(ctx, image, name, scale, request)
+    def save(request: gr.Request, image, name, scale, description=None):
+        return _save_to_library(ctx, image, name, scale, request, description)
 
     return shown_to_user(save)
 
 
-def _save_to_library(ctx: StudioContext, image, name, scale, request=None):
+def _save_to_library(ctx: StudioContext, image, name, scale, request=None, description=None):
     if name and str(name).strip().lower() in {n.lower() for n in ctx.library.names()}:
         ctx.access.check_owner(request, "Replacing a library character")
-    entry = ctx.library.save(image, name, scale)
+    if description is not None and not isinstance(description, str):
+        raise StudioInputError(f"the description must be text, got {type(description).__name__}")
+    entry = ctx.library.save(image, name, scale, " ".join((description or "").split()) or None)
     gr.Info(f"Saved [{entry.name}] to the library")
     return gr.update(choices=ctx.library.names(), value=None)
 
 
 def _from_library(ctx: StudioContext, name):
     if not name:
-        return gr.update(), gr.update(), gr.update()
+        return gr.update(), gr.update(), gr.update(), gr.update()
     entry = ctx.library.get(name)
-    return str(entry.image_path), entry.name, entry.scale
+    return str(entry.image_path), entry.name, entry.scale, entry.description or ""

@@ -25,10 +25,10 @@ from ..mask_canvas import (blank_canvas, canvas_from_masks, layout_canvas, layou
 from ..spaces import estimate_duration, gpu_function
 from .control_events import parse_controls, split_controls
 
-SLOT_FIELDS = ("image", "name", "scale", "remove_background")
+SLOT_FIELDS = ("image", "name", "scale", "remove_background", "description")
 LORA_FIELDS = ("source", "weight", "trigger")
 SETTING_FIELDS = ("prompt", "negative_prompt", "true_cfg_scale", "steps", "guidance", "width", "height", "seed",
-                  "randomize_seed", "images")
+                  "randomize_seed", "images", "regional_text")
 SLOT_KEYS = [f"{field}{i + 1}" for i in range(MAX_STUDIO_CHARACTERS) for field in SLOT_FIELDS]
 LORA_KEYS = [f"lora{j + 1}_{field}" for j in range(MAX_LORAS) for field in LORA_FIELDS]
 GENERATE_FIELDS = SLOT_KEYS + ["canvas", *SETTING_FIELDS] + LORA_KEYS
@@ -40,8 +40,9 @@ SIZE_PRESETS = {
     "Wide 16:9 1344x768": (1344, 768), "Tall 9:16 768x1344": (768, 1344), "Small 512x512": (512, 512),
     "Tiny test 128x128": (128, 128), "Custom": None,
 }
-DEFAULTS = {"scale": 0.9, "remove_background": False, "true_cfg_scale": 1.0, "steps": 28, "guidance": 3.5,
-            "width": 1024, "height": 1024, "seed": 0, "randomize_seed": True, "images": 1, "weight": 1.0}
+DEFAULTS = {"scale": 0.9, "remove_background": False, "description": "", "true_cfg_scale": 1.0, "steps": 28,
+            "guidance": 3.5, "width": 1024, "height": 1024, "seed": 0, "randomize_seed": True, "images": 1,
+            "weight": 1.0, "regional_text": "auto"}
 
 
 def defaults_for(ctx: StudioContext) -> dict:
@@ -181,6 +182,7 @@ class GenerateEvents:
             values[f"name{i + 1}"] = (c.name or "") if c else ""
             values[f"scale{i + 1}"] = c.scale if c else DEFAULTS["scale"]
             values[f"remove_background{i + 1}"] = False  # the recorded image is already the processed one
+            values[f"description{i + 1}"] = (c.description or "") if c else ""
             values[f"visible{i + 1}"] = gr.update(visible=i < max(1, len(record.characters)))
         values["count"] = max(1, len(record.characters))
         # one mask decoded at a time (each is bounded to MAX_SIDE x MAX_SIDE), each dropped once it is on the canvas
@@ -192,7 +194,8 @@ class GenerateEvents:
         values.update(prompt=record.prompt, negative_prompt=record.negative_prompt or "",
                       true_cfg_scale=record.true_cfg_scale, steps=record.num_inference_steps,
                       guidance=record.guidance_scale, width=record.width, height=record.height, seed=record.seed,
-                      randomize_seed=False, size_preset=size_preset_for(record.width, record.height))
+                      randomize_seed=False, size_preset=size_preset_for(record.width, record.height),
+                      regional_text=_recalled_regional_mode(record))
         loras = [StyleLora.from_record(d) for d in record.loras][:MAX_LORAS]
         for j in range(MAX_LORAS):
             lora = loras[j] if j < len(loras) else None
@@ -201,6 +204,13 @@ class GenerateEvents:
             values[f"lora{j + 1}_trigger"] = lora.trigger if lora else ""
         gr.Info(f"Recalled the settings of seed {record.seed}")
         return [values[key] for key in RECALL_FIELDS], specs
+
+
+def _recalled_regional_mode(record) -> str:
+    """The Regional text choice of a record: its mode; characters recorded before regional text: off."""
+    if record.regional_text is not None:
+        return record.regional_text["mode"]
+    return "off" if record.characters else DEFAULTS["regional_text"]
 
 
 def _recalled_image(data: str, index: int) -> str:
@@ -219,7 +229,7 @@ def _slot_rows(values) -> list[list]:
 
 
 def _empty_row() -> list:
-    return [None, "", DEFAULTS["scale"], False]
+    return [None, "", DEFAULTS["scale"], False, ""]
 
 
 def _slot_outputs(rows, count, canvas) -> list:

@@ -37,10 +37,12 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
-
-import torch
+from typing import TYPE_CHECKING
 
 from core.errors import UserError
+
+if TYPE_CHECKING:  # torch is imported where a mask is made: records and stories read the settings without it
+    import torch
 
 MODES = ("auto", "on", "off")
 BLOCKS = ("all", "double", "single", "alternate")
@@ -135,6 +137,8 @@ def joint_attention_mask(word_masks: list[torch.Tensor], region_masks: list[torc
         word_masks: per bound character, (T,) bool over the text tokens that are its words.
         region_masks: per bound character, (N,) bool over the packed image tokens of its region.
     """
+    import torch
+
     words = torch.stack([w.bool() for w in word_masks])  # (C, T)
     regions = torch.stack([r.bool() for r in region_masks])  # (C, N)
     text_len, image_len = words.shape[1], regions.shape[1]

@@ -25,6 +25,7 @@ from PIL import Image, PngImagePlugin
 
 from core.io.images import PNG_SIGNATURE, TEXT_CHUNKS, ImageInputError, decode, open_image, png_chunks, to_rgb
 from core.conditioning.layouts import MaskError, parse_box, parse_layout
+from core.conditioning.regional_text import RegionalText, RegionalTextError
 from core.limits import (MAX_LORA_WEIGHT, MAX_CHARACTERS, MAX_DESCRIPTION_CHARS, MAX_GUIDANCE, MAX_LORAS, MAX_METADATA_BYTES,
                      MAX_METADATA_DEPTH, MAX_NAME_CHARS, MAX_PROMPT_CHARS, MAX_SCALE, MAX_SIDE, MAX_STEPS,
                      MAX_TRUE_CFG, MIN_SIDE, LimitError, check_int, check_seed, check_text)
@@ -241,8 +242,6 @@ class GenerationRecord:
 
 def _check_regional_text(value) -> dict | None:
     """A recorded regional-text setting as its fields, checked; ``None`` stays ``None``."""
-    from core.conditioning.regional_text import RegionalText, RegionalTextError
-
     if value is None:
         return None
     if not isinstance(value, dict):

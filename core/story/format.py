@@ -36,6 +36,7 @@ from typing import Any
 from core.io.cache import FileTooLargeError, cached_sha256
 from core.conditioning.control import DEFAULT_SCALE, MAX_CONTROLS, ControlError, check_kind, check_scale
 from core.conditioning.layouts import GRID_PATTERN, NAMED_LAYOUTS, parse_layout
+from core.conditioning.regional_text import RegionalText
 from core.limits import (
     MAX_BUBBLES_PER_PANEL,
     MAX_CAPTION_CHARS,
@@ -347,6 +348,9 @@ def panel_settings(story: Story, panel: Panel, options: dict[str, Any] | None = 
                 "image_sha256": story.characters[name].image_sha256,
                 "scale": story.characters[name].scale,
                 "region": panel.regions.get(name),
+                # keys only when they reach the model, so panels made before they did keep their hashes
+                **({"description": story.characters[name].description}
+                   if story.characters[name].description else {}),
             }
             for name in panel.characters
         ],
@@ -354,6 +358,8 @@ def panel_settings(story: Story, panel: Panel, options: dict[str, Any] | None = 
         # only with control images: the hashes of the panels of before stay as they were
         **({"controls": [{"kind": c.kind, "image_sha256": c.image_sha256, "scale": c.scale} for c in panel.controls]}
            if panel.controls else {}),
+        # two or more characters are placed in regions (theirs or the automatic layout): regional text's default
+        **({"regional_text": RegionalText().to_json()} if len(panel.characters) >= 2 else {}),
     }
 
 

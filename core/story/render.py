@@ -127,10 +127,8 @@ class CharacterLibrary:
         return self.images[name]
 
     def for_panel(self, panel: Panel) -> list[Any]:
-        """The panel's characters, in prompt order, with its regions as masks.
-
-        The story's description of a character is a note for people, not words for the text encoders: the
-        characters carry none (so none is recorded either)."""
+        """The panel's characters, in prompt order, with its regions as masks and the story's ``description``
+        lines as their words (what replaces ``[Name]`` for the text encoders, recorded in the panel's PNG)."""
         from core.conditioning.character import Character
 
         characters = []
@@ -140,7 +138,7 @@ class CharacterLibrary:
             if key not in self._characters:
                 spec = self.story.characters[name]
                 self._characters[key] = Character(self.image(name), name=name, scale=spec.scale,
-                                                  mask=engine_mask(region))
+                                                  mask=engine_mask(region), description=spec.description or None)
             characters.append(self._characters[key])
         return characters
 

@@ -1,0 +1,97 @@
+"""CPU timings of several characters on the tiny random models, as ratios within one run.
+
+``python -m benchmarks.regional_timing`` times one generation per configuration (1, 2, 4, 8 characters in vertical
+strips, each named in the prompt with a description; regional text on and off; and, for comparison, every
+character attending from every image token as before per-region attention) and prints seconds per step divided
+by the same run's seconds per step without characters. Tiny models: the figures show how the costs scale with the
+number of characters here, not what a full-size model does on a GPU (see ``benchmarks.flops`` for that).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from contextlib import contextmanager
+
+import torch
+from PIL import Image
+
+COLOURS = [(200, 40, 40), (40, 40, 200), (40, 160, 40), (200, 160, 40), (160, 40, 160), (40, 160, 160),
+           (120, 120, 120), (240, 120, 60)]
+WORDS = ["a red fox", "a blue robot", "a green frog", "a yellow bird", "a purple cat", "a teal fish", "a grey owl",
+         "an orange bear"]
+
+
+def characters(count: int):
+    from core.conditioning.character import Character
+
+    return [Character(Image.new("RGB", (48, 48), COLOURS[i]), name=f"C{i + 1}", mask=f"grid:1x{count}:{i + 1}",
+                      description=WORDS[i]) for i in range(count)]
+
+
+@contextmanager
+def attending_everywhere():
+    """Every character attends from every image token (the computation before per-region attention)."""
+    import core.models.pipeline as pipeline
+
+    reach = pipeline.mask_reach
+    pipeline.mask_reach = lambda mask: None
+    try:
+        yield
+    finally:
+        pipeline.mask_reach = reach
+
+
+def seconds_per_step(pipe, count: int, regional: str, size: int, steps: int, repeats: int) -> float:
+    chars = characters(count) if count else []
+    prompt = " and ".join(f"[{c.name}]" for c in chars) + " walk down a pier" if chars else "a pier"
+    times = []
+    for r in range(repeats + 1):  # the first run warms the caches (encoder features, prompt embeddings)
+        start = time.perf_counter()
+        pipe(prompt, characters=chars, num_inference_steps=steps, height=size, width=size, max_sequence_length=64,
+             generator=torch.Generator().manual_seed(0), output_type="latent", regional_text=regional)
+        if r:
+            times.append((time.perf_counter() - start) / steps)
+    return statistics.median(times)
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.regional_timing", description=__doc__.split("\n")[0])
+    parser.add_argument("--size", type=int, default=256, help="image side in pixels (default 256)")
+    parser.add_argument("--steps", type=int, default=4)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--json", action="store_true", help="print one JSON object per row")
+    args = parser.parse_args(argv)
+
+    from core.loading.tiny import ensure_tiny_bundle
+    from core.models.pipeline import InstantCharacterPipeline
+
+    torch.manual_seed(0)
+    pipe = InstantCharacterPipeline.from_pretrained(str(ensure_tiny_bundle()), dtype=torch.float32)
+    pipe.set_progress_bar_config(disable=True)
+    base = seconds_per_step(pipe, 0, "off", args.size, args.steps, args.repeats)
+    rows = []
+    for count in (1, 2, 4, 8):
+        row = {"characters": count,
+               "regional_off": seconds_per_step(pipe, count, "off", args.size, args.steps, args.repeats) / base,
+               "regional_on": seconds_per_step(pipe, count, "on", args.size, args.steps, args.repeats) / base}
+        with attending_everywhere():
+            row["attending_everywhere_off"] = seconds_per_step(pipe, count, "off", args.size, args.steps,
+                                                               args.repeats) / base
+        rows.append(row)
+    if args.json:
+        for row in rows:
+            print(json.dumps({k: round(v, 3) if isinstance(v, float) else v for k, v in row.items()}))
+        return
+    print(f"Tiny models, {args.size}x{args.size}, {args.steps} steps, median of {args.repeats}; "
+          f"no characters: {1000 * base:.1f} ms/step = 1.00")
+    print(f"  {'characters':>10} {'regional off':>13} {'regional on':>12} {'off, attending everywhere':>26}")
+    for row in rows:
+        print(f"  {row['characters']:>10} {row['regional_off']:>13.2f} {row['regional_on']:>12.2f} "
+              f"{row['attending_everywhere_off']:>26.2f}")
+
+
+if __name__ == "__main__":
+    main()
