@@ -1,6 +1,6 @@
 """CPU timings of several characters on the tiny random models, as ratios within one run.
 
-``python -m benchmarks.regional_timing`` times one generation per configuration (1, 2, 4, 8 characters in vertical
+``python -m benchmarks.regional_timing`` times generations in each configuration (1, 2, 4, 8 characters in vertical
 strips, each named in the prompt with a description; regional text on and off; and, for comparison, every
 character attending from every image token as before per-region attention) and prints seconds per step divided
 by the same run's seconds per step without characters. Tiny models: the figures show how the costs scale with the
@@ -44,24 +44,41 @@ def attending_everywhere():
         pipeline.mask_reach = reach
 
 
-def seconds_per_step(pipe, count: int, regional: str, size: int, steps: int, repeats: int) -> float:
+def time_step(pipe, count: int, regional: str, size: int, steps: int) -> float:
+    """Seconds per step of one generation with ``count`` characters."""
     chars = characters(count) if count else []
     prompt = " and ".join(f"[{c.name}]" for c in chars) + " walk down a pier" if chars else "a pier"
-    times = []
-    for r in range(repeats + 1):  # the first run warms the caches (encoder features, prompt embeddings)
-        start = time.perf_counter()
-        pipe(prompt, characters=chars, num_inference_steps=steps, height=size, width=size, max_sequence_length=64,
-             generator=torch.Generator().manual_seed(0), output_type="latent", regional_text=regional)
-        if r:
-            times.append((time.perf_counter() - start) / steps)
-    return statistics.median(times)
+    start = time.perf_counter()
+    pipe(prompt, characters=chars, num_inference_steps=steps, height=size, width=size, max_sequence_length=256,
+         generator=torch.Generator().manual_seed(0), output_type="latent", regional_text=regional)
+    return (time.perf_counter() - start) / steps
+
+
+CONFIGS = [(0, "off", False)] + [(n, mode, everywhere) for n in (1, 2, 4, 8)
+                                 for mode, everywhere in (("off", False), ("on", False), ("off", True))]
+
+
+def measure(pipe, size: int, steps: int, repeats: int) -> dict:
+    """Median seconds per step of each configuration; the configurations take turns in every round, so a machine
+    that slows down mid-run slows them all alike. The first round warms the caches and is not counted."""
+    times = {config: [] for config in CONFIGS}
+    for round_ in range(repeats + 1):
+        for count, mode, everywhere in CONFIGS:
+            if everywhere:
+                with attending_everywhere():
+                    seconds = time_step(pipe, count, mode, size, steps)
+            else:
+                seconds = time_step(pipe, count, mode, size, steps)
+            if round_:
+                times[(count, mode, everywhere)].append(seconds)
+    return {config: statistics.median(values) for config, values in times.items()}
 
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.regional_timing", description=__doc__.split("\n")[0])
-    parser.add_argument("--size", type=int, default=256, help="image side in pixels (default 256)")
+    parser.add_argument("--size", type=int, default=512, help="image side in pixels (default 512)")
     parser.add_argument("--steps", type=int, default=4)
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--json", action="store_true", help="print one JSON object per row")
     args = parser.parse_args(argv)
 
@@ -71,16 +88,11 @@ def main(argv=None) -> None:
     torch.manual_seed(0)
     pipe = InstantCharacterPipeline.from_pretrained(str(ensure_tiny_bundle()), dtype=torch.float32)
     pipe.set_progress_bar_config(disable=True)
-    base = seconds_per_step(pipe, 0, "off", args.size, args.steps, args.repeats)
-    rows = []
-    for count in (1, 2, 4, 8):
-        row = {"characters": count,
-               "regional_off": seconds_per_step(pipe, count, "off", args.size, args.steps, args.repeats) / base,
-               "regional_on": seconds_per_step(pipe, count, "on", args.size, args.steps, args.repeats) / base}
-        with attending_everywhere():
-            row["attending_everywhere_off"] = seconds_per_step(pipe, count, "off", args.size, args.steps,
-                                                               args.repeats) / base
-        rows.append(row)
+    medians = measure(pipe, args.size, args.steps, args.repeats)
+    base = medians[(0, "off", False)]
+    rows = [{"characters": n, "regional_off": medians[(n, "off", False)] / base,
+             "regional_on": medians[(n, "on", False)] / base,
+             "attending_everywhere_off": medians[(n, "off", True)] / base} for n in (1, 2, 4, 8)]
     if args.json:
         for row in rows:
             print(json.dumps({k: round(v, 3) if isinstance(v, float) else v for k, v in row.items()}))
