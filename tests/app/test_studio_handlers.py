@@ -223,16 +223,16 @@ def test_insert_tag_needs_a_name():
 def test_slots_limit_and_reorder(character_files):
     updates = ev.add_slot(MAX_STUDIO_CHARACTERS)
     assert updates[-1] == MAX_STUDIO_CHARACTERS
-    values = [str(character_files[0]), "Mia", 0.5, False, str(character_files[1]), "Bob", 1.2, True] + \
-        [None, "", 0.9, False] * 2
+    values = [str(character_files[0]), "Mia", 0.5, False, "a girl", str(character_files[1]), "Bob", 1.2, True,
+              "a robot"] + [None, "", 0.9, False, ""] * 2
     canvas = layout_canvas("Left / right", 2, 64, 64)
     remove, move_up = ev.slot_handlers(1)
     moved = move_up(2, canvas, 64, 64, *values)
-    assert moved[:8] == values[4:8] + values[:4]
+    assert moved[:10] == values[5:10] + values[:5]  # descriptions move with their characters
     left = np.asarray(moved[-1]["layers"][1].getchannel("A"))  # Mia's left half moved to layer 2
     assert left[:, :10].min() == 255 and left[:, -10:].max() == 0
     removed = remove(2, canvas, 64, 64, *values)
-    assert removed[:4] == values[:4] and removed[4] is None and removed[-2] == 1
+    assert removed[:5] == values[:5] and removed[5] is None and removed[9] == "" and removed[-2] == 1
 
 
 def test_layout_and_size_follow(ctx):
