@@ -9,10 +9,12 @@ from types import SimpleNamespace
 
 import gradio as gr
 
+from ..api_names import named_api
 from ..context import StudioContext
 from ..mask_canvas import EDIT_BRUSH, EDIT_LAYER
 from . import control_section
 from .edit_events import DEFAULT_STRENGTH, EditEvents
+from .generate_events import EDIT_API_NAMES
 
 
 def build() -> SimpleNamespace:
@@ -44,7 +46,8 @@ def wire(ctx: StudioContext, ui, generate_events, inputs: list, gpu: dict) -> Ed
     events = EditEvents(ctx, generate_events.runs)
     section = ui.edit
     run = section.run.click(generate_events.queued, None, None, queue=False, api_visibility="private").then(
-        events.edit, inputs + [ui.session_paths, ui.mask_specs, section.canvas, section.strength]
+        named_api(events.edit, EDIT_API_NAMES),
+        inputs + [ui.session_paths, ui.mask_specs, section.canvas, section.strength]
         + control_section.inputs(ui.control),
         [ui.gallery, ui.session_paths, ui.notes, ui.seed], api_name="edit", show_progress_on=[ui.gallery], **gpu)
     run.then(cancel_button, None, ui.cancel, queue=False, api_visibility="private")

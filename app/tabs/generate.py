@@ -7,6 +7,7 @@ import gradio as gr
 from core.limits import (MAX_DESCRIPTION_CHARS, MAX_GUIDANCE, MAX_IMAGES_PER_RUN, MAX_NAME_CHARS, MAX_PROMPT_CHARS,
                          MAX_SCALE, MAX_SEED, MAX_SIDE, MAX_STEPS, MAX_TRUE_CFG, MIN_SIDE)
 
+from ..api_names import named_api
 from ..components import CharacterImage
 from ..context import MAX_STUDIO_CHARACTERS, StudioContext
 from ..errors import StudioInputError, shown_to_user
@@ -195,7 +196,8 @@ def _wire(ctx: StudioContext, ui, events: ev.GenerateEvents) -> None:
             trigger(ev.follow_size, [ui.canvas, ui.width, ui.height], ui.canvas, api_visibility="private")
     # the progress overlay once, over the gallery (not over the notes and the Seed field too)
     run = ui.generate.click(events.queued, None, None, queue=False, api_visibility="private").then(
-        events.generate, generate_inputs(ui) + [ui.session_paths, ui.mask_specs] + control_section.inputs(ui.control),
+        named_api(events.generate, ev.GENERATE_API_NAMES),
+        generate_inputs(ui) + [ui.session_paths, ui.mask_specs] + control_section.inputs(ui.control),
         [ui.gallery, ui.session_paths, ui.notes, ui.seed], api_name="generate", show_progress_on=[ui.gallery], **GPU)
     # Cancel stops a running job at its next denoising step (the run returns, the queue is free at once) and
     # drops one still waiting in the queue; the button reads "Cancelling..." until this session's job is over

@@ -32,6 +32,10 @@ SETTING_FIELDS = ("prompt", "negative_prompt", "true_cfg_scale", "steps", "guida
 SLOT_KEYS = [f"{field}{i + 1}" for i in range(MAX_STUDIO_CHARACTERS) for field in SLOT_FIELDS]
 LORA_KEYS = [f"lora{j + 1}_{field}" for j in range(MAX_LORAS) for field in LORA_FIELDS]
 GENERATE_FIELDS = SLOT_KEYS + ["canvas", *SETTING_FIELDS] + LORA_KEYS
+# the /generate and /edit endpoints' parameter names (app.api_names), in their inputs' order: the form, then the
+# page's state (session paths, mask specs, the edit's canvas and strength, the control panel)
+GENERATE_API_NAMES = GENERATE_FIELDS + ["session_paths", "mask_specs", "control"]
+EDIT_API_NAMES = GENERATE_FIELDS + ["session_paths", "mask_specs", "edit_canvas", "strength", "control"]
 RECALL_FIELDS = (SLOT_KEYS + [f"visible{i + 1}" for i in range(MAX_STUDIO_CHARACTERS)] + ["count", "canvas"]
                  + [f for f in SETTING_FIELDS if f != "images"] + ["size_preset"] + LORA_KEYS)
 
