@@ -114,7 +114,9 @@ def run_form(ctx, runs: SessionRuns, zero_gpu_run, request, progress, values: li
     if result.paths:
         what = "edited image(s)" if edit is not None else "image(s)"
         beside = "; the image edited is saved beside them" if edit is not None else ""
-        notes.insert(0, f"Saved {len(result.paths)} {what} to `{ctx.settings.output_dir}` (seed "
+        # the output folder is a path on the server: shown only to a studio's own user, not to visitors
+        where = "" if ctx.access.exposed else f" to `{ctx.settings.output_dir}`"
+        notes.insert(0, f"Saved {len(result.paths)} {what}{where} (seed "
                         f"{', '.join(map(str, result.seeds))}){beside}.")
     paths = result.paths + session_paths
     seed = result.seeds[0] if result.seeds else settings.seed

@@ -102,3 +102,15 @@ def test_owner_only_advice_on_a_space_names_no_command_line_option():
     assert str(info.value).startswith("Training is turned off on a Hugging Face Space")
     assert "--auth" not in str(info.value)
     assert "--auth USER:PASS" in Access(exposed=True, why="shared with a public link").notice()
+
+
+def test_visitors_notes_name_no_server_folder(tiny_models, character_files, tmp_path):
+    from app.context import StudioContext, StudioSettings
+    from app.tabs import generate_events as ev
+
+    for access, shown in ((Access(), True), (Access(exposed=True, why="a Hugging Face Space", space=True), False)):
+        ctx = StudioContext(StudioSettings(models="tiny", output_dir=tmp_path / "out"), access=access)
+        _, _, notes, _ = ev.GenerateEvents(ctx).generate(None, lambda *a, **k: None, *ev.form_values(
+            image1=str(character_files[0]), prompt="a portrait", width=32, height=32, steps=1), [])
+        first = notes.splitlines()[0]
+        assert first.startswith("- Saved 1 image(s)") and (str(tmp_path / "out") in first) == shown, first
