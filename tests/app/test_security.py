@@ -293,6 +293,8 @@ def test_owner_only_actions_for_anonymous_visitors(exposed_studio, tmp_path):
     assert not (tmp_path / "chosen-by-visitor").exists()
     ok, message = _outcome(client.call(_dep(client, label="Load"), ["my-character.toml"]))
     assert not ok and "turned off" in message
+    ok, message = _outcome(client.call(_dep(client, label="Use the last run's adapter"), []))
+    assert not ok and "Changing the settings is turned off" in message  # no run's path for a visitor
 
 
 def test_owner_login_may_do_what_guests_may_not(tmp_path_factory, tmp_path):
