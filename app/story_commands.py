@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 from app.arguments import DTYPE_CHOICES, PRESET_CHOICES, add_adapter_argument, add_speed_arguments, speed_options
 from app.command import run_handler
+from app.wording import counted
 from core.limits import MAX_DPI, MAX_OUTPUT_PIXELS, MAX_PANELS, MAX_SIDE, MAX_STEPS, MIN_DPI, MIN_SIDE, LimitError
 
 if TYPE_CHECKING:  # the story modules import PIL: imported when a command runs, not for --help
@@ -202,7 +203,7 @@ def describe_story(story: Story) -> list[str]:
                  f"text at {story.dpi} dpi")
     else:
         where = f"layout {story.layout} on {story.page} at {story.dpi} dpi: {pages} page{'s' * (pages != 1)}"
-    lines = [f"{title}: {len(story.panels)} panels, {len(story.characters)} characters, "
+    lines = [f"{title}: {counted(len(story.panels), 'panel')}, {counted(len(story.characters), 'character')}, "
              f"{story.width}x{story.height}, {story.steps} steps, seed {story.seed}, {where}"]
     if story.reading != "left-to-right" or story.bubbles != "horizontal" or story.font is not None:
         lines.append(f"  read {story.reading}, {story.bubbles} bubbles"

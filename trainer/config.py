@@ -555,7 +555,7 @@ def preset_config(name: str, output_dir: str = "runs/instantcharacter", unpaired
     ``steps_scale`` shrinks the paper's step counts (0.01: 2000/500/500), a fine-tune rather than pre-training.
     """
     if name not in TRAIN_PRESETS:
-        raise ConfigError([f"preset: unknown {name!r} (known: {', '.join(TRAIN_PRESETS)})"], "preset")
+        raise ConfigError([f"unknown {name!r} (known: {', '.join(TRAIN_PRESETS)})"], "preset")
     preset = TRAIN_PRESETS[name]
     stages = paper_stages(steps_scale)
     for stage, batch in zip(stages, preset["batch_sizes"]):

@@ -99,7 +99,7 @@ def _wire(ctx: StudioContext, ui: SimpleNamespace, events: ev.StoryEvents) -> No
     ui.text.change(events.parse, [ui.text, ui.folder], parsed, trigger_mode="always_last", api_visibility="private"
                    ).then(events.strip, [ui.text, ui.folder], ui.strip, api_visibility="private")
     ui.library.focus(lambda: gr.update(choices=ctx.library.names()), None, ui.library, api_visibility="private")
-    ui.add_character.click(events.add_library_character, [ui.text, ui.library], ui.text, api_visibility="private")
+    ui.add_character.click(events.add_library_character, [ui.text, ui.library, ui.folder], ui.text, api_visibility="private")
     # the progress overlay (per panel and per step) over the pages only
     ui.render_event = ui.render.click(events.queued, None, None, queue=False, api_visibility="private").then(
         events.render, [ui.text, ui.folder, ui.everything], rendered, api_name="render_story",

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import gradio as gr
 
+from core.io.paths import write_bytes_atomic
 from core.limits import MAX_SEED
 from core.io.path_policy import PathNotAllowedError, PathPolicy
 from core.story import Story, StoryError, parse_story
@@ -33,8 +34,10 @@ from ..context import StudioContext
 from ..errors import StudioInputError, shown_to_user
 from ..running import SessionRuns, cancel_button, cancelling_button, session_of
 from ..spaces import estimate_duration, gpu_function
+from ..wording import counted
 
 STORIES_DIR = Path(__file__).resolve().parents[2] / "assets" / "stories"
+CHARACTERS_DIR = "characters"  # library characters added to a story are copied here, beside the story
 PANEL_HEADERS = ["#", "line", "characters", "prompt", "caption", "seed", "status"]
 PREVIEW_DPI = 60  # page previews while editing: enough to see the layout, quick to draw on every edit
 PREVIEW_PAGES = 4  # the preview draws only the first pages, so an edit costs the same however long the story
@@ -94,7 +97,7 @@ def story_summary(story: Story, render_dir: Path) -> str:
         where = f"layout `{story.layout}` on {story.page}, {pages} page{'s' * (pages != 1)}{shown}"
     reading = "" if story.reading == "left-to-right" else ", read right to left"
     reading += "" if story.bubbles == "horizontal" else ", vertical bubbles"
-    summary = (f"**{title}**: {len(story.panels)} panels, {len(story.characters)} characters, "
+    summary = (f"**{title}**: {counted(len(story.panels), 'panel')}, {counted(len(story.characters), 'character')}, "
                f"{story.width}x{story.height}, {story.steps} steps, {where}{reading}. Renders go to `{render_dir}`.")
     warnings = missing_glyph_warnings(story)
     return summary + "".join(f"\n- **warning** {html.escape(w, quote=False)}" for w in warnings)
@@ -191,14 +194,23 @@ def pin_panel_seed(text: str, story: Story, index: int, seed: int) -> str:
     return pin_seed(text, story, index, seed)
 
 
-def library_character_line(ctx: StudioContext, text: str, name: str) -> str:
-    """``text`` with ``character NAME: IMAGE`` (the library's image, its scale and description) added to the
-    header, just above the ``---`` line (or at the top when there is none yet)."""
+def library_character_line(ctx: StudioContext, text: str, name: str, folder: str | None = None) -> str:
+    """``text`` with ``character NAME: characters/NAME.png`` (the library's scale and description) added to the
+    header, just above the ``---`` line (or at the top when there is none yet). The library's image is copied beside
+    the story (``<story folder>/characters/``), so the story keeps working when it moves with its folder."""
     entry = ctx.library.get(name)
     tag = re.sub(r"[^A-Za-z0-9_-]", "", entry.name.replace(" ", "_"))
     if not tag or not tag[0].isalpha():
         tag = f"C{tag}"
-    block = [f"character {tag}: {entry.image_path}", f"    scale: {entry.scale:g}"]
+    base = ctx.paths.resolve(folder or STORIES_DIR, what="story folder")
+    relative = Path(CHARACTERS_DIR) / f"{tag}.png"
+    number = 2
+    image = entry.image_path.read_bytes()
+    while (base / relative).exists() and (base / relative).read_bytes() != image:  # another image of that name
+        relative = Path(CHARACTERS_DIR) / f"{tag}-{number}.png"
+        number += 1
+    write_bytes_atomic(base / relative, image)
+    block = [f"character {tag}: {relative.as_posix()}", f"    scale: {entry.scale:g}"]
     description = " ".join(str(entry.description or "").split())  # one line, whatever the library holds
     if description:
         block.append(f"    description: {description}")
@@ -257,10 +269,10 @@ class StoryEvents:
         html_text = strip_html(story, render_dir_for(self.ctx, story))
         return gr.update(value=html_text, visible=bool(html_text))
 
-    def _add_library_character(self, text, name):
+    def _add_library_character(self, text, name, folder=None):
         if not name:
             raise StudioInputError("choose a character from the library first")
-        return library_character_line(self.ctx, text, name)
+        return library_character_line(self.ctx, text, name, folder)
 
     # ------------------------------------------------------------------ rendering
     def _story(self, text, folder) -> Story:

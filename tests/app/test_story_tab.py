@@ -122,11 +122,16 @@ def test_unknown_example_and_bad_panel_number(ctx, folder):
 
 def test_library_character_goes_into_the_header(ctx, folder):
     ctx.library.save(str(folder / "ann.png"), "Mia Rose", 0.7, "a girl in a red coat")
-    text = ev.StoryEvents(ctx).add_library_character(STORY, "mia rose")
+    text = ev.StoryEvents(ctx).add_library_character(STORY, "mia rose", str(folder))
     story = ev.parse_text(text.replace("[NC]", "[Mia_Rose]"), str(folder), ctx.paths)
     mia = story.characters["Mia_Rose"]
     assert (mia.scale, mia.description) == (0.7, "a girl in a red coat") and mia.image.is_file()
     assert story.panels[3].characters == ("Mia_Rose",)
+    # the image is copied beside the story and named relative to it: the story moves with its folder
+    assert "character Mia_Rose: characters/Mia_Rose.png\n" in text
+    assert (folder / "characters" / "Mia_Rose.png").read_bytes() == ctx.library.get("Mia Rose").image_path.read_bytes()
+    ctx.library.save(str(folder / "ann.png"), "Mia Rose", 0.7)  # saved again, the same image: its copy is reused
+    assert "characters/Mia_Rose.png" in ev.StoryEvents(ctx).add_library_character(STORY, "mia rose", str(folder))
 
 
 def test_pin_panel_seed_replaces_or_adds_the_seed_line(ctx, folder):

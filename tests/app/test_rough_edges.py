@@ -1,0 +1,41 @@
+"""Issue 22, item 7: the rough edges a newcomer met, each with the message it gives now."""
+
+from __future__ import annotations
+
+import pytest
+
+from app.wording import counted
+
+
+def test_an_unknown_training_preset_is_named_once():
+    from trainer.config import ConfigError, preset_config
+
+    with pytest.raises(ConfigError) as caught:
+        preset_config("12gb")
+    assert str(caught.value) == "preset: unknown '12gb' (known: 24gb, 48gb, 80gb, multi-gpu)"
+
+
+def test_train_plan_with_an_unknown_preset_says_it_in_one_line(capsys):
+    from app.cli import main
+
+    assert main(["train", "plan", "--preset", "12gb"]) == 2
+    assert capsys.readouterr().err.strip() == "error: preset: unknown '12gb' (known: 24gb, 48gb, 80gb, multi-gpu)"
+
+
+def test_counts_agree_with_their_nouns():
+    assert [counted(n, "character") for n in (0, 1, 2)] == ["0 characters", "1 character", "2 characters"]
+    assert counted(1, "panel") == "1 panel" and counted(3, "body", "bodies") == "3 bodies"
+
+
+def test_a_one_character_story_summary_says_1_character(tmp_path):
+    from app.context import StudioContext, StudioSettings
+    from app.tabs import story_events as ev
+    from PIL import Image
+
+    ctx = StudioContext(StudioSettings(models="tiny", output_dir=tmp_path / "out"))
+    folder = ctx.settings.output_dir / "story"
+    folder.mkdir(parents=True)
+    Image.new("RGB", (32, 32), "red").save(folder / "ann.png")
+    text = "title: One\ncharacter Ann: ann.png\n---\npanel: [Ann] on a hill\n"
+    summary = ev.StoryEvents(ctx).parse(text, str(folder))[0]
+    assert "**One**: 1 panel, 1 character," in summary
