@@ -41,7 +41,7 @@ def _character_rows(ctx: StudioContext, defaults: dict) -> SimpleNamespace:
                     scale = gr.Slider(0.0, MAX_SCALE, value=defaults["scale"], step=0.05, label="Scale")
                     background = gr.Checkbox(label="Remove plain background", value=False)
                     library = gr.Dropdown(choices=ctx.library.names(), value=None, label="From library",
-                                          allow_custom_value=False)
+                                          allow_custom_value=False, elem_id=f"character-library-{i + 1}")
                     with gr.Row():
                         save = gr.Button("Save to library", size="sm")
                         up = gr.Button("Move up", size="sm", visible=i > 0)

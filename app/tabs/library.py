@@ -54,16 +54,17 @@ def build(ctx: StudioContext) -> SimpleNamespace:
     gr.Markdown("Saved characters can be picked in the Generate tab (\"From library\") and by the other tabs.")
     with gr.Row(equal_height=False):
         with gr.Column(scale=3):
-            ui.gallery = gr.Gallery(value=events.gallery, label="Library", columns=4, height=420, allow_preview=False)
+            ui.gallery = gr.Gallery(value=events.gallery, label="Library", columns=4, height=420, allow_preview=False,
+                                    elem_id="library-gallery")
             with gr.Row():
                 ui.selected = gr.Textbox(label="Selected", interactive=False)
                 ui.delete = gr.Button("Delete selected", variant="stop", size="sm")
         with gr.Column(scale=2):
             ui.image = CharacterImage(label="New character", type="filepath", image_mode=None, format="png",
-                                      sources=["upload", "clipboard"], height=240)
-            ui.name = gr.Textbox(label="Name", max_lines=1)
+                                      sources=["upload", "clipboard"], height=240, elem_id="library-image")
+            ui.name = gr.Textbox(label="Name", max_lines=1, elem_id="library-name")
             ui.scale = gr.Slider(0.0, MAX_SCALE, value=0.9, step=0.05, label="Default scale")
-            ui.save = gr.Button("Save to library", variant="primary")
+            ui.save = gr.Button("Save to library", variant="primary", elem_id="library-save")
     ui.save.click(events.save, [ui.image, ui.name, ui.scale], ui.gallery, api_visibility="private")
     ui.gallery.select(events.select, None, ui.selected, api_visibility="private")
     ui.delete.click(events.delete, ui.selected, [ui.gallery, ui.selected], api_visibility="private")

@@ -36,8 +36,9 @@ def _editor(ctx: StudioContext, ui: SimpleNamespace, summary: str) -> None:
         ui.load_example = gr.Button("Load example", size="sm", scale=1)
     with gr.Row():
         ui.library = gr.Dropdown(choices=ctx.library.names(), value=None, label="Character from the library",
+                                 elem_id="story-library",
                                  scale=3)
-        ui.add_character = gr.Button("Add to story", size="sm", scale=1)
+        ui.add_character = gr.Button("Add to story", size="sm", scale=1, elem_id="story-add-character")
     text, folder = ev.load_example(DEFAULT_EXAMPLE) if DEFAULT_EXAMPLE in examples else ("", str(ev.STORIES_DIR))
     ui.folder = gr.State(folder)
     # the story's problems (or its summary) just above the text being typed, not across the page
