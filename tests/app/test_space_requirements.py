@@ -114,3 +114,17 @@ def test_visitors_notes_name_no_server_folder(tiny_models, character_files, tmp_
             image1=str(character_files[0]), prompt="a portrait", width=32, height=32, steps=1), [])
         first = notes.splitlines()[0]
         assert first.startswith("- Saved 1 image(s)") and (str(tmp_path / "out") in first) == shown, first
+
+
+@pytest.mark.slow  # builds the whole studio in a subprocess (about 20 s)
+def test_space_app_starts_without_the_spaces_package(tmp_path):
+    probe = ("import sys, runpy\n"
+             "sys.modules['spaces'] = None  # as if not installed: importing it fails, find_spec gives None\n"
+             "scope = runpy.run_path('space_app.py', run_name='space_app')\n"
+             "print('BUILT', type(scope['demo']).__name__)\n")
+    env = dict(os.environ, SPACE_ID="someone/instantcharacter-studio", INSTANTCHARACTER_MODELS="tiny",
+               INSTANTCHARACTER_PRELOAD="0", PYTHONPATH=str(REPO), INSTANTCHARACTER_HOME=str(tmp_path))
+    env.pop("SPACES_ZERO_GPU", None)
+    done = subprocess.run([sys.executable, "-c", probe], cwd=REPO, env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert "BUILT Blocks" in done.stdout, done.stderr[-2000:]
