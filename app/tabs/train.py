@@ -105,13 +105,26 @@ def runnable_without_cuda(config) -> list[str]:
     return lines
 
 
-def plan_config_text(text: str, runs_dir: str | Path, processes: int = 1) -> str:
-    """The memory plan (``trainer.plan``: GPU and RAM peak per stage, the card each fits) of a config's TOML text."""
+TINY_PLAN_NOTE = ("These are the tiny test models' figures (the studio runs tiny models): empty the config and "
+                  "Check memory again for the real FLUX.1-dev figures of the preset.")
+
+
+def plan_config_text(text: str, runs_dir: str | Path, processes: int = 1, preset: str | None = None) -> str:
+    """The memory plan (``trainer.plan``: GPU and RAM peak per stage, the card each fits) of a config's TOML text;
+    with no config, of ``preset`` alone with the real models' figures (as ``train plan --preset``)."""
     import tomllib
 
     from trainer.config import config_from_dict
     from trainer.plan import plan_training
 
+    if not (text or "").strip():
+        if preset not in TRAIN_PRESETS:
+            raise StudioInputError("choose your GPU's memory (a preset) or build a config first")
+        gpus = max(1, int(processes or 1))
+        gpus = TRAIN_PRESETS[preset].get("processes", 1) if gpus == 1 else gpus  # as the CLI: the preset's count
+        plan = plan_training(preset_config(preset), gpus, cuda=True)  # the preset is for a GPU, as the CLI plans
+        return (f"preset {preset}: the real FLUX.1-dev and adapter, as `train plan --preset {preset}` (no dataset "
+                f"needed)\n{plan.table()}")
     try:
         data = tomllib.loads(text or "")
     except tomllib.TOMLDecodeError as exc:
@@ -120,7 +133,8 @@ def plan_config_text(text: str, runs_dir: str | Path, processes: int = 1) -> str
         config = config_from_dict(data, Path(runs_dir), "config").check(max(1, int(processes or 1)))
     except ConfigError as exc:
         raise StudioInputError("; ".join(exc.problems[:5])) from None
-    return plan_training(config, max(1, int(processes or 1))).table()
+    table = plan_training(config, max(1, int(processes or 1))).table()
+    return f"{TINY_PLAN_NOTE}\n{table}" if config.models.source == "tiny" else table
 
 
 def runs_policy(runs_dir: str | Path) -> PathPolicy:
@@ -278,7 +292,8 @@ class TrainEvents:
         self.build_config = shown_to_user(self._owner(self._build_config, "Building training configs"))
         self.load_config = shown_to_user(self._owner(self._load_config, "Loading training configs"))
         self.save_config = shown_to_user(self._owner(self._save_config, "Saving training configs"))
-        self.plan = shown_to_user(self._owner(lambda text, n: plan_config_text(text, self.runs_dir, n),
+        self.plan = shown_to_user(self._owner(lambda text, n, preset=None: plan_config_text(text, self.runs_dir, n,
+                                                                                             preset),
                                               "Planning training memory"))
         self.validate = shown_to_user(self._owner(validate_text, "Validating datasets"))
         self.start = shown_to_user(self._owner(lambda path: self._start(path, False), "Starting training"))
@@ -373,7 +388,7 @@ def build(ctx) -> SimpleNamespace:
     with gr.Accordion("1. Config", open=True):
         with gr.Row():
             ui.preset = gr.Dropdown([(f"{k}: {v['description']}", k) for k, v in TRAIN_PRESETS.items()],
-                                    value="24gb", label="Your GPU's memory")
+                                    value="24gb", label="Your GPU's memory", scale=3)  # room for the text
             ui.output_dir_new = gr.Textbox("my-character", label="Run folder name",
                                             info=f"saved as {runs_dir}/<name>", max_lines=1)
             ui.steps_scale = gr.Number(0.01, label="Training length",
@@ -421,7 +436,8 @@ def build(ctx) -> SimpleNamespace:
                           [ui.preset, ui.output_dir_new, ui.unpaired, ui.paired, ui.steps_scale, ui.sample_every],
                           ui.config_text, api_visibility="private")
     ui.load_config.click(events.load_config, ui.config_path, ui.config_text, api_visibility="private")
-    ui.plan.click(events.plan, [ui.config_text, ui.plan_processes], ui.plan_table, api_visibility="private")
+    ui.plan.click(events.plan, [ui.config_text, ui.plan_processes, ui.preset], ui.plan_table,
+                  api_visibility="private")
     ui.save_config.click(events.save_config, [ui.config_text, ui.config_path], ui.config_status,
                          api_visibility="private")
     ui.validate.click(events.validate, [ui.dataset, ui.kind], ui.validation, api_visibility="private")

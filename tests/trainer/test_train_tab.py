@@ -119,5 +119,21 @@ def test_memory_plan_of_the_config_text(trainer_home, tmp_path):
     text = tab.build_config_text("48gb", "tiny", "run", str(tmp_path / "u"), "", 0.001, 0)
     table = tab.plan_config_text(text, tmp_path)
     assert "GPU peak" in table and "unpaired-512" in table
+    assert table.startswith(tab.TINY_PLAN_NOTE)  # the tiny models' figures are said to be theirs
     with pytest.raises(StudioInputError, match="resolution"):
         tab.plan_config_text(text.replace("resolution = 512", "resolution = 500"), tmp_path)
+
+
+def test_check_memory_from_a_preset_alone_gives_the_real_models_figures(trainer_home, tmp_path, capsys):
+    """No dataset, no config: the preset's plan with the real FLUX.1-dev figures, the ones `train plan --preset`
+    prints (issue 22: it asked for a [[stages]] table and showed the tiny models' 0.0 GiB)."""
+    from app.cli import main
+
+    table = tab.plan_config_text("", tmp_path, 1, "24gb")
+    assert table.startswith("preset 24gb: the real FLUX.1-dev and adapter") and tab.TINY_PLAN_NOTE not in table
+    assert main(["train", "plan", "--preset", "24gb"]) == 0
+    cli = capsys.readouterr().out
+    for figure in ("GPU peak  12.9 GiB", "GPU peak  14.3 GiB", "RAM peak  42.5 GiB"):  # the CLI's figures
+        assert figure in table and figure in cli
+    with pytest.raises(StudioInputError, match="choose your GPU's memory"):
+        tab.plan_config_text("  ", tmp_path, 1, None)
