@@ -180,20 +180,25 @@ def _wire(ctx: StudioContext, ui, events: ev.GenerateEvents) -> None:
         rows.library[i].input(shown_to_user(lambda name: _from_library(ctx, name)), rows.library[i],
                               [rows.images[i], rows.names[i], rows.scales[i], rows.descriptions[i]],
                               api_visibility="private")
+    # Every event that redraws the canvas runs one at a time (one queue slot, "canvas"), a click while one is
+    # pending is dropped, and no progress overlay covers the canvas: a Clear or a size change landing while Apply
+    # layout still redraws it (issue 22) cannot leave the editor blank under a "processing" overlay.
+    canvas = dict(api_visibility="private", concurrency_id="canvas", concurrency_limit=1, trigger_mode="once",
+                  show_progress="hidden")
     ui.apply_layout.click(ev.apply_layout_with_specs, [ui.layout, ui.count, ui.width, ui.height],
-                          [ui.canvas, ui.mask_specs], api_visibility="private")
+                          [ui.canvas, ui.mask_specs], **canvas)
     ui.whole.click(ev.apply_layout_with_specs, [gr.State("Whole image"), ui.count, ui.width, ui.height],
-                   [ui.canvas, ui.mask_specs], api_visibility="private")
-    ui.clear.click(ev.clear_canvas, [ui.width, ui.height], ui.canvas, api_visibility="private").then(
+                   [ui.canvas, ui.mask_specs], **canvas)
+    ui.clear.click(ev.clear_canvas, [ui.width, ui.height], ui.canvas, **canvas).then(
         ev.no_specs, None, ui.mask_specs, api_visibility="private")
     ui.size_preset.input(ev.pick_size, [ui.size_preset, ui.width, ui.height], [ui.width, ui.height],
                          api_visibility="private").then(ev.follow_size, [ui.canvas, ui.width, ui.height], ui.canvas,
-                                                        api_visibility="private")
+                                                        **canvas)
     for box in (ui.width, ui.height):
         # a typed size names its preset, or "Custom" (typing fires ``input``; a preset's own values do not)
         box.input(ev.size_label, [ui.width, ui.height], ui.size_preset, api_visibility="private")
         for trigger in (box.blur, box.submit):
-            trigger(ev.follow_size, [ui.canvas, ui.width, ui.height], ui.canvas, api_visibility="private")
+            trigger(ev.follow_size, [ui.canvas, ui.width, ui.height], ui.canvas, **canvas)
     # the progress overlay once, over the gallery (not over the notes and the Seed field too)
     run = ui.generate.click(events.queued, None, None, queue=False, api_visibility="private").then(
         named_api(events.generate, ev.GENERATE_API_NAMES),

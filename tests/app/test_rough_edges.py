@@ -39,3 +39,18 @@ def test_a_one_character_story_summary_says_1_character(tmp_path):
     text = "title: One\ncharacter Ann: ann.png\n---\npanel: [Ann] on a hill\n"
     summary = ev.StoryEvents(ctx).parse(text, str(folder))[0]
     assert "**One**: 1 panel, 1 character," in summary
+
+
+def test_the_canvas_events_run_one_at_a_time_without_an_overlay(tmp_path):
+    """Item 6: Apply layout, the whole image, Clear and the size changes that redraw the canvas share one queue
+    slot, drop a click while one is pending and show no progress overlay over the canvas."""
+    from app.context import StudioContext, StudioSettings
+    from app.studio import build_studio
+
+    demo = build_studio(StudioContext(StudioSettings(models="tiny", output_dir=tmp_path / "out")))
+    fns = demo.fns.values() if isinstance(demo.fns, dict) else demo.fns
+    canvas = [f for f in fns if getattr(f, "concurrency_id", None) == "canvas"]
+    names = {f.fn.__name__ for f in canvas}
+    assert {"apply_layout_with_specs", "clear_canvas", "follow_size"} <= names, names
+    assert len(canvas) == 8  # layout, whole image, clear, size preset, width and height (blur, submit)
+    assert {(f.trigger_mode, f.show_progress, f.concurrency_limit) for f in canvas} == {("once", "hidden", 1)}
