@@ -9,11 +9,16 @@ handler returns on its own one step after Cancel, so the GPU slot is free for th
 from __future__ import annotations
 
 import threading
+import time
 
 import gradio as gr
 
 CANCEL_LABEL = "Cancel"
 CANCELLING_LABEL = "Cancelling..."
+# Cancel is answered outside the queue (at once, even while the queue is busy), where gr.Info never reaches the
+# page: what happened is said on the button itself, for NOTHING_SHOWN_S
+NOTHING_LABEL = "Nothing to cancel: it had finished"
+NOTHING_SHOWN_S = 2.0
 WAIT_LIMIT_S = 600.0  # "Cancelling..." gives way after this long whatever happens
 
 
@@ -25,6 +30,7 @@ class SessionRuns:
         self._lock = threading.Lock()
         self._queued: dict[str, bool] = {}  # session -> cancelled while waiting
         self._done: dict[str, threading.Event] = {}
+        self._nothing: set[str] = set()  # sessions whose last Cancel found nothing running
 
     def queued(self, session: str) -> None:
         with self._lock:
@@ -54,13 +60,18 @@ class SessionRuns:
             if session in self._queued:
                 self._queued[session] = True
                 return "queued"
+            self._nothing.add(session)
         return "idle"
 
     def wait(self, session: str, timeout: float = WAIT_LIMIT_S) -> None:
         with self._lock:
             done = self._done.get(session)
+            nothing = session in self._nothing
+            self._nothing.discard(session)
         if done is not None:
             done.wait(timeout)
+        elif nothing:
+            time.sleep(NOTHING_SHOWN_S)  # the button says "Nothing to cancel" this long
 
 
 def session_of(request) -> str:
@@ -70,8 +81,8 @@ def session_of(request) -> str:
 def cancelling_button(state: str):
     """The Cancel button after a press: "Cancelling..." while something stops, as it was otherwise."""
     if state == "idle":
-        gr.Info("Nothing is running in this tab")
-        return gr.update()
+        gr.Info("Nothing is running in this tab")  # reaches the page where Cancel is queued
+        return gr.update(value=NOTHING_LABEL, interactive=False)
     gr.Info("Cancelling: stops at the next step" if state == "running" else "Cancelled before it started")
     return gr.update(value=CANCELLING_LABEL, interactive=False)
 

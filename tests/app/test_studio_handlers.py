@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import time
 
 import gradio as gr
 import numpy as np
@@ -338,7 +339,10 @@ def test_cancel_stops_a_running_run_and_drops_a_queued_one(ctx):
     gr_info = gr.Info
     try:
         gr.Info = shown.append
-        assert events.cancel(None) == gr.update()
+        assert events.cancel(None)["value"] == "Nothing to cancel: it had finished"  # said on the button
+        started = time.monotonic()
+        assert events.wait_until_stopped(None)["value"] == "Cancel"  # and back after a moment
+        assert time.monotonic() - started >= 1.5
         events.runs.queued("local")
         assert events.cancel(None)["value"] == "Cancelling..."
         assert events.runs.start("local") is None  # dropped before it started
