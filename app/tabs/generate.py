@@ -185,10 +185,10 @@ def _wire(ctx: StudioContext, ui, events: ev.GenerateEvents) -> None:
     # layout still redraws it (issue 22) cannot leave the editor blank under a "processing" overlay.
     canvas = dict(api_visibility="private", concurrency_id="canvas", concurrency_limit=1, trigger_mode="once",
                   show_progress="hidden")
-    ui.apply_layout.click(ev.apply_layout_with_specs, [ui.layout, ui.count, ui.width, ui.height],
+    ui.apply_layout.click(ev.apply_layout_with_specs, [ui.layout, ui.count, ui.width, ui.height, *rows.images],
                           [ui.canvas, ui.mask_specs], **canvas)
-    ui.whole.click(ev.apply_layout_with_specs, [gr.State("Whole image"), ui.count, ui.width, ui.height],
-                   [ui.canvas, ui.mask_specs], **canvas)
+    ui.whole.click(ev.apply_layout_with_specs, [gr.State("Whole image"), ui.count, ui.width, ui.height,
+                                                *rows.images], [ui.canvas, ui.mask_specs], **canvas)
     ui.clear.click(ev.clear_canvas, [ui.width, ui.height], ui.canvas, **canvas).then(
         ev.no_specs, None, ui.mask_specs, api_visibility="private")
     ui.size_preset.input(ev.pick_size, [ui.size_preset, ui.width, ui.height], [ui.width, ui.height],

@@ -286,10 +286,19 @@ def apply_layout(layout, count, width, height):
     return layout_canvas(layout, int(count or 1), int(width), int(height))
 
 
+NO_CHARACTER_NOTE = ("No character uploaded yet: the layout is drawn for {count}; upload the characters first and "
+                     "apply the layout again to split the image between them")
+
+
 @shown_to_user
-def apply_layout_with_specs(layout, count, width, height):
-    """The layout's canvas and its mask specs (the layout names), for the page's canvas and mask-specs state."""
-    return layout_canvas(layout, int(count or 1), int(width), int(height)), layout_specs(layout, int(count or 1))
+def apply_layout_with_specs(layout, count, width, height, *images):
+    """The layout's canvas and its mask specs (the layout names), for the page's canvas and mask-specs state;
+    ``images``: the character slots' images (a note when none is uploaded yet)."""
+    count = int(count or 1)
+    if not any(images[:count]):
+        gr.Info(NO_CHARACTER_NOTE.format(count="Character 1, which gets the whole image" if count == 1
+                                         else f"{count} characters, a region each"))
+    return layout_canvas(layout, count, int(width), int(height)), layout_specs(layout, count)
 
 
 @shown_to_user

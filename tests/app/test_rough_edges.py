@@ -54,3 +54,20 @@ def test_the_canvas_events_run_one_at_a_time_without_an_overlay(tmp_path):
     assert {"apply_layout_with_specs", "clear_canvas", "follow_size"} <= names, names
     assert len(canvas) == 8  # layout, whole image, clear, size preset, width and height (blur, submit)
     assert {(f.trigger_mode, f.show_progress, f.concurrency_limit) for f in canvas} == {("once", "hidden", 1)}
+
+
+def test_apply_layout_with_no_character_uploaded_says_so(monkeypatch, tmp_path):
+    import gradio as gr
+
+    from app.tabs import generate_events as ev
+
+    shown = []
+    monkeypatch.setattr(gr, "Info", shown.append)
+    ev.apply_layout_with_specs("Left / right", 1, 512, 512, None, None)
+    assert shown == ["No character uploaded yet: the layout is drawn for Character 1, which gets the whole image; "
+                     "upload the characters first and apply the layout again to split the image between them"]
+    ev.apply_layout_with_specs("Left / right", 2, 512, 512, None, None)
+    assert "drawn for 2 characters, a region each; upload" in shown[-1]
+    shown.clear()
+    ev.apply_layout_with_specs("Left / right", 1, 512, 512, str(tmp_path / "a.png"), None)
+    assert shown == []  # a character is there: nothing to say
