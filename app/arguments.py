@@ -93,3 +93,18 @@ def add_launch_arguments(parser: argparse.ArgumentParser) -> None:
                         help="speed mode: off, full (compiled, lossless) or fast (+ fp8); see the README")
     parser.add_argument("--output-dir", default=None,
                         help="where generated PNGs go (default: outputs/ in the user data folder)")
+    add_visitor_arguments(parser)
+
+
+def add_visitor_arguments(parser: argparse.ArgumentParser) -> None:
+    """What visitors of an exposed studio may use (``app.visitor_limits``); the owner is never limited."""
+    group = parser.add_argument_group("visitors of an exposed studio (--share, a network --host, --guest logins)")
+    group.add_argument("--visitor-jobs-per-session", type=int, default=2, metavar="N",
+                       help="GPU jobs one browser session may have waiting (default 2)")
+    group.add_argument("--visitor-jobs-per-address", type=int, default=4, metavar="N",
+                       help="GPU jobs one client address may have waiting (default 4)")
+    group.add_argument("--visitor-budget", type=float, default=120.0, metavar="MPX_STEPS",
+                       help="largest request a visitor may make, in megapixels x steps x images (default 120: "
+                            "1024x1024, 28 steps, 4 images)")
+    group.add_argument("--allow-visitor-downloads", action="store_true",
+                       help="let visitors name hub LoRAs not yet downloaded (default: only the owner downloads)")

@@ -1,6 +1,8 @@
 """Saved characters in the user data folder: one folder per character with ``image.png`` and ``character.json``.
 
-The library is shared by every tab. Names are unique without regard to case; saving a name again replaces it.
+The library is shared by every tab. A name maps to its folder by :meth:`CharacterLibrary.folder_for` (``Mia`` and
+``mia!`` share ``mia``); saving into a folder that holds a character replaces it, so who may replace or delete is
+decided on the folder's entry (:meth:`CharacterLibrary.stored_at`), which records the login that added it.
 Features are not stored: the pipeline caches them by image content while the studio runs.
 """
 
@@ -33,6 +35,7 @@ class LibraryCharacter:
     scale: float
     image_path: Path
     description: str | None = None
+    added_by: str | None = None  # the login that saved it (None: the owner, or a studio without logins)
 
     def image(self) -> Image.Image:
         return Image.open(self.image_path).convert("RGB")
@@ -89,7 +92,17 @@ class CharacterLibrary:
     def _entry_dir(self, name: str) -> Path:
         return self.folder / self._slug(name)
 
-    def save(self, image, name: str | None, scale: float = 0.9, description: str | None = None) -> LibraryCharacter:
+    def folder_for(self, name: str) -> Path:
+        """The folder ``name`` is stored in (its slug)."""
+        return self._entry_dir(str(name or ""))
+
+    def stored_at(self, name: str) -> LibraryCharacter | None:
+        """The character stored in the folder ``name`` maps to, whatever its own name is; ``None`` when empty."""
+        folder = self.folder_for(name)
+        return next((entry for entry in self.entries() if entry.image_path.parent == folder), None)
+
+    def save(self, image, name: str | None, scale: float = 0.9, description: str | None = None,
+             added_by: str | None = None) -> LibraryCharacter:
         """Validates and saves a character (image: path, bytes or PIL image); returns the saved entry."""
         if image is None:
             raise StudioInputError("add a character image before saving it to the library")
@@ -101,9 +114,11 @@ class CharacterLibrary:
             folder.mkdir(parents=True, exist_ok=True)
             with atomic_path(folder / "image.png") as tmp:
                 character.image.save(tmp, format="PNG")
-            meta = {"name": character.name, "scale": character.scale, "description": character.description}
+            meta = {"name": character.name, "scale": character.scale, "description": character.description,
+                    "added_by": added_by}
             write_bytes_atomic(folder / "character.json", json.dumps(meta, indent=1).encode())
-        return LibraryCharacter(character.name, character.scale, folder / "image.png", character.description)
+        return LibraryCharacter(character.name, character.scale, folder / "image.png", character.description,
+                                added_by)
 
     def entries(self) -> list[LibraryCharacter]:
         """Every saved character, sorted by name; an entry that cannot be read is moved aside with a note."""
@@ -114,7 +129,7 @@ class CharacterLibrary:
             try:
                 meta = json.loads(meta_path.read_text(encoding="utf-8"))
                 character = LibraryCharacter(str(meta["name"]), float(meta.get("scale", 0.9)), image_path,
-                                             meta.get("description"))
+                                             meta.get("description"), meta.get("added_by"))
             except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
                 self._set_aside(entry, f"character.json cannot be read: {type(exc).__name__}")
                 continue

@@ -6,7 +6,9 @@ Nothing here is module-level: ``build_studio`` makes one :class:`StudioContext` 
 
 from __future__ import annotations
 
+import hashlib
 import logging
+import secrets
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +24,7 @@ from .character_library import CharacterLibrary
 from .errors import OwnerOnlyError
 from .generation_history import GenerationHistory
 from .spaces import on_spaces, on_zero_gpu
+from .visitor_limits import VisitorLimits
 
 log = logging.getLogger(__name__)
 
@@ -116,6 +119,7 @@ class JobControl:
 
 
 ASSETS = Path(__file__).resolve().parents[1] / "assets"
+_VISITOR_SALT = secrets.token_hex(16)  # per process: visitors' folder names cannot be guessed from outside
 
 
 def uploads_dir() -> Path:
@@ -134,21 +138,49 @@ SPACE_OWNER_ADVICE = ("the Space's owner sets the models with its INSTANTCHARACT
 class Access:
     """Who may do what on this studio.
 
-    ``exposed``: reachable by other people (``--share``, a non-loopback ``--host``, a Space). On a studio that is not
+    ``exposed``: reachable by other people (``--share``, a non-loopback ``--host``, a Space, or ``--guest`` logins
+    whatever the host: a loopback studio behind a reverse proxy is reached by its guests). On a studio that is not
     exposed, every client is the owner. On an exposed one, only the ``owner`` login (``--auth USER:PASS``) is; with
-    no owner login, owner-only actions are off for everyone.
+    no owner login, owner-only actions are off for everyone. ``limits``: what visitors may ask of the GPU.
     """
 
     exposed: bool = False
     owner: str | None = None
     why: str = ""
     space: bool = False  # a Hugging Face Space: no --auth to restart with; its owner sets the Space's variables
+    limits: VisitorLimits = VisitorLimits()
 
     def is_owner(self, request=None) -> bool:
         if not self.exposed:
             return True
         user = getattr(request, "username", None) if request is not None else None
         return self.owner is not None and user == self.owner
+
+    def may_download(self, request=None) -> bool:
+        """Whether ``request`` may make the studio download from the hub (the owner, or ``--allow-visitor-downloads``)."""
+        return self.limits.downloads or self.is_owner(request)
+
+    def check_budget(self, request, width: int, height: int, steps: int, images: int, what: str = "this request"):
+        """:class:`app.visitor_limits.VisitorLimitError` when a visitor asks for more than ``limits.budget``."""
+        if not self.is_owner(request):
+            self.limits.check_budget(width, height, steps, images, what)
+
+    def images_within_budget(self, request, width: int, height: int, steps: int, wanted: int,
+                             what: str = "one image") -> int:
+        """How many of ``wanted`` images of this size fit ``request``'s budget (all for the owner); refuses (as
+        :meth:`check_budget`) when not even one does."""
+        if self.is_owner(request):
+            return wanted
+        self.limits.check_budget(width, height, steps, 1, what)
+        return max(1, min(wanted, int(self.limits.budget // (int(width) * int(height) / 1e6 * int(steps)))))
+
+    def visitor_key(self, request=None) -> str | None:
+        """A folder name private to one visitor (``None`` for the owner): from the login, or the browser session
+        for anonymous visitors, hashed with this process's secret so that nobody can guess another's."""
+        if self.is_owner(request):
+            return None
+        who = getattr(request, "username", None) or "session:" + str(getattr(request, "session_hash", None))
+        return hashlib.sha256((_VISITOR_SALT + who).encode()).hexdigest()[:16]
 
     def check_owner(self, request, action: str) -> None:
         """Raises :class:`OwnerOnlyError` (one line saying why and how) unless ``request`` comes from the owner."""
@@ -279,7 +311,7 @@ class StudioContext:
                 self.unload()
                 self._engine = Engine(self.settings.models, preset=self.settings.preset,
                                       sources=self.settings.sources(), zero_gpu=self.zero_gpu,
-                                      speed=self.settings.speed)
+                                      speed=self.settings.speed, lora_downloads=False)
                 self._engine_key = key
             return self._engine
 

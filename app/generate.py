@@ -22,7 +22,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="what to draw; name characters with [Name] tags (required unless --recall)")
     parser.add_argument("--recall", default=None, metavar="PNG",
                         help="make an image again from the settings in a PNG made by the studio, the CLI or a "
-                             "story (characters, masks, LoRAs, seed...); other flags given override them")
+                             "story (characters, masks, LoRAs, seed...); other flags given override them; prints "
+                             "the files it will load")
+    parser.add_argument("--trust-recall", action="store_true",
+                        help="let --recall load LoRAs and text adapters from outside the PNG's folder (and the "
+                             "LoRA folder) as the PNG names them")
     parser.add_argument("--character", action="append", default=[], metavar="[NAME=]PATH[:SCALE]",
                         help="a character image; repeat for several characters")
     parser.add_argument("--scale", type=float, default=0.9, help="default character strength (0 to 2)")
@@ -212,6 +216,7 @@ def build_request(args: argparse.Namespace):
     from core.errors import UsageError
 
     if args.recall:
+        check_recalled_files(args.recall, getattr(args, "trust_recall", False))
         base = request_from_png(args.recall)
     elif not args.prompt:
         raise UsageError("--prompt is required (or give --recall PNG to make an image again from its settings)")
@@ -241,6 +246,48 @@ def build_request(args: argparse.Namespace):
         for note in notes:
             print(f"note: {note}")
     return base.check()
+
+
+def recalled_files(png: str) -> list[tuple[str, str, bool]]:
+    """``(what, source, trusted)`` for each file a PNG's record makes ``--recall`` load besides the PNG itself:
+    trusted when it is inside the PNG's folder or the user's LoRA folder (a hub LoRA: from the hub cache, or
+    downloaded)."""
+    from core.io.hub_ids import HubId
+    from core.io.metadata import read_record
+    from core.io.paths import data_dir
+    from core.loading.loras import locate
+
+    record = read_record(png)
+    folders = [Path(png).expanduser().resolve().parent, data_dir("loras").resolve()]
+
+    def trusted(path: Path) -> bool:
+        return any(path == f or path.is_relative_to(f) for f in folders)
+
+    files = []
+    for lora in record.loras:
+        source = str(lora.get("source", ""))
+        located = locate(source) if source else None
+        if isinstance(located, HubId):
+            files.append(("hub LoRA", source, True))
+        elif located is not None:
+            files.append(("LoRA", str(located), trusted(located)))
+    adapter = (record.models or {}).get("text_adapter")
+    if adapter:
+        path = Path(str(adapter)).expanduser().resolve()
+        files.append(("text adapter", str(path), trusted(path)))
+    return files
+
+
+def check_recalled_files(png: str, trust: bool) -> None:
+    """Prints what ``--recall PNG`` will load; a :class:`UsageError` for a file outside the PNG's folder unless
+    ``trust`` (``--trust-recall``)."""
+    from core.errors import UsageError
+
+    for what, source, inside in recalled_files(png):
+        print(f"recall: loads the {what} {source}" + ("" if inside else " (outside the PNG's folder)"))
+        if not inside and not trust:
+            raise UsageError(f"--recall {png} names the {what} {source}, outside the PNG's folder: check it, "
+                             "then add --trust-recall to load it")
 
 
 def _apply_edit(args: argparse.Namespace, request) -> list[str]:

@@ -18,7 +18,9 @@ from pathlib import Path
 
 import gradio as gr
 
+from . import visitor_limits
 from .context import ASSETS, NO_GPU_NOTICE, Access, StudioContext, StudioSettings
+from .visitor_limits import VisitorLimits
 from .mask_canvas import CANVAS_JS
 from .tabs import generate, history, library, settings
 from core.errors import UsageError
@@ -67,7 +69,10 @@ def build_studio(ctx: StudioContext) -> gr.Blocks:
         _link_tabs(demo, tabs, library_tab, history_tab)
         demo.load(None, None, None, js=CANVAS_JS, api_visibility="private")  # named mask layers (mask_canvas)
     demo.studio_tabs = tabs
-    demo.queue(default_concurrency_limit=4, max_size=QUEUE_SIZE)
+    # no size limit on Gradio's queue: visitors are limited per session and address (app.visitor_limits), so
+    # their load never refuses the owner's jobs
+    demo.queue(default_concurrency_limit=4, max_size=None if ctx.access.exposed else QUEUE_SIZE)
+    visitor_limits.install(demo, ctx.access)
     return demo
 
 
@@ -111,11 +116,10 @@ def logins(args: argparse.Namespace) -> list[tuple[str, str]] | None:
     """Gradio's ``auth``: the owner (``--auth``) first, then the ``--guest`` logins; ``None`` for no login."""
     owner = parse_auth(getattr(args, "auth", None))
     guests = [parse_auth(g, "--guest") for g in getattr(args, "guest", None) or []]
-    if guests and owner is None:
-        raise UsageError("--guest needs --auth USER:PASS for the owner")
     if owner is not None and any(user == owner[0] for user, _ in guests):
         raise UsageError(f"--guest {owner[0]} is the owner's name: give guests other names")
-    return [owner, *guests] if owner is not None else None
+    everyone = ([owner] if owner is not None else []) + guests
+    return everyone or None
 
 
 def access_for(args: argparse.Namespace) -> Access:
@@ -129,9 +133,22 @@ def access_for(args: argparse.Namespace) -> Access:
         reasons.append(f"open to the network ({args.host})")
     if on_spaces():
         reasons.append("a Hugging Face Space")
+    if getattr(args, "guest", None):
+        reasons.append("open to --guest logins")
     owner = parse_auth(getattr(args, "auth", None))
     return Access(exposed=bool(reasons), owner=owner[0] if owner else None, why=" and ".join(reasons),
-                  space=on_spaces())
+                  space=on_spaces(), limits=limits_from_args(args))
+
+
+def limits_from_args(args: argparse.Namespace) -> VisitorLimits:
+    """The ``--visitor-*`` flags (``app.arguments.add_visitor_arguments``), checked."""
+    values = dict(jobs_per_session=getattr(args, "visitor_jobs_per_session", 2),
+                  jobs_per_address=getattr(args, "visitor_jobs_per_address", 4),
+                  budget=getattr(args, "visitor_budget", 120.0))
+    for name, value in values.items():
+        if value is None or value < 0:
+            raise UsageError(f"--visitor-{name.replace('_', '-')} must be 0 or more, got {value}")
+    return VisitorLimits(**values, downloads=bool(getattr(args, "allow_visitor_downloads", False)))
 
 
 VISITOR_RIGHTS = ("visitors can generate, write stories, use the library and history, and download what the "
@@ -139,15 +156,20 @@ VISITOR_RIGHTS = ("visitors can generate, write stories, use the library and his
                   "the output folder, or train")
 
 
-def exposure_warnings(host: str, share: bool, auth) -> list[str]:
+def exposure_warnings(host: str, share: bool, auth, guests=()) -> list[str]:
     """Warnings for settings that let other people reach the studio, saying what they can and cannot do."""
     warnings = []
+    if guests and not auth:
+        warnings.append("--guest without --auth: every login is a visitor, so nobody can change settings, "
+                        "unload models or train from the page (add --auth USER:PASS for the owner)")
     if share:
         warnings.append("--share makes the studio reachable by anyone with the gradio.live link"
                         + ("" if auth else " (no login: consider --auth USER:PASS)"))
     if not is_loopback(host):
         warnings.append(f"--host {host} opens the studio to the network"
                         + ("" if auth else " without a login (consider --auth USER:PASS)"))
+    if guests and auth and is_loopback(host) and not share:
+        warnings.append("--guest logins are visitors even on a loopback --host (a reverse proxy may bring them)")
     if warnings:
         owner = parse_auth(auth) if isinstance(auth, str) else auth
         warnings.append(VISITOR_RIGHTS + "; " + (f"the owner login {owner[0]!r} can do everything" if owner
@@ -175,7 +197,7 @@ def launch(args: argparse.Namespace, *, block: bool = True):
                                        t5=getattr(args, "t5", None)),
                         access=access_for(args))
     kwargs = launch_kwargs(ctx, args)
-    for warning in exposure_warnings(args.host, args.share, args.auth):
+    for warning in exposure_warnings(args.host, args.share, args.auth, getattr(args, "guest", None) or ()):
         print(f"warning: {warning}", file=sys.stderr)
     if not ctx.has_cuda and not ctx.settings.is_tiny:
         print(f"note: {NO_GPU_NOTICE}", file=sys.stderr)

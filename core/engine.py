@@ -64,11 +64,13 @@ class Engine:
         progress_bars: show diffusers' and the hub's progress bars (the command line does).
         speed: a :class:`core.loading.speed.SpeedOptions` or a speed mode name (``off``, ``full``, ``fast``),
             applied once after loading (:func:`core.loading.speed.apply_speed`); default off.
+        lora_downloads: hub LoRAs may be downloaded while generating (the command line); ``False``: only from the
+            hub cache (the studio fetches them before it takes the GPU slot).
     """
 
     def __init__(self, models: str = "default", preset="auto", *, sources: ModelSources | None = None,
                  device=None, dtype=None, zero_gpu: bool = False, progress_bars: bool = False, width: int = 1024,
-                 height: int = 1024, speed=None):
+                 height: int = 1024, speed=None, lora_downloads: bool = True):
         from core.loading.speed import SpeedOptions
 
         self.spec = str(models or "default")
@@ -88,7 +90,8 @@ class Engine:
         self.steps: list[str] = []
         self._text_adapter: str | None = None
         self._adapter_digest: tuple = (None, None)  # (file key, SHA-256) of a local adapter file
-        self.loras = LoadedLoras()
+        self.lora_downloads = lora_downloads
+        self.loras = LoadedLoras(lora_downloads)
         self._lock = threading.RLock()
 
     @property
@@ -200,7 +203,7 @@ class Engine:
                 return False
             self._pipe = None
             self._text_adapter = None
-            self.loras = LoadedLoras()
+            self.loras = LoadedLoras(self.lora_downloads)
             free_memory()
             return True
 
@@ -246,9 +249,11 @@ class Engine:
         self.speed_steps = apply_speed(pipe, self.speed, self.device)
         return list(self.speed_steps)
 
-    def _prepare_speed(self, pipe, request: GenerationRequest, report: Report) -> None:
-        """Per request: the draft step cache on or off, and a message the first time a compiled shape runs."""
-        from core.loading.speed import is_compiled, set_fused_for_loras, set_step_cache
+    def _prepare_speed(self, pipe, request: GenerationRequest, report: Report) -> list[str]:
+        """Per request: the draft step cache on or off, and a message the first time a compiled shape runs; returns
+        the notes for the user (a shape that runs without compilation)."""
+        from core.loading.speed import (MAX_COMPILED_SHAPES, compile_decision, is_compiled, run_eagerly,
+                                        set_fused_for_loras, set_step_cache)
 
         for changed in (set_fused_for_loras(pipe, self.speed, bool(request.loras)),
                         set_step_cache(pipe, bool(getattr(request, "draft", False)), self.speed.draft_threshold)):
@@ -256,12 +261,21 @@ class Engine:
                 log.info("%s", changed)
         if is_compiled(pipe) and not getattr(request, "draft", False):
             shape = (request.width, request.height, len(request.characters), request.negative is not None)
-            if shape not in self._compiled_shapes:
+            decision = compile_decision(self._compiled_shapes, shape)
+            if decision == "compile":
                 self._compiled_shapes.add(shape)
                 message = (f"Compiling the transformer for {request.width}x{request.height} (first use in this "
                            "process: it takes a while, later requests of this size reuse it)")
-                log.info("%s", message)
-                report(0.0, message)
+            elif decision == "eager":
+                run_eagerly()
+                message = (f"{request.width}x{request.height} runs without compilation (compiled: the preset sizes, "
+                           f"at most {MAX_COMPILED_SHAPES} shapes per process)")
+            else:
+                return []
+            log.info("%s", message)
+            report(0.0, message)
+            return [message] if decision == "eager" else []
+        return []
 
     # ------------------------------------------------------------------ generation
     def generate(self, request: GenerationRequest, *, report: Report | None = None,
@@ -288,7 +302,7 @@ class Engine:
             if request.controls:
                 self._use_controlnet(pipe, report)
             self.loras.apply(pipe, request.loras)
-            self._prepare_speed(pipe, request, report)
+            result.notes += self._prepare_speed(pipe, request, report)
             provenance = self.provenance()
             if request.controls:
                 provenance["models"]["controlnet"] = self.controlnet_source

@@ -25,6 +25,7 @@ MAX_NAME_CHARS = 64  # a character's name (its [Name] tag)
 MAX_DESCRIPTION_CHARS = 500  # the words that replace a tag
 MAX_LORAS = 3
 MAX_LORA_WEIGHT = 2.0
+MAX_LORA_DOWNLOAD_BYTES = 2 * 1024**3  # one hub LoRA file (FLUX LoRAs are 20 MB to about 1.3 GB)
 
 # ---------------------------------------------------------------------------------------------- images and files
 MAX_FILE_BYTES = 50 * 1024 * 1024  # any file read, hashed or copied on a request's behalf

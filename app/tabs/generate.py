@@ -12,6 +12,7 @@ from ..components import CharacterImage
 from ..context import MAX_STUDIO_CHARACTERS, StudioContext
 from ..errors import StudioInputError, shown_to_user
 from ..running import cancel_button
+from .library import save_character
 from core.loading.loras import MAX_LORAS, MAX_WEIGHT
 from ..mask_canvas import COLOURS, LAYER_NAMES, LAYOUTS, blank_canvas, preview_size
 from . import control_section, edit_section
@@ -232,12 +233,10 @@ def _library_saver(ctx: StudioContext):
 
 
 def _save_to_library(ctx: StudioContext, image, name, scale, request=None, description=None):
-    if name and str(name).strip().lower() in {n.lower() for n in ctx.library.names()}:
-        ctx.access.check_owner(request, "Replacing a library character")
     if description is not None and not isinstance(description, str):
         raise StudioInputError(f"the description must be text, got {type(description).__name__}")
-    entry = ctx.library.save(image, name, scale, " ".join((description or "").split()) or None)
-    gr.Info(f"Saved [{entry.name}] to the library")
+    # the Library tab's rule: ownership by the folder the name maps to
+    save_character(ctx, image, name, scale, request, " ".join((description or "").split()) or None)
     return gr.update(choices=ctx.library.names(), value=None)
 
 

@@ -15,6 +15,7 @@ from core.conditioning.masks import RoutingMask
 from core.io.metadata import png_from_b64, read_record
 from core.io.paths import write_bytes_atomic
 
+from .. import client_input
 from ..context import MAX_STUDIO_CHARACTERS, StudioContext, uploads_dir
 from ..errors import StudioInputError, shown_to_user
 from ..generation import CharacterSlot, GenerationSettings, check_settings, generate
@@ -73,12 +74,13 @@ def form_values(**given) -> list:
     return values
 
 
-def parse_form(values, paths=None) -> tuple[list[CharacterSlot], object, GenerationSettings]:
-    """``(slots, canvas, settings)`` from a list in :data:`GENERATE_FIELDS` order."""
+def parse_form(values, ctx=None, request=None) -> tuple[list[CharacterSlot], object, GenerationSettings]:
+    """``(slots, canvas, settings)`` from a list in :data:`GENERATE_FIELDS` order; the LoRAs checked against
+    ``ctx``'s folders and ``request``'s right to download (:func:`app.client_input.loras`) when ``ctx`` is given."""
     data = dict(zip(GENERATE_FIELDS, values, strict=True))
     slots = [CharacterSlot(*(data[f"{field}{i + 1}"] for field in SLOT_FIELDS)) for i in range(MAX_STUDIO_CHARACTERS)]
     rows = [[data[f"lora{j + 1}_{field}"] for field in LORA_FIELDS] for j in range(MAX_LORAS)]
-    loras = parse_rows(rows, paths) if paths is not None else parse_rows(rows)  # the studio passes its policy
+    loras = client_input.loras(rows, ctx, request) if ctx is not None else parse_rows(rows)
     settings = GenerationSettings(**{field: data[field] for field in SETTING_FIELDS}, loras=loras)
     return slots, data["canvas"], settings
 
@@ -94,9 +96,10 @@ def run_form(ctx, runs: SessionRuns, zero_gpu_run, request, progress, values: li
     """One Generate (or Edit, with ``edit``) run of the form ``values`` (GENERATE_FIELDS order) under the session's
     Cancel: ``(gallery paths, session paths, notes markdown, seed)``. On ZeroGPU ``zero_gpu_run`` runs it.
     ``controls``: the control panel's values (:data:`app.tabs.control_events.CONTROL_KEYS` order), or None."""
-    slots, canvas, settings = parse_form(values, ctx.paths)
+    slots, canvas, settings = parse_form(values, ctx, request)
     settings.controls = parse_controls(controls, ctx.paths)
-    check_settings(settings)  # before a ZeroGPU slot is asked for with these numbers
+    width, height = check_settings(settings)  # before a ZeroGPU slot is asked for with these numbers
+    ctx.access.check_budget(request, width, height, settings.steps, settings.images)
     if ctx.zero_gpu:
         result = zero_gpu_run(slots, canvas, settings, specs, edit)
     else:

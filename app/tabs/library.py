@@ -8,7 +8,28 @@ from core.limits import MAX_SCALE
 
 from ..components import CharacterImage
 from ..context import StudioContext
-from ..errors import StudioInputError, shown_to_user
+from ..errors import OwnerOnlyError, StudioInputError, shown_to_user
+
+
+def check_may_change(ctx: StudioContext, entry, request, verb: str) -> None:
+    """The owner may replace or delete any entry; a visitor only one their own login added (anonymous visitors:
+    none). ``entry`` is what the folder holds (:meth:`CharacterLibrary.stored_at`), whatever name was typed."""
+    if entry is None or ctx.access.is_owner(request):
+        return
+    login = getattr(request, "username", None)
+    if login is None or entry.added_by != login:
+        raise OwnerOnlyError(f"the library already has [{entry.name}] under that name: only the studio's owner "
+                             f"or whoever added it may {verb} it (choose another name)")
+
+
+def save_character(ctx: StudioContext, image, name, scale, request=None, description: str | None = None):
+    """Saves a character from any tab under the one ownership rule (:func:`check_may_change`)."""
+    if isinstance(name, str) and name.strip():
+        check_may_change(ctx, ctx.library.stored_at(name), request, "replace")
+    login = None if ctx.access.is_owner(request) else getattr(request, "username", None)
+    entry = ctx.library.save(image, name, scale, description, added_by=login)
+    gr.Info(f"Saved [{entry.name}] to the library")
+    return entry
 
 
 class LibraryEvents:
@@ -22,23 +43,14 @@ class LibraryEvents:
         return [(str(c.image_path), f"{c.name} · scale {c.scale:g}") for c in self.ctx.library.entries()]
 
     def _save(self, image, name, scale, request: gr.Request = None):
-        if name and self._exists(name):
-            self.ctx.access.check_owner(request, "Replacing a library character")
-        entry = self.ctx.library.save(image, name, scale)
-        gr.Info(f"Saved [{entry.name}] to the library")
+        save_character(self.ctx, image, name, scale, request)
         return self.gallery()
 
-    def _exists(self, name) -> bool:
-        try:
-            self.ctx.library.get(name)
-        except StudioInputError:
-            return False
-        return True
-
     def _delete(self, name, request: gr.Request = None):
-        self.ctx.access.check_owner(request, "Deleting library characters")
         if not name:
             raise StudioInputError("select a character in the library first")
+        entry = self.ctx.library.get(name)
+        check_may_change(self.ctx, self.ctx.library.stored_at(entry.name), request, "delete")
         self.ctx.library.delete(name)
         gr.Info(f"Deleted [{name}] from the library")
         return self.gallery(), None

@@ -10,6 +10,7 @@ from types import SimpleNamespace
 
 import gradio as gr
 
+from .. import client_input
 from ..errors import StudioInputError, shown_to_user
 from .edit_events import DEFAULT_STRENGTH
 
@@ -60,10 +61,10 @@ class StoryEditEvents:
             strength = float(strength)
         except (TypeError, ValueError):
             raise StudioInputError(f"strength must be a number from 0 to 1, got {str(strength)[:20]!r}") from None
-        spec = None if not region or str(region).strip() == "whole panel" else str(region).strip()
+        mask = None if undo else client_input.region(region, "the region to redo")  # never a file
         try:
-            notes = prepare_panel_edit(story, render_dir_for(self.events.ctx, story), index, strength, spec,
-                                       undo=undo, region_name=f"the region {spec!r}")
+            notes = prepare_panel_edit(story, render_dir_for(self.events.ctx, story, request), index, strength, mask,
+                                       undo=undo, region_name=f"the region {getattr(mask, 'label', None)!r}")
         except StoryError as exc:
             raise StudioInputError(str(exc).replace("render it first", "press Render first")) from None
         outputs = list(self.events._render_and_export(story, [index], True, request, progress))

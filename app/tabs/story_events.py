@@ -103,10 +103,16 @@ def story_summary(story: Story, render_dir: Path) -> str:
     return summary + "".join(f"\n- **warning** {html.escape(w, quote=False)}" for w in warnings)
 
 
-def render_dir_for(ctx: StudioContext, story: Story) -> Path:
-    """``OUTPUT_DIR/stories/<title slug>``: the same story renders (and resumes) in the same folder."""
+def render_dir_for(ctx: StudioContext, story: Story, request=None) -> Path:
+    """``OUTPUT_DIR/stories/<title slug>``: the same story renders (and resumes) in the same folder.
+
+    On an exposed studio a visitor's renders go to ``stories/visitors/<key>/<title slug>`` (the key from the login
+    or the browser session, :meth:`app.context.Access.visitor_key`): nobody overwrites or reads another's render
+    by choosing its title. The owner's go to ``stories/`` itself, and the owner sees every folder."""
     slug = _SLUG.sub("-", (story.title or "untitled").lower()).strip("-")[:60] or "untitled"
-    return Path(ctx.settings.output_dir) / "stories" / slug
+    key = ctx.access.visitor_key(request)
+    stories = Path(ctx.settings.output_dir) / "stories"
+    return stories / slug if key is None else stories / "visitors" / key / slug
 
 
 def panel_rows(story: Story, render_dir: Path) -> list[list]:
@@ -246,18 +252,18 @@ class StoryEvents:
         self.add_library_character = shown_to_user(self._add_library_character)
 
     # ------------------------------------------------------------------ editing
-    def _load_example(self, name):
+    def _load_example(self, name, request: gr.Request = None):
         text, folder = load_example(name)
-        return (text, folder, *self._parse(text, folder))
+        return (text, folder, *self._parse(text, folder, request))
 
-    def _parse(self, text, folder):
+    def _parse(self, text, folder, request: gr.Request = None):
         """``(problems/summary markdown, panel rows, preview pages)`` for the text as it is now (run on every edit:
         an over-long text is refused before it is parsed, and the preview draws only the first pages)."""
         try:
             story = parse_text(text, folder, self.ctx.paths)
         except StoryError as exc:
             return problems_markdown(exc), [], []
-        out = render_dir_for(self.ctx, story)
+        out = render_dir_for(self.ctx, story, request)
         return story_summary(story, out), panel_rows(story, out), preview_pages(story, out)
 
     def _strip(self, text, folder):
@@ -321,10 +327,16 @@ class StoryEvents:
     def _render_and_export(self, story: Story, todo: list[int], resume: bool, request, progress):
         from core.story.render import RenderResult
 
-        out = render_dir_for(self.ctx, story)
+        out = render_dir_for(self.ctx, story, request)
         notes = []
         result = RenderResult()
         if todo:
+            allowed = self.ctx.access.images_within_budget(request, story.width, story.height, story.steps,
+                                                           len(todo), "one panel of this story")
+            if allowed < len(todo):
+                notes.append(f"Visitors' budget: this Render draws {allowed} of the {len(todo)} panels to do; "
+                             "press Render again for the next ones.")
+                todo = todo[:allowed]
             if self.ctx.zero_gpu:
                 result = self._zero_gpu_render(story, out, todo, resume)
             else:
@@ -364,7 +376,7 @@ class StoryEvents:
         from core.story.manifest import panels_to_render
 
         story = self._story(text, folder)
-        out = render_dir_for(self.ctx, story)
+        out = render_dir_for(self.ctx, story, request)
         todo = ([p.index for p in story.panels] if everything
                 else panels_to_render(story, load_manifest(out), out))
         return self._render_and_export(story, todo, True, request, progress)

@@ -238,6 +238,29 @@ def set_fused_for_loras(pipe, options: SpeedOptions, has_loras: bool) -> str | N
     return None
 
 
+# Compiled shapes are capped: a size outside these buckets (the studio's size presets), or past
+# MAX_COMPILED_SHAPES distinct shapes, runs its blocks eagerly, so a client choosing sizes cannot make the server
+# compile again and again (torch's own recompile limit would be the only bound otherwise).
+COMPILE_SIZES = frozenset({(1024, 1024), (896, 1152), (1152, 896), (1344, 768), (768, 1344), (512, 512),
+                           (128, 128)})
+MAX_COMPILED_SHAPES = 8
+
+
+def compile_decision(compiled: set, shape: tuple) -> str:
+    """``"reuse"``, ``"compile"`` or ``"eager"`` for a request of ``shape`` (``(width, height, ...)``) on a compiled
+    transformer that has compiled the shapes in ``compiled`` so far."""
+    if shape in compiled:
+        return "reuse"
+    if tuple(shape[:2]) in COMPILE_SIZES and len(compiled) < MAX_COMPILED_SHAPES:
+        return "compile"
+    return "eager"
+
+
+def run_eagerly() -> None:
+    """This request's transformer calls run without compilation (the next request sets the stance again)."""
+    torch.compiler.set_stance("force_eager")
+
+
 def is_compiled(pipe) -> bool:
     return bool(getattr(getattr(pipe, "transformer", None), "_speed_compiled", False))
 

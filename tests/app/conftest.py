@@ -40,3 +40,23 @@ def character_files(tmp_path_factory):
         paths.append(folder / f"{name}.png")
         image.save(paths[-1])
     return paths
+
+
+@pytest.fixture(scope="session")
+def tiny_lora(tiny_models, tmp_path_factory):
+    """A random LoRA for the tiny transformer, made with peft and saved with diffusers' LoRA saver."""
+    pytest.importorskip("peft", reason="style LoRAs need peft")
+    import torch
+    from diffusers import FluxPipeline, FluxTransformer2DModel
+    from peft import LoraConfig
+    from peft.utils import get_peft_model_state_dict
+
+    transformer = FluxTransformer2DModel.from_pretrained(tiny_models / "flux" / "transformer")
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        transformer.add_adapter(LoraConfig(r=4, lora_alpha=4, init_lora_weights=False,
+                                           target_modules=["to_q", "to_k", "to_v", "to_out.0"]))
+    folder = tmp_path_factory.mktemp("lora")
+    FluxPipeline.save_lora_weights(folder, transformer_lora_layers=get_peft_model_state_dict(transformer),
+                                   weight_name="style.safetensors")
+    return folder / "style.safetensors"

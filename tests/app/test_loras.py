@@ -11,24 +11,6 @@ from core.loading.loras import LoadedLoras, LoraError, StyleLora, parse_rows, wi
 peft = pytest.importorskip("peft", reason="style LoRAs need peft")
 
 
-@pytest.fixture(scope="module")
-def tiny_lora(tiny_models, tmp_path_factory):
-    """A random LoRA for the tiny transformer, made with peft and saved with diffusers' LoRA saver."""
-    from diffusers import FluxPipeline, FluxTransformer2DModel
-    from peft import LoraConfig
-    from peft.utils import get_peft_model_state_dict
-
-    transformer = FluxTransformer2DModel.from_pretrained(tiny_models / "flux" / "transformer")
-    with torch.random.fork_rng():
-        torch.manual_seed(0)
-        transformer.add_adapter(LoraConfig(r=4, lora_alpha=4, init_lora_weights=False,
-                                           target_modules=["to_q", "to_k", "to_v", "to_out.0"]))
-    folder = tmp_path_factory.mktemp("lora")
-    FluxPipeline.save_lora_weights(folder, transformer_lora_layers=get_peft_model_state_dict(transformer),
-                                   weight_name="style.safetensors")
-    return folder / "style.safetensors"
-
-
 def _image(pipe) -> np.ndarray:
     return pipe("a cat", num_inference_steps=2, height=32, width=32, output_type="np",
                 generator=torch.Generator("cpu").manual_seed(3)).images
@@ -95,8 +77,10 @@ def test_studio_lora_files_only_from_its_folders(tiny_lora, tmp_path):
     assert parse_rows([["style.safetensors", 0.5, ""]], ctx.paths)[0].weight == 0.5
 
 
-def test_a_studio_png_with_a_lora_regenerates_from_the_cli(tiny_models, tiny_lora, tmp_path, character_files):
-    """The studio's PNG records the LoRA; `generate --recall PNG` makes the same image with the LoRA applied."""
+def test_a_studio_png_with_a_lora_regenerates_from_the_cli(tiny_models, tiny_lora, tmp_path, character_files,
+                                                           capsys):
+    """The studio's PNG records the LoRA; `generate --recall PNG` says it will load it, needs --trust-recall for a
+    LoRA outside the PNG's folder (issue 21, row 8), and makes the same image with the LoRA applied."""
     from PIL import Image
 
     from app.cli import main
@@ -109,12 +93,19 @@ def test_a_studio_png_with_a_lora_regenerates_from_the_cli(tiny_models, tiny_lor
                                   loras=[StyleLora(str(tiny_lora), 0.8, "ghibli")])
     studio_png = generate(ctx, [CharacterSlot(str(character_files[0]), "Mia")], None, settings).paths[0]
     again, plain = tmp_path / "again.png", tmp_path / "plain.png"
-    assert main(["generate", "--recall", studio_png, "--models", "tiny", "--out", str(again)]) == 0
+    capsys.readouterr()
+    assert main(["generate", "--recall", studio_png, "--models", "tiny", "--out", str(again)]) != 0
+    out, err = capsys.readouterr()
+    assert f"recall: loads the LoRA {tiny_lora} (outside the PNG's folder)" in out
+    assert (f"--recall {studio_png} names the LoRA {tiny_lora}, outside the PNG's folder: check it, then add "
+            "--trust-recall to load it") in err
+    assert not again.exists()
+    assert main(["generate", "--recall", studio_png, "--trust-recall", "--models", "tiny", "--out", str(again)]) == 0
     assert read_record(again).loras == [{"source": str(tiny_lora), "weight": 0.8, "trigger": "ghibli"}]
     assert np.array_equal(np.asarray(Image.open(again)), np.asarray(Image.open(studio_png)))
     # without the LoRA the same settings give another image: the CLI really applied it
     record = read_record(studio_png)
-    assert main(["generate", "--recall", studio_png, "--models", "tiny", "--lora", f"{tiny_lora}:0",
+    assert main(["generate", "--recall", studio_png, "--trust-recall", "--models", "tiny", "--lora", f"{tiny_lora}:0",
                  "--out", str(plain)]) == 0
     assert not np.array_equal(np.asarray(Image.open(plain)), np.asarray(Image.open(studio_png)))
     assert record.seed == read_record(plain).seed == 11

@@ -47,19 +47,36 @@ class RawClient:
     def dependencies(self) -> list[dict]:
         return [d for d in self.config["dependencies"] if d.get("backend_fn")]
 
-    def call(self, dep: dict, data: list) -> list[dict]:
+    def call(self, dep: dict, data: list, session: str | None = None) -> list[dict]:
         """Every message the server sent about this event (its outputs included), as parsed JSON."""
-        session = uuid.uuid4().hex[:10]
-        trigger = dep["targets"][0][0] if dep.get("targets") else None
-        body = {"data": data, "fn_index": dep["id"], "session_hash": session, "event_data": None,
-                "trigger_id": trigger}
+        session = session or uuid.uuid4().hex[:10]
         if not dep.get("queue", True):
-            response = self.http.post(f"{self.api}/run/predict", json=body)
+            response = self.http.post(f"{self.api}/run/predict", json=self._body(dep, data, session))
             return [{"status": response.status_code, "body": response.text}]
-        joined = self.http.post(f"{self.api}/queue/join", json=body)
+        joined = self.join(dep, data, session)
         if joined.status_code != 200:
             return [{"status": joined.status_code, "body": joined.text}]
-        messages = []
+        return self.messages(session)
+
+    def _body(self, dep: dict, data: list, session: str) -> dict:
+        trigger = dep["targets"][0][0] if dep.get("targets") else None
+        return {"data": data, "fn_index": dep["id"], "session_hash": session, "event_data": None,
+                "trigger_id": trigger}
+
+    def join(self, dep: dict, data: list, session: str) -> httpx.Response:
+        """Puts one event in the queue without waiting for it (``messages`` reads what it did)."""
+        return self.http.post(f"{self.api}/queue/join", json=self._body(dep, data, session))
+
+    def upload(self, path: Path) -> dict:
+        """``path`` uploaded as the page does: a FileData in Gradio's upload cache."""
+        with open(path, "rb") as handle:
+            response = self.http.post(f"{self.api}/upload", files={"files": (Path(path).name, handle, "image/png")})
+        assert response.status_code == 200, response.text
+        return file_data(response.json()[0])
+
+    def messages(self, session: str, events: int = 1) -> list[dict]:
+        """The messages of the session's next ``events`` events, until each is completed."""
+        messages, done = [], 0
         deadline = time.monotonic() + TIMEOUT
         try:
             with self.http.stream("GET", f"{self.api}/queue/data", params={"session_hash": session}) as stream:
@@ -68,10 +85,12 @@ class RawClient:
                         continue
                     message = json.loads(line[5:])
                     messages.append(message)
-                    if message.get("msg") in ("process_completed", "close_stream", "unexpected_error"):
+                    if message.get("msg") in ("process_completed", "unexpected_error"):
+                        done += 1
+                    if done >= events or message.get("msg") == "close_stream":
                         break
                     if time.monotonic() > deadline:
-                        raise AssertionError(f"dependency {dep['id']} did not finish in {TIMEOUT} s")
+                        raise AssertionError(f"session {session}'s events did not finish in {TIMEOUT} s")
         except httpx.RemoteProtocolError as exc:  # the stream ended early: what came so far still counts
             messages.append({"msg": "stream_closed", "error": str(exc)})
         return messages
@@ -313,3 +332,170 @@ def test_owner_login_may_do_what_guests_may_not(tmp_path_factory, tmp_path):
     finally:
         proc.terminate()
         proc.wait(timeout=30)
+
+
+# ------------------------------------------------------------------------------------------------ issue 21
+# A second launch: loopback host (as behind a reverse proxy) with an owner and two guest logins, small visitor
+# limits, and a LoRA in the studio's loras/ folder. One launch serves every row of issue 21 that a studio shows.
+GUEST_ARGS = ["--host", "127.0.0.1", "--auth", "ann:s3cret", "--guest", "bob:visitor", "--guest", "eve:visitor",
+              "--visitor-jobs-per-session", "1", "--visitor-jobs-per-address", "2", "--visitor-budget", "10"]
+STORY = "title: Shared\nsize: 32x32\nsteps: 2\nseed: 3\n---\na quiet sea [NC]\n"
+
+
+@pytest.fixture(scope="module")
+def guests(tmp_path_factory, tiny_lora):
+    import shutil
+    from types import SimpleNamespace
+
+    home = tmp_path_factory.mktemp("guests-home")
+    (home / "data" / "loras").mkdir(parents=True)
+    shutil.copy(tiny_lora, home / "data" / "loras" / "style.safetensors")
+    proc, url = launch_studio(home, GUEST_ARGS)
+    yield SimpleNamespace(proc=proc, url=url, home=home, outputs=home / "data" / "outputs",
+                          ann=RawClient(url, login=("ann", "s3cret")), bob=RawClient(url, login=("bob", "visitor")),
+                          eve=RawClient(url, login=("eve", "visitor")))
+    proc.terminate()
+    proc.wait(timeout=30)
+
+
+def _error(messages: list[dict]) -> str | None:
+    """The one-line refusal in ``messages``: a refused join's ``detail`` or the event's error; None on success."""
+    last = messages[-1] if messages else {}
+    if "status" in last:
+        try:
+            return str(json.loads(last["body"]).get("detail"))
+        except ValueError:
+            return last["body"]
+    if last.get("success"):
+        return None
+    return str((last.get("output") or {}).get("error") or json.dumps(last)[:300])
+
+
+def _generate_data(client: RawClient, **fields) -> list:
+    from app.tabs.generate_events import form_values
+
+    dep = _dep(client, api_name="generate")
+    values = form_values(**({"prompt": "a red kite", "randomize_seed": False, "steps": 2, "width": 32,
+                             "height": 32} | fields))
+    return values + [None] * (len(dep["inputs"]) - len(values))  # the session's paths and mask specs (state)
+
+
+def _generate(client: RawClient, session: str | None = None, **fields) -> list[dict]:
+    return client.call(_dep(client, api_name="generate"), _generate_data(client, **fields), session)
+
+
+def test_guest_logins_are_visitors_on_a_loopback_host(guests, tmp_path):
+    """Row 6: ``--guest`` means visitor whatever the host."""
+    ok, message = _apply_settings(guests.bob, guests.outputs)
+    assert not ok and "is for the studio's owner only (log in as the --auth user)" in message, message
+    ok, message = _apply_settings(guests.ann, guests.outputs)
+    assert ok, message
+    log = (guests.home / "studio.log").read_text()
+    assert "--guest logins are visitors even on a loopback --host" in log
+
+
+def test_library_owner_check_is_on_the_folder(guests, secret):
+    """Row 3: a guest cannot replace the owner's Mia with ``mia!`` (same folder); guests add their own."""
+    save = _dep(guests.ann, label="Save to library")
+    image = guests.ann.upload(secret["png"])
+    assert _error(guests.ann.call(save, [image, "Mia", 0.9])) is None
+    stored = guests.home / "data" / "library" / "mia" / "character.json"
+    before = stored.read_bytes()
+    refused = ("the library already has [Mia] under that name: only the studio's owner or whoever added it may "
+               "replace it (choose another name)")
+    assert _error(guests.bob.call(save, [guests.bob.upload(secret["png"]), "mia!", 0.5])) == refused
+    assert stored.read_bytes() == before
+    assert _error(guests.bob.call(save, [guests.bob.upload(secret["png"]), "Rex", 0.5])) is None
+    assert _error(guests.eve.call(save, [guests.eve.upload(secret["png"]), "rex", 0.5])) == refused.replace(
+        "Mia", "Rex")
+    assert _error(guests.bob.call(save, [guests.bob.upload(secret["png"]), "REX", 0.7])) is None  # his own
+
+
+def test_lora_sources_are_files_in_the_lora_folder_or_hub_ids(guests, secret, tiny_lora):
+    """Row 2 (a hub-looking id is never a local path), row 7 (hub downloads are the owner's) and the bare name
+    of a LoRA in loras/ (it loads)."""
+    import shutil
+
+    evil = secret["dir"] / "evil.safetensors"
+    shutil.copy(tiny_lora, evil)
+    root = Path(__file__).resolve().parents[2]
+    climb = "tests/core/" + "../" * (len(root.parts) + 1) + str(evil).lstrip("/")
+    for client in (guests.ann, guests.bob):
+        for source in (climb, climb.replace("evil", "missing")):  # the same words whether the file exists or not
+            assert _error(_generate(client, lora1_source=source)) == (
+                f"LoRA {source[:80]!r} is not a hub id: a file in a repo has no empty, '.' or '..' parts")
+        assert _error(_generate(client, lora1_source="tests//x.safetensors")) == (
+            "LoRA 'tests//x.safetensors' is not a hub id: owner and repo are names of letters, digits, '-', '_' "
+            "and '.' (no '..', no empty parts)")
+    # a hub id whose owner/repo is a folder in the server's working folder: never looked up there
+    assert _error(_generate(guests.bob, lora1_source="core/loading")) == (
+        "LoRA 'core/loading' is not in this studio's hub cache, and downloading LoRAs is for the studio's owner "
+        "only (the owner may allow it with --allow-visitor-downloads)")
+    owner_error = _error(_generate(guests.ann, lora1_source="core/loading"))
+    assert owner_error.startswith("LoRA 'core/loading' cannot be downloaded: ") and str(root) not in owner_error
+    # the bare name the Safety section offers: found in loras/ and loaded
+    assert _error(_generate(guests.bob, lora1_source="style.safetensors", lora1_weight=0.5)) is None
+
+
+def test_fair_queue_limits_visitors_not_the_owner(guests):
+    """Row 4: per-session and per-address limits and a compute budget for visitors; the owner's jobs pass;
+    Cancel of one's own waiting job works."""
+    assert _error(_generate(guests.eve, steps=80, width=512, height=512)) == (
+        "this request is 21 megapixel-steps (512x512, 80 steps, 1 image(s)): visitors of this studio may ask for "
+        "at most 10 (fewer steps, images or pixels; the owner sets --visitor-budget)")
+    generate = _dep(guests.ann, api_name="generate")
+    # the owner's long job holds the GPU slot (and is over the visitors' budget: the owner has none)
+    owner_session = "owner-long"
+    assert guests.ann.join(generate, _generate_data(guests.ann, steps=100, width=256, height=256, images=4),
+                           owner_session).status_code == 200
+    time.sleep(1.0)
+    data = _generate_data(guests.bob)
+    queued = _dep(guests.bob, label="Generate")  # the click's first step (before the queue), as the page sends it
+    guests.bob.call(queued, [], "bob-a")
+    assert guests.bob.join(generate, data, "bob-a").status_code == 200
+    second = guests.bob.join(generate, data, "bob-a")
+    assert second.status_code != 200 and second.json()["detail"] == (
+        "you have 1 job(s) waiting already: visitors of this studio may queue at most 1 (wait for them or Cancel "
+        "one; the owner sets --visitor-jobs-per-session)")
+    assert guests.bob.join(generate, data, "bob-b").status_code == 200
+    third = guests.eve.join(generate, data, "eve-c")  # another login, the same address
+    assert third.status_code != 200 and third.json()["detail"] == (
+        "2 jobs from your address are waiting already: at most 2 per address (the owner sets "
+        "--visitor-jobs-per-address)")
+    assert guests.ann.join(generate, data, "owner-short").status_code == 200  # never refused for visitors' load
+    cancel = _dep(guests.bob, api_name="cancel")
+    guests.bob.call(cancel, [], "bob-a")  # drops bob's waiting job when its turn comes
+    guests.ann.call(_dep(guests.ann, api_name="cancel"), [], owner_session)  # the long job stops at its next step
+    for client, session in ((guests.ann, owner_session), (guests.bob, "bob-a"), (guests.bob, "bob-b"),
+                            (guests.ann, "owner-short")):
+        messages = client.messages(session)
+        assert _error(messages) is None, (session, _error(messages))
+        if session == "bob-a":
+            assert "Cancelled before it started" in json.dumps(messages)
+
+
+def test_story_renders_per_visitor_and_edit_regions_are_never_files(guests, secret):
+    """Row 5 (a visitor's render of the owner's title goes to the visitor's own folder) and row 1 (the region of
+    "Edit this panel" is a layout name or box, never a file on the server)."""
+    render = _dep(guests.ann, api_name="render_story")
+    assert _error(guests.ann.call(render, [STORY, "", True])) is None
+    owner_dir = guests.outputs / "stories" / "shared"
+    before = {p.name: p.read_bytes() for p in owner_dir.rglob("*") if p.is_file()}
+    assert "manifest.json" in before
+    messages = guests.bob.call(render, [STORY, "", True])
+    assert _error(messages) is None
+    assert {p.name: p.read_bytes() for p in owner_dir.rglob("*") if p.is_file()} == before
+    visitor_dirs = list((guests.outputs / "stories" / "visitors").glob("*/shared"))
+    assert len(visitor_dirs) == 1 and (visitor_dirs[0] / "manifest.json").is_file()
+    assert str(owner_dir) not in json.dumps(messages)
+
+    edit = _dep(guests.ann, api_name="edit_panel")
+    relative = "../" * 12 + str(secret["png"]).lstrip("/")
+    for region in (str(secret["png"]), str(secret["dir"] / "missing.png"), relative, "/etc/passwd"):
+        error = _error(guests.ann.call(edit, [STORY, "", 1, 0.5, region]))
+        assert error == (f"the region to redo {region.strip()[:40]!r} must be one of whole, left, right, top, "
+                         "bottom, left-third, center-third, right-third, grid:RxC:N or box:x0,y0,x1,y1 "
+                         "(fractions 0-1)"), error
+    manifest = (owner_dir / "manifest.json").read_text()
+    assert "png:" not in manifest and manifest.encode() == before["manifest.json"]
+    assert _error(guests.ann.call(edit, [STORY, "", 1, 0.5, "box:0,0,0.5,0.5"])) is None  # a box still works

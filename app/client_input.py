@@ -1,0 +1,60 @@
+"""Every value a client sends that could name a file, parsed as its own kind here and nowhere else.
+
+A handler never passes a client's string to something that opens files. It calls one of these:
+
+* :func:`region`: a layout name or ``box:x0,y0,x1,y1`` (a :class:`RoutingMask`), never a file;
+* :func:`loras`: LoRA rows, each a bare name in ``loras/``, a path the studio's path policy allows, or a hub id
+  (:class:`core.io.hub_ids.HubId`), hub files fetched here, before the GPU slot, if this client may download;
+* :func:`library_name`: a library character's name and the folder it maps to;
+* :func:`path`: any other file a client names (an image in History, a story folder), through the path policy,
+  with the same message whether the file exists or not.
+
+Uploaded files reach the handlers as paths in Gradio's upload cache, a root of the same policy.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from core.conditioning.layouts import NAMED_LAYOUTS, MaskError
+from core.conditioning.masks import RoutingMask
+from core.io.metadata import MAX_SPEC_CHARS
+from core.loading.loras import StyleLora, parse_rows
+
+from .errors import StudioInputError
+
+WHOLE = ("", "whole panel", "whole image")
+
+
+def region(value, what: str = "region") -> RoutingMask | None:
+    """``None`` for the whole image, else the layout name or box in ``value`` (any other text is refused
+    without looking at the disk)."""
+    if value is None or (isinstance(value, str) and value.strip().lower() in WHOLE):
+        return None
+    if not isinstance(value, str) or len(value) > MAX_SPEC_CHARS:
+        raise StudioInputError(f"{what} must be a layout name or box:x0,y0,x1,y1 (at most {MAX_SPEC_CHARS} "
+                               "characters)")
+    try:
+        return RoutingMask.from_spec(value.strip())
+    except MaskError:
+        raise StudioInputError(f"{what} {value.strip()[:40]!r} must be one of {', '.join(NAMED_LAYOUTS)}, "
+                               "grid:RxC:N or box:x0,y0,x1,y1 (fractions 0-1)") from None
+
+
+def loras(rows, ctx, request=None) -> list[StyleLora]:
+    """The LoRA rows ``(source, weight, trigger)`` of ``request``'s form, with the studio's folders and the
+    client's right to download (:meth:`app.context.Access.may_download`)."""
+    return parse_rows(rows, ctx.paths, downloads=ctx.access.may_download(request))
+
+
+def library_name(value) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise StudioInputError("give the character a name")
+    return value.strip()
+
+
+def path(ctx, value, what: str = "file") -> Path:
+    """``value`` resolved inside the studio's folders (:class:`core.io.path_policy.PathNotAllowedError` otherwise)."""
+    if not isinstance(value, str) or not value:
+        raise StudioInputError(f"no {what} given")
+    return ctx.paths.resolve(value, what=what)
