@@ -76,4 +76,6 @@ def test_edit_a_panel_in_the_story_tab(setup):
     assert _error(edits.undo_edit, *args, 1, None, Progress()) == "panel 1 has no edit to undo"
     assert _error(edits.edit_panel, *args, 3, 0.5, None, None, Progress()) == "panel number must be 1 to 2, got 3"
     assert "strength=1.5: must be from 0" in _error(edits.edit_panel, *args, 1, 1.5, None, None, Progress())
-    assert "unknown" in _error(edits.edit_panel, *args, 1, 0.5, "nowhere", None, Progress()).lower()
+    assert _error(edits.edit_panel, *args, 1, 0.5, "nowhere", None, Progress()) == (
+        "the region to redo 'nowhere' must be one of whole, left, right, top, bottom, left-third, center-third, "
+        "right-third, grid:RxC:N or box:x0,y0,x1,y1 (fractions 0-1)")
