@@ -411,9 +411,9 @@ def test_library_owner_check_is_on_the_folder(guests, secret):
     assert _error(guests.bob.call(save, [guests.bob.upload(secret["png"]), "REX", 0.7])) is None  # his own
 
 
-def test_lora_sources_are_files_in_the_lora_folder_or_hub_ids(guests, secret, tiny_lora):
-    """Row 2 (a hub-looking id is never a local path), row 7 (hub downloads are the owner's) and the bare name
-    of a LoRA in loras/ (it loads)."""
+def test_hub_looking_lora_ids_are_never_local_paths(guests, secret, tiny_lora):
+    """Row 2: a LoRA source whose first parts are a folder of the server's working folder, with ``..`` or an
+    empty part after them, is refused as a hub id, with the same words whether the file exists or not."""
     import shutil
 
     evil = secret["dir"] / "evil.safetensors"
@@ -421,19 +421,28 @@ def test_lora_sources_are_files_in_the_lora_folder_or_hub_ids(guests, secret, ti
     root = Path(__file__).resolve().parents[2]
     climb = "tests/core/" + "../" * (len(root.parts) + 1) + str(evil).lstrip("/")
     for client in (guests.ann, guests.bob):
-        for source in (climb, climb.replace("evil", "missing")):  # the same words whether the file exists or not
+        for source in (climb, climb.replace("evil", "missing")):
             assert _error(_generate(client, lora1_source=source)) == (
                 f"LoRA {source[:80]!r} is not a hub id: a file in a repo has no empty, '.' or '..' parts")
         assert _error(_generate(client, lora1_source="tests//x.safetensors")) == (
             "LoRA 'tests//x.safetensors' is not a hub id: owner and repo are names of letters, digits, '-', '_' "
             "and '.' (no '..', no empty parts)")
-    # a hub id whose owner/repo is a folder in the server's working folder: never looked up there
+
+
+def test_hub_lora_downloads_are_the_owners(guests):
+    """Row 7: a visitor naming a hub LoRA not in the cache is refused before any download or GPU slot; the
+    owner's download is tried (offline here: one line, no server paths). ``core/loading`` is a folder of the
+    server's working folder: as a hub id it is never looked up there."""
     assert _error(_generate(guests.bob, lora1_source="core/loading")) == (
         "LoRA 'core/loading' is not in this studio's hub cache, and downloading LoRAs is for the studio's owner "
         "only (the owner may allow it with --allow-visitor-downloads)")
     owner_error = _error(_generate(guests.ann, lora1_source="core/loading"))
-    assert owner_error.startswith("LoRA 'core/loading' cannot be downloaded: ") and str(root) not in owner_error
-    # the bare name the Safety section offers: found in loras/ and loaded
+    assert owner_error.startswith("LoRA 'core/loading' cannot be downloaded: "), owner_error
+    assert str(Path(__file__).resolve().parents[2]) not in owner_error
+
+
+def test_a_bare_lora_name_loads_from_the_lora_folder(guests):
+    """Also seen in issue 21: the bare name the Safety section offers visitors is found in loras/ and loaded."""
     assert _error(_generate(guests.bob, lora1_source="style.safetensors", lora1_weight=0.5)) is None
 
 
@@ -474,9 +483,8 @@ def test_fair_queue_limits_visitors_not_the_owner(guests):
             assert "Cancelled before it started" in json.dumps(messages)
 
 
-def test_story_renders_per_visitor_and_edit_regions_are_never_files(guests, secret):
-    """Row 5 (a visitor's render of the owner's title goes to the visitor's own folder) and row 1 (the region of
-    "Edit this panel" is a layout name or box, never a file on the server)."""
+def test_story_renders_per_visitor(guests):
+    """Row 5: a visitor's render of the owner's title goes to the visitor's own folder; the owner's is untouched."""
     render = _dep(guests.ann, api_name="render_story")
     assert _error(guests.ann.call(render, [STORY, "", True])) is None
     owner_dir = guests.outputs / "stories" / "shared"
@@ -489,13 +497,21 @@ def test_story_renders_per_visitor_and_edit_regions_are_never_files(guests, secr
     assert len(visitor_dirs) == 1 and (visitor_dirs[0] / "manifest.json").is_file()
     assert str(owner_dir) not in json.dumps(messages)
 
+
+def test_edit_regions_are_never_files(guests, secret):
+    """Row 1: the region of "Edit this panel" is a layout name or box, never a file on the server; the same
+    words for an existing and a missing file."""
+    story = STORY.replace("Shared", "Regions")
+    assert _error(guests.ann.call(_dep(guests.ann, api_name="render_story"), [story, "", True])) is None
+    manifest_path = guests.outputs / "stories" / "regions" / "manifest.json"
+    before = manifest_path.read_bytes()
     edit = _dep(guests.ann, api_name="edit_panel")
     relative = "../" * 12 + str(secret["png"]).lstrip("/")
     for region in (str(secret["png"]), str(secret["dir"] / "missing.png"), relative, "/etc/passwd"):
-        error = _error(guests.ann.call(edit, [STORY, "", 1, 0.5, region]))
+        error = _error(guests.ann.call(edit, [story, "", 1, 0.5, region]))
         assert error == (f"the region to redo {region.strip()[:40]!r} must be one of whole, left, right, top, "
                          "bottom, left-third, center-third, right-third, grid:RxC:N or box:x0,y0,x1,y1 "
                          "(fractions 0-1)"), error
-    manifest = (owner_dir / "manifest.json").read_text()
-    assert "png:" not in manifest and manifest.encode() == before["manifest.json"]
-    assert _error(guests.ann.call(edit, [STORY, "", 1, 0.5, "box:0,0,0.5,0.5"])) is None  # a box still works
+    assert manifest_path.read_bytes() == before and b"png:" not in before
+    assert _error(guests.ann.call(edit, [story, "", 1, 0.5, "box:0,0,0.5,0.5"])) is None  # a box still works
+    assert b"box:0,0,0.5,0.5" in manifest_path.read_bytes()
