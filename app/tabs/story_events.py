@@ -103,12 +103,13 @@ def story_summary(story: Story, render_dir: Path) -> str:
     return summary + "".join(f"\n- **warning** {html.escape(w, quote=False)}" for w in warnings)
 
 
-def render_dir_for(ctx: StudioContext, story: Story, request=None) -> Path:
+def render_dir_for(ctx: StudioContext, story: Story, request) -> Path:
     """``OUTPUT_DIR/stories/<title slug>``: the same story renders (and resumes) in the same folder.
 
     On an exposed studio a visitor's renders go to ``stories/visitors/<key>/<title slug>`` (the key from the login
     or the browser session, :meth:`app.context.Access.visitor_key`): nobody overwrites or reads another's render
-    by choosing its title. The owner's go to ``stories/`` itself, and the owner sees every folder."""
+    by choosing its title. The owner's go to ``stories/`` itself, and the owner sees every folder. ``request`` has
+    no default, so that no handler can forget whose render it reads (``None``: the owner on a local studio)."""
     slug = _SLUG.sub("-", (story.title or "untitled").lower()).strip("-")[:60] or "untitled"
     key = ctx.access.visitor_key(request)
     stories = Path(ctx.settings.output_dir) / "stories"
@@ -266,13 +267,13 @@ class StoryEvents:
         out = render_dir_for(self.ctx, story, request)
         return story_summary(story, out), panel_rows(story, out), preview_pages(story, out)
 
-    def _strip(self, text, folder):
+    def _strip(self, text, folder, request: gr.Request = None):
         """The webtoon strip preview (``strip_html``) of the text as it is now, shown only for a webtoon."""
         try:
             story = parse_text(text, folder, self.ctx.paths)
         except StoryError:
             return gr.update(value="", visible=False)
-        html_text = strip_html(story, render_dir_for(self.ctx, story))
+        html_text = strip_html(story, render_dir_for(self.ctx, story, request))
         return gr.update(value=html_text, visible=bool(html_text))
 
     def _add_library_character(self, text, name, folder=None):

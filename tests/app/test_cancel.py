@@ -136,7 +136,7 @@ def test_cancel_inside_a_story_panel_frees_the_queue_within_a_step(ctx, folder, 
     assert "Rendered 3 panel(s); 1 were already done" in notes
     assert [row[-1] for row in rows] == ["done"] * 4
     assert first_step - started < 30  # no wait on a job still running behind the cancelled one
-    out = ev.render_dir_for(ctx, ev.parse_text(STORY, str(folder), ctx.paths))
+    out = ev.render_dir_for(ctx, ev.parse_text(STORY, str(folder), ctx.paths), None)
     assert sorted(load_manifest(out).done()) == [0, 1, 2, 3]
 
 

@@ -58,7 +58,7 @@ def test_edit_a_panel_in_the_story_tab(setup):
     args = (STORY, str(folder))
     assert "panel 1 is not rendered" in _error(edits.edit_panel, *args, 1, 0.7, "left", None, Progress())
     story_events.render(*args, False, None, Progress())
-    out = ev.render_dir_for(ctx, ev.parse_text(STORY, str(folder), ctx.paths))
+    out = ev.render_dir_for(ctx, ev.parse_text(STORY, str(folder), ctx.paths), None)
     before = (out / panel_filename(0)).read_bytes()
 
     notes, rows, *_ = edits.edit_panel(*args, 1, 0.7, "left", None, Progress())

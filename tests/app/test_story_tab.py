@@ -153,7 +153,7 @@ def test_render_regenerate_and_download(ctx, folder, one_thread):
     assert "Rendered 6 panel(s); 0 were already done" in notes
     assert [row[-1] for row in rows] == ["done"] * 6 and len(gallery) == 6
     story = ev.parse_text(STORY, str(folder), ctx.paths)
-    out = ev.render_dir_for(ctx, story)
+    out = ev.render_dir_for(ctx, story, None)
     assert out == ctx.settings.output_dir / "stories" / "tab-test"
     assert len(pages) == len(plan_pages(story)) == 2 and len(PdfReader(pdf).pages) == 2
     with zipfile.ZipFile(archive) as z:
