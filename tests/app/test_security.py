@@ -394,21 +394,35 @@ def test_guest_logins_are_visitors_on_a_loopback_host(guests, tmp_path):
     assert "--guest logins are visitors even on a loopback --host" in log
 
 
+def _library_data(client: RawClient, dep: dict, image: dict, name: str, scale: float) -> list:
+    """The inputs of a "Save to library" button by component: the image, the name, the scale (a description,
+    where the button has one, left empty)."""
+    values = []
+    for i in dep["inputs"]:
+        component = client.components[i]
+        label = str(component.get("props", {}).get("label") or "").lower()
+        values.append(image if component["type"] == "image" else scale if component["type"] in ("slider", "number")
+                      else name if "name" in label else "")
+    return values
+
+
 def test_library_owner_check_is_on_the_folder(guests, secret):
     """Row 3: a guest cannot replace the owner's Mia with ``mia!`` (same folder); guests add their own."""
     save = _dep(guests.ann, label="Save to library")
-    image = guests.ann.upload(secret["png"])
-    assert _error(guests.ann.call(save, [image, "Mia", 0.9])) is None
+
+    def saved(client: RawClient, name: str, scale: float) -> str | None:
+        return _error(client.call(save, _library_data(client, save, client.upload(secret["png"]), name, scale)))
+
+    assert saved(guests.ann, "Mia", 0.9) is None
     stored = guests.home / "data" / "library" / "mia" / "character.json"
     before = stored.read_bytes()
     refused = ("the library already has [Mia] under that name: only the studio's owner or whoever added it may "
                "replace it (choose another name)")
-    assert _error(guests.bob.call(save, [guests.bob.upload(secret["png"]), "mia!", 0.5])) == refused
+    assert saved(guests.bob, "mia!", 0.5) == refused
     assert stored.read_bytes() == before
-    assert _error(guests.bob.call(save, [guests.bob.upload(secret["png"]), "Rex", 0.5])) is None
-    assert _error(guests.eve.call(save, [guests.eve.upload(secret["png"]), "rex", 0.5])) == refused.replace(
-        "Mia", "Rex")
-    assert _error(guests.bob.call(save, [guests.bob.upload(secret["png"]), "REX", 0.7])) is None  # his own
+    assert saved(guests.bob, "Rex", 0.5) is None
+    assert saved(guests.eve, "rex", 0.5) == refused.replace("Mia", "Rex")
+    assert saved(guests.bob, "REX", 0.7) is None  # his own
 
 
 def test_hub_looking_lora_ids_are_never_local_paths(guests, secret, tiny_lora):
