@@ -535,7 +535,8 @@ def add_speed_figures(record: dict, earlier: list[dict], latents_dir: Path) -> d
     record also holds as-released's, ``as_released_latents_rel_diff_to_eager``) and ``goal``: judged only when
     the run ran what its mode names (a fallback is not judged against its goal)."""
     mode = record["run"].split("/", 1)[1]
-    released = next((r for r in earlier if r.get("run") == "speed/as-released" and "s_per_image_at_28" in r), None)
+    released = record if mode == "as-released" else next(
+        (r for r in earlier if r.get("run") == "speed/as-released" and "s_per_image_at_28" in r), None)
     if "s_per_image_at_28" not in record:
         return record
     record["rel_to_as_released"] = (round(record["s_per_image_at_28"] / released["s_per_image_at_28"], 3)

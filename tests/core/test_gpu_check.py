@@ -86,6 +86,7 @@ def test_a_speed_mode_that_fell_back_is_named_by_what_ran_and_not_judged(tmp_pat
     good = {"run": "speed/compiled", "ran_as": "compiled", "s_per_image_at_28": 3.6, "applied": []}
     gpu_check.add_speed_figures(good, [released], tmp_path)
     assert good["goal"] == "<= 0.65 (met)" and good["latents_rel_diff_to_eager"] is None  # no latents saved
+    assert gpu_check.add_speed_figures(released, [], tmp_path)["rel_to_as_released"] == 1.0
 
 
 def test_a_preset_measured_with_another_quantization_says_so():
