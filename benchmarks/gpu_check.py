@@ -631,9 +631,13 @@ def _run_one(run: Run, args, work: Path, log: Path, record: dict, limit: int) ->
     command = [sys.executable, "-m", "benchmarks.gpu_check", "--child", run.name, "--work", str(work),
                "--result", str(result), "--size", str(args.size), "--speed-steps", str(args.speed_steps),
                "--preset-steps", str(args.preset_steps)] + (["--dry-run"] if args.dry_run else [])
+    # each child its own compile caches: a child killed while compiling leaves half-written files that the next
+    # run would load (seen in the rehearsal: "InductorError: ImportError: ... .so: file too short")
+    caches = work / "compile-caches" / result.stem
+    env = dict(os.environ, TORCHINDUCTOR_CACHE_DIR=str(caches / "inductor"), TRITON_CACHE_DIR=str(caches / "triton"))
     start = time.time()
     with open(log, "a") as output:
-        proc = subprocess.Popen(command, stdout=output, stderr=subprocess.STDOUT, start_new_session=True)
+        proc = subprocess.Popen(command, stdout=output, stderr=subprocess.STDOUT, start_new_session=True, env=env)
         try:
             code = proc.wait(timeout=limit)
         except subprocess.TimeoutExpired:
