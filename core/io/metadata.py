@@ -530,5 +530,15 @@ def _check_models(value) -> dict:
         raise LimitError(f"models must be an object, got {type(value).__name__}")
     if len(value) > 16:
         raise LimitError(f"models has {len(value):,} entries: at most 16")
-    return {check_text(k, "a models key", 64): check_text(v, f"models[{k!r}]", MAX_SOURCE_CHARS)
-            for k, v in value.items()}
+    return {check_text(k, "a models key", 64): _check_model_source(v, f"models[{k!r}]") for k, v in value.items()}
+
+
+def _check_model_source(value, name: str):
+    """A model source as recorded: text (a hub id or a folder), or a single file by name and digest
+    (``{"file": ..., "digest": ...}``, the form :meth:`core.engine.Engine.provenance` writes)."""
+    if not isinstance(value, dict):
+        return check_text(value, name, MAX_SOURCE_CHARS)
+    if set(value) != {"file", "digest"}:
+        raise LimitError(f"{name} must be text or an object with 'file' and 'digest', got keys {sorted(value)[:4]}")
+    return {"file": check_text(value["file"], f"{name}'s file", 255, optional=False),
+            "digest": check_text(value["digest"], f"{name}'s digest", 128, optional=False)}

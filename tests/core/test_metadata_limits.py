@@ -193,3 +193,23 @@ def test_not_a_png_or_not_an_image():
     Image.new("RGB", (32, 32)).save(buffer, format="JPEG")
     assert "carries no InstantCharacter Studio settings" in _message(read_record, buffer.getvalue())
     assert _message(read_record, b"hello") == "not an image file"
+
+
+# ---------------------------------------------------------------------- single-file model sources
+def test_a_record_naming_single_files_reads_back(tmp_path):
+    """Parts loaded from single files are recorded by name and digest (Engine.provenance); Recall reads them."""
+    models = {"base": "black-forest-labs/FLUX.1-dev", "vae": {"file": "ae.safetensors", "digest": "abc123"},
+              "text_encoder_2": {"file": "t5xxl_fp8_e4m3fn.safetensors", "digest": "def456"}}
+    path = tmp_path / "files.png"
+    save_png(Image.new("RGB", (16, 16)), path, GenerationRecord(prompt="a cat", seed=1, models=models))
+    assert read_record(path).models == models
+
+
+@pytest.mark.parametrize("entry, expected", [
+    ({"file": "ae.safetensors"}, "models['vae'] must be text or an object with 'file' and 'digest'"),
+    ({"file": 3, "digest": "x"}, "models['vae']'s file must be text"),
+    ({"file": "a" * 300, "digest": "x"}, "models['vae']'s file is 300 characters long"),
+])
+def test_a_bad_single_file_entry_is_one_line(entry, expected):
+    data = {"prompt": "a cat", "seed": 1, "models": {"vae": entry}}
+    assert expected in _message(GenerationRecord.from_json, json.dumps(data))
