@@ -29,7 +29,7 @@ from core.conditioning.regional_text import RegionalText, RegionalTextError
 from core.limits import (MAX_LORA_WEIGHT, MAX_CHARACTERS, MAX_DESCRIPTION_CHARS, MAX_GUIDANCE, MAX_LORAS, MAX_METADATA_BYTES,
                      MAX_METADATA_DEPTH, MAX_NAME_CHARS, MAX_PROMPT_CHARS, MAX_SCALE, MAX_SIDE, MAX_STEPS,
                      MAX_TRUE_CFG, MIN_SIDE, LimitError, check_int, check_seed, check_text)
-from core.io.paths import atomic_path
+from core.io.paths import atomic_path, remove_stale_temporaries
 from core.errors import UserError
 
 JSON_KEY = "instantcharacter"
@@ -263,6 +263,7 @@ def save_png(image: Image.Image, path: str | os.PathLike, record: GenerationReco
     save_controls_beside(controls or [], path.parent)
     with atomic_path(path) as tmp:
         image.save(tmp, format="PNG", pnginfo=record.pnginfo())
+    remove_stale_temporaries(path.parent)  # what a killed save left here (only files older than any live write)
     return path
 
 

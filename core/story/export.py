@@ -33,6 +33,7 @@ from core.story.typeset import TextRun
 from core.story.manifest import (
     DONE,
     MANIFEST_NAME,
+    PAGES_DIR,
     RenderManifest,
     atomic_path,
     file_inside,
@@ -41,7 +42,6 @@ from core.story.manifest import (
     write_png_atomic,
 )
 
-PAGES_DIR = "pages"
 PDF_NAME = "story.pdf"
 CBZ_NAME = "story.cbz"
 ZIP_NAME = "story.zip"

@@ -27,10 +27,11 @@ if TYPE_CHECKING:
     from core.story.format import Story
 
 from core.io.cache import cached_sha256
-from core.io.paths import atomic_path, sha256_file  # noqa: F401 - part of this module's names (render, tests)
+from core.io.paths import atomic_path, remove_stale_temporaries, sha256_file  # noqa: F401 - part of this module's names (render, tests)
 
 MANIFEST_NAME = "manifest.json"
 PANELS_DIR = "panels"
+PAGES_DIR = "pages"
 DONE, FAILED = "done", "failed"
 
 
@@ -152,15 +153,11 @@ def remove_parts(out_dir: str | os.PathLike) -> None:
 
 def remove_temporaries(out_dir: str | os.PathLike) -> list[Path]:
     """Delete the temporary files `atomic_path` leaves when a process is killed mid-write (``.NAME.*.tmp`` in the
-    render folder and its panel folder); returns what was removed. Call only when no render is writing there."""
+    render folder, its panel and page folders); returns what was removed. Call only when no render is writing
+    there (every such file is then stale, whatever its age)."""
     out_dir = Path(out_dir)
-    removed = []
-    for folder in (out_dir, out_dir / PANELS_DIR):
-        for path in folder.glob(".*.tmp"):
-            with contextlib.suppress(FileNotFoundError):
-                path.unlink()
-                removed.append(path)
-    return removed
+    return [path for folder in (out_dir, out_dir / PANELS_DIR, out_dir / PAGES_DIR)
+            for path in remove_stale_temporaries(folder, older_than_s=0.0)]
 
 
 def merge_parts(out_dir: str | os.PathLike) -> RenderManifest:
