@@ -296,44 +296,40 @@ def _save_beside(image: Image.Image, folder: str | os.PathLike, name: str, diges
 
 def read_edit_source(edit: dict, folder: str | os.PathLike | None) -> Image.Image:
     """The source image of an edit, read from ``folder`` (where its PNG is) and checked against its digest."""
-    from core.conditioning.edit import image_digest
-
     name = edit["source_file"]
-    if folder is None:
-        raise MetadataError(f"this image is an edit of {name}: recall it from its file, with {name} beside it")
-    path = Path(folder) / name
-    if not path.is_file():
-        raise MetadataError(f"this image is an edit of {name}, which is not beside it in {folder}: put the source "
-                            "back to recall the edit")
-    try:
-        image = to_rgb(decode(open_image(path, name), name))
-    except ImageInputError as exc:
-        raise MetadataError(str(exc)) from None
-    if image_digest(image) != edit["source_sha256"]:
-        raise MetadataError(f"{path} is not the source this image was edited from (its pixels differ)")
-    return image
+    return _read_beside(name, edit["source_sha256"], folder, f"this image is an edit of {name}",
+                        "put the source back to recall the edit",
+                        "is not the source this image was edited from")
 
 
 def read_control_image(control: dict, folder: str | os.PathLike | None):
     """The :class:`~core.conditioning.control.ControlImage` a record's control entry names, its image read from
     ``folder`` (where its PNG is) and checked against its digest."""
     from core.conditioning.control import ControlImage
-    from core.conditioning.edit import image_digest
 
     name = control["file"]
+    image = _read_beside(name, control["sha256"], folder, f"this image used the control image {name}",
+                         "put it back to recall the image", "is not the control image this image was made with")
+    return ControlImage(image, control["kind"], control["scale"], control["start"], control["end"])
+
+
+def _read_beside(name: str, digest: str, folder, what: str, fix: str, mismatch: str) -> Image.Image:
+    """An image saved beside a PNG (an edit's source, a control image), read from ``folder`` and checked against
+    the pixel digest its record gives; ``what``/``fix``/``mismatch`` word the messages."""
+    from core.conditioning.edit import image_digest
+
     if folder is None:
-        raise MetadataError(f"this image used the control image {name}: recall it from its file, with {name} beside it")
+        raise MetadataError(f"{what}: recall it from its file, with {name} beside it")
     path = Path(folder) / name
     if not path.is_file():
-        raise MetadataError(f"this image used the control image {name}, which is not beside it in {folder}: put it "
-                            "back to recall the image")
+        raise MetadataError(f"{what}, which is not beside it in {folder}: {fix}")
     try:
         image = to_rgb(decode(open_image(path, name), name))
     except ImageInputError as exc:
         raise MetadataError(str(exc)) from None
-    if image_digest(image) != control["sha256"]:
-        raise MetadataError(f"{path} is not the control image this image was made with (its pixels differ)")
-    return ControlImage(image, control["kind"], control["scale"], control["start"], control["end"])
+    if image_digest(image) != digest:
+        raise MetadataError(f"{path} {mismatch} (its pixels differ)")
+    return image
 
 
 def read_record(source) -> GenerationRecord:
