@@ -62,6 +62,11 @@ class TrainingProcesses:
 
 
 # ---------------------------------------------------------------------- plain functions (tested without a browser)
+def preset_label(name: str) -> str:
+    """A training preset's dropdown label: its name and the card it is for (``24gb: one 24 GB card``)."""
+    return f"{name}: {TRAIN_PRESETS[name]['description'].split(':')[0]}"
+
+
 def build_config_text(preset: str, models: str, output_dir: str, unpaired: str, paired: str, steps_scale: float,
                       sample_every: int, cuda: bool | None = None) -> str:
     """A config for ``preset`` with the paper's stages, as TOML text (stages without data are dropped).
@@ -387,14 +392,17 @@ def build(ctx) -> SimpleNamespace:
                 "follows its folder, and closing the page does not stop it.")
     with gr.Accordion("1. Config", open=True):
         with gr.Row():
-            ui.preset = gr.Dropdown([(f"{k}: {v['description']}", k) for k, v in TRAIN_PRESETS.items()],
-                                    value="24gb", label="Your GPU's memory", scale=3)  # room for the text
+            # short labels that a dropdown shows whole; what each preset does is spelt out below the row
+            ui.preset = gr.Dropdown([(preset_label(k), k) for k in TRAIN_PRESETS], value="24gb",
+                                    label="Your GPU's memory", info="what each one trains: see below", scale=2)
             ui.output_dir_new = gr.Textbox("my-character", label="Run folder name",
                                             info=f"saved as {runs_dir}/<name>", max_lines=1)
             ui.steps_scale = gr.Number(0.01, label="Training length",
                                        info="1 = the full schedule of the paper; 0.01 = a short trial run")
             ui.sample_every = gr.Number(500, label="Show sample pictures every N steps",
                                          info="0: no samples", precision=0)
+        with gr.Accordion("What each GPU-memory choice trains", open=False):
+            gr.Markdown("\n".join(f"- **{k}**: {v['description']}" for k, v in TRAIN_PRESETS.items()))
         with gr.Row():
             ui.unpaired = gr.Textbox("", label="Pictures with captions",
                                     info="a folder of images, each with a .txt caption beside it (or a JSONL list)",

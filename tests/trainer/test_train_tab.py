@@ -137,3 +137,12 @@ def test_check_memory_from_a_preset_alone_gives_the_real_models_figures(trainer_
         assert figure in table and figure in cli
     with pytest.raises(StudioInputError, match="choose your GPU's memory"):
         tab.plan_config_text("  ", tmp_path, 1, None)
+
+
+def test_the_preset_dropdown_labels_are_short_enough_to_show_whole():
+    """The dropdown once held each preset's whole description and cut it off; it now shows the card it is for."""
+    from app.tabs.train import TRAIN_PRESETS, preset_label
+
+    labels = [preset_label(k) for k in TRAIN_PRESETS]
+    assert labels[0] == "24gb: one 24 GB card"
+    assert all(len(label) <= 40 for label in labels), labels
