@@ -772,8 +772,9 @@ def _parse_story(text: str, base_dir: Path, source, paths: PathPolicy, problems:
     bad_keys: set[str] = set()
     # name -> [line, image, scale, description]
     char_specs: dict[str, list[Any]] = {}
-    over_limit: set[str] = set()  # characters past MAX_CHARACTERS: known by name, never resolved
+    over_limit: set[str] = set()  # characters past MAX_CHARACTERS or misspelt: known by name, never resolved
     current_char: str | None = None
+    broken_line = False  # the last header line was not understood: the indented lines under it are skipped
     font_spec: tuple[int, str] | None = None
 
     i = 0
@@ -788,6 +789,9 @@ def _parse_story(text: str, base_dir: Path, source, paths: PathPolicy, problems:
             in_header = False
             break
         indented = raw[:1].isspace()
+        if indented and broken_line:
+            continue  # the lines under a broken header line belong to it: its one message says what is wrong
+        broken_line = False
         if indented and current_char is not None:
             match = _HEADER_RE.match(stripped)
             key = match.group(1).strip().lower() if match else ""
@@ -827,8 +831,17 @@ def _parse_story(text: str, base_dir: Path, source, paths: PathPolicy, problems:
             continue
         key = match.group(1).strip().lower().replace(" ", "_")
         if key not in HEADER_KEYS:
-            problems.add(number, f"unknown header key '{_clip(match.group(1).strip(), 40)}': expected one of "
-                                 f"{', '.join(HEADER_KEYS)} or 'character Name: image' (panels start after '---')")
+            written = match.group(1).strip()
+            word, _, name = written.partition(" ")
+            if name and " " not in name and difflib.get_close_matches(word.lower(), ["character"], cutoff=0.7):
+                # a misspelt 'character Name: image': its name is still known, so its [Name] tags add no errors
+                problems.add(number, f"unknown header key '{_clip(written, 40)}': did you mean "
+                                     f"'character {_clip(name, 40)}: {_clip(match.group(2).strip(), 40)}'?")
+                over_limit.add(name)
+            else:
+                problems.add(number, f"unknown header key '{_clip(written, 40)}': expected one of "
+                                     f"{', '.join(HEADER_KEYS)} or 'character Name: image' (panels start after '---')")
+            broken_line = True
             continue
         header_lines[key] = number
         before = len(problems.items)

@@ -118,6 +118,17 @@ def test_bad_input_messages(story_dir, text, expected):
     assert isinstance(error, ValueError)
 
 
+def test_one_typo_in_the_header_is_one_problem(story_dir):
+    """A misspelt key gave its own error plus one for each indented line under it and each [Name] it hid (issue 22)."""
+    text = ("charcter Ann: chars/ann.png\n    scale: 0.8\n    description: a girl\n"
+            "---\n[Ann] one\n  > Ann: hi\n[Ann] two\n")
+    error = error_of(story_dir, text)
+    assert [str(message) for _, message in error.problems] == [
+        "unknown header key 'charcter Ann': did you mean 'character Ann: chars/ann.png'?"]
+    error = error_of(story_dir, "colour: red\n    shade: dark\n---\n[NC] x\n")
+    assert [line for line, _ in error.problems] == [1]
+
+
 def test_every_problem_is_reported_in_line_order(story_dir):
     error = error_of(story_dir, "size: 1x1\n---\n[Zed] one\n[Yan] two\n")
     assert [line for line, _ in error.problems] == [1, 3, 4]
