@@ -213,10 +213,18 @@ def _wire(ctx: StudioContext, ui, events: ev.GenerateEvents) -> None:
     ui.generate_event = run
     ui.gallery.select(_selected_path, ui.session_paths, ui.recall_file, api_visibility="private")
     ui.recall.click(events.recall_with_masks, ui.recall_file, recall_outputs(ui) + [ui.mask_specs],
-                    api_name="recall")
+                    api_name="recall").success(recalled_note, ui.recall_file, ui.notes, queue=False,
+                                               api_visibility="private")  # the last run's note no longer applies
     ui.recall_event_handler = events.recall_with_masks
     ui.edit_events = edit_section.wire(ctx, ui, events, generate_inputs(ui), GPU)
     ui.control_events = control_section.wire(ctx, ui)
+
+
+def recalled_note(source) -> str:
+    """The note after a Recall (replacing the last run's, e.g. "cancelled: 0 of 1 images finished"): which image the
+    settings came from, by file name only; nothing is read here."""
+    name = str(getattr(source, "name", source) or "").replace("\\", "/").rsplit("/", 1)[-1]
+    return f"Settings recalled from {name[:120]}: press Generate to make it again." if name else ""
 
 
 def _selected_path(paths, evt: gr.SelectData):

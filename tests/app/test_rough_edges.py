@@ -71,3 +71,12 @@ def test_apply_layout_with_no_character_uploaded_says_so(monkeypatch, tmp_path):
     shown.clear()
     ev.apply_layout_with_specs("Left / right", 1, 512, 512, str(tmp_path / "a.png"), None)
     assert shown == []  # a character is there: nothing to say
+
+
+def test_recall_replaces_the_last_runs_note():
+    """After a cancelled run, Recall of another image left 'cancelled: 0 of 1 images finished' (issue 22)."""
+    from app.tabs.generate import recalled_note
+
+    assert recalled_note("/tmp/gradio/abc/20261206-1-aaaaaa.png") == (
+        "Settings recalled from 20261206-1-aaaaaa.png: press Generate to make it again.")
+    assert recalled_note(None) == ""
