@@ -56,7 +56,9 @@ def test_disk_offload_makes_the_same_image(fresh_pipe, hero, tmp_path):
     assert any(s.startswith("transformer group offload (block_level, on disk") for s in steps)
     assert any(s.startswith("text_encoder_2 group offload (leaf_level, on disk") for s in steps)  # untied first
     assert list((tmp_path / "transformer").glob("*.safetensors"))
-    np.testing.assert_array_equal(_generate(fresh_pipe, hero), reference)
+    # the same weights, read back from memory-mapped files at other alignments: CPU kernels may take other vector
+    # paths (8.6e-7 seen on one machine, 0 on another), so allow float32 rounding rather than demand equality
+    np.testing.assert_allclose(_generate(fresh_pipe, hero), reference, rtol=0, atol=1e-5)
 
 
 @pytest.mark.slow

