@@ -586,6 +586,28 @@ def _header_value(key: str, value: str, line: int, fields: dict[str, Any], probl
         problems.add(line, str(exc))
 
 
+def _story_file(value: str, base_dir: Path, what: str, line: int | None, where: str, problems: _Problems,
+                paths: PathPolicy, *, missing: str, subject: str, limit: str) -> Path | None:
+    """A file a story names, relative to the story: allowed by `paths`, a regular file of at most MAX_FILE_BYTES;
+    else None with one problem (``missing`` and ``subject`` word it)."""
+    try:
+        path = paths.resolve(value, base=base_dir, what=what)
+    except PathNotAllowedError as exc:
+        problems.add(line, f"{where}{exc}")
+        return None
+    try:
+        info = path.stat()
+    except OSError:
+        info = None
+    if info is None or not stat.S_ISREG(info.st_mode):
+        problems.add(line, f"{where}{missing} (looked in {path.parent})")
+        return None
+    if info.st_size > MAX_FILE_BYTES:
+        problems.add(line, f"{where}{subject} is {info.st_size:,} bytes: the limit is {limit}")
+        return None
+    return path
+
+
 def _font_file(value: str, base_dir: Path, line: int | None, where: str, problems: _Problems,
                paths: PathPolicy) -> Path | None:
     """The story's ``font:`` file, relative to the story and allowed by `paths`: a font file of at most
@@ -595,20 +617,9 @@ def _font_file(value: str, base_dir: Path, line: int | None, where: str, problem
     if len(value) > MAX_PATH_CHARS:
         problems.add(line, f"{where}the font path is {len(value):,} characters long: the limit is {MAX_PATH_CHARS:,}")
         return None
-    try:
-        path = paths.resolve(value, base=base_dir, what="font")
-    except PathNotAllowedError as exc:
-        problems.add(line, f"{where}{exc}")
-        return None
-    try:
-        info = path.stat()
-    except OSError:
-        info = None
-    if info is None or not stat.S_ISREG(info.st_mode):
-        problems.add(line, f"{where}missing font file: {value} (looked in {path.parent})")
-        return None
-    if info.st_size > MAX_FILE_BYTES:
-        problems.add(line, f"{where}the font file is {info.st_size:,} bytes: the limit is {MAX_FILE_BYTES:,}")
+    path = _story_file(value, base_dir, "font", line, where, problems, paths, missing=f"missing font file: {value}",
+                       subject="the font file", limit=f"{MAX_FILE_BYTES:,}")
+    if path is None:
         return None
     if not coverage(FontFace(path)):
         problems.add(line, f"{where}{value} is not a font file with a character map (TrueType or OpenType: "
@@ -679,21 +690,10 @@ def _character(name: str, image: str, scale: float, description: str, base_dir: 
         problems.add(line, f"{where}the description of [{name}] is {len(description):,} characters long: "
                            f"the limit is {MAX_DESCRIPTION_CHARS}")
         return None
-    try:
-        path = paths.resolve(image, base=base_dir, what=f"image of [{name}]")
-    except PathNotAllowedError as exc:
-        problems.add(line, f"{where}{exc}")
-        return None
-    try:
-        info = path.stat()
-    except OSError:
-        info = None
-    if info is None or not stat.S_ISREG(info.st_mode):
-        problems.add(line, f"{where}missing image for [{name}]: {image} (looked in {path.parent})")
-        return None
-    if info.st_size > MAX_FILE_BYTES:
-        problems.add(line, f"{where}the image of [{name}] is {info.st_size:,} bytes: the limit is "
-                           f"{MAX_FILE_BYTES:,} ({MAX_FILE_BYTES // 2**20} MB)")
+    path = _story_file(image, base_dir, f"image of [{name}]", line, where, problems, paths,
+                       missing=f"missing image for [{name}]: {image}", subject=f"the image of [{name}]",
+                       limit=f"{MAX_FILE_BYTES:,} ({MAX_FILE_BYTES // 2**20} MB)")
+    if path is None:
         return None
     message = _image_header_problem(path)
     if message:
