@@ -82,6 +82,24 @@ def check_seed(value, name: str = "seed") -> int:
     return check_int(value, name, 0, MAX_SEED)
 
 
+def check_side(value, name: str = "width") -> int:
+    """One output side in pixels: a whole multiple of 16 from ``MIN_SIDE`` to ``MAX_SIDE``. The one size rule: the
+    pipeline, requests, PNG records, stories and every form and command line call this (or :func:`check_size`)."""
+    side = check_int(value, name, MIN_SIDE, MAX_SIDE)
+    if side % 16:
+        low = side // 16 * 16
+        raise LimitError(f"{name} {side} is not a multiple of 16: use {max(low, MIN_SIDE)} or {low + 16}")
+    return side
+
+
+def check_size(width, height) -> tuple[int, int]:
+    """``(width, height)`` checked by :func:`check_side`, and their product against ``MAX_OUTPUT_PIXELS``."""
+    width, height = check_side(width, "width"), check_side(height, "height")
+    if width * height > MAX_OUTPUT_PIXELS:
+        raise LimitError(f"{width}x{height} is {width * height:,} pixels: the limit is {MAX_OUTPUT_PIXELS:,}")
+    return width, height
+
+
 def _short(value) -> str:
     text = repr(value)
     return text if len(text) <= 40 else text[:37] + "..."
