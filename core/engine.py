@@ -2,7 +2,7 @@
 
 Every surface goes through it: the studio, ``generate``, ``story render``, ``eval``, ``bench`` and the trainer's
 validation. It owns the one loader (hub ids, folders, models directories, ``tiny``; see :mod:`core.loading.sources` and
-:func:`core.loading.presets.load_pipeline`), the style LoRAs and the text adapter on the loaded pipeline, the PNG
+:func:`core.loading.loader.load_pipeline`), the style LoRAs and the text adapter on the loaded pipeline, the PNG
 records' "where it was made" part, progress and cancel::
 
     engine = Engine("tiny", preset="auto")
@@ -128,7 +128,7 @@ class Engine:
     def dtype(self):
         import torch
 
-        from core.loading.presets import preset_dtype
+        from core.loading.loader import preset_dtype
 
         if self._dtype is None:
             return preset_dtype(self.preset, self.device)
@@ -177,7 +177,7 @@ class Engine:
     def load(self, report: Report | None = None, text_adapter: str | os.PathLike | None = None):
         """Loads the models once; ``report(fraction, message)`` hears about each stage. Raises one-line user errors
         (``ModelSourceError``, ``PresetUnavailableError``, ``MemoryAdviceError``)."""
-        from core.loading.presets import load_pipeline
+        from core.loading.loader import load_pipeline
 
         report = report or (lambda fraction, message: None)
         with self._lock:

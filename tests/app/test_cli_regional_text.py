@@ -15,7 +15,7 @@ def no_models(monkeypatch):
     """Fails the test if the command loads models: bad input must be refused first."""
     def refuse(*args, **kwargs):
         raise AssertionError("models were loaded for a bad input")
-    monkeypatch.setattr("core.loading.presets.load_pipeline", refuse)
+    monkeypatch.setattr("core.loading.loader.load_pipeline", refuse)
 
 
 def _character(tmp_path, name, colour):

@@ -64,7 +64,7 @@ def test_disk_offload_makes_the_same_image(fresh_pipe, hero, tmp_path):
 @pytest.mark.slow
 def test_streamed_preset_keeps_prompt_embeddings_and_features_on_disk(tiny_models, hero, tmp_path):
     from core.io.cache import DiskBackedCache
-    from core.loading.presets import install_disk_caches
+    from core.loading.loader import install_disk_caches
     from core.loading.sources import ModelSources
     from core.models.pipeline import InstantCharacterPipeline
 

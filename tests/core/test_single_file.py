@@ -175,7 +175,7 @@ def test_generate_command_takes_a_base_file(files, tiny_models, tmp_path, capsys
 def test_a_load_that_would_not_fit_ram_is_refused_before_it_starts(files, tiny_models, monkeypatch):
     from core.loading import memory, presets
     from core.loading.memory import RamBudgetError
-    from core.loading.presets import check_ram_before_loading, load_pipeline
+    from core.loading.loader import check_ram_before_loading, load_pipeline
 
     sources = ModelSources.parse(str(tiny_models))
     with pytest.raises(RamBudgetError) as info:  # the released adapter alone is 5.2 GiB at bf16
