@@ -29,6 +29,7 @@ from dataclasses import dataclass, field, replace
 
 from core.conditioning.character import Character, check_characters
 from core.conditioning.regional_text import RegionalText
+from core.io.images import rgb_digest
 from core.limits import (MAX_IMAGES_PER_RUN, MAX_LORAS, MAX_PROMPT_CHARS, MAX_SEED, LimitError, check_int, check_seed,
                      check_text)
 from core.loading.loras import StyleLora, with_triggers
@@ -132,11 +133,9 @@ class GenerationRequest:
 
     def edit_record(self) -> dict | None:
         """The edit as its PNG record stores it (source digest and file name, strength, region), or None."""
-        from core.conditioning.edit import image_digest
-
         if self.source_image is None:
             return None
-        digest = image_digest(self.source_image)
+        digest = rgb_digest(self.source_image)
         region = self.inpaint_region
         return {"source_sha256": digest, "source_file": f"source-{digest[:16]}.png", "strength": float(self.strength),
                 "region": region.to_json() if region is not None else None}

@@ -8,8 +8,7 @@ from dataclasses import dataclass, field
 
 from PIL import Image
 
-from core.models.encoders import image_key
-from core.io.images import load_image
+from core.io.images import image_key, load_image
 from core.limits import MAX_CHARACTERS, MAX_DESCRIPTION_CHARS, MAX_NAME_CHARS, MAX_SCALE, LimitError, check_text
 from core.conditioning.masks import RoutingMask
 from core.errors import UserError

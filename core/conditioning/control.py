@@ -18,9 +18,8 @@ from dataclasses import dataclass
 
 from PIL import Image
 
-from core.conditioning.edit import image_digest
 from core.errors import UserError
-from core.io.images import load_image
+from core.io.images import load_image, rgb_digest
 
 CONTROL_KINDS = ("pose", "depth", "canny", "soft-edge", "gray")
 # the names users write for the same kinds
@@ -100,7 +99,7 @@ class ControlImage:
 
     @property
     def digest(self) -> str:
-        return image_digest(self.image)
+        return rgb_digest(self.image)
 
     @property
     def file_name(self) -> str:

@@ -11,7 +11,6 @@ mask of its own acts in the region (:func:`character_masks`).
 
 from __future__ import annotations
 
-import hashlib
 import numbers
 
 import numpy as np
@@ -110,12 +109,6 @@ def output_size(image: Image.Image, multiple: int = 16, longest: int = 1024) -> 
     ``longest``, each side rounded down to a multiple of ``multiple`` (at least ``multiple``)."""
     scale = min(1.0, longest / max(image.size))
     return tuple(max(multiple, int(side * scale) // multiple * multiple) for side in image.size)
-
-
-def image_digest(image: Image.Image) -> str:
-    """sha256 of an image's RGB pixels and size: the same picture gives the same digest whatever its file."""
-    rgb = image.convert("RGB")
-    return hashlib.sha256(f"{rgb.width}x{rgb.height}:".encode() + rgb.tobytes()).hexdigest()
 
 
 def feather_px(width: int, height: int) -> int:

@@ -27,7 +27,6 @@ generations of the same character encodes it once.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import warnings
 from dataclasses import dataclass, field
@@ -36,7 +35,7 @@ from typing import Any, Callable, Sequence, Union
 import torch
 from PIL import Image
 
-from core.io.images import ImageInputError, load_image, to_rgb
+from core.io.images import ImageInputError, image_key, load_image, to_rgb
 from core.conditioning.segmentation import as_segmenter, isolate
 from core.loading.sources import is_local
 from core.errors import UserError
@@ -51,7 +50,6 @@ __all__ = [
     "ScoreCase",
     "CaseScores",
     "CharacterScorer",
-    "image_digest",
     "image_reward_available",
     "case_from_characters",
 ]
@@ -98,13 +96,6 @@ def _load(value: object, what: str = "image") -> Image.Image:
 def _rgb(value: object, what: str = "image") -> Image.Image:
     """A crop or segmented view made here (any size) as RGB, alpha on white as in the engine; a path is loaded."""
     return to_rgb(value) if isinstance(value, Image.Image) else _load(value, what)
-
-
-def image_digest(image: Image.Image) -> str:
-    """SHA-256 of an image's mode, size and pixels (not of its file encoding or metadata)."""
-    digest = hashlib.sha256(f"{image.mode}:{image.size}".encode())
-    digest.update(image.tobytes())
-    return digest.hexdigest()
 
 
 def image_reward_available() -> bool:
@@ -356,7 +347,7 @@ class CharacterScorer:
             raise ValueError(f"got {len(masks)} reference masks for {len(references)} references")
         images = [_load(reference, "reference") for reference in references]
         keys = [
-            (kind, image_digest(image), image_digest(mask) if isinstance(mask, Image.Image) else "")
+            (kind, image_key(image), image_key(mask) if isinstance(mask, Image.Image) else "")
             for image, mask in zip(images, masks)
         ]
         missing = {}

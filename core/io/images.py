@@ -1,11 +1,14 @@
-"""Reading user images safely: size limits, odd modes and formats, clear one-line errors.
+"""Reading user images safely: size limits, odd modes and formats, clear one-line errors; and the two image hashes.
 
 :func:`open_image` reads only an image's header and refuses anything over :data:`core.limits.MAX_IMAGE_PIXELS`
 (decompression bombs included) before a pixel is decoded; :func:`load_image` then decodes it as RGB.
+:func:`image_key` keys caches by an image's content; :func:`rgb_digest` is the digest PNG records give the images
+saved beside them.
 """
 
 from __future__ import annotations
 
+import hashlib
 import io
 import os
 import struct
@@ -168,3 +171,23 @@ def load_image(source, name: str | None = None) -> Image.Image:
     image = open_image(source, name)
     check_size(image, name)  # header only: nothing decoded yet
     return to_rgb(decode(image, name))
+
+
+# ----------------------------------------------------------------------------------------------------- hashes
+def image_key(image: Image.Image) -> str:
+    """The content key of an image: SHA-256 of its mode, size and pixels (not of its file encoding or metadata).
+
+    Keys the pipeline's per-character caches (:attr:`core.conditioning.character.Character.key`) and the
+    scorer's reference cache."""
+    digest = hashlib.sha256(f"{image.mode}:{image.size}".encode())
+    digest.update(image.tobytes())
+    return digest.hexdigest()
+
+
+def rgb_digest(image: Image.Image) -> str:
+    """SHA-256 of an image's size and RGB pixels: the same picture gives the same digest whatever its file or mode.
+
+    The digest a PNG record gives an edit's source (``source_sha256``) and a control image (``sha256``) saved beside
+    it, checked when the image is recalled: its formula must not change, or older PNGs no longer recall."""
+    rgb = image.convert("RGB")
+    return hashlib.sha256(f"{rgb.width}x{rgb.height}:".encode() + rgb.tobytes()).hexdigest()

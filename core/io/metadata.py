@@ -23,7 +23,8 @@ from pathlib import Path
 
 from PIL import Image, PngImagePlugin
 
-from core.io.images import PNG_SIGNATURE, TEXT_CHUNKS, ImageInputError, decode, open_image, png_chunks, to_rgb
+from core.io.images import (PNG_SIGNATURE, TEXT_CHUNKS, ImageInputError, decode, open_image, png_chunks,
+                            rgb_digest, to_rgb)
 from core.conditioning.layouts import MaskError, parse_box, parse_layout
 from core.conditioning.regional_text import RegionalText, RegionalTextError
 from core.limits import (MAX_LORA_WEIGHT, MAX_CHARACTERS, MAX_DESCRIPTION_CHARS, MAX_GUIDANCE, MAX_LORAS, MAX_METADATA_BYTES,
@@ -281,11 +282,9 @@ def save_controls_beside(controls: list, folder: str | os.PathLike) -> None:
 
 def _save_beside(image: Image.Image, folder: str | os.PathLike, name: str, digest: str) -> Path:
     """Writes ``image`` as ``folder/name`` (kept when a file of the same pixels is already there)."""
-    from core.conditioning.edit import image_digest
-
     target = Path(folder) / name
     try:
-        if target.is_file() and image_digest(to_rgb(decode(open_image(target), name))) == digest:
+        if target.is_file() and rgb_digest(to_rgb(decode(open_image(target), name))) == digest:
             return target
     except ImageInputError:
         pass
@@ -316,8 +315,6 @@ def read_control_image(control: dict, folder: str | os.PathLike | None):
 def _read_beside(name: str, digest: str, folder, what: str, fix: str, mismatch: str) -> Image.Image:
     """An image saved beside a PNG (an edit's source, a control image), read from ``folder`` and checked against
     the pixel digest its record gives; ``what``/``fix``/``mismatch`` word the messages."""
-    from core.conditioning.edit import image_digest
-
     if folder is None:
         raise MetadataError(f"{what}: recall it from its file, with {name} beside it")
     path = Path(folder) / name
@@ -327,7 +324,7 @@ def _read_beside(name: str, digest: str, folder, what: str, fix: str, mismatch: 
         image = to_rgb(decode(open_image(path, name), name))
     except ImageInputError as exc:
         raise MetadataError(str(exc)) from None
-    if image_digest(image) != digest:
+    if rgb_digest(image) != digest:
         raise MetadataError(f"{path} {mismatch} (its pixels differ)")
     return image
 

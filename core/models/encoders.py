@@ -12,7 +12,6 @@ and the same from DINOv2 (with the CLS token dropped); SigLIP and DINOv2 feature
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 
 import torch
@@ -41,14 +40,6 @@ class CharacterFeatures:
         return CharacterFeatures(
             *(t.to(device=device, dtype=dtype) for t in (self.low_res_deep, self.low_res_shallow, self.high_res_deep))
         )
-
-
-def image_key(image: Image.Image) -> str:
-    """A content hash of an image (mode, size and pixels), used to cache per-character work."""
-    digest = hashlib.sha256()
-    digest.update(f"{image.mode}:{image.size}".encode())
-    digest.update(image.tobytes())
-    return digest.hexdigest()
 
 
 def character_views(image: Image.Image) -> tuple[Image.Image, list[Image.Image]]:

@@ -21,6 +21,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from core.io.images import rgb_digest
 from core.story.manifest import PANELS_DIR, file_inside
 
 
@@ -84,10 +85,10 @@ def stale_edits(edits: dict, hashes: dict[int, str]) -> list[int]:
 def record_edit(out_dir: str | os.PathLike, index: int, source, strength: float, region, seed: int | None,
                 base_hash: str) -> dict:
     """Saves ``source`` beside the panels and returns the manifest entry of the edit."""
-    from core.conditioning.edit import check_strength, image_digest
+    from core.conditioning.edit import check_strength
     from core.io.metadata import save_edit_source
 
-    digest = image_digest(source)
+    digest = rgb_digest(source)
     name = f"source-{digest[:16]}.png"
     save_edit_source(source, Path(out_dir) / PANELS_DIR, {"source_file": name, "source_sha256": digest})
     return {"source_file": f"{PANELS_DIR}/{name}", "source_sha256": digest, "strength": check_strength(strength),

@@ -8,7 +8,7 @@ import pytest
 from PIL import Image
 
 from app.cli import main
-from core.conditioning.edit import image_digest
+from core.io.images import rgb_digest
 from core.io.metadata import read_record
 
 
@@ -33,7 +33,7 @@ def test_control_from_the_command_line_is_recorded_and_recalled(tiny_models, pos
     record = read_record(out)
     assert [(c["kind"], c["scale"]) for c in record.control] == [("pose", 0.5), ("canny", 0.7)]
     beside = out.parent / record.control[0]["file"]
-    assert image_digest(Image.open(beside)) == image_digest(Image.open(pose_file).convert("RGB"))
+    assert rgb_digest(Image.open(beside)) == rgb_digest(Image.open(pose_file).convert("RGB"))
     again = tmp_path / "again.png"
     assert main(["generate", "--recall", str(out), "--models", str(tiny_models), "--out", str(again)]) == 0
     assert np.array_equal(np.asarray(Image.open(out)), np.asarray(Image.open(again)))

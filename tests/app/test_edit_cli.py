@@ -7,7 +7,8 @@ import pytest
 from PIL import Image
 
 from app.cli import main
-from core.conditioning.edit import image_digest, outside
+from core.conditioning.edit import outside
+from core.io.images import rgb_digest
 from core.conditioning.masks import RoutingMask
 from core.io.metadata import read_record
 from core.request import request_from_png
@@ -43,7 +44,7 @@ def test_inpaint_from_the_command_line(tiny_models, files, tmp_path, capsys):
     assert (record.width, record.height) == (96, 64)  # the source's size
     assert record.edit["strength"] == 0.8 and record.edit["region"].startswith("png:")
     beside = out.parent / record.edit["source_file"]
-    assert image_digest(Image.open(beside)) == image_digest(Image.open(source).convert("RGB"))
+    assert rgb_digest(Image.open(beside)) == rgb_digest(Image.open(source).convert("RGB"))
     region = RoutingMask.from_json(record.edit["region"])
     keep = outside(region, 96, 64)
     assert np.array_equal(np.asarray(Image.open(out))[keep], np.asarray(Image.open(source))[keep])

@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from core.conditioning.edit import EditError, image_digest
+from core.conditioning.edit import EditError
+from core.io.images import rgb_digest
 from core.conditioning.masks import RoutingMask
 from core.io.metadata import GenerationRecord, MetadataError, read_record, save_png
 from core.request import GenerationRequest, request_from_png
@@ -50,7 +51,7 @@ def test_the_edit_reaches_the_pipeline(source):
 
 def test_the_record_holds_digest_file_strength_and_region(source):
     record = _edit(source).to_record()
-    digest = image_digest(source)
+    digest = rgb_digest(source)
     assert record.edit == {"source_sha256": digest, "source_file": f"source-{digest[:16]}.png", "strength": 0.35,
                            "region": _region().to_json()}
     assert f"Edit: source-{digest[:16]}.png at strength 0.35, inpaint png:" in record.parameters_text()
@@ -60,7 +61,7 @@ def test_recall_of_an_edit_png_restores_source_strength_and_region(source, tmp_p
     request = _edit(source)
     out = save_png(Image.new("RGB", (64, 64)), tmp_path / "edit.png", request.to_record(), source=source)
     saved = tmp_path / request.edit_record()["source_file"]
-    assert saved.is_file() and image_digest(Image.open(saved)) == image_digest(source)
+    assert saved.is_file() and rgb_digest(Image.open(saved)) == rgb_digest(source)
     recalled = request_from_png(out)
     assert np.array_equal(np.asarray(recalled.source_image), np.asarray(source))
     assert recalled.strength == 0.35
