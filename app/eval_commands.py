@@ -53,9 +53,11 @@ def run(args: argparse.Namespace) -> int:
     from core.evaluation import eval_command
     from core.evaluation.runner import RenderSettings
     from core.evaluation.metrics import DEFAULT_CLIP_MODEL, DEFAULT_DINO_MODEL
-    from core.models.pipeline import check_settings
+    from core.limits import MAX_GUIDANCE, MAX_STEPS, check_int, check_number, check_size
 
-    check_settings("benchmark", args.height, args.width, args.steps, args.guidance)
+    check_size(args.width, args.height)  # before the models load: the rules every request is built with
+    check_int(args.steps, "--steps", 1, MAX_STEPS)
+    check_number(args.guidance, "--guidance", 0.0, MAX_GUIDANCE)
     engine = engine_for(args)
     settings = RenderSettings(steps=args.steps, guidance=args.guidance, width=args.width, height=args.height,
                               scale=args.scale)

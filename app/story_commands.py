@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 from app.arguments import DTYPE_CHOICES, PRESET_CHOICES, add_adapter_argument, add_speed_arguments, speed_options
 from app.command import run_handler
 from app.wording import counted
-from core.limits import MAX_DPI, MAX_OUTPUT_PIXELS, MAX_PANELS, MAX_SIDE, MAX_STEPS, MIN_DPI, MIN_SIDE, LimitError
+from core.limits import MAX_DPI, MAX_PANELS, MAX_STEPS, MIN_DPI, LimitError, check_size
 
 if TYPE_CHECKING:  # the story modules import PIL: imported when a command runs, not for --help
     from core.story.format import Story, StoryError
@@ -36,13 +36,10 @@ def _size(text: str) -> tuple[int, int]:
     match = _SIZE.match(text.strip()) if len(text) <= 40 else None
     if not match:
         raise argparse.ArgumentTypeError(f"{text[:40]!r}: expected WIDTHxHEIGHT, e.g. 512x384")
-    width, height = int(match.group(1)), int(match.group(2))
-    if any(side % 16 or not MIN_SIDE <= side <= MAX_SIDE for side in (width, height)):
-        raise argparse.ArgumentTypeError(f"{text!r}: width and height must be multiples of 16 from {MIN_SIDE} "
-                                         f"to {MAX_SIDE}")
-    if width * height > MAX_OUTPUT_PIXELS:
-        raise argparse.ArgumentTypeError(f"{text!r}: {width * height:,} pixels, the limit is {MAX_OUTPUT_PIXELS:,}")
-    return width, height
+    try:
+        return check_size(int(match.group(1)), int(match.group(2)))
+    except LimitError as exc:
+        raise argparse.ArgumentTypeError(f"{text!r}: {exc}") from None
 
 
 def _whole(text: str, low: int, high: int) -> int:

@@ -78,6 +78,23 @@ def check_text(value, name: str, limit: int, *, optional: bool = True) -> str | 
     return value
 
 
+def check_number(value, name: str, low: float, high: float) -> float:
+    """``value`` as a float in ``low..high`` (a real number, not a bool or NaN); :class:`LimitError` naming ``name``
+    otherwise. Text is refused: a form or command line parses its values as numbers first."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or value != value:
+        raise LimitError(f"{name} must be a number from {low:g} to {high:g}, got {_short(value)}")
+    if not low <= value <= high:
+        raise LimitError(f"{name} must be from {low:g} to {high:g}, got {_short(value)}")
+    return float(value)
+
+
+def check_prompt(value, name: str = "the prompt") -> str:
+    """A prompt: text with something in it, at most ``MAX_PROMPT_CHARS`` characters."""
+    if not isinstance(value, str) or not value.strip():
+        raise LimitError("write a prompt first: describe the image to make")
+    return check_text(value, name, MAX_PROMPT_CHARS, optional=False)
+
+
 def check_seed(value, name: str = "seed") -> int:
     return check_int(value, name, 0, MAX_SEED)
 

@@ -30,8 +30,8 @@ from dataclasses import dataclass, field, replace
 from core.conditioning.character import Character, check_characters
 from core.conditioning.regional_text import RegionalText
 from core.io.images import rgb_digest
-from core.limits import (MAX_IMAGES_PER_RUN, MAX_LORAS, MAX_PROMPT_CHARS, MAX_SEED, LimitError, check_int, check_seed,
-                     check_text)
+from core.limits import (MAX_GUIDANCE, MAX_IMAGES_PER_RUN, MAX_LORAS, MAX_PROMPT_CHARS, MAX_SEED, MAX_STEPS, MAX_TRUE_CFG,
+                         LimitError, check_int, check_number, check_prompt, check_seed, check_size, check_text)
 from core.loading.loras import StyleLora, with_triggers
 
 
@@ -81,15 +81,20 @@ class GenerationRequest:
 
         Needs no model: the studio and the command line call it before anything loads.
         """
-        from core.models.pipeline import check_settings
         from core.conditioning.prompt import resolve_prompt
 
-        check_settings(self.engine_prompt, self.height, self.width, self.steps, self.guidance, self.true_cfg_scale,
-                       max_sequence_length=self.max_sequence_length)
+        check_prompt(self.prompt)
+        if self.loras:
+            check_text(self.engine_prompt, "the prompt with the LoRAs' trigger words", MAX_PROMPT_CHARS)
         check_text(self.negative_prompt, "the negative prompt", MAX_PROMPT_CHARS)
-        check_int(self.images, "images per run", 1, MAX_IMAGES_PER_RUN)
+        self.width, self.height = check_size(self.width, self.height)
+        self.steps = check_int(self.steps, "steps", 1, MAX_STEPS)
+        self.guidance = check_number(self.guidance, "guidance", 0.0, MAX_GUIDANCE)
+        self.true_cfg_scale = check_number(self.true_cfg_scale, "true CFG scale (1 turns it off)", 1.0, MAX_TRUE_CFG)
+        self.max_sequence_length = check_int(self.max_sequence_length, "max_sequence_length", 1, 512)
+        self.images = check_int(self.images, "images per run", 1, MAX_IMAGES_PER_RUN)
         if self.seed is not None:
-            check_seed(self.seed)
+            self.seed = check_seed(self.seed)
         if len(self.loras) > MAX_LORAS:
             raise LimitError(f"{len(self.loras)} LoRAs given: at most {MAX_LORAS}")
         check_characters(self.characters)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 from core.errors import UserError
+from core.limits import check_prompt
 
 TAG = re.compile(r"\[([^\[\]\n]+)\]")
 
@@ -36,8 +37,7 @@ class ResolvedPrompt:
 
 def resolve_prompt(prompt: str, characters) -> ResolvedPrompt:
     """Replaces ``[Name]`` tags by each character's words; unknown tags raise :class:`PromptError`."""
-    if not isinstance(prompt, str) or not prompt.strip():
-        raise PromptError("the prompt is empty: describe the image to make")
+    check_prompt(prompt)
     by_name = {c.name.lower(): i for i, c in enumerate(characters) if c.name}
     pieces, spans, order, pos, length = [], {}, [], 0, 0
     for match in TAG.finditer(prompt):

@@ -28,8 +28,8 @@ from core.io.images import (PNG_SIGNATURE, TEXT_CHUNKS, ImageInputError, decode,
 from core.conditioning.layouts import MaskError, parse_box, parse_layout
 from core.conditioning.regional_text import RegionalText, RegionalTextError
 from core.limits import (MAX_LORA_WEIGHT, MAX_CHARACTERS, MAX_DESCRIPTION_CHARS, MAX_GUIDANCE, MAX_LORAS, MAX_METADATA_BYTES,
-                     MAX_METADATA_DEPTH, MAX_NAME_CHARS, MAX_PROMPT_CHARS, MAX_SCALE, MAX_SIDE, MAX_STEPS,
-                     MAX_TRUE_CFG, MIN_SIDE, LimitError, check_int, check_seed, check_text)
+                     MAX_METADATA_DEPTH, MAX_NAME_CHARS, MAX_PROMPT_CHARS, MAX_SCALE, MAX_STEPS,
+                     MAX_TRUE_CFG, LimitError, check_int, check_number, check_seed, check_size, check_text)
 from core.io.paths import atomic_path, remove_stale_temporaries
 from core.errors import UserError
 
@@ -204,11 +204,11 @@ class GenerationRecord:
             raise LimitError("the prompt or the seed is missing")
         characters = _check_list(data.get("characters", []), "characters", MAX_CHARACTERS)
         loras = _check_list(data.get("loras", []), "loras", MAX_LORAS)
+        width, height = check_size(data.get("width", 1024), data.get("height", 1024))
         return cls(
             prompt=check_text(data["prompt"], "prompt", MAX_PROMPT_CHARS, optional=False),
             seed=check_seed(data["seed"]),
-            width=_check_side(data.get("width", 1024), "width"),
-            height=_check_side(data.get("height", 1024), "height"),
+            width=width, height=height,
             num_inference_steps=check_int(data.get("num_inference_steps", 28), "num_inference_steps", 1, MAX_STEPS),
             guidance_scale=check_number(data.get("guidance_scale", 3.5), "guidance_scale", 0.0, MAX_GUIDANCE),
             negative_prompt=check_text(data.get("negative_prompt"), "negative_prompt", MAX_PROMPT_CHARS),
@@ -432,22 +432,6 @@ def _parse_json(text) -> object:
 def _brief(value) -> str:
     text = repr(value)
     return text if len(text) <= 40 else text[:37] + "..."
-
-
-def check_number(value, name: str, low: float, high: float) -> float:
-    """A JSON number in ``low..high`` as a float; :class:`LimitError` naming ``name`` otherwise."""
-    if isinstance(value, bool) or not isinstance(value, int | float) or value != value:
-        raise LimitError(f"{name} must be a number from {low:g} to {high:g}, got {_brief(value)}")
-    if not low <= value <= high:
-        raise LimitError(f"{name} must be from {low:g} to {high:g}, got {_brief(value)}")
-    return float(value)
-
-
-def _check_side(value, name: str) -> int:
-    side = check_int(value, name, MIN_SIDE, MAX_SIDE)
-    if side % 16:
-        raise LimitError(f"{name} must be a multiple of 16, got {side}")
-    return side
 
 
 def _check_list(value, name: str, limit: int) -> list:

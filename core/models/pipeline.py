@@ -9,7 +9,6 @@ time resampler (once per step, before the loop) and the character attention run 
 from __future__ import annotations
 
 import contextlib
-import numbers
 import os
 from dataclasses import dataclass, field
 
@@ -29,7 +28,7 @@ from core.conditioning.regional_text import (RegionalText, RegionalTextMask, bou
                                              joint_attention_mask)
 from core.conditioning.routing import Routing, route_characters, tag_weights, token_grid
 from core.models.encoders import CharacterEncoder, CharacterFeatures
-from core.limits import MAX_GUIDANCE, MAX_PROMPT_CHARS, MAX_SIDE, MAX_STEPS, MAX_TRUE_CFG, MIN_SIDE
+from core.limits import MAX_GUIDANCE, MAX_STEPS, MAX_TRUE_CFG, check_int, check_number, check_prompt, check_size
 from core.models.projector import CharacterProjector
 from core.conditioning.prompt import ResolvedPrompt, resolve_prompt
 from core.models.text_adapter import TextAdapter, TextAdapterError
@@ -40,34 +39,27 @@ class GenerationInputError(UserError, ValueError):
     """Invalid generation settings; the message names the argument and the bad value."""
 
 
-def _is_number(value) -> bool:
-    return isinstance(value, numbers.Real) and not isinstance(value, bool) and value == value
-
-
 def check_settings(prompt, height=1024, width=1024, num_inference_steps=28, guidance_scale=3.5, true_cfg_scale=1.0,
-                   num_images_per_prompt=1, max_sequence_length=512, output_type="pil", multiple=16) -> None:
-    """Checks generation settings without any model against :mod:`core.limits`; raises
+                   num_images_per_prompt=1, max_sequence_length=512, output_type="pil",
+                   multiple=16) -> tuple[int, int, int]:
+    """The pipeline's arguments: the rules of :mod:`core.limits` (the ones requests are built with, here under the
+    pipeline's argument names), then what only the tensors need (sides divisible by ``multiple``, the batch, the
+    output type). Returns ``(height, width, num_inference_steps)`` as ints. Raises :class:`core.limits.LimitError` or
     :class:`GenerationInputError` naming the argument."""
-    if not isinstance(prompt, str) or not prompt.strip():
-        raise GenerationInputError("prompt is empty: describe the image to make")
-    if len(prompt) > MAX_PROMPT_CHARS:
-        raise GenerationInputError(f"prompt is {len(prompt):,} characters long: the limit is {MAX_PROMPT_CHARS:,}")
+    check_prompt(prompt, "prompt")
+    width, height = check_size(width, height)
+    num_inference_steps = check_int(num_inference_steps, "num_inference_steps", 1, MAX_STEPS)
+    check_number(guidance_scale, "guidance_scale", 0.0, MAX_GUIDANCE)
+    check_number(true_cfg_scale, "true_cfg_scale", 1.0, MAX_TRUE_CFG)
+    check_int(max_sequence_length, "max_sequence_length", 1, 512)
     for name, value in (("height", height), ("width", width)):
-        if (not isinstance(value, int) or isinstance(value, bool) or not MIN_SIDE <= value <= MAX_SIDE
-                or value % 16 or value % multiple):
-            raise GenerationInputError(f"{name}={value!r}: must be a multiple of 16 between {MIN_SIDE} and {MAX_SIDE}")
-    if not isinstance(num_inference_steps, int) or not 1 <= num_inference_steps <= MAX_STEPS:
-        raise GenerationInputError(f"num_inference_steps={num_inference_steps!r}: must be 1 to {MAX_STEPS}")
-    if not _is_number(guidance_scale) or not 0 <= guidance_scale <= MAX_GUIDANCE:
-        raise GenerationInputError(f"guidance_scale={guidance_scale!r}: must be from 0 to {MAX_GUIDANCE:g}")
-    if not _is_number(true_cfg_scale) or not 1 <= true_cfg_scale <= MAX_TRUE_CFG:
-        raise GenerationInputError(f"true_cfg_scale={true_cfg_scale!r}: must be from 1 (off) to {MAX_TRUE_CFG:g}")
+        if value % multiple:
+            raise GenerationInputError(f"{name}={value}: this model needs a multiple of {multiple}")
     if not isinstance(num_images_per_prompt, int) or not 1 <= num_images_per_prompt <= 16:
         raise GenerationInputError(f"num_images_per_prompt={num_images_per_prompt!r}: must be 1 to 16")
-    if not isinstance(max_sequence_length, int) or not 1 <= max_sequence_length <= 512:
-        raise GenerationInputError(f"max_sequence_length={max_sequence_length!r}: must be 1 to 512")
     if output_type not in ("pil", "np", "latent"):
         raise GenerationInputError(f"output_type={output_type!r}: use 'pil', 'np' or 'latent'")
+    return height, width, num_inference_steps
 
 
 @dataclass
@@ -344,10 +336,11 @@ class InstantCharacterPipeline(FluxPipeline):
 
     def check_generation_inputs(self, prompt, characters, height, width, num_inference_steps, guidance_scale,
                                 true_cfg_scale, num_images_per_prompt, max_sequence_length, output_type):
-        """Raises :class:`GenerationInputError` naming the first bad argument."""
-        check_settings(prompt, height, width, num_inference_steps, guidance_scale, true_cfg_scale,
+        """``(height, width, num_inference_steps)`` as ints; raises a :class:`core.errors.UserError` naming the first bad argument."""
+        size = check_settings(prompt, height, width, num_inference_steps, guidance_scale, true_cfg_scale,
                        num_images_per_prompt, max_sequence_length, output_type, multiple=self.vae_scale_factor * 2)
         check_characters(characters)
+        return size
 
     # ------------------------------------------------------------------ generation
     @torch.no_grad()
@@ -412,8 +405,9 @@ class InstantCharacterPipeline(FluxPipeline):
         """
         characters = list(characters or [])
         regional_settings = RegionalText.parse(regional_text)
-        self.check_generation_inputs(prompt, characters, height, width, num_inference_steps, guidance_scale,
-                                     true_cfg_scale, num_images_per_prompt, max_sequence_length, output_type)
+        height, width, num_inference_steps = self.check_generation_inputs(
+            prompt, characters, height, width, num_inference_steps, guidance_scale, true_cfg_scale,
+            num_images_per_prompt, max_sequence_length, output_type)
         edit = self._edit_inputs(image, strength, mask_image, width, height) if image is not None else None
         if edit is None and mask_image is not None:
             raise GenerationInputError("mask_image needs a source image to inpaint (image=...)")

@@ -147,7 +147,7 @@ def test_render_arguments_over_the_limits_exit_2_before_loading(tmp_path, capsys
         (["--dpi", "1200"], "argument --dpi: '1200': expected 72 to 600"),
         (["--dpi", "36"], "argument --dpi: '36': expected 72 to 600"),
         (["--steps", "1000000000"], "argument --steps: '1000000000': expected 1 to 100"),
-        (["--size", "4112x16"], "argument --size: '4112x16': width and height must be multiples of 16"),
+        (["--size", "4112x16"], "argument --size: '4112x16': width must be from 16 to 4096, got 4112"),
     ]:
         with pytest.raises(SystemExit) as info:
             main(["render", str(COMIC), "--out", str(out), "--models", "tiny", *extra])
@@ -181,7 +181,7 @@ def test_python_m_entry_point_and_bad_arguments(tmp_path, user_home):
     done = run_cli(["check", str(COMIC)], user_home)
     assert done.returncode == 0 and done.stdout.strip().endswith("ok")
     bad = run_cli(["render", str(COMIC), "--out", str(tmp_path), "--size", "50x32"], user_home)
-    assert bad.returncode == 2 and "multiples of 16" in bad.stderr
+    assert bad.returncode == 2 and "width 50 is not a multiple of 16: use 48 or 64" in bad.stderr
 
 
 def test_to_json_renders_like_the_text(tmp_path, capsys):

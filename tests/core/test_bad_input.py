@@ -12,7 +12,8 @@ from PIL import Image
 from core.conditioning.character import Character, CharacterError, check_characters
 from core.loading.checkpoint import CheckpointError, build_adapter, check_compatible, read_adapter, save_adapter
 from core.io.images import ImageInputError, load_image
-from core.models.pipeline import GenerationInputError
+from core.errors import UserError
+from core.limits import LimitError
 from core.loading.sources import ModelSourceError, ModelSources
 
 
@@ -73,21 +74,21 @@ def test_animated_gif_uses_first_frame(tmp_path):
 
 
 @pytest.mark.parametrize("kwargs, needle", [
-    (dict(width=40), "width=40"),
-    (dict(height=1000), "height=1000"),
-    (dict(num_inference_steps=0), "num_inference_steps=0"),
+    (dict(width=40), "width 40 is not a multiple of 16: use 32 or 48"),
+    (dict(height=1000), "height 1000 is not a multiple of 16: use 992 or 1008"),
+    (dict(num_inference_steps=0), "num_inference_steps must be from 1 to 100, got 0"),
     (dict(output_type="jpeg"), "output_type"),
-    (dict(true_cfg_scale=0.5), "true_cfg_scale"),
+    (dict(true_cfg_scale=0.5), "true_cfg_scale must be from 1 to 20, got 0.5"),
 ])
 def test_bad_generation_settings(tiny_pipe, kwargs, needle):
     settings = dict(num_inference_steps=1, height=32, width=32) | kwargs
-    with pytest.raises(GenerationInputError) as exc:
+    with pytest.raises(UserError) as exc:
         tiny_pipe("a cat", **settings)
     assert needle in _one_line(exc)
 
 
 def test_empty_prompt(tiny_pipe):
-    with pytest.raises(GenerationInputError, match="prompt is empty"):
+    with pytest.raises(LimitError, match="write a prompt first"):
         tiny_pipe("  ", num_inference_steps=1, height=32, width=32)
 
 

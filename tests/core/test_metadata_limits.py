@@ -128,7 +128,7 @@ def test_json_that_is_too_big_deep_or_broken(text, message):
     (dict(seed="7"), "seed must be a whole number from 0 to 4294967295, got '7'"),
     (dict(seed=1.5), "seed must be a whole number from 0 to 4294967295, got 1.5"),
     (dict(width=0), "width must be from 16 to 4096, got 0"),
-    (dict(height=1000), "height must be a multiple of 16, got 1000"),
+    (dict(height=1000), "height 1000 is not a multiple of 16: use 992 or 1008"),
     (dict(width=True), "width must be a whole number from 16 to 4096, got True"),
     (dict(num_inference_steps=-5), "num_inference_steps must be from 1 to 100, got -5"),
     (dict(num_inference_steps="many"), "num_inference_steps must be a whole number from 1 to 100, got 'many'"),
