@@ -42,6 +42,29 @@ def speed_options(args: argparse.Namespace):
                              attention_backend=getattr(args, "attention", None), fp8=getattr(args, "fp8", None))
 
 
+def add_model_arguments(parser: argparse.ArgumentParser, *, base: bool = True, files: bool = False,
+                        adapter: bool = False, dtype: bool = True) -> None:
+    """The options that say which models load and how, declared once for every command that loads them:
+    ``--models``, ``--base``, ``--vae``/``--clip``/``--t5`` (``files``), ``--adapter``, ``--preset`` and ``--dtype``
+    (:func:`file_sources` reads the model ones)."""
+    parser.add_argument("--models", default="default",
+                        help="default (Hugging Face Hub), tiny (small random models to try the interface) or a "
+                             "models folder (flux/, siglip/, dinov2/, adapter file), or a ComfyUI/Forge models folder")
+    if base:
+        parser.add_argument("--base", default=None, metavar="PATH",
+                            help="FLUX.1 base: a diffusers folder or hub id, or one transformer file (BFL "
+                                 ".safetensors, bf16 or fp8, or .gguf) used with the other FLUX parts of --models")
+    if files:
+        add_file_arguments(parser)
+    if adapter:
+        add_adapter_argument(parser)
+    parser.add_argument("--preset", default="auto", choices=PRESET_CHOICES,
+                        help="memory preset (default: auto picks from the detected GPU and RAM)")
+    if dtype:
+        parser.add_argument("--dtype", choices=DTYPE_CHOICES, default=None,
+                            help="weights dtype (default: the preset's on GPU, float32 on CPU)")
+
+
 def add_file_arguments(parser: argparse.ArgumentParser) -> None:
     """``--vae``, ``--clip``, ``--t5``: FLUX's other parts as the single files ComfyUI and Forge use."""
     parser.add_argument("--vae", default=None, metavar="FILE", help="FLUX VAE file (ae.safetensors, BFL/ldm layout)")
@@ -81,14 +104,7 @@ def add_launch_arguments(parser: argparse.ArgumentParser) -> None:
                         help="require a login; this user is the owner (may change settings and train remotely)")
     parser.add_argument("--guest", action="append", default=[], metavar="USER:PASS",
                         help="another login (repeatable) that may generate but not change settings or train")
-    parser.add_argument("--models", default="default",
-                        help="default (Hugging Face Hub), tiny (small random models to try the interface) or a "
-                             "models folder (flux/, siglip/, dinov2/, adapter file), or a ComfyUI/Forge models folder")
-    parser.add_argument("--base", default=None, metavar="PATH",
-                        help="FLUX.1 base: a diffusers folder or hub id, or one transformer file (BFL .safetensors, "
-                             "bf16 or fp8, or .gguf) used with the other FLUX parts of --models")
-    add_file_arguments(parser)
-    parser.add_argument("--preset", default="auto", choices=PRESET_CHOICES, help="memory preset (default: auto)")
+    add_model_arguments(parser, files=True, dtype=False)
     parser.add_argument("--speed", choices=SPEED_CHOICES, default="off",
                         help="speed mode: off, full (compiled, lossless) or fast (+ fp8); see the README")
     parser.add_argument("--output-dir", default=None,

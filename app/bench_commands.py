@@ -11,18 +11,14 @@ import json
 import sys
 from pathlib import Path
 
-from core.loading.memory import PRESET_ORDER, QUANTIZATIONS
-
-from .arguments import add_adapter_argument, add_speed_arguments, speed_options
 from core.errors import UsageError
+from core.loading.memory import QUANTIZATIONS
 
-from .arguments import add_file_arguments
+from .arguments import add_file_arguments, add_model_arguments, add_speed_arguments, speed_options
 
 
 
 def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--preset", default="auto", choices=("auto",) + PRESET_ORDER,
-                        help="memory preset to measure (default: auto)")
     parser.add_argument("--width", type=int, default=1024)
     parser.add_argument("--height", type=int, default=1024)
     parser.add_argument("--steps", type=int, default=28, help="denoising steps of the timed image")
@@ -31,8 +27,7 @@ def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
                              "about 42 GB written once to the user cache)")
     parser.add_argument("--as-released", action="store_true",
                         help="measure the released code's way: projector every step, no caching, bf16, no offload")
-    parser.add_argument("--models", default="default", help="default, tiny, or a models directory")
-    add_adapter_argument(parser)
+    add_model_arguments(parser, base=False, adapter=True, dtype=False)
     parser.add_argument("--quantization", choices=QUANTIZATIONS, default=None,
                         help="replace the preset's transformer/T5 quantization (e.g. quanto-int8)")
     parser.add_argument("--random-dir", default=None, help="where the random full-size models are kept")

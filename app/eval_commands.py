@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import argparse
 
-from app.arguments import DTYPE_CHOICES, PRESET_CHOICES, add_adapter_argument, file_sources
+from app.arguments import add_model_arguments, file_sources
 from core.errors import UsageError
 
 
@@ -18,9 +18,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", help="the run folder (resumable: finished cases are not rendered again)")
     parser.add_argument("--compare", nargs=2, metavar=("RUN_A", "RUN_B"),
                         help="compare two run folders metric by metric (paired t-test)")
-    parser.add_argument("--models", default="default", help="default, tiny, or a models directory")
-    parser.add_argument("--preset", default="auto", choices=PRESET_CHOICES, help="memory preset (default: auto)")
-    add_adapter_argument(parser)
+    add_model_arguments(parser, base=False, adapter=True)
     parser.add_argument("--text-adapter", default=None, help="a text adapter (file or hub id) for every case")
     parser.add_argument("--clip-model", default=None, help="CLIP model (hub id or folder); default: the scorer's")
     parser.add_argument("--dino-model", default=None, help="DINO model (hub id or folder); default: the scorer's")
@@ -30,8 +28,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--width", type=int, default=1024)
     parser.add_argument("--height", type=int, default=1024)
     parser.add_argument("--scale", type=float, default=0.9)
-    parser.add_argument("--dtype", default=None, choices=DTYPE_CHOICES,
-                        help="weights dtype (default: the preset's on GPU, float32 on CPU)")
 
 
 def engine_for(args: argparse.Namespace):

@@ -8,8 +8,7 @@ import os
 import re
 from pathlib import Path
 
-from .arguments import (DTYPE_CHOICES, PRESET_CHOICES, add_adapter_argument, add_file_arguments,
-                        add_speed_arguments, file_sources, speed_options)
+from .arguments import add_model_arguments, add_speed_arguments, file_sources, speed_options
 
 # light at import time: `instantcharacter-studio --help` must not load torch; the heavy modules load in `run`
 _CHARACTER = re.compile(r"^(?:(?P<name>[^=\[\]]+)=)?(?P<path>.+?)(?::(?P<scale>[0-9]*\.?[0-9]+))?$")
@@ -54,17 +53,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--width", type=int, default=None, help="multiple of 16 (default 1024)")
     parser.add_argument("--height", type=int, default=None, help="multiple of 16 (default 1024)")
     parser.add_argument("--seed", type=int, default=None, help="random when omitted; recorded in the PNG")
-    parser.add_argument("--models", default="default", help="default, tiny, a models directory, or a ComfyUI/Forge models folder")
-    parser.add_argument("--base", default=None, metavar="PATH",
-                        help="FLUX.1 base: a diffusers folder or hub id, or one transformer file (BFL .safetensors, "
-                             "bf16 or fp8, or .gguf) used with the other FLUX parts of --models")
-    add_file_arguments(parser)
-    add_adapter_argument(parser)
+    add_model_arguments(parser, files=True, adapter=True)
     parser.add_argument("--text-adapter", default=None, help="a trained text adapter (.safetensors)")
-    parser.add_argument("--dtype", choices=DTYPE_CHOICES, default=None,
-                        help="weights dtype (default: bfloat16 on GPU, float32 on CPU)")
-    parser.add_argument("--preset", default="auto", choices=PRESET_CHOICES,
-                        help="memory preset (default: auto picks from the detected GPU and RAM)")
     parser.add_argument("--out", required=True, help="output PNG path")
     edit = parser.add_argument_group("editing an image (image-to-image and inpainting)")
     edit.add_argument("--image", default=None, metavar="PATH",

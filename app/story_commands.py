@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from app.arguments import DTYPE_CHOICES, PRESET_CHOICES, add_adapter_argument, add_speed_arguments, speed_options
+from app.arguments import add_model_arguments, add_speed_arguments, speed_options
 from app.command import run_handler
 from app.wording import counted
 from core.limits import MAX_DPI, MAX_PANELS, MAX_STEPS, MIN_DPI, LimitError, check_size
@@ -96,12 +96,7 @@ def add_story_arguments(parser: argparse.ArgumentParser) -> None:
     render.add_argument("story", help="the story file (.story text or .json)")
     render.set_defaults(stops_on_cancel=True)  # Ctrl-C: stop at the next step, exit 130 (app.command)
     render.add_argument("--out", required=True, help="the render folder (created if needed)")
-    render.add_argument("--models", default="default",
-                        help="default (Hugging Face Hub), tiny (small random models) or a models folder")
-    render.add_argument("--preset", default="auto", choices=PRESET_CHOICES, help="memory preset (default: auto)")
-    add_adapter_argument(render)
-    render.add_argument("--dtype", choices=DTYPE_CHOICES, default=None,
-                        help="weights dtype (default: the preset's on GPU, float32 on CPU)")
+    add_model_arguments(render, adapter=True)
     render.add_argument("--resume", action="store_true",
                         help="keep panels already rendered with the same settings; render the rest")
     render.add_argument("--panels", type=parse_panel_list, default=None, metavar="LIST",
@@ -133,10 +128,7 @@ def add_story_arguments(parser: argparse.ArgumentParser) -> None:
     edit.add_argument("--seed", type=lambda t: _whole(t, 0, 2**32 - 1), default=None,
                       help="the edit's seed (default: the panel's)")
     edit.add_argument("--undo", action="store_true", help="drop the panel's edit and render it from its settings")
-    for flag, kwargs in (("--models", dict(default="default", help="default, tiny or a models folder")),
-                         ("--preset", dict(default="auto", choices=PRESET_CHOICES, help="memory preset")),
-                         ("--dtype", dict(choices=DTYPE_CHOICES, default=None, help="weights dtype"))):
-        edit.add_argument(flag, **kwargs)
+    add_model_arguments(edit, base=False)
     edit.add_argument("--size", type=_size, default=None, metavar="WxH", help="as given to story render")
     edit.add_argument("--steps", type=_steps, default=None, help="as given to story render")
     edit.add_argument("--no-export", action="store_true", help="edit the panel only; no pages, PDF or ZIP")
@@ -272,7 +264,8 @@ def process_state() -> Any:
 
 
 def load_engine(models: str, preset_name: str, dtype_name: str | None, device, width: int = 1024,
-                height: int = 1024, state: Any = None, speed=None, adapter: str | None = None):
+                height: int = 1024, state: Any = None, speed=None, adapter: str | None = None,
+                base: str | None = None):
     """The engine (``core.engine.Engine``), loaded once for a whole story; it records how it was loaded (models,
     dtype, preset) in each panel's PNG. With several processes rank 0 resolves the model sources first (building
     the tiny bundle or filling the hub cache), then the others."""
@@ -283,7 +276,7 @@ def load_engine(models: str, preset_name: str, dtype_name: str | None, device, w
 
     first = state.main_process_first() if hasattr(state, "main_process_first") else contextlib.nullcontext()
     with first:
-        sources = ModelSources.parse(models).with_adapter(adapter)
+        sources = ModelSources.parse(models).with_base(base).with_adapter(adapter)
     engine = Engine(models, preset=preset_name, sources=sources, device=device, dtype=dtype_name, width=width,
                     height=height, speed=speed)
     engine.load()
@@ -349,7 +342,7 @@ def run_render(args: argparse.Namespace) -> int:
             print(f"loading the models ({args.models}) for {len(todo)} of {len(story.panels)} panels"
                   + (f" on {world} processes" if world > 1 else ""), flush=True)
         engine = load_engine(args.models, args.preset, args.dtype, state.device, story.width, story.height, state,
-                             speed=speed_options(args), adapter=args.adapter)
+                             speed=speed_options(args), adapter=args.adapter, base=args.base)
     cancel = getattr(args, "cancel", None)  # set by Ctrl-C (app.command.run_handler)
     if cancel is not None and cancel.is_set():
         return 130

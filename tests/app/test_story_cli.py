@@ -329,3 +329,24 @@ def test_two_processes_equal_one(reference_render, user_home, tmp_path):
     assert not list(out.glob("manifest.part-*.json"))
     assert [p.read_bytes() for p in sorted((out / "pages").glob("*.png"))] == [
         p.read_bytes() for p in sorted((reference_render / "pages").glob("*.png"))]
+
+
+def test_render_takes_base_as_the_other_commands_do(tmp_path, monkeypatch):
+    """``story render --base`` means what ``generate --base`` means: the FLUX.1 base the sources use."""
+    import app.story_commands as commands
+    from app.cli import build_parser
+
+    for argv in (["generate", "--out", "x.png"], ["story", "render", str(COMIC), "--out", "x"]):
+        args = build_parser().parse_args([*argv, "--base", "some/flux", "--models", "tiny", "--preset", "low"])
+        assert (args.base, args.models, args.preset, args.dtype) == ("some/flux", "tiny", "low", None)
+
+    class Loaded(Exception):
+        pass
+
+    def load_engine(*args, **kwargs):
+        raise Loaded(kwargs["base"])
+
+    monkeypatch.setattr(commands, "load_engine", load_engine)
+    with pytest.raises(Loaded, match="some/flux"):
+        story_main(build_parser().parse_args(["story", "render", str(COMIC), "--out", str(tmp_path / "out"),
+                                              "--models", "tiny", "--base", "some/flux"]))
