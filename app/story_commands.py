@@ -26,7 +26,7 @@ from app.wording import counted
 from core.limits import MAX_DPI, MAX_PANELS, MAX_STEPS, MIN_DPI, LimitError, check_size
 
 if TYPE_CHECKING:  # the story modules import PIL: imported when a command runs, not for --help
-    from core.story.format import Story, StoryError
+    from core.story.model import Story, StoryError
 _SIZE = re.compile(r"^(\d+)\s*[xX]\s*(\d+)$")
 _RANGE = re.compile(r"^(\d{1,12})(?:-(\d{1,12}))?$")
 
@@ -143,7 +143,7 @@ def add_story_arguments(parser: argparse.ArgumentParser) -> None:
 
 def story_main(args: argparse.Namespace) -> int:
     """Runs ``args.story_command``; a story with problems prints them (one line each) and returns 2."""
-    from core.story.format import StoryError
+    from core.story.model import StoryError
 
     handler = {"render": run_render, "check": run_check, "to-json": run_to_json,
                "edit": run_edit}[args.story_command]
@@ -183,7 +183,7 @@ def with_overrides(story: Story, size: tuple[int, int] | None = None, steps: int
 # --------------------------------------------------------------------------------------------------- check, json
 def describe_story(story: Story) -> list[str]:
     """A short listing: the header in one line, the characters, then one line per panel."""
-    from core.story.layout import plan_pages
+    from core.story.geometry import plan_pages
 
     pages = len(plan_pages(story))
     title = f'"{story.title}"' if story.title else "(untitled)"
@@ -214,9 +214,9 @@ def describe_story(story: Story) -> list[str]:
 
 
 def run_check(args: argparse.Namespace) -> int:
-    from core.story.format import load_story
+    from core.story.load import load_story
 
-    from core.story.layout import missing_glyph_warnings
+    from core.story.drawing import missing_glyph_warnings
 
     story = load_story(args.story)
     print("\n".join(describe_story(story)))
@@ -227,7 +227,7 @@ def run_check(args: argparse.Namespace) -> int:
 
 
 def run_to_json(args: argparse.Namespace) -> int:
-    from core.story.format import load_story
+    from core.story.load import load_story
 
     story = load_story(args.story)
     path = story.save_json(args.out)
@@ -306,11 +306,14 @@ def _progress_printer(story: Story, rank: int, world: int):
 
 def run_render(args: argparse.Namespace) -> int:
     """Renders, then (rank 0) exports; 0 when every panel is done, 1 when some failed (the rest are exported)."""
+    from core.story.drawing import missing_glyph_warnings
     from core.story.export import export_story
-    from core.story.format import StoryError, load_story
-    from core.story.layout import missing_glyph_warnings, plan_pages
-    from core.story.manifest import load_manifest, panels_to_render
+    from core.story.geometry import plan_pages
+    from core.story.load import load_story
+    from core.story.manifest import load_manifest
+    from core.story.model import StoryError
     from core.story.render import render_story
+    from core.story.settings import panels_to_render
 
     started = time.perf_counter()
     story = with_overrides(load_story(args.story), args.size, args.steps, args.dpi)
@@ -382,7 +385,8 @@ def run_edit(args: argparse.Namespace) -> int:
     from core.conditioning.edit import check_strength
     from core.story.edit import prepare_panel_edit
     from core.story.export import export_story
-    from core.story.format import StoryError, load_story
+    from core.story.load import load_story
+    from core.story.model import StoryError
     from core.story.render import render_story
 
     story = with_overrides(load_story(args.story), args.size, args.steps)

@@ -51,7 +51,7 @@ class StoryEditEvents:
 
     def _run(self, text, folder, number, request, progress, strength=DEFAULT_STRENGTH, region=None, undo=False):
         from core.story.edit import prepare_panel_edit
-        from core.story.format import StoryError
+        from core.story.model import StoryError
 
         from .story_events import render_dir_for
 

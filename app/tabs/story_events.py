@@ -24,11 +24,13 @@ from core.io.paths import write_bytes_atomic
 from core.limits import MAX_SEED
 from core.io.path_policy import PathNotAllowedError, PathPolicy
 from core.story import Story, StoryError, parse_story
-from core.story.format import pin_seed
+from core.story.drawing import compose_page, missing_glyph_warnings
 from core.story.export import export_story, load_panel_images
-from core.story.format import check_story_text, panel_settings_hash
-from core.story.layout import WEBTOON, compose_page, missing_glyph_warnings, plan_pages
+from core.story.geometry import WEBTOON, plan_pages
 from core.story.manifest import FAILED, file_inside, is_panel_done, load_manifest
+from core.story.parse_text import pin_seed
+from core.story.parse_text import check_story_text
+from core.story.settings import panel_settings_hash
 
 from ..context import StudioContext
 from ..errors import StudioInputError, shown_to_user
@@ -195,7 +197,7 @@ def panel_gallery(story: Story, render_dir: Path) -> list[tuple[str, str]]:
 
 
 def pin_panel_seed(text: str, story: Story, index: int, seed: int) -> str:
-    """``text`` with panel ``index``'s seed pinned (the story grammar's own edit, :func:`core.story.format.pin_seed`)."""
+    """``text`` with panel ``index``'s seed pinned (the story grammar's own edit, :func:`core.story.parse_text.pin_seed`)."""
     if not story.panels[index].line:
         raise StudioInputError("this story has no line numbers (JSON): edit the panel's seed in the file instead")
     return pin_seed(text, story, index, seed)
@@ -374,7 +376,7 @@ class StoryEvents:
 
         Returns ``(notes markdown, panel rows, panel gallery, page paths, PDF path, ZIP path)``.
         """
-        from core.story.manifest import panels_to_render
+        from core.story.settings import panels_to_render
 
         story = self._story(text, folder)
         out = render_dir_for(self.ctx, story, request)

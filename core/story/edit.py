@@ -8,21 +8,24 @@ edit goes into the manifest's ``edits`` (by 0-based panel index)::
      "seed": 12, "base_hash": <the panel's settings hash when it was edited>}
 
 From then on the panel renders as that edit (the same request, so the same bytes) and its record's settings hash is
-:func:`edited_hash`. When the panel's own settings change (its prompt, seed, size...), ``base_hash`` no longer
-matches: the edit is stale and the panel renders from its new settings, with a note.
+:func:`core.story.settings.edited_hash`. When the panel's own settings change (its prompt, seed, size...),
+``base_hash`` no longer matches: the edit is stale and the panel renders from its new settings, with a note.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from core.conditioning.edit import check_region, check_strength, load_region, load_source
+from core.conditioning.masks import RoutingMask
 from core.io.images import rgb_digest
-from core.story.manifest import PANELS_DIR, file_inside
+from core.io.metadata import read_edit_source, save_edit_source
+from core.story.manifest import PANELS_DIR, file_inside, is_panel_done, load_manifest, save_manifest
+from core.story.model import StoryError
+from core.story.settings import edited_hash, panel_settings_hash
 
 
 @dataclass
@@ -44,8 +47,6 @@ class PanelEdit:
 
     def apply(self, request):
         """The panel's request made this edit: same prompt and characters, the source, strength, region, seed."""
-        from core.conditioning.masks import RoutingMask
-
         changes = dict(source_image=self.source, strength=self.strength,
                        inpaint_region=RoutingMask.from_json(self.region, "the panel edit's region"))
         if self.seed is not None:
@@ -53,19 +54,9 @@ class PanelEdit:
         return replace(request, **changes)
 
 
-def edited_hash(base_hash: str, edit: dict | None) -> str:
-    """The settings hash of a panel with ``edit`` applied (``base_hash`` itself without a live edit)."""
-    if not edit or edit.get("base_hash") != base_hash:
-        return base_hash
-    blob = json.dumps({"base": base_hash, "edit": edit}, sort_keys=True, separators=(",", ":"))
-    return hashlib.sha256(blob.encode()).hexdigest()
-
-
 def panel_edit(edits: dict, index: int, base_hash: str, out_dir: str | os.PathLike) -> PanelEdit | None:
     """The live edit of panel ``index`` with its source read from the render folder, or None (no edit, or a
     stale one). Raises :class:`core.io.metadata.MetadataError` when the source is missing or was changed."""
-    from core.io.metadata import read_edit_source
-
     data = edits.get(index)
     if not data or data.get("base_hash") != base_hash:
         return None
@@ -85,9 +76,6 @@ def stale_edits(edits: dict, hashes: dict[int, str]) -> list[int]:
 def record_edit(out_dir: str | os.PathLike, index: int, source, strength: float, region, seed: int | None,
                 base_hash: str) -> dict:
     """Saves ``source`` beside the panels and returns the manifest entry of the edit."""
-    from core.conditioning.edit import check_strength
-    from core.io.metadata import save_edit_source
-
     digest = rgb_digest(source)
     name = f"source-{digest[:16]}.png"
     save_edit_source(source, Path(out_dir) / PANELS_DIR, {"source_file": name, "source_sha256": digest})
@@ -101,10 +89,6 @@ def prepare_panel_edit(story, out_dir: str | os.PathLike, index: int, strength: 
     render of that panel makes it. The source is the panel as it is now (edited or not). ``region``: a mask image
     path, a layout or box spec, or None for the whole panel. Returns notes; raises ``StoryError`` for a panel not
     rendered with these settings or nothing to undo, ``EditError`` / ``ImageInputError`` for a bad edit."""
-    from core.conditioning.edit import check_region, check_strength, load_region, load_source
-    from core.story.format import StoryError, panel_settings_hash
-    from core.story.manifest import is_panel_done, load_manifest, save_manifest
-
     if not 0 <= index < len(story.panels):
         raise StoryError(f"panel {index + 1}: the story has {len(story.panels)} panels")
     number, out_dir = index + 1, Path(out_dir)

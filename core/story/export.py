@@ -27,9 +27,8 @@ from PIL import Image
 
 from core.limits import MAX_FILE_BYTES, MAX_STORY_BYTES
 from core.io.path_policy import PathNotAllowedError
-from core.story.format import Story, StoryError
-from core.story.layout import WEBTOON, compose_pages, plan_pages, webtoon_slices
-from core.story.typeset import TextRun
+from core.story.drawing import compose_pages
+from core.story.geometry import WEBTOON, plan_pages, webtoon_slices
 from core.story.manifest import (
     DONE,
     MANIFEST_NAME,
@@ -41,6 +40,8 @@ from core.story.manifest import (
     write_json_atomic,
     write_png_atomic,
 )
+from core.story.model import Story, StoryError
+from core.story.typeset import TextRun
 
 PDF_NAME = "story.pdf"
 CBZ_NAME = "story.cbz"

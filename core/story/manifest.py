@@ -24,8 +24,6 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from PIL import Image, PngImagePlugin
 
-    from core.story.format import Story
-
 from core.io.cache import cached_sha256
 from core.io.paths import atomic_path, remove_stale_temporaries, sha256_file  # noqa: F401 - part of this module's names (render, tests)
 
@@ -197,18 +195,3 @@ def is_panel_done(record: PanelRecord | None, settings_hash: str, out_dir: str |
         return record.file_sha256 is None or cached_sha256(path) == record.file_sha256
     except OSError:
         return False
-
-
-def panels_to_render(story: Story, manifest: RenderManifest, out_dir: str | os.PathLike,
-                     options: dict[str, Any] | None = None) -> list[int]:
-    """Indices of the panels that still need rendering: never rendered, failed, changed, or file missing."""
-    from core.story.edit import edited_hash
-    from core.story.format import panel_settings_hash
-
-    return [
-        panel.index
-        for panel in story.panels
-        if not is_panel_done(manifest.panels.get(panel.index),
-                             edited_hash(panel_settings_hash(story, panel, options), manifest.edits.get(panel.index)),
-                             out_dir)
-    ]

@@ -30,7 +30,7 @@ from PIL import Image, PngImagePlugin
 
 from core.conditioning.control import load_control
 from core.io.metadata import save_controls_beside
-from core.story.format import Panel, Story, engine_mask, panel_settings_hash
+from core.story.edit import panel_edit
 from core.story.manifest import (
     DONE,
     FAILED,
@@ -39,7 +39,6 @@ from core.story.manifest import (
     load_manifest,
     merge_parts,
     panel_filename,
-    panels_to_render,
     part_path,
     remove_parts,
     remove_temporaries,
@@ -48,6 +47,10 @@ from core.story.manifest import (
     write_json_atomic,
     write_png_atomic,
 )
+from core.story.model import Panel, Story
+from core.story.regions import engine_mask
+from core.story.settings import edited_hash, panel_settings_hash
+from core.story.settings import panels_to_render
 
 PNG_METADATA_KEY = "instantcharacter-story"
 # Pipeline options that are fields of the request (and so of its record), by pipeline argument name; the other
@@ -290,8 +293,6 @@ def render_story(
         settings_hash = panel_settings_hash(story, panel, options)
         edit = None
         if manifest.edits.get(index):  # an edited panel (core.story.edit): rendered as that edit again
-            from core.story.edit import edited_hash, panel_edit
-
             try:
                 edit = panel_edit(manifest.edits, index, settings_hash, out_dir)
             except Exception as exc:  # noqa: BLE001 - a missing or changed source fails this panel only

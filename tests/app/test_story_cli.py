@@ -26,7 +26,7 @@ from PIL import Image
 from app.story_commands import add_story_arguments, main, story_main
 from core.io.metadata import read_record
 from core.story import load_story
-from core.story.layout import plan_pages
+from core.story.geometry import plan_pages
 from core.story.manifest import load_manifest, panel_filename
 
 REPO = Path(__file__).resolve().parents[2]

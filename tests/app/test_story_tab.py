@@ -13,7 +13,7 @@ from PIL import Image
 
 from app.context import StudioContext, StudioSettings
 from app.tabs import story_events as ev
-from core.story.layout import plan_pages
+from core.story.geometry import plan_pages
 from core.story.manifest import panel_filename
 
 STORY = """title: Tab Test

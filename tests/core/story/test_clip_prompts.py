@@ -9,7 +9,7 @@ import logging
 import pytest
 
 from core.conditioning.prompt import CLIP_CUT_NOTE, clip_text
-from core.story.format import load_story
+from core.story.load import load_story
 from tests.core.story.conftest import STORIES
 
 EXAMPLES = sorted(STORIES.glob("*.story"))

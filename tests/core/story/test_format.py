@@ -7,17 +7,11 @@ import json
 
 import pytest
 
-from core.story.format import (
-    REGION_PRESETS,
-    StoryError,
-    canonical_region,
-    derive_panel_seed,
-    engine_mask,
-    load_story,
-    panel_settings_hash,
-    parse_story,
-    region_box,
-)
+from core.story.load import load_story
+from core.story.model import StoryError, derive_panel_seed
+from core.story.parse_text import parse_story
+from core.story.regions import REGION_PRESETS, canonical_region, engine_mask, region_box
+from core.story.settings import panel_settings_hash
 from tests.core.story.conftest import STORIES, small_story_text
 
 HEADER = """\
@@ -94,7 +88,7 @@ def test_style_appended_and_defaults(story_dir):
         (HEADER + "[Ann] hi\n  flavour: salty\n", "line 10: indented line 'flavour: salty'"),
         (HEADER + "  > Ann: too early\n", "line 9: '>' line before any panel"),
         ("size: 1000x768\ncharacter Ann: chars/ann.png\n---\n[Ann] x\n",
-         "line 1: bad size '1000x768': width and height must be multiples of 16"),
+         "line 1: bad size '1000x768': width 1000 is not a multiple of 16: use 992 or 1008"),
         ("size: big\n---\n[NC] x\n", "line 1: bad size 'big': expected WIDTHxHEIGHT"),
         ("character Ann: chars/nobody.png\n---\n[Ann] x\n", "line 1: missing image for [Ann]: chars/nobody.png"),
         ("character Ann:\n---\n[Ann] x\n", "line 1: character [Ann] has no image"),

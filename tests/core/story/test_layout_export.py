@@ -8,16 +8,11 @@ import zipfile
 import pytest
 from PIL import Image
 
+from core.story.drawing import compose_pages, plan_bubble
 from core.story.export import export_story
-from core.story.format import load_story, parse_story
-from core.story.layout import (
-    compose_pages,
-    parse_layout_spec,
-    parse_length_mm,
-    parse_page_spec,
-    plan_bubble,
-    plan_pages,
-)
+from core.story.geometry import parse_layout_spec, parse_length_mm, parse_page_spec, plan_pages
+from core.story.load import load_story
+from core.story.parse_text import parse_story
 from core.story.render import render_story
 from tests.core.story.conftest import STORIES, FakeEngine, FakePipe, small_story_text
 

@@ -18,8 +18,12 @@ from core.limits import (
     MAX_PROMPT_CHARS,
     MAX_STORY_BYTES,
 )
-from core.story.format import MAX_PROBLEMS, StoryError, check_story_text, load_story, parse_story, story_from_dict
-from core.story.layout import plan_pages
+from core.story.geometry import plan_pages
+from core.story.load import load_story
+from core.story.model import StoryError
+from core.story.parse_checks import MAX_PROBLEMS
+from core.story.parse_json import story_from_dict
+from core.story.parse_text import check_story_text, parse_story
 from tests.core.story.conftest import small_story_text
 
 HEAD = "character Ann: chars/ann.png\n---\n"
@@ -41,7 +45,7 @@ def problems(story_dir, text: str) -> list[str]:
         ("dpi: 36", "line 1: dpi must be from 72 to 600, got 36"),
         ("seed: 4294967296", "line 1: seed must be from 0 to 4294967295, got 4294967296"),
         ("seed: -1", "line 1: seed must be from 0 to 4294967295, got -1"),
-        ("size: 4112x16", "line 1: bad size '4112x16': width and height must be multiples of 16 between 16 and 4096"),
+        ("size: 4112x16", "line 1: bad size '4112x16': width must be from 16 to 4096, got 4112"),
         ("guidance: 45", "line 1: guidance must be a number from 0 to 30, got 45.0"),
         ("guidance: nan", "line 1: guidance must be a number from 0 to 30, got nan"),
         ("true_cfg: 0.5", "line 1: true_cfg must be a number from 1 to 20, got 0.5"),
@@ -112,7 +116,7 @@ def test_too_many_pages(story_dir):
 
 
 def test_story_text_size_is_checked_first(story_dir, monkeypatch):
-    import core.story.format as fmt
+    import core.story.parse_text as fmt
 
     monkeypatch.setattr(fmt, "_parse_story", lambda *a: pytest.fail("parsed a huge story"))
     with pytest.raises(StoryError, match=r"^the story is 1,048,577 characters long: the limit is 1,048,576 bytes$"):
@@ -163,7 +167,7 @@ def json_problems(story_dir, data) -> list[str]:
         (lambda d: d.update(dpi=1200), "dpi must be from 72 to 600, got 1200"),
         (lambda d: d.update(seed=-5), "seed must be from 0 to 4294967295, got -5"),
         (lambda d: d.update(size="big"), "size must be [WIDTH, HEIGHT], got 'big'"),
-        (lambda d: d.update(size=[4112, 16]), "bad size '4112x16': width and height must be multiples of 16"),
+        (lambda d: d.update(size=[4112, 16]), "bad size '4112x16': width must be from 16 to 4096, got 4112"),
         (lambda d: d.update(size=[True, 16]), "bad size 'Truex16'"),
         (lambda d: d.update(title=["a", "list"]), "title must be text, got list"),
         (lambda d: d.update(title="t" * 301), "title is 301 characters long: the limit is 300"),
@@ -228,7 +232,7 @@ def test_json_file_with_a_huge_number(story_dir, tmp_path):
 
 def test_all_pages_of_an_export_share_one_pixel_budget():
     from core.limits import LimitError
-    from core.story.layout import check_page_limits, parse_page_spec
+    from core.story.geometry import check_page_limits, parse_page_spec
 
     page = parse_page_spec("A4 portrait")
     check_page_limits(page, 600, 10)  # 10 pages at 600 dpi: 348 million pixels, fine

@@ -7,7 +7,6 @@ import json
 import pytest
 from PIL import Image
 
-from core.story.format import panel_settings_hash, parse_story
 from core.story.manifest import (
     DONE,
     FAILED,
@@ -17,12 +16,14 @@ from core.story.manifest import (
     load_manifest,
     merge_parts,
     panel_filename,
-    panels_to_render,
     part_path,
     save_manifest,
     sha256_file,
     write_png_atomic,
 )
+from core.story.parse_text import parse_story
+from core.story.settings import panel_settings_hash
+from core.story.settings import panels_to_render
 from tests.core.story.conftest import small_story_text
 
 

@@ -12,19 +12,11 @@ import zipfile
 import pytest
 from PIL import Image
 
+from core.story.drawing import TAIL_SHARE, _panel_boxes, _paste_cover, bubble_area, caption_lines, plan_bubbles
 from core.story.export import export_story
-from core.story.format import load_story, parse_story
-from core.story.layout import (
-    TAIL_SHARE,
-    _panel_boxes,
-    _paste_cover,
-    bubble_area,
-    caption_lines,
-    fit_panel_size,
-    panel_sizes,
-    plan_bubbles,
-    plan_pages,
-)
+from core.story.geometry import fit_panel_size, panel_sizes, plan_pages
+from core.story.load import load_story
+from core.story.parse_text import parse_story
 from core.story.render import render_story
 from tests.core.story.conftest import STORIES, FakeEngine, small_story_text
 
@@ -56,8 +48,8 @@ def test_panel_sizes_follow_their_cells(story_dir, layout, page):
 
 
 def test_panel_size_is_in_the_settings_hash_and_the_request(story_dir, tmp_path):
-    from core.story.format import panel_settings
     from core.story.render import panel_request
+    from core.story.settings import panel_settings
 
     story = story_with(story_dir, 3, "grid 3x1", page="A4 portrait", width=512, height=512)
     panel = story.panels[0]

@@ -15,8 +15,11 @@ import core.io.cache
 from core.limits import MAX_FILE_BYTES
 from core.io.path_policy import PathNotAllowedError, PathPolicy
 from core.story.export import export_story, write_zip
-from core.story.format import StoryError, load_story, parse_story, story_from_dict
+from core.story.load import load_story
 from core.story.manifest import file_inside, load_manifest, save_manifest
+from core.story.model import StoryError
+from core.story.parse_json import story_from_dict
+from core.story.parse_text import parse_story
 from core.story.render import render_story
 from tests.core.story.conftest import FakeEngine, make_character_image, small_story_text
 
@@ -44,7 +47,7 @@ def test_paths_outside_the_policy_are_problems_that_read_the_same_whether_the_fi
     policy = PathPolicy([root], labels={str(root.resolve()): "the stories folder"})
     assert parse_story(story_text("chars/ann.png"), base_dir=root, paths=policy).characters["Ann"].image == (
         root / "chars" / "ann.png").resolve()
-    import core.story.format as fmt
+    import core.story.parse_checks as fmt
 
     monkeypatch.setattr(fmt, "cached_sha256", lambda *a, **k: pytest.fail("hashed a refused file"))
     monkeypatch.setattr(fmt, "_image_header_problem", lambda *a: pytest.fail("opened a refused file"))
@@ -83,7 +86,7 @@ def png_header(width: int, height: int) -> bytes:
 
 
 def test_big_files_and_images_refused_from_size_and_header(story_dir, monkeypatch):
-    import core.story.format as fmt
+    import core.story.parse_checks as fmt
 
     monkeypatch.setattr(fmt, "cached_sha256", lambda *a, **k: pytest.fail("hashed a refused file"))
     big = story_dir / "big.png"

@@ -14,8 +14,8 @@ import threading
 import pytest
 from PIL import Image
 
-from core.story.format import parse_story
 from core.story.manifest import DONE, FAILED, load_manifest, panel_filename, sha256_file
+from core.story.parse_text import parse_story
 from core.story.render import PNG_METADATA_KEY, render_story
 from tests.core.story.conftest import REPO, FakeEngine, FakePipe, small_story_text
 
@@ -235,7 +235,7 @@ def test_leftover_parts_of_a_killed_multi_process_render_count_on_resume(story_d
 TORCHRUN_SCRIPT = textwrap.dedent("""
     import sys
     from accelerate import PartialState
-    from core.story.format import load_story
+    from core.story.load import load_story
     from core.story.render import render_story
     from tests.core.story.conftest import FakeEngine
     state = PartialState(cpu=True)

@@ -12,17 +12,13 @@ import pytest
 from fontTools.ttLib import TTFont
 from PIL import Image
 
+from core.story.drawing import bubble_area, compose_pages, missing_glyph_warnings, plan_bubbles
 from core.story.export import export_story
 from core.story.fonts import FontChain, needs_glyph
-from core.story.format import StoryError, load_story, parse_story
-from core.story.layout import (
-    bubble_area,
-    compose_pages,
-    missing_glyph_warnings,
-    plan_bubbles,
-    plan_pages,
-    webtoon_slices,
-)
+from core.story.geometry import plan_pages, webtoon_slices
+from core.story.load import load_story
+from core.story.model import StoryError
+from core.story.parse_text import parse_story
 from core.story.render import render_story
 from tests.core.story.conftest import STORIES, FakeEngine
 
@@ -141,7 +137,7 @@ def test_a_character_no_font_has_is_a_check_time_warning_and_a_font_header_fixes
     assert missing_glyph_warnings(story) == []
     segments = FontChain().segments(f"hi {odd}")
     assert segments[-1][0].endswith(odd) and segments[-1][1].name == "DejaVuSans.ttf"  # without the header
-    from core.story.layout import font_chain
+    from core.story.drawing import font_chain
 
     assert font_chain(story).segments(f"hi {odd}")[-1] == (odd, story.font and font_chain(story).story_font)
 
@@ -190,7 +186,7 @@ def test_right_to_left_puts_panel_one_top_right_and_mirrors_every_page(story_dir
     assert first.y == min(c.y for c in first_page.cells)
     if len(top_row) > 1:
         assert first.x > min(c.x for c in top_row)
-    from core.story.layout import panel_sizes
+    from core.story.geometry import panel_sizes
 
     assert panel_sizes(rtl) == panel_sizes(ltr)  # the same pictures: a mirror changes no cell's shape
 

@@ -10,9 +10,12 @@ import pytest
 from PIL import Image
 
 from core.io.path_policy import PathPolicy
-from core.story.format import StoryError, load_story, panel_settings, parse_story
+from core.story.load import load_story
 from core.story.manifest import panel_filename
+from core.story.model import StoryError
+from core.story.parse_text import parse_story
 from core.story.render import render_story
+from core.story.settings import panel_settings
 from tests.core.story.conftest import FakeEngine, small_story_text
 
 
