@@ -18,7 +18,7 @@ from pathlib import Path
 
 from core.conditioning.layouts import NAMED_LAYOUTS, MaskError
 from core.conditioning.masks import RoutingMask
-from core.io.metadata import MAX_SPEC_CHARS
+from core.limits import MAX_SPEC_CHARS
 from core.loading.loras import StyleLora, parse_rows
 
 from .errors import StudioInputError

@@ -23,6 +23,7 @@ MAX_SEED = 2**32 - 1  # seeds are 0..MAX_SEED everywhere (CLI, studio, stories, 
 MAX_PROMPT_CHARS = 4000  # prompt and negative prompt, each
 MAX_NAME_CHARS = 64  # a character's name (its [Name] tag)
 MAX_DESCRIPTION_CHARS = 500  # the words that replace a tag
+MAX_SPEC_CHARS = 100  # a layout name or box spec (a region, as written or recorded)
 MAX_LORAS = 3
 MAX_LORA_WEIGHT = 2.0
 MAX_LORA_DOWNLOAD_BYTES = 2 * 1024**3  # one hub LoRA file (FLUX LoRAs are 20 MB to about 1.3 GB)

@@ -28,8 +28,11 @@ import random
 from dataclasses import dataclass, field, replace
 
 from core.conditioning.character import Character, check_characters
+from core.conditioning.control import ControlImage
+from core.conditioning.masks import MaskError, RoutingMask
 from core.conditioning.regional_text import RegionalText
 from core.io.images import rgb_digest
+from core.io.metadata import GenerationRecord, MetadataError, read_control_image, read_edit_source, read_record
 from core.limits import (MAX_GUIDANCE, MAX_IMAGES_PER_RUN, MAX_LORAS, MAX_PROMPT_CHARS, MAX_SEED, MAX_STEPS, MAX_TRUE_CFG,
                          LimitError, check_int, check_number, check_prompt, check_seed, check_size, check_text)
 from core.loading.loras import StyleLora, with_triggers
@@ -189,8 +192,6 @@ class GenerationRequest:
     def to_record(self, k: int = 0, provenance: dict | None = None):
         """The :class:`core.io.metadata.GenerationRecord` of image ``k``: every setting, and where it was made
         (``provenance``: ``models``, ``dtype``, ``preset``, as :meth:`core.engine.Engine.provenance` gives)."""
-        from core.io.metadata import CharacterRecord, GenerationRecord
-
         provenance = dict(provenance or {})
         models = dict(provenance.pop("models", {}) or {})
         if self.text_adapter:
@@ -201,7 +202,7 @@ class GenerationRequest:
             prompt=self.prompt, seed=self.image_seed(k), width=int(self.width), height=int(self.height),
             num_inference_steps=int(self.steps), guidance_scale=float(self.guidance), negative_prompt=self.negative,
             true_cfg_scale=float(self.true_cfg_scale), max_sequence_length=int(self.max_sequence_length),
-            characters=[CharacterRecord.from_character(c) for c in self.characters],
+            characters=[c.record() for c in self.characters],
             loras=[lora.record() for lora in self.loras], models=models, edit=self.edit_record(),
             control=[c.record() for c in self.controls] or None, regional_text=self.regional_record(),
             **provenance)
@@ -210,9 +211,6 @@ class GenerationRequest:
     def from_record(cls, record, images: int = 1, folder: str | os.PathLike | None = None) -> "GenerationRequest":
         """The request that made ``record``'s image (its seed, so the same image comes out). An edit's source is read
         from ``folder`` (the PNG's own folder), where :func:`core.io.metadata.save_png` saved it."""
-        from core.conditioning.masks import MaskError, RoutingMask
-        from core.io.metadata import MetadataError, read_control_image, read_edit_source
-
         edit = {}
         if record.edit:
             try:
@@ -221,9 +219,9 @@ class GenerationRequest:
                 raise MetadataError(str(exc)) from None
             edit = dict(source_image=read_edit_source(record.edit, folder), strength=record.edit["strength"],
                         inpaint_region=region)
-        characters = [c.to_character(f"character {i + 1}") for i, c in enumerate(record.characters)]
+        characters = [Character.from_record(c, f"character {i + 1}") for i, c in enumerate(record.characters)]
         if record.control:
-            edit["controls"] = [read_control_image(c, folder) for c in record.control]
+            edit["controls"] = [ControlImage.from_record(c, read_control_image(c, folder)) for c in record.control]
         text_adapter = (record.models or {}).get("text_adapter") or None
         regional = record.regional_text
         if regional is None and record.characters:
@@ -257,8 +255,6 @@ class GenerationRequest:
 def request_from_png(source: str | os.PathLike | bytes, images: int = 1) -> GenerationRequest:
     """The request recorded in a PNG made by the studio, the CLI or a story render."""
     from pathlib import Path
-
-    from core.io.metadata import read_record
 
     folder = Path(source).parent if isinstance(source, (str, os.PathLike)) else None
     return GenerationRequest.from_record(read_record(source), images=images, folder=folder)

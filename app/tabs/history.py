@@ -4,6 +4,7 @@ from types import SimpleNamespace
 
 import gradio as gr
 
+from core.conditioning.character import Character
 from core.io.metadata import MetadataError, read_record
 
 from ..context import StudioContext
@@ -45,7 +46,7 @@ class HistoryEvents:
         if not path:
             raise StudioInputError("pick an image in the history first")
         record = read_record(path)
-        characters = [c.to_character() for c in record.characters]
+        characters = [Character.from_record(c) for c in record.characters]
         with self.ctx.gpu_lock:
             scores = self.ctx.scorer().score([case_from_characters(Image.open(path), record.prompt, characters)])[0]
         rows = [("CLIP-I", scores.clip_i, "character likeness (CLIP)"),

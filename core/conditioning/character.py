@@ -9,8 +9,9 @@ from dataclasses import dataclass, field
 from PIL import Image
 
 from core.io.images import image_key, load_image
+from core.io.metadata import CharacterRecord, MetadataError, image_from_b64, image_to_b64
 from core.limits import MAX_CHARACTERS, MAX_DESCRIPTION_CHARS, MAX_NAME_CHARS, MAX_SCALE, LimitError, check_text
-from core.conditioning.masks import RoutingMask
+from core.conditioning.masks import MaskError, RoutingMask
 from core.errors import UserError
 
 # MAX_CHARACTERS: each character adds one attention per layer and step; past 8 regions get too small to hold one
@@ -69,6 +70,23 @@ class Character:
     def words(self) -> str:
         """The text that stands for this character in the prompt."""
         return self.description or self.name or "the character"
+
+    def record(self) -> CharacterRecord:
+        """The character as a PNG record stores it: the image itself (base64 PNG), the mask as its JSON."""
+        return CharacterRecord(image=image_to_b64(self.image), name=self.name, scale=self.scale,
+                               mask=self.mask.to_json() if self.mask is not None else None,
+                               description=self.description)
+
+    @classmethod
+    def from_record(cls, record: CharacterRecord, label: str = "the character") -> "Character":
+        """The character ``record`` stores; :class:`~core.io.metadata.MetadataError` naming ``label`` for an image
+        or mask that cannot be read."""
+        try:
+            mask = RoutingMask.from_json(record.mask, f"{label}'s mask")
+        except MaskError as exc:
+            raise MetadataError(str(exc)) from None
+        return cls(image_from_b64(record.image, f"{label}'s image"), name=record.name, scale=record.scale,
+                   mask=mask, description=record.description)
 
 
 def _brief(value) -> str:

@@ -120,6 +120,12 @@ class ControlImage:
         return {"kind": self.kind, "scale": self.scale, "start": self.start, "end": self.end,
                 "sha256": self.digest, "file": self.file_name}
 
+    @classmethod
+    def from_record(cls, record: dict, image: Image.Image) -> "ControlImage":
+        """The control a record's entry (:func:`check_record`) describes, with its ``image`` (as
+        :func:`core.io.metadata.read_control_image` reads it from beside the PNG)."""
+        return cls(image, record["kind"], record["scale"], record["start"], record["end"])
+
 
 def check_record(value, label: str) -> dict:
     """A control as stored in a PNG record, every field checked; :class:`ControlError` naming the bad one."""

@@ -23,8 +23,7 @@ from PIL import Image, ImageFile
 
 from core.io.images import ImageInputError, decode, open_image
 from core.conditioning.layouts import NAMED_LAYOUTS, MaskError, parse_box, parse_layout
-from core.limits import MAX_METADATA_BYTES, MAX_SIDE
-from core.io.metadata import MAX_SPEC_CHARS
+from core.limits import MAX_METADATA_BYTES, MAX_SIDE, MAX_SPEC_CHARS
 
 
 __all__ = ["NAMED_LAYOUTS", "MaskError", "RoutingMask", "auto_layout", "normalize_overlaps", "parse_layout"]

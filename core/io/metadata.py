@@ -25,10 +25,11 @@ from PIL import Image, PngImagePlugin
 
 from core.io.images import (PNG_SIGNATURE, TEXT_CHUNKS, ImageInputError, decode, open_image, png_chunks,
                             rgb_digest, to_rgb)
+from core.conditioning.control import MAX_CONTROLS, ControlError, check_record
 from core.conditioning.layouts import MaskError, parse_box, parse_layout
 from core.conditioning.regional_text import RegionalText, RegionalTextError
 from core.limits import (MAX_LORA_WEIGHT, MAX_CHARACTERS, MAX_DESCRIPTION_CHARS, MAX_GUIDANCE, MAX_LORAS, MAX_METADATA_BYTES,
-                     MAX_METADATA_DEPTH, MAX_NAME_CHARS, MAX_PROMPT_CHARS, MAX_SCALE, MAX_STEPS,
+                     MAX_METADATA_DEPTH, MAX_NAME_CHARS, MAX_PROMPT_CHARS, MAX_SCALE, MAX_SPEC_CHARS, MAX_STEPS,
                      MAX_TRUE_CFG, LimitError, check_int, check_number, check_seed, check_size, check_text)
 from core.io.paths import atomic_path, remove_stale_temporaries
 from core.errors import UserError
@@ -37,7 +38,6 @@ JSON_KEY = "instantcharacter"
 FORMAT_VERSION = 1
 MAX_STRUCTURE_CHARS = 1 << 20  # the JSON outside its strings; real records have a few hundred characters
 MAX_SOURCE_CHARS = 1000  # a model or LoRA source: a path or hub id
-MAX_SPEC_CHARS = 100  # a layout name or box spec (core.conditioning.masks.MAX_SPEC_CHARS)
 _STRING = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"')
 _NOT_BRACKET = re.compile(r"[^\[\]{}]+")
 
@@ -87,30 +87,15 @@ def image_from_b64(data: str, name: str = "the character image") -> Image.Image:
 
 @dataclass
 class CharacterRecord:
-    """A character as stored in metadata: the image itself (base64 PNG), name, scale, mask (see ``RoutingMask.to_json``)."""
+    """A character as stored in metadata: the image itself (base64 PNG), name, scale, mask (see
+    ``RoutingMask.to_json``). :meth:`core.conditioning.character.Character.record` makes one and
+    ``Character.from_record`` reads one back."""
 
     image: str
     name: str | None = None
     scale: float = 0.9
     mask: str | None = None
     description: str | None = None
-
-    @classmethod
-    def from_character(cls, character) -> "CharacterRecord":
-        return cls(image=image_to_b64(character.image), name=character.name, scale=character.scale,
-                   mask=character.mask.to_json() if character.mask is not None else None,
-                   description=character.description)
-
-    def to_character(self, label: str = "the character"):
-        from core.conditioning.character import Character
-        from core.conditioning.masks import MaskError, RoutingMask
-
-        try:
-            mask = RoutingMask.from_json(self.mask, f"{label}'s mask")
-        except MaskError as exc:
-            raise MetadataError(str(exc)) from None
-        return Character(image_from_b64(self.image, f"{label}'s image"), name=self.name, scale=self.scale,
-                         mask=mask, description=self.description)
 
     @classmethod
     def from_dict(cls, data, label: str) -> "CharacterRecord":
@@ -231,15 +216,6 @@ class GenerationRecord:
         info.add_text(JSON_KEY, self.to_json(), zip=True)
         return info
 
-    def generation_kwargs(self) -> dict:
-        """Keyword arguments for ``InstantCharacterPipeline.__call__`` (without ``generator``)."""
-        characters = [c.to_character(f"character {i + 1}") for i, c in enumerate(self.characters)]
-        return dict(prompt=self.prompt, characters=characters,
-                    negative_prompt=self.negative_prompt, true_cfg_scale=self.true_cfg_scale,
-                    num_inference_steps=self.num_inference_steps, guidance_scale=self.guidance_scale,
-                    height=self.height, width=self.width, max_sequence_length=self.max_sequence_length,
-                    **({"regional_text": self.regional_text} if self.regional_text is not None else {}))
-
 
 def _check_regional_text(value) -> dict | None:
     """A recorded regional-text setting as its fields, checked; ``None`` stays ``None``."""
@@ -301,15 +277,12 @@ def read_edit_source(edit: dict, folder: str | os.PathLike | None) -> Image.Imag
                         "is not the source this image was edited from")
 
 
-def read_control_image(control: dict, folder: str | os.PathLike | None):
-    """The :class:`~core.conditioning.control.ControlImage` a record's control entry names, its image read from
-    ``folder`` (where its PNG is) and checked against its digest."""
-    from core.conditioning.control import ControlImage
-
+def read_control_image(control: dict, folder: str | os.PathLike | None) -> Image.Image:
+    """The image of a record's control entry, read from ``folder`` (where its PNG is) and checked against its
+    digest (:meth:`core.conditioning.control.ControlImage.from_record` makes the control of the two)."""
     name = control["file"]
-    image = _read_beside(name, control["sha256"], folder, f"this image used the control image {name}",
-                         "put it back to recall the image", "is not the control image this image was made with")
-    return ControlImage(image, control["kind"], control["scale"], control["start"], control["end"])
+    return _read_beside(name, control["sha256"], folder, f"this image used the control image {name}",
+                        "put it back to recall the image", "is not the control image this image was made with")
 
 
 def _read_beside(name: str, digest: str, folder, what: str, fix: str, mismatch: str) -> Image.Image:
@@ -492,8 +465,6 @@ def _check_edit(value) -> dict | None:
 
 def _check_controls(value) -> list[dict] | None:
     """Control entries as stored (:func:`core.conditioning.control.check_record`), at most ``MAX_CONTROLS``."""
-    from core.conditioning.control import MAX_CONTROLS, ControlError, check_record
-
     if value is None:
         return None
     entries = _check_list(value, "control images", MAX_CONTROLS)

@@ -12,6 +12,7 @@ import pytest
 from PIL import Image
 
 from app.cli import main
+from core.conditioning.character import Character
 from core.limits import MAX_SEED
 from core.io.metadata import read_record
 
@@ -58,7 +59,7 @@ def test_two_characters_with_masks(tiny_models, tmp_path):
     assert names == [("Ann", 0.9), ("Bob", 0.6)]
     assert record.characters[0].mask == "left"
     assert record.characters[1].mask.startswith("png:")
-    rebuilt = record.generation_kwargs()["characters"]
+    rebuilt = [Character.from_record(c) for c in record.characters]
     assert rebuilt[1].mask.weights(2, 4).tolist() == [0, 0, 1, 1, 0, 0, 1, 1]
 
 

@@ -12,7 +12,7 @@ from PIL import Image
 from app.context import StudioContext, StudioSettings
 from app.tabs.history import HistoryEvents
 from core.conditioning.character import Character
-from core.io.metadata import CharacterRecord, GenerationRecord, save_png
+from core.io.metadata import GenerationRecord, save_png
 
 
 def test_score_a_generated_image(tiny_pipe, tmp_path, character_files):
@@ -21,7 +21,7 @@ def test_score_a_generated_image(tiny_pipe, tmp_path, character_files):
     image = tiny_pipe("[Ann] on a bike", characters=[ann], num_inference_steps=1, height=32, width=32,
                       generator=torch.Generator().manual_seed(0)).images[0]
     path = save_png(image, tmp_path / "a.png", GenerationRecord(prompt="[Ann] on a bike", seed=0, width=32, height=32,
-                                                             characters=[CharacterRecord.from_character(ann)]))
+                                                             characters=[ann.record()]))
     table = HistoryEvents(ctx).score(str(path))
     values = {name: float(value) for name, value in re.findall(r"\| (CLIP-I|DINO-I|CLIP-T) \| (-?[0-9.]+) \|", table)}
     assert set(values) == {"CLIP-I", "DINO-I", "CLIP-T"}

@@ -13,6 +13,7 @@ from PIL import Image
 
 from core.io.images import ImageInputError, load_image
 from core.limits import MAX_SEED, MAX_SIDE
+from core.conditioning.character import Character
 from core.conditioning.masks import MaskError, RoutingMask
 from core.io.metadata import (CharacterRecord, GenerationRecord, MetadataError, image_from_b64, image_to_b64,
                            read_record, save_png)
@@ -38,7 +39,7 @@ def test_a_real_record_over_pillows_text_limit_reads(tmp_path):
     """Character images make the settings chunk larger than Pillow's 1 MB MAX_TEXT_CHUNK; Recall still reads it."""
     character = _photo(768)
     record_ = GenerationRecord(prompt="[Mia] at the beach", seed=MAX_SEED, width=1024, height=768,
-                               characters=[CharacterRecord.from_character(_Char(character, "Mia"))])
+                               characters=[Character(character, name="Mia").record()])
     path = save_png(Image.new("RGB", (64, 48)), tmp_path / "real.png", record_)
     assert len(record_.to_json()) > 1024 * 1024
     with pytest.raises(ValueError, match="too large"):
@@ -52,11 +53,6 @@ def test_a_real_record_over_pillows_text_limit_reads(tmp_path):
     assert load_image(path).size == (64, 48)  # a studio output with big settings is still a usable character image
 
 
-class _Char:
-    def __init__(self, image, name):
-        self.image, self.name, self.scale, self.mask, self.description = image, name, 0.9, None, None
-
-
 def test_old_records_with_every_kind_of_mask(tmp_path):
     painted = RoutingMask.from_spec(Image.new("L", (300, 200), 255))
     characters = [CharacterRecord(image_to_b64(Image.new("RGB", (32, 32))), name=name, mask=mask)
@@ -66,7 +62,7 @@ def test_old_records_with_every_kind_of_mask(tmp_path):
                                models={"base": "x", "text_adapter": None}, preset="low")
     back = read_record(save_png(Image.new("RGB", (32, 32)), tmp_path / "old.png", record_))
     assert back == record_
-    masks = [c.to_character().mask for c in back.characters]
+    masks = [Character.from_record(c).mask for c in back.characters]
     assert masks[0].box == (0.0, 0.0, 0.5, 1.0) and masks[2].image.shape == (200, 300) and masks[3] is None
 
 
@@ -176,7 +172,7 @@ def test_images_and_masks_inside_the_settings():
     assert _message(RoutingMask.from_json, "png:" + b64(bilevel_png(30000, 30000, pixels=False)),
                     error=MaskError) == "the mask is far over the 40 megapixel limit: refused before decoding"
     bad = CharacterRecord(image=b64(b"hello"), mask=notes)
-    assert _message(bad.to_character, "character 2") == "character 2's mask is not an image file Pillow can read"
+    assert _message(Character.from_record, bad, "character 2") == "character 2's mask is not an image file Pillow can read"
 
 
 def test_large_masks_are_scaled_down_before_becoming_floats():

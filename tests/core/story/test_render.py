@@ -48,6 +48,7 @@ def test_render_calls_engine_with_panel_settings(story_dir, tmp_path, fake_pipe)
 
 
 def test_panel_png_carries_the_studio_metadata_for_recall(story_dir, tmp_path, fake_pipe):
+    from core.conditioning.character import Character
     from core.io.metadata import image_from_b64, read_record
 
     story = parse_story(small_story_text(3).replace("[Ann@left]", "[Ann@box:0.1,0.2,0.5,1]"), base_dir=story_dir)
@@ -62,7 +63,7 @@ def test_panel_png_carries_the_studio_metadata_for_recall(story_dir, tmp_path, f
     assert (ann.name, ann.scale, ann.mask, bob.name, bob.scale, bob.mask) == (
         "Ann", 0.8, "box:0.1,0.2,0.5,1", "Bob", 0.9, "right")
     assert image_from_b64(ann.image).getpixel((0, 0)) == (200, 30, 30)
-    rebuilt = record.generation_kwargs()["characters"]  # what Recall hands to the engine
+    rebuilt = [Character.from_record(c) for c in record.characters]  # what Recall hands to the engine
     assert [c.name for c in rebuilt] == ["Ann", "Bob"] and rebuilt[0].mask.box == (0.1, 0.2, 0.5, 1.0)
     assert "Seed: %d" % panel.seed in Image.open(tmp_path / "out" / panel_filename(0)).text["parameters"]
     assert read_record(tmp_path / "out" / panel_filename(2)).characters == []  # the [NC] panel
