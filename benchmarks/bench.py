@@ -71,7 +71,7 @@ class ReleasedStylePipeline(InstantCharacterPipeline):
         parent = super()._character_tokens
 
         def tokens_at(i):
-            self._context_cache.clear()  # the whole projector again, from the (once per call) encoder features
+            self.clear_character_contexts()  # the whole projector again, from the (once per call) encoder features
             return parent(characters, timesteps[i:i + 1], dtype, device, batch, *args, **kwargs)[0]
 
         return _StepTokens(tokens_at, len(timesteps))
@@ -83,28 +83,6 @@ def released_style(pipe: InstantCharacterPipeline) -> ReleasedStylePipeline:
     pipe.__class__ = ReleasedStylePipeline
     pipe.clear_caches()
     return pipe
-
-
-class MeasuredEngine(Engine):
-    """The engine under exactly the preset measured: the bench resolves it itself (``--quantization``, its own auto
-    notes, a preset asked for on tiny models, which the engine would run ``full``)."""
-
-    def __init__(self, preset, models: str, *, built=None, **kwargs):
-        super().__init__(models, preset=preset.name, **kwargs)
-        self._measured = preset
-        self._built = built  # a pipeline made in memory (build_random_pipeline), used instead of loading
-
-    @property
-    def preset(self):
-        return self._measured
-
-    def load(self, report=None, text_adapter=None):
-        with self._lock:
-            if self._pipe is None and self._built is not None:
-                self._pipe, self._built = self._built, None
-                self.steps = [f"models built in memory on {self.device}"]
-                self.steps += self._apply_speed(self._pipe, report or (lambda fraction, message: None))
-        return super().load(report, text_adapter)
 
 
 # ------------------------------------------------------------------------------------------- random models
@@ -502,8 +480,14 @@ def run_bench(preset: str = "auto", width: int = 1024, height: int = 1024, steps
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     start = time.perf_counter()
-    engine = MeasuredEngine(chosen, str(models_dir) if random_weights else models_label, sources=sources,
-                            device=device, dtype=dtype, speed=speed, built=built)
+    # the preset measured is the one resolved above (--quantization, the bench's auto notes, a preset asked for on
+    # tiny models, which the engine would run full): given to the engine as a MemoryPreset, used as it is
+    options = dict(sources=sources, device=device, dtype=dtype, speed=speed)
+    if built is not None:
+        engine = Engine.from_pipeline(built, models_label, chosen, loaded_as=f"models built in memory on {device}",
+                                      **options)
+    else:
+        engine = Engine(str(models_dir) if random_weights else models_label, chosen, **options)
     built = None
     pipe = engine.load()
     if as_released:

@@ -9,12 +9,16 @@ records' "where it was made" part, progress and cancel::
     result = engine.generate(GenerationRequest("[Mia] on a bike", characters=[mia], seed=42))
     result.images[0], result.records[0]
 
+:meth:`Engine.from_pipeline` puts an engine around a pipeline the caller already has (models built in memory, the
+trainer's pipeline, a stand-in in tests), as diffusers' ``from_pipe`` does for pipelines.
+
 The pipeline's own caches (character features, projector context, prompt embeddings) live on the pipeline and
 are reused across requests.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import threading
@@ -90,9 +94,39 @@ class Engine:
         self.steps: list[str] = []
         self._text_adapter: str | None = None
         self._adapter_digest: tuple = (None, None)  # (file key, SHA-256) of a local adapter file
+        self._provenance: dict | None = None  # given to from_pipeline: the records' "where it was made" as it is
         self.lora_downloads = lora_downloads
         self.loras = LoadedLoras(lora_downloads)
         self._lock = threading.RLock()
+
+    @classmethod
+    def from_pipeline(cls, pipe, models: str = "in memory", preset="full", *, provenance: dict | None = None,
+                      loaded_as: str | None = None, **options) -> Engine:
+        """An engine around ``pipe``, a pipeline the caller already has (as diffusers' ``from_pipe``): nothing is
+        loaded, and :meth:`generate` runs ``pipe`` with the engine's checks, seeds, LoRAs, progress, cancel and records.
+
+        Args:
+            pipe: an :class:`~core.models.pipeline.InstantCharacterPipeline` (or a stand-in called like one) with its
+                weights and memory placement as wanted.
+            models: what the engine calls its models (:attr:`spec`, in logs and records).
+            preset: the :class:`~core.loading.memory.MemoryPreset` (or its name) ``pipe`` runs under, for the
+                out-of-memory advice and the records; not applied here. ``None``: the caller manages the memory, and
+                an out-of-memory error passes as it is.
+            provenance: the records' "where it was made" (``models``, ``dtype``, ``preset``) as it is, when the engine
+                cannot tell it from ``models`` (a training pipeline, a stand-in).
+            loaded_as: the first line of :attr:`steps`, saying where ``pipe`` came from.
+            options: the other keywords of :class:`Engine` (``sources``, ``device``, ``dtype``, ``speed`` …);
+                ``speed`` is applied to ``pipe`` now.
+
+        :meth:`unload` lets ``pipe`` go for good (a later request would load ``models``).
+        """
+        engine = cls(models, preset, **options)
+        engine._provenance = provenance
+        with engine._lock:
+            engine._pipe = pipe
+            engine.steps = [loaded_as or f"pipeline given ({type(pipe).__name__})"]
+            engine.steps += engine._apply_speed(pipe, lambda fraction, message: None)
+        return engine
 
     @property
     def sources(self) -> ModelSources:
@@ -113,10 +147,11 @@ class Engine:
 
     @property
     def preset(self):
-        """The :class:`core.loading.memory.MemoryPreset` in use (resolved on first access; ``auto`` asks the planner)."""
+        """The :class:`core.loading.memory.MemoryPreset` in use (resolved on first access; ``auto`` asks the planner);
+        ``None`` when the caller manages the memory (:meth:`from_pipeline`)."""
         if self._preset is None and not isinstance(self.preset_name, str):
             self._preset, self.preset_reason = self.preset_name, "given"
-        if self._preset is None:
+        if self._preset is None and isinstance(self.preset_name, str):
             from core.loading.presets import resolve_preset
 
             self._preset, self.preset_reason = resolve_preset(
@@ -140,13 +175,16 @@ class Engine:
 
     def provenance(self) -> dict:
         """Where an image was made, for its PNG record: model sources, dtype and preset."""
+        if self._provenance is not None:
+            return {**self._provenance, "models": dict(self._provenance.get("models") or {})}
         s = self.sources
         models = {"base": s.base, "siglip": s.siglip, "dinov2": s.dinov2, "spec": self.spec, **self._adapter_record()}
         for part, path in s.part_files().items():  # single files replaced these parts: name and fingerprint
             models[part] = {"file": os.path.basename(path), "digest": file_digest(path)}
         if os.path.isfile(s.siglip):
             models["siglip"] = {"file": os.path.basename(s.siglip), "digest": file_digest(s.siglip)}
-        return {"models": models, "dtype": self.dtype_name, "preset": self.preset.name}
+        return {"models": models, "dtype": self.dtype_name,
+                "preset": self.preset.name if self.preset is not None else None}
 
     def _adapter_record(self) -> dict:
         """The image adapter for a PNG record: a hub source as given; a local file by its name and SHA-256 (a
@@ -278,6 +316,15 @@ class Engine:
         return []
 
     # ------------------------------------------------------------------ generation
+    def _memory_advice(self, request: GenerationRequest):
+        """Out of GPU memory becomes advice naming the next preset; without a preset (the caller manages the
+        memory) the error passes as it is."""
+        from core.loading.memory import out_of_memory_advice
+
+        if self.preset is None:
+            return contextlib.nullcontext()
+        return out_of_memory_advice(self.preset, width=request.width, height=request.height)
+
     def generate(self, request: GenerationRequest, *, report: Report | None = None,
                  cancel: threading.Event | None = None, pipeline_options: dict | None = None) -> EngineResult:
         """Makes ``request.images`` images of ``request`` (its seed fixed first).
@@ -288,8 +335,6 @@ class Engine:
         they are (``output_type``, a ``callback_on_step_end`` of the caller's own is not supported).
         """
         import torch
-
-        from core.loading.memory import out_of_memory_advice
 
         report = report or (lambda fraction, message: None)
         request = request.check().with_seed()
@@ -319,7 +364,7 @@ class Engine:
                     result.cancelled = True
                     break
                 try:
-                    with out_of_memory_advice(self.preset, width=request.width, height=request.height):
+                    with self._memory_advice(request):
                         output = pipe(**request.pipeline_kwargs(), generator=torch.Generator("cpu").manual_seed(seed),
                                       callback_on_step_end=on_step, **(pipeline_options or {}))
                 except _Cancelled:

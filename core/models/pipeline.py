@@ -243,8 +243,13 @@ class InstantCharacterPipeline(FluxPipeline):
     def clear_caches(self) -> None:
         """Forgets cached character features, projector contexts and prompt embeddings."""
         self._feature_cache.clear()
-        self._context_cache.clear()
+        self.clear_character_contexts()
         self._prompt_cache.clear()
+
+    def clear_character_contexts(self) -> None:
+        """Forgets the cached projector contexts, the one cache made from the adapter's weights: call it when they
+        change (training). Encoder features and prompt embeddings (frozen models) are kept."""
+        self._context_cache.clear()
 
     def encode_character(self, character: Character) -> CharacterFeatures:
         """Encoder features of a character image, cached by image content."""

@@ -24,7 +24,7 @@ from core.evaluation import (
     run_benchmark,
 )
 from core.evaluation.stats import mean_interval, paired_t_test, student_t_cdf, student_t_ppf
-from tests.core.fake_engine import FakeEngine
+from tests.core.fake_engine import fake_engine
 from tests.core.metric_models import single_torch_thread, tiny_metric_models, tiny_scorer  # noqa: F401 (fixtures)
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "assets" / "benchmarks" / "example"
@@ -64,7 +64,7 @@ class FakePipe:
 
 def run(tmp_path, pipe, scorer, name="run", **kwargs):
     """Runs the example benchmark with the engine on ``pipe`` (a FakePipe; ``None``: no engine)."""
-    engine = FakeEngine(pipe) if pipe is not None else None
+    engine = fake_engine(pipe) if pipe is not None else None
     return run_benchmark(EXAMPLE, engine, scorer, tmp_path / name, settings=SETTINGS, **kwargs)
 
 
@@ -162,7 +162,7 @@ def test_run_writes_csv_json_html_and_resumes(tmp_path, tiny_scorer):
     shutil.copytree(EXAMPLE, bench)
     text = (bench / "cases.jsonl").read_text().replace("cozy library", "noisy library", 1)
     (bench / "cases.jsonl").write_text(text)
-    changed = run_benchmark(bench, FakeEngine(pipe), tiny_scorer, tmp_path / "run", settings=SETTINGS)
+    changed = run_benchmark(bench, fake_engine(pipe), tiny_scorer, tmp_path / "run", settings=SETTINGS)
     assert changed.rendered == 1 and changed.scored == 1 and pipe.calls[-1] == ("[Ruby] reading a book in a noisy library", 1)
 
 
@@ -212,7 +212,7 @@ def test_compare_prints_per_metric_deltas(tmp_path, tiny_scorer):
 
 def test_eval_command_returns_summary_text(tmp_path, tiny_scorer):
     printed = []
-    text = eval_command(EXAMPLE, tmp_path / "out", FakeEngine(FakePipe()), scorer=tiny_scorer, settings=SETTINGS,
+    text = eval_command(EXAMPLE, tmp_path / "out", fake_engine(FakePipe()), scorer=tiny_scorer, settings=SETTINGS,
                         echo=printed.append, label="tiny")
     assert printed[0] == "[1/11] ruby-1: rendered"
     assert text.splitlines()[0].startswith("metric") and "report.html" in text and "rendered 11" in text
@@ -235,7 +235,7 @@ def test_cases_reach_the_engine_as_requests_and_images_carry_its_record(tmp_path
     shutil.copytree(EXAMPLE, bench)
     lines = (bench / "cases.jsonl").read_text().splitlines()
     (bench / "cases.jsonl").write_text("\n".join(lines[1:2] + lines[-1:]) + "\n")  # ruby-1 and duo-2
-    engine = FakeEngine(RecordingPipe())
+    engine = fake_engine(RecordingPipe())
     first = run_benchmark(bench, engine, None, tmp_path / "run", settings=SETTINGS, text_adapter="adapter.pt")
     assert all(isinstance(character, Character) for character in seen) and len(seen) == 3
     assert seen[1].name == "Leaf" and seen[1].mask is not None and seen[1].mask.box == (0.0, 0.0, 0.5, 1.0)
@@ -247,19 +247,21 @@ def test_cases_reach_the_engine_as_requests_and_images_carry_its_record(tmp_path
     assert [(c.name, c.mask, c.scale) for c in record.characters] == [("Leaf", "left", 0.9), ("Ruby", "right", 0.9)]
     assert (record.models, record.dtype, record.preset) == (
         {"spec": "tiny", "text_adapter": "adapter.pt"}, "float32", "full")
-    resumed = FakeEngine(RecordingPipe())
+    resumed = fake_engine(RecordingPipe())
     assert run_benchmark(bench, resumed, None, tmp_path / "run", settings=SETTINGS,
                          text_adapter="adapter.pt").reused == 2
     assert resumed.loads == []  # nothing to render: no models loaded
 
 
 def test_a_failed_load_stops_the_run(tmp_path):
-    class NoModels(FakeEngine):
+    from core.engine import Engine
+
+    class NoModels(Engine):
         def load(self, report=None, text_adapter=None):
             raise OSError("no models here")
 
     with pytest.raises(OSError, match="no models here"):
-        run_benchmark(EXAMPLE, NoModels(FakePipe()), None, tmp_path / "run", settings=SETTINGS)
+        run_benchmark(EXAMPLE, NoModels("tiny"), None, tmp_path / "run", settings=SETTINGS)
     assert not list((tmp_path / "run" / "images").iterdir())  # no case marked failed for it, nothing written
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from PIL import Image, ImageDraw
 
-from tests.core.fake_engine import FakeEngine as BaseFakeEngine
+from tests.core.fake_engine import fake_engine as engine_around
 
 REPO = Path(__file__).resolve().parents[3]
 STORIES = REPO / "assets" / "stories"
@@ -54,12 +54,10 @@ class FakePipe:
         return FakeOutput([image])
 
 
-class FakeEngine(BaseFakeEngine):
-    """The real engine on a :class:`FakePipe` (a new one by default): nothing loads; its provenance is
+def FakeEngine(pipe: FakePipe | None = None):  # noqa: N802 - stands where an engine class would
+    """The real engine around a :class:`FakePipe` (a new one by default): nothing loads; its provenance is
     ``{"models": {"spec": "tiny"}, "dtype": "float32", "preset": "full"}``."""
-
-    def __init__(self, pipe: FakePipe | None = None):
-        super().__init__(pipe if pipe is not None else FakePipe())
+    return engine_around(pipe if pipe is not None else FakePipe())
 
 
 def make_character_image(path: Path, colour) -> Path:
@@ -105,5 +103,5 @@ def fake_pipe() -> FakePipe:
 
 
 @pytest.fixture
-def fake_engine(fake_pipe) -> FakeEngine:
+def fake_engine(fake_pipe):
     return FakeEngine(fake_pipe)
