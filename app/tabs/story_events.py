@@ -28,8 +28,7 @@ from core.story.drawing import compose_page, missing_glyph_warnings
 from core.story.export import export_story, load_panel_images
 from core.story.geometry import WEBTOON, plan_pages
 from core.story.manifest import FAILED, file_inside, is_panel_done, load_manifest
-from core.story.parse_text import pin_seed
-from core.story.parse_text import check_story_text
+from core.story.parse_text import check_story_text, pin_seed
 from core.story.settings import panel_settings_hash
 
 from ..context import StudioContext

@@ -1,7 +1,7 @@
 """Render a story's panels with the engine, resumably, on one process or split across several.
 
 `render_story` asks the engine (`core.engine.Engine`) for one `GenerationRequest` per panel that still needs
-rendering (see `manifest.panels_to_render`), seeded with the panel's seed, so a panel's pixels depend only on its
+rendering (see `settings.panels_to_render`), seeded with the panel's seed, so a panel's pixels depend only on its
 own settings: the same on a resumed render, on any rank, in any order. Character images are read once per story
 and every panel gets `Character` objects holding the same image objects, so the pipeline's content-keyed feature
 cache computes each character's features once.
@@ -22,7 +22,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -49,15 +49,16 @@ from core.story.manifest import (
 )
 from core.story.model import Panel, Story
 from core.story.regions import engine_mask
-from core.story.settings import edited_hash, panel_settings_hash
-from core.story.settings import panels_to_render
+from core.story.settings import (
+    REQUEST_OPTIONS,
+    edited_hash,
+    panel_request,
+    panel_settings_hash,
+    panels_to_render,
+)
 
 PNG_METADATA_KEY = "instantcharacter-story"
-# Pipeline options that are fields of the request (and so of its record), by pipeline argument name; the other
-# options go to the pipeline as they are. All of them are part of the settings hash.
-_REQUEST_OPTIONS = {"negative_prompt": "negative_prompt", "true_cfg_scale": "true_cfg_scale",
-                    "num_inference_steps": "steps", "guidance_scale": "guidance", "height": "height",
-                    "width": "width", "max_sequence_length": "max_sequence_length"}
+
 
 
 @dataclass(frozen=True)
@@ -146,25 +147,6 @@ class CharacterLibrary:
         return characters
 
 
-def panel_request(story: Story, panel: Panel, characters: list[Any], options: dict[str, Any] | None = None,
-                  edit: Any = None):
-    """The `core.request.GenerationRequest` of a panel: its engine prompt, characters and seed, the story's
-    settings, and the `options` that are request fields (``max_sequence_length``...)."""
-    from core.request import GenerationRequest
-
-    width, height = story.panel_size(panel)
-    request = GenerationRequest(
-        prompt=story.engine_prompt(panel), characters=list(characters), negative_prompt=story.negative or None,
-        true_cfg_scale=story.true_cfg, steps=story.steps, guidance=story.guidance, width=width,
-        height=height, seed=panel.seed)
-    fields = {_REQUEST_OPTIONS[k]: v for k, v in (options or {}).items() if k in _REQUEST_OPTIONS}
-    if panel.controls:
-        fields["controls"] = [load_control(c.image, c.kind, c.scale, name=f"the {c.kind} control image of panel "
-                                                                          f"{panel.number}") for c in panel.controls]
-    request = replace(request, **fields) if fields else request
-    return edit.apply(request) if edit is not None else request  # a core.story.edit.PanelEdit
-
-
 def panel_pnginfo(story: Story, panel: Panel, settings_hash: str, record: Any = None) -> PngImagePlugin.PngInfo:
     """The text chunks of a panel PNG: `record`'s (``parameters`` and ``instantcharacter``, see `core.io.metadata`)
     when given, plus ``instantcharacter-story`` (title, panel number, caption, seed, regions, settings hash)."""
@@ -191,7 +173,7 @@ def render_panel(story: Story, panel: Panel, engine: Any, characters: list[Any],
     ``report(fraction, message)`` hears each denoising step; a set ``cancel`` event stops the engine at its next
     step and raises `RenderCancelled`; the engine's notes are added to ``notes`` when given."""
     pipeline_options = {"output_type": "pil",
-                        **{k: v for k, v in (options or {}).items() if k not in _REQUEST_OPTIONS}}
+                        **{k: v for k, v in (options or {}).items() if k not in REQUEST_OPTIONS}}
     control = {k: v for k, v in (("report", report), ("cancel", cancel)) if v is not None}
     result = engine.generate(panel_request(story, panel, characters, options, edit), pipeline_options=pipeline_options,
                              **control)

@@ -48,8 +48,7 @@ def test_panel_sizes_follow_their_cells(story_dir, layout, page):
 
 
 def test_panel_size_is_in_the_settings_hash_and_the_request(story_dir, tmp_path):
-    from core.story.render import panel_request
-    from core.story.settings import panel_settings
+    from core.story.settings import panel_request, panel_settings
 
     story = story_with(story_dir, 3, "grid 3x1", page="A4 portrait", width=512, height=512)
     panel = story.panels[0]
