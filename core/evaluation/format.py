@@ -32,6 +32,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from PIL import Image, UnidentifiedImageError
+
+from core.conditioning.layouts import MaskError, parse_layout
 from core.errors import UserError
 
 __all__ = [
@@ -176,8 +178,6 @@ def _load_characters(root: Path) -> dict[str, BenchmarkCharacter]:
 
 
 def _parse_mask(root: Path, value: object, where: str) -> object:
-    from core.conditioning.masks import MaskError, parse_layout
-
     if value is None:
         return None
     if isinstance(value, str):

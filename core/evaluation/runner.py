@@ -37,6 +37,7 @@ from typing import Any, Callable
 
 from PIL import Image
 
+from core.conditioning.layouts import parse_layout
 from core.evaluation.files import write_atomic, write_json
 from core.evaluation.format import Benchmark, BenchmarkCase, load_benchmark
 from core.evaluation.stats import mean_interval
@@ -121,11 +122,9 @@ def _mask_spec(mask: object) -> object:
 
 def case_regions(case: BenchmarkCase, size: tuple[int, int]) -> list | None:
     """Per character, the region of the generated image to score it in: a normalized box, an ``L`` mask, or
-    ``None`` (whole image). Layout names resolve exactly as the engine resolves them (``core.conditioning.masks``)."""
+    ``None`` (whole image). Layout names resolve exactly as the engine resolves them (``core.conditioning.layouts``)."""
     if case.masks is None:
         return None
-    from core.conditioning.masks import parse_layout
-
     regions = []
     for mask in case.masks:
         if mask is None:
