@@ -16,7 +16,15 @@ import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from core.limits import MAX_EXPORT_PIXELS, MAX_IMAGE_PIXELS, MAX_OUTPUT_PIXELS, MAX_PAGES, MAX_SIDE, MIN_SIDE, LimitError
+from core.limits import (
+    MAX_EXPORT_PIXELS,
+    MAX_IMAGE_PIXELS,
+    MAX_OUTPUT_PIXELS,
+    MAX_PAGES,
+    MAX_SIDE,
+    MIN_SIDE,
+    LimitError,
+)
 
 if TYPE_CHECKING:
     from core.story.model import Story

@@ -1,4 +1,5 @@
-"""Reading a story file: the JSON form (``.json``, `core.story.parse_json`) or the text form (`core.story.parse_text`)."""
+"""Reading a story file: the JSON form (``.json``, `core.story.parse_json`) or the text form
+(`core.story.parse_text`)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import os
 from core.io.path_policy import UNRESTRICTED, PathNotAllowedError, PathPolicy
 from core.limits import MAX_STORY_BYTES
 from core.story.model import Story, StoryError
-from core.story.parse_checks import _clip
+from core.story.parse_checks import clip
 from core.story.parse_json import story_from_dict
 from core.story.parse_text import parse_story
 
@@ -43,6 +44,6 @@ def load_story(path: str | os.PathLike, paths: PathPolicy = UNRESTRICTED) -> Sto
         except json.JSONDecodeError as exc:
             raise StoryError([(exc.lineno, f"bad JSON: {exc.msg}")], source=str(path)) from None
         except (ValueError, RecursionError) as exc:  # a number too long to convert, or nesting too deep
-            raise StoryError(f"bad JSON: {_clip(str(exc) or type(exc).__name__)}", source=str(path)) from None
+            raise StoryError(f"bad JSON: {clip(str(exc) or type(exc).__name__)}", source=str(path)) from None
         return story_from_dict(loaded, base_dir=path.parent, source=path, paths=paths)
     return parse_story(text, base_dir=path.parent, source=path, paths=paths)

@@ -1,7 +1,7 @@
 """The checks both story parsers make (the text form, `core.story.parse_text`, and the JSON form,
 `core.story.parse_json`): the problem list, values against their limits, and the files a story names.
 
-Every check adds a problem (line, message) to a `_Problems` list instead of raising, so one parse reports every
+Every check adds a problem (line, message) to a `Problems` list instead of raising, so one parse reports every
 problem of a story (the first MAX_PROBLEMS).
 """
 
@@ -42,30 +42,30 @@ _NAME = r"[^\W\d_][\w\-]*"  # a letter of any script, then letters, digits, "_" 
 _NAME_RE = re.compile(rf"^{_NAME}$")
 
 
-def _clip(text: str, limit: int = 60) -> str:
+def clip(text: str, limit: int = 60) -> str:
     """``text`` cut to `limit` characters for a message (a message never echoes a whole huge line)."""
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
-def _show(value: Any) -> str:
+def show(value: Any) -> str:
     try:
-        return _clip(repr(value))
+        return clip(repr(value))
     except ValueError:  # an int too long for repr
         return f"a {type(value).__name__} too long to show"
 
 
-class _TooManyProblems(Exception):
-    """Raised by `_Problems.add` at MAX_PROBLEMS: the parse stops and reports what it found."""
+class TooManyProblems(Exception):
+    """Raised by `Problems.add` at MAX_PROBLEMS: the parse stops and reports what it found."""
 
 
-class _Problems:
+class Problems:
     def __init__(self) -> None:
         self.items: list[tuple[int | None, str]] = []
 
     def add(self, line: int | None, message: str) -> None:
         self.items.append((line, message))
         if len(self.items) >= MAX_PROBLEMS:
-            raise _TooManyProblems
+            raise TooManyProblems
 
     def raise_if_any(self, source: str | os.PathLike | None, sort: bool) -> None:
         if not self.items:
@@ -78,9 +78,9 @@ class _Problems:
         raise StoryError(items, source=str(source) if source else None)
 
 
-def _unknown_character(name: str, known: dict[str, Any]) -> str:
+def unknown_character(name: str, known: dict[str, Any]) -> str:
     if len(name) > MAX_NAME_CHARS:
-        return f"unknown character [{_clip(name, 40)}]: names are at most {MAX_NAME_CHARS} characters"
+        return f"unknown character [{clip(name, 40)}]: names are at most {MAX_NAME_CHARS} characters"
     message = f"unknown character [{name}]"
     close = difflib.get_close_matches(name, list(known), n=1)
     if not close:
@@ -95,14 +95,14 @@ def _unknown_character(name: str, known: dict[str, Any]) -> str:
 
 
 # --- values and their limits ----------------------------------------------------------------------------------
-def _whole(value: Any, name: str, low: int, high: int) -> int:
+def whole_number(value: Any, name: str, low: int, high: int) -> int:
     """`check_int`, with a short message for ints too long to print."""
     if isinstance(value, int) and not isinstance(value, bool) and not low <= value <= high:
-        raise LimitError(f"{name} must be from {low} to {high}, got {_show(value)}")
+        raise LimitError(f"{name} must be from {low} to {high}, got {show(value)}")
     return check_int(value, name, low, high)
 
 
-def _number(value: Any, name: str, low: float, high: float) -> float:
+def finite_number(value: Any, name: str, low: float, high: float) -> float:
     """A finite number (int or float, not bool) in ``low..high``."""
     ok = isinstance(value, (int, float)) and not isinstance(value, bool)
     if ok and isinstance(value, int):
@@ -110,46 +110,46 @@ def _number(value: Any, name: str, low: float, high: float) -> float:
     elif ok:
         ok = math.isfinite(value) and low <= value <= high
     if not ok:
-        raise LimitError(f"{name} must be a number from {low:g} to {high:g}, got {_show(value)}")
+        raise LimitError(f"{name} must be a number from {low:g} to {high:g}, got {show(value)}")
     return float(value)
 
 
-def _text(value: Any, name: str, limit: int) -> str:
+def required_text(value: Any, name: str, limit: int) -> str:
     """`check_text` for a required string (a missing one is empty)."""
     return check_text("" if value is None else value, name, limit, optional=False)
 
 
-def _parse_int(value: str, what: str) -> int:
+def parse_int(value: str, what: str) -> int:
     text = value.strip()
     if len(text) > 20:  # longer than any allowed value: no need to convert it
-        raise LimitError(f"bad {what} '{_clip(text, 30)}': a number that long is over the limit")
+        raise LimitError(f"bad {what} '{clip(text, 30)}': a number that long is over the limit")
     try:
         return int(text)
     except ValueError:
-        raise ValueError(f"bad {what} '{_clip(value)}': expected a whole number") from None
+        raise ValueError(f"bad {what} '{clip(value)}': expected a whole number") from None
 
 
-def _parse_float(value: str, what: str) -> float:
+def parse_float(value: str, what: str) -> float:
     try:
         return float(value.strip()) if len(value) <= 40 else float("inf")
     except ValueError:
-        raise ValueError(f"bad {what} '{_clip(value)}': expected a number") from None
+        raise ValueError(f"bad {what} '{clip(value)}': expected a number") from None
 
 
-def _parse_seed(value: str) -> int:
-    return _whole(_parse_int(value, "seed"), "seed", 0, MAX_SEED)
+def parse_seed(value: str) -> int:
+    return whole_number(parse_int(value, "seed"), "seed", 0, MAX_SEED)
 
 
-def _panel_height(value: Any, layout: str) -> int:
+def panel_height(value: Any, layout: str) -> int:
     """A webtoon panel's ``height:`` in strip pixels."""
     if layout != WEBTOON:
         raise ValueError("height: sets a panel's height in a webtoon strip: write 'layout: webtoon' in the header "
                          "(other layouts take the height from the page)")
-    height = _parse_int(value, "height") if isinstance(value, str) else value
-    return _whole(height, "height", *PANEL_HEIGHTS)
+    height = parse_int(value, "height") if isinstance(value, str) else value
+    return whole_number(height, "height", *PANEL_HEIGHTS)
 
 
-def _story_file(value: str, base_dir: Path, what: str, line: int | None, where: str, problems: _Problems,
+def _story_file(value: str, base_dir: Path, what: str, line: int | None, where: str, problems: Problems,
                 paths: PathPolicy, *, missing: str, subject: str, limit: str) -> Path | None:
     """A file a story names, relative to the story: allowed by `paths`, a regular file of at most MAX_FILE_BYTES;
     else None with one problem (``missing`` and ``subject`` word it)."""
@@ -171,7 +171,7 @@ def _story_file(value: str, base_dir: Path, what: str, line: int | None, where: 
     return path
 
 
-def _font_file(value: str, base_dir: Path, line: int | None, where: str, problems: _Problems,
+def font_file(value: str, base_dir: Path, line: int | None, where: str, problems: Problems,
                paths: PathPolicy) -> Path | None:
     """The story's ``font:`` file, relative to the story and allowed by `paths`: a font file of at most
     MAX_FILE_BYTES that has glyphs (read through fontTools)."""
@@ -189,13 +189,13 @@ def _font_file(value: str, base_dir: Path, line: int | None, where: str, problem
     return path
 
 
-def _character(name: str, image: str, scale: float, description: str, base_dir: Path, line: int | None,
-               where: str, problems: _Problems, paths: PathPolicy) -> StoryCharacter | None:
+def check_character(name: str, image: str, scale: float, description: str, base_dir: Path, line: int | None,
+               where: str, problems: Problems, paths: PathPolicy) -> StoryCharacter | None:
     """The character with its image checked: allowed by `paths` first (so a refusal reads the same whether the
     file exists), then a regular file of at most MAX_FILE_BYTES, an image header of at most MAX_IMAGE_PIXELS,
     and only then hashed."""
     if len(name) > MAX_NAME_CHARS:
-        problems.add(line, f"{where}character name '{_clip(name, 40)}' is {len(name):,} characters long: "
+        problems.add(line, f"{where}character name '{clip(name, 40)}' is {len(name):,} characters long: "
                            f"the limit is {MAX_NAME_CHARS}")
         return None
     if not _NAME_RE.match(name) or name == NO_CHARACTER_TAG:
@@ -250,13 +250,13 @@ def _image_header_problem(path: Path) -> str | None:
     return None
 
 
-def _panel_texts(prompt: str, caption: str, style: str, line: int | None, where: str,
-                 problems: _Problems) -> bool:
+def check_panel_texts(prompt: str, caption: str, style: str, line: int | None, where: str,
+                 problems: Problems) -> bool:
     """Checks a panel's prompt (with the style, as the engine gets it) and caption against their limits."""
     ok = True
-    for check in (lambda: _text(prompt, "the prompt", MAX_PROMPT_CHARS),
-                  lambda: _text(engine_prompt(prompt, style), "the prompt with the style", MAX_PROMPT_CHARS),
-                  lambda: _text(caption, "the caption", MAX_CAPTION_CHARS)):
+    for check in (lambda: required_text(prompt, "the prompt", MAX_PROMPT_CHARS),
+                  lambda: required_text(engine_prompt(prompt, style), "the prompt with the style", MAX_PROMPT_CHARS),
+                  lambda: required_text(caption, "the caption", MAX_CAPTION_CHARS)):
         try:
             check()
         except LimitError as exc:
@@ -266,8 +266,8 @@ def _panel_texts(prompt: str, caption: str, style: str, line: int | None, where:
     return ok
 
 
-def _panel_control(value: str, base_dir: Path, paths: PathPolicy, line: int | None, where: str,
-                   problems: _Problems, count: int, scale=None) -> PanelControl | None:
+def panel_control(value: str, base_dir: Path, paths: PathPolicy, line: int | None, where: str,
+                   problems: Problems, count: int, scale=None) -> PanelControl | None:
     """A ``control: KIND PATH [SCALE]`` value (the path relative to the story, through `paths`), checked."""
     if count >= MAX_CONTROLS:
         problems.add(line, f"{where}a panel has at most {MAX_CONTROLS} control images")
@@ -276,7 +276,7 @@ def _panel_control(value: str, base_dir: Path, paths: PathPolicy, line: int | No
     if scale is None and len(parts) >= 3 and re.fullmatch(r"[-+]?(\d+\.?\d*|\.\d+)", parts[-1]):
         scale, parts = parts[-1], parts[:-1]
     if len(parts) < 2:
-        problems.add(line, f"{where}bad control '{_clip(value)}': expected 'control: KIND path/to/image.png [SCALE]'")
+        problems.add(line, f"{where}bad control '{clip(value)}': expected 'control: KIND path/to/image.png [SCALE]'")
         return None
     kind, image = parts[0], " ".join(parts[1:])
     try:
@@ -308,7 +308,7 @@ def _panel_control(value: str, base_dir: Path, paths: PathPolicy, line: int | No
     return PanelControl(kind, path, scale, digest)
 
 
-def _set_region(regions: dict[str, str], name: str, region: str, line: int | None, problems: _Problems) -> bool:
+def set_region(regions: dict[str, str], name: str, region: str, line: int | None, problems: Problems) -> bool:
     try:
         canonical = canonical_region(region[:200])
     except ValueError as exc:

@@ -39,7 +39,16 @@ from core.story.geometry import (
     webtoon_cells,
 )
 from core.story.model import Story
-from core.story.parse_checks import _clip, _number, _parse_float, _parse_int, _Problems, _show, _text, _whole
+from core.story.parse_checks import (
+    Problems,
+    clip,
+    finite_number,
+    parse_float,
+    parse_int,
+    required_text,
+    show,
+    whole_number,
+)
 from core.story.regions import format_number
 
 # Every header field's default, as `Story` states it.
@@ -51,30 +60,30 @@ _SIZE_RE = re.compile(r"^(\d+)\s*[xX×]\s*(\d+)$")
 def _size(value: Any, name: str) -> tuple[int, int]:
     """``[WIDTH, HEIGHT]`` checked by `core.limits.check_size` (the one size rule)."""
     if not isinstance(value, (list, tuple)) or len(value) != 2:
-        raise ValueError(f"{name} must be [WIDTH, HEIGHT], got {_show(value)}")
+        raise ValueError(f"{name} must be [WIDTH, HEIGHT], got {show(value)}")
     try:
         return check_size(*value)
     except LimitError as exc:
-        raise LimitError(f"bad {name} '{_show(value[0])}x{_show(value[1])}': {exc}") from None
+        raise LimitError(f"bad {name} '{show(value[0])}x{show(value[1])}': {exc}") from None
 
 
 def _read_size(text: str) -> list[int]:
     match = _SIZE_RE.match(text) if len(text) <= 40 else None
     if not match:
-        raise ValueError(f"bad size '{_clip(text)}': expected WIDTHxHEIGHT, e.g. 1024x768")
+        raise ValueError(f"bad size '{clip(text)}': expected WIDTHxHEIGHT, e.g. 1024x768")
     return [int(match.group(1)), int(match.group(2))]
 
 
 def _webtoon(value: Any, name: str) -> tuple[int, int]:
     """``[WIDTH, SLICE]`` in pixels, checked as `parse_webtoon_spec` checks ``WIDTHxSLICE``."""
     if not (isinstance(value, (list, tuple)) and len(value) == 2 and all(type(v) is int for v in value)):
-        raise ValueError(f"{name} must be [WIDTH, SLICE] in pixels, got {_show(value)}")
+        raise ValueError(f"{name} must be [WIDTH, SLICE] in pixels, got {show(value)}")
     return parse_webtoon_spec(f"{value[0]}x{value[1]}")
 
 
 def _spec(parse: Callable[[str], Any]) -> Callable[[Any, str], Any]:
     """A rule for a key written as words (``layout: grid 2x3``): text of at most 80 characters, then `parse`."""
-    return lambda value, name: parse(_text(value, name, 80))
+    return lambda value, name: parse(required_text(value, name, 80))
 
 
 @dataclass(frozen=True)
@@ -100,23 +109,23 @@ def _words(text: str, name: str) -> str:
 
 
 HEADER: tuple[HeaderKey, ...] = (
-    HeaderKey("title", "title", ("title",), lambda v, name: _text(v, name, MAX_CAPTION_CHARS)),
-    HeaderKey("style", "style", ("style",), lambda v, name: _text(v, name, MAX_PROMPT_CHARS)),
-    HeaderKey("negative", "negative", ("negative",), lambda v, name: _text(v, name, MAX_PROMPT_CHARS)),
+    HeaderKey("title", "title", ("title",), lambda v, name: required_text(v, name, MAX_CAPTION_CHARS)),
+    HeaderKey("style", "style", ("style",), lambda v, name: required_text(v, name, MAX_PROMPT_CHARS)),
+    HeaderKey("negative", "negative", ("negative",), lambda v, name: required_text(v, name, MAX_PROMPT_CHARS)),
     HeaderKey("size", "size", ("width", "height"), _size, lambda text, name: _read_size(text)),
-    HeaderKey("seed", "seed", ("seed",), lambda v, name: _whole(v, name, 0, MAX_SEED), _parse_int),
+    HeaderKey("seed", "seed", ("seed",), lambda v, name: whole_number(v, name, 0, MAX_SEED), parse_int),
     HeaderKey("layout", "layout", ("layout",), _spec(parse_layout_spec), _words),
     HeaderKey("page", "page", ("page",), _spec(lambda text: parse_page_spec(text).spec), _words),
-    HeaderKey("dpi", "dpi", ("dpi",), lambda v, name: _whole(v, name, MIN_DPI, MAX_DPI), _parse_int),
-    HeaderKey("margin", "margin_mm", ("margin_mm",), lambda v, name: _number(v, name, 0, 2000),
+    HeaderKey("dpi", "dpi", ("dpi",), lambda v, name: whole_number(v, name, MIN_DPI, MAX_DPI), parse_int),
+    HeaderKey("margin", "margin_mm", ("margin_mm",), lambda v, name: finite_number(v, name, 0, 2000),
               lambda text, name: parse_length_mm(text[:80])),
-    HeaderKey("gutter", "gutter_mm", ("gutter_mm",), lambda v, name: _number(v, name, 0, 2000),
+    HeaderKey("gutter", "gutter_mm", ("gutter_mm",), lambda v, name: finite_number(v, name, 0, 2000),
               lambda text, name: parse_length_mm(text[:80])),
-    HeaderKey("steps", "steps", ("steps",), lambda v, name: _whole(v, name, 1, MAX_STEPS), _parse_int),
-    HeaderKey("guidance", "guidance", ("guidance",), lambda v, name: _number(v, name, 0.0, MAX_GUIDANCE),
-              _parse_float),
-    HeaderKey("true_cfg", "true_cfg", ("true_cfg",), lambda v, name: _number(v, name, 1.0, MAX_TRUE_CFG),
-              _parse_float),
+    HeaderKey("steps", "steps", ("steps",), lambda v, name: whole_number(v, name, 1, MAX_STEPS), parse_int),
+    HeaderKey("guidance", "guidance", ("guidance",), lambda v, name: finite_number(v, name, 0.0, MAX_GUIDANCE),
+              parse_float),
+    HeaderKey("true_cfg", "true_cfg", ("true_cfg",), lambda v, name: finite_number(v, name, 1.0, MAX_TRUE_CFG),
+              parse_float),
     HeaderKey("reading", "reading", ("reading",), _spec(parse_reading), _words),
     HeaderKey("bubbles", "bubbles", ("bubbles",), _spec(parse_bubbles), _words),
     HeaderKey("webtoon", "webtoon", ("webtoon_width", "webtoon_slice"), _webtoon,
@@ -127,7 +136,7 @@ HEADER_BY_KEY = {h.key: h for h in HEADER}
 HEADER_KEYS = (*HEADER_BY_KEY, "font")
 
 
-def read_header_value(header: HeaderKey, value: Any, fields: dict[str, Any], problems: _Problems,
+def read_header_value(header: HeaderKey, value: Any, fields: dict[str, Any], problems: Problems,
                       line: int | None = None, *, text: bool = False) -> bool:
     """Check one header value (the text form's words with ``text``, else a JSON value) and put its `Story` fields
     into ``fields``; False, with the problem added at ``line``, when it is bad."""
@@ -141,7 +150,7 @@ def read_header_value(header: HeaderKey, value: Any, fields: dict[str, Any], pro
 
 
 def header_problems(fields: dict[str, Any], lines: dict[str, int | None], bad_keys: set[str], panel_count: int,
-                    heights: list[int | None], problems: _Problems) -> None:
+                    heights: list[int | None], problems: Problems) -> None:
     """The limits that depend on several header keys, checked when those keys are good (``bad_keys``: the text
     form's keys that were not). ``lines``: the line of each key (the text form)."""
     if not bad_keys & {"page", "dpi", "margin", "gutter", "layout", "seed"}:
@@ -156,18 +165,18 @@ def header_value(fields: dict[str, Any], name: str) -> Any:
 
 
 def _webtoon_problems(fields: dict[str, Any], heights: list[int | None], line: int | None,
-                      problems: _Problems) -> None:
+                      problems: Problems) -> None:
     """A webtoon strip over the pixel limit, as a problem on the layout line."""
+    value = {name: header_value(fields, name) for name in DEFAULTS}
     try:
-        webtoon_cells(header_value(fields, "webtoon_width"), header_value(fields, "height") / header_value(fields, "width"),
-                      tuple(heights), header_value(fields, "dpi"), header_value(fields, "margin_mm"), header_value(fields, "gutter_mm"),
-                      bool(fields.get("title")))
+        webtoon_cells(value["webtoon_width"], value["height"] / value["width"], tuple(heights), value["dpi"],
+                      value["margin_mm"], value["gutter_mm"], bool(value["title"]))
     except LimitError as exc:
         problems.add(line, str(exc))
 
 
 def _page_problems(fields: dict[str, Any], lines: dict[str, int | None], panel_count: int,
-                   problems: _Problems) -> None:
+                   problems: Problems) -> None:
     """Limits that depend on several header values: page pixels at the dpi, margins, the number of pages."""
     page = parse_page_spec(header_value(fields, "page"))
     dpi = header_value(fields, "dpi")

@@ -28,19 +28,19 @@ from core.limits import (
 from core.story.model import Dialogue, Panel, Story, StoryCharacter, StoryError, derive_panel_seed
 from core.story.parse_checks import (
     MAX_PATH_CHARS,
-    _character,
-    _clip,
-    _font_file,
-    _number,
-    _panel_control,
-    _panel_height,
-    _panel_texts,
-    _Problems,
-    _show,
-    _text,
-    _TooManyProblems,
-    _unknown_character,
-    _whole,
+    Problems,
+    TooManyProblems,
+    check_character,
+    check_panel_texts,
+    clip,
+    finite_number,
+    font_file,
+    panel_control,
+    panel_height,
+    required_text,
+    show,
+    unknown_character,
+    whole_number,
 )
 from core.story.parse_header import HEADER, header_problems, header_value, read_header_value
 from core.story.regions import canonical_region
@@ -54,16 +54,16 @@ def story_from_dict(data: dict[str, Any], base_dir: str | os.PathLike = ".",
     if not isinstance(data, dict) or data.get("format") != "instantcharacter-story":
         raise StoryError("not a story JSON: expected an object with \"format\": \"instantcharacter-story\"",
                          source=str(source) if source else None)
-    problems = _Problems()
+    problems = Problems()
     try:
         return _story_from_dict(data, Path(base_dir), source, paths, problems)
-    except _TooManyProblems:
+    except TooManyProblems:
         problems.raise_if_any(source, sort=False)
         raise  # not reached
 
 
 
-def _check(problems: _Problems, where: str, check) -> Any:
+def _check(problems: Problems, where: str, check) -> Any:
     """``check()``, or None with its ValueError (a LimitError included) added as a problem."""
     try:
         return check()
@@ -89,16 +89,16 @@ def _object(value: Any, name: str) -> dict:
 
 
 def _story_from_dict(data: dict[str, Any], base_dir: Path, source, paths: PathPolicy,
-                     problems: _Problems) -> Story:
+                     problems: Problems) -> Story:
     fields: dict[str, Any] = {}
     bad_keys: set[str] = set()
     for header in HEADER:
         if header.json_key in data and not read_header_value(header, data[header.json_key], fields, problems):
             bad_keys.add(header.key)
     if data.get("font") is not None:
-        font = _check(problems, "", lambda: _text(data.get("font"), "font", MAX_PATH_CHARS))
+        font = _check(problems, "", lambda: required_text(data.get("font"), "font", MAX_PATH_CHARS))
         if font:
-            font_path = _font_file(font, base_dir, None, "", problems, paths)
+            font_path = font_file(font, base_dir, None, "", problems, paths)
             if font_path is not None:
                 fields["font"] = font_path
 
@@ -110,10 +110,10 @@ def _story_from_dict(data: dict[str, Any], base_dir: Path, source, paths: PathPo
         entry = _check(problems, where, lambda raw=raw: _object(raw, "a character"))
         if entry is None:
             continue
-        name = _check(problems, where, lambda: _text(entry.get("name"), "name", MAX_NAME_CHARS))
-        image = _check(problems, where, lambda: _text(entry.get("image"), "image", MAX_PATH_CHARS))
-        scale = _check(problems, where, lambda: _number(entry.get("scale", 0.9), "scale", 0.0, MAX_SCALE))
-        description = _check(problems, where, lambda: _text(entry.get("description"), "description",
+        name = _check(problems, where, lambda: required_text(entry.get("name"), "name", MAX_NAME_CHARS))
+        image = _check(problems, where, lambda: required_text(entry.get("image"), "image", MAX_PATH_CHARS))
+        scale = _check(problems, where, lambda: finite_number(entry.get("scale", 0.9), "scale", 0.0, MAX_SCALE))
+        description = _check(problems, where, lambda: required_text(entry.get("description"), "description",
                                                             MAX_DESCRIPTION_CHARS))
         if name is None:
             continue
@@ -123,7 +123,7 @@ def _story_from_dict(data: dict[str, Any], base_dir: Path, source, paths: PathPo
         known[name] = None
         if image is None or scale is None or description is None:
             continue
-        character = _character(name, image, scale, description, base_dir, None, where, problems, paths)
+        character = check_character(name, image, scale, description, base_dir, None, where, problems, paths)
         if character is not None:
             characters[name] = character
 
@@ -141,23 +141,23 @@ def _story_from_dict(data: dict[str, Any], base_dir: Path, source, paths: PathPo
 
 
 def _panel_from_dict(index: int, raw: Any, known: dict[str, None], fields: dict[str, Any],
-                     problems: _Problems, base_dir: Path = Path("."), paths: PathPolicy = UNRESTRICTED
+                     problems: Problems, base_dir: Path = Path("."), paths: PathPolicy = UNRESTRICTED
                      ) -> Panel | None:
     where = f"panels[{index}]: "
     before = len(problems.items)
     entry = _check(problems, where, lambda: _object(raw, "a panel"))
     if entry is None:
         return None
-    prompt = _check(problems, where, lambda: _text(entry.get("prompt"), "prompt", MAX_PROMPT_CHARS))
-    caption = _check(problems, where, lambda: _text(entry.get("caption"), "caption", MAX_CAPTION_CHARS))
+    prompt = _check(problems, where, lambda: required_text(entry.get("prompt"), "prompt", MAX_PROMPT_CHARS))
+    caption = _check(problems, where, lambda: required_text(entry.get("caption"), "caption", MAX_CAPTION_CHARS))
     if prompt is not None and caption is not None:
-        _panel_texts(prompt, caption, header_value(fields, "style"), None, where, problems)
+        check_panel_texts(prompt, caption, header_value(fields, "style"), None, where, problems)
     names = _check(problems, where, lambda: _list(entry.get("characters"), "characters", MAX_CHARACTERS)) or []
     for name in names:
         if not isinstance(name, str):
             problems.add(None, f"{where}a character name must be text, got {type(name).__name__}")
         elif name not in known:
-            problems.add(None, f"{where}{_unknown_character(name, known)}")
+            problems.add(None, f"{where}{unknown_character(name, known)}")
     regions: dict[str, str] = {}
     raw_regions = _check(problems, where, lambda: _object(entry.get("regions", {}), "regions")) or {}
     if len(raw_regions) > MAX_CHARACTERS:
@@ -165,7 +165,7 @@ def _panel_from_dict(index: int, raw: Any, known: dict[str, None], fields: dict[
         raw_regions = {}
     for name, region in raw_regions.items():
         if name not in names:
-            problems.add(None, f"{where}[{_clip(str(name), 40)}] has a region but is not in the panel")
+            problems.add(None, f"{where}[{clip(str(name), 40)}] has a region but is not in the panel")
         elif not isinstance(region, str):
             problems.add(None, f"{where}the region of [{name}] must be text, got {type(region).__name__}")
         else:
@@ -180,25 +180,25 @@ def _panel_from_dict(index: int, raw: Any, known: dict[str, None], fields: dict[
         if bubble is None:
             continue
         speaker = _check(problems, f"{where}dialogue[{d}]: ",
-                         lambda: _text(bubble.get("speaker"), "speaker", MAX_NAME_CHARS))
+                         lambda: required_text(bubble.get("speaker"), "speaker", MAX_NAME_CHARS))
         text = _check(problems, f"{where}dialogue[{d}]: ",
-                      lambda: _text(bubble.get("text"), "the speech bubble", MAX_DIALOGUE_CHARS))
+                      lambda: required_text(bubble.get("text"), "the speech bubble", MAX_DIALOGUE_CHARS))
         if speaker is not None and speaker not in known:
-            problems.add(None, f"{where}{_unknown_character(speaker, known)}")
+            problems.add(None, f"{where}{unknown_character(speaker, known)}")
         if speaker is not None and text is not None:
             dialogue.append(Dialogue(speaker, text))
     pinned = entry.get("seed_pinned", False)
     if not isinstance(pinned, bool):
-        problems.add(None, f"{where}seed_pinned must be true or false, got {_show(pinned)}")
+        problems.add(None, f"{where}seed_pinned must be true or false, got {show(pinned)}")
         pinned = False
     if pinned:
-        seed = _check(problems, where, lambda: _whole(entry.get("seed"), "seed", 0, MAX_SEED))
+        seed = _check(problems, where, lambda: whole_number(entry.get("seed"), "seed", 0, MAX_SEED))
     else:
         seed = derive_panel_seed(header_value(fields, "seed"), index)
-    line = _check(problems, where, lambda: _whole(entry.get("line", 0) or 0, "line", 0, MAX_STORY_BYTES))
+    line = _check(problems, where, lambda: whole_number(entry.get("line", 0) or 0, "line", 0, MAX_STORY_BYTES))
     height = None
     if entry.get("height") is not None:
-        height = _check(problems, where, lambda: _panel_height(entry.get("height"), header_value(fields, "layout")))
+        height = _check(problems, where, lambda: panel_height(entry.get("height"), header_value(fields, "layout")))
     controls = []
     for c, item in enumerate(_check(problems, where, lambda: _list(entry.get("controls"), "controls", 4)) or []):
         spec = _check(problems, f"{where}controls[{c}]: ", lambda item=item: _object(item, "a control"))
@@ -208,7 +208,7 @@ def _panel_from_dict(index: int, raw: Any, known: dict[str, None], fields: dict[
         if not isinstance(kind, str) or not isinstance(image, str) or not image.strip():
             problems.add(None, f"{where}controls[{c}]: needs a kind and an image path")
             continue
-        control = _panel_control(f"{kind} {image}", base_dir, paths, None, f"{where}controls[{c}]: ", problems,
+        control = panel_control(f"{kind} {image}", base_dir, paths, None, f"{where}controls[{c}]: ", problems,
                                  len(controls), scale=spec.get("scale", 0.7))
         if control is not None:
             controls.append(control)

@@ -39,18 +39,18 @@ from core.story.model import (
     derive_panel_seed,
 )
 from core.story.parse_checks import (
-    _character,
-    _clip,
-    _font_file,
-    _panel_control,
-    _panel_height,
-    _panel_texts,
-    _parse_float,
-    _parse_seed,
-    _Problems,
-    _set_region,
-    _TooManyProblems,
-    _unknown_character,
+    Problems,
+    TooManyProblems,
+    check_character,
+    check_panel_texts,
+    clip,
+    font_file,
+    panel_control,
+    panel_height,
+    parse_float,
+    parse_seed,
+    set_region,
+    unknown_character,
 )
 from core.story.parse_header import HEADER_BY_KEY, HEADER_KEYS, header_problems, header_value, read_header_value
 
@@ -88,15 +88,15 @@ def parse_story(text: str, base_dir: str | os.PathLike = ".", source: str | os.P
     Raises `StoryError` listing every problem (the first MAX_PROBLEMS); the text size is checked first.
     """
     check_story_text(text)
-    problems = _Problems()
+    problems = Problems()
     try:
         return _parse_story(text, Path(base_dir), source, paths, problems)
-    except _TooManyProblems:
+    except TooManyProblems:
         problems.raise_if_any(source, sort=True)
         raise  # not reached
 
 
-def _parse_story(text: str, base_dir: Path, source, paths: PathPolicy, problems: _Problems) -> Story:
+def _parse_story(text: str, base_dir: Path, source, paths: PathPolicy, problems: Problems) -> Story:
     lines = text.splitlines()
     fields: dict[str, Any] = {}
     header_lines: dict[str, int | None] = {}
@@ -128,15 +128,15 @@ def _parse_story(text: str, base_dir: Path, source, paths: PathPolicy, problems:
             key = match.group(1).strip().lower() if match else ""
             if key == "scale":
                 try:
-                    char_specs[current_char][2] = _parse_float(match.group(2), "scale")
+                    char_specs[current_char][2] = parse_float(match.group(2), "scale")
                 except ValueError:
-                    problems.add(number, f"bad scale '{_clip(match.group(2))}' for [{current_char}]: "
+                    problems.add(number, f"bad scale '{clip(match.group(2))}' for [{current_char}]: "
                                          f"expected a number")
             elif key == "description":
                 char_specs[current_char][3] = match.group(2).strip()
             else:
                 problems.add(number, f"expected 'scale: NUMBER' or 'description: TEXT' under "
-                                     f"character [{current_char}], got '{_clip(stripped)}'")
+                                     f"character [{current_char}], got '{clip(stripped)}'")
             continue
         current_char = None
         match = _CHARACTER_RE.match(stripped)
@@ -144,11 +144,11 @@ def _parse_story(text: str, base_dir: Path, source, paths: PathPolicy, problems:
             name, image = match.group(1), match.group(2).strip()
             if name in char_specs or name in over_limit:
                 first = char_specs[name][0] if name in char_specs else None
-                problems.add(number, f"character [{_clip(name, 40)}] is defined twice"
+                problems.add(number, f"character [{clip(name, 40)}] is defined twice"
                                      + (f" (first on line {first})" if first else ""))
                 continue
             if len(char_specs) >= MAX_CHARACTERS:
-                problems.add(number, f"character [{_clip(name, 40)}] is number {len(char_specs) + len(over_limit) + 1}"
+                problems.add(number, f"character [{clip(name, 40)}] is number {len(char_specs) + len(over_limit) + 1}"
                                      f": a story has at most {MAX_CHARACTERS} characters")
                 over_limit.add(name)
                 continue
@@ -157,7 +157,7 @@ def _parse_story(text: str, base_dir: Path, source, paths: PathPolicy, problems:
             continue
         match = _HEADER_RE.match(stripped)
         if not match:
-            problems.add(number, f"expected 'key: value' in the header, got '{_clip(stripped)}' "
+            problems.add(number, f"expected 'key: value' in the header, got '{clip(stripped)}' "
                                  f"(panels start after a line '---')")
             continue
         key = match.group(1).strip().lower().replace(" ", "_")
@@ -166,11 +166,11 @@ def _parse_story(text: str, base_dir: Path, source, paths: PathPolicy, problems:
             word, _, name = written.partition(" ")
             if name and " " not in name and difflib.get_close_matches(word.lower(), ["character"], cutoff=0.7):
                 # a misspelt 'character Name: image': its name is still known, so its [Name] tags add no errors
-                problems.add(number, f"unknown header key '{_clip(written, 40)}': did you mean "
-                                     f"'character {_clip(name, 40)}: {_clip(match.group(2).strip(), 40)}'?")
+                problems.add(number, f"unknown header key '{clip(written, 40)}': did you mean "
+                                     f"'character {clip(name, 40)}: {clip(match.group(2).strip(), 40)}'?")
                 over_limit.add(name)
             else:
-                problems.add(number, f"unknown header key '{_clip(written, 40)}': expected one of "
+                problems.add(number, f"unknown header key '{clip(written, 40)}': expected one of "
                                      f"{', '.join(HEADER_KEYS)} or 'character Name: image' (panels start after '---')")
             broken_line = True
             continue
@@ -183,13 +183,13 @@ def _parse_story(text: str, base_dir: Path, source, paths: PathPolicy, problems:
 
     characters: dict[str, StoryCharacter] = {}
     for name, (line, image, scale, description) in char_specs.items():
-        character = _character(name, image, scale, description, base_dir, line, "", problems, paths)
+        character = check_character(name, image, scale, description, base_dir, line, "", problems, paths)
         if character is not None:
             characters[name] = character
     # unknown-name checks use what was written, even if broken or over the limit
     known = {name: None for name in [*char_specs, *over_limit]}
     if font_spec is not None:
-        font = _font_file(font_spec[1], base_dir, font_spec[0], "", problems, paths)
+        font = font_file(font_spec[1], base_dir, font_spec[0], "", problems, paths)
         if font is not None:
             fields["font"] = font
 
@@ -212,9 +212,9 @@ def _parse_story(text: str, base_dir: Path, source, paths: PathPolicy, problems:
             who, rest = who.strip(), rest.strip()
             if stripped[0] == ">":
                 if not sep or not who or not rest:
-                    problems.add(number, f"bad dialogue '{_clip(stripped)}': expected '> Name: text'")
+                    problems.add(number, f"bad dialogue '{clip(stripped)}': expected '> Name: text'")
                 elif who not in known:
-                    problems.add(number, _unknown_character(who, known))
+                    problems.add(number, unknown_character(who, known))
                 elif len(current["dialogue"]) >= MAX_BUBBLES_PER_PANEL:
                     problems.add(number, f"speech bubble {len(current['dialogue']) + 1} of the panel on line "
                                          f"{current['line']}: a panel has at most {MAX_BUBBLES_PER_PANEL}")
@@ -225,10 +225,10 @@ def _parse_story(text: str, base_dir: Path, source, paths: PathPolicy, problems:
                     current["dialogue"].append(Dialogue(who, rest))
             else:
                 if not sep or not who or not rest:
-                    problems.add(number, f"bad region '{_clip(stripped)}': expected '@ Name: left' or "
+                    problems.add(number, f"bad region '{clip(stripped)}': expected '@ Name: left' or "
                                          f"'@ Name: box:x0,y0,x1,y1'")
                 elif who not in known:
-                    problems.add(number, _unknown_character(who, known))
+                    problems.add(number, unknown_character(who, known))
                 elif len(current["pending_regions"]) >= MAX_CHARACTERS:
                     problems.add(number, f"more than {MAX_CHARACTERS} regions for the panel on line "
                                          f"{current['line']}: a panel has at most {MAX_CHARACTERS} characters")
@@ -243,16 +243,16 @@ def _parse_story(text: str, base_dir: Path, source, paths: PathPolicy, problems:
             key, value = match.group(1), match.group(2).strip()
             if key == "seed":
                 try:
-                    current["seed"] = _parse_seed(value)
+                    current["seed"] = parse_seed(value)
                 except ValueError as exc:
                     problems.add(number, str(exc))
             elif key == "height":
                 try:
-                    current["height"] = _panel_height(value, header_value(fields, "layout"))
+                    current["height"] = panel_height(value, header_value(fields, "layout"))
                 except ValueError as exc:
                     problems.add(number, str(exc))
             elif key == "control":
-                control = _panel_control(value, base_dir, paths, number, "", problems, len(current["controls"]))
+                control = panel_control(value, base_dir, paths, number, "", problems, len(current["controls"]))
                 if control is not None:
                     current["controls"].append(control)
             elif current["caption"]:
@@ -261,7 +261,7 @@ def _parse_story(text: str, base_dir: Path, source, paths: PathPolicy, problems:
                 current["caption"] = value
             continue
         if raw[:1].isspace() and current is not None:
-            problems.add(number, f"indented line '{_clip(stripped)}' in a panel: expected '> Name: text', "
+            problems.add(number, f"indented line '{clip(stripped)}' in a panel: expected '> Name: text', "
                                  f"'@ Name: region', 'seed: N', 'caption: text', 'height: N' or "
                                  f"'control: KIND path' (a new panel starts "
                                  "unindented)")
@@ -291,9 +291,9 @@ def _parse_story(text: str, base_dir: Path, source, paths: PathPolicy, problems:
 
 
 def _build_panel(index: int, spec: dict[str, Any], known: dict[str, Any], story_seed: int, style: str,
-                 problems: _Problems) -> Panel | None:
+                 problems: Problems) -> Panel | None:
     line = spec["line"]
-    if not _panel_texts(spec["prompt"], spec["caption"], style, line, "", problems):
+    if not check_panel_texts(spec["prompt"], spec["caption"], style, line, "", problems):
         return None
     names: list[str] = []
     regions: dict[str, str] = {}
@@ -308,20 +308,20 @@ def _build_panel(index: int, spec: dict[str, Any], known: dict[str, Any], story_
                 ok = False
             continue
         if name not in known:
-            problems.add(line, _unknown_character(name, known))
+            problems.add(line, unknown_character(name, known))
             ok = False
             continue
         if name not in names:
             names.append(name)
         if region is not None:
-            ok &= _set_region(regions, name, region, line, problems)
+            ok &= set_region(regions, name, region, line, problems)
     for region_line, name, region in spec["pending_regions"]:
         if name not in names:
             problems.add(region_line, f"[{name}] has a region but is not in this panel's prompt "
                                       f"(line {line})")
             ok = False
             continue
-        ok &= _set_region(regions, name, region, region_line, problems)
+        ok &= set_region(regions, name, region, region_line, problems)
     if len(names) > MAX_CHARACTERS:
         problems.add(line, f"the panel names {len(names)} characters: the limit is {MAX_CHARACTERS}")
         ok = False

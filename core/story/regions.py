@@ -37,7 +37,8 @@ def canonical_region(spec: str) -> str:
 
 
 def engine_mask(spec: str | None) -> str | tuple[float, float, float, float] | None:
-    """What `core.conditioning.character.Character(mask=...)` receives: preset strings pass through, boxes become tuples."""
+    """What `core.conditioning.character.Character(mask=...)` receives: preset strings pass through, boxes become
+    tuples."""
     if spec is None:
         return None
     if spec.startswith("box:"):
