@@ -470,7 +470,7 @@ def _quantize(transformer, quantization: str) -> None:
 def _random_inputs(desc, config, micro: int, resolution: int, dtype, device, meta_inputs):
     import torch
 
-    from trainer.objective import CharacterSlot, TrainingInputs
+    from trainer.batch import CharacterSlot, TrainingInputs
 
     shapes = meta_inputs(desc, config, micro, resolution, dtype)
 

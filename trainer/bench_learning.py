@@ -59,7 +59,8 @@ warmup_steps = 20
 def x0_error(pipe, rows, encoder_cache, sigmas=(0.3, 0.5, 0.7, 0.9)) -> float:
     """Latent MSE of the one-step x0 estimate with each image as its own reference, fixed noise."""
     from .config import ObjectiveConfig
-    from .objective import BatchEncoder, EncodingCache, build_training_model
+    from .batch import BatchEncoder, EncodingCache
+    from .objective import build_training_model
 
     objective = ObjectiveConfig()
     model = build_training_model(pipe, ["image_adapter"], objective, fresh=False, seed=0)
@@ -93,7 +94,7 @@ def generation_error(pipe, rows, encoder_cache, steps: int = 8, guidance: float 
     from core.io.images import load_image
 
     from .config import ObjectiveConfig
-    from .objective import BatchEncoder, EncodingCache
+    from .batch import BatchEncoder, EncodingCache
 
     encoder = BatchEncoder(pipe, ObjectiveConfig(), 16, EncodingCache(encoder_cache, ("features",)), 0)
     errors = []

@@ -262,7 +262,7 @@ class TrainConfig:
         return sum(s.steps for s in self.stages)
 
     def part_options(self) -> dict[str, dict]:
-        """Keyword arguments of the trainable parts' factories (see :func:`trainer.objective.register_trainable`)."""
+        """Keyword arguments of the trainable parts' factories (see :func:`trainer.trainable.register_trainable`)."""
         return {"text_adapter": dataclasses.asdict(self.text_adapter),
                 "image_adapter_lora": dataclasses.asdict(self.lora)}
 

@@ -33,7 +33,8 @@ from .checkpoints import (
 from .config import TrainConfig
 from .data import Example, load_dataset
 from .events import SAVE_NOW, STOP, EventLog, Throughput, clear_requests, take_request
-from .objective import BatchEncoder, EncodingCache, build_training_model
+from .batch import BatchEncoder, EncodingCache
+from .objective import build_training_model
 from .validation import Validator
 from core.errors import UserError
 
@@ -137,7 +138,7 @@ def _load_pipeline(config: TrainConfig, dtype: torch.dtype, device):
         if "text_adapter" in config.trainable:  # float32 master weights: the trainable part installs it uncast
             from core.models.text_adapter import TextAdapter
 
-            from .objective import TextAdapterPart
+            from .trainable import TextAdapterPart
 
             TextAdapterPart(TextAdapter.load(path)).install(pipe)
         else:

@@ -212,7 +212,8 @@ def build_meta_model(desc: ModelDescription, config, dtype):
     from core.models.projector import CharacterProjector
     from core.models.text_adapter import TextAdapter, TextAdapterConfig
 
-    from .objective import AdapterTrainingModel, ImageAdapterPart, LoraImageAdapterPart, TextAdapterPart
+    from .objective import AdapterTrainingModel
+    from .trainable import ImageAdapterPart, LoraImageAdapterPart, TextAdapterPart
 
     meta = {k: torch.empty(v, device="meta") for k, v in desc.projector_shapes.items()}
     meta_ip = {k: torch.empty(v, device="meta") for k, v in desc.processor_shapes.items()}
@@ -403,7 +404,7 @@ def meta_inputs(desc: ModelDescription, config, batch: int, resolution: int, dty
 
     from core.models.encoders import LOW_RES
 
-    from .objective import CharacterSlot, TrainingInputs
+    from .batch import CharacterSlot, TrainingInputs
 
     tokens = (LOW_RES // desc.siglip["patch_size"]) ** 2
     channels = desc.siglip["hidden_size"] + desc.dinov2["hidden_size"]

@@ -50,7 +50,7 @@ def test_a_window_of_a_soft_mask_is_its_area_average():
 def test_trainer_crops_boxes_like_its_targets(tiny_pipe, tmp_path):
     """On a wide target the trainer's box equals the area average of the box painted and centre-cropped."""
     from trainer.config import ObjectiveConfig
-    from trainer.objective import BatchEncoder, EncodingCache
+    from trainer.batch import BatchEncoder, EncodingCache
 
     Image.new("RGB", (1200, 800), (90, 90, 90)).save(tmp_path / "wide.png")
     painted = Image.new("L", (1200, 800), 0)
@@ -111,7 +111,9 @@ def _engine_conditions(pipe, caption, characters, monkeypatch):
 
 def _trainer_conditions(pipe, example, timestep):
     from trainer.config import ObjectiveConfig
-    from trainer.objective import BatchEncoder, EncodingCache, ImageAdapterPart, TextAdapterPart, _add_text
+    from trainer.batch import BatchEncoder, EncodingCache
+    from trainer.objective import _add_text
+    from trainer.trainable import ImageAdapterPart, TextAdapterPart
 
     inputs = BatchEncoder(pipe, ObjectiveConfig(), LENGTH, EncodingCache(), 0).encode([example], SIZE, [("test", 0)])
     kwargs = {}

@@ -70,7 +70,8 @@ def test_tiny_plan_matches_the_measured_peak(trainer_home, unpaired_data, encode
     from trainer.data import load_dataset
     from trainer.loop import _load_pipeline
     from trainer.memtrack import LiveTensorBytes
-    from trainer.objective import BatchEncoder, EncodingCache, build_training_model
+    from trainer.batch import BatchEncoder, EncodingCache
+    from trainer.objective import build_training_model
 
     config = _tiny_config(tmp_path, unpaired_data, encoder_cache, trainable, checkpointing)
     stage = plan_training(config, 1, cuda=False).stages[0]

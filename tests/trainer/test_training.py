@@ -48,7 +48,8 @@ def test_short_stage1_run_lowers_loss_and_exports_for_the_engine(trainer_home, u
     from core.loading.sources import ModelSources
     from trainer.data import load_dataset
     from trainer.loop import train
-    from trainer.objective import BatchEncoder, EncodingCache, build_training_model, fixed_loss
+    from trainer.batch import BatchEncoder, EncodingCache
+    from trainer.objective import build_training_model, fixed_loss
 
     config = load_config(_write_config(tmp_path, tiny_config_text(tmp_path / "out", unpaired_data, encoder_cache,
                                                                   steps=24, batch=2, lr=3e-3)))

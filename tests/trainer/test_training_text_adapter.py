@@ -96,12 +96,8 @@ def test_both_parts_learn_and_the_text_adapter_changes_the_engine(trainer_home, 
     from core.loading.sources import ModelSources
     from trainer.data import load_dataset
     from trainer.loop import train
-    from trainer.objective import (
-        BatchEncoder,
-        EncodingCache,
-        build_training_model,
-        fixed_loss,
-    )
+    from trainer.batch import BatchEncoder, EncodingCache
+    from trainer.objective import build_training_model, fixed_loss
 
     config = _config(tmp_path, unpaired_data, named_paired_data, encoder_cache, steps=24, batch=2)
     result = train(config)
