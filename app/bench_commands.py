@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 from core.errors import UsageError
-from core.loading.memory import QUANTIZATIONS
+from core.loading.quantization import QUANTIZATIONS
 
 from .arguments import add_file_arguments, add_model_arguments, add_speed_arguments, speed_options
 

@@ -345,7 +345,8 @@ def _train(preset: str, args) -> dict:
     cached inputs; bitsandbytes parts replaced by quanto / torch AdamW where bitsandbytes cannot run (said so)."""
     import torch
 
-    from core.loading.memory import bitsandbytes_usable
+    from core.loading.memory import QUANTO_ALTERNATIVE, bitsandbytes_usable
+    from core.loading.quantization import quantization_backend
     from trainer.config import preset_config
     from trainer.plan import ModelDescription, build_meta_model, meta_inputs, plan_training
 
@@ -358,9 +359,10 @@ def _train(preset: str, args) -> dict:
         for stage in config.stages:
             stage.resolution = 64
     bnb_ok = device.type == "cuda" and bitsandbytes_usable()
-    if (config.models.base_quantization or "").startswith("bnb-") and not bnb_ok:
-        replaced.append(f"{config.models.base_quantization} -> quanto-int8")
-        config.models.base_quantization = "quanto-int8"
+    if config.models.base_quantization and quantization_backend(config.models.base_quantization).needs_cuda \
+            and not bnb_ok:
+        replaced.append(f"{config.models.base_quantization} -> {QUANTO_ALTERNATIVE}")
+        config.models.base_quantization = QUANTO_ALTERNATIVE
     if config.optimizer.use_8bit_adam and not bnb_ok:
         replaced.append("AdamW8bit -> torch AdamW")
         config.optimizer.use_8bit_adam = False
@@ -439,10 +441,12 @@ def _quantize(transformer, quantization: str) -> None:
     """The frozen transformer quantized as the preset says: quanto in place, bitsandbytes layer by layer."""
     import torch
 
-    if quantization.startswith("quanto-"):
-        from core.loading.presets import _adapter_patterns, quantize_with_quanto
+    from core.loading.presets import adapter_processor_names
+    from core.loading.quantization import quantization_backend
 
-        quantize_with_quanto(transformer, quantization, exclude=_adapter_patterns(transformer))
+    backend = quantization_backend(quantization)
+    if not backend.at_load:
+        backend.apply(transformer, exclude=adapter_processor_names(transformer))
         return
     import bitsandbytes as bnb
 

@@ -63,6 +63,7 @@ import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from core.errors import UserError
+from core.loading.quantization import backends
 
 MIXED_PRECISION = ("no", "fp16", "bf16")
 STAGE_DATA = ("unpaired", "paired", "both")
@@ -71,7 +72,8 @@ LOSS_WEIGHTING = ("none", "sigma_sqrt", "cosmap")
 INIT = ("checkpoint", "fresh")
 KNOWN_TRAINABLE = ("image_adapter", "image_adapter_lora", "text_adapter")
 SEGMENTERS = ("none", "threshold")
-BASE_QUANTIZATIONS = ("", "quanto-int8", "quanto-fp8", "bnb-nf4", "bnb-int8")
+# "" (the compute dtype) or a quantization backend that can hold the frozen transformer in training
+BASE_QUANTIZATIONS = ("",) + tuple(b.name for b in backends() if b.trains_frozen_base)
 DISTRIBUTED = ("ddp", "fsdp")
 
 

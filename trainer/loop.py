@@ -37,6 +37,8 @@ from .batch import BatchEncoder, EncodingCache
 from .objective import build_training_model
 from .validation import Validator
 from core.errors import UserError
+from core.loading.presets import adapter_processor_names
+from core.loading.quantization import backends, pipeline_quantization_config, quantization_backend
 
 log = logging.getLogger(__name__)
 RECENT_LOSSES = 2000  # kept in checkpoints for the studio's loss plot
@@ -113,25 +115,18 @@ def _load_pipeline(config: TrainConfig, dtype: torch.dtype, device):
 
     m = config.models
     sources = _model_sources(config)
-    quant = m.base_quantization
+    backend = quantization_backend(m.base_quantization) if m.base_quantization else None
     kwargs = {}
-    if quant.startswith("bnb-"):
-        import importlib.util
-
-        if not torch.cuda.is_available() or importlib.util.find_spec("bitsandbytes") is None:
-            raise TrainingRefused(f"models.base_quantization = {quant!r} needs bitsandbytes on a CUDA GPU; on this "
-                                  "machine use 'quanto-int8' or 'quanto-fp8'")
-        from diffusers import BitsAndBytesConfig, PipelineQuantizationConfig
-
-        bnb = (BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=dtype)
-               if quant == "bnb-nf4" else BitsAndBytesConfig(load_in_8bit=True))
-        kwargs["quantization_config"] = PipelineQuantizationConfig(quant_mapping={"transformer": bnb})
+    if backend is not None and backend.at_load:
+        if backend.unavailable("cuda" if torch.cuda.is_available() else "cpu"):
+            runnable = [b.name for b in backends() if b.trains_frozen_base and not b.needs_cuda]
+            raise TrainingRefused(f"models.base_quantization = {backend.name!r} needs {backend.library} on a CUDA "
+                                  f"GPU; on this machine use {' or '.join(repr(n) for n in runnable)}")
+        kwargs["quantization_config"] = pipeline_quantization_config({"transformer": backend.name}, dtype)
     pipe = InstantCharacterPipeline.from_pretrained(sources, dtype=dtype, progress=False, **kwargs)
     pipe.set_progress_bar_config(disable=True)
-    if quant.startswith("quanto-"):  # FLUX's own Linears only: the adapter's processors stay as they are
-        from core.loading.presets import _adapter_patterns, quantize_with_quanto
-
-        quantize_with_quanto(pipe.transformer, quant, exclude=_adapter_patterns(pipe.transformer))
+    if backend is not None and not backend.at_load:  # FLUX's own Linears only: the adapter's processors stay
+        backend.apply(pipe.transformer, exclude=adapter_processor_names(pipe.transformer))
     pipe = pipe.to(device)
     if m.text_adapter:
         path = config.resolve(m.text_adapter)

@@ -42,6 +42,7 @@ from functools import lru_cache
 from pathlib import Path
 
 from core.errors import UserError
+from core.loading.quantization import quantization_backend
 
 GiB = 2**30
 CUDA_CONTEXT_BYTES = int(0.75 * GiB)
@@ -51,7 +52,6 @@ BNB_8BIT_BLOCK = 2048  # bitsandbytes' blockwise 8-bit optimizer: one float32 ab
 # GPU cards by memory: (label, GiB as the driver reports it)
 CARDS = (("24 GB (RTX 3090 / 4090)", 24), ("32 GB (RTX 5090)", 32), ("48 GB (L40S / RTX 6000 Ada)", 48),
          ("80 GB (A100 / H100)", 80), ("141 GB (H200)", 141))
-PLAN_QUANTIZATIONS = ("quanto-int8", "quanto-fp8", "bnb-nf4", "bnb-int8")
 
 
 class PlanRefused(UserError, ValueError):
@@ -471,7 +471,7 @@ def plan_training(config, num_processes: int = 1, cuda: bool = True) -> Training
     shards = num_processes if getattr(config.run, "distributed", "ddp") == "fsdp" else 1
     quant = getattr(config.models, "base_quantization", "") or None
     notes = []
-    if quant and quant.startswith("bnb-") and not cuda:
+    if quant and quantization_backend(quant).needs_cuda and not cuda:
         notes.append(f"{quant} needs CUDA: the CPU plan counts the transformer in {dname}")
         quant = None
     frozen = {"transformer": weight_bytes(sizes["transformer"], quant, dname)}

@@ -18,6 +18,8 @@ import gradio as gr
 from PIL import Image, ImageDraw
 
 from core.limits import MAX_STORY_BYTES
+from core.loading.memory import QUANTO_ALTERNATIVE
+from core.loading.quantization import quantization_backend
 from core.io.path_policy import PathPolicy
 from trainer.config import TRAIN_PRESETS, ConfigError, load_config, preset_config
 from trainer.events import SAVE_NOW, STOP, request, requested, run_status
@@ -97,10 +99,10 @@ def runnable_without_cuda(config) -> list[str]:
     line per change, saying why."""
     lines = []
     quant = config.models.base_quantization
-    if quant.startswith("bnb-"):
-        config.models.base_quantization = "quanto-int8"
-        lines.append(f"No CUDA GPU on this machine: FLUX held in quanto-int8 instead of {quant} (bitsandbytes "
-                     "needs CUDA).")
+    if quant and quantization_backend(quant).needs_cuda:
+        config.models.base_quantization = QUANTO_ALTERNATIVE
+        lines.append(f"No CUDA GPU on this machine: FLUX held in {QUANTO_ALTERNATIVE} instead of {quant} "
+                     f"({quantization_backend(quant).library} needs CUDA).")
     if config.optimizer.use_8bit_adam:
         config.optimizer.use_8bit_adam = False
         lines.append("No CUDA GPU on this machine: torch AdamW instead of 8-bit AdamW (bitsandbytes needs CUDA).")

@@ -16,30 +16,25 @@ from __future__ import annotations
 import contextlib
 import gc
 import importlib.util
-import math
 import sys
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Iterator, Mapping
 
 from core.loading.model_sizes import ComponentSize, all_sizes
+from core.loading.quantization import backends, quantization_backend
 from core.errors import UserError
 
 GiB = 2**30
 
-# "fp8-layerwise": diffusers layerwise casting, Linear/conv weights stored in float8_e4m3fn and cast to the compute
-# dtype layer by layer as each runs; plain tensors, so group offloading can move them (quantizers' cannot).
-QUANTIZATIONS = ("bnb-nf4", "bnb-int8", "quanto-int8", "quanto-fp8", "fp8-layerwise")
-QUANTIZERS = ("bnb-nf4", "bnb-int8", "quanto-int8", "quanto-fp8")  # tensor subclasses group offload cannot move
+# The quantization backends (core.loading.quantization): quantizers hold tensor subclasses group offload cannot move;
+# fp8 layerwise casting holds plain tensors, so group offloading can move them.
+QUANTIZERS = tuple(b.name for b in backends() if not b.group_offloadable)
+# the adapter is quantized after loading
+ADAPTER_QUANTIZATIONS = tuple(b.name for b in backends() if not b.at_load)
 # "group": diffusers group offloading from RAM; "disk": the same with ``offload_to_disk_path`` (weights on disk,
 # read group by group: almost nothing held in RAM).
 OFFLOAD_MODES = ("none", "model", "group", "disk")
-
-# bitsandbytes nf4 (diffusers/transformers defaults: blocksize 64, no double quantization): two weights per
-# byte plus one float32 absmax per 64 weights.
-NF4_BLOCKSIZE = 64
-# Quanto stores one scale per output row in the compute dtype; LLM.int8 one float32 row statistic (SCB).
-BNB_INT8_ROW_BYTES = 4
 
 TEXT_TOKENS = 512  # FluxPipeline's max_sequence_length: T5 tokens joined to the image tokens
 # Live activations at the peak of one transformer call, in hidden-size-wide (inner_dim) tensors per token.
@@ -75,7 +70,7 @@ class MemoryPreset:
     Attributes:
         name: ``full``, ``balanced``, ``low`` or ``minimal``.
         description: one line for the UI and ``plan``.
-        transformer_quantization: one of ``QUANTIZATIONS`` or None (compute dtype) for the FLUX transformer.
+        transformer_quantization: one of ``core.loading.quantization.QUANTIZATIONS`` or None (compute dtype) for the FLUX transformer.
         text_encoder_quantization: the same for T5 (``text_encoder_2``); CLIP and the VAE stay unquantized.
         adapter_quantization: ``quanto-int8`` or None for the projector and the processors' K/V projections.
         offload: ``none`` (all on the GPU), ``model`` (accelerate moves one whole model at a time) or ``group``
@@ -99,11 +94,11 @@ class MemoryPreset:
 
     def __post_init__(self) -> None:
         for q in (self.transformer_quantization, self.text_encoder_quantization, self.adapter_quantization):
-            if q is not None and q not in QUANTIZATIONS:
-                raise ValueError(f"quantization {q!r} unknown; expected one of {QUANTIZATIONS} or None")
-        if self.adapter_quantization not in (None, "quanto-int8", "quanto-fp8", "fp8-layerwise"):
+            if q is not None:
+                quantization_backend(q)  # raises, naming the choices
+        if self.adapter_quantization not in (None,) + ADAPTER_QUANTIZATIONS:
             raise ValueError(f"adapter_quantization {self.adapter_quantization!r}: the adapter is quantized "
-                             "after loading, so only quanto-int8, quanto-fp8, fp8-layerwise or None")
+                             f"after loading, so only {', '.join(ADAPTER_QUANTIZATIONS)} or None")
         if self.offload not in OFFLOAD_MODES:
             raise ValueError(f"offload {self.offload!r} unknown; expected one of {OFFLOAD_MODES}")
         if self.offload in ("group", "disk") and any(q in QUANTIZERS for q in (
@@ -115,7 +110,7 @@ class MemoryPreset:
     @property
     def needs_bitsandbytes(self) -> bool:
         """True when the transformer or T5 is quantized with bitsandbytes (CUDA only)."""
-        return any(q is not None and q.startswith("bnb-")
+        return any(q is not None and quantization_backend(q).library == "bitsandbytes"
                    for q in (self.transformer_quantization, self.text_encoder_quantization))
 
     def with_quantization(self, quantization: str | None) -> "MemoryPreset":
@@ -197,22 +192,8 @@ def weight_bytes(size: ComponentSize, quantization: str | None, dtype: str = "bf
     b = _dtype_bytes(dtype)
     if quantization is None:
         return size.params * b
-    q, rows = size.quantizable_params, size.quantizable_rows
-    if quantization == "bnb-nf4":
-        quantized = q / 2 + math.ceil(q / NF4_BLOCKSIZE) * 4
-    elif quantization == "bnb-int8":
-        quantized = q + rows * BNB_INT8_ROW_BYTES
-    elif quantization in ("quanto-int8", "quanto-fp8"):
-        quantized = q + rows * b
-    elif quantization == "fp8-layerwise":
-        # one byte per Linear weight but those the cast skips (norm-named modulation, see ComponentSize) and
-        # T5's kept ``wo`` (its parent casts inputs to its dtype)
-        skipped = size.cast_skipped_params
-        return int(q - skipped + (size.other_params + skipped) * b)
-    else:
-        raise ValueError(f"quantization {quantization!r} unknown; expected one of {QUANTIZATIONS}")
-    kept_b = _dtype_bytes(kept_dtype) if kept_dtype else b
-    return int(quantized + (size.other_params - size.kept_params) * b + size.kept_params * kept_b)
+    backend = quantization_backend(quantization)
+    return backend.weight_bytes(size, b, _dtype_bytes(kept_dtype) if kept_dtype else b)
 
 
 def _quantization_of(preset: MemoryPreset, component: str) -> str | None:
@@ -224,7 +205,7 @@ def _quantization_of(preset: MemoryPreset, component: str) -> str | None:
         return preset.adapter_quantization
     if component == "controlnet":  # stored as the transformer; loaded unquantized, so quanto for bitsandbytes
         quant = preset.transformer_quantization
-        return QUANTO_ALTERNATIVE if quant is not None and quant.startswith("bnb-") else quant
+        return QUANTO_ALTERNATIVE if quant is not None and quantization_backend(quant).at_load else quant
     return None
 
 
@@ -459,7 +440,8 @@ def estimate(preset: MemoryPreset | str, width: int = 1024, height: int = 1024, 
     stored = {}
     for name, s in sizes.items():
         quant = _quantization_of(preset, name)
-        kept = "float32" if bnb_keeps_float32 and (quant or "").startswith("bnb-") else None
+        kept = ("float32" if bnb_keeps_float32 and quant is not None
+                and quantization_backend(quant).library == "bitsandbytes" else None)
         stored[name] = weight_bytes(s, quant, preset.dtype, kept)
     if files is not None and files.transformer_bytes is not None and "transformer" in stored:
         stored["transformer"] = files.transformer_bytes  # a GGUF file: held as its quantized tensors

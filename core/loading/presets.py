@@ -1,18 +1,18 @@
 """Apply a ``MemoryPreset`` to a pipeline with the libraries' own APIs.
 
-bitsandbytes quantizes while loading: pass ``quantization_config_for(preset)`` as ``quantization_config`` to
-``from_pretrained``. Everything else happens after loading, in ``apply_preset``: optimum-quanto ``quantize`` /
-``freeze`` for the quanto modes and the adapter, diffusers/accelerate offloading (``enable_model_cpu_offload``,
+Quantization goes through the backends of :mod:`core.loading.quantization`: those that quantize while loading
+(bitsandbytes) take ``quantization_config_for(preset)`` as ``from_pretrained``'s ``quantization_config``; everything
+else happens after loading, in ``apply_preset``: the after-loading backends (optimum-quanto, fp8 layerwise casting)
+on the transformer, T5 and the adapter, diffusers/accelerate offloading (``enable_model_cpu_offload``,
 ``apply_group_offloading`` with a CUDA stream when there is one) and VAE tiling.
 
 The pipeline is any diffusers pipeline with FLUX's component names (``transformer``, ``text_encoder``,
 ``text_encoder_2``, ``vae``); the adapter is found as the transformer's attention processors that are
-``nn.Module``s plus any component named in ``ADAPTER_COMPONENTS``.
+``nn.Module``s (:func:`adapter_processor_names`) plus any component named in ``ADAPTER_COMPONENTS``.
 """
 
 from __future__ import annotations
 
-import importlib.util
 import logging
 from pathlib import Path
 
@@ -20,13 +20,12 @@ import torch
 
 from core.loading.memory import (ENCODERS, GROUP_OFFLOAD_MIN_BYTES, QUANTO_ALTERNATIVE, VAE_TILE_PX, MemoryPreset,
                                  group_low_cpu_mem_usage, get_preset)
-from core.loading.model_sizes import kept_module_names
+from core.loading.quantization import loaded_quantization, pipeline_quantization_config, quantization_backend
 from core.errors import UserError
 
 logger = logging.getLogger(__name__)
 
 ADAPTER_COMPONENTS = ("projector", "image_proj", "character_projector")
-_QUANTO_TYPES = {"quanto-int8": "qint8", "quanto-fp8": "qfloat8"}
 
 
 class PresetUnavailableError(UserError, RuntimeError):
@@ -34,19 +33,14 @@ class PresetUnavailableError(UserError, RuntimeError):
 
 
 def check_preset_supported(preset: MemoryPreset, device: str | torch.device | None = None) -> None:
-    """Raise ``PresetUnavailableError`` when ``preset`` uses bitsandbytes and it cannot run here.
-
-    bitsandbytes needs the package and a CUDA device; the alternative is the same preset with
-    ``quanto-int8`` (``get_preset(name, quantization="quanto-int8")``), which also runs on CPU and MPS.
+    """Raise ``PresetUnavailableError`` when ``preset`` quantizes with a backend that cannot run here (bitsandbytes
+    needs the package and a CUDA device); the alternative is the same preset with ``quanto-int8``
+    (``get_preset(name, quantization="quanto-int8")``), which also runs on CPU and MPS.
     """
-    if not preset.needs_bitsandbytes:
-        return
     device_type = torch.device(device).type if device is not None else ("cuda" if torch.cuda.is_available() else "cpu")
-    if importlib.util.find_spec("bitsandbytes") is None:
-        why = "bitsandbytes is not installed"
-    elif device_type != "cuda" or not torch.cuda.is_available():
-        why = f"bitsandbytes needs a CUDA GPU and the device is {device_type}"
-    else:
+    why = next((reason for q in (preset.transformer_quantization, preset.text_encoder_quantization)
+                if q is not None and (reason := quantization_backend(q).unavailable(device_type))), None)
+    if why is None:
         return
     raise PresetUnavailableError(
         f"preset '{preset.name}' quantizes with {preset.transformer_quantization} but {why}; use the quanto "
@@ -63,100 +57,30 @@ def quantization_config_for(preset: MemoryPreset | str, device: str | torch.devi
     if isinstance(preset, str):
         preset = get_preset(preset)
     check_preset_supported(preset, device)
-    from diffusers import BitsAndBytesConfig as DiffusersBnbConfig
-    from diffusers import PipelineQuantizationConfig
-    from transformers import BitsAndBytesConfig as TransformersBnbConfig
-
-    dtype = getattr(torch, preset.dtype)
-    mapping = {}
-    for component, quant in (("transformer", preset.transformer_quantization),
-                             ("text_encoder_2", preset.text_encoder_quantization)):
-        if quant is None or not quant.startswith("bnb-"):
-            continue
-        config_cls = DiffusersBnbConfig if component == "transformer" else TransformersBnbConfig
-        if quant == "bnb-nf4":
-            mapping[component] = config_cls(load_in_4bit=True, bnb_4bit_quant_type="nf4",
-                                            bnb_4bit_compute_dtype=dtype)
-        else:
-            mapping[component] = config_cls(load_in_8bit=True)
-    return PipelineQuantizationConfig(quant_mapping=mapping) if mapping else None
+    return pipeline_quantization_config({"transformer": preset.transformer_quantization,
+                                         "text_encoder_2": preset.text_encoder_quantization},
+                                        getattr(torch, preset.dtype))
 
 
-def _is_bnb_quantized(module: torch.nn.Module) -> bool:
-    return bool(getattr(module, "is_loaded_in_4bit", False) or getattr(module, "is_loaded_in_8bit", False)
-                or getattr(getattr(module, "hf_quantizer", None), "quantization_config", None) is not None)
-
-
-def _adapter_patterns(transformer: torch.nn.Module) -> list[str]:
-    """quanto include-patterns of the adapter's processors inside the transformer (``*.processor`` submodules)."""
-    return sorted({f"{name}.*" for name, m in transformer.named_modules()
-                   if name.endswith(".processor") and any(isinstance(c, torch.nn.Linear) for c in m.modules())})
-
-
-def quantize_with_quanto(module: torch.nn.Module, quantization: str, include: list[str] | None = None,
-                         exclude: list[str] | None = None) -> None:
-    """Quantize ``module``'s Linear weights in place with optimum-quanto (``quanto-int8`` / ``quanto-fp8``), frozen.
-
-    ``include`` / ``exclude`` are fnmatch patterns of module names. The modules the class keeps unconverted in
-    transformers (``_keep_in_fp32_modules``, T5's ``wo``) are excluded, as the transformers quantizers do.
-    """
-    from optimum import quanto
-
-    qtype = getattr(quanto, _QUANTO_TYPES[quantization])
-    excluded = list(exclude or []) + [p for k in kept_module_names(module) for p in (k, f"*.{k}")]
-    quanto.quantize(module, weights=qtype, include=include, exclude=excluded or None)
-    quanto.freeze(module)
-
-
-FP8_STORAGE = torch.float8_e4m3fn
-
-
-def _is_prequantized(module: torch.nn.Module) -> bool:
-    """True for a model loaded already quantized (a GGUF file, bitsandbytes): nothing more to cast."""
-    return getattr(getattr(module, "hf_quantizer", None), "quantization_config", None) is not None
-
-
-def cast_layerwise_fp8(module: torch.nn.Module, compute_dtype: torch.dtype, skip: list[str] | None = None) -> None:
-    """Store ``module``'s Linear/conv weights in float8_e4m3fn, cast to ``compute_dtype`` per layer as it runs.
-
-    diffusers' ``apply_layerwise_casting``, skipping norms and positional embeddings (diffusers' defaults, the
-    model's ``_skip_layerwise_casting_patterns``), embeddings (a model's ``dtype`` is its first parameter's), the modules transformers keeps unconverted (T5's ``wo``, whose
-    parent casts its input to the weight's dtype) and the regular expressions in ``skip``.
-    """
-    import re
-
-    from diffusers.hooks import apply_layerwise_casting
-    from diffusers.hooks.layerwise_casting import DEFAULT_SKIP_MODULES_PATTERN
-
-    patterns = list(DEFAULT_SKIP_MODULES_PATTERN) + list(getattr(module, "_skip_layerwise_casting_patterns", None)
-                                                         or [])
-    patterns += [rf"(^|\.){re.escape(k)}$" for k in kept_module_names(module)] + list(skip or [])
-    apply_layerwise_casting(module, storage_dtype=FP8_STORAGE, compute_dtype=compute_dtype,
-                            skip_modules_pattern=tuple(patterns), skip_modules_classes=(torch.nn.Embedding,))
-
-
-def _compute_dtype(module: torch.nn.Module) -> torch.dtype:
-    return next((p.dtype for p in module.parameters() if p.is_floating_point()), torch.float32)
+def adapter_processor_names(transformer: torch.nn.Module) -> list[str]:
+    """Names of the adapter's attention processors inside ``transformer``: the ``*.processor`` submodules holding
+    ``nn.Linear`` layers (FLUX's own processors hold none). Quantizing the base model leaves these out."""
+    return [name for name, m in transformer.named_modules()
+            if name.endswith(".processor") and any(isinstance(c, torch.nn.Linear) for c in m.modules())]
 
 
 def _quantize_component(module: torch.nn.Module, name: str, quant: str, exclude: list[str]) -> str:
     """Quantize one loaded component after loading (quanto or fp8 casting); returns the step's line."""
-    if _is_prequantized(module):
-        method = getattr(module.hf_quantizer.quantization_config, "quant_method", "quantized")
-        return f"{name} kept as loaded ({getattr(method, 'value', method)})"
-    if quant == "fp8-layerwise":
-        skip = [rf"^{p[:-2].replace('.', chr(92) + '.')}(\.|$)" for p in exclude]  # "a.b.*" -> ^a\.b(\.|$)
-        cast_layerwise_fp8(module, _compute_dtype(module), skip=skip)
-        return f"{name} stored in fp8 (layerwise casting)"
-    quantize_with_quanto(module, quant, exclude=exclude or None)
-    return f"{name} quantized to {quant}"
+    method = loaded_quantization(module)
+    if method is not None:
+        return f"{name} kept as loaded ({method})"
+    backend = quantization_backend(quant)
+    backend.apply(module, exclude=exclude)
+    return backend.applied(name)
 
 
-def _adapter_modules(pipe, transformer) -> list[tuple[str, torch.nn.Module]]:
-    modules = [(n, m) for n, m in (transformer.named_modules() if transformer is not None else [])
-               if n.endswith(".processor") and any(isinstance(c, torch.nn.Linear) for c in m.modules())]
-    return modules + [(n, getattr(pipe, n)) for n in ADAPTER_COMPONENTS
-                      if isinstance(getattr(pipe, n, None), torch.nn.Module)]
+def _adapter_components(pipe) -> list[tuple[str, torch.nn.Module]]:
+    return [(n, getattr(pipe, n)) for n in ADAPTER_COMPONENTS if isinstance(getattr(pipe, n, None), torch.nn.Module)]
 
 
 def _module_bytes(module: torch.nn.Module) -> int:
@@ -275,15 +199,16 @@ def apply_preset(pipe, preset: MemoryPreset | str, device: str | torch.device) -
     check_preset_supported(preset, device)
     steps: list[str] = []
     transformer = getattr(pipe, "transformer", None)
-    adapter_in_transformer = _adapter_patterns(transformer) if transformer is not None else []
+    adapter_in_transformer = adapter_processor_names(transformer) if transformer is not None else []
 
     for name, quant in (("transformer", preset.transformer_quantization),
                         ("text_encoder_2", preset.text_encoder_quantization)):
         module = getattr(pipe, name, None)
         if module is None or quant is None:
             continue
-        if quant.startswith("bnb-"):
-            if not _is_bnb_quantized(module):
+        backend = quantization_backend(quant)
+        if backend.at_load:
+            if not backend.loaded_quantized(module):
                 raise ValueError(f"preset '{preset.name}' needs {name} loaded in {quant}: load the pipeline with "
                                  "quantization_config=quantization_config_for(preset)")
             steps.append(f"{name} in {quant} (loaded)")
@@ -291,20 +216,9 @@ def apply_preset(pipe, preset: MemoryPreset | str, device: str | torch.device) -
         exclude = adapter_in_transformer if name == "transformer" else []
         steps.append(_quantize_component(module, name, quant, exclude))
 
-    if preset.adapter_quantization == "fp8-layerwise":
-        for name, module in _adapter_modules(pipe, transformer):
-            # the projector's dtype is its proj.fc1 weight's, which the pipeline casts features to: kept
-            cast_layerwise_fp8(module, _compute_dtype(module), skip=[r"^proj\.fc1$"])
-        steps.append("adapter stored in fp8 (layerwise casting)")
-    elif preset.adapter_quantization:
-        if transformer is not None and adapter_in_transformer:
-            quantize_with_quanto(transformer, preset.adapter_quantization, include=adapter_in_transformer)
-            steps.append(f"adapter processors quantized to {preset.adapter_quantization}")
-        for name in ADAPTER_COMPONENTS:
-            module = getattr(pipe, name, None)
-            if isinstance(module, torch.nn.Module):
-                quantize_with_quanto(module, preset.adapter_quantization)
-                steps.append(f"{name} quantized to {preset.adapter_quantization}")
+    if preset.adapter_quantization:
+        steps += quantization_backend(preset.adapter_quantization).apply_to_adapter(
+            transformer, adapter_in_transformer, _adapter_components(pipe))
 
     steps += apply_offload(pipe, "none" if device.type == "cpu" else preset.offload, device,
                            low_cpu_mem_usage=group_low_cpu_mem_usage(preset),
@@ -327,7 +241,7 @@ def attach_controlnet(pipe, controlnet, preset: MemoryPreset | str, device: str 
     device = torch.device(device)
     steps = []
     quant = preset.transformer_quantization
-    if quant is not None and quant.startswith("bnb-"):
+    if quant is not None and quantization_backend(quant).at_load:
         quant = QUANTO_ALTERNATIVE  # bitsandbytes quantizes while loading, and the net is loaded already
     if quant is not None:
         steps.append(_quantize_component(controlnet, "controlnet", quant, []))

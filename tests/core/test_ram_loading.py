@@ -85,7 +85,7 @@ CAST = textwrap.dedent("""
     import torch, diffusers
     from diffusers import FluxTransformer2DModel
     from diffusers.hooks import apply_layerwise_casting
-    from core.loading.presets import cast_layerwise_fp8
+    from core.loading.quantization.fp8_layerwise import cast_layerwise_fp8
 
     def status(key):
         for line in open("/proc/self/status"):

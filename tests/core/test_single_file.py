@@ -173,7 +173,7 @@ def test_generate_command_takes_a_base_file(files, tiny_models, tmp_path, capsys
 
 
 def test_a_load_that_would_not_fit_ram_is_refused_before_it_starts(files, tiny_models, monkeypatch):
-    from core.loading import memory, presets
+    from core.loading import loader, memory
     from core.loading.memory import RamBudgetError
     from core.loading.loader import check_ram_before_loading, load_pipeline
 
@@ -189,7 +189,7 @@ def test_a_load_that_would_not_fit_ram_is_refused_before_it_starts(files, tiny_m
     monkeypatch.setattr(memory, "detect_memory", lambda: memory.DetectedMemory(None, None, 64 * memory.GiB,
                                                                                 memory.GiB))
     monkeypatch.setattr(memory, "swap_free_bytes", lambda: 0)
-    monkeypatch.setattr(presets, "quantization_config_for", lambda *a, **k: pytest.fail("loading started"))
+    monkeypatch.setattr(loader, "quantization_config_for", lambda *a, **k: pytest.fail("loading started"))
     with pytest.raises(RamBudgetError, match="1.0 GiB is available"):
         load_pipeline(sources, memory.get_preset("full"), "cuda")
     # a GGUF file: the planner counts its quantized bytes, and the advice does not suggest one
