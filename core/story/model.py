@@ -21,6 +21,7 @@ from core.story.manifest import write_json_atomic
 FORMAT_VERSION = 1
 
 NO_CHARACTER_TAG = "NC"
+CHARACTER_SCALE = 0.9  # a character's strength when its story gives none (the released default)
 # [Name] or [Name@region]; a region may hold commas and dots ("box:0,0,0.5,1") but no "]".
 TAG_RE = re.compile(r"\[([^\[\]@]*?)(?:@([^\[\]]*))?\]")
 
@@ -54,7 +55,7 @@ class StoryCharacter:
 
     name: str
     image: Path
-    scale: float = 0.9
+    scale: float = CHARACTER_SCALE
     description: str = ""
     image_sha256: str = ""
 

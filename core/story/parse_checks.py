@@ -172,7 +172,7 @@ def _story_file(value: str, base_dir: Path, what: str, line: int | None, where: 
 
 
 def font_file(value: str, base_dir: Path, line: int | None, where: str, problems: Problems,
-               paths: PathPolicy) -> Path | None:
+              paths: PathPolicy) -> Path | None:
     """The story's ``font:`` file, relative to the story and allowed by `paths`: a font file of at most
     MAX_FILE_BYTES that has glyphs (read through fontTools)."""
     if len(value) > MAX_PATH_CHARS:
@@ -190,7 +190,7 @@ def font_file(value: str, base_dir: Path, line: int | None, where: str, problems
 
 
 def check_character(name: str, image: str, scale: float, description: str, base_dir: Path, line: int | None,
-               where: str, problems: Problems, paths: PathPolicy) -> StoryCharacter | None:
+                    where: str, problems: Problems, paths: PathPolicy) -> StoryCharacter | None:
     """The character with its image checked: allowed by `paths` first (so a refusal reads the same whether the
     file exists), then a regular file of at most MAX_FILE_BYTES, an image header of at most MAX_IMAGE_PIXELS,
     and only then hashed."""
@@ -251,7 +251,7 @@ def _image_header_problem(path: Path) -> str | None:
 
 
 def check_panel_texts(prompt: str, caption: str, style: str, line: int | None, where: str,
-                 problems: Problems) -> bool:
+                      problems: Problems) -> bool:
     """Checks a panel's prompt (with the style, as the engine gets it) and caption against their limits."""
     ok = True
     for check in (lambda: required_text(prompt, "the prompt", MAX_PROMPT_CHARS),
@@ -267,7 +267,7 @@ def check_panel_texts(prompt: str, caption: str, style: str, line: int | None, w
 
 
 def panel_control(value: str, base_dir: Path, paths: PathPolicy, line: int | None, where: str,
-                   problems: Problems, count: int, scale=None) -> PanelControl | None:
+                  problems: Problems, count: int, scale=None) -> PanelControl | None:
     """A ``control: KIND PATH [SCALE]`` value (the path relative to the story, through `paths`), checked."""
     if count >= MAX_CONTROLS:
         problems.add(line, f"{where}a panel has at most {MAX_CONTROLS} control images")

@@ -10,6 +10,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from core.conditioning.control import DEFAULT_SCALE
 from core.io.path_policy import UNRESTRICTED, PathPolicy
 from core.limits import (
     MAX_BUBBLES_PER_PANEL,
@@ -25,7 +26,7 @@ from core.limits import (
     MAX_STORY_BYTES,
     LimitError,
 )
-from core.story.model import Dialogue, Panel, Story, StoryCharacter, StoryError, derive_panel_seed
+from core.story.model import CHARACTER_SCALE, Dialogue, Panel, Story, StoryCharacter, StoryError, derive_panel_seed
 from core.story.parse_checks import (
     MAX_PATH_CHARS,
     Problems,
@@ -112,9 +113,10 @@ def _story_from_dict(data: dict[str, Any], base_dir: Path, source, paths: PathPo
             continue
         name = _check(problems, where, lambda: required_text(entry.get("name"), "name", MAX_NAME_CHARS))
         image = _check(problems, where, lambda: required_text(entry.get("image"), "image", MAX_PATH_CHARS))
-        scale = _check(problems, where, lambda: finite_number(entry.get("scale", 0.9), "scale", 0.0, MAX_SCALE))
+        scale = _check(problems, where,
+                       lambda: finite_number(entry.get("scale", CHARACTER_SCALE), "scale", 0.0, MAX_SCALE))
         description = _check(problems, where, lambda: required_text(entry.get("description"), "description",
-                                                            MAX_DESCRIPTION_CHARS))
+                                                                    MAX_DESCRIPTION_CHARS))
         if name is None:
             continue
         if name in known:
@@ -209,7 +211,7 @@ def _panel_from_dict(index: int, raw: Any, known: dict[str, None], fields: dict[
             problems.add(None, f"{where}controls[{c}]: needs a kind and an image path")
             continue
         control = panel_control(f"{kind} {image}", base_dir, paths, None, f"{where}controls[{c}]: ", problems,
-                                 len(controls), scale=spec.get("scale", 0.7))
+                                len(controls), scale=spec.get("scale", DEFAULT_SCALE))
         if control is not None:
             controls.append(control)
     if len(problems.items) > before:

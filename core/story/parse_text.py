@@ -29,6 +29,7 @@ from typing import Any
 from core.io.path_policy import UNRESTRICTED, PathPolicy
 from core.limits import MAX_BUBBLES_PER_PANEL, MAX_CHARACTERS, MAX_DIALOGUE_CHARS, MAX_PANELS, MAX_STORY_BYTES
 from core.story.model import (
+    CHARACTER_SCALE,
     NO_CHARACTER_TAG,
     TAG_RE,
     Dialogue,
@@ -152,7 +153,7 @@ def _parse_story(text: str, base_dir: Path, source, paths: PathPolicy, problems:
                                      f": a story has at most {MAX_CHARACTERS} characters")
                 over_limit.add(name)
                 continue
-            char_specs[name] = [number, image, 0.9, ""]
+            char_specs[name] = [number, image, CHARACTER_SCALE, ""]
             current_char = name
             continue
         match = _HEADER_RE.match(stripped)

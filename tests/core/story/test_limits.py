@@ -209,6 +209,23 @@ def test_json_values_over_limits_or_of_the_wrong_type(story_dir, change, expecte
     assert any(line.startswith(expected) for line in lines), lines
 
 
+@pytest.mark.parametrize(
+    ("key", "written", "value", "expected"),
+    [
+        ("size", "1000x768", [1000, 768], "bad size '1000x768': width 1000 is not a multiple of 16: use 992 or 1008"),
+        ("dpi", "1200", 1200, "dpi must be from 72 to 600, got 1200"),
+        ("layout", "spiral", "spiral", "bad layout 'spiral': expected comic, strip, webtoon or grid RxC"),
+        ("webtoon", "100x1280", [100, 1280], "bad webtoon '100x1280': the width must be from 160 to 4000 px"),
+        ("true_cfg", "0.5", 0.5, "true_cfg must be a number from 1 to 20, got 0.5"),
+    ],
+)
+def test_a_header_key_has_one_rule_and_message_in_both_forms(story_dir, key, written, value, expected):
+    assert problems(story_dir, f"{key}: {written}\n" + small_story_text(2))[0].startswith(f"line 1: {expected}")
+    data = story_json(story_dir)
+    data[key] = value
+    assert json_problems(story_dir, data)[0].startswith(expected)
+
+
 def test_json_too_many_pages_and_problems(story_dir):
     data = story_json(story_dir)
     data["layout"] = "grid 1x1"
