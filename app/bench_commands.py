@@ -109,7 +109,7 @@ def plan_main(args: argparse.Namespace) -> int:
 
 def table_main(args: argparse.Namespace) -> int:
     """Prints the markdown table of a ``--json`` file of bench runs."""
-    from benchmarks.bench import format_markdown, read_jsonl
+    from benchmarks.report import format_markdown, read_jsonl
 
     if not Path(args.jsonl).is_file():
         raise FileNotFoundError(f"no bench results at {args.jsonl}")

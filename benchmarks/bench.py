@@ -4,313 +4,33 @@
 path, ``from_pretrained`` with the preset's ``quantization_config``, then ``apply_preset``), makes one warm-up image
 and one timed image of a synthetic character with ``Engine.generate``, and returns the figures. With
 ``random_weights`` the models directory is a full-size FLUX.1-dev + SigLIP + DINOv2 + adapter with random weights,
-built once from the bundled configs (:func:`ensure_random_models`, about 42 GB on disk) so that anyone with a GPU
-can measure without a download.
+built once from the bundled configs (:func:`benchmarks.random_models.ensure_random_models`, about 42 GB on disk)
+so that anyone with a GPU can measure without a download.
 
-``as_released`` measures the released code's way of running: the whole projector recomputed from the encoder
-features at every step and nothing cached between calls (:class:`ReleasedStylePipeline`, made of the engine's
-loaded pipeline by :func:`released_style`), bf16, no offload.
+``as_released`` measures the released code's way of running (:mod:`benchmarks.released`), bf16, no offload. The
+figures are printed by :mod:`benchmarks.report`.
 
 Units: seconds, GiB (2**30 bytes).
 """
 
 from __future__ import annotations
 
-import contextlib
-import gc
 import itertools
-import json
 import platform
-import shutil
 import statistics
 import time
-from collections.abc import Sequence
 from pathlib import Path
 
 import torch
 
+from benchmarks.random_models import build_random_pipeline, ensure_random_models, free
+from benchmarks.released import released_style
+from benchmarks.report import REFERENCE_STEPS, format_result
 from core.engine import Engine
-from core.loading.model_sizes import CONFIG_DIR
-from core.io.paths import cache_dir
-from core.models.pipeline import InstantCharacterPipeline
 from core.errors import UsageError
 
 GiB = 2**30
-REFERENCE_STEPS = 28  # FLUX.1-dev's usual step count; s/image is also given at this count
-RANDOM_VERSION = "1"
-_RANDOM_MARKER = "random-models.json"
 BENCH_PROMPT = "a character standing in a sunny park, detailed illustration"
-
-
-# ----------------------------------------------------------------------------------------------- as released
-class _StepTokens(Sequence):
-    """Per-step character tokens made when a step asks for them (inside the denoising loop)."""
-
-    def __init__(self, make, length: int):
-        self._make, self._length = make, length
-
-    def __len__(self) -> int:
-        return self._length
-
-    def __getitem__(self, i):
-        return self._make(i)
-
-
-class ReleasedStylePipeline(InstantCharacterPipeline):
-    """The released code's cost model: the whole projector runs from the encoder features at every step.
-
-    Nothing is reused between calls (features, projector context and prompt embeddings are recomputed); the
-    image is encoded once per call, as the released code does. Outputs equal :class:`InstantCharacterPipeline`'s.
-    """
-
-    def __call__(self, *args, **kwargs):
-        self.clear_caches()
-        return super().__call__(*args, **kwargs)
-
-    def _character_tokens(self, characters, timesteps, dtype, device, batch, *args, **kwargs):
-        parent = super()._character_tokens
-
-        def tokens_at(i):
-            self.clear_character_contexts()  # the whole projector again, from the (once per call) encoder features
-            return parent(characters, timesteps[i:i + 1], dtype, device, batch, *args, **kwargs)[0]
-
-        return _StepTokens(tokens_at, len(timesteps))
-
-
-def released_style(pipe: InstantCharacterPipeline) -> ReleasedStylePipeline:
-    """``pipe`` (loaded by the engine) running the released code's way from now on: the same models and weights, only
-    :class:`ReleasedStylePipeline`'s methods (it adds no state of its own)."""
-    pipe.__class__ = ReleasedStylePipeline
-    pipe.clear_caches()
-    return pipe
-
-
-# ------------------------------------------------------------------------------------------- random models
-def _config(name: str) -> dict:
-    cfg = json.loads((CONFIG_DIR / name).read_text())
-    return {k: v for k, v in cfg.items() if not k.startswith("_")}
-
-
-def full_size_configs() -> dict[str, dict]:
-    """The bundled full-size configs: FLUX.1-dev's four models, SigLIP-so400m-384 and DINOv2-giant."""
-    return {
-        "transformer": _config("flux1-dev-transformer.json"),
-        "text_encoder": _config("flux1-dev-text-encoder.json"),
-        "text_encoder_2": _config("flux1-dev-text-encoder-2.json"),
-        "vae": _config("flux1-dev-vae.json"),
-        "siglip": _config("siglip-so400m-patch14-384-vision.json"),
-        "dinov2": _config("dinov2-giant.json"),
-    }
-
-
-@contextlib.contextmanager
-def _building(device: torch.device, dtype: torch.dtype):
-    """Modules made inside are created on ``device`` in ``dtype`` (no float32 copy on the CPU first)."""
-    old = torch.get_default_dtype()
-    torch.set_default_dtype(dtype)
-    try:
-        with torch.device(device):
-            yield
-    finally:
-        torch.set_default_dtype(old)
-
-
-def _build_device(params: int, dtype: torch.dtype) -> torch.device:
-    """CUDA when the component fits in its free memory with room to spare, else the CPU."""
-    if torch.cuda.is_available():
-        free, _ = torch.cuda.mem_get_info()
-        if params * torch.empty((), dtype=dtype).element_size() * 1.2 < free:
-            return torch.device("cuda")
-    return torch.device("cpu")
-
-
-def _free() -> None:
-    gc.collect()
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()
-
-
-def _make_and_save(make, folder: Path, params: int, dtype: torch.dtype) -> None:
-    with _building(_build_device(params, dtype), dtype):
-        model = make().eval()
-    model.save_pretrained(folder)
-    del model
-    _free()
-
-
-def build_random_models(folder: str | Path, configs: dict[str, dict] | None = None, projector_config=None,
-                        dtype: torch.dtype = torch.bfloat16) -> Path:
-    """Writes a models directory (``flux/``, ``siglip/``, ``dinov2/``, ``adapter.safetensors``) of random weights.
-
-    Args:
-        folder: where to write it.
-        configs: component configs (``full_size_configs()`` layout); default: the bundled full-size ones.
-        projector_config: the adapter's :class:`~core.models.projector.ProjectorConfig`; default: the released sizes
-            with the encoders' joint width and the transformer's text width.
-        dtype: the weights' dtype on disk.
-
-    Each model is created directly on the GPU when it fits (else on the CPU) in ``dtype`` with its classes' own
-    random initialisation, saved, and freed before the next one. Tokenizers are the tiny byte/letter ones of
-    :mod:`core.loading.tiny` (their token ids are all below the real vocabulary sizes).
-    """
-    from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxTransformer2DModel
-    from transformers import (
-        BitImageProcessor,
-        CLIPTextConfig,
-        CLIPTextModel,
-        Dinov2Config,
-        Dinov2Model,
-        SiglipImageProcessor,
-        SiglipVisionConfig,
-        SiglipVisionModel,
-        T5Config,
-        T5EncoderModel,
-    )
-
-    from core.models.attention import CharacterAttentionLayers
-    from core.loading.checkpoint import save_adapter
-    from core.loading.model_sizes import size_of_module
-    from core.models.projector import CharacterProjector, ProjectorConfig
-    from core.loading.tiny import build_clip_tokenizer, build_t5_tokenizer
-
-    configs = configs or full_size_configs()
-    folder = Path(folder)
-    flux = folder / "flux"
-    flux.mkdir(parents=True, exist_ok=True)
-
-    def params(name, make):
-        with torch.device("meta"):
-            return size_of_module(name, make(), {}).params
-
-    makers = {
-        "transformer": lambda: FluxTransformer2DModel.from_config(configs["transformer"]),
-        "text_encoder": lambda: CLIPTextModel(CLIPTextConfig(**configs["text_encoder"])),
-        "text_encoder_2": lambda: T5EncoderModel(T5Config(**{**configs["text_encoder_2"], "dropout_rate": 0.0})),
-        "vae": lambda: AutoencoderKL.from_config(configs["vae"]),
-    }
-    index = {"_class_name": "FluxPipeline", "_diffusers_version": _version("diffusers"),
-             "feature_extractor": [None, None], "image_encoder": [None, None]}
-    for name, make in makers.items():
-        _make_and_save(make, flux / name, params(name, make), dtype)
-    index.update(transformer=["diffusers", "FluxTransformer2DModel"], vae=["diffusers", "AutoencoderKL"],
-                 text_encoder=["transformers", "CLIPTextModel"], text_encoder_2=["transformers", "T5EncoderModel"])
-    for name, tokenizer in (("tokenizer", build_clip_tokenizer()), ("tokenizer_2", build_t5_tokenizer())):
-        tokenizer.save_pretrained(flux / name)
-        index[name] = ["transformers", type(tokenizer).__name__]
-    scheduler = FlowMatchEulerDiscreteScheduler(shift=3.0, use_dynamic_shifting=True, base_image_seq_len=256,
-                                                max_image_seq_len=4096, base_shift=0.5, max_shift=1.15)
-    scheduler.save_pretrained(flux / "scheduler")
-    index["scheduler"] = ["diffusers", "FlowMatchEulerDiscreteScheduler"]
-    (flux / "model_index.json").write_text(json.dumps(index, indent=2))
-
-    siglip_cfg, dinov2_cfg = configs["siglip"], configs["dinov2"]
-    encoders = {
-        "siglip": lambda: SiglipVisionModel(SiglipVisionConfig(**siglip_cfg)),
-        "dinov2": lambda: Dinov2Model(Dinov2Config(**dinov2_cfg)),
-    }
-    for name, make in encoders.items():
-        _make_and_save(make, folder / name, params(name, make), dtype)
-    SiglipImageProcessor(size={"height": 384, "width": 384}, resample=3, image_mean=[0.5] * 3,
-                         image_std=[0.5] * 3).save_pretrained(folder / "siglip")
-    BitImageProcessor(size={"shortest_edge": 256}, crop_size={"height": 224, "width": 224}, do_center_crop=True,
-                      resample=3, image_mean=[0.485, 0.456, 0.406], image_std=[0.229, 0.224, 0.225],
-                      do_convert_rgb=True).save_pretrained(folder / "dinov2")
-
-    tcfg = configs["transformer"]
-    projector_config = projector_config or ProjectorConfig(
-        inner_dim=siglip_cfg["hidden_size"] + dinov2_cfg["hidden_size"], output_dim=tcfg["joint_attention_dim"])
-    layers = tcfg["num_layers"] + tcfg["num_single_layers"]
-    width, head_dim = tcfg["num_attention_heads"] * tcfg["attention_head_dim"], tcfg["attention_head_dim"]
-    with torch.device("meta"):
-        adapter_params = sum(p.numel() for p in CharacterProjector(projector_config).parameters())
-    with _building(_build_device(adapter_params * 2, dtype), dtype):
-        projector = CharacterProjector(projector_config)
-        processors = CharacterAttentionLayers(layers, width, projector_config.output_dim, head_dim)
-    save_adapter(folder / "adapter.safetensors", projector.state_dict(), processors.state_dict(),
-                 {"source": "random weights for benchmarks"})
-    del projector, processors
-    _free()
-    return folder
-
-
-def build_random_pipeline(configs: dict[str, dict] | None = None, projector_config=None,
-                          device: str | torch.device = "cuda", dtype: torch.dtype = torch.bfloat16, seed: int = 0):
-    """An :class:`InstantCharacterPipeline` of random weights made in memory on ``device`` (nothing on disk).
-
-    The same models as :func:`build_random_models` (``configs``: the bundled full-size ones by default), each
-    created directly on ``device`` in ``dtype`` with its classes' own initialisation from ``seed`` (the same
-    weights in every process, so runs can compare latents); the full-size set takes about 40 GB of GPU memory.
-    """
-    from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxTransformer2DModel
-    from transformers import (BitImageProcessor, CLIPTextConfig, CLIPTextModel, Dinov2Config, Dinov2Model,
-                              SiglipImageProcessor, SiglipVisionConfig, SiglipVisionModel, T5Config, T5EncoderModel)
-
-    from core.loading.tiny import build_clip_tokenizer, build_t5_tokenizer
-    from core.models.attention import CharacterAttentionLayers
-    from core.models.projector import CharacterProjector, ProjectorConfig
-
-    configs = configs or full_size_configs()
-    siglip_cfg, dinov2_cfg, tcfg = configs["siglip"], configs["dinov2"], configs["transformer"]
-    projector_config = projector_config or ProjectorConfig(
-        inner_dim=siglip_cfg["hidden_size"] + dinov2_cfg["hidden_size"], output_dim=tcfg["joint_attention_dim"])
-    width, head_dim = tcfg["num_attention_heads"] * tcfg["attention_head_dim"], tcfg["attention_head_dim"]
-    torch.manual_seed(seed)
-    with _building(torch.device(device), dtype):
-        parts = dict(
-            transformer=FluxTransformer2DModel.from_config(tcfg),
-            text_encoder=CLIPTextModel(CLIPTextConfig(**configs["text_encoder"])),
-            text_encoder_2=T5EncoderModel(T5Config(**{**configs["text_encoder_2"], "dropout_rate": 0.0})),
-            vae=AutoencoderKL.from_config(configs["vae"]),
-            siglip=SiglipVisionModel(SiglipVisionConfig(**siglip_cfg)),
-            dinov2=Dinov2Model(Dinov2Config(**dinov2_cfg)),
-            image_proj=CharacterProjector(projector_config),
-            character_layers=CharacterAttentionLayers(tcfg["num_layers"] + tcfg["num_single_layers"], width,
-                                                      projector_config.output_dim, head_dim))
-    for module in parts.values():
-        module.eval()
-    scheduler = FlowMatchEulerDiscreteScheduler(shift=3.0, use_dynamic_shifting=True, base_image_seq_len=256,
-                                                max_image_seq_len=4096, base_shift=0.5, max_shift=1.15)
-    siglip_processor = SiglipImageProcessor(size={"height": 384, "width": 384}, resample=3, image_mean=[0.5] * 3,
-                                            image_std=[0.5] * 3)
-    dinov2_processor = BitImageProcessor(size={"shortest_edge": 256}, crop_size={"height": 224, "width": 224},
-                                         do_center_crop=True, resample=3, image_mean=[0.485, 0.456, 0.406],
-                                         image_std=[0.229, 0.224, 0.225], do_convert_rgb=True)
-    pipe = InstantCharacterPipeline(scheduler=scheduler, tokenizer=build_clip_tokenizer(),
-                                    tokenizer_2=build_t5_tokenizer(), siglip_processor=siglip_processor,
-                                    dinov2_processor=dinov2_processor, **parts)
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
-
-
-def _version(package: str) -> str:
-    from importlib.metadata import version
-
-    return version(package)
-
-
-def ensure_random_models(folder: str | Path | None = None, *, min_free_gib: float = 41.0, configs=None,
-                         projector_config=None) -> Path:
-    """The full-size random models directory, written on first use (about 42 GB; a minute or two on a GPU).
-
-    ``folder`` defaults to ``<user cache>/random-models/full-v<N>``. Raises ``UsageError`` when the disk has
-    less than ``min_free_gib`` free for a first build. ``configs`` / ``projector_config``: smaller stand-ins
-    (:func:`build_random_models`), for rehearsals on the CPU.
-    """
-    folder = Path(folder) if folder else cache_dir("random-models") / f"full-v{RANDOM_VERSION}"
-    if (folder / _RANDOM_MARKER).is_file():
-        return folder
-    folder.mkdir(parents=True, exist_ok=True)
-    free = shutil.disk_usage(folder).free / GiB
-    if free < min_free_gib:
-        raise UsageError(f"random full-size models need about 42 GB on disk; {folder} has {free:.0f} GiB free")
-    start = time.perf_counter()
-    if configs is None and projector_config is None:
-        build_random_models(folder)
-    else:
-        build_random_models(folder, configs=configs, projector_config=projector_config)
-    (folder / _RANDOM_MARKER).write_text(json.dumps({"version": RANDOM_VERSION,
-                                                     "seconds": round(time.perf_counter() - start, 1)}))
-    return folder
 
 
 # ------------------------------------------------------------------------------------------------ measuring
@@ -570,94 +290,7 @@ def run_bench(preset: str = "auto", width: int = 1024, height: int = 1024, steps
         result.update(estimate_gpu_gib=round(e.gpu_peak_gib, 2), estimate_ram_gib=round(e.ram_peak_gib, 2))
     pipe = None
     engine.unload()  # drop the models before another run in this process
-    _free()
+    free()
     if verbose:
         print(format_result(result))
     return result
-
-
-# ------------------------------------------------------------------------------------------------ reporting
-def _gib(value) -> str:
-    return "-" if value is None else f"{value:.1f} GiB"
-
-
-def format_result(r: dict) -> str:
-    """One run's figures, a few lines of text."""
-    head = f"bench {r['run']} on {r['device']} ({r['models']} models, {r['dtype']}, {r['width']}x{r['height']}, " \
-           f"{r['steps']} steps)"
-    lines = [head,
-             f"  load time      {r['load_s']:.2f} s",
-             f"  per step       {r['s_per_step']:.3f} s",
-             f"  per image      {r['s_per_image']:.2f} s" +
-             (f"  ({r['s_per_image_at_28']:.2f} s at {REFERENCE_STEPS} steps, extrapolated)"
-              if r["steps"] != REFERENCE_STEPS else ""),
-             f"  peak GPU       {_gib(r['gpu_peak_gib'])} generating, {_gib(r['gpu_peak_load_gib'])} loading"
-             + (f"  (planner: {_gib(r['estimate_gpu_gib'])})" if r.get("estimate_gpu_gib") is not None else ""),
-             f"  peak RAM       {_gib(r['ram_peak_gib'])}"
-             + (f"  (planner: {_gib(r['estimate_ram_gib'])})" if r.get("estimate_ram_gib") is not None else "")]
-    lines += [f"  note: {n}" for n in r.get("notes", [])]
-    return "\n".join(lines)
-
-
-RUN_ORDER = ("as-released", "eager", "compiled", "fp8", "draft", "full", "balanced", "low", "minimal")
-
-
-def _cell(value, fmt: str) -> str:
-    return "-" if value is None else format(value, fmt)
-
-
-def format_markdown(results: list[dict]) -> str:
-    """A markdown table of several runs (errors included), with the issue's goals checked."""
-    ok = [r for r in results if "error" not in r]
-    order = {name: i for i, name in enumerate(RUN_ORDER)}
-    rows = sorted(results, key=lambda r: order.get(r.get("run"), len(order)))
-    first = ok[0] if ok else {}
-    steps = first.get("steps")
-    lines = []
-    if first:
-        lines.append(f"Device: {first['device']}, torch {first['torch']}, {first['models']} models, {first['dtype']}, "
-                     f"{first['width']}x{first['height']}, {steps} steps timed after a 2-step warm-up; caches cleared "
-                     "before the timed image.")
-        if steps != REFERENCE_STEPS:
-            lines.append(f"s/image at {REFERENCE_STEPS} steps is extrapolated: measured s/image + "
-                         f"({REFERENCE_STEPS} - {steps}) x s/step.")
-        lines.append("")
-    lines += [("| run | transformer | offload | load s | s/step | s/image | s/image @28 | GPU peak | planner GPU "
-               "| RAM peak | planner RAM | notes |"),
-              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
-    for r in rows:
-        if "error" in r:
-            lines.append(f"| {r.get('run', '?')} | | | | | | | | | | | failed: {r['error']} |")
-            continue
-        lines.append(
-            f"| {r['run']} | {r['transformer_quantization'] or r['dtype']} | {r['offload']} | {r['load_s']:.1f} "
-            f"| {r['s_per_step']:.3f} | {r['s_per_image']:.2f} | {r['s_per_image_at_28']:.2f} "
-            f"| {_cell(r['gpu_peak_gib'], '.1f')} | {_cell(r['estimate_gpu_gib'], '.1f')} "
-            f"| {_cell(r['ram_peak_gib'], '.1f')} | {_cell(r['estimate_ram_gib'], '.1f')} "
-            f"| {'; '.join(r.get('notes', []))} |")
-    by_run = {r["run"]: r for r in ok}
-    goals = []
-    if "full" in by_run and "as-released" in by_run:
-        ratio = by_run["full"]["s_per_step"] / by_run["as-released"]["s_per_step"]
-        goals.append(f"full / as released, s/step: {ratio:.3f} (goal <= 0.95: {'met' if ratio <= 0.95 else 'missed'})")
-    for run, limit in (("low", 16), ("minimal", 10)):
-        if run in by_run and by_run[run]["gpu_peak_gib"] is not None:
-            peak = by_run[run]["gpu_peak_gib"]
-            goals.append(f"{run} GPU peak {peak:.1f} GiB (goal <= {limit}: {'met' if peak <= limit else 'missed'})")
-    if goals:
-        lines += ["", "Goals: " + "; ".join(goals) + "."]
-    lines.append("")
-    lines.append("GPU peak: torch.cuda.max_memory_allocated while generating (GiB); RAM peak: process max RSS, "
-                 "loading included; load s: the engine's load, from_pretrained + apply_preset (files in the page "
-                 "cache).")
-    return "\n".join(lines)
-
-
-def read_jsonl(path: str | Path) -> list[dict]:
-    """The records of a JSON-lines file; unreadable lines are skipped."""
-    records = []
-    for line in Path(path).read_text().splitlines():
-        with contextlib.suppress(json.JSONDecodeError):
-            if line.strip():
-                records.append(json.loads(line))
-    return records

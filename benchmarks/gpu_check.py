@@ -260,7 +260,7 @@ def random_models_dir(work: Path, dry_run: bool) -> Path:
 
 
 def _models(args) -> dict:
-    from benchmarks.bench import ensure_random_models
+    from benchmarks.random_models import ensure_random_models
 
     folder = random_models_dir(Path(args.work), args.dry_run)
     start = time.perf_counter()
@@ -325,16 +325,16 @@ def _write_gguf(args) -> dict:
     """A FLUX.1-dev-shaped GGUF Q8_0 file of random weights (BFL layout, quantized on the GPU), written next to the
     random models; its own run, so the preset run's RAM peak does not count the writing."""
     import torch
-    from diffusers import FluxTransformer2DModel
 
-    from benchmarks.bench import _building, full_size_configs
+    from benchmarks.random_models import building_on, full_size_configs
     from core.loading.single_file import write_transformer_file
+    from core.loading.tiny import random_model
 
     start = time.perf_counter()
     config = (DRY_RUN_CONFIGS if args.dry_run else full_size_configs())["transformer"]
     torch.manual_seed(1)
-    with _building(torch.device("cpu" if args.dry_run else "cuda"), torch.float32 if args.dry_run else torch.bfloat16):
-        transformer = FluxTransformer2DModel.from_config(config).eval()
+    with building_on(torch.device("cpu" if args.dry_run else "cuda"), torch.float32 if args.dry_run else torch.bfloat16):
+        transformer = random_model("transformer", config)
     path = write_transformer_file(transformer, _gguf_file(args), gguf_type="Q8_0")
     return {"ran_as": "GGUF Q8_0 written", "folder": str(path), "written_gib": round(path.stat().st_size / GiB, 3),
             "write_s": round(time.perf_counter() - start, 2)}

@@ -1,4 +1,10 @@
-"""Tiny random-weight models for trying the studio and for tests: no download, seconds on a CPU.
+"""Random-weight models: tiny ones for trying the studio and for tests (no download, seconds on a CPU), and the
+parts any size of them is made of.
+
+:func:`random_model` makes one model of the pipeline (FLUX's four, SigLIP, DINOv2) from its config with its class's
+own initialisation, :func:`random_adapter` the adapter; :func:`flux_scheduler` and :func:`encoder_processors` are the
+released models' scheduler and image processors. The tiny models and the benchmarks' full-size ones
+(:mod:`benchmarks.random_models`) are made of these.
 
 :func:`build_tiny_bundle` writes a models directory laid out like the real one (``flux/``, ``siglip/``,
 ``dinov2/``, ``adapter.safetensors``; ``controlnet/`` for control images; ``metrics/clip`` and ``metrics/dino`` for
@@ -29,6 +35,95 @@ CLIP_WIDTH = 32
 HEADS, HEAD_DIM = 2, 32
 ROPE_AXES = (4, 14, 14)  # sums to HEAD_DIM: FLUX.1-dev's (16, 56, 56) scaled by a quarter
 LATENT_CHANNELS = 16  # FLUX.1-dev's VAE
+# FLUX.1-dev's scheduler settings
+FLUX_SCHEDULER = dict(shift=3.0, use_dynamic_shifting=True, base_image_seq_len=256, max_image_seq_len=4096,
+                      base_shift=0.5, max_shift=1.15)
+MODEL_PARTS = ("transformer", "text_encoder", "text_encoder_2", "vae", "siglip", "dinov2")
+
+
+# ------------------------------------------------------------------------------------------- any size
+def random_model(part: str, config: dict):
+    """A model of the pipeline with random weights: ``part`` one of :data:`MODEL_PARTS`, ``config`` its config's
+    keyword arguments (as in a ``config.json``). Made by its class's own initialisation from the current RNG, on the
+    default device and dtype, in eval mode."""
+    from diffusers import AutoencoderKL, FluxTransformer2DModel
+    from transformers import (CLIPTextConfig, CLIPTextModel, Dinov2Config, Dinov2Model, SiglipVisionConfig,
+                              SiglipVisionModel, T5Config, T5EncoderModel)
+
+    makers = {
+        "transformer": lambda: FluxTransformer2DModel.from_config(config),
+        "text_encoder": lambda: CLIPTextModel(CLIPTextConfig(**config)),
+        "text_encoder_2": lambda: T5EncoderModel(T5Config(**{**config, "dropout_rate": 0.0})),
+        "vae": lambda: AutoencoderKL.from_config(config),
+        "siglip": lambda: SiglipVisionModel(SiglipVisionConfig(**config)),
+        "dinov2": lambda: Dinov2Model(Dinov2Config(**config)),
+    }
+    if part not in makers:
+        raise ValueError(f"unknown model part {part!r}: one of {', '.join(MODEL_PARTS)}")
+    return makers[part]().eval()
+
+
+def random_adapter(projector_config, transformer_config: dict):
+    """The adapter with random weights: a :class:`~core.models.projector.CharacterProjector` of
+    ``projector_config`` and the :class:`~core.models.attention.CharacterAttentionLayers` of a transformer of
+    ``transformer_config`` (one per block, its attention width and head size), made in that order."""
+    from core.models.attention import CharacterAttentionLayers
+    from core.models.projector import CharacterProjector
+
+    t = transformer_config
+    projector = CharacterProjector(projector_config)
+    layers = CharacterAttentionLayers(t["num_layers"] + t["num_single_layers"],
+                                      t["num_attention_heads"] * t["attention_head_dim"], projector_config.output_dim,
+                                      t["attention_head_dim"])
+    return projector, layers
+
+
+def flux_scheduler():
+    """FLUX.1-dev's flow-matching scheduler."""
+    from diffusers import FlowMatchEulerDiscreteScheduler
+
+    return FlowMatchEulerDiscreteScheduler(**FLUX_SCHEDULER)
+
+
+def encoder_processors(pil: bool = True) -> tuple:
+    """SigLIP's and DINOv2's image processors with the released models' settings; ``pil``: the PIL-backed classes
+    (else transformers' default ones)."""
+    import transformers
+
+    suffix = "Pil" if pil else ""
+    siglip = getattr(transformers, "SiglipImageProcessor" + suffix)(
+        size={"height": 384, "width": 384}, resample=3, image_mean=[0.5] * 3, image_std=[0.5] * 3)
+    dinov2 = getattr(transformers, "BitImageProcessor" + suffix)(
+        size={"shortest_edge": 256}, crop_size={"height": 224, "width": 224}, do_center_crop=True, resample=3,
+        image_mean=[0.485, 0.456, 0.406], image_std=[0.229, 0.224, 0.225], do_convert_rgb=True)
+    return siglip, dinov2
+
+
+# ------------------------------------------------------------------------------------------- tiny
+def tiny_configs() -> dict[str, dict]:
+    """The tiny models' configs (:func:`random_model`'s ``config`` per part): FLUX.1-dev's shapes shrunk."""
+    return {
+        # packed latents: 2x2 patches of the VAE's 16 channels, as in FLUX.1-dev
+        "transformer": dict(patch_size=1, in_channels=4 * LATENT_CHANNELS, num_layers=1, num_single_layers=1,
+                            attention_head_dim=HEAD_DIM, num_attention_heads=HEADS, joint_attention_dim=T5_WIDTH,
+                            pooled_projection_dim=CLIP_WIDTH, guidance_embeds=True, axes_dims_rope=ROPE_AXES),
+        # FLUX's VAE layout (4 blocks, so 8x: 1024x1024 is a 128x128 latent, 4096 packed tokens), few channels
+        "vae": dict(in_channels=3, out_channels=3, down_block_types=["DownEncoderBlock2D"] * 4,
+                    up_block_types=["UpDecoderBlock2D"] * 4, block_out_channels=[4, 4, 8, 8], layers_per_block=1,
+                    latent_channels=LATENT_CHANNELS, norm_num_groups=2, sample_size=1024, use_quant_conv=False,
+                    use_post_quant_conv=False, shift_factor=0.1159, scaling_factor=0.3611),
+        "text_encoder": dict(vocab_size=len(build_clip_tokenizer()), hidden_size=CLIP_WIDTH, intermediate_size=37,
+                             num_hidden_layers=2, num_attention_heads=4, max_position_embeddings=77,
+                             projection_dim=CLIP_WIDTH, bos_token_id=0, eos_token_id=1, pad_token_id=1),
+        "text_encoder_2": dict(vocab_size=len(build_t5_tokenizer()), d_model=T5_WIDTH, d_ff=37, d_kv=8, num_layers=2,
+                               num_heads=4, relative_attention_num_buckets=8, feed_forward_proj="gated-gelu",
+                               dropout_rate=0.0),
+        # layer counts are the real ones' (27 and 40 would do; 30 is enough for DINOv2's shallow layer 29)
+        "siglip": dict(hidden_size=32, intermediate_size=64, num_hidden_layers=27, num_attention_heads=2,
+                       image_size=384, patch_size=14),
+        "dinov2": dict(hidden_size=32, num_hidden_layers=30, num_attention_heads=2, mlp_ratio=2, patch_size=14,
+                       image_size=518),
+    }
 
 
 def _byte_symbols() -> list[str]:
@@ -67,37 +162,13 @@ def build_t5_tokenizer():
 
 
 def build_tiny_flux(folder: Path) -> None:
-    from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
-    from transformers import CLIPTextConfig, CLIPTextModel, T5Config, T5EncoderModel
+    from diffusers import FluxPipeline
 
-    # packed latents: 2x2 patches of the VAE's 16 channels, as in FLUX.1-dev
-    transformer = FluxTransformer2DModel(
-        patch_size=1, in_channels=4 * LATENT_CHANNELS, num_layers=1, num_single_layers=1, attention_head_dim=HEAD_DIM,
-        num_attention_heads=HEADS, joint_attention_dim=T5_WIDTH, pooled_projection_dim=CLIP_WIDTH,
-        guidance_embeds=True, axes_dims_rope=ROPE_AXES,
-    )
-    # FLUX's VAE layout (4 blocks, so 8x: 1024x1024 is a 128x128 latent, 4096 packed tokens), few channels
-    vae = AutoencoderKL(
-        in_channels=3, out_channels=3, down_block_types=["DownEncoderBlock2D"] * 4,
-        up_block_types=["UpDecoderBlock2D"] * 4, block_out_channels=[4, 4, 8, 8], layers_per_block=1,
-        latent_channels=LATENT_CHANNELS, norm_num_groups=2, sample_size=1024, use_quant_conv=False,
-        use_post_quant_conv=False, shift_factor=0.1159, scaling_factor=0.3611,
-    )
-    clip_tokenizer = build_clip_tokenizer()
-    text_encoder = CLIPTextModel(CLIPTextConfig(
-        vocab_size=len(clip_tokenizer), hidden_size=CLIP_WIDTH, intermediate_size=37, num_hidden_layers=2,
-        num_attention_heads=4, max_position_embeddings=77, projection_dim=CLIP_WIDTH, bos_token_id=0,
-        eos_token_id=1, pad_token_id=1,
-    )).eval()
-    t5_tokenizer = build_t5_tokenizer()
-    text_encoder_2 = T5EncoderModel(T5Config(
-        vocab_size=len(t5_tokenizer), d_model=T5_WIDTH, d_ff=37, d_kv=8, num_layers=2, num_heads=4,
-        relative_attention_num_buckets=8, feed_forward_proj="gated-gelu", dropout_rate=0.0,
-    )).eval()
-    scheduler = FlowMatchEulerDiscreteScheduler(shift=3.0, use_dynamic_shifting=True, base_image_seq_len=256,
-                                                max_image_seq_len=4096, base_shift=0.5, max_shift=1.15)
-    FluxPipeline(scheduler=scheduler, vae=vae, text_encoder=text_encoder, tokenizer=clip_tokenizer,
-                 text_encoder_2=text_encoder_2, tokenizer_2=t5_tokenizer, transformer=transformer).save_pretrained(folder)
+    configs = tiny_configs()
+    models = {part: random_model(part, configs[part]) for part in ("transformer", "vae", "text_encoder",
+                                                                  "text_encoder_2")}
+    FluxPipeline(scheduler=flux_scheduler(), tokenizer=build_clip_tokenizer(), tokenizer_2=build_t5_tokenizer(),
+                 **models).save_pretrained(folder)
 
 
 def build_tiny_controlnet(folder: Path | None = None, num_layers: int = 1, num_single_layers: int = 1,
@@ -161,40 +232,21 @@ def build_tiny_preprocessors(folder: Path, seed: int = 3) -> Path:
 
 
 def build_tiny_encoders(folder: Path) -> None:
-    from transformers import (
-        BitImageProcessorPil,
-        Dinov2Config,
-        Dinov2Model,
-        SiglipImageProcessorPil,
-        SiglipVisionConfig,
-        SiglipVisionModel,
-    )
-
-    # layer counts are the real ones' (27 and 40 would do; 30 is enough for DINOv2's shallow layer 29)
-    siglip = SiglipVisionModel(SiglipVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=27,
-                                                  num_attention_heads=2, image_size=384, patch_size=14)).eval()
-    siglip.save_pretrained(folder / "siglip")
-    SiglipImageProcessorPil(size={"height": 384, "width": 384}, resample=3, image_mean=[0.5] * 3,
-                            image_std=[0.5] * 3).save_pretrained(folder / "siglip")
-    dinov2 = Dinov2Model(Dinov2Config(hidden_size=32, num_hidden_layers=30, num_attention_heads=2, mlp_ratio=2,
-                                      patch_size=14, image_size=518)).eval()
-    dinov2.save_pretrained(folder / "dinov2")
-    BitImageProcessorPil(size={"shortest_edge": 256}, crop_size={"height": 224, "width": 224}, do_center_crop=True,
-                         resample=3, image_mean=[0.485, 0.456, 0.406], image_std=[0.229, 0.224, 0.225],
-                         do_convert_rgb=True).save_pretrained(folder / "dinov2")
+    configs = tiny_configs()
+    for part, processor in zip(("siglip", "dinov2"), encoder_processors(pil=True)):
+        random_model(part, configs[part]).save_pretrained(folder / part)
+        processor.save_pretrained(folder / part)
 
 
-def build_tiny_adapter(path: Path, token_dim: int = T5_WIDTH, layers: int = 2, width: int = HEADS * HEAD_DIM,
-                       head_dim: int = HEAD_DIM, inner_dim: int = 64) -> None:
+def build_tiny_adapter(path: Path) -> None:
     """A random adapter of the released layout for the tiny models."""
-    from core.models.attention import CharacterAttentionLayers
     from core.loading.checkpoint import save_adapter
-    from core.models.projector import CharacterProjector, ProjectorConfig
+    from core.models.projector import ProjectorConfig
 
-    projector = CharacterProjector(ProjectorConfig(inner_dim=inner_dim, num_layers=1, resampler_dim=64,
-                                                   resampler_depth=1, num_queries=8, output_dim=token_dim))
-    attention = CharacterAttentionLayers(layers, width, token_dim, head_dim)
-    save_adapter(path, projector.state_dict(), attention.state_dict(), {"source": "random tiny adapter"})
+    projector, layers = random_adapter(ProjectorConfig(inner_dim=64, num_layers=1, resampler_dim=64,
+                                                       resampler_depth=1, num_queries=8, output_dim=T5_WIDTH),
+                                       tiny_configs()["transformer"])
+    save_adapter(path, projector.state_dict(), layers.state_dict(), {"source": "random tiny adapter"})
 
 
 def build_tiny_clip(folder: Path) -> Path:

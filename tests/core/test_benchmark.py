@@ -8,7 +8,10 @@ import torch
 
 from app.bench_commands import add_bench_arguments, add_plan_arguments, bench_main, build_parser, plan_main
 from benchmarks import bench as benchmark
-from benchmarks.bench import build_random_models, format_markdown, read_jsonl
+from benchmarks import random_models
+from benchmarks.random_models import build_random_models
+from benchmarks.released import ReleasedStylePipeline, released_style
+from benchmarks.report import format_markdown, read_jsonl
 from benchmarks.gpu_check import DRY_RUN_CONFIGS as SMALL_CONFIGS  # small stand-ins for the full-size configs
 from core.errors import UsageError
 
@@ -63,8 +66,8 @@ def test_released_style_pipeline_recomputes_the_projector_every_step(tiny_models
     """What ``bench --as-released`` measures: the engine's loaded pipeline, run the released code's way."""
     from core.engine import Engine
 
-    pipe = benchmark.released_style(Engine("tiny", dtype="float32").pipe)
-    assert isinstance(pipe, benchmark.ReleasedStylePipeline)
+    pipe = released_style(Engine("tiny", dtype="float32").pipe)
+    assert isinstance(pipe, ReleasedStylePipeline)
     calls = []
     original = pipe.image_proj.context
     pipe.image_proj.context = lambda *a, **k: calls.append(1) or original(*a, **k)
@@ -126,12 +129,12 @@ def test_random_models_build_from_configs_and_load_with_the_studio(tmp_path, one
 
 def test_random_models_are_built_once(tmp_path, monkeypatch):
     built = []
-    monkeypatch.setattr(benchmark, "build_random_models", lambda folder: built.append(folder))
-    first = benchmark.ensure_random_models(tmp_path / "r", min_free_gib=0)
-    assert benchmark.ensure_random_models(tmp_path / "r", min_free_gib=0) == first
+    monkeypatch.setattr(random_models, "build_random_models", lambda folder: built.append(folder))
+    first = random_models.ensure_random_models(tmp_path / "r", min_free_gib=0)
+    assert random_models.ensure_random_models(tmp_path / "r", min_free_gib=0) == first
     assert len(built) == 1
     with pytest.raises(UsageError, match="42 GB"):
-        benchmark.ensure_random_models(tmp_path / "other", min_free_gib=1e9)
+        random_models.ensure_random_models(tmp_path / "other", min_free_gib=1e9)
 
 
 def test_plan_prints_every_preset_and_the_choice(capsys):
