@@ -28,7 +28,9 @@ from typing import Any
 
 from PIL import Image, PngImagePlugin
 
+from core.conditioning.character import Character
 from core.conditioning.control import load_control
+from core.io.images import load_image
 from core.io.metadata import save_controls_beside
 from core.story.edit import panel_edit
 from core.story.manifest import (
@@ -124,8 +126,6 @@ class CharacterLibrary:
 
     def image(self, name: str) -> Image.Image:
         if name not in self.images:
-            from core.io.images import load_image
-
             # the engine's loader: EXIF orientation applied, alpha composited on white, as for a Character
             self.images[name] = load_image(self.story.characters[name].image, name=f"character [{name}]")
         return self.images[name]
@@ -133,8 +133,6 @@ class CharacterLibrary:
     def for_panel(self, panel: Panel) -> list[Any]:
         """The panel's characters, in prompt order, with its regions as masks and the story's ``description``
         lines as their words (what replaces ``[Name]`` for the text encoders, recorded in the panel's PNG)."""
-        from core.conditioning.character import Character
-
         characters = []
         for name in panel.characters:
             region = panel.regions.get(name)
