@@ -108,7 +108,8 @@ class Engine:
         Args:
             pipe: an :class:`~core.models.pipeline.InstantCharacterPipeline` (or a stand-in called like one) with its
                 weights and memory placement as wanted.
-            models: what the engine calls its models (:attr:`spec`, in logs and records).
+            models: what the engine calls its models (:attr:`spec`, in logs and records); without ``sources`` the
+                records name every model by it.
             preset: the :class:`~core.loading.memory.MemoryPreset` (or its name) ``pipe`` runs under, for the
                 out-of-memory advice and the records; not applied here. ``None``: the caller manages the memory, and
                 an out-of-memory error passes as it is.
@@ -120,6 +121,8 @@ class Engine:
 
         :meth:`unload` lets ``pipe`` go for good (a later request would load ``models``).
         """
+        if options.get("sources") is None:
+            options["sources"] = ModelSources(base=models, siglip=models, dinov2=models, adapter=models)
         engine = cls(models, preset, **options)
         engine._provenance = provenance
         with engine._lock:

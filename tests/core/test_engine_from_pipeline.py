@@ -37,6 +37,13 @@ def test_requests_run_on_the_given_pipeline_with_its_records():
     assert engine.provenance() == provenance and engine.provenance() is not provenance
 
 
+def test_without_sources_or_provenance_the_records_name_the_models_as_given():
+    engine = Engine.from_pipeline(StandIn(), "built in memory", dtype="float32")
+    record = engine.generate(GenerationRequest("a cat", width=32, height=32, steps=1, seed=5)).records[0]
+    assert record.models["base"] == record.models["spec"] == record.models["adapter"] == "built in memory"
+    assert (record.dtype, record.preset) == ("float32", "full")
+
+
 def test_out_of_memory_is_advised_under_a_preset_and_passes_as_it_is_without_one():
     request = GenerationRequest("a cat", width=32, height=32, steps=1, seed=5)
     with pytest.raises(MemoryAdviceError, match="preset 'full'"):
