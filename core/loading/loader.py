@@ -83,15 +83,16 @@ def install_disk_caches(pipe, sources, preset: MemoryPreset, folder=None) -> lis
     features = namespace("features", sources.siglip, sources.dinov2, _weights_stamp(sources.siglip),
                          _weights_stamp(sources.dinov2), dtype)
     root = Path(folder) if folder is not None else cache_dir("embeddings")
-    pipe._prompt_cache = DiskBackedCache(
-        pipe._prompt_cache.size, root / prompts, namespace=prompts,
-        pack=lambda v: {"embeds": v[0], "pooled": v[1], "text_ids": v[2]},
-        unpack=lambda d: tuple(d[k].to(pipe._execution_device) for k in ("embeds", "pooled", "text_ids")))
-    pipe._feature_cache = DiskBackedCache(
-        pipe._feature_cache.size, root / features, namespace=features,
-        pack=lambda v: {"low_res_deep": v.low_res_deep, "low_res_shallow": v.low_res_shallow,
-                        "high_res_deep": v.high_res_deep},
-        unpack=lambda d: CharacterFeatures(**d))  # on the CPU: the pipeline moves features where it uses them
+    pipe.use_caches(
+        prompt_cache=DiskBackedCache(
+            pipe.PROMPT_CACHE_SIZE, root / prompts, namespace=prompts,
+            pack=lambda v: {"embeds": v[0], "pooled": v[1], "text_ids": v[2]},
+            unpack=lambda d: tuple(d[k].to(pipe._execution_device) for k in ("embeds", "pooled", "text_ids"))),
+        feature_cache=DiskBackedCache(
+            pipe.FEATURE_CACHE_SIZE, root / features, namespace=features,
+            pack=lambda v: {"low_res_deep": v.low_res_deep, "low_res_shallow": v.low_res_shallow,
+                            "high_res_deep": v.high_res_deep},
+            unpack=lambda d: CharacterFeatures(**d)))  # on the CPU: the pipeline moves features where it uses them
     return [f"prompt embeddings and character features kept on disk in {root}"]
 
 

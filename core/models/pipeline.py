@@ -161,6 +161,9 @@ class InstantCharacterPipeline(FluxPipeline):
                             "dinov2_processor", "image_proj", "text_adapter", "controlnet"]
     # the text adapter's layers run inside the transformer's forward: keep it beside the transformer
     _exclude_from_cpu_offload = ["text_adapter"]
+    #: prompt embeddings and character features kept in memory (most recently used first)
+    PROMPT_CACHE_SIZE = 16
+    FEATURE_CACHE_SIZE = 32
 
     def __init__(self, scheduler, vae, text_encoder, tokenizer, text_encoder_2, tokenizer_2, transformer,
                  siglip=None, siglip_processor=None, dinov2=None, dinov2_processor=None,
@@ -180,9 +183,9 @@ class InstantCharacterPipeline(FluxPipeline):
             self.load_text_adapter(text_adapter)
         self.character_encoder = (CharacterEncoder(siglip, siglip_processor, dinov2, dinov2_processor)
                                   if siglip is not None and dinov2 is not None else None)
-        self._feature_cache = LRUCache(32)
+        self._feature_cache = LRUCache(self.FEATURE_CACHE_SIZE)
         self._context_cache = LRUCache(32)
-        self._prompt_cache = LRUCache(16)
+        self._prompt_cache = LRUCache(self.PROMPT_CACHE_SIZE)
 
     # ------------------------------------------------------------------ loading
     @classmethod
@@ -245,6 +248,17 @@ class InstantCharacterPipeline(FluxPipeline):
         self._feature_cache.clear()
         self.clear_character_contexts()
         self._prompt_cache.clear()
+
+    def use_caches(self, prompt_cache: LRUCache | None = None, feature_cache: LRUCache | None = None) -> None:
+        """Keeps prompt embeddings and/or character features in the given caches (of :class:`LRUCache`'s interface,
+        e.g. a :class:`~core.io.cache.DiskBackedCache`) instead of the in-memory ones; ``None`` keeps that cache.
+
+        Prompt keys are ``(prompt, max_sequence_length, str(device))`` with ``(embeds, pooled, text_ids)`` values;
+        feature keys are :attr:`Character.key` with :class:`CharacterFeatures` values."""
+        if prompt_cache is not None:
+            self._prompt_cache = prompt_cache
+        if feature_cache is not None:
+            self._feature_cache = feature_cache
 
     def clear_character_contexts(self) -> None:
         """Forgets the cached projector contexts, the one cache made from the adapter's weights: call it when they
