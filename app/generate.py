@@ -201,41 +201,46 @@ def parse_loras(specs: list[str]) -> list:
 
 
 def build_request(args: argparse.Namespace):
-    """The :class:`GenerationRequest` the flags describe, on top of ``--recall``'s PNG when given."""
+    """The :class:`GenerationRequest` the flags describe, on top of ``--recall``'s PNG when given: the flags given
+    are gathered first, then the request is built once (and checked) as the studio builds its own."""
+    from dataclasses import replace
+
     from core.request import GenerationRequest, request_from_png
     from core.errors import UsageError
 
     if args.recall:
         check_recalled_files(args.recall, getattr(args, "trust_recall", False))
-        base = request_from_png(args.recall)
+        recalled = request_from_png(args.recall)
     elif not args.prompt:
         raise UsageError("--prompt is required (or give --recall PNG to make an image again from its settings)")
     else:
-        base = GenerationRequest(prompt=args.prompt)
+        recalled = None
     given = {"prompt": args.prompt, "negative_prompt": args.negative_prompt, "true_cfg_scale": args.true_cfg,
              "steps": args.steps, "guidance": args.guidance, "width": args.width, "height": args.height,
              "seed": args.seed, "text_adapter": args.text_adapter}
-    for name, value in given.items():
-        if value is not None:
-            setattr(base, name, value)
+    fields = {name: value for name, value in given.items() if value is not None}
+    characters = recalled.characters if recalled is not None else []
     if args.character:
-        base.characters = parse_characters(args.character, args.mask, args.scale)
+        fields["characters"] = characters = parse_characters(args.character, args.mask, args.scale)
     elif args.mask:
-        base.characters = parse_characters([], args.mask, args.scale, characters=base.characters)
+        fields["characters"] = characters = parse_characters([], args.mask, args.scale, characters=characters)
     if getattr(args, "description", None):
-        base.characters = apply_descriptions(base.characters, args.description)
-    base.regional_text = regional_settings(args, base.regional_text)
+        fields["characters"] = apply_descriptions(characters, args.description)
+    fields["regional_text"] = regional_settings(args, recalled.regional_text if recalled is not None else "auto")
     if args.lora:
-        base.loras = parse_loras(args.lora)
+        fields["loras"] = parse_loras(args.lora)
     if getattr(args, "draft", False):
-        base.draft = True
-    for note in _apply_edit(args, base):
+        fields["draft"] = True
+    edit, notes = _edit_fields(args, recalled)
+    fields.update(edit)
+    for note in notes:
         print(f"note: {note}")
     if getattr(args, "control", None) or getattr(args, "control_from_photo", None):
-        base.controls, notes = parse_controls(args.control, args.control_from_photo, getattr(args, "models", ""))
+        fields["controls"], notes = parse_controls(args.control, args.control_from_photo,
+                                                   getattr(args, "models", ""))
         for note in notes:
             print(f"note: {note}")
-    return base.check()
+    return replace(recalled, **fields) if recalled is not None else GenerationRequest(**fields)
 
 
 def recalled_files(png: str) -> list[tuple[str, str, bool]]:
@@ -280,27 +285,29 @@ def check_recalled_files(png: str, trust: bool) -> None:
                              "then add --trust-recall to load it")
 
 
-def _apply_edit(args: argparse.Namespace, request) -> list[str]:
-    """Puts ``--image``, ``--strength`` and ``--inpaint-mask`` on ``request``; returns notes for the user."""
+def _edit_fields(args: argparse.Namespace, recalled) -> tuple[dict, list[str]]:
+    """The request fields of ``--image``, ``--strength`` and ``--inpaint-mask`` (on top of a recalled edit), and
+    notes for the user."""
     from core.conditioning.edit import check_strength, load_region, load_source, output_size
     from core.errors import UsageError
 
     image, strength, mask = getattr(args, "image", None), getattr(args, "strength", None), getattr(
         args, "inpaint_mask", None)
-    if image is None and request.source_image is None and (strength is not None or mask is not None):
+    source = recalled.source_image if recalled is not None else None
+    if image is None and source is None and (strength is not None or mask is not None):
         raise UsageError(f"{'--strength' if strength is not None else '--inpaint-mask'} needs --image PATH "
                          "(the image to edit)")
-    notes = []
+    fields, notes = {}, []
     if image is not None:
-        request.source_image = load_source(image, f"--image {image}")
-        request.inpaint_region = None
+        fields["source_image"] = source = load_source(image, f"--image {image}")
+        fields["inpaint_region"] = None
         if args.width is None and args.height is None:
-            request.width, request.height = output_size(request.source_image)
+            fields["width"], fields["height"] = output_size(source)
     if strength is not None:
-        request.strength = check_strength(strength, "--strength")
+        fields["strength"] = check_strength(strength, "--strength")
     if mask is not None:
-        request.inpaint_region, notes = load_region(mask, request.source_image.size, f"--inpaint-mask {mask}")
-    return notes
+        fields["inpaint_region"], notes = load_region(mask, source.size, f"--inpaint-mask {mask}")
+    return fields, notes
 
 
 def run(args: argparse.Namespace) -> int:

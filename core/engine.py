@@ -340,7 +340,7 @@ class Engine:
         import torch
 
         report = report or (lambda fraction, message: None)
-        request = request.check().with_seed()
+        request = request.with_seed()  # checked when it was built
         steps, count = max(1, request.denoising_steps), int(request.images)  # an edit runs fewer steps
         result = EngineResult()
         with self._lock:

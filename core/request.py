@@ -23,9 +23,10 @@ and is recalled with it ``off``, so Recall makes the same image as before.
 
 from __future__ import annotations
 
+import copy
 import os
 import random
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
 from core.conditioning.character import Character, check_characters
 from core.conditioning.control import ControlImage
@@ -44,6 +45,10 @@ class GenerationRequest:
 
     ``seed`` ``None`` means "pick one": :meth:`with_seed` fixes it before the engine runs, and image ``k`` of a run
     uses ``seed + k`` (wrapping at ``MAX_SEED``), so every image can be made again on its own.
+
+    A request is checked when it is built (:meth:`check`, from ``__post_init__``; ``dataclasses.replace`` builds a
+    new one, checked too): the studio, the command line, stories and Recall all build requests this way, and the
+    engine runs them as they are. Change a request with ``replace``, not by setting its fields.
     """
 
     prompt: str
@@ -68,6 +73,11 @@ class GenerationRequest:
 
     def __post_init__(self):
         self.regional_text = RegionalText.parse(self.regional_text)
+        self._load_edit()
+        self.check()
+
+    def _load_edit(self) -> None:
+        """An edit's source and region read once, here: the pipeline takes them as they are."""
         if self.source_image is None and self.inpaint_region is None:
             return
         from core.conditioning.edit import load_region, load_source
@@ -82,7 +92,9 @@ class GenerationRequest:
     def check(self) -> "GenerationRequest":
         """Raises a :class:`core.errors.UserError` naming the first bad field; returns ``self`` when all is well.
 
-        Needs no model: the studio and the command line call it before anything loads.
+        Needs no model. Runs when the request is built; numbers come out as their kind (``width`` an int...), and the
+        prompt resolved against the characters (:func:`core.conditioning.prompt.resolve_prompt`, once: the engine
+        hands the pipeline this one).
         """
         from core.conditioning.prompt import resolve_prompt
 
@@ -101,7 +113,7 @@ class GenerationRequest:
         if len(self.loras) > MAX_LORAS:
             raise LimitError(f"{len(self.loras)} LoRAs given: at most {MAX_LORAS}")
         check_characters(self.characters)
-        resolve_prompt(self.engine_prompt, self.characters)  # unknown [tags], duplicate names
+        self._resolved = resolve_prompt(self.engine_prompt, self.characters)  # unknown [tags], duplicate names
         self._check_edit()
         self._check_controls()
         return self
@@ -159,14 +171,19 @@ class GenerationRequest:
 
     def with_seed(self) -> "GenerationRequest":
         """This request with a seed: its own, or a random one in ``0..MAX_SEED``."""
-        return self if self.seed is not None else replace(self, seed=random.randint(0, MAX_SEED))
+        if self.seed is not None:
+            return self
+        seeded = copy.copy(self)  # a checked request with a seed in range: nothing to check again
+        seeded.seed = random.randint(0, MAX_SEED)
+        return seeded
 
     def image_seed(self, k: int) -> int:
         return (int(self.seed or 0) + k) % (MAX_SEED + 1)
 
     def pipeline_kwargs(self) -> dict:
-        """Keyword arguments of ``InstantCharacterPipeline.__call__`` for one image (no generator, no callback)."""
-        return dict(prompt=self.engine_prompt, characters=list(self.characters), negative_prompt=self.negative,
+        """Keyword arguments of ``InstantCharacterPipeline.__call__`` for one image (no generator, no callback); the
+        prompt as :meth:`check` resolved it."""
+        return dict(prompt=self._resolved, characters=list(self.characters), negative_prompt=self.negative,
                     true_cfg_scale=float(self.true_cfg_scale), num_inference_steps=int(self.steps),
                     guidance_scale=float(self.guidance), height=int(self.height), width=int(self.width),
                     max_sequence_length=int(self.max_sequence_length), **self._edit_kwargs(),

@@ -46,7 +46,8 @@ def check_settings(prompt, height=1024, width=1024, num_inference_steps=28, guid
     pipeline's argument names), then what only the tensors need (sides divisible by ``multiple``, the batch, the
     output type). Returns ``(height, width, num_inference_steps)`` as ints. Raises :class:`core.limits.LimitError` or
     :class:`GenerationInputError` naming the argument."""
-    check_prompt(prompt, "prompt")
+    if not isinstance(prompt, ResolvedPrompt):  # resolved by a request, which checked its prompt
+        check_prompt(prompt, "prompt")
     width, height = check_size(width, height)
     num_inference_steps = check_int(num_inference_steps, "num_inference_steps", 1, MAX_STEPS)
     check_number(guidance_scale, "guidance_scale", 0.0, MAX_GUIDANCE)
@@ -365,7 +366,7 @@ class InstantCharacterPipeline(FluxPipeline):
     @torch.no_grad()
     def __call__(
         self,
-        prompt: str,
+        prompt: str | ResolvedPrompt,
         characters: list[Character] | None = None,
         negative_prompt: str | None = None,
         true_cfg_scale: float = 1.0,
@@ -389,7 +390,9 @@ class InstantCharacterPipeline(FluxPipeline):
         r"""Generates images with the given characters.
 
         Args:
-            prompt: what to draw; characters may be named with ``[Name]`` tags.
+            prompt: what to draw; characters may be named with ``[Name]`` tags. Or the prompt already resolved
+                against ``characters`` (:meth:`core.request.GenerationRequest.pipeline_kwargs` passes the one its
+                check made).
             characters: the characters (see :class:`~core.conditioning.character.Character`); ``None`` or empty: plain FLUX.
             negative_prompt: what to avoid; used only when ``true_cfg_scale > 1``.
             true_cfg_scale: classifier-free guidance with the negative prompt (1 turns it off).
@@ -433,7 +436,7 @@ class InstantCharacterPipeline(FluxPipeline):
         if edit is not None and edit.region is not None:
             characters = edit.route(characters)
         control, control_notes = self._control_inputs(control, width, height)
-        resolved: ResolvedPrompt = resolve_prompt(prompt, characters)
+        resolved = prompt if isinstance(prompt, ResolvedPrompt) else resolve_prompt(prompt, characters)
         notes = list(resolved.notes) + (edit.notes if edit is not None else []) + control_notes
         self._guidance_scale = guidance_scale
         self._current_timestep = None
@@ -561,7 +564,8 @@ class InstantCharacterPipeline(FluxPipeline):
                 "editing with characters needs FLUX.1-dev; load it and use a mask to inpaint")
         try:
             strength = check_strength(strength)
-            source = load_source(image)
+            # a request has read its source already (RGB): used as it is
+            source = image if isinstance(image, PIL.Image.Image) and image.mode == "RGB" else load_source(image)
             region = None
             notes: list[str] = []
             if mask_image is not None:
