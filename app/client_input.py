@@ -9,6 +9,9 @@ A handler never passes a client's string to something that opens files. It calls
 * :func:`path`: any other file a client names (an image in History, a story folder), through the path policy,
   with the same message whether the file exists or not.
 
+The Generate form's settings are parsed here too (:func:`request_fields`): numbers as numbers, choices as text. Their
+bounds are not: :class:`core.request.GenerationRequest` checks them when it is built, as for every other surface.
+
 Uploaded files reach the handlers as paths in Gradio's upload cache, a root of the same policy.
 """
 
@@ -39,6 +42,43 @@ def region(value, what: str = "region") -> RoutingMask | None:
     except MaskError:
         raise StudioInputError(f"{what} {value.strip()[:40]!r} must be one of {', '.join(NAMED_LAYOUTS)}, "
                                "grid:RxC:N or box:x0,y0,x1,y1 (fractions 0-1)") from None
+
+
+# the Generate form's settings that are request fields, and those of them that are numbers
+SETTING_FIELDS = ("prompt", "negative_prompt", "true_cfg_scale", "steps", "guidance", "width", "height", "seed",
+                  "images", "regional_text")
+NUMBER_FIELDS = ("true_cfg_scale", "steps", "guidance", "width", "height", "seed", "images")
+
+
+def number(value):
+    """A number field's value as a number: numeric text parsed (``" 28 "`` is 28, ``"3.5"`` is 3.5); anything else
+    as it is, for :mod:`core.limits` to refuse by the field's name."""
+    if not isinstance(value, str) or len(value) > 40:
+        return value
+    for kind in (int, float):
+        try:
+            return kind(value.strip())
+        except ValueError:
+            pass
+    return value
+
+
+def regional_text(value) -> str:
+    """The Regional text choice as text (the request parses it: auto, on or off)."""
+    if not isinstance(value, str):
+        raise StudioInputError(f"regional text must be auto, on or off, got {repr(value)[:40]}")
+    return value
+
+
+def request_fields(form: dict) -> dict:
+    """The Generate form's settings (:data:`SETTING_FIELDS` of ``form``) as
+    :class:`core.request.GenerationRequest` keyword arguments; an empty seed is ``None`` (pick one)."""
+    fields = {name: form[name] for name in SETTING_FIELDS}
+    fields.update({name: number(fields[name]) for name in NUMBER_FIELDS})
+    fields["regional_text"] = regional_text(fields["regional_text"])
+    if fields["seed"] == "":
+        fields["seed"] = None
+    return fields
 
 
 def loras(rows, ctx, request=None) -> list[StyleLora]:

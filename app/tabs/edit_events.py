@@ -31,10 +31,8 @@ class EditEvents:
     def __init__(self, ctx: StudioContext, runs: SessionRuns | None = None):
         self.ctx = ctx
         self.runs = runs if runs is not None else SessionRuns(ctx.jobs)  # the Generate tab's: one Cancel for both
-        self._zero_gpu_run = gpu_function(
-            lambda slots, canvas, settings, specs, edit: generate(ctx, slots, canvas, settings, mask_specs=specs,
-                                                                  edit=edit),
-            duration=lambda slots, canvas, settings, specs, edit: ev._gpu_duration(slots, canvas, settings))
+        self._zero_gpu_run = gpu_function(lambda request, notes: generate(ctx, request, notes),
+                                          duration=ev._gpu_duration)
         self.edit = shown_to_user(self._edit)
         self.edit_this = shown_to_user(self._edit_this)
         self.recall_edit = shown_to_user(self._recall_edit)

@@ -18,7 +18,7 @@ from core.io.paths import write_bytes_atomic
 from .. import client_input
 from ..context import MAX_STUDIO_CHARACTERS, StudioContext, uploads_dir
 from ..errors import StudioInputError, shown_to_user
-from ..generation import CharacterSlot, GenerationSettings, check_settings, generate
+from ..generation import CharacterSlot, build_request, generate
 from core.loading.loras import MAX_LORAS, StyleLora, parse_rows
 from ..running import SessionRuns, cancel_button, cancelling_button, session_of
 from ..mask_canvas import (blank_canvas, canvas_from_masks, layout_canvas, layout_specs, permute_canvas,
@@ -74,21 +74,24 @@ def form_values(**given) -> list:
     return values
 
 
-def parse_form(values, ctx=None, request=None) -> tuple[list[CharacterSlot], object, GenerationSettings]:
-    """``(slots, canvas, settings)`` from a list in :data:`GENERATE_FIELDS` order; the LoRAs checked against
-    ``ctx``'s folders and ``request``'s right to download (:func:`app.client_input.loras`) when ``ctx`` is given."""
+def parse_form(values, ctx=None, request=None) -> tuple[list[CharacterSlot], object, dict]:
+    """``(slots, canvas, fields)`` from a list in :data:`GENERATE_FIELDS` order: ``fields`` are the settings as
+    request fields (:func:`app.client_input.request_fields`; a randomized seed is ``None``, picked when the request
+    runs), with the LoRAs checked against ``ctx``'s folders and ``request``'s right to download
+    (:func:`app.client_input.loras`) when ``ctx`` is given."""
     data = dict(zip(GENERATE_FIELDS, values, strict=True))
     slots = [CharacterSlot(*(data[f"{field}{i + 1}"] for field in SLOT_FIELDS)) for i in range(MAX_STUDIO_CHARACTERS)]
     rows = [[data[f"lora{j + 1}_{field}"] for field in LORA_FIELDS] for j in range(MAX_LORAS)]
-    loras = client_input.loras(rows, ctx, request) if ctx is not None else parse_rows(rows)
-    settings = GenerationSettings(**{field: data[field] for field in SETTING_FIELDS}, loras=loras)
-    return slots, data["canvas"], settings
+    fields = client_input.request_fields(data)
+    fields["loras"] = client_input.loras(rows, ctx, request) if ctx is not None else parse_rows(rows)
+    if data["randomize_seed"]:  # the form's own choice: the request just has no seed yet
+        fields["seed"] = None
+    return slots, data["canvas"], fields
 
 
-def _gpu_duration(slots, canvas, settings) -> int:
-    used = sum(slot.image is not None for slot in slots)
-    return estimate_duration(int(settings.width or 1024), int(settings.height or 1024), int(settings.steps or 28),
-                             int(settings.images or 1), (settings.true_cfg_scale or 1) > 1, used)
+def _gpu_duration(request, notes=None) -> int:
+    return estimate_duration(request.width, request.height, request.steps, request.images,
+                             request.true_cfg_scale > 1, len(request.characters))
 
 
 def run_form(ctx, runs: SessionRuns, zero_gpu_run, request, progress, values: list, specs, session_paths: list,
@@ -96,20 +99,22 @@ def run_form(ctx, runs: SessionRuns, zero_gpu_run, request, progress, values: li
     """One Generate (or Edit, with ``edit``) run of the form ``values`` (GENERATE_FIELDS order) under the session's
     Cancel: ``(gallery paths, session paths, notes markdown, seed)``. On ZeroGPU ``zero_gpu_run`` runs it.
     ``controls``: the control panel's values (:data:`app.tabs.control_events.CONTROL_KEYS` order), or None."""
-    slots, canvas, settings = parse_form(values, ctx, request)
-    settings.controls = parse_controls(controls, ctx.paths)
-    width, height = check_settings(settings)  # before a ZeroGPU slot is asked for with these numbers
-    ctx.access.check_budget(request, width, height, settings.steps, settings.images)
+    slots, canvas, fields = parse_form(values, ctx, request)
+    form_seed = values[GENERATE_FIELDS.index("seed")]  # shown again when no image comes back
+    fields["controls"] = parse_controls(controls, ctx.paths)
+    # the one request of this click, checked as it is built: before a ZeroGPU slot is asked for with its numbers
+    generation, notes = build_request(slots, canvas, fields, specs, edit)
+    ctx.access.check_budget(request, generation.width, generation.height, generation.steps, generation.images)
     if ctx.zero_gpu:
-        result = zero_gpu_run(slots, canvas, settings, specs, edit)
+        result = zero_gpu_run(generation, notes)
     else:
         session = session_of(request)
         cancel = runs.start(session)
         if cancel is None:
             runs.finish(session, None)
-            return session_paths, session_paths, "- Cancelled before it started.", settings.seed
+            return session_paths, session_paths, "- Cancelled before it started.", form_seed
         try:
-            result = generate(ctx, slots, canvas, settings, mask_specs=specs, edit=edit, cancel=cancel,
+            result = generate(ctx, generation, notes, cancel=cancel,
                               report=lambda fraction, message: progress(fraction, desc=message))
         finally:
             runs.finish(session, cancel)
@@ -122,7 +127,7 @@ def run_form(ctx, runs: SessionRuns, zero_gpu_run, request, progress, values: li
         notes.insert(0, f"Saved {len(result.paths)} {what}{where} (seed "
                         f"{', '.join(map(str, result.seeds))}){beside}.")
     paths = result.paths + session_paths
-    seed = result.seeds[0] if result.seeds else settings.seed
+    seed = result.seeds[0] if result.seeds else form_seed
     return paths, paths, "\n".join(f"- {n}" for n in notes), seed
 
 
@@ -132,10 +137,8 @@ class GenerateEvents:
     def __init__(self, ctx: StudioContext):
         self.ctx = ctx
         # On ZeroGPU the GPU is attached only inside this function; per-step progress and Cancel are local-only
-        self._zero_gpu_run = gpu_function(
-            lambda slots, canvas, settings, specs=None, edit=None: generate(ctx, slots, canvas, settings,
-                                                                            mask_specs=specs, edit=edit),
-            duration=lambda slots, canvas, settings, specs=None, edit=None: _gpu_duration(slots, canvas, settings))
+        self._zero_gpu_run = gpu_function(lambda request, notes: generate(ctx, request, notes),
+                                          duration=_gpu_duration)
         self.runs = SessionRuns(ctx.jobs)
         self.generate = shown_to_user(self._generate)
         self.cancel = shown_to_user(self._cancel)

@@ -94,8 +94,8 @@ def test_edit_bad_inputs(ctx, picture):
     assert error_of(EditEvents(ctx).edit_this, None).startswith("pick an image in the gallery")
     assert error_of(_edit, ctx, None).startswith("pick an image to edit first")
     canvas = edit_canvas(str(picture))
-    assert error_of(_edit, ctx, canvas, 1.5) == "strength (0 keeps the image, 1 ignores it) 1.5 is outside 0 to 1"
-    assert error_of(_edit, ctx, canvas, "x").startswith("strength (0 keeps the image, 1 ignores it) must be a number")
+    assert error_of(_edit, ctx, canvas, 1.5) == "strength=1.5: must be from 0 (keep the source) to 1 (ignore it)"
+    assert error_of(_edit, ctx, canvas, "x") == "strength='x': must be from 0 (keep the source) to 1 (ignore it)"
     assert "is 64x64: resized to 96x64 (the output size)" in _edit(ctx, canvas, 0.3, width=96)[2]
 
 

@@ -47,14 +47,14 @@ def test_lora_rows_and_triggers(tiny_lora):
 
 def test_lora_is_recorded_and_recalled(tiny_models, tiny_lora, tmp_path, character_files):
     from app.context import StudioContext, StudioSettings
-    from app.generation import CharacterSlot, GenerationSettings, generate
+    from app.generation import CharacterSlot, build_request, generate
     from app.tabs.generate_events import RECALL_FIELDS, GenerateEvents
     from core.io.metadata import read_record
 
     ctx = StudioContext(StudioSettings(models="tiny", output_dir=tmp_path))
-    settings = GenerationSettings("[Mia] waves", steps=1, width=32, height=32, seed=5, randomize_seed=False,
-                                  loras=[StyleLora(str(tiny_lora), 0.6, "ghibli")])
-    result = generate(ctx, [CharacterSlot(str(character_files[0]), "Mia")], None, settings)
+    fields = dict(prompt="[Mia] waves", steps=1, width=32, height=32, seed=5,
+                  loras=[StyleLora(str(tiny_lora), 0.6, "ghibli")])
+    result = generate(ctx, *build_request([CharacterSlot(str(character_files[0]), "Mia")], None, fields))
     record = read_record(result.paths[0])
     assert record.loras == [{"source": str(tiny_lora), "weight": 0.6, "trigger": "ghibli"}]
     recalled = dict(zip(RECALL_FIELDS, GenerateEvents(ctx).recall(result.paths[0])))
@@ -85,13 +85,14 @@ def test_a_studio_png_with_a_lora_regenerates_from_the_cli(tiny_models, tiny_lor
 
     from app.cli import main
     from app.context import StudioContext, StudioSettings
-    from app.generation import CharacterSlot, GenerationSettings, generate
+    from app.generation import CharacterSlot, build_request, generate
     from core.io.metadata import read_record
 
     ctx = StudioContext(StudioSettings(models="tiny", output_dir=tmp_path / "out"))
-    settings = GenerationSettings("[Mia] waves", steps=2, width=32, height=32, seed=11, randomize_seed=False,
-                                  loras=[StyleLora(str(tiny_lora), 0.8, "ghibli")])
-    studio_png = generate(ctx, [CharacterSlot(str(character_files[0]), "Mia")], None, settings).paths[0]
+    fields = dict(prompt="[Mia] waves", steps=2, width=32, height=32, seed=11,
+                  loras=[StyleLora(str(tiny_lora), 0.8, "ghibli")])
+    studio_png = generate(ctx, *build_request([CharacterSlot(str(character_files[0]), "Mia")], None,
+                                              fields)).paths[0]
     again, plain = tmp_path / "again.png", tmp_path / "plain.png"
     capsys.readouterr()
     assert main(["generate", "--recall", studio_png, "--models", "tiny", "--out", str(again)]) != 0

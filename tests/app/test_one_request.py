@@ -16,8 +16,8 @@ def _studio_request(ctx, path):
     values, specs = ev.GenerateEvents(ctx)._recall_values(str(path))
     recalled = dict(zip(ev.RECALL_FIELDS, values, strict=True))
     form = {k: v for k, v in recalled.items() if k in ev.GENERATE_FIELDS}
-    slots, canvas, settings = ev.parse_form(ev.form_values(**form), ctx)
-    request, _ = build_request(slots, canvas, settings, specs)
+    slots, canvas, fields = ev.parse_form(ev.form_values(**form), ctx)
+    request, _ = build_request(slots, canvas, fields, specs)
     return request
 
 

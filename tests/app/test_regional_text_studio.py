@@ -27,8 +27,8 @@ def _form(character_files, **extra):
 def test_descriptions_and_the_choice_reach_the_png_and_come_back_with_recall(tiny_models, tmp_path,
                                                                              character_files, mode):
     ctx = StudioContext(StudioSettings(models="tiny", output_dir=tmp_path / "out"))
-    slots, canvas, settings = ev.parse_form(ev.form_values(**_form(character_files, regional_text=mode)), ctx)
-    result = generate(ctx, slots, canvas, settings)
+    slots, canvas, fields = ev.parse_form(ev.form_values(**_form(character_files, regional_text=mode)), ctx)
+    result = generate(ctx, *build_request(slots, canvas, fields))
     record = read_record(result.paths[0])
     assert [c.description for c in record.characters] == ["a girl in a red coat", "a tall robot"]
     assert record.regional_text["mode"] == mode
@@ -39,18 +39,17 @@ def test_descriptions_and_the_choice_reach_the_png_and_come_back_with_recall(tin
     assert (recalled["description1"], recalled["description2"]) == ("a girl in a red coat", "a tall robot")
     form = {k: v for k, v in recalled.items() if k in ev.GENERATE_FIELDS}
     again, _ = build_request(*ev.parse_form(ev.form_values(**form), ctx), specs)
-    first, _ = build_request(slots, canvas, settings)
+    first, _ = build_request(slots, canvas, fields)
     assert again.summary() == first.summary()
 
 
 def test_a_bad_choice_is_one_line(character_files):
-    slots, canvas, settings = ev.parse_form(ev.form_values(**_form(character_files, regional_text="sometimes")))
+    slots, canvas, fields = ev.parse_form(ev.form_values(**_form(character_files, regional_text="sometimes")))
     with pytest.raises(Exception) as info:
-        build_request(slots, canvas, settings)
+        build_request(slots, canvas, fields)
     assert str(info.value) == "regional text 'sometimes': use one of auto, on, off"
-    slots, canvas, settings = ev.parse_form(ev.form_values(**_form(character_files, regional_text=3)))
     with pytest.raises(StudioInputError, match="regional text must be auto, on or off, got 3"):
-        build_request(slots, canvas, settings)
+        ev.parse_form(ev.form_values(**_form(character_files, regional_text=3)))
 
 
 def test_the_protocol_refuses_a_bad_choice_in_one_line(studio, character_files, tmp_path):

@@ -130,9 +130,10 @@ def test_character_with_empty_mask(ctx, no_models, character_files):
 
 
 @pytest.mark.parametrize("width,message", [
-    (1000, "Width 1000 is not a multiple of 16: use 992 or 1008"),
-    (8, "Width 8 is outside 16 to 4096 whole pixels"),
-    ("wide", "Width must be a number of pixels, got 'wide'"),
+    (1000, "width 1000 is not a multiple of 16: use 992 or 1008"),
+    ("1000", "width 1000 is not a multiple of 16: use 992 or 1008"),
+    (8, "width must be from 16 to 4096, got 8"),
+    ("wide", "width must be a whole number from 16 to 4096, got 'wide'"),
 ])
 def test_bad_size(ctx, no_models, width, message):
     assert error_of(run, ctx, width=width) == message
@@ -294,11 +295,11 @@ def test_mask_layers_carry_the_character_names(ctx):
     (dict(images=5), "images per run must be from 1 to 4, got 5"),
     (dict(prompt="x" * 4001), "the prompt is 4,001 characters long: the limit is 4,000"),
     (dict(negative_prompt="x" * 4001), "the negative prompt is 4,001 characters long: the limit is 4,000"),
-    (dict(width=float("inf")), "Width inf is outside 16 to 4096 whole pixels"),
-    (dict(width=float("nan")), "Width nan is outside 16 to 4096 whole pixels"),
-    (dict(height=1e30), "Height 1e+30 is outside 16 to 4096 whole pixels"),
-    (dict(guidance=31), "guidance 31 is outside 0 to 30"),
-    (dict(true_cfg_scale=0.5), "true CFG scale (1 turns it off) 0.5 is outside 1 to 20"),
+    (dict(width=float("inf")), "width must be a whole number from 16 to 4096, got inf"),
+    (dict(width=float("nan")), "width must be a whole number from 16 to 4096, got nan"),
+    (dict(height=1e30), "height must be from 16 to 4096, got 1000000000000000019884624838656"),
+    (dict(guidance=31), "guidance must be from 0 to 30, got 31"),
+    (dict(true_cfg_scale=0.5), "true CFG scale (1 turns it off) must be from 1 to 20, got 0.5"),
     (dict(true_cfg_scale="x"), "true CFG scale (1 turns it off) must be a number from 1 to 20, got 'x'"),
 ])
 def test_settings_are_bounded(ctx, no_models, fields, message):
@@ -309,7 +310,8 @@ def test_character_limits(ctx, no_models, character_files, tmp_path):
     from tests.core.crafted_png import bilevel_png
 
     mia = str(character_files[0])
-    assert error_of(run, ctx, image1=mia, scale1=2.5) == "Character 1: scale 2.5 is outside 0 to 2"
+    assert error_of(run, ctx, image1=mia, scale1=2.5) == "character image: scale 2.5 is outside 0 to 2"
+    assert error_of(run, ctx, image1=mia, name1="Mia", scale1=2.5) == "character 'Mia': scale 2.5 is outside 0 to 2"
     assert error_of(run, ctx, image1=mia, name1="N" * 65).endswith("must be 1-64 characters without brackets or "
                                                                      "line breaks")
     bomb = tmp_path / "bomb.png"
