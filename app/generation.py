@@ -136,7 +136,9 @@ def build_request(slots: list[CharacterSlot], canvas, fields: dict, mask_specs=N
     if edit is not None:
         edited, edit_notes = _edit_fields(edit)
         notes += edit_notes
-    return GenerationRequest(**fields, characters=characters, **edited), notes
+    request = GenerationRequest(**fields, characters=characters, **edited)
+    request.resolved_prompt  # unknown [tags]: refused before a GPU is asked for
+    return request, notes
 
 
 def _edit_fields(edit: EditSettings) -> tuple[dict, list[str]]:

@@ -341,6 +341,7 @@ class Engine:
 
         report = report or (lambda fraction, message: None)
         request = request.with_seed()  # checked when it was built
+        request.resolved_prompt  # its [Name] tags match its characters: before any model loads
         steps, count = max(1, request.denoising_steps), int(request.images)  # an edit runs fewer steps
         result = EngineResult()
         with self._lock:

@@ -24,6 +24,7 @@ and is recalled with it ``off``, so Recall makes the same image as before.
 from __future__ import annotations
 
 import copy
+import functools
 import os
 import random
 from dataclasses import dataclass, field
@@ -48,7 +49,9 @@ class GenerationRequest:
 
     A request is checked when it is built (:meth:`check`, from ``__post_init__``; ``dataclasses.replace`` builds a
     new one, checked too): the studio, the command line, stories and Recall all build requests this way, and the
-    engine runs them as they are. Change a request with ``replace``, not by setting its fields.
+    engine runs them as they are. Change a request with ``replace``, not by setting its fields. Its ``[Name]`` tags
+    are matched to its characters when the prompt is first resolved (:attr:`resolved_prompt`): the engine does it
+    before loading any model, the studio before asking for a GPU.
     """
 
     prompt: str
@@ -92,12 +95,8 @@ class GenerationRequest:
     def check(self) -> "GenerationRequest":
         """Raises a :class:`core.errors.UserError` naming the first bad field; returns ``self`` when all is well.
 
-        Needs no model. Runs when the request is built; numbers come out as their kind (``width`` an int...), and the
-        prompt resolved against the characters (:func:`core.conditioning.prompt.resolve_prompt`, once: the engine
-        hands the pipeline this one).
+        Needs no model. Runs when the request is built; numbers come out as their kind (``width`` an int...).
         """
-        from core.conditioning.prompt import resolve_prompt
-
         check_prompt(self.prompt)
         if self.loras:
             check_text(self.engine_prompt, "the prompt with the LoRAs' trigger words", MAX_PROMPT_CHARS)
@@ -113,7 +112,6 @@ class GenerationRequest:
         if len(self.loras) > MAX_LORAS:
             raise LimitError(f"{len(self.loras)} LoRAs given: at most {MAX_LORAS}")
         check_characters(self.characters)
-        self._resolved = resolve_prompt(self.engine_prompt, self.characters)  # unknown [tags], duplicate names
         self._check_edit()
         self._check_controls()
         return self
@@ -137,6 +135,15 @@ class GenerationRequest:
         check_strength(self.strength)
         if self.inpaint_region is not None:
             check_region(self.inpaint_region, int(self.width), int(self.height))
+
+    @functools.cached_property
+    def resolved_prompt(self):
+        """The engine prompt with its ``[Name]`` tags replaced by the characters' words
+        (:func:`core.conditioning.prompt.resolve_prompt`: a :class:`~core.conditioning.prompt.PromptError` for a tag
+        no character has), resolved once: the pipeline gets this one."""
+        from core.conditioning.prompt import resolve_prompt
+
+        return resolve_prompt(self.engine_prompt, self.characters)
 
     @property
     def is_edit(self) -> bool:
@@ -182,8 +189,8 @@ class GenerationRequest:
 
     def pipeline_kwargs(self) -> dict:
         """Keyword arguments of ``InstantCharacterPipeline.__call__`` for one image (no generator, no callback); the
-        prompt as :meth:`check` resolved it."""
-        return dict(prompt=self._resolved, characters=list(self.characters), negative_prompt=self.negative,
+        prompt resolved once (:attr:`resolved_prompt`)."""
+        return dict(prompt=self.engine_prompt, resolved_prompt=self.resolved_prompt, characters=list(self.characters), negative_prompt=self.negative,
                     true_cfg_scale=float(self.true_cfg_scale), num_inference_steps=int(self.steps),
                     guidance_scale=float(self.guidance), height=int(self.height), width=int(self.width),
                     max_sequence_length=int(self.max_sequence_length), **self._edit_kwargs(),

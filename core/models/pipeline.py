@@ -46,8 +46,7 @@ def check_settings(prompt, height=1024, width=1024, num_inference_steps=28, guid
     pipeline's argument names), then what only the tensors need (sides divisible by ``multiple``, the batch, the
     output type). Returns ``(height, width, num_inference_steps)`` as ints. Raises :class:`core.limits.LimitError` or
     :class:`GenerationInputError` naming the argument."""
-    if not isinstance(prompt, ResolvedPrompt):  # resolved by a request, which checked its prompt
-        check_prompt(prompt, "prompt")
+    check_prompt(prompt, "prompt")
     width, height = check_size(width, height)
     num_inference_steps = check_int(num_inference_steps, "num_inference_steps", 1, MAX_STEPS)
     check_number(guidance_scale, "guidance_scale", 0.0, MAX_GUIDANCE)
@@ -366,7 +365,7 @@ class InstantCharacterPipeline(FluxPipeline):
     @torch.no_grad()
     def __call__(
         self,
-        prompt: str | ResolvedPrompt,
+        prompt: str,
         characters: list[Character] | None = None,
         negative_prompt: str | None = None,
         true_cfg_scale: float = 1.0,
@@ -386,13 +385,12 @@ class InstantCharacterPipeline(FluxPipeline):
         mask_image=None,
         control: list[ControlImage] | None = None,
         regional_text: RegionalText | str | bool | None = None,
+        resolved_prompt: ResolvedPrompt | None = None,
     ):
         r"""Generates images with the given characters.
 
         Args:
-            prompt: what to draw; characters may be named with ``[Name]`` tags. Or the prompt already resolved
-                against ``characters`` (:meth:`core.request.GenerationRequest.pipeline_kwargs` passes the one its
-                check made).
+            prompt: what to draw; characters may be named with ``[Name]`` tags.
             characters: the characters (see :class:`~core.conditioning.character.Character`); ``None`` or empty: plain FLUX.
             negative_prompt: what to avoid; used only when ``true_cfg_scale > 1``.
             true_cfg_scale: classifier-free guidance with the negative prompt (1 turns it off).
@@ -424,6 +422,9 @@ class InstantCharacterPipeline(FluxPipeline):
                 (:class:`~core.conditioning.regional_text.RegionalText`, or ``"auto"``/``"on"``/``"off"``); ``None``:
                 ``auto``, on when two or more characters have both a region and words in the prompt. ``"off"`` is
                 the attention of before, bit for bit.
+            resolved_prompt: ``prompt`` already resolved against ``characters``
+                (:func:`~core.conditioning.prompt.resolve_prompt`), as a request resolves it once
+                (:meth:`core.request.GenerationRequest.pipeline_kwargs`); ``None``: resolved here.
         """
         characters = list(characters or [])
         regional_settings = RegionalText.parse(regional_text)
@@ -436,7 +437,7 @@ class InstantCharacterPipeline(FluxPipeline):
         if edit is not None and edit.region is not None:
             characters = edit.route(characters)
         control, control_notes = self._control_inputs(control, width, height)
-        resolved = prompt if isinstance(prompt, ResolvedPrompt) else resolve_prompt(prompt, characters)
+        resolved = resolved_prompt if resolved_prompt is not None else resolve_prompt(prompt, characters)
         notes = list(resolved.notes) + (edit.notes if edit is not None else []) + control_notes
         self._guidance_scale = guidance_scale
         self._current_timestep = None

@@ -36,7 +36,7 @@ def test_a_request_without_a_source_is_as_before():
     request = GenerationRequest("a cat", width=64, height=64, seed=1).check()
     assert set(request.pipeline_kwargs()) == {"prompt", "characters", "negative_prompt", "true_cfg_scale",
                                               "num_inference_steps", "guidance_scale", "height", "width",
-                                              "max_sequence_length"}
+                                              "max_sequence_length", "resolved_prompt"}
     assert "edit" not in request.summary()
     record = request.to_record()
     assert record.edit is None and "edit" not in json.loads(record.to_json())
