@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 from app.arguments import add_model_arguments, add_speed_arguments, speed_options
 from app.command import run_handler
 from app.wording import counted
-from core.limits import MAX_DPI, MAX_PANELS, MAX_STEPS, MIN_DPI, LimitError, check_size
+from core.limits import MAX_DPI, MAX_PANELS, MAX_SEED, MAX_STEPS, MIN_DPI, LimitError, check_int, check_size
 
 if TYPE_CHECKING:  # the story modules import PIL: imported when a command runs, not for --help
     from core.story.model import Story, StoryError
@@ -42,21 +42,22 @@ def _size(text: str) -> tuple[int, int]:
         raise argparse.ArgumentTypeError(f"{text!r}: {exc}") from None
 
 
-def _whole(text: str, low: int, high: int) -> int:
+def _whole(text: str, name: str, low: int, high: int) -> int:
+    """A whole-number option checked by :func:`core.limits.check_int` (its message, as argparse's error)."""
     if not re.fullmatch(r"\s*-?\d{1,12}\s*", text):
         raise argparse.ArgumentTypeError(f"{text[:40]!r}: expected a whole number from {low} to {high}")
-    value = int(text)
-    if not low <= value <= high:
-        raise argparse.ArgumentTypeError(f"{text!r}: expected {low} to {high}")
-    return value
+    try:
+        return check_int(int(text), name, low, high)
+    except LimitError as exc:
+        raise argparse.ArgumentTypeError(f"{text!r}: {exc}") from None
 
 
 def _steps(text: str) -> int:
-    return _whole(text, 1, MAX_STEPS)
+    return _whole(text, "steps", 1, MAX_STEPS)
 
 
 def _dpi(text: str) -> int:
-    return _whole(text, MIN_DPI, MAX_DPI)
+    return _whole(text, "dpi", MIN_DPI, MAX_DPI)
 
 
 def parse_panel_list(text: str) -> list[int]:
@@ -117,7 +118,7 @@ def add_story_arguments(parser: argparse.ArgumentParser) -> None:
                     "`story render --resume` keeps it and a full `story render` makes it again.")
     edit.add_argument("story", help="the story file (.story text or .json)")
     edit.add_argument("--out", required=True, help="the render folder the panel was rendered into")
-    edit.add_argument("--panel", type=lambda t: _whole(t, 1, MAX_PANELS), required=True,
+    edit.add_argument("--panel", type=lambda t: _whole(t, "panel", 1, MAX_PANELS), required=True,
                       help="the panel to edit (1-based)")
     edit.add_argument("--strength", type=float, default=0.6, help="0 (keep it) to 1 (ignore it); default 0.6")
     where = edit.add_mutually_exclusive_group()
@@ -125,7 +126,7 @@ def add_story_arguments(parser: argparse.ArgumentParser) -> None:
                        help="redo only the white part of this mask image (the panel's characters act there)")
     where.add_argument("--region", default=None, metavar="SPEC",
                        help="redo only this region: left, right, top, bottom, grid:RxC:N or box:x0,y0,x1,y1")
-    edit.add_argument("--seed", type=lambda t: _whole(t, 0, 2**32 - 1), default=None,
+    edit.add_argument("--seed", type=lambda t: _whole(t, "seed", 0, MAX_SEED), default=None,
                       help="the edit's seed (default: the panel's)")
     edit.add_argument("--undo", action="store_true", help="drop the panel's edit and render it from its settings")
     add_model_arguments(edit, base=False)

@@ -144,9 +144,9 @@ def test_render_arguments_over_the_limits_exit_2_before_loading(tmp_path, capsys
     out = tmp_path / "out"
     for extra, message in [
         (["--panels", "1-99999999999"], "argument --panels: '1-99999999999': panel numbers go up to 200"),
-        (["--dpi", "1200"], "argument --dpi: '1200': expected 72 to 600"),
-        (["--dpi", "36"], "argument --dpi: '36': expected 72 to 600"),
-        (["--steps", "1000000000"], "argument --steps: '1000000000': expected 1 to 100"),
+        (["--dpi", "1200"], "argument --dpi: '1200': dpi must be from 72 to 600, got 1200"),
+        (["--dpi", "36"], "argument --dpi: '36': dpi must be from 72 to 600, got 36"),
+        (["--steps", "1000000000"], "argument --steps: '1000000000': steps must be from 1 to 100, got 1000000000"),
         (["--size", "4112x16"], "argument --size: '4112x16': width must be from 16 to 4096, got 4112"),
     ]:
         with pytest.raises(SystemExit) as info:
