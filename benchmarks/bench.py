@@ -51,13 +51,13 @@ class TokensAhead:
 
     def __init__(self, pipe, device: torch.device):
         self.device, self._last = device, None
-        self._make = pipe._character_tokens  # the bench's instrumentation seam, as ReleasedStylePipeline overrides
+        self._make = pipe.character_tokens  # the pipeline's documented hook, as ReleasedStylePipeline overrides
 
         def remember(*args, **kwargs):
             self._last = (args, kwargs)
             return self._make(*args, **kwargs)
 
-        pipe._character_tokens = remember
+        pipe.character_tokens = remember
 
     def seconds(self) -> float:
         if self._last is None:

@@ -385,7 +385,7 @@ def _train(preset: str, args) -> dict:
     for part in model.parts.values():
         if hasattr(part, "prepare_for_training"):
             part.prepare_for_training(dtype)
-    for part in model._frozen.parts.values():
+    for part in model.frozen_parts.values():
         part.to_empty(device=device)
         _random_(part)
         part.to(dtype)

@@ -33,8 +33,8 @@ class ReleasedStylePipeline(InstantCharacterPipeline):
         self.clear_caches()
         return super().__call__(*args, **kwargs)
 
-    def _character_tokens(self, characters, timesteps, dtype, device, batch, *args, **kwargs):
-        parent = super()._character_tokens
+    def character_tokens(self, characters, timesteps, dtype, device, batch, *args, **kwargs):
+        parent = super().character_tokens
 
         def tokens_at(i):
             self.clear_character_contexts()  # the whole projector again, from the (once per call) encoder features

@@ -48,6 +48,12 @@ class AdapterTrainingModel(nn.Module):
     def transformer(self):
         return self._frozen.transformer
 
+    @property
+    def frozen_parts(self) -> dict[str, TrainablePart]:
+        """The conditioning parts that run but do not train, by name (not submodules: DDP neither wraps nor syncs
+        them)."""
+        return self._frozen.parts
+
     def per_sample_loss(self, inputs: TrainingInputs) -> torch.Tensor:
         t = self.transformer
         dtype = next(t.parameters()).dtype

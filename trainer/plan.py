@@ -467,7 +467,7 @@ def plan_training(config, num_processes: int = 1, cuda: bool = True) -> Training
     linear_params = sum(m.weight.numel() for m in model.parts.modules()
                         if isinstance(m, torch.nn.Linear) and m.weight.requires_grad)
     held = sum(p.numel() for p in model.parts.parameters() if not p.requires_grad)  # LoRA's frozen adapter
-    held += sum(p.numel() for part in model._frozen.parts.values() for p in part.parameters())
+    held += sum(p.numel() for part in model.frozen_parts.values() for p in part.parameters())
     shards = num_processes if getattr(config.run, "distributed", "ddp") == "fsdp" else 1
     quant = getattr(config.models, "base_quantization", "") or None
     notes = []

@@ -32,7 +32,7 @@ class EditEvents:
         self.ctx = ctx
         self.runs = runs if runs is not None else SessionRuns(ctx.jobs)  # the Generate tab's: one Cancel for both
         self._zero_gpu_run = gpu_function(lambda request, notes: generate(ctx, request, notes),
-                                          duration=ev._gpu_duration)
+                                          duration=ev.gpu_duration)
         self.edit = shown_to_user(self._edit)
         self.edit_this = shown_to_user(self._edit_this)
         self.recall_edit = shown_to_user(self._recall_edit)

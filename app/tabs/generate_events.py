@@ -89,7 +89,8 @@ def parse_form(values, ctx=None, request=None) -> tuple[list[CharacterSlot], obj
     return slots, data["canvas"], fields
 
 
-def _gpu_duration(request, notes=None) -> int:
+def gpu_duration(request, notes=None) -> int:
+    """Seconds of ZeroGPU time to ask for one Generate (or Edit) click running ``request``."""
     return estimate_duration(request.width, request.height, request.steps, request.images,
                              request.true_cfg_scale > 1, len(request.characters))
 
@@ -138,7 +139,7 @@ class GenerateEvents:
         self.ctx = ctx
         # On ZeroGPU the GPU is attached only inside this function; per-step progress and Cancel are local-only
         self._zero_gpu_run = gpu_function(lambda request, notes: generate(ctx, request, notes),
-                                          duration=_gpu_duration)
+                                          duration=gpu_duration)
         self.runs = SessionRuns(ctx.jobs)
         self.generate = shown_to_user(self._generate)
         self.cancel = shown_to_user(self._cancel)

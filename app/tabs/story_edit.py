@@ -55,7 +55,7 @@ class StoryEditEvents:
 
         from .story_events import render_dir_for
 
-        story = self.events._story(text, folder)
+        story = self.events.checked_story(text, folder)
         index = _panel_index(number, len(story.panels))
         try:
             strength = float(strength)
@@ -67,7 +67,7 @@ class StoryEditEvents:
                                        undo=undo, region_name=f"the region {getattr(mask, 'label', None)!r}")
         except StoryError as exc:
             raise StudioInputError(str(exc).replace("render it first", "press Render first")) from None
-        outputs = list(self.events._render_and_export(story, [index], True, request, progress))
+        outputs = list(self.events.render_and_export(story, [index], True, request, progress))
         if notes:
             outputs[0] = "\n".join([outputs[0], *(f"- {n}" for n in notes)])
         return tuple(outputs)

@@ -283,7 +283,7 @@ class StoryEvents:
         return library_character_line(self.ctx, text, name, folder)
 
     # ------------------------------------------------------------------ rendering
-    def _story(self, text, folder) -> Story:
+    def checked_story(self, text, folder) -> Story:
         """The story parsed as ``_parse`` does (limits and the path policy); ``StudioInputError`` naming the first
         problem otherwise, before any work."""
         try:
@@ -326,7 +326,8 @@ class StoryEvents:
             raise RenderCancelled
         return result
 
-    def _render_and_export(self, story: Story, todo: list[int], resume: bool, request, progress):
+    def render_and_export(self, story: Story, todo: list[int], resume: bool, request, progress):
+        """Renders panels ``todo`` of ``story`` (within the visitor's budget) and exports them: Render's outputs."""
         from core.story.render import RenderResult
 
         out = render_dir_for(self.ctx, story, request)
@@ -377,18 +378,18 @@ class StoryEvents:
         """
         from core.story.settings import panels_to_render
 
-        story = self._story(text, folder)
+        story = self.checked_story(text, folder)
         out = render_dir_for(self.ctx, story, request)
         todo = ([p.index for p in story.panels] if everything
                 else panels_to_render(story, load_manifest(out), out))
-        return self._render_and_export(story, todo, True, request, progress)
+        return self.render_and_export(story, todo, True, request, progress)
 
     def _new_seed(self, text, folder, number, request: gr.Request = None, progress=gr.Progress(), seed=None):
         """Renders panel ``number`` (1-based) again with a new random seed, written into the text as ``seed:``.
 
         Returns ``(new text, *the outputs of Render)``.
         """
-        story = self._story(text, folder)
+        story = self.checked_story(text, folder)
         if (not isinstance(number, (int, float)) or isinstance(number, bool) or not math.isfinite(number)
                 or int(number) != number or not 1 <= int(number) <= len(story.panels)):
             shown = repr(number)[:20] if isinstance(number, (int, float)) else type(number).__name__
@@ -396,10 +397,10 @@ class StoryEvents:
         index = int(number) - 1
         seed = random.randint(0, MAX_SEED) if seed is None else int(seed)
         text = pin_panel_seed(text, story, index, seed)
-        reseeded = self._story(text, folder)
+        reseeded = self.checked_story(text, folder)
         if reseeded.panels[index].seed != seed:  # the text edit must say what we render, or the next render undoes it
             raise StudioInputError(f"could not write the seed under panel {number}; add 'seed: {seed}' there yourself")
-        return (text, *self._render_and_export(reseeded, [index], True, request, progress))
+        return (text, *self.render_and_export(reseeded, [index], True, request, progress))
 
     def queued(self, request: gr.Request = None):
         """The Render click, before the queue: a Cancel from now on drops the render if it is still waiting."""

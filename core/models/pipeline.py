@@ -282,10 +282,12 @@ class InstantCharacterPipeline(FluxPipeline):
 
         return self._context_cache.get_or_make((character.key, id(self.image_proj), proj_dtype), make)
 
-    def _character_tokens(self, characters, timesteps, dtype, device, batch, with_text: list[bool]):
+    def character_tokens(self, characters, timesteps, dtype, device, batch, with_text: list[bool]):
         """Per step, per character: image tokens (B, Q, D) and text-adapter tokens or ``None``.
 
-        Computed once per step, before the loop, from the cached per-character work.
+        Computed once per step, before the loop, from the cached per-character work. The one call a generation
+        makes for them (a sequence indexed by step): subclasses may make them another way (the released code's,
+        inside each step) and measurements may wrap it (``benchmarks/bench.TokensAhead``).
         """
         per_step = []
         contexts = [self.character_context(c) for c in characters]
@@ -489,8 +491,8 @@ class InstantCharacterPipeline(FluxPipeline):
             text_masks = [text_masks[i] for i in placed.order]
             routing = [None if w is None else w.to(device)[None] for w in placed.weights]
             reaches = [mask_reach(w) for w in routing]
-            step_tokens = self._character_tokens(characters, timesteps, latents.dtype, device, batch,
-                                                 [m is not None for m in text_masks])
+            step_tokens = self.character_tokens(characters, timesteps, latents.dtype, device, batch,
+                                                [m is not None for m in text_masks])
             regional = self._regional_text(regional_settings, resolved, placed.order, placed.weights,
                                            prompt_embeds.shape[1], device)
             if regional is not None:
