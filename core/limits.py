@@ -7,6 +7,8 @@ This module imports nothing heavy: the CLI's argument parsing and the story pars
 
 from __future__ import annotations
 
+import numbers
+
 from core.errors import UserError
 
 # ---------------------------------------------------------------------------------------------- one generation
@@ -82,7 +84,7 @@ def check_text(value, name: str, limit: int, *, optional: bool = True) -> str | 
 def check_number(value, name: str, low: float, high: float) -> float:
     """``value`` as a float in ``low..high`` (a real number, not a bool or NaN); :class:`LimitError` naming ``name``
     otherwise. Text is refused: a form or command line parses its values as numbers first."""
-    if isinstance(value, bool) or not isinstance(value, int | float) or value != value:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or value != value:
         raise LimitError(f"{name} must be a number from {low:g} to {high:g}, got {_short(value)}")
     if not low <= value <= high:
         raise LimitError(f"{name} must be from {low:g} to {high:g}, got {_short(value)}")

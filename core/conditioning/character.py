@@ -10,7 +10,7 @@ from PIL import Image
 
 from core.io.images import image_key, load_image
 from core.io.metadata import CharacterRecord, MetadataError, image_from_b64, image_to_b64
-from core.limits import MAX_CHARACTERS, MAX_DESCRIPTION_CHARS, MAX_NAME_CHARS, MAX_SCALE, LimitError, check_text
+from core.limits import MAX_CHARACTERS, MAX_DESCRIPTION_CHARS, MAX_NAME_CHARS, MAX_SCALE, LimitError, check_number, check_text
 from core.conditioning.masks import MaskError, RoutingMask
 from core.errors import UserError
 
@@ -56,11 +56,9 @@ class Character:
         except LimitError as exc:
             raise CharacterError(str(exc)) from None
         try:
-            self.scale = float(self.scale)
-        except (TypeError, ValueError):
-            raise CharacterError(f"{label}: scale must be a number, got {_brief(self.scale)}") from None
-        if not 0.0 <= self.scale <= MAX_SCALE:  # NaN fails too
-            raise CharacterError(f"{label}: scale {self.scale:g} is outside 0 to {MAX_SCALE:g}")
+            self.scale = check_number(self.scale, f"{label}: scale", 0.0, MAX_SCALE)
+        except LimitError as exc:
+            raise CharacterError(str(exc)) from None
         source = self.image
         self.image = load_image(source, name=str(source) if isinstance(source, (str, os.PathLike)) else label)
         self.key = image_key(self.image)

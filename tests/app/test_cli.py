@@ -131,7 +131,7 @@ def test_limits_are_checked_before_any_model_loads(tiny_models, tmp_path, capsys
         (["--width", "8192"], "width must be from 16 to 4096, got 8192"),
         (["--prompt", "x" * 4001], "--prompt is 4,001 characters long: the limit is 4,000"),
         (["--negative-prompt", "x" * 4001], "--negative-prompt is 4,001 characters long: the limit is 4,000"),
-        (["--character", f"Ann={ann}:2.5"], "character 'Ann': scale 2.5 is outside 0 to 2"),
+        (["--character", f"Ann={ann}:2.5"], "character 'Ann': scale must be from 0 to 2, got 2.5"),
         (["--character", f"{'N' * 65}={ann}"], "must be 1-64 characters without brackets or line breaks"),
         (["--character", str(bomb)], f"{bomb} is far over the 40 megapixel limit: refused before decoding"),
         (["--character", f"Ann={ann}", "--mask", f"Ann={notes}"],

@@ -310,8 +310,8 @@ def test_character_limits(ctx, no_models, character_files, tmp_path):
     from tests.core.crafted_png import bilevel_png
 
     mia = str(character_files[0])
-    assert error_of(run, ctx, image1=mia, scale1=2.5) == "character image: scale 2.5 is outside 0 to 2"
-    assert error_of(run, ctx, image1=mia, name1="Mia", scale1=2.5) == "character 'Mia': scale 2.5 is outside 0 to 2"
+    assert error_of(run, ctx, image1=mia, scale1=2.5) == "character image: scale must be from 0 to 2, got 2.5"
+    assert error_of(run, ctx, image1=mia, name1="Mia", scale1=2.5) == "character 'Mia': scale must be from 0 to 2, got 2.5"
     assert error_of(run, ctx, image1=mia, name1="N" * 65).endswith("must be 1-64 characters without brackets or "
                                                                      "line breaks")
     bomb = tmp_path / "bomb.png"

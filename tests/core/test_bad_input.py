@@ -220,7 +220,7 @@ def test_character_name_description_and_scale_limits():
     assert Character(image, name="N" * 64).name == "N" * 64
     with pytest.raises(CharacterError, match="the description is 501 characters long: the limit is 500"):
         Character(image, name="Ann", description="d" * 501)
-    with pytest.raises(CharacterError, match="scale nan is outside 0 to 2"):
+    with pytest.raises(CharacterError, match="character image: scale must be a number from 0 to 2, got nan"):
         Character(image, scale=float("nan"))
     with pytest.raises(CharacterError, match="name must be text, got int"):
         Character(image, name=5)
