@@ -63,6 +63,7 @@ import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from core.errors import UserError
+from core.limits import MAX_SEED
 from core.loading.quantization import backends
 
 MIXED_PRECISION = ("no", "fp16", "bf16")
@@ -347,7 +348,8 @@ class TrainConfig:
         need(m.every >= 0, "sampling.every", "must be 0 (off) or more")
         if m.every:
             need(bool(m.prompts), "sampling.prompts", "give at least one prompt")
-            need(bool(m.seeds) and all(isinstance(x, int) for x in m.seeds), "sampling.seeds", "give integer seeds")
+            need(bool(m.seeds) and all(isinstance(x, int) and 0 <= x <= MAX_SEED for x in m.seeds), "sampling.seeds",
+                 f"give integer seeds from 0 to {MAX_SEED}")  # each sample is a GenerationRequest
             need(m.resolution >= 16 and m.resolution % 16 == 0, "sampling.resolution", "must be a multiple of 16")
             need(m.steps >= 1, "sampling.steps", "must be at least 1")
         t = self.text_adapter

@@ -35,10 +35,12 @@ from .data import Example, load_dataset
 from .events import SAVE_NOW, STOP, EventLog, Throughput, clear_requests, take_request
 from .batch import BatchEncoder, EncodingCache
 from .objective import build_training_model
-from .validation import Validator
+from .validation import Validator, training_engine
+from core.conditioning.character import Character
 from core.errors import UserError
 from core.loading.presets import adapter_processor_names
 from core.loading.quantization import backends, pipeline_quantization_config, quantization_backend
+from core.request import GenerationRequest
 
 log = logging.getLogger(__name__)
 RECENT_LOSSES = 2000  # kept in checkpoints for the studio's loss plot
@@ -301,23 +303,24 @@ class Trainer:
         return first.references[0].image if first.references else first.target
 
     def _sample(self, step: int) -> None:
-        """Sample images with the current adapter, fixed prompts and seeds (main process only)."""
+        """Sample images with the current adapter, fixed prompts and seeds (main process only), made by the engine
+        around the training pipeline (:func:`trainer.validation.training_engine`)."""
         acc, s = self.accelerator, self.config.sampling
         if acc.is_main_process:
-            from core.conditioning.character import Character
-
             folder = self.out / "samples"
             folder.mkdir(parents=True, exist_ok=True)
             character = Character(self._sample_reference())
+            engine = training_engine(self.pipe)
             paths = []
             self.pipe.clear_caches()
             with self._encoders_back(), torch.random.fork_rng(), torch.no_grad(), acc.autocast():
                 for i, prompt in enumerate(s.prompts):
                     for seed in s.seeds:
-                        image = self.pipe(prompt, characters=[character], height=s.resolution, width=s.resolution,
-                                          num_inference_steps=s.steps, guidance_scale=s.guidance_scale,
-                                          generator=torch.Generator().manual_seed(seed),
-                                          max_sequence_length=self.config.data.max_sequence_length).images[0]
+                        request = GenerationRequest(prompt, characters=[character], steps=s.steps,
+                                                    guidance=s.guidance_scale, width=s.resolution,
+                                                    height=s.resolution, seed=seed,
+                                                    max_sequence_length=self.config.data.max_sequence_length)
+                        image = engine.generate(request).images[0]
                         path = folder / f"step-{step:08d}-p{i}-s{seed}.png"
                         image.save(path)
                         paths.append(str(path))

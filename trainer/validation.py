@@ -56,6 +56,14 @@ def mean_scores(scores) -> dict[str, float | None]:
     return out
 
 
+
+def training_engine(pipe) -> Engine:
+    """An engine around ``pipe``, the training pipeline (the one the adapter trains in, not one of the engine's
+    own), for the trainer's samples and validation images. An out-of-memory error passes as it is: the trainer, not
+    an engine preset, places the models."""
+    return Engine.from_pipeline(pipe, "training", preset=None, provenance={"models": {"spec": "training"}},
+                                loaded_as="the training pipeline")
+
 class Validator:
     """Renders and scores the held-out rows; the metric models load on the first :meth:`run`."""
 
@@ -112,8 +120,7 @@ class Validator:
         from core.evaluation.metrics import case_from_characters
 
         self.folder.mkdir(parents=True, exist_ok=True)
-        engine = Engine.from_pipeline(pipe, "training", preset=None, provenance={"models": {"spec": "training"}},
-                                      loaded_as="the training pipeline")
+        engine = training_engine(pipe)
         out = []
         pipe.clear_character_contexts()
         with torch.random.fork_rng(), autocast:
