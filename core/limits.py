@@ -23,6 +23,7 @@ MAX_GUIDANCE = 30.0
 MAX_TRUE_CFG = 20.0
 MAX_SEED = 2**32 - 1  # seeds are 0..MAX_SEED everywhere (CLI, studio, stories, metadata)
 MAX_PROMPT_CHARS = 4000  # prompt and negative prompt, each
+MAX_SEQUENCE_LENGTH = 512  # T5 tokens of the prompt (max_sequence_length)
 MAX_NAME_CHARS = 64  # a character's name (its [Name] tag)
 MAX_DESCRIPTION_CHARS = 500  # the words that replace a tag
 MAX_SPEC_CHARS = 100  # a layout name or box spec (a region, as written or recorded)

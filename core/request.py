@@ -35,8 +35,9 @@ from core.conditioning.masks import MaskError, RoutingMask
 from core.conditioning.regional_text import RegionalText
 from core.io.images import rgb_digest
 from core.io.metadata import GenerationRecord, MetadataError, read_control_image, read_edit_source, read_record
-from core.limits import (MAX_GUIDANCE, MAX_IMAGES_PER_RUN, MAX_LORAS, MAX_PROMPT_CHARS, MAX_SEED, MAX_STEPS, MAX_TRUE_CFG,
-                         LimitError, check_int, check_number, check_prompt, check_seed, check_size, check_text)
+from core.limits import (MAX_GUIDANCE, MAX_IMAGES_PER_RUN, MAX_LORAS, MAX_PROMPT_CHARS, MAX_SEED, MAX_SEQUENCE_LENGTH,
+                         MAX_STEPS, MAX_TRUE_CFG, LimitError, check_int, check_number, check_prompt, check_seed,
+                         check_size, check_text)
 from core.loading.loras import StyleLora, with_triggers
 
 
@@ -105,7 +106,7 @@ class GenerationRequest:
         self.steps = check_int(self.steps, "steps", 1, MAX_STEPS)
         self.guidance = check_number(self.guidance, "guidance", 0.0, MAX_GUIDANCE)
         self.true_cfg_scale = check_number(self.true_cfg_scale, "true CFG scale (1 turns it off)", 1.0, MAX_TRUE_CFG)
-        self.max_sequence_length = check_int(self.max_sequence_length, "max_sequence_length", 1, 512)
+        self.max_sequence_length = check_int(self.max_sequence_length, "max_sequence_length", 1, MAX_SEQUENCE_LENGTH)
         self.images = check_int(self.images, "images per run", 1, MAX_IMAGES_PER_RUN)
         if self.seed is not None:
             self.seed = check_seed(self.seed)
@@ -190,8 +191,9 @@ class GenerationRequest:
     def pipeline_kwargs(self) -> dict:
         """Keyword arguments of ``InstantCharacterPipeline.__call__`` for one image (no generator, no callback); the
         prompt resolved once (:attr:`resolved_prompt`)."""
-        return dict(prompt=self.engine_prompt, resolved_prompt=self.resolved_prompt, characters=list(self.characters), negative_prompt=self.negative,
-                    true_cfg_scale=float(self.true_cfg_scale), num_inference_steps=int(self.steps),
+        return dict(prompt=self.engine_prompt, resolved_prompt=self.resolved_prompt, characters=list(self.characters),
+                    negative_prompt=self.negative, true_cfg_scale=float(self.true_cfg_scale),
+                    num_inference_steps=int(self.steps),
                     guidance_scale=float(self.guidance), height=int(self.height), width=int(self.width),
                     max_sequence_length=int(self.max_sequence_length), **self._edit_kwargs(),
                     **({"control": list(self.controls)} if self.controls else {}), **self._regional_kwargs())

@@ -29,7 +29,8 @@ from core.conditioning.control import MAX_CONTROLS, ControlError, check_record
 from core.conditioning.layouts import MaskError, parse_box, parse_layout
 from core.conditioning.regional_text import RegionalText, RegionalTextError
 from core.limits import (MAX_LORA_WEIGHT, MAX_CHARACTERS, MAX_DESCRIPTION_CHARS, MAX_GUIDANCE, MAX_LORAS, MAX_METADATA_BYTES,
-                     MAX_METADATA_DEPTH, MAX_NAME_CHARS, MAX_PROMPT_CHARS, MAX_SCALE, MAX_SPEC_CHARS, MAX_STEPS,
+                     MAX_METADATA_DEPTH, MAX_NAME_CHARS, MAX_PROMPT_CHARS, MAX_SCALE, MAX_SEQUENCE_LENGTH,
+                     MAX_SPEC_CHARS, MAX_STEPS,
                      MAX_TRUE_CFG, LimitError, check_int, check_number, check_seed, check_size, check_text)
 from core.io.paths import atomic_path, remove_stale_temporaries
 from core.errors import UserError
@@ -198,7 +199,8 @@ class GenerationRecord:
             guidance_scale=check_number(data.get("guidance_scale", 3.5), "guidance_scale", 0.0, MAX_GUIDANCE),
             negative_prompt=check_text(data.get("negative_prompt"), "negative_prompt", MAX_PROMPT_CHARS),
             true_cfg_scale=check_number(data.get("true_cfg_scale", 1.0), "true_cfg_scale", 1.0, MAX_TRUE_CFG),
-            max_sequence_length=check_int(data.get("max_sequence_length", 512), "max_sequence_length", 1, 512),
+            max_sequence_length=check_int(data.get("max_sequence_length", 512), "max_sequence_length", 1,
+                                          MAX_SEQUENCE_LENGTH),
             characters=[CharacterRecord.from_dict(c, f"character {i + 1}") for i, c in enumerate(characters)],
             loras=[_check_lora(d, f"LoRA {j + 1}") for j, d in enumerate(loras)],
             models=_check_models(data.get("models", {})),

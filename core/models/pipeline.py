@@ -28,7 +28,8 @@ from core.conditioning.regional_text import (RegionalText, RegionalTextMask, bou
                                              joint_attention_mask)
 from core.conditioning.routing import Routing, route_characters, tag_weights, token_grid
 from core.models.encoders import CharacterEncoder, CharacterFeatures
-from core.limits import MAX_GUIDANCE, MAX_STEPS, MAX_TRUE_CFG, check_int, check_number, check_prompt, check_size
+from core.limits import (MAX_GUIDANCE, MAX_SEQUENCE_LENGTH, MAX_STEPS, MAX_TRUE_CFG, check_int, check_number,
+                         check_prompt, check_size)
 from core.models.projector import CharacterProjector
 from core.conditioning.prompt import ResolvedPrompt, resolve_prompt
 from core.models.text_adapter import TextAdapter, TextAdapterError
@@ -51,7 +52,7 @@ def check_settings(prompt, height=1024, width=1024, num_inference_steps=28, guid
     num_inference_steps = check_int(num_inference_steps, "num_inference_steps", 1, MAX_STEPS)
     check_number(guidance_scale, "guidance_scale", 0.0, MAX_GUIDANCE)
     check_number(true_cfg_scale, "true_cfg_scale", 1.0, MAX_TRUE_CFG)
-    check_int(max_sequence_length, "max_sequence_length", 1, 512)
+    check_int(max_sequence_length, "max_sequence_length", 1, MAX_SEQUENCE_LENGTH)
     for name, value in (("height", height), ("width", width)):
         if value % multiple:
             raise GenerationInputError(f"{name}={value}: this model needs a multiple of {multiple}")
