@@ -22,6 +22,7 @@ def main(argv: list[str] | None = None) -> int:
     from core.conditioning.edit import outside
     from core.conditioning.masks import RoutingMask
     from core.engine import Engine
+    from core.request import GenerationRequest
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", default="tiny")
@@ -32,31 +33,29 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     side = args.size
-    pipe = Engine(args.models).load()
-    pipe.set_progress_bar_config(disable=True)
+    engine = Engine(args.models)
     source = Image.fromarray((np.random.RandomState(0).rand(side, side, 3) * 255).astype(np.uint8))
     mask = np.zeros((side, side), np.float32)
     mask[side // 4:side * 3 // 4, side * 5 // 16:side * 11 // 16] = 1
     region = RoutingMask.from_spec(mask)
-    cases = {"generate": {}, "img2img 0.5": dict(image=source, strength=0.5),
-             "img2img 0": dict(image=source, strength=0.0),
-             "inpaint 1.0": dict(image=source, strength=1.0, mask_image=region)}
+    cases = {"generate": {}, "img2img 0.5": dict(source_image=source, strength=0.5),
+             "img2img 0": dict(source_image=source, strength=0.0),
+             "inpaint 1.0": dict(source_image=source, strength=1.0, inpaint_region=region)}
 
-    def run(**kwargs):
+    def run(**edit):
         steps = []
         start = time.perf_counter()
-        out = pipe("a cat", num_inference_steps=args.steps, height=side, width=side,
-                   generator=torch.Generator("cpu").manual_seed(0),
-                   callback_on_step_end=lambda p, i, t, d: steps.append(i) or {}, **kwargs)
+        out = engine.generate(GenerationRequest("a cat", steps=args.steps, height=side, width=side, seed=0, **edit),
+                              report=lambda fraction, message: ": step " in message and steps.append(message))
         if torch.cuda.is_available():
             torch.cuda.synchronize()
         return time.perf_counter() - start, len(steps), out
 
-    run()  # warm-up
+    run()  # warm-up (and the load)
     for name, kwargs in cases.items():
         runs = [run(**kwargs) for _ in range(args.repeat)]
         row = {"case": name, "steps": runs[0][1], "best_ms": round(min(r[0] for r in runs) * 1000, 1)}
-        if "mask_image" in kwargs:
+        if "inpaint_region" in kwargs:
             keep = outside(region, side, side)
             diff = np.abs(np.asarray(runs[0][2].images[0], int) - np.asarray(source, int))[keep]
             row.update(kept_pixels=int(keep.sum()), pixels=side * side, max_diff_outside=int(diff.max()))

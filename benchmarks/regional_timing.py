@@ -15,8 +15,10 @@ import statistics
 import time
 from contextlib import contextmanager
 
-import torch
 from PIL import Image
+
+from core.engine import Engine
+from core.request import GenerationRequest
 
 COLOURS = [(200, 40, 40), (40, 40, 200), (40, 160, 40), (200, 160, 40), (160, 40, 160), (40, 160, 160),
            (120, 120, 120), (240, 120, 60)]
@@ -44,13 +46,14 @@ def attending_everywhere():
         pipeline.mask_reach = reach
 
 
-def time_step(pipe, count: int, regional: str, size: int, steps: int) -> float:
-    """Seconds per step of one generation with ``count`` characters."""
+def time_step(engine, count: int, regional: str, size: int, steps: int) -> float:
+    """Seconds per step of one generation with ``count`` characters (latents only: the VAE decode is left out)."""
     chars = characters(count) if count else []
     prompt = " and ".join(f"[{c.name}]" for c in chars) + " walk down a pier" if chars else "a pier"
     start = time.perf_counter()
-    pipe(prompt, characters=chars, num_inference_steps=steps, height=size, width=size, max_sequence_length=256,
-         generator=torch.Generator().manual_seed(0), output_type="latent", regional_text=regional)
+    engine.generate(GenerationRequest(prompt, characters=chars, steps=steps, height=size, width=size,
+                                      max_sequence_length=256, seed=0, regional_text=regional),
+                    pipeline_options={"output_type": "latent"})
     return (time.perf_counter() - start) / steps
 
 
@@ -58,7 +61,7 @@ CONFIGS = [(0, "off", False)] + [(n, mode, everywhere) for n in (1, 2, 4, 8)
                                  for mode, everywhere in (("off", False), ("on", False), ("off", True))]
 
 
-def measure(pipe, size: int, steps: int, repeats: int) -> dict:
+def measure(engine, size: int, steps: int, repeats: int) -> dict:
     """Median seconds per step of each configuration; the configurations take turns in every round, so a machine
     that slows down mid-run slows them all alike. The first round warms the caches and is not counted."""
     times = {config: [] for config in CONFIGS}
@@ -66,9 +69,9 @@ def measure(pipe, size: int, steps: int, repeats: int) -> dict:
         for count, mode, everywhere in CONFIGS:
             if everywhere:
                 with attending_everywhere():
-                    seconds = time_step(pipe, count, mode, size, steps)
+                    seconds = time_step(engine, count, mode, size, steps)
             else:
-                seconds = time_step(pipe, count, mode, size, steps)
+                seconds = time_step(engine, count, mode, size, steps)
             if round_:
                 times[(count, mode, everywhere)].append(seconds)
     return {config: statistics.median(values) for config, values in times.items()}
@@ -82,13 +85,8 @@ def main(argv=None) -> None:
     parser.add_argument("--json", action="store_true", help="print one JSON object per row")
     args = parser.parse_args(argv)
 
-    from core.loading.tiny import ensure_tiny_bundle
-    from core.models.pipeline import InstantCharacterPipeline
-
-    torch.manual_seed(0)
-    pipe = InstantCharacterPipeline.from_pretrained(str(ensure_tiny_bundle()), dtype=torch.float32)
-    pipe.set_progress_bar_config(disable=True)
-    medians = measure(pipe, args.size, args.steps, args.repeats)
+    engine = Engine("tiny", device="cpu")  # float32 on the CPU; loaded by the first (uncounted) round
+    medians = measure(engine, args.size, args.steps, args.repeats)
     base = medians[(0, "off", False)]
     rows = [{"characters": n, "regional_off": medians[(n, "off", False)] / base,
              "regional_on": medians[(n, "on", False)] / base,
