@@ -54,7 +54,7 @@ class FakePipe:
         return FakeOutput([image])
 
 
-def FakeEngine(pipe: FakePipe | None = None):  # noqa: N802 - stands where an engine class would
+def fake_pipe_engine(pipe: FakePipe | None = None):
     """The real engine around a :class:`FakePipe` (a new one by default): nothing loads; its provenance is
     ``{"models": {"spec": "tiny"}, "dtype": "float32", "preset": "full"}``."""
     return engine_around(pipe if pipe is not None else FakePipe())
@@ -104,4 +104,4 @@ def fake_pipe() -> FakePipe:
 
 @pytest.fixture
 def fake_engine(fake_pipe):
-    return FakeEngine(fake_pipe)
+    return fake_pipe_engine(fake_pipe)

@@ -14,7 +14,7 @@ from core.story.geometry import parse_layout_spec, parse_length_mm, parse_page_s
 from core.story.load import load_story
 from core.story.parse_text import parse_story
 from core.story.render import render_story
-from tests.core.story.conftest import STORIES, FakeEngine, FakePipe, small_story_text
+from tests.core.story.conftest import STORIES, FakePipe, fake_pipe_engine, small_story_text
 
 
 def story_with(story_dir, panels, layout, **changes):
@@ -128,7 +128,7 @@ def test_export_pdf_pages_and_zip(story_dir, tmp_path, monkeypatch):
     story_path.write_text(small_story_text(7, "grid 2x2"))
     story = load_story(story_path)
     out = tmp_path / "out"
-    render_story(story, FakeEngine(FakePipe(fail_on="scene 4")), out)
+    render_story(story, fake_pipe_engine(FakePipe(fail_on="scene 4")), out)
     result = export_story(story, out)
     assert [p.name for p in result.pages] == ["page-01.png", "page-02.png"]
     assert result.missing_panels == [4]
@@ -157,7 +157,7 @@ def test_shipped_example_renders_and_exports(tmp_path):
     story = load_story(STORIES / "fishing-trip.story")
     story = dataclasses.replace(story, width=128, height=96)
     out = tmp_path / "fishing"
-    result = render_story(story, FakeEngine(), out)
+    result = render_story(story, fake_pipe_engine(), out)
     assert len(result.rendered) == 8
     exported = export_story(story, out)
     import pypdf

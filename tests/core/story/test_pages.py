@@ -18,7 +18,7 @@ from core.story.geometry import fit_panel_size, panel_sizes, plan_pages
 from core.story.load import load_story
 from core.story.parse_text import parse_story
 from core.story.render import render_story
-from tests.core.story.conftest import STORIES, FakeEngine, small_story_text
+from tests.core.story.conftest import STORIES, fake_pipe_engine, small_story_text
 
 EXAMPLES = sorted(STORIES.glob("*.story"))
 
@@ -159,7 +159,7 @@ def test_pdf_has_real_text_at_the_story_dpi_and_the_cbz_reads(tmp_path):
 
     story = dataclasses.replace(load_story(STORIES / "fishing-trip.story"), width=128, height=96)
     out = tmp_path / "fishing"
-    render_story(story, FakeEngine(), out)
+    render_story(story, fake_pipe_engine(), out)
     result = export_story(story, out)
     reader = pypdf.PdfReader(result.pdf)
     assert len(reader.pages) == 1

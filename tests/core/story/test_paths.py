@@ -21,7 +21,7 @@ from core.story.model import StoryError
 from core.story.parse_json import story_from_dict
 from core.story.parse_text import parse_story
 from core.story.render import render_story
-from tests.core.story.conftest import FakeEngine, make_character_image, small_story_text
+from tests.core.story.conftest import fake_pipe_engine, make_character_image, small_story_text
 
 
 @pytest.fixture
@@ -128,7 +128,7 @@ def test_digest_remembered_by_size_and_time(story_dir, monkeypatch):
 def rendered(story_dir, tmp_path):
     story = parse_story(small_story_text(2, "grid 1x2"), base_dir=story_dir)
     out = tmp_path / "out"
-    render_story(story, FakeEngine(), out)
+    render_story(story, fake_pipe_engine(), out)
     return story, out
 
 

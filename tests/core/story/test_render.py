@@ -17,12 +17,12 @@ from PIL import Image
 from core.story.manifest import DONE, FAILED, load_manifest, panel_filename, sha256_file
 from core.story.parse_text import parse_story
 from core.story.render import PNG_METADATA_KEY, render_story
-from tests.core.story.conftest import REPO, FakeEngine, FakePipe, small_story_text
+from tests.core.story.conftest import REPO, FakePipe, fake_pipe_engine, small_story_text
 
 
 def render(story, pipe, out, **kwargs):
     """Renders with the engine on ``pipe`` (a FakePipe)."""
-    return render_story(story, FakeEngine(pipe), out, **kwargs)
+    return render_story(story, fake_pipe_engine(pipe), out, **kwargs)
 
 
 def panel_bytes(out, n):
@@ -52,7 +52,7 @@ def test_panel_png_carries_the_studio_metadata_for_recall(story_dir, tmp_path, f
     from core.io.metadata import image_from_b64, read_record
 
     story = parse_story(small_story_text(3).replace("[Ann@left]", "[Ann@box:0.1,0.2,0.5,1]"), base_dir=story_dir)
-    render(story, fake_pipe, tmp_path / "out")  # the engine's record: its provenance is the FakeEngine's
+    render(story, fake_pipe, tmp_path / "out")  # the engine's record: its provenance is the fake_pipe_engine's
     record = read_record(tmp_path / "out" / panel_filename(0))
     panel = story.panels[0]
     assert (record.prompt, record.seed, record.width, record.height, record.num_inference_steps) == (
@@ -238,9 +238,9 @@ TORCHRUN_SCRIPT = textwrap.dedent("""
     from accelerate import PartialState
     from core.story.load import load_story
     from core.story.render import render_story
-    from tests.core.story.conftest import FakeEngine
+    from tests.core.story.conftest import fake_pipe_engine
     state = PartialState(cpu=True)
-    result = render_story(load_story(sys.argv[1]), FakeEngine(), sys.argv[2], state=state)
+    result = render_story(load_story(sys.argv[1]), fake_pipe_engine(), sys.argv[2], state=state)
     print("rank", state.process_index, "rendered", result.rendered)
 """)
 

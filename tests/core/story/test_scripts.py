@@ -20,7 +20,7 @@ from core.story.load import load_story
 from core.story.model import StoryError
 from core.story.parse_text import parse_story
 from core.story.render import render_story
-from tests.core.story.conftest import STORIES, FakeEngine
+from tests.core.story.conftest import STORIES, fake_pipe_engine
 
 # One bubble per script; letters and spaces only, so that pypdf's own right-to-left reordering (which moves
 # digits and punctuation around) is not what is being tested.
@@ -53,7 +53,7 @@ def exported(tmp_path_factory):
     make_character_image(folder / "chars" / "bob.png", (30, 30, 200))
     (folder / "many.story").write_text(many_scripts_text(), encoding="utf-8")
     story = load_story(folder / "many.story")
-    render_story(story, FakeEngine(), folder / "out")
+    render_story(story, fake_pipe_engine(), folder / "out")
     return story, export_story(story, folder / "out")
 
 
@@ -242,7 +242,7 @@ def test_webtoon_exports_one_strip_and_slices_that_cover_it_exactly():
 
     with tempfile.TemporaryDirectory() as folder:
         out = Path(folder)
-        render_story(story, FakeEngine(), out)
+        render_story(story, fake_pipe_engine(), out)
         result = export_story(story, out)
         strip = np.asarray(Image.open(result.strip))
         assert strip.shape[1] == 800
@@ -279,7 +279,7 @@ def test_manga_example_is_right_to_left_vertical_japanese_and_marked_as_manga(tm
     assert (story.reading, story.bubbles) == ("right-to-left", "vertical")
     assert missing_glyph_warnings(story) == []
     story = dataclasses.replace(story, width=64, height=80, dpi=72)
-    render_story(story, FakeEngine(), tmp_path)
+    render_story(story, fake_pipe_engine(), tmp_path)
     result = export_story(story, tmp_path)
     with zipfile.ZipFile(result.cbz) as cbz:
         assert "<Manga>YesAndRightToLeft</Manga>" in cbz.read("ComicInfo.xml").decode()

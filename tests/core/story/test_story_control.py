@@ -16,7 +16,7 @@ from core.story.model import StoryError
 from core.story.parse_text import parse_story
 from core.story.render import render_story
 from core.story.settings import panel_settings
-from tests.core.story.conftest import FakeEngine, small_story_text
+from tests.core.story.conftest import fake_pipe_engine, small_story_text
 
 
 @pytest.fixture
@@ -71,7 +71,7 @@ def test_render_sends_records_and_saves_the_control(posed_dir, tmp_path, fake_pi
     from core.io.metadata import read_record
 
     story = parse_story(_with_control("control: canny poses/p3.png 0.5"), base_dir=posed_dir)
-    render_story(story, FakeEngine(fake_pipe), tmp_path / "out")
+    render_story(story, fake_pipe_engine(fake_pipe), tmp_path / "out")
     control = fake_pipe.calls[0]["control"][0]
     assert (control.kind, control.scale, control.image.size) == ("canny", 0.5, (32, 32))
     assert "control" not in fake_pipe.calls[1]
