@@ -63,7 +63,8 @@ import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from core.errors import UserError
-from core.limits import MAX_SEED
+from core.limits import (MAX_GUIDANCE, MAX_SEED, MAX_SEQUENCE_LENGTH, MAX_STEPS, LimitError, check_int, check_number,
+                         check_seed, check_side)
 from core.loading.quantization import backends
 
 MIXED_PRECISION = ("no", "fp16", "bf16")
@@ -282,6 +283,14 @@ class TrainConfig:
             if not cond:
                 out.append(f"{key}: {message}")
 
+        def rule(check, key, *args):
+            """A :mod:`core.limits` rule of what becomes a GenerationRequest (samples, validation): its message under
+            the config key, found now rather than at the first sample."""
+            try:
+                check(*args)
+            except LimitError as exc:
+                out.append(f"{key}: {exc}")
+
         need(bool(str(self.output_dir).strip()), "output_dir", "must not be empty")
         need(isinstance(self.seed, int) and self.seed >= 0, "seed", f"must be a non-negative integer, got {self.seed!r}")
         need(bool(self.trainable), "trainable", "name at least one module to train")
@@ -299,7 +308,8 @@ class TrainConfig:
         need(self.run.distributed in DISTRIBUTED, "run.distributed",
              f"{self.run.distributed!r}: use one of {', '.join(DISTRIBUTED)}")
         need(bool(self.stages), "stages", "add at least one [[stages]] table")
-        need(1 <= self.data.max_sequence_length <= 512, "data.max_sequence_length", "must be 1 to 512")
+        rule(check_int, "data.max_sequence_length", self.data.max_sequence_length, "max_sequence_length", 1,
+             MAX_SEQUENCE_LENGTH)
         used = set()
         per_pass = num_processes * self.run.gradient_accumulation_steps
         for i, s in enumerate(self.stages):
@@ -350,8 +360,9 @@ class TrainConfig:
             need(bool(m.prompts), "sampling.prompts", "give at least one prompt")
             need(bool(m.seeds) and all(isinstance(x, int) and 0 <= x <= MAX_SEED for x in m.seeds), "sampling.seeds",
                  f"give integer seeds from 0 to {MAX_SEED}")  # each sample is a GenerationRequest
-            need(m.resolution >= 16 and m.resolution % 16 == 0, "sampling.resolution", "must be a multiple of 16")
-            need(m.steps >= 1, "sampling.steps", "must be at least 1")
+            rule(check_side, "sampling.resolution", m.resolution, "resolution")
+            rule(check_int, "sampling.steps", m.steps, "steps", 1, MAX_STEPS)
+            rule(check_number, "sampling.guidance_scale", m.guidance_scale, "guidance_scale", 0.0, MAX_GUIDANCE)
         t = self.text_adapter
         for name in ("dim", "depth", "num_queries", "token_dim"):
             value = getattr(t, name)
@@ -366,11 +377,11 @@ class TrainConfig:
                  "give at least one metric model")
             need(v.segmenter in SEGMENTERS, "validation.segmenter",
                  f"{v.segmenter!r}: use one of {', '.join(SEGMENTERS)}")
-            need(isinstance(v.steps, int) and v.steps >= 1, "validation.steps", "must be at least 1")
-            need(isinstance(v.size, int) and v.size >= 16 and v.size % 16 == 0, "validation.size",
-                 f"{v.size!r}: must be a multiple of 16 (at least 16)")
-            need(v.guidance_scale >= 0, "validation.guidance_scale", "must not be negative")
-            need(isinstance(v.seed, int) and v.seed >= 0, "validation.seed", "must be a non-negative integer")
+            # each case is a GenerationRequest: the request's rules
+            rule(check_int, "validation.steps", v.steps, "steps", 1, MAX_STEPS)
+            rule(check_side, "validation.size", v.size, "size")
+            rule(check_number, "validation.guidance_scale", v.guidance_scale, "guidance_scale", 0.0, MAX_GUIDANCE)
+            rule(check_seed, "validation.seed", v.seed)
             need(isinstance(v.max_cases, int) and v.max_cases >= 0, "validation.max_cases", "must be 0 (all) or more")
         return out
 
