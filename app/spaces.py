@@ -111,10 +111,12 @@ def _flatten(kwargs: dict):
 def install_compiled(transformer, compiled, signature) -> None:
     """Calls of ``transformer`` with ``signature`` (character layout and shapes) go to ``compiled``; any other
     call (another size, more characters, a text adapter, a draft's step cache) runs the eager forward."""
+    from core.loading.speed import step_cache_threshold
+
     eager = transformer.forward
 
     def forward(*args, **kwargs):
-        if not args and kwargs.get("return_dict") is False and getattr(transformer, "_speed_step_cache", None) is None:
+        if not args and kwargs.get("return_dict") is False and step_cache_threshold(transformer) is None:
             call_signature, flat = _flatten(kwargs)
             if call_signature == signature:
                 return (compiled(**flat),)
@@ -144,13 +146,11 @@ def compile_ahead_of_time(engine, width: int = 1024, height: int = 1024, *, forc
         import torch
 
         from benchmarks.bench import bench_character
+        from core.loading.speed import forget_compilation
 
         pipe = engine.load()
         transformer = pipe.transformer
-        for module in transformer.modules():  # the JIT-compiled blocks would compile on a visitor's call
-            if getattr(module, "_compiled_call_impl", None) is not None:
-                module._compiled_call_impl = None
-        transformer._speed_compiled = False
+        forget_compilation(transformer)  # the JIT-compiled blocks would compile on a visitor's call
 
         def build():
             with spaces.aoti_capture(transformer) as call:

@@ -262,7 +262,23 @@ def run_eagerly() -> None:
 
 
 def is_compiled(pipe) -> bool:
+    """Whether :func:`apply_speed` compiled ``pipe``'s repeated transformer blocks (and :func:`forget_compilation`
+    has not dropped them since)."""
     return bool(getattr(getattr(pipe, "transformer", None), "_speed_compiled", False))
+
+
+def forget_compilation(transformer) -> None:
+    """Drops the JIT-compiled repeated blocks of ``transformer``: it runs eagerly until compiled again (what
+    ``app.spaces`` does before it compiles ahead of time)."""
+    for module in transformer.modules():
+        if getattr(module, "_compiled_call_impl", None) is not None:  # torch's own slot for ``module.compile()``
+            module._compiled_call_impl = None
+    transformer._speed_compiled = False
+
+
+def step_cache_threshold(transformer) -> float | None:
+    """The threshold of the draft step cache on ``transformer`` (:func:`set_step_cache`); ``None`` when off."""
+    return getattr(transformer, "_speed_step_cache", None)
 
 
 def set_step_cache(pipe, draft: bool, threshold: float = DRAFT_THRESHOLD) -> str | None:
@@ -279,7 +295,7 @@ def set_step_cache(pipe, draft: bool, threshold: float = DRAFT_THRESHOLD) -> str
         return None
     if is_compiled(pipe):  # every request: the stance is process-wide (another engine may have left it)
         torch.compiler.set_stance("force_eager" if draft else "default")
-    current = getattr(transformer, "_speed_step_cache", None)
+    current = step_cache_threshold(transformer)
     wanted = float(threshold) if draft else None
     if current == wanted:
         return None

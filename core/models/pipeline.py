@@ -28,6 +28,7 @@ from core.conditioning.regional_text import (RegionalText, RegionalTextMask, bou
                                              joint_attention_mask)
 from core.conditioning.routing import Routing, route_characters, tag_weights, token_grid
 from core.models.encoders import CharacterEncoder, CharacterFeatures
+from core.loading.speed import step_cache_threshold
 from core.limits import (MAX_GUIDANCE, MAX_SEQUENCE_LENGTH, MAX_STEPS, MAX_TRUE_CFG, check_int, check_number,
                          check_prompt, check_size)
 from core.models.projector import CharacterProjector
@@ -625,7 +626,7 @@ class InstantCharacterPipeline(FluxPipeline):
             control = dict(controlnet_block_samples=residuals[0], controlnet_single_block_samples=residuals[1],
                            controlnet_blocks_repeat=residuals[2])
         step_cache = contextlib.nullcontext()
-        if getattr(self.transformer, "_speed_step_cache", None) is not None:
+        if step_cache_threshold(self.transformer) is not None:
             step_cache = self.transformer.cache_context(context)
         with step_cache:
             return self.transformer(hidden_states=latents, timestep=timestep / 1000, guidance=guidance,

@@ -10,7 +10,7 @@ from PIL import Image
 from core.conditioning.character import Character
 from core.engine import Engine
 from core.loading.speed import (SPEED_MODES, SpeedOptionError, SpeedOptions, apply_speed, check_attention_backend,
-                                set_step_cache)
+                                set_step_cache, step_cache_threshold)
 from core.request import GenerationRequest
 
 SIDE = 64  # a 4x4 token grid on the tiny models
@@ -157,7 +157,7 @@ def test_draft_step_cache_skips_the_expected_blocks_and_is_off_unless_asked(tiny
 
     tail.calls = 0  # draft off again: the cache hooks are gone and the image is the exact one
     assert torch.equal(_latents(engine, _request([_character((200, 30, 30))], steps=steps)), plain)
-    assert tail.calls == steps and getattr(engine.pipe.transformer, "_speed_step_cache") is None
+    assert tail.calls == steps and step_cache_threshold(engine.pipe.transformer) is None
 
 
 def test_draft_at_a_zero_threshold_is_the_full_computation(tiny_models, one_thread):
