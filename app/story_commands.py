@@ -129,7 +129,7 @@ def add_story_arguments(parser: argparse.ArgumentParser) -> None:
     edit.add_argument("--seed", type=lambda t: _whole(t, "seed", 0, MAX_SEED), default=None,
                       help="the edit's seed (default: the panel's)")
     edit.add_argument("--undo", action="store_true", help="drop the panel's edit and render it from its settings")
-    add_model_arguments(edit, base=False)
+    add_model_arguments(edit, adapter=True)  # the same models as `story render` took
     edit.add_argument("--size", type=_size, default=None, metavar="WxH", help="as given to story render")
     edit.add_argument("--steps", type=_steps, default=None, help="as given to story render")
     edit.add_argument("--no-export", action="store_true", help="edit the panel only; no pages, PDF or ZIP")
@@ -409,7 +409,8 @@ def run_edit(args: argparse.Namespace) -> int:
         print(f"note: {note}")
     region = spec
     state = process_state()
-    engine = load_engine(args.models, args.preset, args.dtype, state.device, story.width, story.height, state)
+    engine = load_engine(args.models, args.preset, args.dtype, state.device, story.width, story.height, state,
+                         adapter=args.adapter, base=args.base)
     result = render_story(story, engine, out, only=[index], state=state)
     for note in result.notes:
         print(f"note: {note}")

@@ -102,3 +102,25 @@ def test_bad_story_edits(story, tmp_path, capsys):
     assert "--strength=2.0: must be from 0 (keep the source) to 1" in capsys.readouterr().err
     assert main(["edit", str(story), "--out", str(out), "--panel", "1", "--undo", *DRAFT]) == 2
     assert "panel 1 has no edit to undo" in capsys.readouterr().err
+
+
+def test_edit_loads_the_models_render_took(story, tmp_path, monkeypatch):
+    """``story edit`` takes ``--base`` and ``--adapter`` as ``story render`` does (one set of model options), and
+    loads the engine with them."""
+    import app.story_commands as commands
+
+    out = tmp_path / "out"
+    assert main(["render", str(story), "--out", str(out), "--panels", "1", *DRAFT]) == 0
+
+    from core.errors import UserError
+
+    asked = {}
+
+    def load_engine(*args, **kwargs):
+        asked.update(kwargs)
+        raise UserError("stopped before loading")
+
+    monkeypatch.setattr(commands, "load_engine", load_engine)
+    assert main(["edit", str(story), "--out", str(out), "--panel", "1", "--strength", "0.5", *DRAFT,
+                 "--base", "some/flux", "--adapter", "my-adapter.safetensors"]) != 0
+    assert (asked["base"], asked["adapter"]) == ("some/flux", "my-adapter.safetensors")
