@@ -5,6 +5,7 @@ README shows them; in ``assets/`` with ``STUDIO_SCREENSHOTS=1``, else in ``test-
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 from pathlib import Path
@@ -23,6 +24,18 @@ SCREENSHOT_ROOT = ROOT / "assets" if os.environ.get("STUDIO_SCREENSHOTS") == "1"
 GRID = 32  # the saved mask is checked on a GRID x GRID grid
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
+
+
+@contextlib.contextmanager
+def browser_page(width: int = 1400, height: int = 1000):
+    """A page of Debian's chromium (through Playwright) ``width`` x ``height``; the browser closes afterwards."""
+    sync_api = pytest.importorskip("playwright.sync_api", reason="needs the playwright package")
+    with sync_api.sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=str(CHROMIUM), args=FLAGS)
+        try:
+            yield browser.new_page(viewport={"width": width, "height": height})
+        finally:
+            browser.close()
 
 
 def paint_stroke(page, canvas, x0: float, x1: float, y: float) -> None:
@@ -49,43 +62,38 @@ def test_generate_in_a_real_browser(studio, character_files):
     before = set(Path(ctx.settings.output_dir).glob("*.png"))
     artifacts = ROOT / "test-artifacts"
     artifacts.mkdir(exist_ok=True)
-    with sync_api.sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=str(CHROMIUM), args=FLAGS)
-        try:
-            page = browser.new_page(viewport={"width": 1400, "height": 1000})
-            page.goto(url)
-            editor = page.locator("#mask-canvas")
-            page.wait_for_selector("#mask-canvas canvas", timeout=60_000)
-            # the layer picker shows the characters' layers by name (not the editor's "Layer 1")
-            sync_api.expect(editor).to_contain_text(LAYER_NAMES[0], timeout=30_000)
-            editor.locator("button[aria-label='Show Layers']").click()
-            for i, name in enumerate(LAYER_NAMES):
-                sync_api.expect(editor.locator(f"button[aria-label='layer-{i + 1}']")).to_have_text(name)
-            assert "Layer 1" not in editor.inner_text()
+    with browser_page() as page:
+        page.goto(url)
+        editor = page.locator("#mask-canvas")
+        page.wait_for_selector("#mask-canvas canvas", timeout=60_000)
+        # the layer picker shows the characters' layers by name (not the editor's "Layer 1")
+        sync_api.expect(editor).to_contain_text(LAYER_NAMES[0], timeout=30_000)
+        editor.locator("button[aria-label='Show Layers']").click()
+        for i, name in enumerate(LAYER_NAMES):
+            sync_api.expect(editor.locator(f"button[aria-label='layer-{i + 1}']")).to_have_text(name)
+        assert "Layer 1" not in editor.inner_text()
 
-            page.locator("#character-image-1 input[type=file]").set_input_files(str(character_files[0]))
-            page.wait_for_selector("#character-image-1 img", timeout=30_000)
-            page.locator("#character-name-1 textarea, #character-name-1 input").first.fill("Mia")
+        page.locator("#character-image-1 input[type=file]").set_input_files(str(character_files[0]))
+        page.wait_for_selector("#character-image-1 img", timeout=30_000)
+        page.locator("#character-name-1 textarea, #character-name-1 input").first.fill("Mia")
 
-            # paint a horizontal stroke through the middle on the first character's layer
-            editor.locator("button[aria-label='layer-1']").click()
-            editor.locator("button[aria-label='Show Layers']").click()  # close the layer list
-            editor.locator("button[aria-label='Brush']").click()
-            page.keyboard.press("Escape")  # close the brush options pop-up
-            paint_stroke(page, editor.locator("canvas").first, -0.2, 0.2, 0.0)
-            page.wait_for_timeout(300)
+        # paint a horizontal stroke through the middle on the first character's layer
+        editor.locator("button[aria-label='layer-1']").click()
+        editor.locator("button[aria-label='Show Layers']").click()  # close the layer list
+        editor.locator("button[aria-label='Brush']").click()
+        page.keyboard.press("Escape")  # close the brush options pop-up
+        paint_stroke(page, editor.locator("canvas").first, -0.2, 0.2, 0.0)
+        page.wait_for_timeout(300)
 
-            page.locator("#prompt textarea").fill("[Mia] on a hill")
-            page.locator("#generate").click()
-            page.wait_for_selector("#gallery img", timeout=120_000)
-            page.wait_for_timeout(500)
-            page.screenshot(path=str(artifacts / "studio.png"), full_page=True)
-            # the README screenshot: characters, the painted canvas and the gallery, at the viewport's width
-            page.evaluate("window.scrollTo(0, 0)")
-            page.screenshot(path=str(SCREENSHOT_ROOT / "screenshot.png"), full_page=True,
-                            clip={"x": 0, "y": 0, "width": 1400, "height": 1300})
-        finally:
-            browser.close()
+        page.locator("#prompt textarea").fill("[Mia] on a hill")
+        page.locator("#generate").click()
+        page.wait_for_selector("#gallery img", timeout=120_000)
+        page.wait_for_timeout(500)
+        page.screenshot(path=str(artifacts / "studio.png"), full_page=True)
+        # the README screenshot: characters, the painted canvas and the gallery, at the viewport's width
+        page.evaluate("window.scrollTo(0, 0)")
+        page.screenshot(path=str(SCREENSHOT_ROOT / "screenshot.png"), full_page=True,
+                        clip={"x": 0, "y": 0, "width": 1400, "height": 1300})
     [made] = set(Path(ctx.settings.output_dir).glob("*.png")) - before
     record = read_record(made)
     assert record.prompt == "[Mia] on a hill" and record.characters[0].name == "Mia"
@@ -117,63 +125,58 @@ def test_every_tab_without_the_rough_edges(studio):
     expect = sync_api.expect
     _, _, url = studio
     SHOTS.mkdir(parents=True, exist_ok=True)
-    with sync_api.sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=str(CHROMIUM), args=FLAGS)
-        try:
-            page = browser.new_page(viewport={"width": 1400, "height": 1000})
-            page.goto(url)
-            page.wait_for_selector("#mask-canvas canvas", timeout=60_000)
-            page.locator("#character-image-1 input[type=file]").set_input_files(
-                str(ROOT / "assets" / "stories" / "characters" / "red.png"))
-            page.wait_for_selector("#character-image-1 img", timeout=30_000)
-            page.locator("#character-name-1 textarea, #character-name-1 input").first.fill("Red")
-            # one character row, one tag button; it names the character
-            expect(page.get_by_role("button", name="[Red]")).to_be_visible(timeout=10_000)
-            for hidden in ("[Character 2]", "[Character 3]", "[Character 4]"):
-                expect(page.get_by_role("button", name=hidden)).to_be_hidden()
-            # a typed size is no longer the preset's
-            width = page.locator("input[aria-label='Width']").first
-            width.fill("320")
-            width.press("Tab")
-            expect(page.locator("#size-preset input")).to_have_value("Custom", timeout=10_000)
-            assert page.get_by_text("True CFG", exact=True).count() == 1
+    with browser_page() as page:
+        page.goto(url)
+        page.wait_for_selector("#mask-canvas canvas", timeout=60_000)
+        page.locator("#character-image-1 input[type=file]").set_input_files(
+            str(ROOT / "assets" / "stories" / "characters" / "red.png"))
+        page.wait_for_selector("#character-image-1 img", timeout=30_000)
+        page.locator("#character-name-1 textarea, #character-name-1 input").first.fill("Red")
+        # one character row, one tag button; it names the character
+        expect(page.get_by_role("button", name="[Red]")).to_be_visible(timeout=10_000)
+        for hidden in ("[Character 2]", "[Character 3]", "[Character 4]"):
+            expect(page.get_by_role("button", name=hidden)).to_be_hidden()
+        # a typed size is no longer the preset's
+        width = page.locator("input[aria-label='Width']").first
+        width.fill("320")
+        width.press("Tab")
+        expect(page.locator("#size-preset input")).to_have_value("Custom", timeout=10_000)
+        assert page.get_by_text("True CFG", exact=True).count() == 1
 
-            page.locator("#prompt textarea").fill("[Red] on a hill")
-            page.wait_for_timeout(1000)
-            for tab in TABS:
-                page.get_by_role("tab", name=tab, exact=True).click()
-                page.wait_for_timeout(1500)
-                if tab == "Story":
-                    expect(page.locator("#story-summary")).to_contain_text("1 page", timeout=10_000)
-                if tab == "Settings":
-                    assert "--models tiny" not in page.inner_text("body")
-                page.evaluate("window.scrollTo(0, 0)")
-                save_small(SHOTS / f"{tab.lower()}.png", page.screenshot(full_page=True))
-            page.get_by_role("tab", name="Generate", exact=True).click()
-            # Cancel during a long run: "Cancelling..." until the job is over, then the next job runs
-            page.locator("#size-preset input").click()
-            page.get_by_role("option", name="Square 1024x1024").click()
-            expect(page.locator("input[aria-label='Width']").first).to_have_value("1024", timeout=10_000)
-            page.locator("#prompt textarea").fill("[Red] on a hill")
-            steps = page.get_by_role("spinbutton", name=re.compile("Steps"))
-            steps.fill("100")
-            steps.press("Enter")
-            page.locator("#generate").click()
-            expect(page.locator("#gallery").get_by_text(re.compile("processing|step"))).to_be_visible(timeout=60_000)
+        page.locator("#prompt textarea").fill("[Red] on a hill")
+        page.wait_for_timeout(1000)
+        for tab in TABS:
+            page.get_by_role("tab", name=tab, exact=True).click()
             page.wait_for_timeout(1500)
-            cancel = page.get_by_role("button", name=re.compile("^Cancel"))
-            cancel.click()
-            expect(cancel).to_have_text("Cancelling...", timeout=10_000)
-            expect(cancel).to_have_text("Cancel", timeout=180_000)
-            expect(page.locator("#notes")).to_contain_text("cancelled", timeout=30_000)
-            page.locator("#size-preset input").click()
-            page.get_by_role("option", name="Tiny test 128x128").click()
-            steps.fill("4")
-            steps.press("Enter")
-            expect(page.locator("input[aria-label='Width']").first).to_have_value("128", timeout=10_000)
-            page.locator("#generate").click()
-            page.wait_for_selector("#gallery img", timeout=120_000)
-        finally:
-            browser.close()
+            if tab == "Story":
+                expect(page.locator("#story-summary")).to_contain_text("1 page", timeout=10_000)
+            if tab == "Settings":
+                assert "--models tiny" not in page.inner_text("body")
+            page.evaluate("window.scrollTo(0, 0)")
+            save_small(SHOTS / f"{tab.lower()}.png", page.screenshot(full_page=True))
+        page.get_by_role("tab", name="Generate", exact=True).click()
+        # Cancel during a long run: "Cancelling..." until the job is over, then the next job runs
+        page.locator("#size-preset input").click()
+        page.get_by_role("option", name="Square 1024x1024").click()
+        expect(page.locator("input[aria-label='Width']").first).to_have_value("1024", timeout=10_000)
+        page.locator("#prompt textarea").fill("[Red] on a hill")
+        steps = page.get_by_role("spinbutton", name=re.compile("Steps"))
+        steps.fill("100")
+        steps.press("Enter")
+        page.locator("#generate").click()
+        expect(page.locator("#gallery").get_by_text(re.compile("processing|step"))).to_be_visible(timeout=60_000)
+        page.wait_for_timeout(1500)
+        cancel = page.get_by_role("button", name=re.compile("^Cancel"))
+        cancel.click()
+        expect(cancel).to_have_text("Cancelling...", timeout=10_000)
+        expect(cancel).to_have_text("Cancel", timeout=180_000)
+        expect(page.locator("#notes")).to_contain_text("cancelled", timeout=30_000)
+        page.locator("#size-preset input").click()
+        page.get_by_role("option", name="Tiny test 128x128").click()
+        steps.fill("4")
+        steps.press("Enter")
+        expect(page.locator("input[aria-label='Width']").first).to_have_value("128", timeout=10_000)
+        page.locator("#generate").click()
+        page.wait_for_selector("#gallery img", timeout=120_000)
     for tab in TABS:
         assert (SHOTS / f"{tab.lower()}.png").stat().st_size < 400_000

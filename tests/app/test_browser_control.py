@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw
 
-from tests.app.test_browser import CHROMIUM, FLAGS, SCREENSHOT_ROOT
+from tests.app.test_browser import CHROMIUM, SCREENSHOT_ROOT, browser_page
 from tests.app.test_browser_edit import wait_for_new
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
@@ -42,43 +42,37 @@ def _photo(path: Path) -> Path:
 
 @pytest.mark.skipif(not CHROMIUM.is_file(), reason="needs Debian's chromium at /usr/bin/chromium (apt-get install chromium)")
 def test_control_panel_in_a_real_browser(studio, tmp_path):
-    sync_api = pytest.importorskip("playwright.sync_api", reason="needs the playwright package")
     from core.io.metadata import read_record
 
     ctx, _, url = studio
     out_dir = Path(ctx.settings.output_dir)
     before = set(out_dir.glob("*.png"))
     skeleton, photo = _skeleton(tmp_path / "skeleton.png"), _photo(tmp_path / "house.png")
-    with sync_api.sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=str(CHROMIUM), args=FLAGS)
-        try:
-            page = browser.new_page(viewport={"width": 1400, "height": 1000})
-            page.goto(url)
-            page.wait_for_selector("#mask-canvas canvas", timeout=60_000)
-            page.get_by_text("Pose and layout control (ControlNet)").click()
-            page.locator("#control-image-1 input[type=file]").set_input_files(str(skeleton))
-            page.locator("#control-photo-2 input[type=file]").set_input_files(str(photo))
-            page.wait_for_timeout(1000)
-            kind = page.locator("#control-kind-2 input")
-            kind.click()
-            page.get_by_role("option", name="canny").click()
-            page.wait_for_timeout(300)
-            page.locator("#control-make-2").click()
-            page.wait_for_selector("#control-image-2 img", timeout=60_000)
-            page.wait_for_timeout(800)
-            page.locator("#prompt textarea").fill("a child waving in front of a house on a hill")
-            page.locator("#generate").click()
-            page.wait_for_selector("#gallery img", timeout=120_000)
-            made = [p for p in wait_for_new(out_dir, before, 1) if not p.name.startswith("control-")]
-            assert len(made) == 1, made
-            made = made[0]
-            page.wait_for_timeout(800)
-            for close in page.locator(".toast-close").all():  # the "made a canny control image" notice
-                close.click()
-            page.wait_for_timeout(500)
-            save_screenshot(page, SCREENSHOT_ROOT / "screenshots" / "control.png")
-        finally:
-            browser.close()
+    with browser_page() as page:
+        page.goto(url)
+        page.wait_for_selector("#mask-canvas canvas", timeout=60_000)
+        page.get_by_text("Pose and layout control (ControlNet)").click()
+        page.locator("#control-image-1 input[type=file]").set_input_files(str(skeleton))
+        page.locator("#control-photo-2 input[type=file]").set_input_files(str(photo))
+        page.wait_for_timeout(1000)
+        kind = page.locator("#control-kind-2 input")
+        kind.click()
+        page.get_by_role("option", name="canny").click()
+        page.wait_for_timeout(300)
+        page.locator("#control-make-2").click()
+        page.wait_for_selector("#control-image-2 img", timeout=60_000)
+        page.wait_for_timeout(800)
+        page.locator("#prompt textarea").fill("a child waving in front of a house on a hill")
+        page.locator("#generate").click()
+        page.wait_for_selector("#gallery img", timeout=120_000)
+        made = [p for p in wait_for_new(out_dir, before, 1) if not p.name.startswith("control-")]
+        assert len(made) == 1, made
+        made = made[0]
+        page.wait_for_timeout(800)
+        for close in page.locator(".toast-close").all():  # the "made a canny control image" notice
+            close.click()
+        page.wait_for_timeout(500)
+        save_screenshot(page, SCREENSHOT_ROOT / "screenshots" / "control.png")
 
     record = read_record(made)
     assert [c["kind"] for c in record.control or []] == ["pose", "canny"], record.control

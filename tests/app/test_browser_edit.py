@@ -10,14 +10,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.app.test_browser import CHROMIUM, FLAGS, SCREENSHOT_ROOT, paint_stroke
+from tests.app.test_browser import CHROMIUM, SCREENSHOT_ROOT, browser_page, paint_stroke
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
 
 @pytest.mark.skipif(not CHROMIUM.is_file(), reason="needs Debian's chromium at /usr/bin/chromium (apt-get install chromium)")
 def test_edit_a_painted_region_in_a_real_browser(studio):
-    sync_api = pytest.importorskip("playwright.sync_api", reason="needs the playwright package")
     from core.conditioning.edit import outside
     from core.conditioning.masks import RoutingMask
     from core.io.metadata import read_record
@@ -25,35 +24,30 @@ def test_edit_a_painted_region_in_a_real_browser(studio):
     ctx, _, url = studio
     out_dir = Path(ctx.settings.output_dir)
     before = set(out_dir.glob("*.png"))
-    with sync_api.sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=str(CHROMIUM), args=FLAGS)
-        try:
-            page = browser.new_page(viewport={"width": 1400, "height": 1000})
-            page.goto(url)
-            page.wait_for_selector("#mask-canvas canvas", timeout=60_000)
-            page.locator("#prompt textarea").fill("a lighthouse on a cliff")
-            page.locator("#generate").click()
-            page.wait_for_selector("#gallery img", timeout=120_000)
-            [first] = wait_for_new(out_dir, before, 1)
+    with browser_page() as page:
+        page.goto(url)
+        page.wait_for_selector("#mask-canvas canvas", timeout=60_000)
+        page.locator("#prompt textarea").fill("a lighthouse on a cliff")
+        page.locator("#generate").click()
+        page.wait_for_selector("#gallery img", timeout=120_000)
+        [first] = wait_for_new(out_dir, before, 1)
 
-            page.locator("#gallery img").first.click()  # selects it (its path goes to Recall)
-            page.wait_for_timeout(500)
-            page.get_by_text("Edit an image (image-to-image, inpainting)").click()  # open the section
-            page.locator("#edit-this").click()
-            editor = page.locator("#edit-canvas")
-            page.wait_for_selector("#edit-canvas canvas", timeout=30_000)
-            page.wait_for_timeout(1000)
-            editor.locator("button[aria-label='Brush']").click()
-            page.keyboard.press("Escape")  # close the brush options pop-up
-            for y in (-0.05, 0.0, 0.05):
-                paint_stroke(page, editor.locator("canvas").first, -0.15, 0.15, y)
-            page.wait_for_timeout(300)
-            page.locator("#edit").click()
-            [edited] = wait_for_new(out_dir, before | {first}, 1)
-            page.wait_for_timeout(800)
-            save_screenshot(page, SCREENSHOT_ROOT / "screenshots" / "edit.png")
-        finally:
-            browser.close()
+        page.locator("#gallery img").first.click()  # selects it (its path goes to Recall)
+        page.wait_for_timeout(500)
+        page.get_by_text("Edit an image (image-to-image, inpainting)").click()  # open the section
+        page.locator("#edit-this").click()
+        editor = page.locator("#edit-canvas")
+        page.wait_for_selector("#edit-canvas canvas", timeout=30_000)
+        page.wait_for_timeout(1000)
+        editor.locator("button[aria-label='Brush']").click()
+        page.keyboard.press("Escape")  # close the brush options pop-up
+        for y in (-0.05, 0.0, 0.05):
+            paint_stroke(page, editor.locator("canvas").first, -0.15, 0.15, y)
+        page.wait_for_timeout(300)
+        page.locator("#edit").click()
+        [edited] = wait_for_new(out_dir, before | {first}, 1)
+        page.wait_for_timeout(800)
+        save_screenshot(page, SCREENSHOT_ROOT / "screenshots" / "edit.png")
 
     record = read_record(edited)
     assert record.edit is not None, "the edit did not reach the engine"

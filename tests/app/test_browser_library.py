@@ -9,7 +9,7 @@ import re
 
 import pytest
 
-from .test_browser import CHROMIUM, FLAGS, ROOT, SCREENSHOT_ROOT
+from .test_browser import CHROMIUM, ROOT, SCREENSHOT_ROOT, browser_page
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
@@ -27,10 +27,8 @@ def test_save_see_pick_and_tell_a_story_with_a_library_character(studio, charact
     ctx, _, url = studio
     copied = ROOT / "assets" / "stories" / "characters" / "Pip.png"
     copied_before = copied.exists()
-    with sync_api.sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=str(CHROMIUM), args=FLAGS)
+    with browser_page() as page:
         try:
-            page = browser.new_page(viewport={"width": 1400, "height": 1000})
             page.goto(url)
             page.get_by_role("tab", name="Library", exact=True).click(timeout=120_000)  # busy CPUs: the page can lag
             page.locator("#library-image input[type=file]").set_input_files(str(character_files[1]))
@@ -61,7 +59,6 @@ def test_save_see_pick_and_tell_a_story_with_a_library_character(studio, charact
             assert copied.is_file()
             assert page.get_by_text("Error", exact=True).count() == 0
         finally:
-            browser.close()
             if not copied_before:
                 copied.unlink(missing_ok=True)
                 if copied.parent.is_dir() and not any(copied.parent.iterdir()):

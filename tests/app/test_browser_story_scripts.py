@@ -13,7 +13,7 @@ import pytest
 from PIL import Image
 
 from app.tabs import story_events as ev
-from tests.app.test_browser import CHROMIUM, FLAGS, SCREENSHOT_ROOT, save_small
+from tests.app.test_browser import CHROMIUM, SCREENSHOT_ROOT, browser_page, save_small
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow,
               pytest.mark.skipif(not CHROMIUM.is_file(), reason="needs Debian's chromium at /usr/bin/chromium")]
@@ -46,36 +46,31 @@ def test_a_manga_page_and_a_webtoon_strip_in_the_story_tab(studio):
     expect = sync_api.expect
     ctx, _, url = studio
     SHOTS.mkdir(parents=True, exist_ok=True)
-    with sync_api.sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=str(CHROMIUM), args=FLAGS)
-        try:
-            page = browser.new_page(viewport={"width": 1400, "height": 1000})
-            page.goto(url)
-            page.wait_for_selector("#mask-canvas canvas", timeout=60_000)
+    with browser_page() as page:
+        page.goto(url)
+        page.wait_for_selector("#mask-canvas canvas", timeout=60_000)
 
-            seconds = load_and_render(page, expect, "manga-page.story", "128x160", "read right to left, vertical",
-                                      "赤いポストマン")
-            print(f"manga page (5 panels, tiny models, 2 steps) rendered and exported in {seconds:.1f} s")
-            exported = Path(ctx.settings.output_dir) / "stories" / "赤いポストマン" / "pages" / "page-01.png"
-            with Image.open(exported) as shot:
-                assert shot.size == (874, 1240)  # A5 at 150 dpi
-                shot = shot.convert("RGB").resize((437, 620), Image.Resampling.LANCZOS)
-                shot.quantize(256).save(SHOTS / "manga-page.png", optimize=True)
+        seconds = load_and_render(page, expect, "manga-page.story", "128x160", "read right to left, vertical",
+                                  "赤いポストマン")
+        print(f"manga page (5 panels, tiny models, 2 steps) rendered and exported in {seconds:.1f} s")
+        exported = Path(ctx.settings.output_dir) / "stories" / "赤いポストマン" / "pages" / "page-01.png"
+        with Image.open(exported) as shot:
+            assert shot.size == (874, 1240)  # A5 at 150 dpi
+            shot = shot.convert("RGB").resize((437, 620), Image.Resampling.LANCZOS)
+            shot.quantize(256).save(SHOTS / "manga-page.png", optimize=True)
 
-            seconds = load_and_render(page, expect, "webtoon-strip.story", "128x96", "layout webtoon, 800 px wide",
-                                      "blue-s-long-jump")
-            print(f"webtoon strip (5 panels, tiny models, 2 steps) rendered and exported in {seconds:.1f} s")
-            strip = page.locator("#story-strip-scroll")
-            expect(strip).to_be_visible(timeout=60_000)
-            sizes = strip.evaluate("e => [e.scrollHeight, e.clientHeight]")
-            assert sizes[0] > 2 * sizes[1], sizes  # a strip taller than its view: it scrolls
-            page.wait_for_timeout(3000)  # the preview is drawn again after the render: scroll the final one
-            page.set_viewport_size({"width": 1400, "height": 1750})  # a plain screenshot keeps the strip's scroll
-            page.evaluate("window.scrollTo(0, 0)")
-            strip = page.locator("#story-strip-scroll")
-            strip.evaluate("e => { e.scrollTop = e.scrollHeight * 0.3 }")
-            page.wait_for_timeout(500)
-            assert strip.evaluate("e => e.scrollTop") > 0
-            save_small(SHOTS / "webtoon-preview.png", page.screenshot())
-        finally:
-            browser.close()
+        seconds = load_and_render(page, expect, "webtoon-strip.story", "128x96", "layout webtoon, 800 px wide",
+                                  "blue-s-long-jump")
+        print(f"webtoon strip (5 panels, tiny models, 2 steps) rendered and exported in {seconds:.1f} s")
+        strip = page.locator("#story-strip-scroll")
+        expect(strip).to_be_visible(timeout=60_000)
+        sizes = strip.evaluate("e => [e.scrollHeight, e.clientHeight]")
+        assert sizes[0] > 2 * sizes[1], sizes  # a strip taller than its view: it scrolls
+        page.wait_for_timeout(3000)  # the preview is drawn again after the render: scroll the final one
+        page.set_viewport_size({"width": 1400, "height": 1750})  # a plain screenshot keeps the strip's scroll
+        page.evaluate("window.scrollTo(0, 0)")
+        strip = page.locator("#story-strip-scroll")
+        strip.evaluate("e => { e.scrollTop = e.scrollHeight * 0.3 }")
+        page.wait_for_timeout(500)
+        assert strip.evaluate("e => e.scrollTop") > 0
+        save_small(SHOTS / "webtoon-preview.png", page.screenshot())
