@@ -67,6 +67,17 @@ class Problems:
         if len(self.items) >= MAX_PROBLEMS:
             raise TooManyProblems
 
+    @classmethod
+    def run(cls, build, source: str | os.PathLike | None, *, sort: bool):
+        """``build(problems)`` with a new list of problems: its result, or a `StoryError` listing the first
+        MAX_PROBLEMS found (in line order when ``sort``) when ``build`` stopped at that many."""
+        problems = cls()
+        try:
+            return build(problems)
+        except TooManyProblems:
+            problems.raise_if_any(source, sort=sort)
+            raise  # not reached
+
     def raise_if_any(self, source: str | os.PathLike | None, sort: bool) -> None:
         if not self.items:
             return

@@ -30,7 +30,6 @@ from core.story.model import CHARACTER_SCALE, Dialogue, Panel, Story, StoryChara
 from core.story.parse_checks import (
     MAX_PATH_CHARS,
     Problems,
-    TooManyProblems,
     check_character,
     check_panel_texts,
     clip,
@@ -55,12 +54,8 @@ def story_from_dict(data: dict[str, Any], base_dir: str | os.PathLike = ".",
     if not isinstance(data, dict) or data.get("format") != "instantcharacter-story":
         raise StoryError("not a story JSON: expected an object with \"format\": \"instantcharacter-story\"",
                          source=str(source) if source else None)
-    problems = Problems()
-    try:
-        return _story_from_dict(data, Path(base_dir), source, paths, problems)
-    except TooManyProblems:
-        problems.raise_if_any(source, sort=False)
-        raise  # not reached
+    return Problems.run(lambda problems: _story_from_dict(data, Path(base_dir), source, paths, problems), source,
+                        sort=False)
 
 
 

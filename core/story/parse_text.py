@@ -41,7 +41,6 @@ from core.story.model import (
 )
 from core.story.parse_checks import (
     Problems,
-    TooManyProblems,
     check_character,
     check_panel_texts,
     clip,
@@ -89,12 +88,8 @@ def parse_story(text: str, base_dir: str | os.PathLike = ".", source: str | os.P
     Raises `StoryError` listing every problem (the first MAX_PROBLEMS); the text size is checked first.
     """
     check_story_text(text)
-    problems = Problems()
-    try:
-        return _parse_story(text, Path(base_dir), source, paths, problems)
-    except TooManyProblems:
-        problems.raise_if_any(source, sort=True)
-        raise  # not reached
+    return Problems.run(lambda problems: _parse_story(text, Path(base_dir), source, paths, problems), source,
+                        sort=True)
 
 
 def _parse_story(text: str, base_dir: Path, source, paths: PathPolicy, problems: Problems) -> Story:
