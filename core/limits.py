@@ -122,5 +122,8 @@ def check_size(width, height) -> tuple[int, int]:
 
 
 def _short(value) -> str:
-    text = repr(value)
+    try:
+        text = repr(value)
+    except ValueError:  # an int of more digits than Python will print
+        return "a number too long to show"
     return text if len(text) <= 40 else text[:37] + "..."

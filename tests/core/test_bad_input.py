@@ -224,3 +224,16 @@ def test_character_name_description_and_scale_limits():
         Character(image, scale=float("nan"))
     with pytest.raises(CharacterError, match="name must be text, got int"):
         Character(image, name=5)
+
+
+@pytest.mark.parametrize("sign", [1, -1])
+def test_an_int_too_long_to_print_gets_a_limit_message(sign):
+    """Python refuses repr() of ints over 4300 digits: the limits' messages say so instead of failing."""
+    from core.limits import LimitError, check_int, check_number, check_seed
+    from core.request import GenerationRequest
+
+    value = sign * 10**5000
+    for check in (lambda: check_int(value, "steps", 1, 100), lambda: check_number(value, "guidance", 0, 30),
+                  lambda: check_seed(value), lambda: GenerationRequest("a cat", steps=value)):
+        with pytest.raises(LimitError, match="too long to show"):
+            check()
