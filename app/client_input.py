@@ -5,7 +5,6 @@ A handler never passes a client's string to something that opens files. It calls
 * :func:`region`: a layout name or ``box:x0,y0,x1,y1`` (a :class:`RoutingMask`), never a file;
 * :func:`loras`: LoRA rows, each a bare name in ``loras/``, a path the studio's path policy allows, or a hub id
   (:class:`core.io.hub_ids.HubId`), hub files fetched here, before the GPU slot, if this client may download;
-* :func:`library_name`: a library character's name and the folder it maps to;
 * :func:`path`: any other file a client names (an image in History, a story folder), through the path policy,
   with the same message whether the file exists or not.
 
@@ -87,14 +86,21 @@ def loras(rows, ctx, request=None) -> list[StyleLora]:
     return parse_rows(rows, ctx.paths, downloads=ctx.access.may_download(request))
 
 
-def library_name(value) -> str:
-    if not isinstance(value, str) or not value.strip():
-        raise StudioInputError("give the character a name")
-    return value.strip()
-
-
 def path(ctx, value, what: str = "file") -> Path:
     """``value`` resolved inside the studio's folders (:class:`core.io.path_policy.PathNotAllowedError` otherwise)."""
     if not isinstance(value, str) or not value:
         raise StudioInputError(f"no {what} given")
     return ctx.paths.resolve(value, what=what)
+
+
+def studio_file(ctx, value, what: str) -> Path:
+    """A file a client names (a gallery or history image, a dropped PNG: Gradio's value or its ``.name``),
+    resolved by :func:`path` inside the studio's folders."""
+    return path(ctx, getattr(value, "name", value), what)
+
+
+def flag(value, name: str) -> bool:
+    """A checkbox's value: ``True`` or ``False`` only (a client's ``"false"`` is not taken as true)."""
+    if not isinstance(value, bool):
+        raise StudioInputError(f"{name} must be true or false, got {repr(value)[:40]}")
+    return value

@@ -176,8 +176,6 @@ def apply_descriptions(characters: list, specs: list[str]) -> list:
 def regional_settings(args: argparse.Namespace, current):
     """The request's :class:`~core.conditioning.regional_text.RegionalText` with the ``--regional-*`` flags given
     on top of ``current`` (a recalled PNG's, or the default)."""
-    from dataclasses import replace
-
     from core.conditioning.regional_text import RegionalText
 
     given = {"mode": getattr(args, "regional_text", None), "steps": getattr(args, "regional_steps", None),

@@ -14,7 +14,6 @@ import importlib.util
 import ipaddress
 import logging
 import sys
-from pathlib import Path
 
 import gradio as gr
 

@@ -38,7 +38,6 @@ import dataclasses
 import json
 import math
 from dataclasses import dataclass, field
-from functools import lru_cache
 from pathlib import Path
 
 from core.errors import UserError

@@ -18,6 +18,7 @@ from core.conditioning.control import (CONTROL_KINDS, DEFAULT_SCALE, ControlImag
 from core.io.images import ImageInputError, load_image
 from core.io.metadata import MetadataError, read_record
 
+from .. import client_input
 from ..context import StudioContext
 from ..errors import StudioInputError, shown_to_user
 
@@ -112,7 +113,7 @@ class ControlEvents:
         unchanged = [gr.update()] * len(CONTROL_KEYS)
         if source is None:
             return unchanged
-        path = self.ctx.paths.resolve(getattr(source, "name", source), what="the PNG")
+        path = client_input.studio_file(self.ctx, source, "the PNG")
         if not read_record(path).control:
             return unchanged
         try:

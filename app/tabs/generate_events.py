@@ -6,11 +6,10 @@ No ``from __future__ import annotations`` here: Gradio reads the ``gr.Request`` 
 """
 
 import hashlib
-import random
 
 import gradio as gr
 
-from core.limits import MAX_SEED, MAX_SIDE, MIN_SIDE
+from core.limits import MAX_SIDE, MIN_SIDE
 from core.conditioning.masks import RoutingMask
 from core.io.metadata import png_from_b64, read_record
 from core.io.paths import write_bytes_atomic
@@ -84,7 +83,7 @@ def parse_form(values, ctx=None, request=None) -> tuple[list[CharacterSlot], obj
     rows = [[data[f"lora{j + 1}_{field}"] for field in LORA_FIELDS] for j in range(MAX_LORAS)]
     fields = client_input.request_fields(data)
     fields["loras"] = client_input.loras(rows, ctx, request) if ctx is not None else parse_rows(rows)
-    if data["randomize_seed"]:  # the form's own choice: the request just has no seed yet
+    if client_input.flag(data["randomize_seed"], "randomize seed"):  # the form's own choice: the request just has no seed yet
         fields["seed"] = None
     return slots, data["canvas"], fields
 
@@ -362,8 +361,3 @@ def size_label(width, height):
 def tag_label(name, index) -> dict:
     name = (name or "").strip()
     return gr.update(value=f"[{name}]" if name else f"[Character {index}]")
-
-
-@shown_to_user
-def random_seed():
-    return random.randint(0, MAX_SEED)

@@ -68,11 +68,6 @@ def panel_edit(edits: dict, index: int, base_hash: str, out_dir: str | os.PathLi
         "source_file", "source_sha256", "strength", "region", "seed", "base_hash")})
 
 
-def stale_edits(edits: dict, hashes: dict[int, str]) -> list[int]:
-    """Panels whose edit was made on settings they no longer have (``hashes``: panel index -> settings hash)."""
-    return sorted(i for i, e in edits.items() if i in hashes and e.get("base_hash") != hashes[i])
-
-
 def record_edit(out_dir: str | os.PathLike, index: int, source, strength: float, region, seed: int | None,
                 base_hash: str) -> dict:
     """Saves ``source`` beside the panels and returns the manifest entry of the edit."""

@@ -183,3 +183,12 @@ def test_compiled_shapes_are_capped():
     assert compile_decision(set(), (1040, 1024, 1, False)) == "eager"  # not a bucket
     full = {(1024, 1024, n, False) for n in range(MAX_COMPILED_SHAPES)}
     assert compile_decision(full, (512, 512, 1, False)) == "eager"
+
+
+@pytest.mark.parametrize("value", ["false", 0, None])
+def test_randomize_seed_is_a_checkbox_value(value):
+    from app.client_input import flag
+
+    with pytest.raises(StudioInputError, match="randomize seed must be true or false"):
+        flag(value, "randomize seed")
+    assert flag(True, "randomize seed") is True and flag(False, "randomize seed") is False

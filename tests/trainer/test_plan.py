@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from trainer.config import TRAIN_PRESETS, load_config, preset_config
-from trainer.plan import GiB, plan_training
+from trainer.plan import plan_training
 
 from .conftest import tiny_config_text
 
