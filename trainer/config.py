@@ -63,7 +63,7 @@ import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from core.errors import UserError
-from core.limits import (MAX_GUIDANCE, MAX_SEED, MAX_SEQUENCE_LENGTH, MAX_STEPS, LimitError, check_int, check_number,
+from core.limits import (MAX_GUIDANCE, MAX_SEQUENCE_LENGTH, MAX_STEPS, LimitError, check_int, check_number,
                          check_seed, check_side)
 from core.loading.quantization import backends
 
@@ -358,8 +358,9 @@ class TrainConfig:
         need(m.every >= 0, "sampling.every", "must be 0 (off) or more")
         if m.every:
             need(bool(m.prompts), "sampling.prompts", "give at least one prompt")
-            need(bool(m.seeds) and all(isinstance(x, int) and 0 <= x <= MAX_SEED for x in m.seeds), "sampling.seeds",
-                 f"give integer seeds from 0 to {MAX_SEED}")  # each sample is a GenerationRequest
+            need(isinstance(m.seeds, list) and bool(m.seeds), "sampling.seeds", "give a list of seeds")
+            for x in m.seeds if isinstance(m.seeds, list) else []:
+                rule(check_seed, "sampling.seeds", x)  # each sample is a GenerationRequest
             rule(check_side, "sampling.resolution", m.resolution, "resolution")
             rule(check_int, "sampling.steps", m.steps, "steps", 1, MAX_STEPS)
             rule(check_number, "sampling.guidance_scale", m.guidance_scale, "guidance_scale", 0.0, MAX_GUIDANCE)

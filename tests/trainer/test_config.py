@@ -91,3 +91,14 @@ def test_text_adapter_and_validation_keys():
                 "validation.segmenter", "validation.size", "validation.steps"):
         assert f"{key}:" in text, key
     assert config_from_dict({**base, "validation": {"every": 0, "size": 100}}).problems() == []  # off: unchecked
+
+
+def test_sample_seeds_follow_the_seed_rule():
+    """``sampling.seeds`` are checked by core.limits' seed rule (a bool or an out-of-range seed is refused)."""
+    base = {"trainable": ["image_adapter"], "data": {"unpaired": "x"}, "stages": [{"steps": 1}]}
+    for seeds, message in (([True], "sampling.seeds: seed must be a whole number from 0 to 4294967295, got True"),
+                           ([2**32], "sampling.seeds: seed must be from 0 to 4294967295, got 4294967296"),
+                           ([], "sampling.seeds: give a list of seeds")):
+        problems = config_from_dict({**base, "sampling": {"every": 1, "prompts": ["a cat"], "seeds": seeds}}).problems()
+        assert message in problems, problems
+    assert config_from_dict({**base, "sampling": {"every": 1, "prompts": ["a cat"], "seeds": [0, 7]}}).problems() == []
