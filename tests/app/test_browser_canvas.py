@@ -4,6 +4,8 @@ still works afterwards."""
 
 from __future__ import annotations
 
+import time
+
 import pytest
 
 from app.mask_canvas import LAYER_NAMES
@@ -11,6 +13,27 @@ from app.mask_canvas import LAYER_NAMES
 from .test_browser import CHROMIUM, browser_page, paint_stroke
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
+
+# The text of the progress overlay that a user sees over the canvas. Gradio keeps a status tracker in the editor's
+# DOM even for events with show_progress="hidden" (it is drawn at opacity 0, and may read "processing | 20.0/0.3s"
+# long after the event is over), so the page's text alone cannot tell a shown overlay from a hidden one.
+SHOWN_PROGRESS = """(root) => [...root.querySelectorAll('.progress-text, .meta-text, .meta-text-center, .progress-level')]
+  .filter((el) => {
+    for (let e = el; e && e !== root.parentElement; e = e.parentElement) {
+      const s = getComputedStyle(e);
+      if (s.display === 'none' || s.visibility === 'hidden' || Number(s.opacity) === 0) return false;
+    }
+    return el.offsetWidth > 0 && el.offsetHeight > 0;
+  })
+  .map((el) => el.textContent.trim()).filter(Boolean).join(' | ')"""
+
+
+def wait_until_no_overlay(editor, timeout: float = 30.0) -> None:
+    """Waits until no progress overlay is shown over ``editor``; fails with the overlay's text after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while (shown := editor.evaluate(SHOWN_PROGRESS)) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not shown, f"a progress overlay stays over the canvas: {shown!r}"
 
 
 @pytest.mark.skipif(not CHROMIUM.is_file(), reason="needs Debian's chromium at /usr/bin/chromium (apt-get install chromium)")
@@ -36,11 +59,10 @@ def test_layout_clear_switch_and_paint_quickly(studio, character_files):
         paint_stroke(page, editor.locator("canvas").first, -0.2, 0.2, 0.0)
 
         # once the queue is idle the canvas is drawn, with no progress overlay left on it
-        page.wait_for_timeout(3000)
+        wait_until_no_overlay(editor)
         expect(editor.locator("canvas").first).to_be_visible()
-        assert "processing" not in editor.inner_text().lower()
         page.get_by_role("button", name="Apply layout", exact=True).click()
-        page.wait_for_timeout(2000)
+        page.wait_for_timeout(1000)
+        wait_until_no_overlay(editor)
         expect(editor.locator("canvas").first).to_be_visible()
-        assert "processing" not in editor.inner_text().lower()
         expect(editor).to_contain_text(LAYER_NAMES[0])
