@@ -43,9 +43,11 @@ def region(value, what: str = "region") -> RoutingMask | None:
                                "grid:RxC:N or box:x0,y0,x1,y1 (fractions 0-1)") from None
 
 
-# the Generate form's settings that are request fields, and those of them that are numbers
+# the Generate form's settings in the page's order; those that are request fields (all but the form's own
+# randomize-seed box), and those of them that are numbers
 SETTING_FIELDS = ("prompt", "negative_prompt", "true_cfg_scale", "steps", "guidance", "width", "height", "seed",
-                  "images", "regional_text")
+                  "randomize_seed", "images", "regional_text")
+REQUEST_FIELDS = tuple(name for name in SETTING_FIELDS if name != "randomize_seed")
 NUMBER_FIELDS = ("true_cfg_scale", "steps", "guidance", "width", "height", "seed", "images")
 
 
@@ -70,9 +72,9 @@ def regional_text(value) -> str:
 
 
 def request_fields(form: dict) -> dict:
-    """The Generate form's settings (:data:`SETTING_FIELDS` of ``form``) as
+    """The Generate form's settings that are request fields (:data:`REQUEST_FIELDS` of ``form``) as
     :class:`core.request.GenerationRequest` keyword arguments; an empty seed is ``None`` (pick one)."""
-    fields = {name: form[name] for name in SETTING_FIELDS}
+    fields = {name: form[name] for name in REQUEST_FIELDS}
     fields.update({name: number(fields[name]) for name in NUMBER_FIELDS})
     fields["regional_text"] = regional_text(fields["regional_text"])
     if fields["seed"] == "":

@@ -27,17 +27,15 @@ from .control_events import parse_controls, split_controls
 
 SLOT_FIELDS = ("image", "name", "scale", "remove_background", "description")
 LORA_FIELDS = ("source", "weight", "trigger")
-SETTING_FIELDS = ("prompt", "negative_prompt", "true_cfg_scale", "steps", "guidance", "width", "height", "seed",
-                  "randomize_seed", "images", "regional_text")
 SLOT_KEYS = [f"{field}{i + 1}" for i in range(MAX_STUDIO_CHARACTERS) for field in SLOT_FIELDS]
 LORA_KEYS = [f"lora{j + 1}_{field}" for j in range(MAX_LORAS) for field in LORA_FIELDS]
-GENERATE_FIELDS = SLOT_KEYS + ["canvas", *SETTING_FIELDS] + LORA_KEYS
+GENERATE_FIELDS = SLOT_KEYS + ["canvas", *client_input.SETTING_FIELDS] + LORA_KEYS
 # the /generate and /edit endpoints' parameter names (app.api_names), in their inputs' order: the form, then the
 # page's state (session paths, mask specs, the edit's canvas and strength, the control panel)
 GENERATE_API_NAMES = GENERATE_FIELDS + ["session_paths", "mask_specs", "control"]
 EDIT_API_NAMES = GENERATE_FIELDS + ["session_paths", "mask_specs", "edit_canvas", "strength", "control"]
 RECALL_FIELDS = (SLOT_KEYS + [f"visible{i + 1}" for i in range(MAX_STUDIO_CHARACTERS)] + ["count", "canvas"]
-                 + [f for f in SETTING_FIELDS if f != "images"] + ["size_preset"] + LORA_KEYS)
+                 + [f for f in client_input.SETTING_FIELDS if f != "images"] + ["size_preset"] + LORA_KEYS)
 
 SIZE_PRESETS = {
     "Square 1024x1024": (1024, 1024), "Portrait 3:4 896x1152": (896, 1152), "Landscape 4:3 1152x896": (1152, 896),
