@@ -171,8 +171,7 @@ class Access:
         :meth:`check_budget`) when not even one does."""
         if self.is_owner(request):
             return wanted
-        self.limits.check_budget(width, height, steps, 1, what)
-        return max(1, min(wanted, int(self.limits.budget // (int(width) * int(height) / 1e6 * int(steps)))))
+        return self.limits.images_within_budget(width, height, steps, wanted, what)
 
     def visitor_key(self, request=None) -> str | None:
         """A folder name private to one visitor (``None`` for the owner): from the login, or the browser session

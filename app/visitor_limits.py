@@ -35,12 +35,24 @@ class VisitorLimits:
     downloads: bool = False
 
     def check_budget(self, width: int, height: int, steps: int, images: int, what: str = "this request") -> None:
-        cost = int(width) * int(height) / 1e6 * int(steps) * int(images)
-        if cost > self.budget:
+        """:class:`VisitorLimitError` when the request's :func:`cost` is over :attr:`budget`."""
+        spent = cost(width, height, steps, images)
+        if spent > self.budget:
             raise VisitorLimitError(
-                f"{what} is {cost:,.0f} megapixel-steps ({int(width)}x{int(height)}, {int(steps)} steps, "
+                f"{what} is {spent:,.0f} megapixel-steps ({int(width)}x{int(height)}, {int(steps)} steps, "
                 f"{int(images)} image(s)): visitors of this studio may ask for at most {self.budget:,.0f} "
                 "(fewer steps, images or pixels; the owner sets --visitor-budget)")
+
+    def images_within_budget(self, width: int, height: int, steps: int, wanted: int, what: str = "one image") -> int:
+        """How many of ``wanted`` images of this size fit :attr:`budget`; refuses (as :meth:`check_budget`) when not
+        even one does."""
+        self.check_budget(width, height, steps, 1, what)
+        return max(1, min(wanted, int(self.budget // cost(width, height, steps, 1))))
+
+
+def cost(width: int, height: int, steps: int, images: int) -> float:
+    """A request's share of the GPU, as :attr:`VisitorLimits.budget` counts it: megapixels x steps x images."""
+    return int(width) * int(height) / 1e6 * int(steps) * int(images)
 
 
 def _address(request) -> str | None:
