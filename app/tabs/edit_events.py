@@ -15,10 +15,9 @@ from core.io.metadata import MetadataError, read_record
 
 from ..context import StudioContext
 from ..errors import StudioInputError, shown_to_user
-from ..generation import EditSettings, generate
+from ..generation import EditSettings
 from ..mask_canvas import edit_canvas
 from ..running import SessionRuns
-from ..spaces import gpu_function
 from . import generate_events as ev
 from .control_events import split_controls
 
@@ -31,8 +30,7 @@ class EditEvents:
     def __init__(self, ctx: StudioContext, runs: SessionRuns | None = None):
         self.ctx = ctx
         self.runs = runs if runs is not None else SessionRuns(ctx.jobs)  # the Generate tab's: one Cancel for both
-        self._zero_gpu_run = gpu_function(lambda request, notes: generate(ctx, request, notes),
-                                          duration=ev.gpu_duration)
+        self._zero_gpu_run = ev.zero_gpu_generate(ctx)
         self.edit = shown_to_user(self._edit)
         self.edit_this = shown_to_user(self._edit_this)
         self.recall_edit = shown_to_user(self._recall_edit)

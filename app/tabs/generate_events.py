@@ -92,6 +92,13 @@ def gpu_duration(request, notes=None) -> int:
                              request.true_cfg_scale > 1, len(request.characters))
 
 
+def zero_gpu_generate(ctx):
+    """``generate(ctx, request, notes)`` as a ZeroGPU function asking for :func:`gpu_duration` (the Generate and
+    Edit events' GPU work; off ZeroGPU the plain function). The GPU is attached only inside it, so per-step progress
+    and Cancel are local-only."""
+    return gpu_function(lambda request, notes: generate(ctx, request, notes), duration=gpu_duration)
+
+
 def run_form(ctx, runs: SessionRuns, zero_gpu_run, request, progress, values: list, specs, session_paths: list,
              edit=None, controls: list | None = None):
     """One Generate (or Edit, with ``edit``) run of the form ``values`` (GENERATE_FIELDS order) under the session's
@@ -134,9 +141,7 @@ class GenerateEvents:
 
     def __init__(self, ctx: StudioContext):
         self.ctx = ctx
-        # On ZeroGPU the GPU is attached only inside this function; per-step progress and Cancel are local-only
-        self._zero_gpu_run = gpu_function(lambda request, notes: generate(ctx, request, notes),
-                                          duration=gpu_duration)
+        self._zero_gpu_run = zero_gpu_generate(ctx)
         self.runs = SessionRuns(ctx.jobs)
         self.generate = shown_to_user(self._generate)
         self.cancel = shown_to_user(self._cancel)
