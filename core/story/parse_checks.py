@@ -8,7 +8,6 @@ problem of a story (the first MAX_PROBLEMS).
 from __future__ import annotations
 
 import difflib
-import math
 import os
 import re
 import stat
@@ -26,9 +25,9 @@ from core.limits import (
     MAX_NAME_CHARS,
     MAX_PROMPT_CHARS,
     MAX_SCALE,
-    MAX_SEED,
     LimitError,
     check_int,
+    check_seed,
     check_text,
 )
 from core.story.fonts import FontFace, coverage
@@ -105,26 +104,7 @@ def unknown_character(name: str, known: dict[str, Any]) -> str:
     return message
 
 
-# --- values and their limits ----------------------------------------------------------------------------------
-def whole_number(value: Any, name: str, low: int, high: int) -> int:
-    """`check_int`, with a short message for ints too long to print."""
-    if isinstance(value, int) and not isinstance(value, bool) and not low <= value <= high:
-        raise LimitError(f"{name} must be from {low} to {high}, got {show(value)}")
-    return check_int(value, name, low, high)
-
-
-def finite_number(value: Any, name: str, low: float, high: float) -> float:
-    """A finite number (int or float, not bool) in ``low..high``."""
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool)
-    if ok and isinstance(value, int):
-        ok = low <= value <= high
-    elif ok:
-        ok = math.isfinite(value) and low <= value <= high
-    if not ok:
-        raise LimitError(f"{name} must be a number from {low:g} to {high:g}, got {show(value)}")
-    return float(value)
-
-
+# --- values and their limits (numbers: core.limits.check_int and check_number) --------------------------------
 def required_text(value: Any, name: str, limit: int) -> str:
     """`check_text` for a required string (a missing one is empty)."""
     return check_text("" if value is None else value, name, limit, optional=False)
@@ -148,7 +128,7 @@ def parse_float(value: str, what: str) -> float:
 
 
 def parse_seed(value: str) -> int:
-    return whole_number(parse_int(value, "seed"), "seed", 0, MAX_SEED)
+    return check_seed(parse_int(value, "seed"))
 
 
 def panel_height(value: Any, layout: str) -> int:
@@ -157,7 +137,7 @@ def panel_height(value: Any, layout: str) -> int:
         raise ValueError("height: sets a panel's height in a webtoon strip: write 'layout: webtoon' in the header "
                          "(other layouts take the height from the page)")
     height = parse_int(value, "height") if isinstance(value, str) else value
-    return whole_number(height, "height", *PANEL_HEIGHTS)
+    return check_int(height, "height", *PANEL_HEIGHTS)
 
 
 def _story_file(value: str, base_dir: Path, what: str, line: int | None, where: str, problems: Problems,

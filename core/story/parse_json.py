@@ -22,9 +22,11 @@ from core.limits import (
     MAX_PANELS,
     MAX_PROMPT_CHARS,
     MAX_SCALE,
-    MAX_SEED,
     MAX_STORY_BYTES,
     LimitError,
+    check_int,
+    check_number,
+    check_seed,
 )
 from core.story.model import CHARACTER_SCALE, Dialogue, Panel, Story, StoryCharacter, StoryError, derive_panel_seed
 from core.story.parse_checks import (
@@ -33,14 +35,12 @@ from core.story.parse_checks import (
     check_character,
     check_panel_texts,
     clip,
-    finite_number,
     font_file,
     panel_control,
     panel_height,
     required_text,
     show,
     unknown_character,
-    whole_number,
 )
 from core.story.parse_header import HEADER, header_problems, header_value, read_header_value
 from core.story.regions import canonical_region
@@ -109,7 +109,7 @@ def _story_from_dict(data: dict[str, Any], base_dir: Path, source, paths: PathPo
         name = _check(problems, where, lambda: required_text(entry.get("name"), "name", MAX_NAME_CHARS))
         image = _check(problems, where, lambda: required_text(entry.get("image"), "image", MAX_PATH_CHARS))
         scale = _check(problems, where,
-                       lambda: finite_number(entry.get("scale", CHARACTER_SCALE), "scale", 0.0, MAX_SCALE))
+                       lambda: check_number(entry.get("scale", CHARACTER_SCALE), "scale", 0.0, MAX_SCALE))
         description = _check(problems, where, lambda: required_text(entry.get("description"), "description",
                                                                     MAX_DESCRIPTION_CHARS))
         if name is None:
@@ -189,10 +189,10 @@ def _panel_from_dict(index: int, raw: Any, known: dict[str, None], fields: dict[
         problems.add(None, f"{where}seed_pinned must be true or false, got {show(pinned)}")
         pinned = False
     if pinned:
-        seed = _check(problems, where, lambda: whole_number(entry.get("seed"), "seed", 0, MAX_SEED))
+        seed = _check(problems, where, lambda: check_seed(entry.get("seed")))
     else:
         seed = derive_panel_seed(header_value(fields, "seed"), index)
-    line = _check(problems, where, lambda: whole_number(entry.get("line", 0) or 0, "line", 0, MAX_STORY_BYTES))
+    line = _check(problems, where, lambda: check_int(entry.get("line", 0) or 0, "line", 0, MAX_STORY_BYTES))
     height = None
     if entry.get("height") is not None:
         height = _check(problems, where, lambda: panel_height(entry.get("height"), header_value(fields, "layout")))
