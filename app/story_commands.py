@@ -23,21 +23,22 @@ from typing import TYPE_CHECKING, Any
 from app.arguments import add_model_arguments, add_speed_arguments, speed_options
 from app.command import run_handler
 from app.wording import counted
-from core.limits import MAX_DPI, MAX_PANELS, MAX_SEED, MAX_STEPS, MIN_DPI, LimitError, check_int, check_size
+from core.limits import (MAX_DPI, MAX_PANELS, MAX_SEED, MAX_STEPS, MIN_DPI, LimitError, check_int, check_size,
+                         read_size)
 
 if TYPE_CHECKING:  # the story modules import PIL: imported when a command runs, not for --help
     from core.story.model import Story, StoryError
-_SIZE = re.compile(r"^(\d+)\s*[xX]\s*(\d+)$")
 _RANGE = re.compile(r"^(\d{1,12})(?:-(\d{1,12}))?$")
 
 
 # --------------------------------------------------------------------------------------------------- arguments
 def _size(text: str) -> tuple[int, int]:
-    match = _SIZE.match(text.strip()) if len(text) <= 40 else None
-    if not match:
-        raise argparse.ArgumentTypeError(f"{text[:40]!r}: expected WIDTHxHEIGHT, e.g. 512x384")
     try:
-        return check_size(int(match.group(1)), int(match.group(2)))
+        width, height = read_size(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    try:
+        return check_size(width, height)
     except LimitError as exc:
         raise argparse.ArgumentTypeError(f"{text!r}: {exc}") from None
 

@@ -8,6 +8,7 @@ This module imports nothing heavy: the CLI's argument parsing and the story pars
 from __future__ import annotations
 
 import numbers
+import re
 
 from core.errors import UserError
 
@@ -119,6 +120,18 @@ def check_size(width, height) -> tuple[int, int]:
     if width * height > MAX_OUTPUT_PIXELS:
         raise LimitError(f"{width}x{height} is {width * height:,} pixels: the limit is {MAX_OUTPUT_PIXELS:,}")
     return width, height
+
+
+_SIZE_TEXT = re.compile(r"(\d+)\s*[xX×]\s*(\d+)")
+
+
+def read_size(text: str) -> tuple[int, int]:
+    """An image size written ``WIDTHxHEIGHT`` (``1024x768``; ``x``, ``X`` or ``×``, spaces around it allowed) as
+    ``(width, height)``, not yet checked (:func:`check_size` does that); ValueError when it is not written so."""
+    match = _SIZE_TEXT.fullmatch(text.strip()) if isinstance(text, str) and len(text) <= 40 else None
+    if not match:
+        raise ValueError(f"bad size {_short(text)}: expected WIDTHxHEIGHT, e.g. 1024x768")
+    return int(match.group(1)), int(match.group(2))
 
 
 def _short(value) -> str:

@@ -9,7 +9,6 @@ number of pages, a webtoon strip's height).
 from __future__ import annotations
 
 import dataclasses
-import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -27,6 +26,7 @@ from core.limits import (
     check_number,
     check_seed,
     check_size,
+    read_size,
 )
 from core.story.geometry import (
     WEBTOON,
@@ -43,7 +43,6 @@ from core.story.geometry import (
 from core.story.model import Story
 from core.story.parse_checks import (
     Problems,
-    clip,
     parse_float,
     parse_int,
     required_text,
@@ -54,7 +53,6 @@ from core.story.regions import format_number
 # Every header field's default, as `Story` states it.
 DEFAULTS: dict[str, Any] = {f.name: f.default for f in dataclasses.fields(Story)
                             if f.default is not dataclasses.MISSING}
-_SIZE_RE = re.compile(r"^(\d+)\s*[xX×]\s*(\d+)$")
 
 
 def _size(value: Any, name: str) -> tuple[int, int]:
@@ -65,13 +63,6 @@ def _size(value: Any, name: str) -> tuple[int, int]:
         return check_size(*value)
     except LimitError as exc:
         raise LimitError(f"bad {name} '{show(value[0])}x{show(value[1])}': {exc}") from None
-
-
-def _read_size(text: str) -> list[int]:
-    match = _SIZE_RE.match(text) if len(text) <= 40 else None
-    if not match:
-        raise ValueError(f"bad size '{clip(text)}': expected WIDTHxHEIGHT, e.g. 1024x768")
-    return [int(match.group(1)), int(match.group(2))]
 
 
 def _webtoon(value: Any, name: str) -> tuple[int, int]:
@@ -112,7 +103,7 @@ HEADER: tuple[HeaderKey, ...] = (
     HeaderKey("title", "title", ("title",), lambda v, name: required_text(v, name, MAX_CAPTION_CHARS)),
     HeaderKey("style", "style", ("style",), lambda v, name: required_text(v, name, MAX_PROMPT_CHARS)),
     HeaderKey("negative", "negative", ("negative",), lambda v, name: required_text(v, name, MAX_PROMPT_CHARS)),
-    HeaderKey("size", "size", ("width", "height"), _size, lambda text, name: _read_size(text)),
+    HeaderKey("size", "size", ("width", "height"), _size, lambda text, name: list(read_size(text))),
     HeaderKey("seed", "seed", ("seed",), check_seed, parse_int),
     HeaderKey("layout", "layout", ("layout",), _spec(parse_layout_spec), _words),
     HeaderKey("page", "page", ("page",), _spec(lambda text: parse_page_spec(text).spec), _words),
