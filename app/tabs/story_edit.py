@@ -5,7 +5,6 @@ a region (a layout name or box), recorded in the render manifest as ``story edit
 No ``from __future__ import annotations`` here: Gradio reads the ``gr.Request`` annotation at runtime.
 """
 
-import math
 from types import SimpleNamespace
 
 import gradio as gr
@@ -13,6 +12,7 @@ import gradio as gr
 from .. import client_input
 from ..errors import StudioInputError, shown_to_user
 from .edit_events import DEFAULT_STRENGTH
+from .story_events import panel_index, render_dir_for
 
 REGIONS = ["whole panel", "left", "right", "top", "bottom", "left-third", "center-third", "right-third"]
 
@@ -53,10 +53,9 @@ class StoryEditEvents:
         from core.story.edit import prepare_panel_edit
         from core.story.model import StoryError
 
-        from .story_events import render_dir_for
 
         story = self.events.checked_story(text, folder)
-        index = _panel_index(number, len(story.panels))
+        index = panel_index(number, len(story.panels))
         try:
             strength = float(strength)
         except (TypeError, ValueError):
@@ -71,14 +70,6 @@ class StoryEditEvents:
         if notes:
             outputs[0] = "\n".join([outputs[0], *(f"- {n}" for n in notes)])
         return tuple(outputs)
-
-
-def _panel_index(number, count: int) -> int:
-    if (not isinstance(number, (int, float)) or isinstance(number, bool) or not math.isfinite(number)
-            or int(number) != number or not 1 <= int(number) <= count):
-        shown = repr(number)[:20] if isinstance(number, (int, float)) else type(number).__name__
-        raise StudioInputError(f"panel number must be 1 to {count}, got {shown}")
-    return int(number) - 1
 
 
 def wire(ui, gpu: dict) -> StoryEditEvents:

@@ -195,6 +195,15 @@ def panel_gallery(story: Story, render_dir: Path) -> list[tuple[str, str]]:
     return items
 
 
+def panel_index(number, count: int) -> int:
+    """The 0-based index of the Panel field's ``number`` (1 to ``count``, a whole number); refused otherwise."""
+    if (not isinstance(number, (int, float)) or isinstance(number, bool) or not math.isfinite(number)
+            or int(number) != number or not 1 <= int(number) <= count):
+        shown = repr(number)[:20] if isinstance(number, (int, float)) else type(number).__name__
+        raise StudioInputError(f"panel number must be 1 to {count}, got {shown}")
+    return int(number) - 1
+
+
 def pin_panel_seed(text: str, story: Story, index: int, seed: int) -> str:
     """``text`` with panel ``index``'s seed pinned (the story grammar's own edit, :func:`core.story.parse_text.pin_seed`)."""
     if not story.panels[index].line:
@@ -390,11 +399,7 @@ class StoryEvents:
         Returns ``(new text, *the outputs of Render)``.
         """
         story = self.checked_story(text, folder)
-        if (not isinstance(number, (int, float)) or isinstance(number, bool) or not math.isfinite(number)
-                or int(number) != number or not 1 <= int(number) <= len(story.panels)):
-            shown = repr(number)[:20] if isinstance(number, (int, float)) else type(number).__name__
-            raise StudioInputError(f"panel number must be 1 to {len(story.panels)}, got {shown}")
-        index = int(number) - 1
+        index = panel_index(number, len(story.panels))
         seed = random.randint(0, MAX_SEED) if seed is None else int(seed)
         text = pin_panel_seed(text, story, index, seed)
         reseeded = self.checked_story(text, folder)
