@@ -28,6 +28,7 @@ from benchmarks.released import released_style
 from benchmarks.report import REFERENCE_STEPS, format_result
 from core.engine import Engine
 from core.errors import UsageError
+from core.loading.quantization import quantization_backend
 
 GiB = 2**30
 BENCH_PROMPT = "a character standing in a sunny park, detailed illustration"
@@ -102,18 +103,18 @@ def bench_character(size: int = 512):
 
 def resolve_bench_preset(preset: str, device: torch.device, width: int, height: int, quantization: str | None = None):
     """The ``MemoryPreset`` to measure and notes on any substitution (auto choice, quanto instead of bitsandbytes)."""
-    from core.loading.memory import QUANTO_ALTERNATIVE, bitsandbytes_usable, choose_preset, detect_memory, get_preset
+    from core.loading.memory import QUANTO_ALTERNATIVE, choose_preset, detect_memory, get_preset
 
     notes = []
     if preset == "auto":
         found = detect_memory()
         chosen, _, reason = choose_preset(found.vram_total_bytes, found.ram_total_bytes, width, height,
-                                          bitsandbytes_ok=bitsandbytes_usable())
+                                          bitsandbytes_ok=quantization_backend("bnb-nf4").unavailable("cuda") is None)
         notes.append(f"auto: {reason}")
         chosen = get_preset(chosen.name, quantization) if quantization else chosen
     else:
         chosen = get_preset(preset, quantization)
-    if chosen.needs_bitsandbytes and not (device.type == "cuda" and bitsandbytes_usable()):
+    if chosen.needs_bitsandbytes and quantization_backend("bnb-nf4").unavailable(device.type):
         chosen = chosen.with_quantization(QUANTO_ALTERNATIVE)
         notes.append(f"bitsandbytes cannot run on {device.type}: measured with {QUANTO_ALTERNATIVE} instead")
     return chosen, notes

@@ -345,7 +345,7 @@ def _train(preset: str, args) -> dict:
     cached inputs; bitsandbytes parts replaced by quanto / torch AdamW where bitsandbytes cannot run (said so)."""
     import torch
 
-    from core.loading.memory import QUANTO_ALTERNATIVE, bitsandbytes_usable
+    from core.loading.memory import QUANTO_ALTERNATIVE
     from core.loading.quantization import quantization_backend
     from trainer.config import preset_config
     from trainer.plan import ModelDescription, build_meta_model, meta_inputs, plan_training
@@ -358,7 +358,7 @@ def _train(preset: str, args) -> dict:
         config.data.max_sequence_length = 16
         for stage in config.stages:
             stage.resolution = 64
-    bnb_ok = device.type == "cuda" and bitsandbytes_usable()
+    bnb_ok = quantization_backend("bnb-nf4").unavailable(device.type) is None
     if config.models.base_quantization and quantization_backend(config.models.base_quantization).needs_cuda \
             and not bnb_ok:
         replaced.append(f"{config.models.base_quantization} -> {QUANTO_ALTERNATIVE}")

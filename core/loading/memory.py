@@ -15,14 +15,12 @@ from __future__ import annotations
 
 import contextlib
 import gc
-import importlib.util
-import sys
 from dataclasses import dataclass, field, replace
-from pathlib import Path
 from typing import Iterator, Mapping
 
 from core.loading.model_sizes import ComponentSize, all_sizes
 from core.loading.quantization import backends, quantization_backend
+from core.loading.torch_build import torch_may_see_a_gpu
 from core.errors import UserError
 
 GiB = 2**30
@@ -500,22 +498,6 @@ def _meminfo() -> tuple[int | None, int | None]:
     return values.get("MemTotal"), values.get("MemAvailable")
 
 
-def _torch_may_see_a_gpu() -> bool:
-    """False when the installed torch is built for neither CUDA nor ROCm, read from its generated ``version.py``
-    without importing torch (seconds): such a build never sees a GPU. True when torch is imported already, or when
-    its build cannot be read (then torch itself is asked)."""
-    if "torch" in sys.modules:
-        return True
-    try:
-        folder = importlib.util.find_spec("torch").submodule_search_locations[0]
-        spec = importlib.util.spec_from_file_location("_torch_build", Path(folder) / "version.py")
-        build = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(build)
-    except Exception:  # an unusual install: let the import of torch say what it is
-        return True
-    return bool(getattr(build, "cuda", None) or getattr(build, "hip", None))
-
-
 def swap_free_bytes() -> int:
     """Free swap space in bytes (psutil or /proc/meminfo); 0 when unknown."""
     try:
@@ -537,7 +519,7 @@ def swap_free_bytes() -> int:
 def detect_memory() -> DetectedMemory:
     """GPU memory (``torch.cuda.mem_get_info`` of the current device) and system RAM (psutil or /proc/meminfo)."""
     ram_total, ram_available = _meminfo()
-    if not _torch_may_see_a_gpu():
+    if not torch_may_see_a_gpu():
         return DetectedMemory(None, None, ram_total, ram_available)
     import torch
 
@@ -545,18 +527,6 @@ def detect_memory() -> DetectedMemory:
         return DetectedMemory(None, None, ram_total, ram_available)
     free, total = torch.cuda.mem_get_info()
     return DetectedMemory(int(total), int(free), ram_total, ram_available, torch.cuda.get_device_name())
-
-
-def bitsandbytes_usable() -> bool:
-    """True when bitsandbytes is installed and a CUDA GPU is present (its 4/8-bit kernels need CUDA).
-
-    Only looks for the package: importing bitsandbytes costs seconds and prints notes about its CPU kernels.
-    """
-    if importlib.util.find_spec("bitsandbytes") is None or not _torch_may_see_a_gpu():
-        return False
-    import torch
-
-    return torch.cuda.is_available()
 
 
 # ------------------------------------------------------------------------------------------------------- choosing
@@ -660,7 +630,7 @@ def format_plan(vram_gb: float | None = None, ram_gb: float | None = None, width
     detected = detect_memory() if detect and (vram_gb is None or ram_gb is None) else None
     vram = vram_gb * GiB if vram_gb is not None else (detected.vram_total_bytes if detected else None)
     ram = ram_gb * GiB if ram_gb is not None else (detected.ram_total_bytes if detected else None)
-    bnb_ok = bitsandbytes_usable() if vram_gb is None else True
+    bnb_ok = quantization_backend("bnb-nf4").unavailable("cuda") is None if vram_gb is None else True
     chosen, _, reason = choose_preset(vram, ram, width, height, bitsandbytes_ok=bnb_ok, files=files,
                                       controlnet=controlnet)
     where = (f"GPU {vram / GiB:.1f} GiB" if vram is not None else "no GPU") + \
@@ -727,16 +697,16 @@ def next_preset(preset: MemoryPreset | str, vram_bytes: int | None = None, width
     """The next preset after ``preset`` in ``PRESET_ORDER`` that needs less GPU memory; with ``vram_bytes``, the
     first such one estimated to fit.
 
-    A quanto ``preset`` keeps quanto; ``bitsandbytes_ok`` False (default: ``bitsandbytes_usable()``) swaps
-    bitsandbytes for ``quanto-int8``. Returns None when no later preset needs less GPU memory (``fp8-streamed``,
-    ``streamed``); when none is estimated to fit ``vram_bytes``, the smallest one.
+    A quanto ``preset`` keeps quanto; ``bitsandbytes_ok`` False (default: whether the bitsandbytes backend runs on
+    CUDA here) swaps bitsandbytes for ``quanto-int8``. Returns None when no later preset needs less GPU memory
+    (``fp8-streamed``, ``streamed``); when none is estimated to fit ``vram_bytes``, the smallest one.
     """
     name = preset.name if isinstance(preset, MemoryPreset) else preset
     quant = preset.transformer_quantization if isinstance(preset, MemoryPreset) else None
     if quant not in QUANTIZERS:
         quant = None
     if bitsandbytes_ok is None:
-        bitsandbytes_ok = bitsandbytes_usable()
+        bitsandbytes_ok = quantization_backend("bnb-nf4").unavailable("cuda") is None
     if quant is None and not bitsandbytes_ok:
         quant = QUANTO_ALTERNATIVE
 

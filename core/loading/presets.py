@@ -274,14 +274,14 @@ def resolve_preset(name: str, *, tiny: bool = False, zero_gpu: bool = False,
     single-file transformer, that file's real size); a bitsandbytes preset falls back to its quanto alternative
     where bitsandbytes cannot run; tiny test models and ZeroGPU (a large GPU per request) always run ``full``.
     """
-    from core.loading.memory import bitsandbytes_usable, choose_preset, detect_memory
+    from core.loading.memory import choose_preset, detect_memory
 
     if zero_gpu:
         return get_preset("full"), "ZeroGPU: a large GPU is attached for each request"
     if tiny:
         return get_preset("full"), "tiny test models: a few megabytes, no memory saving needed"
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    bnb_ok = bitsandbytes_usable() and device.type == "cuda"
+    bnb_ok = quantization_backend("bnb-nf4").unavailable(device.type) is None
     if name == "auto" and device.type == "cpu":
         return get_preset("full"), "no CUDA GPU: everything stays in system memory (slow; try --models tiny)"
     if name == "auto":

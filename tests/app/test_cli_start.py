@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from core.loading.memory import _torch_may_see_a_gpu
+from core.loading.torch_build import torch_may_see_a_gpu
 
 ROOT = Path(__file__).resolve().parents[2]
 SECONDS = 3.0
@@ -56,7 +56,7 @@ def test_command_answers_quickly_and_quietly(command):
     assert proc.stdout.strip()
     assert not [n for n in NOISE if n in proc.stderr], proc.stderr
     # plan with nothing given asks torch for the GPU's memory, unless torch is built for the CPU only
-    bound = 30.0 if command == ["plan"] and _torch_may_see_a_gpu() else SECONDS
+    bound = 30.0 if command == ["plan"] and torch_may_see_a_gpu() else SECONDS
     assert seconds < bound, f"{' '.join(command)} took {seconds:.2f} s"
 
 
@@ -123,11 +123,11 @@ def test_plan_without_sizes_reads_the_torch_build_instead_of_importing_torch():
     """A torch built for neither CUDA nor ROCm never sees a GPU: ``plan`` learns that from ``torch/version.py``."""
     code = ("import contextlib, io, json, sys\n"
             "from app import cli\n"
-            "from core.loading.memory import _torch_may_see_a_gpu\n"
+            "from core.loading.torch_build import torch_may_see_a_gpu\n"
             "out = io.StringIO()\n"
             "with contextlib.redirect_stdout(out):\n"
             "    cli.main(['plan'])\n"
-            "print(json.dumps([_torch_may_see_a_gpu(), 'torch' in sys.modules, out.getvalue()]))\n")
+            "print(json.dumps([torch_may_see_a_gpu(), 'torch' in sys.modules, out.getvalue()]))\n")
     proc, _ = _run(["-c", code])
     assert proc.returncode == 0, proc.stderr
     may_see_a_gpu, imported_torch, plan = json.loads(proc.stdout)

@@ -71,6 +71,32 @@ def test_bitsandbytes_says_why_it_cannot_run_on_the_cpu():
         quantization_backend("bnb-int8").apply(torch.nn.Linear(2, 2))
 
 
+
+def test_one_rule_says_whether_bitsandbytes_runs_and_the_presets_follow_it(monkeypatch):
+    """The bitsandbytes backend alone decides (package, CUDA device, a torch that sees it); the preset resolver asks
+    it rather than checking again."""
+    import importlib.util
+
+    from core.loading.presets import resolve_preset
+    from core.loading.quantization import bitsandbytes
+
+    nf4 = quantization_backend("bnb-nf4")
+    if importlib.util.find_spec("bitsandbytes") is not None:
+        monkeypatch.setattr(bitsandbytes, "torch_may_see_a_gpu", lambda: False)
+        assert nf4.unavailable("cuda") == "bitsandbytes needs a CUDA GPU and this torch is built without CUDA"
+        monkeypatch.setattr(bitsandbytes, "torch_may_see_a_gpu", lambda: True)
+        monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+        assert nf4.unavailable("cuda") == "bitsandbytes needs a CUDA GPU and none is available"
+        monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+        assert nf4.unavailable("cuda") is None
+        assert nf4.unavailable("cpu") == "bitsandbytes needs a CUDA GPU and the device is cpu"
+    for why in ("bitsandbytes needs a CUDA GPU and none is available", None):
+        monkeypatch.setattr(bitsandbytes.BitsAndBytesBackend, "unavailable", lambda self, device_type, why=why: why)
+        preset, reason = resolve_preset("low", device="cuda")
+        assert (preset.transformer_quantization, reason) == (
+            ("quanto-int8", "bitsandbytes needs a CUDA GPU: using quanto int8") if why else
+            ("bnb-nf4", "chosen by the user"))
+
 class _TwoLayers(torch.nn.Module):
     def __init__(self):
         super().__init__()

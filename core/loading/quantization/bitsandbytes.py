@@ -7,6 +7,7 @@ import math
 from dataclasses import dataclass
 
 from core.loading.quantization.base import QuantizationBackend, register
+from core.loading.torch_build import torch_may_see_a_gpu
 
 # diffusers/transformers defaults: blocksize 64, no double quantization: two weights per byte plus one float32
 # absmax per 64 weights.
@@ -30,12 +31,19 @@ class BitsAndBytesBackend(QuantizationBackend):
         return params + rows * BNB_INT8_ROW_BYTES
 
     def unavailable(self, device_type: str) -> str | None:
+        """The one rule for whether bitsandbytes runs here: the package installed (only looked for: importing it
+        costs seconds and prints notes about its CPU kernels) and a CUDA device (its 4/8-bit kernels need CUDA),
+        asked of torch only when its build can see a GPU (so the planner stays free of torch on a CPU build)."""
         if importlib.util.find_spec("bitsandbytes") is None:
             return "bitsandbytes is not installed"
+        if device_type != "cuda":
+            return f"bitsandbytes needs a CUDA GPU and the device is {device_type}"
+        if not torch_may_see_a_gpu():
+            return "bitsandbytes needs a CUDA GPU and this torch is built without CUDA"
         import torch
 
-        if device_type != "cuda" or not torch.cuda.is_available():
-            return f"bitsandbytes needs a CUDA GPU and the device is {device_type}"
+        if not torch.cuda.is_available():
+            return "bitsandbytes needs a CUDA GPU and none is available"
         return None
 
     def load_config(self, component: str, compute_dtype):
