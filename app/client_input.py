@@ -5,8 +5,9 @@ A handler never passes a client's string to something that opens files. It calls
 * :func:`region`: a layout name or ``box:x0,y0,x1,y1`` (a :class:`RoutingMask`), never a file;
 * :func:`loras`: LoRA rows, each a bare name in ``loras/``, a path the studio's path policy allows, or a hub id
   (:class:`core.io.hub_ids.HubId`), hub files fetched here, before the GPU slot, if this client may download;
-* :func:`path`: any other file a client names (an image in History, a story folder), through the path policy,
-  with the same message whether the file exists or not.
+* :func:`path` (:func:`studio_file` for a file component's value): any other file a client names (a PNG to
+  Recall or to edit, an image in History, a story folder), through the path policy, with the same message whether
+  the file exists or not.
 
 The Generate form's settings are parsed here too (:func:`request_fields`): numbers as numbers, choices as text. Their
 bounds are not: :class:`core.request.GenerationRequest` checks them when it is built, as for every other surface.

@@ -13,6 +13,7 @@ from core.conditioning.edit import output_size
 from core.conditioning.masks import RoutingMask
 from core.io.metadata import MetadataError, read_record
 
+from .. import client_input
 from ..context import StudioContext
 from ..errors import StudioInputError, shown_to_user
 from ..generation import EditSettings
@@ -50,8 +51,7 @@ class EditEvents:
         at its own size."""
         if not path:
             raise StudioInputError("pick an image in the gallery (or the history) first, then press 'Edit this'")
-        path = getattr(path, "name", path)
-        canvas = edit_canvas(path)
+        canvas = edit_canvas(client_input.studio_file(self.ctx, path, "the image"))
         width, height = output_size(canvas["background"])
         gr.Info("The image is on the edit canvas: paint the region to redo (or nothing, to change all of it), "
                 "then press Edit")
@@ -85,7 +85,7 @@ class EditEvents:
 
         if source is None:
             return gr.update(), gr.update()
-        path = getattr(source, "name", source)
+        path = client_input.studio_file(self.ctx, source, "the PNG")
         if read_record(path).edit is None:
             return gr.update(), gr.update()
         try:

@@ -185,8 +185,7 @@ class GenerateEvents:
         """``(values in RECALL_FIELDS order, mask specs per slot)`` of a PNG made by the studio."""
         if source is None:
             raise StudioInputError("pick a gallery image or drop in a PNG made by the studio first")
-        path = getattr(source, "name", source)
-        record = read_record(path)
+        record = read_record(client_input.studio_file(self.ctx, source, "the PNG"))
         if len(record.characters) > MAX_STUDIO_CHARACTERS:
             raise StudioInputError(f"this image has {len(record.characters)} characters; the studio holds "
                                    f"{MAX_STUDIO_CHARACTERS} (recall it with the command line instead)")

@@ -7,6 +7,7 @@ import gradio as gr
 from core.conditioning.character import Character
 from core.io.metadata import MetadataError, read_record
 
+from .. import client_input
 from ..context import StudioContext
 from ..errors import StudioInputError, shown_to_user
 
@@ -35,7 +36,7 @@ class HistoryEvents:
 
     def _score(self, path: str | None) -> str:
         """(``path`` comes from the server-side selection state, never from the client.)"""
-        return self._score_path(self.ctx.paths.resolve(path, what="image") if path else None)
+        return self._score_path(client_input.studio_file(self.ctx, path, "image") if path else None)
 
     def _score_path(self, path) -> str:
         """CLIP-I and DINO-I of the image against its characters, CLIP-T against its prompt (markdown)."""

@@ -83,8 +83,9 @@ def test_recall_of_a_plain_png_leaves_the_edit_canvas(ctx):
     assert EditEvents(ctx).recall_edit(paths[0]) == (gr.update(), gr.update())
 
 
-def test_edit_this_puts_the_image_on_the_canvas_at_its_size(ctx, tmp_path):
-    path = tmp_path / "wide.png"
+def test_edit_this_puts_the_image_on_the_canvas_at_its_size(ctx):
+    ctx.settings.output_dir.mkdir(parents=True)  # "Edit this" reads only the studio's folders
+    path = ctx.settings.output_dir / "wide.png"
     Image.new("RGB", (100, 60), "navy").save(path)
     canvas, width, height, preset = EditEvents(ctx).edit_this(str(path))
     assert canvas["background"].size == (100, 60) and (width, height) == (96, 48) and preset == "Custom"

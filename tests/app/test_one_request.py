@@ -24,7 +24,7 @@ def _studio_request(ctx, path):
 @pytest.mark.parametrize("mask", ["left", "box:0.1,0.2,0.6,0.9", "grid:2x2:3"])
 def test_cli_png_at_scale_1_8_with_a_named_mask_recalls_as_the_same_request(tiny_models, tmp_path, character_files,
                                                                             mask):
-    out = tmp_path / "cli.png"
+    out = tmp_path / "o" / "cli.png"  # in the studio's output folder: Recall reads only the studio's folders
     assert main(["generate", "--prompt", "[Ann] on a hill", "--character", f"Ann={character_files[0]}:1.8",
                  "--mask", f"Ann={mask}", "--steps", "2", "--width", "64", "--height", "48", "--seed", "9",
                  "--models", "tiny", "--out", str(out)]) == 0
@@ -41,7 +41,7 @@ def test_a_soft_painted_mask_keeps_its_values_through_recall(tiny_models, tmp_pa
     soft = tmp_path / "soft.png"
     ramp = np.tile(np.linspace(0, 255, 64, dtype=np.uint8), (48, 1))
     Image.fromarray(ramp, "L").save(soft)
-    out = tmp_path / "cli.png"
+    out = tmp_path / "o" / "cli.png"  # in the studio's output folder: Recall reads only the studio's folders
     assert main(["generate", "--prompt", "[Ann] walks", "--character", f"Ann={character_files[0]}",
                  "--mask", f"Ann={soft}", "--steps", "1", "--width", "64", "--height", "48", "--seed", "1",
                  "--models", "tiny", "--out", str(out)]) == 0

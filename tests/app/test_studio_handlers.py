@@ -200,8 +200,14 @@ def test_unexpected_error_is_one_line(ctx, monkeypatch):
 
 
 # ---------------------------------------------------------------------- recall, library, slots
-def test_recall_of_foreign_png(ctx, tmp_path):
-    path = tmp_path / "plain.png"
+def _in_outputs(ctx, name: str):
+    """A path for a file named ``name`` in the studio's output folder (a Recall reads only the studio's folders)."""
+    ctx.settings.output_dir.mkdir(parents=True, exist_ok=True)
+    return ctx.settings.output_dir / name
+
+
+def test_recall_of_foreign_png(ctx):
+    path = _in_outputs(ctx, "plain.png")
     Image.new("RGB", (32, 32)).save(path)
     assert "carries no InstantCharacter Studio settings" in error_of(ev.GenerateEvents(ctx).recall, str(path))
     assert "pick a gallery image" in error_of(ev.GenerateEvents(ctx).recall, None)
@@ -361,10 +367,10 @@ def test_cancel_stops_a_running_run_and_drops_a_queued_one(ctx):
 
 
 # ---------------------------------------------------------------------- Recall of crafted files
-def _recall_file(tmp_path, settings, name="crafted.png") -> str:
+def _recall_file(ctx, settings, name="crafted.png") -> str:
     from tests.core.crafted_png import png_with_settings
 
-    path = tmp_path / name
+    path = _in_outputs(ctx, name)
     path.write_bytes(png_with_settings(settings))
     return str(path)
 
@@ -376,24 +382,24 @@ def _recall_file(tmp_path, settings, name="crafted.png") -> str:
     (dict(guidance_scale="3.5"), "guidance_scale must be a number from 0 to 30, got '3.5'"),
     (dict(characters=[{"image": "x"}] * 9), "9 characters given: at most 8"),
 ])
-def test_recall_of_junk_settings(ctx, tmp_path, fields, message):
+def test_recall_of_junk_settings(ctx, fields, message):
     from tests.core.crafted_png import record
 
-    got = error_of(ev.GenerateEvents(ctx).recall, _recall_file(tmp_path, record(**fields)))
+    got = error_of(ev.GenerateEvents(ctx).recall, _recall_file(ctx, record(**fields)))
     assert got == f"the image's settings are not usable: {message}"
 
 
-def test_recall_of_deep_json_and_bad_images(ctx, tmp_path):
+def test_recall_of_deep_json_and_bad_images(ctx):
     from tests.core.crafted_png import b64, record
 
     recall = ev.GenerateEvents(ctx).recall
-    assert error_of(recall, _recall_file(tmp_path, "[" * 50_000)) == \
+    assert error_of(recall, _recall_file(ctx, "[" * 50_000)) == \
         "the image's settings nest deeper than 8 levels"
     notes = b64(b"plain text")
-    assert error_of(recall, _recall_file(tmp_path, record(characters=[{"image": notes}]))) == \
+    assert error_of(recall, _recall_file(ctx, record(characters=[{"image": notes}]))) == \
         "character 1's image is not an image file Pillow can read"
     good = b64(_png_bytes(Image.new("RGB", (32, 32))))
-    assert error_of(recall, _recall_file(tmp_path, record(characters=[{"image": good, "mask": "png:" + notes}]))) == \
+    assert error_of(recall, _recall_file(ctx, record(characters=[{"image": good, "mask": "png:" + notes}]))) == \
         "character 1's mask is not an image file Pillow can read"
 
 
@@ -421,7 +427,7 @@ def _peak_rss_during(fn):
     return result, time.perf_counter() - began, rss("VmHWM") - start
 
 
-def test_recall_of_a_small_png_with_huge_masks_is_bounded(ctx, tmp_path):
+def test_recall_of_a_small_png_with_huge_masks_is_bounded(ctx):
     """A few hundred bytes of PNG whose settings hold four 36-megapixel 1-bit images and masks (they deflate
     1000:1). Recall used to decode all of them to RGB images and float masks (gigabytes, tens of seconds); now
     images go to their boxes as files without being decoded, and masks are decoded one at a time, scaled down to
@@ -431,8 +437,8 @@ def test_recall_of_a_small_png_with_huge_masks_is_bounded(ctx, tmp_path):
     side = 6000
     image, mask = b64(bilevel_png(side, side)), "png:" + b64(bilevel_png(side, side))
     characters = [{"image": image, "name": f"C{i}", "mask": mask} for i in range(MAX_STUDIO_CHARACTERS)]
-    path = _recall_file(tmp_path, record(characters=characters, width=1024, height=1024))
-    assert (tmp_path / "crafted.png").stat().st_size < 2000
+    path = _recall_file(ctx, record(characters=characters, width=1024, height=1024))
+    assert _in_outputs(ctx, "crafted.png").stat().st_size < 2000
     values, seconds, peak_mb = _peak_rss_during(lambda: ev.GenerateEvents(ctx).recall(path))
     recalled = dict(zip(ev.RECALL_FIELDS, values, strict=True))
     assert Image.open(recalled["image1"]).size == (side, side)  # the recorded file itself, never decoded here
@@ -441,7 +447,7 @@ def test_recall_of_a_small_png_with_huge_masks_is_bounded(ctx, tmp_path):
 
     # past the pixel limit, nothing is decoded at all
     huge = "png:" + b64(bilevel_png(30000, 30000, pixels=False))
-    path = _recall_file(tmp_path, record(characters=[{"image": image, "mask": huge}]), "huge.png")
+    path = _recall_file(ctx, record(characters=[{"image": image, "mask": huge}]), "huge.png")
     message, seconds, peak_mb = _peak_rss_during(lambda: error_of(ev.GenerateEvents(ctx).recall, path))
     assert message == "character 1's mask is far over the 40 megapixel limit: refused before decoding"
     assert peak_mb < 50 and seconds < 2, (peak_mb, seconds)
