@@ -21,7 +21,7 @@ from pathlib import Path
 
 from core.conditioning.layouts import NAMED_LAYOUTS, MaskError
 from core.conditioning.masks import RoutingMask
-from core.limits import MAX_SPEC_CHARS
+from core.limits import MAX_SPEC_CHARS, short_repr
 from core.loading.loras import StyleLora, parse_rows
 
 from .errors import StudioInputError
@@ -40,7 +40,7 @@ def region(value, what: str = "region") -> RoutingMask | None:
     try:
         return RoutingMask.from_spec(value.strip())
     except MaskError:
-        raise StudioInputError(f"{what} {value.strip()[:40]!r} must be one of {', '.join(NAMED_LAYOUTS)}, "
+        raise StudioInputError(f"{what} {short_repr(value.strip())} must be one of {', '.join(NAMED_LAYOUTS)}, "
                                "grid:RxC:N or box:x0,y0,x1,y1 (fractions 0-1)") from None
 
 
@@ -68,7 +68,7 @@ def number(value):
 def regional_text(value) -> str:
     """The Regional text choice as text (the request parses it: auto, on or off)."""
     if not isinstance(value, str):
-        raise StudioInputError(f"regional text must be auto, on or off, got {repr(value)[:40]}")
+        raise StudioInputError(f"regional text must be auto, on or off, got {short_repr(value)}")
     return value
 
 
@@ -105,5 +105,5 @@ def studio_file(ctx, value, what: str) -> Path:
 def flag(value, name: str) -> bool:
     """A checkbox's value: ``True`` or ``False`` only (a client's ``"false"`` is not taken as true)."""
     if not isinstance(value, bool):
-        raise StudioInputError(f"{name} must be true or false, got {repr(value)[:40]}")
+        raise StudioInputError(f"{name} must be true or false, got {short_repr(value)}")
     return value

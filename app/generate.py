@@ -8,6 +8,8 @@ import os
 import re
 from pathlib import Path
 
+from core.limits import short_repr
+
 from .arguments import add_model_arguments, add_speed_arguments, file_sources, speed_options
 
 # light at import time: `instantcharacter-studio --help` must not load torch; the heavy modules load in `run`
@@ -165,9 +167,9 @@ def apply_descriptions(characters: list, specs: list[str]) -> list:
     for spec in specs:
         name, sep, text = spec.partition("=")
         if not sep or not name.strip() or not text.strip():
-            raise CharacterError(f"--description {spec[:40]!r}: use NAME=TEXT")
+            raise CharacterError(f"--description {short_repr(spec)}: use NAME=TEXT")
         if name.strip().lower() not in by_name:
-            raise CharacterError(f"--description {spec[:40]!r}: no character is named {name.strip()!r}")
+            raise CharacterError(f"--description {short_repr(spec)}: no character is named {name.strip()!r}")
         i = by_name[name.strip().lower()]
         characters[i] = replace(characters[i], description=" ".join(text.split()))
     return characters

@@ -24,7 +24,7 @@ from app.arguments import add_model_arguments, add_speed_arguments, speed_option
 from app.command import run_handler
 from app.wording import counted
 from core.limits import (MAX_DPI, MAX_PANELS, MAX_SEED, MAX_STEPS, MIN_DPI, LimitError, check_int, check_size,
-                         read_size)
+                         read_size, short_repr)
 
 if TYPE_CHECKING:  # the story modules import PIL: imported when a command runs, not for --help
     from core.story.model import Story, StoryError
@@ -46,7 +46,7 @@ def _size(text: str) -> tuple[int, int]:
 def _whole(text: str, name: str, low: int, high: int) -> int:
     """A whole-number option checked by :func:`core.limits.check_int` (its message, as argparse's error)."""
     if not re.fullmatch(r"\s*-?\d{1,12}\s*", text):
-        raise argparse.ArgumentTypeError(f"{text[:40]!r}: expected a whole number from {low} to {high}")
+        raise argparse.ArgumentTypeError(f"{short_repr(text)}: expected a whole number from {low} to {high}")
     try:
         return check_int(int(text), name, low, high)
     except LimitError as exc:
@@ -70,7 +70,7 @@ def parse_panel_list(text: str) -> list[int]:
     for part in filter(None, (p.strip() for p in text.split(","))):
         match = _RANGE.match(part)
         if not match:
-            raise argparse.ArgumentTypeError(f"{part[:40]!r}: expected panel numbers such as 2,5-7")
+            raise argparse.ArgumentTypeError(f"{short_repr(part)}: expected panel numbers such as 2,5-7")
         first, last = int(match.group(1)), int(match.group(2) or match.group(1))
         if first < 1 or last < first:
             raise argparse.ArgumentTypeError(f"{part!r}: panel numbers start at 1 and ranges go upwards")

@@ -66,9 +66,9 @@ def check_int(value, name: str, low: int, high: int) -> int:
             raise LimitError(f"{name} must be a whole number from {low} to {high}, got {value!r}")
         value = int(value)
     if not isinstance(value, int):
-        raise LimitError(f"{name} must be a whole number from {low} to {high}, got {_short(value)}")
+        raise LimitError(f"{name} must be a whole number from {low} to {high}, got {short_repr(value)}")
     if not low <= value <= high:
-        raise LimitError(f"{name} must be from {low} to {high}, got {_short(value)}")
+        raise LimitError(f"{name} must be from {low} to {high}, got {short_repr(value)}")
     return value
 
 
@@ -87,9 +87,9 @@ def check_number(value, name: str, low: float, high: float) -> float:
     """``value`` as a float in ``low..high`` (a real number, not a bool or NaN); :class:`LimitError` naming ``name``
     otherwise. Text is refused: a form or command line parses its values as numbers first."""
     if isinstance(value, bool) or not isinstance(value, numbers.Real) or value != value:
-        raise LimitError(f"{name} must be a number from {low:g} to {high:g}, got {_short(value)}")
+        raise LimitError(f"{name} must be a number from {low:g} to {high:g}, got {short_repr(value)}")
     if not low <= value <= high:
-        raise LimitError(f"{name} must be from {low:g} to {high:g}, got {_short(value)}")
+        raise LimitError(f"{name} must be from {low:g} to {high:g}, got {short_repr(value)}")
     return float(value)
 
 
@@ -130,13 +130,15 @@ def read_size(text: str) -> tuple[int, int]:
     ``(width, height)``, not yet checked (:func:`check_size` does that); ValueError when it is not written so."""
     match = _SIZE_TEXT.fullmatch(text.strip()) if isinstance(text, str) and len(text) <= 40 else None
     if not match:
-        raise ValueError(f"bad size {_short(text)}: expected WIDTHxHEIGHT, e.g. 1024x768")
+        raise ValueError(f"bad size {short_repr(text)}: expected WIDTHxHEIGHT, e.g. 1024x768")
     return int(match.group(1)), int(match.group(2))
 
 
-def _short(value) -> str:
+def short_repr(value, limit: int = 40) -> str:
+    """``repr(value)`` for a message, cut to ``limit`` characters (ending ``...``): a message never echoes a huge
+    value. The one such helper: every message that quotes a value it refuses uses it."""
     try:
         text = repr(value)
     except ValueError:  # an int of more digits than Python will print
         return "a number too long to show"
-    return text if len(text) <= 40 else text[:37] + "..."
+    return text if len(text) <= limit else text[:limit - 3] + "..."

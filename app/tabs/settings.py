@@ -7,6 +7,7 @@ from types import SimpleNamespace
 
 import gradio as gr
 
+from core.limits import short_repr
 from core.loading.component_files import check_file, weight_files
 from core.loading.single_file import inspect_transformer_file, is_transformer_file
 from core.loading.sources import ModelSourceError
@@ -39,7 +40,7 @@ def estimate_text(ctx: StudioContext, preset_name: str, width: int = 1024, heigh
     if ctx.settings.is_tiny:
         return "Tiny test models: a few megabytes; memory presets make no difference."
     if preset_name not in PRESET_CHOICES:  # any client may ask: never touch the settings here
-        raise StudioInputError(f"unknown memory preset {str(preset_name)[:40]!r}: choose one of "
+        raise StudioInputError(f"unknown memory preset {short_repr(str(preset_name))}: choose one of "
                                f"{', '.join(PRESET_CHOICES)}")
     preset, reason = ctx.resolve_preset(width, height, name=preset_name)
     try:  # a single-file transformer: the planner counts its real size
@@ -102,7 +103,7 @@ class SettingsEvents:
         if preset not in PRESET_CHOICES:
             raise StudioInputError(f"unknown memory preset {preset!r}: choose one of {', '.join(PRESET_CHOICES)}")
         if speed is not None and speed not in SPEED_CHOICES:
-            raise StudioInputError(f"unknown speed mode {str(speed)[:40]!r}: choose one of {', '.join(SPEED_CHOICES)}")
+            raise StudioInputError(f"unknown speed mode {short_repr(str(speed))}: choose one of {', '.join(SPEED_CHOICES)}")
         folder = Path(os.path.expanduser((output_dir or "").strip() or str(self.ctx.settings.output_dir)))
         try:
             folder.mkdir(parents=True, exist_ok=True)

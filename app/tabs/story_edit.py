@@ -9,6 +9,8 @@ from types import SimpleNamespace
 
 import gradio as gr
 
+from core.limits import short_repr
+
 from .. import client_input
 from ..errors import StudioInputError, shown_to_user
 from .edit_events import DEFAULT_STRENGTH
@@ -59,7 +61,7 @@ class StoryEditEvents:
         try:
             strength = float(strength)
         except (TypeError, ValueError):
-            raise StudioInputError(f"strength must be a number from 0 to 1, got {str(strength)[:20]!r}") from None
+            raise StudioInputError(f"strength must be a number from 0 to 1, got {short_repr(str(strength))}") from None
         mask = None if undo else client_input.region(region, "the region to redo")  # never a file
         try:
             notes = prepare_panel_edit(story, render_dir_for(self.events.ctx, story, request), index, strength, mask,

@@ -21,7 +21,7 @@ from pathlib import Path
 import gradio as gr
 
 from core.io.paths import write_bytes_atomic
-from core.limits import MAX_SEED
+from core.limits import MAX_SEED, short_repr
 from core.io.path_policy import PathNotAllowedError, PathPolicy
 from core.story import Story, StoryError, parse_story
 from core.story.drawing import compose_page, missing_glyph_warnings
@@ -199,7 +199,7 @@ def panel_index(number, count: int) -> int:
     """The 0-based index of the Panel field's ``number`` (1 to ``count``, a whole number); refused otherwise."""
     if (not isinstance(number, (int, float)) or isinstance(number, bool) or not math.isfinite(number)
             or int(number) != number or not 1 <= int(number) <= count):
-        shown = repr(number)[:20] if isinstance(number, (int, float)) else type(number).__name__
+        shown = short_repr(number) if isinstance(number, (int, float)) else type(number).__name__
         raise StudioInputError(f"panel number must be 1 to {count}, got {shown}")
     return int(number) - 1
 

@@ -10,7 +10,8 @@ from PIL import Image
 
 from core.io.images import image_key, load_image
 from core.io.metadata import CharacterRecord, MetadataError, image_from_b64, image_to_b64
-from core.limits import MAX_CHARACTERS, MAX_DESCRIPTION_CHARS, MAX_NAME_CHARS, MAX_SCALE, LimitError, check_number, check_text
+from core.limits import (MAX_CHARACTERS, MAX_DESCRIPTION_CHARS, MAX_NAME_CHARS, MAX_SCALE, LimitError, check_number, check_text,
+                         short_repr)
 from core.conditioning.masks import MaskError, RoutingMask
 from core.errors import UserError
 
@@ -48,7 +49,7 @@ class Character:
                 raise CharacterError(f"a character's name must be text, got {type(self.name).__name__}")
             self.name = self.name.strip()
             if not _NAME.match(self.name):
-                raise CharacterError(f"character name {_brief(self.name)} must be 1-{MAX_NAME_CHARS} characters "
+                raise CharacterError(f"character name {short_repr(self.name)} must be 1-{MAX_NAME_CHARS} characters "
                                      "without brackets or line breaks")
         label = f"character {self.name!r}" if self.name else "character image"
         try:
@@ -85,11 +86,6 @@ class Character:
             raise MetadataError(str(exc)) from None
         return cls(image_from_b64(record.image, f"{label}'s image"), name=record.name, scale=record.scale,
                    mask=mask, description=record.description)
-
-
-def _brief(value) -> str:
-    text = repr(value)
-    return text if len(text) <= 40 else text[:37] + "..."
 
 
 def check_characters(characters: list[Character]) -> None:

@@ -12,6 +12,7 @@ import re
 from dataclasses import dataclass
 
 from core.errors import UserError
+from core.limits import short_repr
 
 _NAME = re.compile(r"^(?!.*(--|\.\.))[A-Za-z0-9](?:[A-Za-z0-9._-]{0,94}[A-Za-z0-9])?$")
 _FILE_PART = re.compile(r"^(?!\.{1,2}$)[A-Za-z0-9._ ()+,=@-]{1,255}$")
@@ -32,7 +33,7 @@ class HubId:
     @classmethod
     def parse(cls, text: str, what: str = "hub id") -> "HubId":
         """The id in ``text``; :class:`HubIdError` (one line, the text quoted at most 80 characters) otherwise."""
-        shown = repr(str(text)[:80])
+        shown = short_repr(str(text), 80)
         if not isinstance(text, str) or not text or len(text) > MAX_HUB_ID_CHARS:
             raise HubIdError(f"{what} {shown} must be owner/repo or owner/repo/file.safetensors "
                              f"(at most {MAX_HUB_ID_CHARS} characters)")

@@ -31,7 +31,8 @@ from core.conditioning.regional_text import RegionalText, RegionalTextError
 from core.limits import (MAX_LORA_WEIGHT, MAX_CHARACTERS, MAX_DESCRIPTION_CHARS, MAX_GUIDANCE, MAX_LORAS, MAX_METADATA_BYTES,
                      MAX_METADATA_DEPTH, MAX_NAME_CHARS, MAX_PROMPT_CHARS, MAX_SCALE, MAX_SEQUENCE_LENGTH,
                      MAX_SPEC_CHARS, MAX_STEPS,
-                     MAX_TRUE_CFG, LimitError, check_int, check_number, check_seed, check_size, check_text)
+                     MAX_TRUE_CFG, LimitError, check_int, check_number, check_seed, check_size, check_text,
+                     short_repr)
 from core.io.paths import atomic_path, remove_stale_temporaries
 from core.errors import UserError
 
@@ -404,11 +405,6 @@ def _parse_json(text) -> object:
         raise MetadataError("the image's settings hold a number too long to read") from None
 
 
-def _brief(value) -> str:
-    text = repr(value)
-    return text if len(text) <= 40 else text[:37] + "..."
-
-
 def _check_list(value, name: str, limit: int) -> list:
     if not isinstance(value, list):
         raise LimitError(f"{name} must be a list, got {type(value).__name__}")
@@ -429,7 +425,7 @@ def _check_mask(value, name: str):
     is_box = isinstance(value, list) and len(value) == 4 and all(
         isinstance(v, int | float) and not isinstance(v, bool) for v in value)
     if not is_box and not (isinstance(value, str) and len(value) <= MAX_SPEC_CHARS):
-        raise LimitError(f"{name} must be a layout name, a box of four numbers or a PNG, got {_brief(value)}")
+        raise LimitError(f"{name} must be a layout name, a box of four numbers or a PNG, got {short_repr(value)}")
     try:
         parse_box(value) if is_box else parse_layout(value)
     except MaskError as exc:
@@ -459,7 +455,7 @@ def _check_edit(value) -> dict | None:
         raise LimitError("edit: source_sha256 must be a sha256 hex digest")
     name = value.get("source_file")
     if not isinstance(name, str) or not _SOURCE_FILE.match(name) or name != f"source-{digest[:16]}.png":
-        raise LimitError(f"edit: source_file must be source-<digest>.png beside the image, got {_brief(name)}")
+        raise LimitError(f"edit: source_file must be source-<digest>.png beside the image, got {short_repr(name)}")
     return {"source_sha256": digest, "source_file": name,
             "strength": check_number(value.get("strength", 0.6), "edit strength", 0.0, 1.0),
             "region": _check_mask(value.get("region"), "the edit's region")}

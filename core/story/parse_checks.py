@@ -46,13 +46,6 @@ def clip(text: str, limit: int = 60) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
-def show(value: Any) -> str:
-    try:
-        return clip(repr(value))
-    except ValueError:  # an int too long for repr
-        return f"a {type(value).__name__} too long to show"
-
-
 class TooManyProblems(Exception):
     """Raised by `Problems.add` at MAX_PROBLEMS: the parse stops and reports what it found."""
 

@@ -27,6 +27,7 @@ from core.limits import (
     check_seed,
     check_size,
     read_size,
+    short_repr,
 )
 from core.story.geometry import (
     WEBTOON,
@@ -46,7 +47,6 @@ from core.story.parse_checks import (
     parse_float,
     parse_int,
     required_text,
-    show,
 )
 from core.story.regions import format_number
 
@@ -58,17 +58,17 @@ DEFAULTS: dict[str, Any] = {f.name: f.default for f in dataclasses.fields(Story)
 def _size(value: Any, name: str) -> tuple[int, int]:
     """``[WIDTH, HEIGHT]`` checked by `core.limits.check_size` (the one size rule)."""
     if not isinstance(value, (list, tuple)) or len(value) != 2:
-        raise ValueError(f"{name} must be [WIDTH, HEIGHT], got {show(value)}")
+        raise ValueError(f"{name} must be [WIDTH, HEIGHT], got {short_repr(value)}")
     try:
         return check_size(*value)
     except LimitError as exc:
-        raise LimitError(f"bad {name} '{show(value[0])}x{show(value[1])}': {exc}") from None
+        raise LimitError(f"bad {name} '{short_repr(value[0])}x{short_repr(value[1])}': {exc}") from None
 
 
 def _webtoon(value: Any, name: str) -> tuple[int, int]:
     """``[WIDTH, SLICE]`` in pixels, checked as `parse_webtoon_spec` checks ``WIDTHxSLICE``."""
     if not (isinstance(value, (list, tuple)) and len(value) == 2 and all(type(v) is int for v in value)):
-        raise ValueError(f"{name} must be [WIDTH, SLICE] in pixels, got {show(value)}")
+        raise ValueError(f"{name} must be [WIDTH, SLICE] in pixels, got {short_repr(value)}")
     return parse_webtoon_spec(f"{value[0]}x{value[1]}")
 
 

@@ -27,6 +27,7 @@ from core.limits import (
     check_int,
     check_number,
     check_seed,
+    short_repr,
 )
 from core.story.model import CHARACTER_SCALE, Dialogue, Panel, Story, StoryCharacter, StoryError, derive_panel_seed
 from core.story.parse_checks import (
@@ -39,7 +40,6 @@ from core.story.parse_checks import (
     panel_control,
     panel_height,
     required_text,
-    show,
     unknown_character,
 )
 from core.story.parse_header import HEADER, header_problems, header_value, read_header_value
@@ -186,7 +186,7 @@ def _panel_from_dict(index: int, raw: Any, known: dict[str, None], fields: dict[
             dialogue.append(Dialogue(speaker, text))
     pinned = entry.get("seed_pinned", False)
     if not isinstance(pinned, bool):
-        problems.add(None, f"{where}seed_pinned must be true or false, got {show(pinned)}")
+        problems.add(None, f"{where}seed_pinned must be true or false, got {short_repr(pinned)}")
         pinned = False
     if pinned:
         seed = _check(problems, where, lambda: check_seed(entry.get("seed")))

@@ -14,6 +14,7 @@ from app.context import Access, StudioContext, StudioSettings
 from app.errors import OwnerOnlyError, StudioInputError
 from app.visitor_limits import VisitorLimitError, VisitorLimits, check_admission
 from core.io.hub_ids import HubId, HubIdError
+from core.limits import short_repr
 
 
 # ------------------------------------------------------------------------------------------------ hub ids
@@ -54,7 +55,7 @@ def test_a_region_is_a_layout_or_box_never_a_file(tmp_path):
     for value in (str(existing), str(tmp_path / "missing.png")):
         with pytest.raises(StudioInputError) as caught:
             client_input.region(value, "the region to redo")
-        messages.append(str(caught.value).replace(repr(value[:40]), "<value>"))
+        messages.append(str(caught.value).replace(short_repr(value), "<value>"))
     assert messages[0] == messages[1] == (  # the same words whether the file exists or not
         "the region to redo <value> must be one of whole, left, right, top, bottom, left-third, center-third, "
         "right-third, grid:RxC:N or box:x0,y0,x1,y1 (fractions 0-1)")
