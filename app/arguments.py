@@ -73,14 +73,15 @@ def add_file_arguments(parser: argparse.ArgumentParser) -> None:
                         help="T5-XXL text encoder file (t5xxl_fp16 / bf16 / fp8_e4m3fn .safetensors, or .gguf)")
 
 
-def file_sources(args: argparse.Namespace):
+def file_sources(args: argparse.Namespace, *, always: bool = False):
     """The sources of ``--models`` with ``--base`` / ``--vae`` / ``--clip`` / ``--t5`` / ``--adapter`` applied (each
-    file checked now), or None when none of them is given and ``--models`` says it all."""
+    file checked now): how every command turns its model flags into sources. None when none of them is given and
+    ``--models`` says it all, unless ``always`` (then the sources of ``--models``)."""
     from core.loading.sources import ModelSources
 
     given = {k: getattr(args, k, None) for k in ("base", "vae", "clip", "t5", "adapter")}
     sources = ModelSources.parse(args.models)
-    if not any(given.values()) and not sources.notes:
+    if not always and not any(given.values()) and not sources.notes:
         return None
     return (sources.with_base(given["base"]).with_files(vae=given["vae"], clip=given["clip"], t5=given["t5"])
             .with_adapter(given["adapter"]))

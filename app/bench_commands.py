@@ -14,7 +14,7 @@ from pathlib import Path
 from core.errors import UsageError
 from core.loading.quantization import QUANTIZATIONS
 
-from .arguments import add_file_arguments, add_model_arguments, add_speed_arguments, speed_options
+from .arguments import add_file_arguments, add_model_arguments, add_speed_arguments, file_sources, speed_options
 
 
 
@@ -93,11 +93,8 @@ def plan_main(args: argparse.Namespace) -> int:
     files = None
     if any(getattr(args, k, None) for k in ("base", "models", "vae", "clip", "t5")):
         from core.loading.component_files import weight_files
-        from core.loading.sources import ModelSources
 
-        sources = ModelSources.parse(getattr(args, "models", None)).with_base(getattr(args, "base", None))
-        sources = sources.with_files(vae=getattr(args, "vae", None), clip=getattr(args, "clip", None),
-                                     t5=getattr(args, "t5", None))
+        sources = file_sources(args, always=True)
         given = sources.part_files()
         files = weight_files(given) if given else None
         for note in sources.notes:

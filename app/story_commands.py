@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from app.arguments import add_model_arguments, add_speed_arguments, speed_options
+from app.arguments import add_model_arguments, add_speed_arguments, file_sources, speed_options
 from app.command import run_handler
 from app.wording import counted
 from core.limits import (MAX_DPI, MAX_PANELS, MAX_SEED, MAX_STEPS, MIN_DPI, LimitError, check_int, check_size,
@@ -98,7 +98,7 @@ def add_story_arguments(parser: argparse.ArgumentParser) -> None:
     render.add_argument("story", help="the story file (.story text or .json)")
     render.set_defaults(stops_on_cancel=True)  # Ctrl-C: stop at the next step, exit 130 (app.command)
     render.add_argument("--out", required=True, help="the render folder (created if needed)")
-    add_model_arguments(render, adapter=True)
+    add_model_arguments(render, files=True, adapter=True)
     render.add_argument("--resume", action="store_true",
                         help="keep panels already rendered with the same settings; render the rest")
     render.add_argument("--panels", type=parse_panel_list, default=None, metavar="LIST",
@@ -130,7 +130,7 @@ def add_story_arguments(parser: argparse.ArgumentParser) -> None:
     edit.add_argument("--seed", type=lambda t: _whole(t, "seed", 0, MAX_SEED), default=None,
                       help="the edit's seed (default: the panel's)")
     edit.add_argument("--undo", action="store_true", help="drop the panel's edit and render it from its settings")
-    add_model_arguments(edit, adapter=True)  # the same models as `story render` took
+    add_model_arguments(edit, files=True, adapter=True)  # the same models as `story render` took
     edit.add_argument("--size", type=_size, default=None, metavar="WxH", help="as given to story render")
     edit.add_argument("--steps", type=_steps, default=None, help="as given to story render")
     edit.add_argument("--no-export", action="store_true", help="edit the panel only; no pages, PDF or ZIP")
@@ -265,21 +265,21 @@ def process_state() -> Any:
     return _OneProcess()
 
 
-def load_engine(models: str, preset_name: str, dtype_name: str | None, device, width: int = 1024,
-                height: int = 1024, state: Any = None, speed=None, adapter: str | None = None,
-                base: str | None = None):
-    """The engine (``core.engine.Engine``), loaded once for a whole story; it records how it was loaded (models,
-    dtype, preset) in each panel's PNG. With several processes rank 0 resolves the model sources first (building
-    the tiny bundle or filling the hub cache), then the others."""
+def load_engine(args: argparse.Namespace, device, width: int = 1024, height: int = 1024, state: Any = None,
+                speed=None):
+    """The engine (``core.engine.Engine``) of the model flags in ``args`` (``--models``, ``--base``,
+    ``--vae``/``--clip``/``--t5``, ``--adapter``, ``--preset``, ``--dtype``, read by :func:`file_sources` as
+    ``generate`` reads them), loaded once for a whole story; it records how it was loaded (models, dtype, preset)
+    in each panel's PNG. With several processes rank 0 resolves the model sources first (building the tiny bundle
+    or filling the hub cache), then the others."""
     import contextlib
 
     from core.engine import Engine
-    from core.loading.sources import ModelSources
 
     first = state.main_process_first() if hasattr(state, "main_process_first") else contextlib.nullcontext()
     with first:
-        sources = ModelSources.parse(models).with_base(base).with_adapter(adapter)
-    engine = Engine(models, preset=preset_name, sources=sources, device=device, dtype=dtype_name, width=width,
+        sources = file_sources(args, always=True)
+    engine = Engine(args.models, preset=args.preset, sources=sources, device=device, dtype=args.dtype, width=width,
                     height=height, speed=speed)
     engine.load()
     return engine
@@ -346,8 +346,7 @@ def run_render(args: argparse.Namespace) -> int:
         if rank == 0:
             print(f"loading the models ({args.models}) for {len(todo)} of {len(story.panels)} panels"
                   + (f" on {world} processes" if world > 1 else ""), flush=True)
-        engine = load_engine(args.models, args.preset, args.dtype, state.device, story.width, story.height, state,
-                             speed=speed_options(args), adapter=args.adapter, base=args.base)
+        engine = load_engine(args, state.device, story.width, story.height, state, speed=speed_options(args))
     cancel = getattr(args, "cancel", None)  # set by Ctrl-C (app.command.run_handler)
     if cancel is not None and cancel.is_set():
         return 130
@@ -410,8 +409,7 @@ def run_edit(args: argparse.Namespace) -> int:
         print(f"note: {note}")
     region = spec
     state = process_state()
-    engine = load_engine(args.models, args.preset, args.dtype, state.device, story.width, story.height, state,
-                         adapter=args.adapter, base=args.base)
+    engine = load_engine(args, state.device, story.width, story.height, state)
     result = render_story(story, engine, out, only=[index], state=state)
     for note in result.notes:
         print(f"note: {note}")

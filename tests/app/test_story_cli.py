@@ -331,22 +331,36 @@ def test_two_processes_equal_one(reference_render, user_home, tmp_path):
         p.read_bytes() for p in sorted((reference_render / "pages").glob("*.png"))]
 
 
-def test_render_takes_base_as_the_other_commands_do(tmp_path, monkeypatch):
-    """``story render --base`` means what ``generate --base`` means: the FLUX.1 base the sources use."""
-    import app.story_commands as commands
+def test_render_and_edit_take_the_model_flags_generate_takes(tmp_path, monkeypatch):
+    """``story render`` and ``story edit`` take ``generate``'s model flags (``--base``, ``--vae``/``--clip``/``--t5``,
+    ``--adapter``, ``--models``, ``--preset``, ``--dtype``) and turn them into the engine's sources by the same
+    function (``app.arguments.file_sources``)."""
+    import core.engine
+    import core.story.edit
+    from app.arguments import file_sources
     from app.cli import build_parser
 
-    for argv in (["generate", "--out", "x.png"], ["story", "render", str(COMIC), "--out", "x"]):
-        args = build_parser().parse_args([*argv, "--base", "some/flux", "--models", "tiny", "--preset", "low"])
-        assert (args.base, args.models, args.preset, args.dtype) == ("some/flux", "tiny", "low", None)
+    flags = ["--base", "some/flux", "--models", "tiny", "--preset", "low", "--dtype", "float32", "--vae", "ae.sft",
+             "--clip", "clip_l.sft", "--t5", "t5xxl.gguf", "--adapter", "runs/a/adapter.safetensors"]
+    story = ["story", "render", str(COMIC), "--out", "x"], ["story", "edit", str(COMIC), "--out", "x", "--panel", "1"]
+    for argv in (["generate", "--out", "x.png"], *story):
+        args = build_parser().parse_args([*argv, *flags])
+        assert (args.base, args.models, args.preset, args.dtype, args.vae, args.clip, args.t5, args.adapter) == (
+            "some/flux", "tiny", "low", "float32", "ae.sft", "clip_l.sft", "t5xxl.gguf", "runs/a/adapter.safetensors")
 
     class Loaded(Exception):
         pass
 
-    def load_engine(*args, **kwargs):
-        raise Loaded(kwargs["base"])
+    def engine(models, **kwargs):
+        raise Loaded(models, kwargs)
 
-    monkeypatch.setattr(commands, "load_engine", load_engine)
-    with pytest.raises(Loaded, match="some/flux"):
-        story_main(build_parser().parse_args(["story", "render", str(COMIC), "--out", str(tmp_path / "out"),
-                                              "--models", "tiny", "--base", "some/flux"]))
+    monkeypatch.setattr(core.engine, "Engine", engine)
+    monkeypatch.setattr(core.story.edit, "prepare_panel_edit", lambda *a, **k: [])  # as if the panel were rendered
+    out = ["--out", str(tmp_path / "out"), "--models", "tiny", "--base", "some/flux", "--preset", "full"]
+    for argv in (["story", "render", str(COMIC), *out], ["story", "edit", str(COMIC), *out, "--panel", "2"]):
+        args = build_parser().parse_args(argv)
+        with pytest.raises(Loaded) as info:
+            story_main(args)
+        models, kwargs = info.value.args
+        assert (models, kwargs["preset"], kwargs["dtype"]) == ("tiny", "full", None)
+        assert kwargs["sources"] == file_sources(args) and kwargs["sources"].base == "some/flux"

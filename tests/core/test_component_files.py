@@ -282,6 +282,40 @@ def test_generate_command_takes_every_part_as_a_file(files, tiny_models, tmp_pat
     assert np.abs(folder.astype(int) - from_files.astype(int)).max() <= 1  # the transformer's split q/k/v, above
 
 
+
+def test_story_commands_take_the_part_files_as_generate_does(files, tiny_models, tmp_path, monkeypatch, capsys):
+    """``story render`` and ``story edit`` check ``--vae``/``--clip``/``--t5`` as ``generate`` does (a wrong file: one
+    line, exit 2) and hand them to the engine as its sources."""
+    import core.engine
+    import core.story.edit
+    from app.cli import main
+
+    story = Path(__file__).resolve().parents[2] / "assets" / "stories" / "fishing-trip.story"
+    out = ["--out", str(tmp_path / "out"), "--models", str(tiny_models), "--preset", "full"]
+    monkeypatch.setattr(core.story.edit, "prepare_panel_edit", lambda *a, **k: [])  # as if the panel were rendered
+    for command in (["story", "render", str(story)], ["story", "edit", str(story), "--panel", "1"]):
+        assert main([*command, *out, "--t5", str(files["vae"])]) == 2
+        err = capsys.readouterr().err
+        assert "ae.safetensors given as --t5 is a FLUX VAE" in err and len(err.strip().splitlines()) == 1
+
+    class Loaded(Exception):
+        pass
+
+    def engine(models, sources=None, **kwargs):
+        raise Loaded(sources)
+
+    monkeypatch.setattr(core.engine, "Engine", engine)
+    from app.story_commands import story_main
+    from app.cli import build_parser
+
+    for command in (["story", "render", str(story)], ["story", "edit", str(story), "--panel", "1"]):
+        args = build_parser().parse_args([*command, *out, "--vae", str(files["vae"]), "--clip", str(files["clip"]),
+                                          "--t5", str(files["t5"])])
+        with pytest.raises(Loaded) as info:
+            story_main(args)
+        sources = info.value.args[0]
+        assert (sources.vae, sources.clip, sources.t5) == (str(files["vae"]), str(files["clip"]), str(files["t5"]))
+
 def test_every_part_from_files_asks_no_gated_repository(files, monkeypatch):
     """With the default base and every part a file, configs are bundled and tokenizers come from ungated repos."""
     from core.loading import components

@@ -116,8 +116,8 @@ def test_edit_loads_the_models_render_took(story, tmp_path, monkeypatch):
 
     asked = {}
 
-    def load_engine(*args, **kwargs):
-        asked.update(kwargs)
+    def load_engine(args, *rest, **kwargs):
+        asked.update(base=args.base, adapter=args.adapter)
         raise UserError("stopped before loading")
 
     monkeypatch.setattr(commands, "load_engine", load_engine)
