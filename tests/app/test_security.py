@@ -268,6 +268,45 @@ def test_file_route_serves_nothing_outside(exposed_studio, secret):
         assert secret["token"].encode() not in response.content
 
 
+def test_recall_of_a_file_outside_reads_nothing(exposed_studio, secret, tmp_path):
+    """Recall, the edit section's Recall and "Edit this" (every dependency fed by the Recall file box) given a PNG
+    outside the studio's folders, made by the studio with the secret in its prompt: refused, nothing of it comes
+    back. Gradio refuses such a file before the handler (only its upload cache is accepted for a file box); the
+    handler's own refusal, the path policy's message, is in ``test_recall_paths.py``. Uploaded, the same PNG
+    recalls as before."""
+    from core.io.metadata import GenerationRecord, save_png
+
+    proc, url, _ = exposed_studio
+    client = RawClient(url)
+    made = save_png(Image.new("RGB", (32, 32), "teal"), tmp_path / "made.png",
+                    GenerationRecord(prompt=f"a cat {secret['token']}", seed=3, width=32, height=32))
+    box = next(i for i, c in client.components.items()
+               if c["type"] == "file" and str(c.get("props", {}).get("label", "")).startswith("A PNG made by"))
+    deps = [d for d in client.dependencies if d["inputs"] == [box]]
+    assert len(deps) >= 4, "Recall, the edit section's and the control section's Recall, Edit this"
+    relative = "../" * 12 + str(made).lstrip("/")
+    for dep in deps:
+        for value in (file_data("/etc/passwd"), file_data(made), file_data(relative), str(made)):
+            messages = client.call(dep, [value])
+            assert not _succeeded(messages), (dep["id"], value, messages)
+            text = json.dumps(messages)
+            assert secret["token"] not in text and "root:" not in text, (dep["id"], value)
+            assert leaked(messages, secret, client) == [], (dep["id"], value)
+        assert proc.poll() is None and client.alive()
+    uploaded = client.upload(made)
+    for dep in deps:
+        messages = client.call(dep, [uploaded])
+        assert _succeeded(messages), (dep["id"], messages[-1])
+    recalled = client.call(_dep(client, api_name="recall"), [uploaded])
+    assert f"a cat {secret['token']}" in json.dumps(recalled)
+
+
+def _succeeded(messages: list[dict]) -> bool:
+    """Whether a queued event completed, or an unqueued one answered 200."""
+    last = messages[-1] if messages else {}
+    return last.get("status") == 200 if "status" in last else bool(last.get("success"))
+
+
 def _dep(client: RawClient, api_name: str | None = None, label: str | None = None) -> dict:
     """The dependency triggered by the button labelled ``label`` (or with ``api_name``)."""
     for dep in client.dependencies:
