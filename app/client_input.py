@@ -98,8 +98,12 @@ def path(ctx, value, what: str = "file") -> Path:
 
 def studio_file(ctx, value, what: str) -> Path:
     """A file a client names (a gallery or history image, a dropped PNG: Gradio's value or its ``.name``),
-    resolved by :func:`path` inside the studio's folders."""
-    return path(ctx, getattr(value, "name", value), what)
+    resolved by :func:`path` inside the studio's folders; an image the History lists (the studio made it, maybe in
+    an earlier output folder, and History shows it to every client) is taken as it is."""
+    name = getattr(value, "name", value)
+    if isinstance(name, str) and name and ctx.history.lists(name):
+        return Path(name)
+    return path(ctx, name, what)
 
 
 def flag(value, name: str) -> bool:

@@ -225,6 +225,7 @@ class StudioContext:
         self._scorer = None
         self._scorer_lock = threading.Lock()
         self._preprocessors = None
+        self._served: list[str] = []
 
     def preprocessors(self):
         """The control preprocessors (depth, pose) for the current models, their models loaded on first use."""
@@ -247,6 +248,21 @@ class StudioContext:
             return self._scorer
 
     # ------------------------------------------------------------------ files
+    def served_paths(self) -> list[str]:
+        """What Gradio may serve (besides its own upload cache): the output folder, the library's folder (its images
+        show in the Library tab and in Generate's "From library"), ``assets/``, and each image the History lists
+        outside these (made in an earlier output folder), as a file of its own: never the rest of that folder.
+
+        One list for the studio's life, refreshed in place: Gradio keeps the list it was launched with and reads it
+        for every file it serves, so a new output folder (Settings) and its History are served at once.
+        """
+        folders = [str(self.settings.output_dir), str(self.library.folder), str(ASSETS)]
+        roots = [Path(folder).expanduser().resolve() for folder in folders]
+        elsewhere = [entry.path for entry in self.history.entries()
+                     if not any(Path(entry.path).resolve().is_relative_to(root) for root in roots)]
+        self._served[:] = folders + elsewhere
+        return self._served
+
     @property
     def stories_dir(self) -> Path:
         return data_dir("stories")

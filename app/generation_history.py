@@ -96,6 +96,10 @@ class GenerationHistory:
                 break
         return found
 
+    def lists(self, path: str) -> bool:
+        """Whether ``path`` (as written) is one of the images :meth:`entries` shows."""
+        return any(entry.path == path for entry in self.entries())
+
     def clear(self) -> None:
         """Forgets the history (the images stay in the output folder)."""
         with self._lock:

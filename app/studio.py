@@ -18,7 +18,7 @@ import sys
 import gradio as gr
 
 from . import visitor_limits
-from .context import ASSETS, NO_GPU_NOTICE, Access, StudioContext, StudioSettings
+from .context import NO_GPU_NOTICE, Access, StudioContext, StudioSettings
 from .visitor_limits import VisitorLimits
 from .mask_canvas import CANVAS_JS
 from .tabs import generate, history, library, settings
@@ -179,13 +179,7 @@ def exposure_warnings(host: str, share: bool, auth, guests=()) -> list[str]:
 def launch_kwargs(ctx: StudioContext, args: argparse.Namespace) -> dict:
     """The ``Blocks.launch`` arguments: host, port, login, upload limit and the only folders served."""
     return dict(server_name=args.host, server_port=args.port, share=args.share, auth=logins(args),
-                max_file_size=MAX_UPLOAD, allowed_paths=served_paths(ctx), show_error=False, theme=gr.themes.Soft())
-
-
-def served_paths(ctx: StudioContext) -> list[str]:
-    """The folders Gradio may serve files from (besides its own upload cache): outputs, the library's folder (its
-    characters' images show in the Library tab and in Generate's "From library") and ``assets/``."""
-    return [str(ctx.settings.output_dir), str(ctx.library.folder), str(ASSETS)]
+                max_file_size=MAX_UPLOAD, allowed_paths=ctx.served_paths(), show_error=False, theme=gr.themes.Soft())
 
 
 def launch(args: argparse.Namespace, *, block: bool = True):
@@ -244,5 +238,5 @@ def build_space() -> tuple[gr.Blocks, dict]:
             print(f"speed: {line}")
     demo = build_studio(ctx)
     # Spaces sets the host and port through GRADIO_SERVER_NAME / GRADIO_SERVER_PORT
-    return demo, dict(max_file_size=MAX_UPLOAD, allowed_paths=served_paths(ctx), show_error=False,
+    return demo, dict(max_file_size=MAX_UPLOAD, allowed_paths=ctx.served_paths(), show_error=False,
                       theme=gr.themes.Soft())

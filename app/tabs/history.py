@@ -60,6 +60,7 @@ class HistoryEvents:
     def _clear(self, request: gr.Request = None):
         self.ctx.access.check_owner(request, "Forgetting the history")
         self.ctx.history.clear()
+        self.ctx.served_paths()  # the forgotten images of earlier output folders are no longer served
         gr.Info("History cleared (the images stay in the output folder)")
         return [], None, ""
 

@@ -114,6 +114,7 @@ class SettingsEvents:
         s = self.ctx.settings
         old_key = s.key()
         s.models, s.preset, s.output_dir = models, preset, folder
+        self.ctx.served_paths()  # the new output folder is served at once (its images show in the gallery)
         s.speed = speed or s.speed
         s.base, s.siglip, s.dinov2, s.adapter = ((v or "").strip() or None for v in (base, siglip, dinov2, adapter))
         s.vae, s.clip, s.t5 = ((v or "").strip() or None for v in (vae, clip, t5))

@@ -17,6 +17,7 @@ from app.context import StudioContext, StudioSettings
 from app.tabs import generate_events as ev
 from app.tabs.control_events import ControlEvents
 from app.tabs.edit_events import EditEvents
+from app.generation_history import HistoryEntry
 from app.tabs.history import HistoryEvents
 from core.io.metadata import GenerationRecord, save_png
 
@@ -86,3 +87,17 @@ def test_the_same_png_inside_the_output_folder_recalls(ctx, outside_png):
     canvas, width, height, _ = EditEvents(ctx).edit_this(str(inside))
     assert canvas["background"].size == (32, 32) and (width, height) == (32, 32)
 
+
+
+def test_an_image_the_history_lists_recalls_from_an_earlier_output_folder(ctx, outside_png):
+    """History keeps images made in an earlier output folder (the owner moved it in Settings): History's Recall and
+    Edit take them (the same handlers), while another file of that folder stays refused."""
+    ctx.history.add(HistoryEntry(path=str(outside_png), prompt="a cat", seed=3, width=32, height=32))
+    recalled = dict(zip(ev.RECALL_FIELDS, ev.GenerateEvents(ctx).recall(str(outside_png)), strict=True))
+    assert (recalled["prompt"], recalled["seed"]) == (f"a cat {TOKEN}", 3)
+    canvas, width, height, _ = EditEvents(ctx).edit_this(str(outside_png))
+    assert canvas["background"].size == (32, 32) and (width, height) == (32, 32)
+    other = shutil.copy(outside_png, outside_png.with_name("other.png"))
+    assert "is outside the folders this studio may use" in _message(ev.GenerateEvents(ctx).recall, str(other))
+    assert "is outside the folders" in _message(ev.GenerateEvents(ctx).recall,
+                                                 str(outside_png.parent / ".." / "elsewhere" / "made.png"))

@@ -146,12 +146,11 @@ def test_a_full_disk_is_a_user_message_in_the_studio():
 
 
 def test_the_library_folder_is_served_and_only_the_studio_folders(tmp_path):
-    from app.context import StudioContext, StudioSettings
-    from app.studio import ASSETS, served_paths
+    from app.context import ASSETS, StudioContext, StudioSettings
 
     ctx = StudioContext(StudioSettings(models="tiny", output_dir=tmp_path / "out"),
                         library=CharacterLibrary(tmp_path / "library"), history=GenerationHistory(tmp_path / "h"))
-    assert served_paths(ctx) == [str(tmp_path / "out"), str(tmp_path / "library"), str(ASSETS)]
+    assert ctx.served_paths() == [str(tmp_path / "out"), str(tmp_path / "library"), str(ASSETS)]
 
 
 def test_history_json_written_with_a_final_newline(tmp_path):
