@@ -250,18 +250,31 @@ class StudioContext:
     # ------------------------------------------------------------------ files
     def served_paths(self) -> list[str]:
         """What Gradio may serve (besides its own upload cache): the output folder, the library's folder (its images
-        show in the Library tab and in Generate's "From library"), ``assets/``, and each image the History lists
-        outside these (made in an earlier output folder), as a file of its own: never the rest of that folder.
+        show in the Library tab and in Generate's "From library"), ``assets/``, each image the History lists
+        outside these (made in an earlier output folder), as a file of its own: never the rest of that folder, and
+        the training runs' image folders (:meth:`run_image_folders`).
 
         One list for the studio's life, refreshed in place: Gradio keeps the list it was launched with and reads it
-        for every file it serves, so a new output folder (Settings) and its History are served at once.
+        for every file it serves, so a new output folder (Settings), the History and a run's first samples are served
+        at once.
         """
         folders = [str(self.settings.output_dir), str(self.library.folder), str(ASSETS)]
         roots = [Path(folder).expanduser().resolve() for folder in folders]
         elsewhere = [entry.path for entry in self.history.entries()
                      if not any(Path(entry.path).resolve().is_relative_to(root) for root in roots)]
-        self._served[:] = folders + elsewhere
+        self._served[:] = folders + elsewhere + [str(folder) for folder in self.run_image_folders()]
         return self._served
+
+    @property
+    def served(self) -> list[str]:
+        """The list :meth:`served_paths` last made (the one Gradio holds), without making it again."""
+        return self._served
+
+    def run_image_folders(self) -> list[Path]:
+        """The folders of training runs' sample and validation images (the Train tab shows them); not the rest of
+        a run (its config, dataset list, checkpoints and log)."""
+        return [folder for run in sorted(self.runs_dir.iterdir()) if run.is_dir()
+                for folder in (run / "samples", run / "validation") if folder.is_dir()]
 
     @property
     def stories_dir(self) -> Path:

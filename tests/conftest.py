@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +22,10 @@ if not GOLDEN.is_dir():  # CI clones next to ../shared; a developer checkout may
 def user_home(tmp_path_factory):
     """Keeps every test's cache and user data out of the real user folders."""
     home = tmp_path_factory.mktemp("home")
+    # The system's temp folder moves into a folder of its own, so that Gradio, which serves anything under the temp
+    # folder, no longer serves pytest's other folders (the studio's outputs, library, runs, stories): a launched
+    # studio serves only what it names, as on a user's disk where these folders are not temporary.
+    tempfile.tempdir = str(tmp_path_factory.mktemp("system-temp"))
     old = os.environ.get("INSTANTCHARACTER_HOME")
     os.environ["INSTANTCHARACTER_HOME"] = str(home)
     yield home

@@ -250,6 +250,14 @@ def log_tail(output_dir: str | Path, lines: int = LOG_TAIL_LINES) -> str:
     return "\n".join([line for line in shown if line.strip()][-lines:])
 
 
+def run_images(run, output_dir: str | Path) -> list[str]:
+    """The last 12 sample and validation images the run's events name, each in the run's own ``samples/`` or
+    ``validation/`` folder (the folders the studio serves: an event naming any other file is not followed)."""
+    folders = [(Path(output_dir) / name).resolve() for name in ("samples", "validation")]
+    return [p for p in run.samples
+            if any(Path(p).resolve().is_relative_to(folder) for folder in folders) and Path(p).is_file()][-12:]
+
+
 def progress(output_dir: str | Path, returncode: int | None = None):
     """(status markdown, loss plot, sample image paths) from a run folder's events (read by ``trainer.events``);
     ``returncode``: the trainer process's exit status when it has ended (a run that died says so, with the last
@@ -263,7 +271,7 @@ def progress(output_dir: str | Path, returncode: int | None = None):
         tail = log_tail(output_dir)
         if tail:
             line += f"\n\nlast lines of trainer.log:\n```\n{tail}\n```"
-        return line, loss_plot(run.losses), [p for p in run.samples if Path(p).is_file()][-12:]
+        return line, loss_plot(run.losses), run_images(run, output_dir)
     if run.state == "not started":
         return "No events yet.", None, []
     state = run.state
@@ -286,7 +294,7 @@ def progress(output_dir: str | Path, returncode: int | None = None):
         line += f"\n\nvalidation at step {run.validation['step']}: {scores or 'no scores'}"
     if run.error and run.state == "error":
         line += f"\n\n```\n{run.error}\n```"
-    return line, loss_plot(run.losses), [p for p in run.samples if Path(p).is_file()][-12:]
+    return line, loss_plot(run.losses), run_images(run, output_dir)
 
 
 class TrainEvents:
@@ -376,7 +384,11 @@ class TrainEvents:
         if not output_dir:
             return "Not started.", None, []
         folder = self._run_dir(output_dir)
-        return progress(folder, self.processes.returncode(folder))
+        status, plot, images = progress(folder, self.processes.returncode(folder))
+        served = getattr(self.ctx, "served", None)  # the studio's (a bare context in some tests has none)
+        if images and served is not None and not all(str(Path(p).parent) in served for p in images):
+            self.ctx.served_paths()  # the run's first samples: their folder is served from now on
+        return status, plot, images
 
 
 def build(ctx) -> SimpleNamespace:

@@ -46,7 +46,8 @@ def _served(served: list[str], path: Path) -> bool:
 def test_served_paths_are_the_studio_folders_then_history_images_one_by_one(tmp_path):
     ctx, made = _context(tmp_path)
     served = ctx.served_paths()
-    assert served == [str(tmp_path / "out"), str(tmp_path / "library"), str(ASSETS), str(made)]
+    assert served[:4] == [str(tmp_path / "out"), str(tmp_path / "library"), str(ASSETS), str(made)]
+    assert served[4:] == [str(folder) for folder in ctx.run_image_folders()]
     assert _served(served, made) and _served(served, tmp_path / "out" / "new.png")
     assert not _served(served, tmp_path / "old" / "neighbour.png")
     assert ctx.served_paths() is served  # one list, refreshed in place (Gradio keeps the one it was launched with)
@@ -73,3 +74,27 @@ def test_a_new_output_folder_is_served_at_once(tmp_path, monkeypatch):
         assert [p.name for p in (tmp_path / "moved").glob("*.png")] != []
     finally:
         demo.close()
+
+
+def test_a_runs_samples_are_served_from_its_first_sample_and_nothing_else_of_it(tmp_path):
+    """The Train tab shows a run's samples: their folder is served once they appear (before, the tab's refresh
+    failed on a user's disk, where the runs folder is not a temporary one), never the run's other files, and an
+    event naming a file outside the run's image folders is not followed."""
+    from app.tabs.train import TrainEvents
+    from trainer.events import EventLog
+
+    ctx, _ = _context(tmp_path)
+    served = ctx.served_paths()
+    run = ctx.runs_dir / "served-samples-run"
+    (run / "samples").mkdir(parents=True)
+    sample = run / "samples" / "step-1.png"
+    Image.new("RGB", (8, 8), "red").save(sample)
+    Image.new("RGB", (8, 8)).save(run / "config-picture.png")
+    log = EventLog(run)
+    log.emit("start", global_step=0)
+    log.emit("sample", step=1, images=[str(sample), str(run / "config-picture.png"), "/etc/passwd"])
+    assert str(run / "samples") not in served
+    _, _, images = TrainEvents(ctx).refresh(None, str(run))
+    assert images == [str(sample)]
+    assert str(run / "samples") in served and _served(served, sample)
+    assert not _served(served, run / "config-picture.png") and not _served(served, run / "events.jsonl")

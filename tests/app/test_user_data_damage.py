@@ -150,7 +150,9 @@ def test_the_library_folder_is_served_and_only_the_studio_folders(tmp_path):
 
     ctx = StudioContext(StudioSettings(models="tiny", output_dir=tmp_path / "out"),
                         library=CharacterLibrary(tmp_path / "library"), history=GenerationHistory(tmp_path / "h"))
-    assert ctx.served_paths() == [str(tmp_path / "out"), str(tmp_path / "library"), str(ASSETS)]
+    served = ctx.served_paths()
+    assert served[:3] == [str(tmp_path / "out"), str(tmp_path / "library"), str(ASSETS)]
+    assert served[3:] == [str(folder) for folder in ctx.run_image_folders()]  # runs' samples: nothing else
 
 
 def test_history_json_written_with_a_final_newline(tmp_path):

@@ -76,7 +76,8 @@ def test_train_handlers_are_owner_only(tmp_path):
 
 
 def test_progress_from_events(tmp_path):
-    sample = tmp_path / "s.png"
+    sample = tmp_path / "samples" / "s.png"  # where the trainer writes them
+    sample.parent.mkdir()
     tab.loss_plot([1.0, 0.5]).save(sample)
     events = [{"event": "start", "global_step": 0},
               {"event": "step", "step": 1, "total_steps": 4, "stage": 0, "loss": 1.0, "lr": 1e-5, "it_s": 2.0,
