@@ -21,6 +21,8 @@ import httpx
 import pytest
 from PIL import Image
 
+from core.limits import short_repr
+
 from .conftest import free_port
 
 pytestmark = pytest.mark.slow
@@ -476,7 +478,7 @@ def test_hub_looking_lora_ids_are_never_local_paths(guests, secret, tiny_lora):
     for client in (guests.ann, guests.bob):
         for source in (climb, climb.replace("evil", "missing")):
             assert _error(_generate(client, lora1_source=source)) == (
-                f"LoRA {source[:80]!r} is not a hub id: a file in a repo has no empty, '.' or '..' parts")
+                f"LoRA {short_repr(source, 80)} is not a hub id: a file in a repo has no empty, '.' or '..' parts")
         assert _error(_generate(client, lora1_source="tests//x.safetensors")) == (
             "LoRA 'tests//x.safetensors' is not a hub id: owner and repo are names of letters, digits, '-', '_' "
             "and '.' (no '..', no empty parts)")
@@ -562,7 +564,7 @@ def test_edit_regions_are_never_files(guests, secret):
     relative = "../" * 12 + str(secret["png"]).lstrip("/")
     for region in (str(secret["png"]), str(secret["dir"] / "missing.png"), relative, "/etc/passwd"):
         error = _error(guests.ann.call(edit, [story, "", 1, 0.5, region]))
-        assert error == (f"the region to redo {region.strip()[:40]!r} must be one of whole, left, right, top, "
+        assert error == (f"the region to redo {short_repr(region.strip())} must be one of whole, left, right, top, "
                          "bottom, left-third, center-third, right-third, grid:RxC:N or box:x0,y0,x1,y1 "
                          "(fractions 0-1)"), error
     assert manifest_path.read_bytes() == before and b"png:" not in before
