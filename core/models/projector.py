@@ -98,6 +98,8 @@ class TimeResampler(nn.Module):
     def __init__(self, embedding_dim: int, dim: int, depth: int, num_queries: int, output_dim: int,
                  ff_mult: int = 4, timestep_channels: int = TIMESTEP_CHANNELS):
         super().__init__()
+        if dim < HEAD_DIM:
+            raise ValueError(f"a resampler of width {dim} has no attention head: its width must be at least {HEAD_DIM}")
         self.latents = nn.Parameter(torch.randn(1, num_queries, dim) / dim**0.5)
         self.proj_in = nn.Linear(embedding_dim, dim)
         self.proj_out = nn.Linear(dim, output_dim)

@@ -229,7 +229,8 @@ def test_insert_tag_needs_a_name():
 
 
 def test_slots_limit_and_reorder(character_files):
-    updates = ev.add_slot(MAX_STUDIO_CHARACTERS)
+    with pytest.warns(UserWarning, match=f"At most {MAX_STUDIO_CHARACTERS} characters fit in one image"):
+        updates = ev.add_slot(MAX_STUDIO_CHARACTERS)  # the page's notice (gr.Warning) at the limit
     assert updates[-1] == MAX_STUDIO_CHARACTERS
     values = [str(character_files[0]), "Mia", 0.5, False, "a girl", str(character_files[1]), "Bob", 1.2, True,
               "a robot"] + [None, "", 0.9, False, ""] * 2

@@ -137,7 +137,7 @@ def test_engine_and_trainer_get_identical_conditions(tiny_pipe, tmp_path, monkey
                        for name, _, mask, box in spec)
     with torch.random.fork_rng():
         torch.manual_seed(0)
-        adapter = TextAdapter(TextAdapterConfig.for_pipeline(tiny_pipe, dim=32, depth=1, num_queries=4, token_dim=32))
+        adapter = TextAdapter(TextAdapterConfig.for_pipeline(tiny_pipe, dim=64, depth=1, num_queries=4, token_dim=32))
         for p in adapter.parameters():
             torch.nn.init.normal_(p, std=0.05)  # not the zero start: the text tokens must show
     tiny_pipe.load_text_adapter(adapter)
