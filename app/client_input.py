@@ -21,6 +21,7 @@ from pathlib import Path
 
 from core.conditioning.layouts import NAMED_LAYOUTS, MaskError
 from core.conditioning.masks import RoutingMask
+from core.io.path_policy import PathNotAllowedError
 from core.limits import MAX_SPEC_CHARS, short_repr
 from core.loading.loras import StyleLora, parse_rows
 
@@ -101,9 +102,12 @@ def studio_file(ctx, value, what: str) -> Path:
     resolved by :func:`path` inside the studio's folders; an image the History lists (the studio made it, maybe in
     an earlier output folder, and History shows it to every client) is taken as it is."""
     name = getattr(value, "name", value)
-    if isinstance(name, str) and name and ctx.history.lists(name):
-        return Path(name)
-    return path(ctx, name, what)
+    try:
+        return path(ctx, name, what)
+    except PathNotAllowedError:
+        if ctx.history.lists(name):  # read only for a file outside the folders, not on every Recall
+            return Path(name)
+        raise
 
 
 def flag(value, name: str) -> bool:

@@ -81,7 +81,8 @@ def parse_form(values, ctx=None, request=None) -> tuple[list[CharacterSlot], obj
     rows = [[data[f"lora{j + 1}_{field}"] for field in LORA_FIELDS] for j in range(MAX_LORAS)]
     fields = client_input.request_fields(data)
     fields["loras"] = client_input.loras(rows, ctx, request) if ctx is not None else parse_rows(rows)
-    if client_input.flag(data["randomize_seed"], "randomize seed"):  # the form's own choice: the request just has no seed yet
+    # the form's own choice: the request just has no seed yet
+    if client_input.flag(data["randomize_seed"], "randomize seed"):
         fields["seed"] = None
     return slots, data["canvas"], fields
 

@@ -103,7 +103,8 @@ class SettingsEvents:
         if preset not in PRESET_CHOICES:
             raise StudioInputError(f"unknown memory preset {preset!r}: choose one of {', '.join(PRESET_CHOICES)}")
         if speed is not None and speed not in SPEED_CHOICES:
-            raise StudioInputError(f"unknown speed mode {short_repr(str(speed))}: choose one of {', '.join(SPEED_CHOICES)}")
+            raise StudioInputError(f"unknown speed mode {short_repr(str(speed))}: choose one of "
+                                   f"{', '.join(SPEED_CHOICES)}")
         folder = Path(os.path.expanduser((output_dir or "").strip() or str(self.ctx.settings.output_dir)))
         try:
             folder.mkdir(parents=True, exist_ok=True)

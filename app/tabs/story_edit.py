@@ -55,7 +55,6 @@ class StoryEditEvents:
         from core.story.edit import prepare_panel_edit
         from core.story.model import StoryError
 
-
         story = self.events.checked_story(text, folder)
         index = panel_index(number, len(story.panels))
         try:

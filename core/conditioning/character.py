@@ -10,8 +10,8 @@ from PIL import Image
 
 from core.io.images import image_key, load_image
 from core.io.metadata import CharacterRecord, MetadataError, image_from_b64, image_to_b64
-from core.limits import (MAX_CHARACTERS, MAX_DESCRIPTION_CHARS, MAX_NAME_CHARS, MAX_SCALE, LimitError, check_number, check_text,
-                         short_repr)
+from core.limits import (MAX_CHARACTERS, MAX_DESCRIPTION_CHARS, MAX_NAME_CHARS, MAX_SCALE, LimitError, check_number,
+                         check_text, short_repr)
 from core.conditioning.masks import MaskError, RoutingMask
 from core.errors import UserError
 
