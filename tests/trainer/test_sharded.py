@@ -24,27 +24,10 @@ def _config(tmp_path, name, unpaired, cache, distributed="fsdp", **kwargs):
     return _write_config(tmp_path / name, text)
 
 
-def _descendants(pid: int) -> list[int]:
-    """Process ids under ``pid`` (torchrun starts its workers in sessions of their own)."""
-    children: dict[int, list[int]] = {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
-    out, todo = [], [pid]
-    while todo:
-        for child in children.get(todo.pop(), []):
-            out.append(child)
-            todo.append(child)
-    return out
-
-
-def _run(args, port, timeout=400, processes=2):
+def _run(args, timeout=400, processes=2):
     import subprocess
 
-    cmd = [str(TORCHRUN), "--nproc_per_node", str(processes), "--master_port", str(port), "-m", "trainer"] + args
+    cmd = [str(TORCHRUN), "--standalone", "--nproc_per_node", str(processes), "-m", "trainer"] + args
     return subprocess.run(cmd, cwd=REPO, env=_env(), capture_output=True, text=True, timeout=timeout)
 
 
@@ -55,8 +38,7 @@ def test_two_sharded_processes_match_one(trainer_home, unpaired_data, encoder_ca
                                                                          steps=4, batch=4, checkpoint_every=2))],
                          cwd=REPO, env=_env(), capture_output=True, text=True, timeout=300)
     assert one.returncode == 0, one.stderr[-2000:]
-    two = _run([str(_config(tmp_path, "two", unpaired_data, encoder_cache, steps=4, batch=4, checkpoint_every=2))],
-               29531)
+    two = _run([str(_config(tmp_path, "two", unpaired_data, encoder_cache, steps=4, batch=4, checkpoint_every=2))])
     assert two.returncode == 0, two.stderr[-3000:]
     out = tmp_path / "two" / "out"
     assert [e for e in read_events(out) if e["event"] == "start"][0]["processes"] == 2
@@ -74,43 +56,19 @@ def test_two_sharded_processes_match_one(trainer_home, unpaired_data, encoder_ca
 
 
 def test_kill_9_and_resume_under_sharding(trainer_home, unpaired_data, encoder_cache, tmp_path):
-    import os
-    import signal
-    import subprocess
-    import time
-
     straight = _run([str(_config(tmp_path, "straight", unpaired_data, encoder_cache, steps=12, batch=2,
-                                 checkpoint_every=2, keep=2))], 29541)
+                                 checkpoint_every=2, keep=2))])
     assert straight.returncode == 0, straight.stderr[-3000:]
     killed = _config(tmp_path, "killed", unpaired_data, encoder_cache, steps=12, batch=2, checkpoint_every=2, keep=2)
     out = tmp_path / "killed" / "out"
-    log = tmp_path / "killed.log"
-    with open(log, "w") as f:  # torchrun and both workers get SIGKILL
-        proc = subprocess.Popen([str(TORCHRUN), "--nproc_per_node", "2", "--master_port", "29551", "-m", "trainer",
-                                 str(killed)], cwd=REPO, env=_env(), stdout=f, stderr=subprocess.STDOUT)
-    try:
-        deadline = time.time() + 300
-        while time.time() < deadline:
-            steps = [e["step"] for e in read_events(out) if e["event"] == "step"]
-            if steps and steps[-1] >= 4:
-                break
-            assert proc.poll() is None, log.read_text()[-2000:]
-            time.sleep(0.02)
-        for pid in _descendants(proc.pid) + [proc.pid]:  # the workers first: they must not outlive torchrun
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-        proc.wait()
-    finally:
-        if proc.poll() is None:
-            proc.kill()
+    torchrun = [str(TORCHRUN), "--standalone", "--nproc_per_node", "2"]
+    _run_until_killed(torchrun, killed, out, 5, tmp_path / "killed.log")  # torchrun and both workers get SIGKILL
     events = read_events(out)
     assert events[-1]["event"] != "done", "the run finished before it could be killed"
-    resumed = _run([str(killed), "--resume"], 29561)
+    resumed = _run([str(killed), "--resume"])
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     start = [e for e in read_events(out) if e["event"] == "start"][-1]
-    assert start["resumed_from"] and 0 < start["global_step"] < 12
+    assert start["resumed_from"] and start["global_step"] == 4  # the last checkpoint before the kill
     diff = _same_weights(tmp_path / "straight" / "out" / "adapter.safetensors", out / "adapter.safetensors")
     print(f"sharded resume after kill -9 at step {start['global_step']}: max |difference| = {diff}")
     assert diff == 0.0

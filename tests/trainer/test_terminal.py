@@ -8,7 +8,6 @@ import re
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -17,6 +16,7 @@ from trainer.events import read_events
 from trainer.progress import TerminalProgress, progress_line
 
 from .conftest import tiny_config_text
+from .test_training import held_run, wait_for_step
 
 REPO = Path(__file__).resolve().parents[2]
 STEP_LINE = re.compile(r"^step (\d+)/(\d+) \[stage 1/1 unpaired-64\] loss \d+\.\d{4} lr \d\.\d\de-\d\d "
@@ -99,16 +99,18 @@ def test_ctrl_c_saves_a_checkpoint_and_resume_gives_the_same_losses(trainer_home
 
     path = config("interrupted")
     out = path.parent / "out"
-    proc = subprocess.Popen([sys.executable, "-m", "trainer", str(path)], cwd=REPO, env=_env(),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.time() + 240
-    while time.time() < deadline and not _losses(out) and proc.poll() is None:
-        time.sleep(0.02)
-    proc.send_signal(signal.SIGINT)
-    stdout, stderr = proc.communicate(timeout=240)
-    assert proc.returncode == 130, stderr[-2000:]
+    proc = held_run([sys.executable], 3, [str(path)], tmp_path / "interrupted.log")  # waits at step 3 for Ctrl-C
+    try:
+        wait_for_step(proc, out, 3, tmp_path / "interrupted.log")
+        proc.send_signal(signal.SIGINT)
+        proc.wait(timeout=300)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    stdout = (tmp_path / "interrupted.log").read_text()
+    assert proc.returncode == 130, (tmp_path / "interrupted.log.err").read_text()[-2000:]
     stopped_at = max(_losses(out))
-    assert stopped_at < 8, "the run finished before Ctrl-C"
+    assert stopped_at == 3, "the run did not stop at the step where Ctrl-C came"
     checkpoints = [e for e in read_events(out) if e["event"] == "checkpoint"]
     assert [(e["step"], e["reason"]) for e in checkpoints] == [(stopped_at, "stop")]
     assert "Ctrl-C: saving a checkpoint at the end of this step (Ctrl-C again to stop at once)" in stdout
