@@ -13,8 +13,6 @@ from core.loading.presets import (PresetUnavailableError, apply_offload, apply_p
                                quantization_config_for)
 from core.loading.model_sizes import CONFIG_DIR, adapter_sizes, model_size
 
-BUNDLE_FLUX = "/work/shared/golden/bundle/flux"
-
 # diffusers' quantization-backends benchmark: FLUX.1-dev, 1024x1024, H100, transformer + T5 quantized, no
 # offload; peak memory in GiB (labelled GB, see core.loading.memory's docstring).
 PUBLISHED_PEAK_GIB = {None: 36.166, "bnb-nf4": 17.281, "bnb-int8": 24.432, "quanto-int8": 21.814,
@@ -192,10 +190,10 @@ def test_unknown_names_are_rejected():
         MemoryPreset("x", "", transformer_quantization="quanto-int8", offload="group")
 
 
-def _tiny_pipe():
+def _tiny_pipe(golden_dir):
     from diffusers import FluxPipeline
 
-    pipe = FluxPipeline.from_pretrained(BUNDLE_FLUX, torch_dtype=torch.float32)
+    pipe = FluxPipeline.from_pretrained(golden_dir / "bundle" / "flux", torch_dtype=torch.float32)
     pipe.set_progress_bar_config(disable=True)
     return pipe
 
@@ -209,8 +207,8 @@ def _psnr(a, b):
     return float(10 * np.log10(1.0 / np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2)))
 
 
-def test_quanto_int8_preset_runs_end_to_end_close_to_float32():
-    pipe = _tiny_pipe()
+def test_quanto_int8_preset_runs_end_to_end_close_to_float32(golden_dir):
+    pipe = _tiny_pipe(golden_dir)
     reference = _generate(pipe)
     steps = apply_preset(pipe, get_preset("low", quantization="quanto-int8"), "cpu")
     assert "transformer quantized to quanto-int8" in steps
@@ -223,8 +221,8 @@ def test_quanto_int8_preset_runs_end_to_end_close_to_float32():
 
 
 @pytest.mark.slow
-def test_group_offloading_and_vae_tiling_apply_through_diffusers():
-    pipe = _tiny_pipe()
+def test_group_offloading_and_vae_tiling_apply_through_diffusers(golden_dir):
+    pipe = _tiny_pipe(golden_dir)
     reference = _generate(pipe)
     assert get_preset("minimal", quantization="quanto-int8").transformer_quantization is None
     apply_preset(pipe, get_preset("minimal", quantization="quanto-int8"), "cpu")
