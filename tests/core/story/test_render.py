@@ -179,7 +179,7 @@ class ThreadState:
         self.process_index, self.num_processes, self.barrier = rank, world, barrier
 
     def wait_for_everyone(self):
-        self.barrier.wait(timeout=30)
+        self.barrier.wait(timeout=300)  # generous: the other rank may be slow on a busy machine
 
     def split_between_processes(self, items):
         per, extra = divmod(len(items), self.num_processes)
@@ -198,7 +198,9 @@ def render_on_ranks(story, out, world, **kwargs):
     for thread in threads:
         thread.start()
     for thread in threads:
-        thread.join(timeout=60)
+        thread.join(timeout=300)
+        assert not thread.is_alive(), "a rank did not finish its render in 300 s"
+    assert all(r is not None for r in results), "a rank's render failed (its traceback is printed above)"
     return results
 
 
