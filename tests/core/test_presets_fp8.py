@@ -99,4 +99,6 @@ def test_fp8_streamed_sends_the_encoders_to_disk_and_makes_the_same_image(fresh_
     for name in ENCODERS:
         assert any(s.startswith(f"{name} group offload (leaf_level, on disk") for s in steps), steps
     assert "transformer group offload (block_level)" in steps  # streamed from RAM
-    np.testing.assert_array_equal(_generate(fresh_pipe, hero), reference)
+    # the encoders' float32 weights (CLIP, SigLIP, DINOv2) read back from memory-mapped files at other alignments, as
+    # in test_disk_offload_makes_the_same_image: float32 rounding allowed, not equality
+    np.testing.assert_allclose(_generate(fresh_pipe, hero), reference, rtol=0, atol=1e-5)
