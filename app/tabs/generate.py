@@ -126,9 +126,9 @@ def build(ctx: StudioContext) -> SimpleNamespace:
                         ui.loras += [gr.Textbox(label=f"LoRA {j + 1}", scale=3, max_lines=1),
                                      gr.Slider(-MAX_WEIGHT, MAX_WEIGHT, value=1.0, step=0.05, label="Weight", scale=2),
                                      gr.Textbox(label="Trigger words", scale=2, max_lines=1)]
-            with gr.Accordion("Recall", open=False):
+            with gr.Accordion("Recall", open=False, elem_id="recall"):
                 ui.recall_file = gr.File(label="A PNG made by the studio (or click a gallery image)",
-                                         file_types=[".png"], type="filepath")
+                                         file_types=[".png"], type="filepath", elem_id="recall-file")
                 ui.recall = gr.Button("Recall settings")
             ui.edit = edit_section.build()  # edit mode: image-to-image and inpainting
             ui.control = control_section.build()  # pose, depth and edge control (ControlNet)

@@ -52,6 +52,42 @@ def paint_stroke(page, canvas, x0: float, x1: float, y: float) -> None:
     page.mouse.up()
 
 
+def record_texts(locator) -> None:
+    """Records every text ``locator``'s element shows from now on (:func:`wait_for_shown_text` reads them): a text
+    shown for less than Playwright's polling interval is seen too."""
+    locator.evaluate("""(e) => { e.shownTexts = [e.textContent.trim()];
+        new MutationObserver(() => e.shownTexts.push(e.textContent.trim()))
+            .observe(e, {childList: true, subtree: true, characterData: true}); }""")
+
+
+def wait_for_shown_text(locator, text: str, timeout: float = 30_000) -> None:
+    """Waits until the element :func:`record_texts` watches has shown ``text``; fails with what it showed."""
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
+
+    try:
+        locator.page.wait_for_function("([e, text]) => e.shownTexts.includes(text)",
+                                       arg=[locator.element_handle(), text], timeout=timeout)
+    except PlaywrightTimeout:
+        raise AssertionError(f"{text!r} never showed; shown: {locator.evaluate('e => e.shownTexts')}") from None
+
+
+def run_event(locator, action) -> None:
+    """Runs ``action`` (a click that starts an event with ``locator``'s component among its outputs) and waits until
+    that event is over: the component's status tracker went busy and is hidden again, however quickly that went."""
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
+
+    tracker = locator.locator("[data-testid=status-tracker]").first
+    tracker.evaluate("""(t) => { t.wasBusy = false;
+        new MutationObserver(() => { t.wasBusy ||= !t.classList.contains('hide'); })
+            .observe(t, {attributes: true, attributeFilter: ['class']}); }""")
+    action()
+    try:
+        locator.page.wait_for_function("(t) => t.wasBusy && t.classList.contains('hide')",
+                                       arg=tracker.element_handle(), timeout=60_000)
+    except PlaywrightTimeout:
+        raise AssertionError(f"the event updating {locator} did not run and finish in 60 s") from None
+
+
 @pytest.mark.skipif(not CHROMIUM.is_file(), reason="needs Debian's chromium at /usr/bin/chromium (apt-get install chromium)")
 def test_generate_in_a_real_browser(studio, character_files):
     sync_api = pytest.importorskip("playwright.sync_api", reason="needs the playwright package")
@@ -164,11 +200,12 @@ def test_every_tab_without_the_rough_edges(studio):
         steps.fill("100")
         steps.press("Enter")
         page.locator("#generate").click()
-        expect(page.locator("#gallery").get_by_text(re.compile("processing|step"))).to_be_visible(timeout=60_000)
-        page.wait_for_timeout(1500)
+        # cancel once the job is denoising (its progress names the step), not after a fixed wait
+        expect(page.locator("#gallery").get_by_text(re.compile(r"step \d+/100"))).to_be_visible(timeout=120_000)
         cancel = page.get_by_role("button", name=re.compile("^Cancel"))
+        record_texts(cancel)  # "Cancelling..." lasts about one step: it may come and go between two polls
         cancel.click()
-        expect(cancel).to_have_text("Cancelling...", timeout=10_000)
+        wait_for_shown_text(cancel, "Cancelling...")
         expect(cancel).to_have_text("Cancel", timeout=180_000)
         expect(page.locator("#notes")).to_contain_text("cancelled", timeout=30_000)
         page.locator("#size-preset input").click()

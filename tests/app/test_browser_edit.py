@@ -10,13 +10,14 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.app.test_browser import CHROMIUM, SCREENSHOT_ROOT, browser_page, paint_stroke
+from tests.app.test_browser import CHROMIUM, SCREENSHOT_ROOT, browser_page, paint_stroke, run_event
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
 
 @pytest.mark.skipif(not CHROMIUM.is_file(), reason="needs Debian's chromium at /usr/bin/chromium (apt-get install chromium)")
 def test_edit_a_painted_region_in_a_real_browser(studio):
+    sync_api = pytest.importorskip("playwright.sync_api", reason="needs the playwright package")
     from core.conditioning.edit import outside
     from core.conditioning.masks import RoutingMask
     from core.io.metadata import read_record
@@ -33,12 +34,12 @@ def test_edit_a_painted_region_in_a_real_browser(studio):
         [first] = wait_for_new(out_dir, before, 1)
 
         page.locator("#gallery img").first.click()  # selects it (its path goes to Recall)
-        page.wait_for_timeout(500)
+        # "Edit this" edits the Recall file: see the selection land there before pressing it
+        page.locator("#recall").get_by_text("Recall", exact=True).click()  # open the section
+        sync_api.expect(page.locator("#recall-file")).to_contain_text(first.stem, timeout=30_000)
         page.get_by_text("Edit an image (image-to-image, inpainting)").click()  # open the section
-        page.locator("#edit-this").click()
         editor = page.locator("#edit-canvas")
-        page.wait_for_selector("#edit-canvas canvas", timeout=30_000)
-        page.wait_for_timeout(1000)
+        run_event(editor, page.locator("#edit-this").click)  # paint once the picture is in the editor
         editor.locator("button[aria-label='Brush']").click()
         page.keyboard.press("Escape")  # close the brush options pop-up
         for y in (-0.05, 0.0, 0.05):
