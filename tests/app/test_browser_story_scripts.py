@@ -62,11 +62,18 @@ def test_a_manga_page_and_a_webtoon_strip_in_the_story_tab(studio):
         seconds = load_and_render(page, expect, "webtoon-strip.story", "128x96", "layout webtoon, 800 px wide",
                                   "blue-s-long-jump")
         print(f"webtoon strip (5 panels, tiny models, 2 steps) rendered and exported in {seconds:.1f} s")
+        # the preview is drawn again after the render: wait for the final one (of the rendered panels), then scroll it
+        text, folder = ev.load_example("webtoon-strip.story")
+        story = ev.parse_text(tiny(text, "128x96"), folder, ctx.paths)
+        final = re.search(r'src="([^"]+)"', ev.strip_html(story, ev.render_dir_for(ctx, story, None)))[1]
+        try:
+            page.wait_for_function("(src) => document.querySelector('#story-strip-scroll img')?.getAttribute('src') "
+                                   "=== src", arg=final, timeout=120_000)
+        except sync_api.TimeoutError:
+            raise AssertionError("the strip preview never showed the rendered panels") from None
         strip = page.locator("#story-strip-scroll")
-        expect(strip).to_be_visible(timeout=60_000)
         sizes = strip.evaluate("e => [e.scrollHeight, e.clientHeight]")
         assert sizes[0] > 2 * sizes[1], sizes  # a strip taller than its view: it scrolls
-        page.wait_for_timeout(3000)  # the preview is drawn again after the render: scroll the final one
         page.set_viewport_size({"width": 1400, "height": 1750})  # a plain screenshot keeps the strip's scroll
         page.evaluate("window.scrollTo(0, 0)")
         strip = page.locator("#story-strip-scroll")
