@@ -42,6 +42,7 @@ def _photo(path: Path) -> Path:
 
 @pytest.mark.skipif(not CHROMIUM.is_file(), reason="needs Debian's chromium at /usr/bin/chromium (apt-get install chromium)")
 def test_control_panel_in_a_real_browser(studio, tmp_path):
+    sync_api = pytest.importorskip("playwright.sync_api", reason="needs the playwright package")
     from core.io.metadata import read_record
 
     ctx, _, url = studio
@@ -54,11 +55,13 @@ def test_control_panel_in_a_real_browser(studio, tmp_path):
         page.get_by_text("Pose and layout control (ControlNet)").click()
         page.locator("#control-image-1 input[type=file]").set_input_files(str(skeleton))
         page.locator("#control-photo-2 input[type=file]").set_input_files(str(photo))
-        page.wait_for_timeout(1000)
+        # an upload is the component's value once its preview shows: "Make from photo" before that has no photo
+        page.wait_for_selector("#control-image-1 img", timeout=30_000)
+        page.wait_for_selector("#control-photo-2 img", timeout=30_000)
         kind = page.locator("#control-kind-2 input")
         kind.click()
         page.get_by_role("option", name="canny").click()
-        page.wait_for_timeout(300)
+        sync_api.expect(kind).to_have_value("canny", timeout=10_000)
         page.locator("#control-make-2").click()
         page.wait_for_selector("#control-image-2 img", timeout=60_000)
         page.wait_for_timeout(800)
