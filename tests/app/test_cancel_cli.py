@@ -41,13 +41,15 @@ class Lines:
     def wait_for(self, pattern: str, timeout: float = 300) -> tuple[float, re.Match]:
         deadline = time.monotonic() + timeout
         while True:
+            # whether the output is over, asked before the lines are read: its last line is read too
+            over = self.proc.poll() is not None and not self.reader.is_alive()
             for stamp, line in list(self.lines):
                 for piece in line.split("\r"):  # progress bars redraw with carriage returns
                     match = re.search(pattern, piece)
                     if match:
                         return stamp, match
-            assert self.proc.poll() is None or self.reader.is_alive(), self.text
-            assert time.monotonic() < deadline, self.text
+            assert not over, f"the command ended without a line matching {pattern!r}:\n{self.text}"
+            assert time.monotonic() < deadline, f"no line matching {pattern!r} in {timeout} s:\n{self.text}"
             time.sleep(0.01)
 
     def ctrl_c(self) -> float:
