@@ -208,7 +208,10 @@ def _text_chunk(token: str):
     return info
 
 
-def launch_studio(home: Path, extra: list[str]) -> tuple[subprocess.Popen, str]:
+def launch_studio(home: Path, extra: list[str], tries: int = 3) -> tuple[subprocess.Popen, str]:
+    """The studio started in a subprocess on a free port; started again on another when the port was taken before
+    the studio bound it (the studio needs seconds to start: another program, or a poll that connected to itself,
+    may hold it by then)."""
     port = free_port()
     env = dict(os.environ, INSTANTCHARACTER_HOME=str(home), HF_HUB_OFFLINE="1", GRADIO_ANALYTICS_ENABLED="False")
     log = open(home / "studio.log", "wb")
@@ -218,7 +221,10 @@ def launch_studio(home: Path, extra: list[str]) -> tuple[subprocess.Popen, str]:
     deadline = time.monotonic() + 180
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise AssertionError(f"the studio exited: {(home / 'studio.log').read_text()[-2000:]}")
+            said = (home / "studio.log").read_text()
+            if "Cannot find empty port" in said and tries > 1:
+                return launch_studio(home, extra, tries - 1)
+            raise AssertionError(f"the studio exited: {said[-2000:]}")
         try:
             if httpx.get(url + "config", timeout=2).status_code in (200, 401):
                 return proc, url
