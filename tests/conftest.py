@@ -63,6 +63,18 @@ def golden_pipe(golden_dir, user_home):
     return pipe
 
 
+@pytest.fixture
+def one_thread():
+    """Torch on one thread for this test only (the tiny models run faster so on a busy machine); the count is restored
+    after it, since a count left behind would change the maths of the tests that follow."""
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
 @pytest.fixture(scope="session")
 def tiny_models(user_home):
     """A tiny random-weight models directory (flux/, siglip/, dinov2/, adapter.safetensors)."""

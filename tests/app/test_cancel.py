@@ -10,7 +10,6 @@ import time
 
 import gradio as gr
 import pytest
-import torch
 from PIL import Image
 
 from app.context import StudioContext, StudioSettings
@@ -45,14 +44,6 @@ def folder(tmp_path):
     folder.mkdir(parents=True)
     Image.new("RGB", (40, 48), (200, 50, 50)).save(folder / "ann.png")
     return folder
-
-
-@pytest.fixture
-def one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
 
 
 @pytest.fixture

@@ -8,7 +8,6 @@ import zipfile
 
 import gradio as gr
 import pytest
-import torch
 from PIL import Image
 
 from app.context import StudioContext, StudioSettings
@@ -59,14 +58,6 @@ def folder(tmp_path):
 @pytest.fixture
 def ctx(tiny_models, tmp_path):
     return StudioContext(StudioSettings(models="tiny", output_dir=tmp_path / "outputs"))
-
-
-@pytest.fixture
-def one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
 
 
 def test_parse_lists_panels_and_previews_pages_with_placeholders(ctx):

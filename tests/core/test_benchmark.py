@@ -16,15 +16,6 @@ from benchmarks.gpu_check import DRY_RUN_CONFIGS as SMALL_CONFIGS  # small stand
 from core.errors import UsageError
 
 
-@pytest.fixture
-def one_thread():
-    # the tiny models are faster on one thread on a busy machine
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
 def _bench_args(*argv):
     parser = argparse.ArgumentParser()
     add_bench_arguments(parser)

@@ -16,14 +16,6 @@ from core.request import GenerationRequest
 SIDE = 64  # a 4x4 token grid on the tiny models
 
 
-@pytest.fixture
-def one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
 def _character(colour, name="a", scale=0.9, mask=None):
     return Character(Image.new("RGB", (64, 64), colour), name=name, scale=scale, mask=mask)
 

@@ -61,15 +61,6 @@ def _latents(engine, characters, prompt="[a] in a park", seed=1):
     return engine.generate(request, pipeline_options={"output_type": "latent"}).images[0]
 
 
-@pytest.fixture
-def one_thread():
-    """One thread for this test only: a thread count left behind would change the maths of the tests after it."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
 @pytest.mark.slow
 def test_the_compiled_program_serves_its_layout_and_eager_the_rest(tiny_models, monkeypatch, one_thread):
     calls = []
