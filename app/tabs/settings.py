@@ -101,7 +101,8 @@ class SettingsEvents:
                 except ModelSourceError as exc:
                     raise StudioInputError(str(exc)) from None
         if preset not in PRESET_CHOICES:
-            raise StudioInputError(f"unknown memory preset {preset!r}: choose one of {', '.join(PRESET_CHOICES)}")
+            raise StudioInputError(f"unknown memory preset {short_repr(str(preset))}: choose one of "
+                                   f"{', '.join(PRESET_CHOICES)}")
         if speed is not None and speed not in SPEED_CHOICES:
             raise StudioInputError(f"unknown speed mode {short_repr(str(speed))}: choose one of "
                                    f"{', '.join(SPEED_CHOICES)}")

@@ -261,6 +261,9 @@ def test_settings_messages(ctx, tmp_path):
     assert error_of(events.apply, "", "", "", "", "", "auto", "").startswith("model sources are empty")
     assert error_of(events.apply, str(tmp_path / "x"), "", "", "", "", "auto", "").startswith("models folder not found")
     assert error_of(events.apply, "tiny", "", "", "", "", "huge", "").startswith("unknown memory preset 'huge'")
+    long_name = error_of(events.apply, "tiny", "", "", "", "", "x" * 5000, "")  # a client's value, clipped
+    assert long_name.startswith("unknown memory preset 'xxx") and "...: choose one of" in long_name
+    assert len(long_name) < 300
     status, _ = events.apply("tiny", "", "", "", "", "full", str(tmp_path / "new-out"))
     assert ctx.settings.output_dir == tmp_path / "new-out" and "not loaded" in status
 
