@@ -184,6 +184,12 @@ def test_kill_9_and_resume_matches_an_uninterrupted_run(trainer_home, unpaired_d
     assert events[-1]["event"] != "done", "the run finished before it could be killed"
     assert max(e["step"] for e in events if e["event"] == "step") == 7
     assert len([p for p in (out / "checkpoints").iterdir() if p.name.startswith("step-")]) <= 2  # keep = 2
+    # what a kill in the middle of the next checkpoint's save leaves: its staging folder, half written (the run is
+    # held between steps, so the test leaves it here instead of hoping to kill at that moment)
+    staging = out / "checkpoints" / ".staging-step-00000008"
+    staging.mkdir()
+    written = (out / "checkpoints" / "step-00000006" / "trainable.safetensors").read_bytes()
+    (staging / "trainable.safetensors").write_bytes(written[: len(written) // 2])
     refused = subprocess.run([sys.executable, "-m", "trainer", str(killed)], cwd=REPO, env=_env(),
                              capture_output=True, text=True, timeout=300)
     assert refused.returncode == 2 and "--resume" in refused.stderr
