@@ -25,6 +25,19 @@ class OwnerOnlyError(StudioInputError):
     """An action reserved for the person who started the studio, asked by someone else."""
 
 
+class ComponentInputError(gr.Error):
+    """A value a component of the studio cannot take from the browser, raised in the component's ``preprocess``
+    (which Gradio calls itself, outside :func:`shown_to_user`). Gradio shows a ``gr.Error``'s message as it is, but
+    answers a refused queue join with ``str()`` of it, which ``gr.Error`` puts in quotes: here ``str()`` is the
+    message."""
+
+    def __init__(self, message: str):
+        super().__init__(message, print_exception=False)
+
+    def __str__(self) -> str:
+        return self.message
+
+
 USER_ERRORS: tuple[type[BaseException], ...] = (UserError,)  # one base: core.errors
 
 

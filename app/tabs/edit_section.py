@@ -10,6 +10,7 @@ from types import SimpleNamespace
 import gradio as gr
 
 from ..api_names import named_api
+from ..components import Canvas
 from ..context import StudioContext
 from ..mask_canvas import EDIT_BRUSH, EDIT_LAYER
 from . import control_section
@@ -25,7 +26,7 @@ def build() -> SimpleNamespace:
         gr.Markdown("Upload an image, or select a gallery image and press **Edit this**. Paint the region to redo "
                     "(the characters go there); paint nothing to change the whole image. Pixels outside the "
                     "painted region stay as they are.")
-        section.canvas = gr.ImageEditor(
+        section.canvas = Canvas(
             value=None, type="pil", label="Image to edit and the region to redo",
             layers=gr.LayerOptions(layers=[EDIT_LAYER], allow_additional_layers=False),
             brush=gr.Brush(colors=[f"rgb{EDIT_BRUSH}"], color_mode="fixed", default_size=24),

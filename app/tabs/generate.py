@@ -8,7 +8,7 @@ from core.limits import (MAX_DESCRIPTION_CHARS, MAX_GUIDANCE, MAX_IMAGES_PER_RUN
                          MAX_SCALE, MAX_SEED, MAX_SIDE, MAX_STEPS, MAX_TRUE_CFG, MIN_SIDE)
 
 from ..api_names import named_api
-from ..components import CharacterImage
+from ..components import Canvas, CharacterImage
 from ..context import MAX_STUDIO_CHARACTERS, StudioContext
 from ..errors import StudioInputError, shown_to_user
 from ..running import cancel_button
@@ -69,7 +69,7 @@ def build(ctx: StudioContext) -> SimpleNamespace:
             ui.add = gr.Button("Add character", size="sm")
             gr.Markdown("### Where each character goes\nPaint on a character's layer (its colour), or pick a layout. "
                         "Leave the canvas empty to place characters automatically.")
-            ui.canvas = gr.ImageEditor(
+            ui.canvas = Canvas(
                 value=blank_canvas(defaults["width"], defaults["height"]), type="pil", label="Routing masks",
                 layers=gr.LayerOptions(layers=list(LAYER_NAMES), allow_additional_layers=False),
                 brush=gr.Brush(colors=[f"rgb{c}" for c in COLOURS], color_mode="fixed"),

@@ -102,3 +102,26 @@ def test_eight_clients_at_once(studio, character_files):
         assert len(paths) == 1, f"client {k} got {paths}"
         record = read_record(paths[0])
         assert (record.prompt, record.seed, record.characters[0].name) == (f"[C{k}] number {k}", 1000 + k, f"C{k}")
+
+
+def test_a_canvas_sent_while_still_drawing_is_named(studio, character_files, tmp_path):
+    """A browser that sends the routing canvas before it has drawn it sends an empty background file: Generate
+    is refused when it joins the queue, with a message that says which canvas could not be read and what to do;
+    it runs once the canvas comes whole."""
+    import httpx
+
+    _, _, url = studio
+    client = Client(url, verbose=False)
+    drawn = layout_canvas("Left / right", 1, 64, 64)
+    (tmp_path / "empty.png").write_bytes(b"")
+    broken = {**canvas_payload(drawn, tmp_path), "background": handle_file(str(tmp_path / "empty.png"))}
+    fields = dict(image1=handle_file(str(character_files[0])), name1="Mia", prompt="[Mia]", steps=1, width=32,
+                  height=32, seed=7, randomize_seed=False)
+    with pytest.raises(httpx.HTTPStatusError) as raised:
+        client.predict(*form_values(canvas=broken, **fields), api_name="/generate")
+    assert raised.value.response.status_code == 400
+    assert raised.value.response.json() == {"detail": (
+        "The canvas 'Routing masks' came with an image that cannot be read: wait until it shows its image, then try "
+        "again (upload the image again if it stays empty)")}
+    whole = canvas_payload(drawn, tmp_path)
+    assert len(gallery_paths(client.predict(*form_values(canvas=whole, **fields), api_name="/generate"))) == 1
