@@ -21,7 +21,7 @@ from ..generation import CharacterSlot, build_request, generate
 from core.loading.loras import MAX_LORAS, StyleLora, parse_rows
 from ..running import SessionRuns, cancel_button, cancelling_button, session_of
 from ..mask_canvas import (blank_canvas, canvas_from_masks, layout_canvas, layout_specs, permute_canvas,
-                           resize_canvas)
+                           preview_size, resize_canvas)
 from ..spaces import estimate_duration, gpu_function
 from .control_events import parse_controls, split_controls
 
@@ -322,12 +322,16 @@ def no_specs():
 
 @shown_to_user
 def follow_size(canvas, width, height):
-    """The canvas at the aspect ratio of the new output size (ignored while the size is not valid yet)."""
+    """The canvas at the aspect ratio of the new output size (left alone while the size is not valid yet, and when
+    the canvas has that aspect ratio already: the page need not redraw it)."""
     try:
         w, h = int(width), int(height)
     except (TypeError, ValueError):
         return gr.update()
     if not (MIN_SIDE <= w <= MAX_SIDE and MIN_SIDE <= h <= MAX_SIDE):
+        return gr.update()
+    background = canvas.get("background") if isinstance(canvas, dict) else None
+    if getattr(background, "size", None) == preview_size(w, h):
         return gr.update()
     return resize_canvas(canvas, w, h)
 

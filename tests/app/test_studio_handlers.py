@@ -251,6 +251,8 @@ def test_layout_and_size_follow(ctx):
     resized = ev.follow_size(canvas, 768, 1344)
     assert resized["background"].size == (293, 512)
     assert ev.follow_size(canvas, 1, 64) == gr.update()  # half-typed sizes leave the canvas alone
+    # a size of the same aspect ratio (a preset's 1024 after 128) leaves it alone too: nothing for the page to redraw
+    assert ev.follow_size(resized, 1536, 2688) == gr.update()
     assert error_of(ev.apply_layout, "Spiral", 2, 64, 64).startswith("unknown layout 'Spiral'")
 
 
