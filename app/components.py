@@ -1,10 +1,9 @@
-"""Gradio components with studio-specific input handling."""
+"""Gradio components with studio-specific input handling, and image outputs that reach the browser whole."""
 
-import hashlib
-import io
 from pathlib import Path
 
 import gradio as gr
+from gradio import processing_utils
 from PIL import Image, UnidentifiedImageError
 
 from core.io.paths import atomic_path
@@ -30,39 +29,65 @@ class CharacterImage(gr.Image):
             return str(payload.path) if payload is not None and payload.path else None
 
 
-class Canvas(gr.ImageEditor):
-    """``gr.ImageEditor`` (same front end) whose images reach the browser whole, and come back with a clear message
-    when the browser sent one that cannot be read.
+def whole_files(value, component):
+    """``value`` with each PIL image in it written into Gradio's cache once, whole, and given as that file's path;
+    ``component``: the image component sending it (its cache folder and format).
 
-    Stock ``gr.ImageEditor`` saves each image it sends under the hash of its bytes, and rewrites that file in place
-    whenever the same image is sent again. The routing canvas is sent again, with the same white background, on
-    every size change, so the browser could fetch a file being rewritten, show a cut-off background, and send an
-    empty one back with the next Generate. Here each image is written once, under a temporary name renamed into
-    place, and a file already there is left as it is.
+    A stock component saves a PIL image under the hash of its bytes and rewrites that file in place whenever the
+    same image is sent again: the routing canvas on every size change, the loss plot every two seconds, a story's
+    page previews on every edit. A browser still fetching the file could read it cut off: a broken picture, and
+    from a canvas an empty image sent back with the next Generate. Here the same bytes (Gradio's own encoding, in
+    the component's format) go to the same place under a temporary name renamed into place, and a file already
+    there is left as it is.
     """
+    if isinstance(value, Image.Image):
+        return _saved(value, component)
+    if isinstance(value, dict):
+        return {key: whole_files(part, component) for key, part in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(whole_files(part, component) for part in value)
+    return value
 
-    is_template = True  # use gr.ImageEditor's front end
+
+def _saved(image: Image.Image, component) -> str:
+    try:
+        format = component.format or "png"
+        data = processing_utils.encode_pil_to_bytes(image, format)
+    except (KeyError, ValueError):  # a format Pillow cannot write: PNG, as Gradio falls back
+        format, data = "png", processing_utils.encode_pil_to_bytes(image, "png")
+    path = Path(component.GRADIO_CACHE) / processing_utils.hash_bytes(data) / f"image.{format}"
+    if not path.is_file():
+        with atomic_path(path) as tmp:
+            tmp.write_bytes(data)
+    return str(path)
+
+
+class OutputImage(gr.Image):
+    """``gr.Image`` (same front end) for pictures the studio draws, such as the loss plot: sent whole."""
+
+    is_template = True
 
     def postprocess(self, value):
-        if isinstance(value, dict):
-            value = {key: [self._saved(image) for image in part] if key == "layers" and part else self._saved(part)
-                     for key, part in value.items()}
-        else:
-            value = self._saved(value)
-        return super().postprocess(value)
+        return super().postprocess(whole_files(value, self))
 
-    def _saved(self, image):
-        """``image`` (a PIL image) as the path of a complete file in Gradio's cache; anything else as it is."""
-        if not isinstance(image, Image.Image):
-            return image
-        buffer = io.BytesIO()
-        image.save(buffer, format="PNG")
-        data = buffer.getvalue()
-        path = Path(self.GRADIO_CACHE) / hashlib.sha256(data).hexdigest() / "image.png"
-        if not path.is_file():
-            with atomic_path(path) as tmp:
-                tmp.write_bytes(data)
-        return str(path)
+
+class OutputGallery(gr.Gallery):
+    """``gr.Gallery`` (same front end) for pictures the studio draws, such as a story's page previews: sent whole."""
+
+    is_template = True
+
+    def postprocess(self, value):
+        return super().postprocess(whole_files(value, self))
+
+
+class Canvas(gr.ImageEditor):
+    """``gr.ImageEditor`` (same front end) whose images are sent whole, and which says so in one line when the
+    browser sends back one that cannot be read (a canvas sent before it was drawn, an upload it could not open)."""
+
+    is_template = True
+
+    def postprocess(self, value):
+        return super().postprocess(whole_files(value, self))
 
     def preprocess(self, payload):
         try:

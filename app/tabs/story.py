@@ -9,6 +9,7 @@ import gradio as gr
 
 from core.limits import MAX_CHARACTERS, MAX_PANELS, MAX_STEPS, MAX_STORY_BYTES
 
+from ..components import OutputGallery
 from ..context import StudioContext
 from ..running import cancel_button
 from . import story_edit
@@ -69,7 +70,7 @@ def _results(ui: SimpleNamespace, rows: list, pages: list) -> None:
         with gr.Tab("Pages"):
             # a webtoon scrolls as one strip here (its slices, the exported pages, are in the gallery below)
             ui.strip = gr.HTML(value="", visible=False, elem_id="story-strip")
-            ui.pages = gr.Gallery(value=pages or None, label="Pages", columns=2, height=560, object_fit="contain")
+            ui.pages = OutputGallery(value=pages or None, label="Pages", columns=2, height=560, object_fit="contain")
         with gr.Tab("Panels"):
             ui.panel_images = gr.Gallery(label="Rendered panels", columns=4, height=560)
     with gr.Row():

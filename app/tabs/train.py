@@ -24,6 +24,7 @@ from core.io.path_policy import PathPolicy
 from trainer.config import TRAIN_PRESETS, ConfigError, load_config, preset_config
 from trainer.events import SAVE_NOW, STOP, request, requested, run_status
 
+from ..components import OutputImage
 from ..errors import StudioInputError, shown_to_user
 
 MAX_CONFIG_BYTES = MAX_STORY_BYTES  # a TOML config is a few KB; refuse anything near a megabyte
@@ -450,7 +451,7 @@ def build(ctx) -> SimpleNamespace:
         ui.run_dir = gr.Textbox("", label="Watching run folder", max_lines=1)
         ui.run_status = gr.Markdown("Not started.")
         with gr.Row():
-            ui.plot = gr.Image(label="Loss", type="pil", interactive=False)
+            ui.plot = OutputImage(label="Loss", type="pil", interactive=False)
             ui.samples = gr.Gallery(label="Samples (fixed prompts and seeds)", columns=4, height=240)
         ui.timer = gr.Timer(2.0)
 

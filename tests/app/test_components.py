@@ -7,52 +7,69 @@ import threading
 
 import gradio as gr
 import pytest
+from gradio.components.image_editor import EditorData
 from gradio.data_classes import FileData
 from PIL import Image
 
-from app.components import Canvas
+from app.components import Canvas, OutputGallery, OutputImage
 from app.mask_canvas import blank_canvas, layout_canvas
+from app.tabs.train import loss_plot
 
 
-def test_canvas_sends_the_same_image_again_without_rewriting_it(tmp_path, monkeypatch):
-    """Stock ``gr.ImageEditor`` rewrites the same cached file in place each time the same canvas is sent again (the
-    routing canvas is, on every size change), so a browser fetching it meanwhile could read it cut off. A reader
-    that reads the file while the canvas is sent again 300 times sees it whole every time, and the file is the
-    same one (written once)."""
+def _sent_paths(sent) -> list[str]:
+    """The file paths in what a component's postprocess returned (editor data, image data or gallery data)."""
+    if isinstance(sent, EditorData):
+        return [sent.background.path, *(layer.path for layer in sent.layers), sent.composite.path]
+    if hasattr(sent, "root"):  # a gallery
+        return [item.image.path for item in sent.root]
+    return [sent.path]
+
+
+SENT_AGAIN = {  # what each studio component sends again unchanged: the canvas on a size change, the loss plot
+    # on each poll, the story's page previews on each edit
+    "canvas": (lambda: Canvas(type="pil", format="png"), lambda: layout_canvas("Left / right", 2, 1024, 768)),
+    "loss plot": (lambda: OutputImage(type="pil"), lambda: loss_plot([1.0, 0.8, 0.7, 0.65])),
+    "page previews": (lambda: OutputGallery(), lambda: [blank_canvas(640, 960)["background"].convert("RGB")] * 2),
+}
+
+
+@pytest.mark.parametrize("name", SENT_AGAIN)
+def test_an_image_sent_again_is_not_rewritten(name, tmp_path, monkeypatch):
+    """A stock component rewrites the same cached file in place each time the same image is sent again, so a
+    browser fetching it meanwhile could read it cut off (the stock components fail this test). A reader that
+    reads the files while the value is sent again 200 times sees them whole every time, and they are the same
+    files (written once)."""
     monkeypatch.setenv("GRADIO_TEMP_DIR", str(tmp_path))
-    canvas = Canvas(type="pil", format="png")
-    value = layout_canvas("Left / right", 2, 1024, 768)
-    first = canvas.postprocess(value)
-    path = first.background.path
-    assert path.startswith(str(tmp_path)) and Image.open(path).size == value["background"].size
-    written = (Image.open(path).tobytes(), [Image.open(layer.path).tobytes() for layer in first.layers])
-    assert written[1] and all(layer for layer in written[1])
-    inode = os.stat(path).st_ino
-    size = os.stat(path).st_size
+    make_component, make_value = SENT_AGAIN[name]
+    component = make_component()
+    paths = _sent_paths(component.postprocess(make_value()))
+    assert all(p.startswith(str(tmp_path)) for p in paths)
+    before = {p: (os.stat(p).st_ino, os.stat(p).st_size) for p in paths}
 
     stop, short = threading.Event(), []
 
     def read():
         while not stop.is_set():
-            data = open(path, "rb").read()
-            if len(data) != size:
-                short.append(len(data))
+            for p, (_, size) in before.items():
+                data = open(p, "rb").read()
+                if len(data) != size:
+                    short.append((p, len(data)))
 
     reader = threading.Thread(target=read)
     reader.start()
     try:
-        for _ in range(300):
-            again = canvas.postprocess(layout_canvas("Left / right", 2, 1024, 768))
+        for _ in range(200):
+            again = _sent_paths(component.postprocess(make_value()))
     finally:
         stop.set()
         reader.join()
-    assert short == [], f"the reader saw the file cut off {len(short)} times"
-    assert again.background.path == path and os.stat(path).st_ino == inode
-    assert Image.open(again.layers[0].path).tobytes() == written[1][0]
+    assert short == [], f"the reader saw a file cut off {len(short)} times"
+    assert again == paths and {p: (os.stat(p).st_ino, os.stat(p).st_size) for p in paths} == before
 
 
-def test_canvas_images_stay_images_of_the_value(tmp_path, monkeypatch):
-    """What the browser gets is the value's own pixels (background, layers, composite), as PNG files."""
+def test_images_sent_are_the_values_pixels(tmp_path, monkeypatch):
+    """What the browser gets is the value's own pixels, in the component's format (the canvas's PNG: background,
+    layers and composite), and the values that are not images pass through."""
     monkeypatch.setenv("GRADIO_TEMP_DIR", str(tmp_path))
     value = layout_canvas("Top / bottom", 2, 640, 960)
     sent = Canvas(type="pil", format="png").postprocess(value)
@@ -60,13 +77,17 @@ def test_canvas_images_stay_images_of_the_value(tmp_path, monkeypatch):
     assert Image.open(sent.composite.path).tobytes() == value["composite"].tobytes()
     assert [Image.open(f.path).tobytes() for f in sent.layers] == [layer.tobytes() for layer in value["layers"]]
     assert Canvas(type="pil").postprocess(None) is None
+    plot = loss_plot([1.0, 0.5])
+    shown = OutputImage(type="pil", format="png").postprocess(plot)
+    assert shown.path.endswith(".png") and Image.open(shown.path).tobytes() == plot.tobytes()
+    assert OutputImage(type="pil").postprocess(None) is None
+    gallery = OutputGallery().postprocess([(plot, "page 1")])
+    assert gallery.root[0].caption == "page 1" and gallery.root[0].image.path.endswith(".webp")
 
 
 def test_canvas_that_comes_back_unreadable_says_so(tmp_path):
     """A browser that sends the canvas while still drawing it can send an empty background (seen in a real
     browser before the fix above): the message says what happened and what to do, not Gradio's generic one."""
-    from gradio.components.image_editor import EditorData
-
     empty = tmp_path / "background.png"
     empty.write_bytes(b"")
     good = tmp_path / "layer_0.png"
@@ -79,3 +100,11 @@ def test_canvas_that_comes_back_unreadable_says_so(tmp_path):
     assert raised.value.message == ("The canvas 'Routing masks' came with an image that cannot be read: wait until it "
                                     "shows its image, then try again (upload the image again if it stays empty)")
     assert str(raised.value) == raised.value.message  # a refused queue join shows str(), unquoted
+
+
+def test_components_use_gradios_own_front_ends():
+    """Each studio component is drawn by its Gradio parent's front end (Gradio picks it by the class's first base)."""
+    from app.components import CharacterImage
+
+    names = [c().get_block_name() for c in (CharacterImage, OutputImage, OutputGallery, Canvas)]
+    assert names == ["image", "image", "gallery", "imageeditor"]
