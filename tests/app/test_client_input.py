@@ -158,7 +158,10 @@ def test_guest_logins_make_a_studio_exposed_and_warn_without_auth():
 def test_library_ownership_is_by_folder(tmp_path, character_files):
     from app.tabs.library import LibraryEvents
 
+    from app.character_library import CharacterLibrary
+
     ctx = StudioContext(StudioSettings(models="tiny", output_dir=tmp_path / "out"),
+                        library=CharacterLibrary(tmp_path / "library"),  # not the session's, which others fill
                         access=Access(exposed=True, owner="ann", why="x"))
     events = LibraryEvents(ctx)
     ann, bob, eve = (SimpleNamespace(username=u, session_hash=u) for u in ("ann", "bob", "eve"))

@@ -57,7 +57,11 @@ def folder(tmp_path):
 
 @pytest.fixture
 def ctx(tiny_models, tmp_path):
-    return StudioContext(StudioSettings(models="tiny", output_dir=tmp_path / "outputs"))
+    from app.character_library import CharacterLibrary
+
+    # a library of its own: the session's is shared with the launched studios' tests
+    return StudioContext(StudioSettings(models="tiny", output_dir=tmp_path / "outputs"),
+                         library=CharacterLibrary(tmp_path / "library"))
 
 
 def test_parse_lists_panels_and_previews_pages_with_placeholders(ctx):
