@@ -88,6 +88,19 @@ def run_event(locator, action) -> None:
         raise AssertionError(f"the event updating {locator} did not run and finish in 60 s") from None
 
 
+def wait_for_gallery_image(page, timeout: float = 120_000) -> None:
+    """Waits until the Results gallery shows an image; when none comes, fails with the errors the page showed (a
+    refused job never fills the gallery, and a timeout alone would not say why)."""
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
+
+    try:
+        page.wait_for_selector("#gallery img", timeout=timeout)
+    except PlaywrightTimeout:
+        errors = [t.inner_text().strip() for t in page.locator(".toast-body.error").all()]
+        raise AssertionError(f"no image in the gallery after {timeout / 1000:.0f} s; the page's errors: "
+                             f"{errors}") from None
+
+
 @pytest.mark.skipif(not CHROMIUM.is_file(), reason="needs Debian's chromium at /usr/bin/chromium (apt-get install chromium)")
 def test_generate_in_a_real_browser(studio, character_files):
     sync_api = pytest.importorskip("playwright.sync_api", reason="needs the playwright package")
@@ -123,7 +136,7 @@ def test_generate_in_a_real_browser(studio, character_files):
 
         page.locator("#prompt textarea").fill("[Mia] on a hill")
         page.locator("#generate").click()
-        page.wait_for_selector("#gallery img", timeout=120_000)
+        wait_for_gallery_image(page)
         page.wait_for_timeout(500)
         page.screenshot(path=str(artifacts / "studio.png"), full_page=True)
         # the README screenshot: characters, the painted canvas and the gallery, at the viewport's width
@@ -214,6 +227,6 @@ def test_every_tab_without_the_rough_edges(studio):
         steps.press("Enter")
         expect(page.locator("input[aria-label='Width']").first).to_have_value("128", timeout=10_000)
         page.locator("#generate").click()
-        page.wait_for_selector("#gallery img", timeout=120_000)
+        wait_for_gallery_image(page)
     for tab in TABS:
         assert (SHOTS / f"{tab.lower()}.png").stat().st_size < 400_000

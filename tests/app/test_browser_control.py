@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw
 
-from tests.app.test_browser import CHROMIUM, SCREENSHOT_ROOT, browser_page
+from tests.app.test_browser import CHROMIUM, SCREENSHOT_ROOT, browser_page, wait_for_gallery_image
 from tests.app.test_browser_edit import wait_for_new
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
@@ -67,7 +67,7 @@ def test_control_panel_in_a_real_browser(studio, tmp_path):
         page.wait_for_timeout(800)
         page.locator("#prompt textarea").fill("a child waving in front of a house on a hill")
         page.locator("#generate").click()
-        page.wait_for_selector("#gallery img", timeout=120_000)
+        wait_for_gallery_image(page)
         made = [p for p in wait_for_new(out_dir, before, 1) if not p.name.startswith("control-")]
         assert len(made) == 1, made
         made = made[0]

@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.app.test_browser import CHROMIUM, SCREENSHOT_ROOT, browser_page, paint_stroke, run_event
+from tests.app.test_browser import (CHROMIUM, SCREENSHOT_ROOT, browser_page, paint_stroke, run_event,
+                                    wait_for_gallery_image)
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
@@ -30,7 +31,7 @@ def test_edit_a_painted_region_in_a_real_browser(studio):
         page.wait_for_selector("#mask-canvas canvas", timeout=60_000)
         page.locator("#prompt textarea").fill("a lighthouse on a cliff")
         page.locator("#generate").click()
-        page.wait_for_selector("#gallery img", timeout=120_000)
+        wait_for_gallery_image(page)
         [first] = wait_for_new(out_dir, before, 1)
 
         page.locator("#gallery img").first.click()  # selects it (its path goes to Recall)
