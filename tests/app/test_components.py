@@ -108,3 +108,17 @@ def test_components_use_gradios_own_front_ends():
 
     names = [c().get_block_name() for c in (CharacterImage, OutputImage, OutputGallery, Canvas)]
     assert names == ["image", "image", "gallery", "imageeditor"]
+
+
+def test_the_studio_draws_images_through_its_own_components(tmp_path):
+    """Every canvas of the built studio is a :class:`Canvas`, and every image box that shows a PIL image the studio
+    draws is an :class:`OutputImage`: none is left on the stock component that rewrites its files in place."""
+    from app.context import StudioContext, StudioSettings
+    from app.studio import build_studio
+
+    demo = build_studio(StudioContext(StudioSettings(models="tiny", output_dir=tmp_path / "out")))
+    blocks = list(demo.blocks.values())
+    editors = [b for b in blocks if isinstance(b, gr.ImageEditor)]
+    assert len(editors) == 2 and all(isinstance(b, Canvas) for b in editors)
+    drawn = [b for b in blocks if isinstance(b, gr.Image) and b.type == "pil"]
+    assert drawn and all(isinstance(b, OutputImage) for b in drawn), [b.label for b in drawn]

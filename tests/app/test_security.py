@@ -431,6 +431,24 @@ def _generate(client: RawClient, session: str | None = None, **fields) -> list[d
     return client.call(_dep(client, api_name="generate"), _generate_data(client, **fields), session)
 
 
+def test_an_unreadable_canvas_is_refused_in_one_line(guests, tmp_path):
+    """A visitor's Generate whose routing canvas holds an empty image (what a page sends when it sends the canvas
+    before drawing it) is refused as it joins the queue, in one line; the same Generate with the canvas whole runs."""
+    empty, layer = tmp_path / "background.png", tmp_path / "layer_0.png"
+    empty.write_bytes(b"")
+    Image.new("RGBA", (64, 64), (255, 255, 255, 255)).save(layer)
+    client = guests.bob
+
+    def canvas(background: Path) -> dict:
+        return {"background": client.upload(background), "layers": [client.upload(layer)],
+                "composite": client.upload(background)}
+
+    assert _error(_generate(client, canvas=canvas(empty))) == (
+        "The canvas 'Routing masks' came with an image that cannot be read: wait until it shows its image, then try "
+        "again (upload the image again if it stays empty)")
+    assert _error(_generate(client, canvas=canvas(layer))) is None
+
+
 def test_guest_logins_are_visitors_on_a_loopback_host(guests, tmp_path):
     """Row 6: ``--guest`` means visitor whatever the host."""
     ok, message = _apply_settings(guests.bob, guests.outputs)
