@@ -51,11 +51,11 @@ def whole_files(value, component):
 
 def _saved(image: Image.Image, component) -> str:
     try:
-        format = component.format or "png"
-        data = processing_utils.encode_pil_to_bytes(image, format)
+        suffix = component.format or "png"
+        data = processing_utils.encode_pil_to_bytes(image, suffix)
     except (KeyError, ValueError):  # a format Pillow cannot write: PNG, as Gradio falls back
-        format, data = "png", processing_utils.encode_pil_to_bytes(image, "png")
-    path = Path(component.GRADIO_CACHE) / processing_utils.hash_bytes(data) / f"image.{format}"
+        suffix, data = "png", processing_utils.encode_pil_to_bytes(image, "png")
+    path = Path(component.GRADIO_CACHE) / processing_utils.hash_bytes(data) / f"image.{suffix}"
     if not path.is_file():
         with atomic_path(path) as tmp:
             tmp.write_bytes(data)
